@@ -1,0 +1,1 @@
+//! Loading, pinning and reading the XDP dataplane.

@@ -1,0 +1,8 @@
+//! Sluice's control plane: loads and pins the XDP dataplane, mirrors the kernel's links,
+//! addresses, routes and neighbours into its maps, and offers the operations the `sluice` CLI and
+//! daemon are made of.
+
+pub mod dataplane;
+
+/// The XDP forwarding program, built by `build.rs` from `dataplane-ebpf/`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-xdp"));

@@ -1,0 +1,1 @@
+fn main() { println!("{}", sluice::EBPF_OBJECT.len()); }

@@ -1,0 +1,460 @@
+//! The Sluice XDP forwarding program.
+//!
+//! Parses Ethernet (with at most one 802.1Q tag), IPv4 and IPv6, looks the destination up by
+//! longest-prefix match, picks an ECMP member by flow hash, decrements TTL / hop limit, rewrites the
+//! Ethernet header and redirects through a `DEVMAP_HASH`, whose per-CPU bulk queue flushes up to 16
+//! frames per device at the end of the NAPI poll. Everything a router must not do in the fast path
+//! (RFC 1812: local delivery, expiring TTL, ICMP errors, options, unresolved neighbours, ...) goes
+//! to the kernel with `XDP_PASS`; blackhole routes and malformed headers are dropped. Every packet is
+//! counted once, per ingress interface and reason, in per-CPU counters.
+#![no_std]
+#![no_main]
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_adjust_head},
+    macros::{map, xdp},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::XdpContext,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    vlan::VlanHdr,
+};
+use sluice_common::{
+    Counter, EcmpGroup, FAMILY_V4, FAMILY_V6, FLOW_HASH_SEED, Iface, IfaceKey, MAX_ECMP_GROUPS,
+    MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4, MAX_ROUTES_V6, MAX_SLOTS, NEIGH_PENDING_ENTRIES,
+    NEIGH_REQUEST_INTERVAL_NS, NEIGH_RING_BYTES, NH_F_VLAN, NeighRequest, NextHop, REASON_SLOTS,
+    Reason, Route, RouteAction, csum_fold, csum_ttl_decrement, flow_hash, flow_words,
+};
+
+#[map]
+static ROUTES_V4: LpmTrie<[u8; 4], Route> = LpmTrie::with_max_entries(MAX_ROUTES_V4, 0);
+#[map]
+static ROUTES_V6: LpmTrie<[u8; 16], Route> = LpmTrie::with_max_entries(MAX_ROUTES_V6, 0);
+#[map]
+static NEXTHOPS: Array<NextHop> = Array::with_max_entries(MAX_NEXTHOPS, 0);
+#[map]
+static ECMP_GROUPS: Array<EcmpGroup> = Array::with_max_entries(MAX_ECMP_GROUPS, 0);
+#[map]
+static IFACES: HashMap<IfaceKey, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
+#[map]
+static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+#[map]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_SLOTS * REASON_SLOTS, 0);
+#[map]
+static NEIGH_REQUESTS: RingBuf = RingBuf::with_byte_size(NEIGH_RING_BYTES, 0);
+#[map]
+static NEIGH_PENDING: LruHashMap<NeighRequest, u64> =
+    LruHashMap::with_max_entries(NEIGH_PENDING_ENTRIES, 0);
+
+const ETH_P_IPV4: u16 = 0x0800_u16.to_be();
+const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
+const ETH_P_8021Q: u16 = 0x8100_u16.to_be();
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+const IPV6_HOP_BY_HOP: u8 = 0;
+
+/// The outcome of one packet: the XDP verdict and the reason it is counted under.
+struct Outcome {
+    action: u32,
+    reason: Reason,
+}
+
+impl Outcome {
+    const fn pass(reason: Reason) -> Self {
+        Self { action: xdp_action::XDP_PASS, reason }
+    }
+    const fn drop(reason: Reason) -> Self {
+        Self { action: xdp_action::XDP_DROP, reason }
+    }
+}
+
+/// The L2 facts the L3 handlers need to finish the frame.
+struct Frame {
+    /// Offset of the L3 header: 14, or 18 behind an 802.1Q tag.
+    l3: usize,
+    /// Frame length as received.
+    len: usize,
+    /// The EtherType of the L3 payload (network order).
+    ether_type: u16,
+}
+
+#[xdp]
+pub fn sluice_xdp(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let (slot, outcome) = classify(&ctx, ifindex, len);
+    count(slot, outcome.reason, len as u64);
+    outcome.action
+}
+
+/// Looks the ingress interface up and dispatches by EtherType. Returns the counter slot too.
+#[inline(always)]
+fn classify(ctx: &XdpContext, ifindex: u32, len: usize) -> (u32, Outcome) {
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        // Too short even for Ethernet: count it on the untagged interface if we serve it.
+        let slot = lookup_iface(ifindex, 0).map_or(0, |i| i.slot);
+        return (slot, Outcome::drop(Reason::DropMalformed));
+    };
+    // SAFETY: `ptr_at` checked the header lies inside the packet.
+    let (mut ether_type, dst_mac) = unsafe { ((*eth).ether_type, (*eth).dst_addr) };
+    let mut l3 = EthHdr::LEN;
+    let mut vlan_id = 0;
+    if ether_type == ETH_P_8021Q {
+        let Ok(vlan) = ptr_at::<VlanHdr>(ctx, EthHdr::LEN) else {
+            let slot = lookup_iface(ifindex, 0).map_or(0, |i| i.slot);
+            return (slot, Outcome::drop(Reason::DropMalformed));
+        };
+        // SAFETY: bounds checked by `ptr_at`.
+        let tci = unsafe { (*vlan).tci };
+        vlan_id = u16::from_be_bytes(tci) & 0x0fff;
+        // SAFETY: bounds checked by `ptr_at`.
+        ether_type = unsafe { (*vlan).ether_type };
+        l3 += VlanHdr::LEN;
+    }
+    let Some(iface) = lookup_iface(ifindex, vlan_id) else {
+        return (0, Outcome::pass(Reason::PassUnknownIface));
+    };
+    let slot = iface.slot;
+    if dst_mac[0] & 1 != 0 {
+        let reason = if dst_mac == [0xff; 6] { Reason::PassBroadcast } else { Reason::PassMulticast };
+        return (slot, Outcome::pass(reason));
+    }
+    if dst_mac != iface.mac {
+        return (slot, Outcome::pass(Reason::PassOtherHost));
+    }
+    let frame = Frame { l3, len, ether_type };
+    let outcome = if ether_type == ETH_P_IPV4 {
+        forward_v4(ctx, &frame)
+    } else if ether_type == ETH_P_IPV6 {
+        forward_v6(ctx, &frame)
+    } else {
+        Outcome::pass(Reason::PassNotIp)
+    };
+    (slot, outcome)
+}
+
+#[inline(always)]
+fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
+    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, frame.l3) else {
+        return Outcome::drop(Reason::DropMalformed);
+    };
+    // SAFETY: `ptr_at` checked that the whole fixed header lies inside the packet.
+    let hdr = unsafe { &mut *ip };
+    let ihl = usize::from(hdr.vihl & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes(hdr.tot_len));
+    if hdr.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || total < ihl || frame.l3 + total > frame.len {
+        return Outcome::drop(Reason::DropMalformed);
+    }
+    if ihl != Ipv4Hdr::LEN {
+        return Outcome::pass(Reason::PassOptions);
+    }
+    if !ipv4_checksum_ok(hdr) {
+        return Outcome::drop(Reason::DropMalformed);
+    }
+    let (src, dst) = (hdr.src_addr, hdr.dst_addr);
+    if dst[0] >= 224 {
+        return Outcome::pass(if dst == [255; 4] {
+            Reason::PassBroadcast
+        } else if dst[0] < 240 {
+            Reason::PassMulticast
+        } else {
+            Reason::PassMartian
+        });
+    }
+    // RFC 1812 5.3.7 and RFC 3927 7: never forward these sources or destinations.
+    if src[0] == 0 || src[0] == 127 || src[0] >= 224 || (src[0] == 169 && src[1] == 254) {
+        return Outcome::pass(Reason::PassMartian);
+    }
+    if dst[0] == 0 || dst[0] == 127 || (dst[0] == 169 && dst[1] == 254) {
+        return Outcome::pass(Reason::PassMartian);
+    }
+    let Some(route) = ROUTES_V4.get(Key::new(32, dst)) else {
+        return Outcome::pass(Reason::PassNoRoute);
+    };
+    let route = *route;
+    let mut src16 = [0u8; 16];
+    let mut dst16 = [0u8; 16];
+    src16[..4].copy_from_slice(&src);
+    dst16[..4].copy_from_slice(&dst);
+    // Fragments hash on addresses and protocol only, so all of a datagram takes one path.
+    let fragment = u16::from_be_bytes(hdr.frags) & 0x3fff != 0;
+    let ports = if fragment { 0 } else { read_ports(ctx, frame.l3 + ihl, hdr.proto) };
+    let nh = match resolve(&route, &src16, &dst16, hdr.proto, ports, hdr.ttl, FAMILY_V4) {
+        Ok(nh) => nh,
+        Err(outcome) => return outcome,
+    };
+    if total > nh.mtu as usize {
+        return Outcome::pass(Reason::PassMtu);
+    }
+    let ttl_proto = u16::from_be_bytes([hdr.ttl, hdr.proto]);
+    let check = csum_ttl_decrement(u16::from_be_bytes(hdr.check), ttl_proto);
+    hdr.ttl -= 1;
+    hdr.check = check.to_be_bytes();
+    transmit(ctx, frame, &nh)
+}
+
+#[inline(always)]
+fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
+    let Ok(ip) = ptr_at::<Ipv6Hdr>(ctx, frame.l3) else {
+        return Outcome::drop(Reason::DropMalformed);
+    };
+    // SAFETY: `ptr_at` checked that the fixed header lies inside the packet.
+    let hdr = unsafe { &mut *ip };
+    let total = Ipv6Hdr::LEN + usize::from(u16::from_be_bytes(hdr.payload_len));
+    if hdr.vcf[0] >> 4 != 6 || frame.l3 + total > frame.len {
+        return Outcome::drop(Reason::DropMalformed);
+    }
+    let (src, dst) = (hdr.src_addr, hdr.dst_addr);
+    if dst[0] == 0xff {
+        return Outcome::pass(Reason::PassMulticast);
+    }
+    if src[0] == 0xff || is_v6_special(&src) || is_v6_special(&dst) {
+        return Outcome::pass(Reason::PassMartian);
+    }
+    if hdr.next_hdr == IPV6_HOP_BY_HOP {
+        return Outcome::pass(Reason::PassOptions);
+    }
+    let Some(route) = ROUTES_V6.get(Key::new(128, dst)) else {
+        return Outcome::pass(Reason::PassNoRoute);
+    };
+    let route = *route;
+    let ports = read_ports(ctx, frame.l3 + Ipv6Hdr::LEN, hdr.next_hdr);
+    let nh = match resolve(&route, &src, &dst, hdr.next_hdr, ports, hdr.hop_limit, FAMILY_V6) {
+        Ok(nh) => nh,
+        Err(outcome) => return outcome,
+    };
+    if total > nh.mtu as usize {
+        return Outcome::pass(Reason::PassMtu);
+    }
+    hdr.hop_limit -= 1;
+    transmit(ctx, frame, &nh)
+}
+
+/// Unspecified, loopback and link-local (fe80::/10) addresses are never forwarded.
+#[inline(always)]
+fn is_v6_special(a: &[u8; 16]) -> bool {
+    if a[0] == 0xfe && a[1] & 0xc0 == 0x80 {
+        return true;
+    }
+    let mut head = 0u8;
+    let mut i = 0;
+    while i < 15 {
+        head |= a[i];
+        i += 1;
+    }
+    head == 0 && a[15] <= 1
+}
+
+/// Turns a route into the next hop to use, or the outcome when the packet is not forwarded.
+#[inline(always)]
+fn resolve(
+    route: &Route,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    proto: u8,
+    ports: u32,
+    ttl: u8,
+    family: u8,
+) -> Result<NextHop, Outcome> {
+    let id = match RouteAction::from_u32(route.action) {
+        Some(RouteAction::Forward) => route.target,
+        Some(RouteAction::Ecmp) => {
+            let Some(group) = ECMP_GROUPS.get(route.target) else {
+                return Err(Outcome::pass(Reason::PassOther));
+            };
+            let hash = flow_hash(&flow_words(src, dst, proto, ports), FLOW_HASH_SEED);
+            match group.pick(hash) {
+                Some(id) => id,
+                None => return Err(Outcome::pass(Reason::PassOther)),
+            }
+        }
+        Some(RouteAction::Connected) => {
+            if ttl <= 1 {
+                return Err(Outcome::pass(Reason::PassTtl));
+            }
+            request_neighbour(route.target, family, dst);
+            return Err(Outcome::pass(Reason::PassNeighbour));
+        }
+        Some(RouteAction::Local) => return Err(Outcome::pass(Reason::PassLocal)),
+        Some(RouteAction::Blackhole) => return Err(Outcome::drop(Reason::DropBlackhole)),
+        Some(RouteAction::Unreachable) => return Err(Outcome::pass(Reason::PassUnreachable)),
+        Some(RouteAction::Pass) | None => return Err(Outcome::pass(Reason::PassOther)),
+    };
+    // RFC 1812 5.3.1: a packet whose TTL would reach zero is not forwarded.
+    if ttl <= 1 {
+        return Err(Outcome::pass(Reason::PassTtl));
+    }
+    let Some(nh) = NEXTHOPS.get(id) else {
+        return Err(Outcome::pass(Reason::PassOther));
+    };
+    let nh = *nh;
+    if nh.ifindex == 0 {
+        return Err(Outcome::pass(Reason::PassNoEgress));
+    }
+    if !nh.is_resolved() {
+        request_neighbour(nh.logical_ifindex, nh.family, &nh.gateway);
+        return Err(Outcome::pass(Reason::PassNeighbour));
+    }
+    Ok(nh)
+}
+
+/// Reads the 4 bytes of source and destination port for TCP, UDP and SCTP; 0 otherwise.
+#[inline(always)]
+fn read_ports(ctx: &XdpContext, offset: usize, proto: u8) -> u32 {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP {
+        return 0;
+    }
+    match ptr_at::<[u8; 4]>(ctx, offset) {
+        // SAFETY: bounds checked by `ptr_at`.
+        Ok(p) => u32::from_ne_bytes(unsafe { *p }),
+        Err(()) => 0,
+    }
+}
+
+/// Rewrites the Ethernet header (adding, removing or rewriting the 802.1Q tag as the next hop
+/// needs) and redirects to the egress device.
+#[inline(always)]
+fn transmit(ctx: &XdpContext, frame: &Frame, nh: &NextHop) -> Outcome {
+    let tagged_in = frame.l3 != EthHdr::LEN;
+    let tagged_out = nh.flags & NH_F_VLAN != 0;
+    let ok = match (tagged_in, tagged_out) {
+        (false, false) => write_eth(ctx, 0, nh).is_ok(),
+        (true, true) => write_eth(ctx, 0, nh).is_ok() && write_tci(ctx, nh).is_ok(),
+        (true, false) => {
+            // Move the addresses over the tag; the inner EtherType is already in place.
+            write_eth(ctx, VlanHdr::LEN, nh).is_ok() && adjust_head(ctx, VlanHdr::LEN as i32)
+        }
+        (false, true) => {
+            adjust_head(ctx, -(VlanHdr::LEN as i32))
+                && write_eth(ctx, 0, nh).is_ok()
+                && write_tag(ctx, nh, frame.ether_type).is_ok()
+        }
+    };
+    if !ok {
+        return Outcome::drop(Reason::DropMalformed);
+    }
+    match DEVMAP.redirect(nh.ifindex, 0) {
+        Ok(action) => {
+            count(nh.egress_slot, Reason::Transmitted, frame.len as u64);
+            Outcome { action, reason: Reason::Forwarded }
+        }
+        // The frame is already rewritten, so the kernel could not route it any more.
+        Err(_) => Outcome::drop(Reason::PassNoEgress),
+    }
+}
+
+#[inline(always)]
+fn write_eth(ctx: &XdpContext, offset: usize, nh: &NextHop) -> Result<(), ()> {
+    let p = ptr_at::<[u8; 12]>(ctx, offset)?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&nh.dmac);
+    macs[6..].copy_from_slice(&nh.smac);
+    // SAFETY: bounds checked by `ptr_at`.
+    unsafe { *p = macs };
+    Ok(())
+}
+
+#[inline(always)]
+fn write_tci(ctx: &XdpContext, nh: &NextHop) -> Result<(), ()> {
+    let p = ptr_at::<[u8; 2]>(ctx, EthHdr::LEN)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    unsafe { *p = nh.vlan_tci.to_be_bytes() };
+    Ok(())
+}
+
+#[inline(always)]
+fn write_tag(ctx: &XdpContext, nh: &NextHop, ether_type: u16) -> Result<(), ()> {
+    let p = ptr_at::<[u8; 6]>(ctx, 12)?;
+    let tci = nh.vlan_tci.to_be_bytes();
+    let et = ether_type.to_ne_bytes();
+    // SAFETY: bounds checked by `ptr_at`.
+    unsafe { *p = [0x81, 0x00, tci[0], tci[1], et[0], et[1]] };
+    Ok(())
+}
+
+#[inline(always)]
+fn adjust_head(ctx: &XdpContext, delta: i32) -> bool {
+    // SAFETY: a helper call on the live context; the packet pointers are re-read afterwards.
+    unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) == 0 }
+}
+
+/// Verifies the checksum of a 20-byte IPv4 header (RFC 1812 5.2.2).
+#[inline(always)]
+fn ipv4_checksum_ok(hdr: &Ipv4Hdr) -> bool {
+    // SAFETY: Ipv4Hdr is 20 bytes of plain data.
+    let words: &[[u8; 2]; 10] = unsafe { &*(core::ptr::from_ref(hdr).cast()) };
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 10 {
+        sum += u32::from(u16::from_be_bytes(words[i]));
+        i += 1;
+    }
+    csum_fold(sum) == 0xffff
+}
+
+/// Asks the control plane to resolve a neighbour, at most once per interval per destination.
+#[inline(always)]
+fn request_neighbour(ifindex: u32, family: u8, addr: &[u8; 16]) {
+    let mut request = NeighRequest { ifindex, family, _pad: [0; 3], addr: [0; 16] };
+    if family == FAMILY_V4 {
+        request.addr[..4].copy_from_slice(&addr[..4]);
+    } else {
+        request.addr = *addr;
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is a plain u64 read once.
+    if let Some(last) = unsafe { NEIGH_PENDING.get(&request) } {
+        if now.wrapping_sub(*last) < NEIGH_REQUEST_INTERVAL_NS {
+            return;
+        }
+    }
+    let _ = NEIGH_PENDING.insert(&request, &now, 0);
+    let _ = NEIGH_REQUESTS.output::<NeighRequest>(&request, 0);
+}
+
+#[inline(always)]
+fn lookup_iface(ifindex: u32, vlan_id: u16) -> Option<Iface> {
+    let key = IfaceKey { ifindex, vlan_id, _pad: 0 };
+    // SAFETY: the value is copied out at once.
+    unsafe { IFACES.get(&key) }.copied()
+}
+
+#[inline(always)]
+fn count(slot: u32, reason: Reason, bytes: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(reason.index(slot)) {
+        // SAFETY: per-CPU value, so no other writer runs concurrently on this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+/// The one bounds-checked accessor for packet data.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *mut T)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Dual-licensed: the kernel requires a GPL-compatible licence for the helpers used here.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
