@@ -3,6 +3,9 @@
 //! daemon are made of.
 
 pub mod dataplane;
+pub mod fib;
+pub mod rib;
+pub mod netns;
 
 /// The XDP forwarding program, built by `build.rs` from `dataplane-ebpf/`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-xdp"));

@@ -1,0 +1,738 @@
+//! The FIB compiler: turns the [`Rib`] into the contents of the dataplane's maps ([`FibState`]),
+//! and the difference between two states into an ordered list of map writes ([`diff`]).
+//!
+//! Next hops are identified by the neighbour they send to, `(interface, address)`: a gateway, or a
+//! host on a connected subnet (each usable neighbour on a connected subnet becomes a host route,
+//! so the dataplane never needs the kernel's neighbour table). Ids of next hops, ECMP groups and
+//! counter slots are stable across compilations, and an id that falls out of use is only handed
+//! out again after the state that referenced it has been replaced, so a reader never follows a
+//! route to a next hop that was reused for another neighbour.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sluice_common::{
+    EcmpGroup, FAMILY_V4, FAMILY_V6, IF_F_UP, Iface, IfaceKey, MAX_ECMP_GROUPS, MAX_ECMP_MEMBERS,
+    MAX_NEXTHOPS, MAX_SLOTS, NH_F_RESOLVED, NH_F_VLAN, NextHop, Route, RouteAction, XdpAttachMode,
+};
+
+use crate::rib::{Rib, RouteKind, TABLE_LOCAL};
+
+/// Everything the dataplane's maps hold, as plain values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FibState {
+    /// `ROUTES_V4`.
+    pub routes_v4: BTreeMap<Ipv4Net, Route>,
+    /// `ROUTES_V6`.
+    pub routes_v6: BTreeMap<Ipv6Net, Route>,
+    /// `NEXTHOPS`, non-empty entries only.
+    pub nexthops: BTreeMap<u32, NextHop>,
+    /// `ECMP_GROUPS`, non-empty entries only.
+    pub groups: BTreeMap<u32, EcmpGroup>,
+    /// `IFACES`.
+    pub ifaces: BTreeMap<IfaceKey, Iface>,
+    /// `DEVMAP` keys (each maps to itself).
+    pub devmap: BTreeSet<u32>,
+}
+
+impl FibState {
+    /// The route a destination matches by longest prefix, as the dataplane would find it.
+    pub fn lookup(&self, addr: IpAddr) -> Option<(IpNet, Route)> {
+        match addr {
+            IpAddr::V4(a) => (0..=32).rev().find_map(|len| {
+                let net = Ipv4Net::new(a, len).ok()?.trunc();
+                self.routes_v4.get(&net).map(|r| (IpNet::V4(net), *r))
+            }),
+            IpAddr::V6(a) => (0..=128).rev().find_map(|len| {
+                let net = Ipv6Net::new(a, len).ok()?.trunc();
+                self.routes_v6.get(&net).map(|r| (IpNet::V6(net), *r))
+            }),
+        }
+    }
+
+    fn insert_route(&mut self, prefix: IpNet, route: Route) {
+        match prefix {
+            IpNet::V4(p) => self.routes_v4.insert(p.trunc(), route),
+            IpNet::V6(p) => self.routes_v6.insert(p.trunc(), route),
+        };
+    }
+
+    fn has_route(&self, prefix: IpNet) -> bool {
+        match prefix {
+            IpNet::V4(p) => self.routes_v4.contains_key(&p),
+            IpNet::V6(p) => self.routes_v6.contains_key(&p),
+        }
+    }
+}
+
+/// One write to the dataplane's maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Add an egress device to `DEVMAP`.
+    AddDevice(u32),
+    /// Write an `IFACES` entry.
+    SetIface(IfaceKey, Iface),
+    /// Write a next hop.
+    SetNextHop(u32, NextHop),
+    /// Write an ECMP group.
+    SetGroup(u32, EcmpGroup),
+    /// Write an IPv4 route.
+    SetRouteV4(Ipv4Net, Route),
+    /// Write an IPv6 route.
+    SetRouteV6(Ipv6Net, Route),
+    /// Delete an IPv4 route.
+    DelRouteV4(Ipv4Net),
+    /// Delete an IPv6 route.
+    DelRouteV6(Ipv6Net),
+    /// Zero an ECMP group.
+    ClearGroup(u32),
+    /// Zero a next hop.
+    ClearNextHop(u32),
+    /// Delete an `IFACES` entry.
+    DelIface(IfaceKey),
+    /// Remove an egress device from `DEVMAP`.
+    DelDevice(u32),
+}
+
+/// The writes that turn `old` into `new`, ordered so that nothing is referenced before it is
+/// written nor cleared while referenced: devices, interfaces, next hops, groups, routes; then the
+/// deletions in the reverse order.
+pub fn diff(old: &FibState, new: &FibState) -> Vec<Op> {
+    let mut ops = Vec::new();
+    ops.extend(new.devmap.difference(&old.devmap).map(|&d| Op::AddDevice(d)));
+    ops.extend(changed(&old.ifaces, &new.ifaces).map(|(k, v)| Op::SetIface(*k, *v)));
+    ops.extend(changed(&old.nexthops, &new.nexthops).map(|(k, v)| Op::SetNextHop(*k, *v)));
+    ops.extend(changed(&old.groups, &new.groups).map(|(k, v)| Op::SetGroup(*k, *v)));
+    ops.extend(changed(&old.routes_v4, &new.routes_v4).map(|(k, v)| Op::SetRouteV4(*k, *v)));
+    ops.extend(changed(&old.routes_v6, &new.routes_v6).map(|(k, v)| Op::SetRouteV6(*k, *v)));
+    ops.extend(removed(&old.routes_v4, &new.routes_v4).map(|k| Op::DelRouteV4(*k)));
+    ops.extend(removed(&old.routes_v6, &new.routes_v6).map(|k| Op::DelRouteV6(*k)));
+    ops.extend(removed(&old.groups, &new.groups).map(|k| Op::ClearGroup(*k)));
+    ops.extend(removed(&old.nexthops, &new.nexthops).map(|k| Op::ClearNextHop(*k)));
+    ops.extend(removed(&old.ifaces, &new.ifaces).map(|k| Op::DelIface(*k)));
+    ops.extend(old.devmap.difference(&new.devmap).map(|&d| Op::DelDevice(d)));
+    ops
+}
+
+fn changed<'a, K: Ord, V: PartialEq>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = (&'a K, &'a V)> {
+    new.iter().filter(move |(k, v)| old.get(k) != Some(v))
+}
+
+fn removed<'a, K: Ord, V>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = &'a K> {
+    old.keys().filter(move |k| !new.contains_key(k))
+}
+
+/// Hands out small integer ids for keys, keeping them stable while the key is in use, and
+/// recycling a released id only one generation later.
+#[derive(Debug)]
+struct Ids<K> {
+    by_key: HashMap<K, u32>,
+    first: u32,
+    limit: u32,
+    next: u32,
+    /// Released in an earlier generation: safe to reuse now.
+    free: Vec<u32>,
+    /// Released in the generation being compiled.
+    released: Vec<u32>,
+    used: BTreeSet<u32>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
+    fn new(first: u32, limit: u32) -> Self {
+        Self {
+            by_key: HashMap::new(),
+            first,
+            limit,
+            next: first,
+            free: Vec::new(),
+            released: Vec::new(),
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// Records an id already in the maps (adoption at start-up).
+    fn adopt(&mut self, key: K, id: u32) {
+        if id < self.first || id >= self.limit || self.by_key.contains_key(&key) {
+            return;
+        }
+        self.by_key.insert(key, id);
+        self.next = self.next.max(id + 1);
+    }
+
+    fn get(&mut self, key: &K) -> Option<u32> {
+        if let Some(&id) = self.by_key.get(key) {
+            self.used.insert(id);
+            return Some(id);
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None if self.next < self.limit => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => return None,
+        };
+        self.by_key.insert(key.clone(), id);
+        self.used.insert(id);
+        Some(id)
+    }
+
+    /// Ends a generation: ids not used in it are released.
+    fn finish(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        let mut released = Vec::new();
+        self.by_key.retain(|_, id| {
+            let keep = used.contains(id);
+            if !keep {
+                released.push(*id);
+            }
+            keep
+        });
+        self.free.append(&mut self.released);
+        self.released = released;
+    }
+}
+
+/// Compiles [`Rib`]s into [`FibState`]s for one routing table.
+#[derive(Debug)]
+pub struct Compiler {
+    table: u32,
+    nexthop_ids: Ids<(u32, IpAddr)>,
+    group_ids: Ids<Vec<u32>>,
+    slots: Ids<u32>,
+    /// Next hops or members that did not fit, reported once per compilation.
+    pub overflow: usize,
+}
+
+impl Compiler {
+    /// A compiler for the routes of `table` (254 is the kernel's main table).
+    pub fn new(table: u32) -> Self {
+        Self {
+            table,
+            nexthop_ids: Ids::new(1, MAX_NEXTHOPS),
+            group_ids: Ids::new(1, MAX_ECMP_GROUPS),
+            slots: Ids::new(1, MAX_SLOTS),
+            overflow: 0,
+        }
+    }
+
+    /// The table compiled.
+    pub fn table(&self) -> u32 {
+        self.table
+    }
+
+    /// Takes over the ids of a state already in the maps, so that recompiling the same RIB
+    /// rewrites nothing (start-up after a restart adopts the pinned maps this way).
+    pub fn adopt(&mut self, current: &FibState) {
+        for (id, nh) in &current.nexthops {
+            if let Some(addr) = gateway_addr(nh) {
+                self.nexthop_ids.adopt((nh.logical_ifindex, addr), *id);
+            }
+        }
+        for (id, g) in &current.groups {
+            let n = (g.count as usize).min(MAX_ECMP_MEMBERS);
+            self.group_ids.adopt(g.members[..n].to_vec(), *id);
+        }
+        for iface in current.ifaces.values() {
+            self.slots.adopt(iface.logical_ifindex, iface.slot);
+        }
+    }
+
+    /// Compiles the RIB. `attached` holds the interfaces XDP is attached to, with their mode.
+    pub fn compile(&mut self, rib: &Rib, attached: &BTreeMap<u32, XdpAttachMode>) -> FibState {
+        self.overflow = 0;
+        let mut fib = FibState::default();
+        self.compile_ifaces(rib, attached, &mut fib);
+        let egress = Egress { rib, attached };
+
+        // Best route per prefix in the table: the lowest metric, as the kernel chooses.
+        let mut best: BTreeMap<IpNet, &crate::rib::Route> = BTreeMap::new();
+        for r in rib.routes.values().filter(|r| r.table == self.table) {
+            best.entry(r.prefix).and_modify(|b| {
+                if r.metric < b.metric {
+                    *b = r;
+                }
+            })
+            .or_insert(r);
+        }
+        for (prefix, r) in best {
+            let route = self.compile_route(r, &egress, &mut fib);
+            fib.insert_route(prefix, route);
+        }
+
+        // Usable neighbours on connected subnets become host routes.
+        for n in rib.neighbours.values().filter(|n| n.usable()) {
+            let prefix = IpNet::from(n.addr);
+            if fib.has_route(prefix) {
+                continue;
+            }
+            let Some((_, r)) = fib.lookup(n.addr) else { continue };
+            if r.action != RouteAction::Connected as u32 || r.target != n.ifindex {
+                continue;
+            }
+            if let Some(id) = self.nexthop(n.ifindex, n.addr, &egress, &mut fib) {
+                fib.insert_route(prefix, Route { action: RouteAction::Forward as u32, target: id });
+            }
+        }
+
+        // The router's own addresses, and local and broadcast routes of the local table.
+        let local = Route { action: RouteAction::Local as u32, target: 0 };
+        for r in rib.routes.values().filter(|r| r.table == TABLE_LOCAL && r.kind == RouteKind::Local) {
+            fib.insert_route(r.prefix, local);
+        }
+        for a in rib.addresses.keys() {
+            fib.insert_route(IpNet::from(a.addr.addr()), local);
+        }
+
+        self.nexthop_ids.finish();
+        self.group_ids.finish();
+        self.slots.finish();
+        fib
+    }
+
+    fn compile_ifaces(
+        &mut self,
+        rib: &Rib,
+        attached: &BTreeMap<u32, XdpAttachMode>,
+        fib: &mut FibState,
+    ) {
+        for link in rib.links.values() {
+            let (key, mode) = match link.vlan {
+                None => match attached.get(&link.index) {
+                    Some(mode) => (IfaceKey { ifindex: link.index, vlan_id: 0, _pad: 0 }, *mode),
+                    None => continue,
+                },
+                Some((parent, vid)) if attached.contains_key(&parent) => {
+                    (IfaceKey { ifindex: parent, vlan_id: vid, _pad: 0 }, XdpAttachMode::None)
+                }
+                Some(_) => continue,
+            };
+            let Some(mac) = link.mac else { continue };
+            let Some(slot) = self.slots.get(&link.index) else {
+                self.overflow += 1;
+                continue;
+            };
+            if link.vlan.is_none() {
+                fib.devmap.insert(link.index);
+            }
+            let mut name = [0u8; 16];
+            let n = link.name.len().min(15);
+            name[..n].copy_from_slice(&link.name.as_bytes()[..n]);
+            fib.ifaces.insert(
+                key,
+                Iface {
+                    slot,
+                    flags: if link.up { IF_F_UP } else { 0 },
+                    mtu: link.mtu,
+                    xdp_mode: mode as u32,
+                    logical_ifindex: link.index,
+                    mac,
+                    _pad: [0; 2],
+                    name,
+                },
+            );
+        }
+    }
+
+    fn compile_route(
+        &mut self,
+        r: &crate::rib::Route,
+        egress: &Egress<'_>,
+        fib: &mut FibState,
+    ) -> Route {
+        let action = |a: RouteAction, target: u32| Route { action: a as u32, target };
+        match r.kind {
+            RouteKind::Local => return action(RouteAction::Local, 0),
+            RouteKind::Blackhole => return action(RouteAction::Blackhole, 0),
+            RouteKind::Unreachable => return action(RouteAction::Unreachable, 0),
+            RouteKind::Other => return action(RouteAction::Pass, 0),
+            RouteKind::Unicast => {}
+        }
+        let gateways: Vec<_> =
+            r.nexthops.iter().filter_map(|nh| nh.gateway.map(|g| (nh, g))).collect();
+        if gateways.is_empty() {
+            // A device route: a connected subnet (hosts get their own routes) or on-link.
+            return match r.nexthops.first() {
+                Some(nh) if egress.served(nh.ifindex) => action(RouteAction::Connected, nh.ifindex),
+                _ => action(RouteAction::Pass, 0),
+            };
+        }
+        if gateways.len() == 1 {
+            let (nh, gw) = gateways[0];
+            return match self.nexthop(nh.ifindex, gw, egress, fib) {
+                Some(id) => action(RouteAction::Forward, id),
+                None => action(RouteAction::Pass, 0),
+            };
+        }
+        // Multipath: members whose link is down are left out, as the kernel does; each member
+        // appears in proportion to its weight, within the group's capacity.
+        let live: Vec<_> =
+            gateways.iter().filter(|(nh, _)| egress.up(nh.ifindex)).copied().collect();
+        let members = if live.is_empty() { &gateways[..1] } else { &live[..] };
+        let mut ids = Vec::new();
+        for (nh, gw) in members {
+            if let Some(id) = self.nexthop(nh.ifindex, *gw, egress, fib) {
+                ids.push((id, nh.weight.max(1)));
+            }
+        }
+        let expanded = expand_weights(&ids);
+        if expanded.len() < ids.len() {
+            self.overflow += ids.len() - expanded.len();
+        }
+        match expanded.len() {
+            0 => action(RouteAction::Pass, 0),
+            1 => action(RouteAction::Forward, expanded[0]),
+            _ => match self.group_ids.get(&expanded) {
+                Some(gid) => {
+                    let mut g = EcmpGroup { count: expanded.len() as u32, ..EcmpGroup::default() };
+                    g.members[..expanded.len()].copy_from_slice(&expanded);
+                    fib.groups.insert(gid, g);
+                    action(RouteAction::Ecmp, gid)
+                }
+                None => {
+                    self.overflow += 1;
+                    action(RouteAction::Forward, expanded[0])
+                }
+            },
+        }
+    }
+
+    /// The id of the next hop towards neighbour `addr` on `ifindex`, writing it into `fib`.
+    fn nexthop(
+        &mut self,
+        ifindex: u32,
+        addr: IpAddr,
+        egress: &Egress<'_>,
+        fib: &mut FibState,
+    ) -> Option<u32> {
+        let Some(id) = self.nexthop_ids.get(&(ifindex, addr)) else {
+            self.overflow += 1;
+            return None;
+        };
+        if fib.nexthops.contains_key(&id) {
+            return Some(id);
+        }
+        let mut nh = NextHop { logical_ifindex: ifindex, ..NextHop::default() };
+        match addr {
+            IpAddr::V4(a) => {
+                nh.family = FAMILY_V4;
+                nh.gateway[..4].copy_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                nh.family = FAMILY_V6;
+                nh.gateway = a.octets();
+            }
+        }
+        if let Some(link) = egress.rib.links.get(&ifindex) {
+            nh.mtu = link.mtu;
+            nh.smac = link.mac.unwrap_or_default();
+        }
+        if let Some((device, vlan)) = egress.device(ifindex) {
+            nh.ifindex = device;
+            nh.egress_slot = self.slots.by_key.get(&ifindex).copied().unwrap_or(0);
+            if let Some(vid) = vlan {
+                nh.flags |= NH_F_VLAN;
+                nh.vlan_tci = vid;
+            }
+        }
+        if let Some(n) = egress.rib.neighbour(ifindex, addr).filter(|n| n.usable()) {
+            nh.flags |= NH_F_RESOLVED;
+            nh.dmac = n.mac.unwrap_or_default();
+        }
+        fib.nexthops.insert(id, nh);
+        Some(id)
+    }
+}
+
+/// Repeats each member in proportion to its weight, within `MAX_ECMP_MEMBERS` slots; every
+/// member keeps at least one slot while there is room.
+fn expand_weights(members: &[(u32, u16)]) -> Vec<u32> {
+    let members = &members[..members.len().min(MAX_ECMP_MEMBERS)];
+    let total: u32 = members.iter().map(|(_, w)| u32::from(*w)).sum();
+    if total as usize <= MAX_ECMP_MEMBERS {
+        return members.iter().flat_map(|(id, w)| std::iter::repeat_n(*id, usize::from(*w))).collect();
+    }
+    let slots = MAX_ECMP_MEMBERS as u32;
+    members
+        .iter()
+        .flat_map(|(id, w)| {
+            let n = (u32::from(*w) * slots / total).max(1) as usize;
+            std::iter::repeat_n(*id, n)
+        })
+        .take(MAX_ECMP_MEMBERS)
+        .collect()
+}
+
+/// Where a logical interface sends frames: a device in the devmap, and a VLAN id to tag with.
+struct Egress<'a> {
+    rib: &'a Rib,
+    attached: &'a BTreeMap<u32, XdpAttachMode>,
+}
+
+impl Egress<'_> {
+    fn up(&self, ifindex: u32) -> bool {
+        let Some(link) = self.rib.links.get(&ifindex) else { return false };
+        link.up && link.vlan.is_none_or(|(parent, _)| self.rib.links.get(&parent).is_some_and(|p| p.up))
+    }
+
+    /// Whether XDP serves this logical interface (attached, or a VLAN of an attached device).
+    fn served(&self, ifindex: u32) -> bool {
+        self.rib.links.get(&ifindex).is_some_and(|l| match l.vlan {
+            None => self.attached.contains_key(&ifindex),
+            Some((parent, _)) => self.attached.contains_key(&parent),
+        })
+    }
+
+    /// The devmap device and VLAN id for a logical interface that is served and up.
+    fn device(&self, ifindex: u32) -> Option<(u32, Option<u16>)> {
+        if !self.served(ifindex) || !self.up(ifindex) {
+            return None;
+        }
+        let link = self.rib.links.get(&ifindex)?;
+        link.mac?;
+        Some(match link.vlan {
+            None => (ifindex, None),
+            Some((parent, vid)) => (parent, Some(vid)),
+        })
+    }
+}
+
+/// The neighbour address a next hop was compiled for.
+fn gateway_addr(nh: &NextHop) -> Option<IpAddr> {
+    match nh.family {
+        FAMILY_V4 => Some(IpAddr::from([nh.gateway[0], nh.gateway[1], nh.gateway[2], nh.gateway[3]])),
+        FAMILY_V6 => Some(IpAddr::from(nh.gateway)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rib::{Address, Link, Neighbour, RouteNextHop, TABLE_MAIN, nud};
+
+    const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+    const GW1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+    const GW2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+
+    fn link(index: u32, name: &str, mac: [u8; 6]) -> Link {
+        Link { index, name: name.into(), mac: Some(mac), mtu: 1500, up: true, ..Link::default() }
+    }
+
+    fn unicast(prefix: &str, hops: &[(u32, Option<&str>, u16)]) -> crate::rib::Route {
+        crate::rib::Route {
+            prefix: prefix.parse().unwrap(),
+            table: TABLE_MAIN,
+            metric: 0,
+            kind: RouteKind::Unicast,
+            nexthops: hops
+                .iter()
+                .map(|(i, g, w)| RouteNextHop {
+                    ifindex: *i,
+                    gateway: g.map(|g| g.parse().unwrap()),
+                    weight: *w,
+                })
+                .collect(),
+            protocol: 4,
+        }
+    }
+
+    fn neigh(ifindex: u32, addr: &str, mac: [u8; 6], state: u16) -> Neighbour {
+        Neighbour { ifindex, addr: addr.parse().unwrap(), mac: Some(mac), state, managed: false }
+    }
+
+    /// Two attached interfaces: 2 (10.0.1.0/24) and 3 (10.0.2.0/24), gateways on both.
+    fn lab() -> (Rib, BTreeMap<u32, XdpAttachMode>) {
+        let mut rib = Rib::default();
+        rib.upsert_link(link(1, "lo", [0; 6]));
+        rib.upsert_link(link(2, "eth0", MAC_A));
+        rib.upsert_link(link(3, "eth1", MAC_B));
+        rib.upsert_route(unicast("10.0.1.0/24", &[(2, None, 1)]));
+        rib.upsert_route(unicast("10.0.2.0/24", &[(3, None, 1)]));
+        rib.upsert_route(unicast("0.0.0.0/0", &[(2, Some("10.0.1.1"), 1)]));
+        rib.upsert_neighbour(neigh(2, "10.0.1.1", GW1_MAC, nud::REACHABLE));
+        rib.upsert_neighbour(neigh(3, "10.0.2.1", GW2_MAC, nud::STALE));
+        rib.addresses.insert(Address { ifindex: 2, addr: "10.0.1.254/24".parse().unwrap() }, ());
+        let attached = BTreeMap::from([(2, XdpAttachMode::Native), (3, XdpAttachMode::Generic)]);
+        (rib, attached)
+    }
+
+    fn route_of(fib: &FibState, addr: &str) -> Route {
+        fib.lookup(addr.parse().unwrap()).expect("a route").1
+    }
+
+    #[test]
+    fn compiles_interfaces_devices_and_connected_routes() {
+        let (rib, attached) = lab();
+        let fib = Compiler::new(TABLE_MAIN).compile(&rib, &attached);
+        assert_eq!(fib.devmap, BTreeSet::from([2, 3]));
+        let eth1 = fib.ifaces[&IfaceKey { ifindex: 3, vlan_id: 0, _pad: 0 }];
+        assert_eq!(eth1.mac, MAC_B);
+        assert_eq!(eth1.xdp_mode, XdpAttachMode::Generic as u32);
+        assert_eq!(&eth1.name[..5], b"eth1\0");
+        assert_eq!(fib.ifaces.len(), 2, "lo is not attached");
+        // A host without a neighbour entry matches the connected route.
+        let r = route_of(&fib, "10.0.2.77");
+        assert_eq!((r.action, r.target), (RouteAction::Connected as u32, 3));
+        // A resolved neighbour on the subnet has its own host route to a resolved next hop.
+        let r = route_of(&fib, "10.0.2.1");
+        assert_eq!(r.action, RouteAction::Forward as u32);
+        let nh = fib.nexthops[&r.target];
+        assert_eq!((nh.ifindex, nh.dmac, nh.smac, nh.mtu), (3, GW2_MAC, MAC_B, 1500));
+        assert!(nh.is_resolved());
+        assert_eq!(nh.egress_slot, eth1.slot);
+        // Own address.
+        assert_eq!(route_of(&fib, "10.0.1.254").action, RouteAction::Local as u32);
+    }
+
+    #[test]
+    fn gateway_routes_follow_neighbour_state() {
+        let (mut rib, attached) = lab();
+        let mut c = Compiler::new(TABLE_MAIN);
+        let fib = c.compile(&rib, &attached);
+        let r = route_of(&fib, "198.51.100.1");
+        assert_eq!(r.action, RouteAction::Forward as u32);
+        assert_eq!(fib.nexthops[&r.target].dmac, GW1_MAC);
+        rib.upsert_neighbour(neigh(2, "10.0.1.1", GW1_MAC, nud::FAILED));
+        let fib2 = c.compile(&rib, &attached);
+        let nh = fib2.nexthops[&route_of(&fib2, "198.51.100.1").target];
+        assert!(!nh.is_resolved(), "a failed neighbour does not resolve");
+        assert_eq!(route_of(&fib2, "198.51.100.1").target, r.target, "ids are stable");
+        let ops = diff(&fib, &fib2);
+        assert!(ops.iter().all(|op| matches!(op, Op::SetNextHop(..) | Op::DelRouteV4(_))), "{ops:?}");
+    }
+
+    #[test]
+    fn recompiling_the_same_rib_writes_nothing_and_adoption_keeps_ids() {
+        let (rib, attached) = lab();
+        let mut c = Compiler::new(TABLE_MAIN);
+        let fib = c.compile(&rib, &attached);
+        assert!(diff(&fib, &c.compile(&rib, &attached)).is_empty());
+        // A new daemon adopting the maps compiles the same state.
+        let mut fresh = Compiler::new(TABLE_MAIN);
+        fresh.adopt(&fib);
+        assert!(diff(&fib, &fresh.compile(&rib, &attached)).is_empty());
+    }
+
+    #[test]
+    fn multipath_becomes_an_ecmp_group_with_weights_and_skips_dead_links() {
+        let (mut rib, attached) = lab();
+        rib.upsert_route(unicast("203.0.113.0/24", &[(2, Some("10.0.1.1"), 1), (3, Some("10.0.2.1"), 2)]));
+        let mut c = Compiler::new(TABLE_MAIN);
+        let fib = c.compile(&rib, &attached);
+        let r = route_of(&fib, "203.0.113.9");
+        assert_eq!(r.action, RouteAction::Ecmp as u32);
+        let g = fib.groups[&r.target];
+        assert_eq!(g.count, 3);
+        let via = |m: u32| fib.nexthops[&m].ifindex;
+        let mut devs: Vec<_> = g.members[..3].iter().map(|m| via(*m)).collect();
+        devs.sort_unstable();
+        assert_eq!(devs, vec![2, 3, 3]);
+        // eth1 goes down: the route uses the remaining member only.
+        rib.links.get_mut(&3).unwrap().up = false;
+        let fib2 = c.compile(&rib, &attached);
+        let r2 = route_of(&fib2, "203.0.113.9");
+        assert_eq!(r2.action, RouteAction::Forward as u32);
+        assert_eq!(fib2.nexthops[&r2.target].ifindex, 2);
+        // And the group is released without being reused in the same generation.
+        assert!(fib2.groups.is_empty());
+        assert!(diff(&fib, &fib2).contains(&Op::ClearGroup(r.target)));
+    }
+
+    #[test]
+    fn lowest_metric_wins_and_other_types_map_to_actions() {
+        let (mut rib, attached) = lab();
+        let mut worse = unicast("192.0.2.0/24", &[(3, Some("10.0.2.1"), 1)]);
+        worse.metric = 200;
+        rib.upsert_route(worse);
+        let mut better = unicast("192.0.2.0/24", &[(2, Some("10.0.1.1"), 1)]);
+        better.metric = 100;
+        rib.upsert_route(better);
+        for (prefix, kind) in [
+            ("192.0.3.0/24", RouteKind::Blackhole),
+            ("192.0.4.0/24", RouteKind::Unreachable),
+            ("192.0.5.0/24", RouteKind::Other),
+        ] {
+            let mut r = unicast(prefix, &[]);
+            r.kind = kind;
+            rib.upsert_route(r);
+        }
+        let mut other_table = unicast("192.0.6.0/24", &[(2, Some("10.0.1.1"), 1)]);
+        other_table.table = 100;
+        rib.upsert_route(other_table);
+        let fib = Compiler::new(TABLE_MAIN).compile(&rib, &attached);
+        let r = route_of(&fib, "192.0.2.1");
+        assert_eq!(fib.nexthops[&r.target].ifindex, 2);
+        assert_eq!(route_of(&fib, "192.0.3.1").action, RouteAction::Blackhole as u32);
+        assert_eq!(route_of(&fib, "192.0.4.1").action, RouteAction::Unreachable as u32);
+        assert_eq!(route_of(&fib, "192.0.5.1").action, RouteAction::Pass as u32);
+        // 192.0.6.0/24 is only in table 100: the default route matches.
+        assert_eq!(route_of(&fib, "192.0.6.1").target, r.target);
+        let mut c100 = Compiler::new(100);
+        let fib100 = c100.compile(&rib, &attached);
+        assert_eq!(fib100.routes_v4.len(), 2, "the route of table 100 and the local address");
+    }
+
+    #[test]
+    fn vlan_subinterfaces_are_served_through_their_parent() {
+        let (mut rib, attached) = lab();
+        let mut vlan = link(10, "eth1.42", [2, 0, 0, 0, 0, 0x42]);
+        vlan.vlan = Some((3, 42));
+        rib.upsert_link(vlan);
+        rib.upsert_route(unicast("10.42.0.0/24", &[(10, None, 1)]));
+        rib.upsert_neighbour(neigh(10, "10.42.0.5", GW1_MAC, nud::REACHABLE));
+        let fib = Compiler::new(TABLE_MAIN).compile(&rib, &attached);
+        let key = IfaceKey { ifindex: 3, vlan_id: 42, _pad: 0 };
+        assert_eq!(fib.ifaces[&key].logical_ifindex, 10);
+        assert!(!fib.devmap.contains(&10), "VLAN devices are not in the devmap");
+        let nh = fib.nexthops[&route_of(&fib, "10.42.0.5").target];
+        assert_eq!((nh.ifindex, nh.vlan_tci, nh.flags & NH_F_VLAN), (3, 42, NH_F_VLAN));
+        assert_eq!(nh.smac, [2, 0, 0, 0, 0, 0x42]);
+    }
+
+    #[test]
+    fn routes_out_of_unserved_or_down_interfaces_go_to_the_kernel() {
+        let (mut rib, attached) = lab();
+        rib.upsert_link(link(4, "tun0", [0; 6]));
+        rib.upsert_route(unicast("172.16.0.0/12", &[(4, None, 1)]));
+        rib.upsert_route(unicast("172.32.0.0/16", &[(4, Some("10.9.9.9"), 1)]));
+        rib.links.get_mut(&2).unwrap().up = false;
+        let fib = Compiler::new(TABLE_MAIN).compile(&rib, &attached);
+        assert_eq!(route_of(&fib, "172.16.0.1").action, RouteAction::Pass as u32);
+        assert_eq!(fib.nexthops[&route_of(&fib, "172.32.0.1").target].ifindex, 0);
+        // eth0 is down: its next hops have no egress device, so the dataplane passes.
+        assert_eq!(fib.nexthops[&route_of(&fib, "198.51.100.1").target].ifindex, 0);
+    }
+
+    #[test]
+    fn ipv6_routes_and_neighbours() {
+        let (mut rib, attached) = lab();
+        rib.upsert_route(unicast("2001:db8:1::/64", &[(2, None, 1)]));
+        rib.upsert_route(unicast("::/0", &[(3, Some("fe80::1"), 1)]));
+        rib.upsert_neighbour(neigh(3, "fe80::1", GW2_MAC, nud::REACHABLE));
+        rib.upsert_neighbour(neigh(2, "2001:db8:1::5", GW1_MAC, nud::DELAY));
+        let fib = Compiler::new(TABLE_MAIN).compile(&rib, &attached);
+        let nh = fib.nexthops[&route_of(&fib, "2001:db8:ffff::1").target];
+        assert_eq!((nh.family, nh.dmac), (FAMILY_V6, GW2_MAC));
+        assert_eq!(route_of(&fib, "2001:db8:1::5").action, RouteAction::Forward as u32);
+        assert_eq!(route_of(&fib, "2001:db8:1::6").action, RouteAction::Connected as u32);
+    }
+
+    #[test]
+    fn weights_expand_within_capacity() {
+        assert_eq!(expand_weights(&[(1, 1), (2, 3)]), vec![1, 2, 2, 2]);
+        let big = expand_weights(&[(1, 100), (2, 100), (3, 1)]);
+        assert!(big.len() <= MAX_ECMP_MEMBERS);
+        assert!(big.contains(&3), "every member keeps a slot");
+    }
+}

@@ -1,0 +1,318 @@
+//! The RIB: Sluice's in-memory copy of the kernel state it mirrors (links, addresses, routes of
+//! the configured table and of the local table, neighbours). The mirror fills it from netlink; the
+//! FIB compiler turns it into map contents.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+
+/// The kernel's main routing table.
+pub const TABLE_MAIN: u32 = 254;
+/// The kernel's local table (addresses of the router, broadcast addresses).
+pub const TABLE_LOCAL: u32 = 255;
+
+/// How XDP is attached to a link, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XdpAttached {
+    /// No XDP program.
+    #[default]
+    None,
+    /// Native (driver) mode.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+    /// Offloaded.
+    Offload,
+}
+
+/// A network interface.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Link {
+    /// ifindex.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// MAC address, when the link has one of 6 bytes.
+    pub mac: Option<[u8; 6]>,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up and with carrier (`IFF_UP` and `IFF_RUNNING`/`IFF_LOWER_UP`).
+    pub up: bool,
+    /// For an 802.1Q VLAN device: its parent's ifindex and its VLAN id.
+    pub vlan: Option<(u32, u16)>,
+    /// XDP attachment reported by the kernel.
+    pub xdp: XdpAttached,
+}
+
+/// Kernel route types that matter to forwarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// A gateway or device route.
+    Unicast,
+    /// An address of this host, a broadcast address or an anycast address (local table).
+    Local,
+    /// Dropped silently.
+    Blackhole,
+    /// Rejected with ICMP (unreachable, prohibit).
+    Unreachable,
+    /// Anything else: handled by the kernel.
+    Other,
+}
+
+/// One next hop of a route.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteNextHop {
+    /// Output interface.
+    pub ifindex: u32,
+    /// The gateway; `None` for a device (on-link, connected) route.
+    pub gateway: Option<IpAddr>,
+    /// Weight, 1-based (Linux's rtnh_hops + 1).
+    pub weight: u16,
+}
+
+/// A route as the kernel holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix (host bits clear).
+    pub prefix: IpNet,
+    /// Table id.
+    pub table: u32,
+    /// Priority (metric); lower wins.
+    pub metric: u32,
+    /// Type.
+    pub kind: RouteKind,
+    /// Next hops; more than one for a multipath route.
+    pub nexthops: Vec<RouteNextHop>,
+    /// The protocol that installed it (kernel, boot, static, bird, ...), for display.
+    pub protocol: u8,
+}
+
+/// Identity of a route in the RIB: the kernel keys routes by table, prefix and metric (and TOS,
+/// which Sluice does not forward by).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    /// Table id.
+    pub table: u32,
+    /// Destination prefix.
+    pub prefix: IpNet,
+    /// Metric.
+    pub metric: u32,
+}
+
+impl Route {
+    /// The RIB key of this route.
+    pub fn key(&self) -> RouteKey {
+        RouteKey { table: self.table, prefix: self.prefix, metric: self.metric }
+    }
+}
+
+/// Neighbour (ARP / NDP) states, the kernel's `NUD_*` bits.
+pub mod nud {
+    /// Still being resolved.
+    pub const INCOMPLETE: u16 = 0x01;
+    /// Confirmed recently.
+    pub const REACHABLE: u16 = 0x02;
+    /// Valid but unconfirmed.
+    pub const STALE: u16 = 0x04;
+    /// Waiting before probing.
+    pub const DELAY: u16 = 0x08;
+    /// Being probed.
+    pub const PROBE: u16 = 0x10;
+    /// Resolution failed.
+    pub const FAILED: u16 = 0x20;
+    /// No ARP needed (point-to-point).
+    pub const NOARP: u16 = 0x40;
+    /// Set by the administrator.
+    pub const PERMANENT: u16 = 0x80;
+    /// States whose link-layer address may be used to forward.
+    pub const USABLE: u16 = REACHABLE | STALE | DELAY | PROBE | PERMANENT | NOARP;
+}
+
+/// A neighbour entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    /// Interface.
+    pub ifindex: u32,
+    /// Protocol address.
+    pub addr: IpAddr,
+    /// Link-layer address, if known.
+    pub mac: Option<[u8; 6]>,
+    /// `NUD_*` state bits.
+    pub state: u16,
+    /// Managed by the kernel (`NTF_EXT_MANAGED`): kept resolved without traffic.
+    pub managed: bool,
+}
+
+impl Neighbour {
+    /// Whether the entry's MAC may be used to forward.
+    pub fn usable(&self) -> bool {
+        self.mac.is_some() && self.state & nud::USABLE != 0
+    }
+}
+
+/// An address assigned to one of the router's interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address {
+    /// Interface.
+    pub ifindex: u32,
+    /// The address and its prefix length.
+    pub addr: IpNet,
+}
+
+/// The mirrored kernel state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rib {
+    /// Links by ifindex.
+    pub links: BTreeMap<u32, Link>,
+    /// Addresses.
+    pub addresses: BTreeMap<Address, ()>,
+    /// Routes of the mirrored tables.
+    pub routes: BTreeMap<RouteKey, Route>,
+    /// Neighbours by (ifindex, address).
+    pub neighbours: BTreeMap<(u32, IpAddr), Neighbour>,
+}
+
+impl Rib {
+    /// Adds or replaces a link.
+    pub fn upsert_link(&mut self, link: Link) {
+        self.links.insert(link.index, link);
+    }
+
+    /// Removes a link and everything that hangs off it (the kernel does not always send the
+    /// corresponding route and neighbour deletions).
+    pub fn remove_link(&mut self, index: u32) {
+        self.links.remove(&index);
+        self.addresses.retain(|a, ()| a.ifindex != index);
+        self.neighbours.retain(|(i, _), _| *i != index);
+        self.routes.retain(|_, r| r.nexthops.iter().all(|nh| nh.ifindex != index));
+    }
+
+    /// Adds or replaces a route.
+    pub fn upsert_route(&mut self, route: Route) {
+        self.routes.insert(route.key(), route);
+    }
+
+    /// Removes a route.
+    pub fn remove_route(&mut self, key: &RouteKey) {
+        self.routes.remove(key);
+    }
+
+    /// Adds or replaces a neighbour.
+    pub fn upsert_neighbour(&mut self, n: Neighbour) {
+        self.neighbours.insert((n.ifindex, n.addr), n);
+    }
+
+    /// Removes a neighbour.
+    pub fn remove_neighbour(&mut self, ifindex: u32, addr: IpAddr) {
+        self.neighbours.remove(&(ifindex, addr));
+    }
+
+    /// Looks a neighbour up.
+    pub fn neighbour(&self, ifindex: u32, addr: IpAddr) -> Option<&Neighbour> {
+        self.neighbours.get(&(ifindex, addr))
+    }
+
+    /// Gateways that routes of the given table use, with their interface: the neighbours the
+    /// router must keep resolved itself.
+    pub fn gateways(&self, table: u32) -> Vec<(u32, IpAddr)> {
+        let mut out: Vec<_> = self
+            .routes
+            .values()
+            .filter(|r| r.table == table && r.kind == RouteKind::Unicast)
+            .flat_map(|r| r.nexthops.iter().filter_map(|nh| nh.gateway.map(|g| (nh.ifindex, g))))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, ifindex: u32, gw: Option<&str>) -> Route {
+        Route {
+            prefix: prefix.parse().unwrap(),
+            table: TABLE_MAIN,
+            metric: 0,
+            kind: RouteKind::Unicast,
+            nexthops: vec![RouteNextHop {
+                ifindex,
+                gateway: gw.map(|g| g.parse().unwrap()),
+                weight: 1,
+            }],
+            protocol: 4,
+        }
+    }
+
+    #[test]
+    fn routes_are_keyed_by_table_prefix_and_metric() {
+        let mut rib = Rib::default();
+        rib.upsert_route(route("10.0.0.0/8", 2, Some("192.0.2.1")));
+        rib.upsert_route(route("10.0.0.0/8", 3, Some("192.0.2.9")));
+        assert_eq!(rib.routes.len(), 1, "same key replaces");
+        let mut r = route("10.0.0.0/8", 2, Some("192.0.2.1"));
+        r.metric = 100;
+        rib.upsert_route(r);
+        assert_eq!(rib.routes.len(), 2, "another metric is another route");
+        rib.remove_route(&RouteKey { table: TABLE_MAIN, prefix: "10.0.0.0/8".parse().unwrap(), metric: 0 });
+        assert_eq!(rib.routes.len(), 1);
+    }
+
+    #[test]
+    fn removing_a_link_removes_what_hangs_off_it() {
+        let mut rib = Rib::default();
+        rib.upsert_link(Link { index: 2, name: "a".into(), ..Link::default() });
+        rib.upsert_link(Link { index: 3, name: "b".into(), ..Link::default() });
+        rib.upsert_route(route("10.0.0.0/8", 2, Some("192.0.2.1")));
+        rib.upsert_route(route("10.1.0.0/16", 3, None));
+        rib.upsert_neighbour(Neighbour {
+            ifindex: 2,
+            addr: "192.0.2.1".parse().unwrap(),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            state: nud::REACHABLE,
+            managed: false,
+        });
+        rib.addresses.insert(Address { ifindex: 2, addr: "192.0.2.2/24".parse().unwrap() }, ());
+        rib.remove_link(2);
+        assert_eq!(rib.links.len(), 1);
+        assert_eq!(rib.routes.len(), 1);
+        assert!(rib.neighbours.is_empty());
+        assert!(rib.addresses.is_empty());
+    }
+
+    #[test]
+    fn only_usable_states_resolve() {
+        let mut n = Neighbour {
+            ifindex: 1,
+            addr: "192.0.2.1".parse().unwrap(),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            state: nud::STALE,
+            managed: false,
+        };
+        assert!(n.usable());
+        for state in [nud::INCOMPLETE, nud::FAILED, 0] {
+            n.state = state;
+            assert!(!n.usable(), "state {state:#x}");
+        }
+        n.state = nud::REACHABLE;
+        n.mac = None;
+        assert!(!n.usable());
+    }
+
+    #[test]
+    fn gateways_are_deduplicated_per_table() {
+        let mut rib = Rib::default();
+        rib.upsert_route(route("10.0.0.0/8", 2, Some("192.0.2.1")));
+        rib.upsert_route(route("10.1.0.0/16", 2, Some("192.0.2.1")));
+        rib.upsert_route(route("10.2.0.0/16", 3, None));
+        let mut other = route("10.3.0.0/16", 2, Some("192.0.2.7"));
+        other.table = 100;
+        rib.upsert_route(other);
+        assert_eq!(rib.gateways(TABLE_MAIN), vec![(2, "192.0.2.1".parse().unwrap())]);
+    }
+}
