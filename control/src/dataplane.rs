@@ -1,1 +1,481 @@
-//! Loading, pinning and reading the XDP dataplane.
+//! Loading, pinning, attaching and reading the XDP dataplane.
+//!
+//! Maps are pinned under `PIN_DIR/maps/NAME` and XDP links under `PIN_DIR/links/IFNAME`, so
+//! forwarding goes on while the daemon is stopped, and a new daemon adopts the maps (loading the
+//! program reuses pinned maps) and the links (it swaps its program into them with
+//! `BPF_LINK_UPDATE`) without a moment of flushed state.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key,
+        xdp::DevMapHash,
+    },
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+use sluice_common::{
+    Counter, EcmpGroup, Iface, IfaceKey, MAX_SLOTS, NextHop, REASON_SLOTS, Reason, Route,
+    XdpAttachMode, names,
+};
+use tracing::{debug, info, warn};
+
+use crate::fib::{FibState, Op};
+
+/// Where the daemon pins its maps and links unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sluice";
+
+/// Errors of the dataplane layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The pin directory is not on a BPF filesystem.
+    #[error(
+        "{0} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (or run scripts/setup.sh)"
+    )]
+    NoBpffs(PathBuf),
+    /// Nothing is pinned where the dataplane was expected.
+    #[error("no Sluice dataplane is pinned at {0} (is the daemon started, with the same --pin-dir?)")]
+    NotPinned(PathBuf),
+    /// A filesystem operation failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Loading the eBPF object failed (verifier, map creation, ...).
+    #[error("loading the XDP program")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program operation failed.
+    #[error("{0}")]
+    Program(String, #[source] ProgramError),
+    /// A map operation failed.
+    #[error("map {0}")]
+    Map(&'static str, #[source] MapError),
+    /// The interface does not exist.
+    #[error("no interface named {0:?}")]
+    NoSuchInterface(String),
+    /// Attaching XDP failed in every allowed mode.
+    #[error("attaching XDP to {iface} failed: {reason}")]
+    Attach {
+        /// Interface.
+        iface: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// The layout of a pin directory.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    /// A pin directory rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where map `name` is pinned.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    /// Where the XDP link of `iface` is pinned.
+    pub fn link(&self, iface: &str) -> PathBuf {
+        self.links_dir().join(iface)
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// Interfaces with a pinned XDP link.
+    pub fn pinned_links(&self) -> Vec<String> {
+        fs::read_dir(self.links_dir())
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Creates the directories, checking they are on bpffs.
+    fn create(&self) -> Result<()> {
+        for dir in [self.root.join("maps"), self.links_dir()] {
+            fs::create_dir_all(&dir)
+                .map_err(|source| DataplaneError::Io { what: "creating", path: dir.clone(), source })?;
+        }
+        let stat = nix::sys::statfs::statfs(&self.root).map_err(|e| DataplaneError::Io {
+            what: "statfs",
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
+        if stat.filesystem_type() != nix::sys::statfs::BPF_FS_MAGIC {
+            return Err(DataplaneError::NoBpffs(self.root.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// How to attach XDP to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ModeRequest {
+    /// Native mode, falling back to generic where the driver lacks it.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// The loaded dataplane: the program and typed handles to its maps.
+#[expect(missing_debug_implementations, reason = "aya's map handles are not Debug")]
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin: PinDir,
+    routes_v4: LpmTrie<MapData, [u8; 4], Route>,
+    routes_v6: LpmTrie<MapData, [u8; 16], Route>,
+    nexthops: Array<MapData, NextHop>,
+    groups: Array<MapData, EcmpGroup>,
+    ifaces: HashMap<MapData, IfaceKey, Iface>,
+    devmap: DevMapHash<MapData>,
+    neigh_requests: Option<RingBuf<MapData>>,
+}
+
+fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or(DataplaneError::Map(name, MapError::InvalidName {
+        name: name.to_owned(),
+    }))?;
+    T::try_from(map).map_err(|e| DataplaneError::Map(name, e))
+}
+
+impl Dataplane {
+    /// Loads the program, reusing the maps pinned under `pin` or creating and pinning them.
+    pub fn load(pin: &PinDir) -> Result<Self> {
+        pin.create()?;
+        let paths: Vec<(&str, PathBuf)> = names::ALL_MAPS.iter().map(|n| (*n, pin.map(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        let program: &mut Xdp = ebpf
+            .program_mut(names::PROGRAM)
+            .expect("the object defines the XDP program")
+            .try_into()
+            .map_err(|e| DataplaneError::Program("program type".into(), e))?;
+        program.load().map_err(|e| DataplaneError::Program("verifying the XDP program".into(), e))?;
+        Ok(Self {
+            routes_v4: take(&mut ebpf, names::ROUTES_V4)?,
+            routes_v6: take(&mut ebpf, names::ROUTES_V6)?,
+            nexthops: take(&mut ebpf, names::NEXTHOPS)?,
+            groups: take(&mut ebpf, names::ECMP_GROUPS)?,
+            ifaces: take(&mut ebpf, names::IFACES)?,
+            devmap: take(&mut ebpf, names::DEVMAP)?,
+            neigh_requests: Some(take(&mut ebpf, names::NEIGH_REQUESTS)?),
+            ebpf,
+            pin: pin.clone(),
+        })
+    }
+
+    fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(names::PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded in Dataplane::load")
+    }
+
+    /// Attaches the program to `iface` (or, when a link is pinned for it, swaps this program into
+    /// that link atomically) and pins the link. Returns the mode in use.
+    pub fn attach(&mut self, iface: &str, request: ModeRequest, previous: Option<XdpAttachMode>) -> Result<XdpAttachMode> {
+        let path = self.pin.link(iface);
+        if path.exists() {
+            match self.adopt_link(&path) {
+                Ok(()) => {
+                    let mode = previous.unwrap_or(XdpAttachMode::Native);
+                    info!(iface, mode = mode.name(), "adopted pinned XDP link");
+                    return Ok(mode);
+                }
+                Err(e) => {
+                    warn!(iface, error = %e, "pinned XDP link unusable, attaching afresh");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        let modes: &[(XdpMode, XdpAttachMode)] = match request {
+            ModeRequest::Auto => &[(XdpMode::Driver, XdpAttachMode::Native), (XdpMode::Skb, XdpAttachMode::Generic)],
+            ModeRequest::Native => &[(XdpMode::Driver, XdpAttachMode::Native)],
+            ModeRequest::Generic => &[(XdpMode::Skb, XdpAttachMode::Generic)],
+        };
+        let mut failures = Vec::new();
+        for (mode, attach_mode) in modes {
+            let program = self.program();
+            let id = match program.attach(iface, *mode) {
+                Ok(id) => id,
+                Err(ProgramError::UnknownInterface { .. }) => {
+                    return Err(DataplaneError::NoSuchInterface(iface.to_owned()));
+                }
+                Err(e) => {
+                    failures.push(format!("{}: {}", attach_mode.name(), error_chain(&e)));
+                    continue;
+                }
+            };
+            let link = program.take_link(id).map_err(|e| DataplaneError::Program("take link".into(), e))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Attach {
+                iface: iface.to_owned(),
+                reason: format!("the kernel attached through netlink, which cannot be pinned ({e})"),
+            })?;
+            fd_link.pin(&path).map_err(|e| DataplaneError::Attach {
+                iface: iface.to_owned(),
+                reason: format!("pinning the link at {}: {e}", path.display()),
+            })?;
+            info!(iface, mode = attach_mode.name(), "attached XDP");
+            return Ok(*attach_mode);
+        }
+        Err(DataplaneError::Attach { iface: iface.to_owned(), reason: failures.join("; ") })
+    }
+
+    fn adopt_link(&mut self, path: &Path) -> Result<(), String> {
+        let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+        let program = self.program();
+        let id = program.attach_to_link(link).map_err(|e| error_chain(&e))?;
+        // The pin keeps the link; this process's handle may go.
+        let link = program.take_link(id).map_err(|e| e.to_string())?;
+        drop(link);
+        Ok(())
+    }
+
+    /// Detaches interfaces pinned earlier that are no longer wanted.
+    pub fn detach_others(&self, keep: &[String]) {
+        for iface in self.pin.pinned_links() {
+            if !keep.contains(&iface) {
+                info!(iface, "detaching XDP (no longer in --attach)");
+                if let Err(e) = fs::remove_file(self.pin.link(&iface)) {
+                    warn!(iface, error = %e, "unpinning link");
+                }
+            }
+        }
+    }
+
+    /// The ring buffer of neighbour requests, once.
+    pub fn take_neigh_requests(&mut self) -> Option<RingBuf<MapData>> {
+        self.neigh_requests.take()
+    }
+
+    /// Reads everything the maps hold.
+    pub fn read_state(&self) -> Result<FibState> {
+        read_state(&self.routes_v4, &self.routes_v6, &self.nexthops, &self.groups, &self.ifaces, &self.devmap)
+    }
+
+    /// Applies map writes in order. Returns how many failed (each is logged).
+    pub fn apply(&mut self, ops: &[Op]) -> usize {
+        let mut failures = 0;
+        for op in ops {
+            if let Err(e) = self.apply_one(op) {
+                failures += 1;
+                warn!(?op, error = %error_chain(e.as_ref()), "map write failed");
+            }
+        }
+        debug!(ops = ops.len(), failures, "applied");
+        failures
+    }
+
+    fn apply_one(&mut self, op: &Op) -> Result<(), Box<dyn std::error::Error>> {
+        match *op {
+            Op::AddDevice(d) => self.devmap.insert(d, d, None, 0)?,
+            Op::DelDevice(d) => ignore_missing(self.devmap.remove(d))?,
+            Op::SetIface(k, v) => self.ifaces.insert(k, v, 0)?,
+            Op::DelIface(k) => ignore_missing(self.ifaces.remove(&k))?,
+            Op::SetNextHop(id, nh) => self.nexthops.set(id, nh, 0)?,
+            Op::ClearNextHop(id) => self.nexthops.set(id, NextHop::default(), 0)?,
+            Op::SetGroup(id, g) => self.groups.set(id, g, 0)?,
+            Op::ClearGroup(id) => self.groups.set(id, EcmpGroup::default(), 0)?,
+            Op::SetRouteV4(net, r) => self.routes_v4.insert(&key_v4(net), r, 0)?,
+            Op::DelRouteV4(net) => ignore_missing(self.routes_v4.remove(&key_v4(net)))?,
+            Op::SetRouteV6(net, r) => self.routes_v6.insert(&key_v6(net), r, 0)?,
+            Op::DelRouteV6(net) => ignore_missing(self.routes_v6.remove(&key_v6(net)))?,
+        }
+        Ok(())
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+fn key_v4(net: Ipv4Net) -> Key<[u8; 4]> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+fn key_v6(net: Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+/// Formats an error with its chain of sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn read_state(
+    routes_v4: &LpmTrie<MapData, [u8; 4], Route>,
+    routes_v6: &LpmTrie<MapData, [u8; 16], Route>,
+    nexthops: &Array<MapData, NextHop>,
+    groups: &Array<MapData, EcmpGroup>,
+    ifaces: &HashMap<MapData, IfaceKey, Iface>,
+    devmap: &DevMapHash<MapData>,
+) -> Result<FibState> {
+    let mut s = FibState::default();
+    for item in routes_v4.iter() {
+        let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V4, e))?;
+        let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).expect("kernel prefix length");
+        s.routes_v4.insert(net, v);
+    }
+    for item in routes_v6.iter() {
+        let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V6, e))?;
+        let net = Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8).expect("kernel prefix length");
+        s.routes_v6.insert(net, v);
+    }
+    for (id, nh) in nexthops.iter().enumerate() {
+        let nh = nh.map_err(|e| DataplaneError::Map(names::NEXTHOPS, e))?;
+        if nh != NextHop::default() {
+            s.nexthops.insert(id as u32, nh);
+        }
+    }
+    for (id, g) in groups.iter().enumerate() {
+        let g = g.map_err(|e| DataplaneError::Map(names::ECMP_GROUPS, e))?;
+        if g != EcmpGroup::default() {
+            s.groups.insert(id as u32, g);
+        }
+    }
+    for item in ifaces.iter() {
+        let (k, v) = item.map_err(|e| DataplaneError::Map(names::IFACES, e))?;
+        s.ifaces.insert(k, v);
+    }
+    for k in devmap.keys() {
+        s.devmap.insert(k.map_err(|e| DataplaneError::Map(names::DEVMAP, e))?);
+    }
+    Ok(s)
+}
+
+/// Read-only access to a pinned dataplane, for `sluice stats`, `sluice routes` and tests.
+#[expect(missing_debug_implementations, reason = "aya's map handles are not Debug")]
+pub struct Pinned {
+    routes_v4: LpmTrie<MapData, [u8; 4], Route>,
+    routes_v6: LpmTrie<MapData, [u8; 16], Route>,
+    nexthops: Array<MapData, NextHop>,
+    groups: Array<MapData, EcmpGroup>,
+    ifaces: HashMap<MapData, IfaceKey, Iface>,
+    devmap: DevMapHash<MapData>,
+    counters: PerCpuArray<MapData, Counter>,
+}
+
+fn open<T: TryFrom<Map, Error = MapError>>(pin: &PinDir, name: &'static str) -> Result<T> {
+    let path = pin.map(name);
+    if !path.exists() {
+        return Err(DataplaneError::NotPinned(pin.root().to_owned()));
+    }
+    let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Map(name, e))?;
+    let map = Map::from_map_data(data).map_err(|e| DataplaneError::Map(name, e))?;
+    T::try_from(map).map_err(|e| DataplaneError::Map(name, e))
+}
+
+impl Pinned {
+    /// Opens the maps pinned under `pin`.
+    pub fn open(pin: &PinDir) -> Result<Self> {
+        Ok(Self {
+            routes_v4: open(pin, names::ROUTES_V4)?,
+            routes_v6: open(pin, names::ROUTES_V6)?,
+            nexthops: open(pin, names::NEXTHOPS)?,
+            groups: open(pin, names::ECMP_GROUPS)?,
+            ifaces: open(pin, names::IFACES)?,
+            devmap: open(pin, names::DEVMAP)?,
+            counters: open(pin, names::COUNTERS)?,
+        })
+    }
+
+    /// Everything the maps hold.
+    pub fn state(&self) -> Result<FibState> {
+        read_state(&self.routes_v4, &self.routes_v6, &self.nexthops, &self.groups, &self.ifaces, &self.devmap)
+    }
+
+    /// Counters of one slot, summed over CPUs, by reason.
+    pub fn counters(&self, slot: u32) -> Result<BTreeMap<Reason, Counter>> {
+        let mut out = BTreeMap::new();
+        if slot >= MAX_SLOTS {
+            return Ok(out);
+        }
+        for reason in Reason::ALL {
+            let values = self
+                .counters
+                .get(&(slot * REASON_SLOTS + reason as u32), 0)
+                .map_err(|e| DataplaneError::Map(names::COUNTERS, e))?;
+            let mut total = Counter::default();
+            for c in values.iter() {
+                total.packets += c.packets;
+                total.bytes += c.bytes;
+            }
+            out.insert(reason, total);
+        }
+        Ok(out)
+    }
+}
+
+/// Removes everything pinned under `pin`: links first (which detaches XDP), then maps.
+pub fn detach_all(pin: &PinDir) -> Result<Vec<String>> {
+    let links = pin.pinned_links();
+    for iface in &links {
+        let path = pin.link(iface);
+        fs::remove_file(&path).map_err(|source| DataplaneError::Io { what: "removing", path, source })?;
+    }
+    for name in names::ALL_MAPS {
+        let path = pin.map(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Io { what: "removing", path, source }),
+        }
+    }
+    for dir in [pin.root().join("links"), pin.root().join("maps"), pin.root().to_owned()] {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Io { what: "removing", path: dir, source }),
+        }
+    }
+    Ok(links)
+}

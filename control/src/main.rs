@@ -1,1 +1,137 @@
-fn main() { println!("{}", sluice::EBPF_OBJECT.len()); }
+//! `sluice`: the daemon and the command line of the Sluice router.
+
+use std::{path::PathBuf, time::{Duration, Instant}};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sluice::{
+    daemon,
+    dataplane::{self, DEFAULT_PIN_DIR, ModeRequest, PinDir},
+    lab, rib, show,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Sluice: an XDP router appliance")]
+struct Cli {
+    /// Where the dataplane's maps and XDP links are pinned (on bpffs).
+    #[arg(long, global = true, env = "SLUICE_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load the dataplane, attach it and mirror the kernel's routing state into it.
+    Daemon {
+        /// Interfaces to forward between (repeat or separate with commas).
+        #[arg(long, required = true, value_delimiter = ',', num_args = 1..)]
+        attach: Vec<String>,
+        /// XDP attach mode: native with fallback to generic (auto), or only one of them.
+        #[arg(long, value_enum, default_value_t = ModeRequest::Auto)]
+        xdp_mode: ModeRequest,
+        /// The kernel routing table to mirror (254 is main).
+        #[arg(long, default_value_t = rib::TABLE_MAIN)]
+        table: u32,
+    },
+    /// Show the dataplane's counters per interface and reason.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECS seconds with rates, until interrupted.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<f64>,
+    },
+    /// Show the routes the dataplane holds, with their next hops.
+    Routes {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach XDP from every interface and remove the pinned maps.
+    Detach,
+    /// A demo topology in network namespaces with the router forwarding.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCmd {
+    /// Create the lab, start the daemon in it and show traffic crossing.
+    Up(lab::LabOptions),
+    /// Stop the lab's daemon and remove the lab.
+    Down(lab::LabOptions),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let pin = PinDir::new(&cli.pin_dir);
+    match cli.command {
+        Command::Daemon { attach, xdp_mode, table } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            runtime.block_on(daemon::run(daemon::Options { pin, attach, mode: xdp_mode, table }))
+        }
+        Command::Stats { json, watch } => stats(&pin, json, watch),
+        Command::Routes { json } => {
+            let routes = show::routes(&pin)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&routes)?);
+            } else {
+                print!("{}", show::routes_text(&routes));
+            }
+            Ok(())
+        }
+        Command::Detach => {
+            let links = dataplane::detach_all(&pin)?;
+            if links.is_empty() {
+                println!("nothing attached; removed anything pinned under {}", pin.root().display());
+            } else {
+                println!("detached from {}; removed {}", links.join(", "), pin.root().display());
+            }
+            Ok(())
+        }
+        Command::Lab { cmd: LabCmd::Up(opts) } => lab::up(&opts),
+        Command::Lab { cmd: LabCmd::Down(opts) } => lab::down(&opts),
+    }
+}
+
+fn stats(pin: &PinDir, json: bool, watch: Option<f64>) -> anyhow::Result<()> {
+    let Some(secs) = watch else {
+        let s = show::stats(pin)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            print!("{}", show::stats_text(&s));
+        }
+        return Ok(());
+    };
+    let interval = Duration::try_from_secs_f64(secs).context("--watch takes a positive number of seconds")?;
+    let mut before = show::stats(pin)?;
+    let mut at = Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let after = show::stats(pin)?;
+        let now = Instant::now();
+        if json {
+            println!("{}", serde_json::to_string(&after)?);
+        } else {
+            print!("\x1b[2J\x1b[H{}\n{}", show::rates_text(&before, &after, now - at), show::stats_text(&after));
+        }
+        before = after;
+        at = now;
+    }
+}

@@ -1,0 +1,263 @@
+//! The daemon: loads (or adopts) the dataplane, attaches it, and keeps its maps equal to the
+//! kernel's state until it is told to stop, leaving the pinned dataplane forwarding behind it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use sluice_common::{FAMILY_V4, IfaceKey, XdpAttachMode};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tracing::{error, info, warn};
+
+use crate::{
+    dataplane::{Dataplane, ModeRequest, PinDir, error_chain},
+    fib::{Compiler, FibState, diff},
+    mirror::{Applied, Mirror},
+    rib::Rib,
+};
+
+/// How long changes are gathered before the FIB is recompiled: bursts (a link going down takes
+/// its routes and neighbours with it) become one update.
+const SETTLE: Duration = Duration::from_millis(2);
+/// How often a neighbour the daemon asked the kernel to manage may be asked for again.
+const NEIGH_RETRY: Duration = Duration::from_secs(5);
+
+/// What the daemon serves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Pin directory.
+    pub pin: PinDir,
+    /// Interfaces to attach to.
+    pub attach: Vec<String>,
+    /// Attach mode.
+    pub mode: ModeRequest,
+    /// Routing table mirrored.
+    pub table: u32,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let mut dp = Dataplane::load(&opts.pin).context("loading the dataplane")?;
+    let mut fib = dp.read_state().context("reading the pinned maps")?;
+    if !fib.routes_v4.is_empty() || !fib.ifaces.is_empty() {
+        info!(
+            routes_v4 = fib.routes_v4.len(),
+            routes_v6 = fib.routes_v6.len(),
+            nexthops = fib.nexthops.len(),
+            "adopting pinned dataplane state"
+        );
+    }
+    let mut compiler = Compiler::new(opts.table);
+    compiler.adopt(&fib);
+
+    let mut attached = BTreeMap::new();
+    for name in &opts.attach {
+        let index = nix::net::if_::if_nametoindex(name.as_str())
+            .with_context(|| format!("no interface named {name:?}"))?;
+        let previous = fib
+            .ifaces
+            .get(&IfaceKey { ifindex: index, vlan_id: 0, _pad: 0 })
+            .map(|i| XdpAttachMode::from_u32(i.xdp_mode));
+        let mode = dp.attach(name, opts.mode, previous)?;
+        attached.insert(index, mode);
+    }
+    dp.detach_others(&opts.attach);
+
+    let ring = dp.take_neigh_requests().map(register).transpose().context("neighbour ring buffer")?;
+    let mut state = State { dp, compiler, fib: FibState::default(), attached, rib: Rib::default(), asked: HashMap::new() };
+    std::mem::swap(&mut state.fib, &mut fib);
+    let mut mirror = connect_and_dump(&mut state, opts.table).await;
+    state.sync();
+    state.ensure_gateways(&mut mirror).await;
+    info!(
+        interfaces = state.attached.len(),
+        routes_v4 = state.fib.routes_v4.len(),
+        routes_v6 = state.fib.routes_v6.len(),
+        nexthops = state.fib.nexthops.len(),
+        "ready: forwarding"
+    );
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut ring = ring;
+    let mut dirty_since: Option<Instant> = None;
+    loop {
+        let settle = async {
+            match dirty_since {
+                Some(t) => tokio::time::sleep_until((t + SETTLE).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = mirror.next_event(&mut state.rib) => match event {
+                Some(Applied::Changed) => { dirty_since.get_or_insert_with(Instant::now); }
+                Some(Applied::Ignored) => {}
+                Some(Applied::Overrun) => {
+                    warn!("netlink receive buffer overran: resynchronising");
+                    mirror = connect_and_dump(&mut state, opts.table).await;
+                    dirty_since.get_or_insert_with(Instant::now);
+                }
+                None => {
+                    warn!("netlink socket closed: reconnecting");
+                    mirror = connect_and_dump(&mut state, opts.table).await;
+                    dirty_since.get_or_insert_with(Instant::now);
+                }
+            },
+            () = settle => {
+                if mirror.drain(&mut state.rib) == Applied::Overrun {
+                    warn!("netlink receive buffer overran: resynchronising");
+                    mirror = connect_and_dump(&mut state, opts.table).await;
+                }
+                dirty_since = None;
+                state.sync();
+                state.ensure_gateways(&mut mirror).await;
+            }
+            requests = read_requests(ring.as_mut()) => {
+                for (ifindex, addr) in requests {
+                    state.ask(&mut mirror, ifindex, addr).await;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    info!("stopping; the pinned dataplane keeps forwarding");
+    Ok(())
+}
+
+struct State {
+    dp: Dataplane,
+    compiler: Compiler,
+    fib: FibState,
+    attached: BTreeMap<u32, XdpAttachMode>,
+    rib: Rib,
+    asked: HashMap<(u32, IpAddr), Instant>,
+}
+
+impl State {
+    /// Compiles the RIB and writes the difference into the maps.
+    fn sync(&mut self) {
+        let new = self.compiler.compile(&self.rib, &self.attached);
+        if self.compiler.overflow > 0 {
+            warn!(dropped = self.compiler.overflow, "dataplane tables full: some next hops or ECMP members left out");
+        }
+        let ops = diff(&self.fib, &new);
+        if ops.is_empty() {
+            return;
+        }
+        let failures = self.dp.apply(&ops);
+        if failures == 0 {
+            self.fib = new;
+        } else {
+            // What was written is uncertain: take the maps' word for it, retry at the next sync.
+            self.fib = self.dp.read_state().unwrap_or_default();
+        }
+    }
+
+    /// Makes sure every gateway the routes use is a managed neighbour, so that the kernel keeps
+    /// it resolved although XDP, not the kernel, carries the traffic.
+    async fn ensure_gateways(&mut self, mirror: &mut Mirror) {
+        for (ifindex, addr) in self.rib.gateways(self.compiler.table()) {
+            if self.rib.neighbour(ifindex, addr).is_some_and(|n| n.managed) {
+                continue;
+            }
+            self.ask(mirror, ifindex, addr).await;
+        }
+    }
+
+    async fn ask(&mut self, mirror: &mut Mirror, ifindex: u32, addr: IpAddr) {
+        let now = Instant::now();
+        if self.asked.get(&(ifindex, addr)).is_some_and(|t| now.duration_since(*t) < NEIGH_RETRY) {
+            return;
+        }
+        self.asked.insert((ifindex, addr), now);
+        self.asked.retain(|_, t| now.duration_since(*t) < NEIGH_RETRY);
+        if let Err(e) = mirror.ensure_managed(ifindex, addr, self.rib.neighbour(ifindex, addr)).await {
+            warn!(%addr, ifindex, error = %error_chain(&e), "could not ask the kernel to resolve a neighbour");
+        }
+    }
+}
+
+/// Connects the mirror and replaces the RIB with a fresh dump; retries until it works, since a
+/// netlink error must never stop the daemon.
+async fn connect_and_dump(state: &mut State, table: u32) -> Mirror {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut mirror = Mirror::connect(table)?;
+            let mut rib = mirror.dump().await?;
+            if mirror.drain(&mut rib) == Applied::Overrun {
+                return Err(crate::mirror::MirrorError::Interrupted);
+            }
+            Ok::<_, crate::mirror::MirrorError>((mirror, rib))
+        };
+        match attempt.await {
+            Ok((mirror, rib)) => {
+                state.rib = rib;
+                return mirror;
+            }
+            Err(e) => {
+                error!(error = %error_chain(&e), "mirroring the kernel failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Registers the ring buffer with the runtime's reactor.
+#[expect(unsafe_code, reason = "AsyncFd::register requires the fd to stay open while registered")]
+fn register(ring: RingBuf<MapData>) -> std::io::Result<AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, until it is dropped, which
+    // deregisters it first.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(Into::into)
+}
+
+/// Waits for neighbour requests from the dataplane and returns them.
+async fn read_requests(ring: Option<&mut AsyncFd<RingBuf<MapData>>>) -> Vec<(u32, IpAddr)> {
+    let Some(ring) = ring else { return std::future::pending().await };
+    let Ok(mut guard) = ring.readable_mut().await else { return std::future::pending().await };
+    let mut out = Vec::new();
+    while let Some(item) = guard.get_inner_mut().next() {
+        if let Some(r) = parse_request(&item) {
+            out.push(r);
+        }
+    }
+    guard.clear_ready();
+    out
+}
+
+/// Decodes a `NeighRequest` record.
+fn parse_request(b: &[u8]) -> Option<(u32, IpAddr)> {
+    if b.len() < 24 {
+        return None;
+    }
+    let ifindex = u32::from_ne_bytes(b[0..4].try_into().ok()?);
+    let addr: [u8; 16] = b[8..24].try_into().ok()?;
+    let ip = if b[4] == FAMILY_V4 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(addr)
+    };
+    Some((ifindex, ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbour_requests_decode() {
+        let mut b = vec![0u8; 24];
+        b[0..4].copy_from_slice(&7u32.to_ne_bytes());
+        b[4] = FAMILY_V4;
+        b[8..12].copy_from_slice(&[10, 0, 0, 9]);
+        assert_eq!(parse_request(&b), Some((7, "10.0.0.9".parse().unwrap())));
+        b[4] = sluice_common::FAMILY_V6;
+        assert_eq!(parse_request(&b), Some((7, "a00:9::".parse().unwrap())));
+        assert_eq!(parse_request(&b[..10]), None);
+    }
+}

@@ -1,0 +1,279 @@
+//! `sluice stats` and `sluice routes`: what the pinned dataplane holds and counts, as text for
+//! people and as JSON for scripts.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
+
+use serde::Serialize;
+use sluice_common::{
+    Counter, FAMILY_V4, Iface, NextHop, Reason, Route, RouteAction, XdpAttachMode,
+};
+
+use crate::{
+    dataplane::{DataplaneError, PinDir, Pinned},
+    fib::FibState,
+};
+
+/// Counters of one interface.
+#[derive(Debug, Clone, Serialize)]
+pub struct InterfaceStats {
+    /// Interface name.
+    pub name: String,
+    /// ifindex of the logical interface.
+    pub ifindex: u32,
+    /// VLAN id for a VLAN sub-interface, else 0.
+    pub vlan_id: u16,
+    /// XDP mode in use ("native", "generic", "offload"; "none" for VLANs served via their parent).
+    pub xdp_mode: &'static str,
+    /// Up.
+    pub up: bool,
+    /// MTU.
+    pub mtu: u32,
+    /// Counters by reason name.
+    pub counters: BTreeMap<&'static str, CounterJson>,
+}
+
+/// A counter.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
+pub struct CounterJson {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Everything `sluice stats` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Per interface.
+    pub interfaces: Vec<InterfaceStats>,
+    /// Traffic from interfaces the dataplane does not serve (slot 0).
+    pub unknown: BTreeMap<&'static str, CounterJson>,
+}
+
+fn counters_json(c: &BTreeMap<Reason, Counter>) -> BTreeMap<&'static str, CounterJson> {
+    c.iter().map(|(r, c)| (r.name(), CounterJson { packets: c.packets, bytes: c.bytes })).collect()
+}
+
+/// The interface's name as stored in the map.
+pub fn iface_name(i: &Iface) -> String {
+    let end = i.name.iter().position(|b| *b == 0).unwrap_or(i.name.len());
+    String::from_utf8_lossy(&i.name[..end]).into_owned()
+}
+
+/// Reads the counters of every interface.
+pub fn stats(pin: &PinDir) -> Result<Stats, DataplaneError> {
+    let p = Pinned::open(pin)?;
+    let state = p.state()?;
+    let mut interfaces = Vec::new();
+    for (key, iface) in &state.ifaces {
+        interfaces.push(InterfaceStats {
+            name: iface_name(iface),
+            ifindex: iface.logical_ifindex,
+            vlan_id: key.vlan_id,
+            xdp_mode: XdpAttachMode::from_u32(iface.xdp_mode).name(),
+            up: iface.flags & sluice_common::IF_F_UP != 0,
+            mtu: iface.mtu,
+            counters: counters_json(&p.counters(iface.slot)?),
+        });
+    }
+    interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Stats { interfaces, unknown: counters_json(&p.counters(0)?) })
+}
+
+/// Renders stats as a table of the non-zero counters.
+pub fn stats_text(s: &Stats) -> String {
+    let mut out = String::new();
+    for i in &s.interfaces {
+        let _ = writeln!(
+            out,
+            "{} (ifindex {}{}, xdp {}, mtu {}, {})",
+            i.name,
+            i.ifindex,
+            if i.vlan_id != 0 { format!(", vlan {}", i.vlan_id) } else { String::new() },
+            i.xdp_mode,
+            i.mtu,
+            if i.up { "up" } else { "down" }
+        );
+        write_counters(&mut out, &i.counters);
+    }
+    if s.unknown.values().any(|c| c.packets > 0) {
+        let _ = writeln!(out, "(interfaces not served)");
+        write_counters(&mut out, &s.unknown);
+    }
+    if s.interfaces.is_empty() {
+        out.push_str("no interfaces attached\n");
+    }
+    out
+}
+
+fn write_counters(out: &mut String, c: &BTreeMap<&'static str, CounterJson>) {
+    let mut any = false;
+    for r in Reason::ALL {
+        let v = c.get(r.name()).copied().unwrap_or_default();
+        if v.packets > 0 {
+            any = true;
+            let _ = writeln!(out, "  {:<20} {:>14} pkts {:>16} bytes", r.name(), v.packets, v.bytes);
+        }
+    }
+    if !any {
+        out.push_str("  (no packets yet)\n");
+    }
+}
+
+/// Renders the rates between two samples taken `elapsed` apart.
+pub fn rates_text(before: &Stats, after: &Stats, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let mut out = format!(
+        "{:<16} {:>12} {:>12} {:>12} {:>12} {:>10}\n",
+        "interface", "fwd pps", "tx pps", "pass pps", "drop pps", "tx Mbit/s"
+    );
+    for a in &after.interfaces {
+        let Some(b) = before.interfaces.iter().find(|b| b.name == a.name && b.vlan_id == a.vlan_id) else {
+            continue;
+        };
+        let delta = |pred: &dyn Fn(&str) -> bool, bytes: bool| -> f64 {
+            let sum = |s: &InterfaceStats| -> u64 {
+                s.counters
+                    .iter()
+                    .filter(|(k, _)| pred(k))
+                    .map(|(_, c)| if bytes { c.bytes } else { c.packets })
+                    .sum()
+            };
+            sum(a).saturating_sub(sum(b)) as f64 / secs
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>10.2}",
+            a.name,
+            delta(&|k| k == "forwarded", false),
+            delta(&|k| k == "transmitted", false),
+            delta(&|k| k.starts_with("pass_"), false),
+            delta(&|k| k.starts_with("drop_"), false),
+            delta(&|k| k == "transmitted", true) * 8.0 / 1e6,
+        );
+    }
+    out
+}
+
+/// A next hop as `sluice routes` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NextHopJson {
+    /// Next-hop id.
+    pub id: u32,
+    /// Egress interface name.
+    pub dev: String,
+    /// Egress ifindex (the logical interface).
+    pub ifindex: u32,
+    /// The neighbour.
+    pub via: Option<IpAddr>,
+    /// Its MAC, when resolved.
+    pub mac: Option<String>,
+    /// Whether the neighbour is resolved.
+    pub resolved: bool,
+    /// VLAN tag pushed on egress, if any.
+    pub vlan: Option<u16>,
+    /// MTU.
+    pub mtu: u32,
+}
+
+/// A route as `sluice routes` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteJson {
+    /// Prefix.
+    pub prefix: ipnet::IpNet,
+    /// Action name.
+    pub action: &'static str,
+    /// Next hops (ECMP members, in group order; repeated members carry weight).
+    pub nexthops: Vec<NextHopJson>,
+    /// For connected routes: the interface.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+}
+
+/// Everything `sluice routes` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Routes {
+    /// The routes, IPv4 first.
+    pub routes: Vec<RouteJson>,
+}
+
+fn mac_string(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Reads the routes the dataplane holds.
+pub fn routes(pin: &PinDir) -> Result<Routes, DataplaneError> {
+    let state = Pinned::open(pin)?.state()?;
+    Ok(routes_of(&state))
+}
+
+/// The routes of a state, resolved to next hops and names.
+pub fn routes_of(state: &FibState) -> Routes {
+    let names: BTreeMap<u32, String> =
+        state.ifaces.values().map(|i| (i.logical_ifindex, iface_name(i))).collect();
+    let name = |ifindex: u32| names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
+    let nh_json = |id: u32, nh: &NextHop| NextHopJson {
+        id,
+        dev: name(nh.logical_ifindex),
+        ifindex: nh.logical_ifindex,
+        via: match nh.family {
+            FAMILY_V4 => Some(IpAddr::from([nh.gateway[0], nh.gateway[1], nh.gateway[2], nh.gateway[3]])),
+            sluice_common::FAMILY_V6 => Some(IpAddr::from(nh.gateway)),
+            _ => None,
+        },
+        mac: nh.is_resolved().then(|| mac_string(&nh.dmac)),
+        resolved: nh.is_resolved(),
+        vlan: (nh.flags & sluice_common::NH_F_VLAN != 0).then_some(nh.vlan_tci & 0x0fff),
+        mtu: nh.mtu,
+    };
+    let route_json = |prefix: ipnet::IpNet, r: &Route| {
+        let action = RouteAction::from_u32(r.action);
+        let members: Vec<u32> = match action {
+            Some(RouteAction::Forward) => vec![r.target],
+            Some(RouteAction::Ecmp) => state
+                .groups
+                .get(&r.target)
+                .map(|g| g.members[..(g.count as usize).min(g.members.len())].to_vec())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        RouteJson {
+            prefix,
+            action: action.map_or("invalid", RouteAction::name),
+            nexthops: members.iter().filter_map(|id| state.nexthops.get(id).map(|nh| nh_json(*id, nh))).collect(),
+            dev: (action == Some(RouteAction::Connected)).then(|| name(r.target)),
+        }
+    };
+    let mut routes: Vec<RouteJson> =
+        state.routes_v4.iter().map(|(p, r)| route_json(ipnet::IpNet::V4(*p), r)).collect();
+    routes.extend(state.routes_v6.iter().map(|(p, r)| route_json(ipnet::IpNet::V6(*p), r)));
+    Routes { routes }
+}
+
+/// Renders routes as text, one line each.
+pub fn routes_text(r: &Routes) -> String {
+    let mut out = String::new();
+    for route in &r.routes {
+        let _ = write!(out, "{:<43} {:<11}", route.prefix.to_string(), route.action);
+        if let Some(dev) = &route.dev {
+            let _ = write!(out, " dev {dev}");
+        }
+        for nh in &route.nexthops {
+            let via = nh.via.map(|v| v.to_string()).unwrap_or_default();
+            let _ = write!(
+                out,
+                " via {via} dev {} {}",
+                nh.dev,
+                nh.mac.as_deref().unwrap_or("(unresolved)")
+            );
+            if let Some(v) = nh.vlan {
+                let _ = write!(out, " vlan {v}");
+            }
+        }
+        out.push('\n');
+    }
+    if r.routes.is_empty() {
+        out.push_str("no routes in the dataplane\n");
+    }
+    out
+}
