@@ -1,0 +1,44 @@
+# Thin entry points; the work is in scripts/ and cargo.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+CARGO ?= cargo
+SLUICE := target/release/sluice
+# The nightly toolchain that builds the eBPF program, chosen by scripts/setup.sh.
+export SLUICE_EBPF_TOOLCHAIN = $(shell cat target/.ebpf-toolchain 2>/dev/null || echo nightly)
+
+.PHONY: setup build test test-unit lab lab-down bench lint fmt clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --locked -p sluice
+	@echo "built $(SLUICE)"
+
+# Every tier (unit, packet, namespace) in one build: tests run with the release profile, so the
+# binary the namespace tests start is the one `make build` makes.
+test: setup
+	bash scripts/test.sh
+
+# Unit tests only: no root needed.
+test-unit:
+	$(CARGO) test --release --locked --lib --bins -p sluice -p sluice-common
+
+lab: build
+	$(SLUICE) lab up
+
+lab-down:
+	@if [ -x $(SLUICE) ]; then $(SLUICE) lab down; else echo "no lab binary built"; fi
+
+bench: build
+	$(SLUICE) bench
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --locked -p sluice -p sluice-common --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
