@@ -67,8 +67,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     dp.detach_others(&opts.attach);
 
-    let ring = dp.take_neigh_requests().map(register).transpose().context("neighbour ring buffer")?;
-    let mut state = State { dp, compiler, fib: FibState::default(), attached, rib: Rib::default(), asked: HashMap::new() };
+    let ring =
+        dp.take_neigh_requests().map(register).transpose().context("neighbour ring buffer")?;
+    let mut state = State {
+        dp,
+        compiler,
+        fib: FibState::default(),
+        attached,
+        rib: Rib::default(),
+        asked: HashMap::new(),
+    };
     std::mem::swap(&mut state.fib, &mut fib);
     let mut mirror = connect_and_dump(&mut state, opts.table).await;
     state.sync();
@@ -142,7 +150,10 @@ impl State {
     fn sync(&mut self) {
         let new = self.compiler.compile(&self.rib, &self.attached);
         if self.compiler.overflow > 0 {
-            warn!(dropped = self.compiler.overflow, "dataplane tables full: some next hops or ECMP members left out");
+            warn!(
+                dropped = self.compiler.overflow,
+                "dataplane tables full: some next hops or ECMP members left out"
+            );
         }
         let ops = diff(&self.fib, &new);
         if ops.is_empty() {
@@ -175,7 +186,9 @@ impl State {
         }
         self.asked.insert((ifindex, addr), now);
         self.asked.retain(|_, t| now.duration_since(*t) < NEIGH_RETRY);
-        if let Err(e) = mirror.ensure_managed(ifindex, addr, self.rib.neighbour(ifindex, addr)).await {
+        if let Err(e) =
+            mirror.ensure_managed(ifindex, addr, self.rib.neighbour(ifindex, addr)).await
+        {
             warn!(%addr, ifindex, error = %error_chain(&e), "could not ask the kernel to resolve a neighbour");
         }
     }
@@ -213,7 +226,8 @@ async fn connect_and_dump(state: &mut State, table: u32) -> Mirror {
 fn register(ring: RingBuf<MapData>) -> std::io::Result<AsyncFd<RingBuf<MapData>>> {
     // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, until it is dropped, which
     // deregisters it first.
-    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(Into::into)
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(Into::into)
 }
 
 /// Waits for neighbour requests from the dataplane and returns them.

@@ -7,8 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io,
+    fs, io,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
@@ -46,7 +45,9 @@ pub enum DataplaneError {
     )]
     NoBpffs(PathBuf),
     /// Nothing is pinned where the dataplane was expected.
-    #[error("no Sluice dataplane is pinned at {0} (is the daemon started, with the same --pin-dir?)")]
+    #[error(
+        "no Sluice dataplane is pinned at {0} (is the daemon started, with the same --pin-dir?)"
+    )]
     NotPinned(PathBuf),
     /// A filesystem operation failed.
     #[error("{what} {path}")]
@@ -124,8 +125,11 @@ impl PinDir {
     /// Creates the directories, checking they are on bpffs.
     fn create(&self) -> Result<()> {
         for dir in [self.root.join("maps"), self.links_dir()] {
-            fs::create_dir_all(&dir)
-                .map_err(|source| DataplaneError::Io { what: "creating", path: dir.clone(), source })?;
+            fs::create_dir_all(&dir).map_err(|source| DataplaneError::Io {
+                what: "creating",
+                path: dir.clone(),
+                source,
+            })?;
         }
         let stat = nix::sys::statfs::statfs(&self.root).map_err(|e| DataplaneError::Io {
             what: "statfs",
@@ -166,9 +170,9 @@ pub struct Dataplane {
 }
 
 fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T> {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::Map(name, MapError::InvalidName {
-        name: name.to_owned(),
-    }))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::Map(name, MapError::InvalidName { name: name.to_owned() }))?;
     T::try_from(map).map_err(|e| DataplaneError::Map(name, e))
 }
 
@@ -176,18 +180,22 @@ impl Dataplane {
     /// Loads the program, reusing the maps pinned under `pin` or creating and pinning them.
     pub fn load(pin: &PinDir) -> Result<Self> {
         pin.create()?;
-        let paths: Vec<(&str, PathBuf)> = names::ALL_MAPS.iter().map(|n| (*n, pin.map(n))).collect();
+        let paths: Vec<(&str, PathBuf)> =
+            names::ALL_MAPS.iter().map(|n| (*n, pin.map(n))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        let mut ebpf =
+            loader.load(crate::EBPF_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))?;
         let program: &mut Xdp = ebpf
             .program_mut(names::PROGRAM)
             .expect("the object defines the XDP program")
             .try_into()
             .map_err(|e| DataplaneError::Program("program type".into(), e))?;
-        program.load().map_err(|e| DataplaneError::Program("verifying the XDP program".into(), e))?;
+        program
+            .load()
+            .map_err(|e| DataplaneError::Program("verifying the XDP program".into(), e))?;
         Ok(Self {
             routes_v4: take(&mut ebpf, names::ROUTES_V4)?,
             routes_v6: take(&mut ebpf, names::ROUTES_V6)?,
@@ -210,7 +218,12 @@ impl Dataplane {
 
     /// Attaches the program to `iface` (or, when a link is pinned for it, swaps this program into
     /// that link atomically) and pins the link. Returns the mode in use.
-    pub fn attach(&mut self, iface: &str, request: ModeRequest, previous: Option<XdpAttachMode>) -> Result<XdpAttachMode> {
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        request: ModeRequest,
+        previous: Option<XdpAttachMode>,
+    ) -> Result<XdpAttachMode> {
         let path = self.pin.link(iface);
         if path.exists() {
             match self.adopt_link(&path) {
@@ -226,7 +239,9 @@ impl Dataplane {
             }
         }
         let modes: &[(XdpMode, XdpAttachMode)] = match request {
-            ModeRequest::Auto => &[(XdpMode::Driver, XdpAttachMode::Native), (XdpMode::Skb, XdpAttachMode::Generic)],
+            ModeRequest::Auto => {
+                &[(XdpMode::Driver, XdpAttachMode::Native), (XdpMode::Skb, XdpAttachMode::Generic)]
+            }
             ModeRequest::Native => &[(XdpMode::Driver, XdpAttachMode::Native)],
             ModeRequest::Generic => &[(XdpMode::Skb, XdpAttachMode::Generic)],
         };
@@ -243,10 +258,14 @@ impl Dataplane {
                     continue;
                 }
             };
-            let link = program.take_link(id).map_err(|e| DataplaneError::Program("take link".into(), e))?;
+            let link = program
+                .take_link(id)
+                .map_err(|e| DataplaneError::Program("take link".into(), e))?;
             let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Attach {
                 iface: iface.to_owned(),
-                reason: format!("the kernel attached through netlink, which cannot be pinned ({e})"),
+                reason: format!(
+                    "the kernel attached through netlink, which cannot be pinned ({e})"
+                ),
             })?;
             fd_link.pin(&path).map_err(|e| DataplaneError::Attach {
                 iface: iface.to_owned(),
@@ -288,7 +307,14 @@ impl Dataplane {
 
     /// Reads everything the maps hold.
     pub fn read_state(&self) -> Result<FibState> {
-        read_state(&self.routes_v4, &self.routes_v6, &self.nexthops, &self.groups, &self.ifaces, &self.devmap)
+        read_state(
+            &self.routes_v4,
+            &self.routes_v6,
+            &self.nexthops,
+            &self.groups,
+            &self.ifaces,
+            &self.devmap,
+        )
     }
 
     /// Applies map writes in order. Returns how many failed (each is logged).
@@ -360,14 +386,16 @@ fn read_state(
     devmap: &DevMapHash<MapData>,
 ) -> Result<FibState> {
     let mut s = FibState::default();
-    for item in routes_v4.iter() {
+    for item in routes_v4 {
         let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V4, e))?;
-        let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).expect("kernel prefix length");
+        let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
+            .expect("kernel prefix length");
         s.routes_v4.insert(net, v);
     }
-    for item in routes_v6.iter() {
+    for item in routes_v6 {
         let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V6, e))?;
-        let net = Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8).expect("kernel prefix length");
+        let net = Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+            .expect("kernel prefix length");
         s.routes_v6.insert(net, v);
     }
     for (id, nh) in nexthops.iter().enumerate() {
@@ -382,7 +410,7 @@ fn read_state(
             s.groups.insert(id as u32, g);
         }
     }
-    for item in ifaces.iter() {
+    for item in ifaces {
         let (k, v) = item.map_err(|e| DataplaneError::Map(names::IFACES, e))?;
         s.ifaces.insert(k, v);
     }
@@ -430,7 +458,14 @@ impl Pinned {
 
     /// Everything the maps hold.
     pub fn state(&self) -> Result<FibState> {
-        read_state(&self.routes_v4, &self.routes_v6, &self.nexthops, &self.groups, &self.ifaces, &self.devmap)
+        read_state(
+            &self.routes_v4,
+            &self.routes_v6,
+            &self.nexthops,
+            &self.groups,
+            &self.ifaces,
+            &self.devmap,
+        )
     }
 
     /// Counters of one slot, summed over CPUs, by reason.
@@ -460,7 +495,11 @@ pub fn detach_all(pin: &PinDir) -> Result<Vec<String>> {
     let links = pin.pinned_links();
     for iface in &links {
         let path = pin.link(iface);
-        fs::remove_file(&path).map_err(|source| DataplaneError::Io { what: "removing", path, source })?;
+        fs::remove_file(&path).map_err(|source| DataplaneError::Io {
+            what: "removing",
+            path,
+            source,
+        })?;
     }
     for name in names::ALL_MAPS {
         let path = pin.map(name);

@@ -257,12 +257,13 @@ impl Compiler {
         // Best route per prefix in the table: the lowest metric, as the kernel chooses.
         let mut best: BTreeMap<IpNet, &crate::rib::Route> = BTreeMap::new();
         for r in rib.routes.values().filter(|r| r.table == self.table) {
-            best.entry(r.prefix).and_modify(|b| {
-                if r.metric < b.metric {
-                    *b = r;
-                }
-            })
-            .or_insert(r);
+            best.entry(r.prefix)
+                .and_modify(|b| {
+                    if r.metric < b.metric {
+                        *b = r;
+                    }
+                })
+                .or_insert(r);
         }
         for (prefix, r) in best {
             let route = self.compile_route(r, &egress, &mut fib);
@@ -286,10 +287,12 @@ impl Compiler {
 
         // The router's own addresses, and local and broadcast routes of the local table.
         let local = Route { action: RouteAction::Local as u32, target: 0 };
-        for r in rib.routes.values().filter(|r| r.table == TABLE_LOCAL && r.kind == RouteKind::Local) {
+        for r in
+            rib.routes.values().filter(|r| r.table == TABLE_LOCAL && r.kind == RouteKind::Local)
+        {
             fib.insert_route(r.prefix, local);
         }
-        for a in rib.addresses.keys() {
+        for a in &rib.addresses {
             fib.insert_route(IpNet::from(a.addr.addr()), local);
         }
 
@@ -391,18 +394,17 @@ impl Compiler {
         match expanded.len() {
             0 => action(RouteAction::Pass, 0),
             1 => action(RouteAction::Forward, expanded[0]),
-            _ => match self.group_ids.get(&expanded) {
-                Some(gid) => {
+            _ => {
+                if let Some(gid) = self.group_ids.get(&expanded) {
                     let mut g = EcmpGroup { count: expanded.len() as u32, ..EcmpGroup::default() };
                     g.members[..expanded.len()].copy_from_slice(&expanded);
                     fib.groups.insert(gid, g);
                     action(RouteAction::Ecmp, gid)
-                }
-                None => {
+                } else {
                     self.overflow += 1;
                     action(RouteAction::Forward, expanded[0])
                 }
-            },
+            }
         }
     }
 
@@ -459,7 +461,10 @@ fn expand_weights(members: &[(u32, u16)]) -> Vec<u32> {
     let members = &members[..members.len().min(MAX_ECMP_MEMBERS)];
     let total: u32 = members.iter().map(|(_, w)| u32::from(*w)).sum();
     if total as usize <= MAX_ECMP_MEMBERS {
-        return members.iter().flat_map(|(id, w)| std::iter::repeat_n(*id, usize::from(*w))).collect();
+        return members
+            .iter()
+            .flat_map(|(id, w)| std::iter::repeat_n(*id, usize::from(*w)))
+            .collect();
     }
     let slots = MAX_ECMP_MEMBERS as u32;
     members
@@ -481,7 +486,8 @@ struct Egress<'a> {
 impl Egress<'_> {
     fn up(&self, ifindex: u32) -> bool {
         let Some(link) = self.rib.links.get(&ifindex) else { return false };
-        link.up && link.vlan.is_none_or(|(parent, _)| self.rib.links.get(&parent).is_some_and(|p| p.up))
+        link.up
+            && link.vlan.is_none_or(|(parent, _)| self.rib.links.get(&parent).is_some_and(|p| p.up))
     }
 
     /// Whether XDP serves this logical interface (attached, or a VLAN of an attached device).
@@ -509,7 +515,9 @@ impl Egress<'_> {
 /// The neighbour address a next hop was compiled for.
 fn gateway_addr(nh: &NextHop) -> Option<IpAddr> {
     match nh.family {
-        FAMILY_V4 => Some(IpAddr::from([nh.gateway[0], nh.gateway[1], nh.gateway[2], nh.gateway[3]])),
+        FAMILY_V4 => {
+            Some(IpAddr::from([nh.gateway[0], nh.gateway[1], nh.gateway[2], nh.gateway[3]]))
+        }
         FAMILY_V6 => Some(IpAddr::from(nh.gateway)),
         _ => None,
     }
@@ -562,7 +570,7 @@ mod tests {
         rib.upsert_route(unicast("0.0.0.0/0", &[(2, Some("10.0.1.1"), 1)]));
         rib.upsert_neighbour(neigh(2, "10.0.1.1", GW1_MAC, nud::REACHABLE));
         rib.upsert_neighbour(neigh(3, "10.0.2.1", GW2_MAC, nud::STALE));
-        rib.addresses.insert(Address { ifindex: 2, addr: "10.0.1.254/24".parse().unwrap() }, ());
+        rib.addresses.insert(Address { ifindex: 2, addr: "10.0.1.254/24".parse().unwrap() });
         let attached = BTreeMap::from([(2, XdpAttachMode::Native), (3, XdpAttachMode::Generic)]);
         (rib, attached)
     }
@@ -609,7 +617,10 @@ mod tests {
         assert!(!nh.is_resolved(), "a failed neighbour does not resolve");
         assert_eq!(route_of(&fib2, "198.51.100.1").target, r.target, "ids are stable");
         let ops = diff(&fib, &fib2);
-        assert!(ops.iter().all(|op| matches!(op, Op::SetNextHop(..) | Op::DelRouteV4(_))), "{ops:?}");
+        assert!(
+            ops.iter().all(|op| matches!(op, Op::SetNextHop(..) | Op::DelRouteV4(_))),
+            "{ops:?}"
+        );
     }
 
     #[test]
@@ -627,7 +638,10 @@ mod tests {
     #[test]
     fn multipath_becomes_an_ecmp_group_with_weights_and_skips_dead_links() {
         let (mut rib, attached) = lab();
-        rib.upsert_route(unicast("203.0.113.0/24", &[(2, Some("10.0.1.1"), 1), (3, Some("10.0.2.1"), 2)]));
+        rib.upsert_route(unicast(
+            "203.0.113.0/24",
+            &[(2, Some("10.0.1.1"), 1), (3, Some("10.0.2.1"), 2)],
+        ));
         let mut c = Compiler::new(TABLE_MAIN);
         let fib = c.compile(&rib, &attached);
         let r = route_of(&fib, "203.0.113.9");

@@ -1,6 +1,9 @@
 //! `sluice`: the daemon and the command line of the Sluice router.
 
-use std::{path::PathBuf, time::{Duration, Instant}};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -98,7 +101,10 @@ fn main() -> anyhow::Result<()> {
         Command::Detach => {
             let links = dataplane::detach_all(&pin)?;
             if links.is_empty() {
-                println!("nothing attached; removed anything pinned under {}", pin.root().display());
+                println!(
+                    "nothing attached; removed anything pinned under {}",
+                    pin.root().display()
+                );
             } else {
                 println!("detached from {}; removed {}", links.join(", "), pin.root().display());
             }
@@ -119,7 +125,8 @@ fn stats(pin: &PinDir, json: bool, watch: Option<f64>) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let interval = Duration::try_from_secs_f64(secs).context("--watch takes a positive number of seconds")?;
+    let interval =
+        Duration::try_from_secs_f64(secs).context("--watch takes a positive number of seconds")?;
     let mut before = show::stats(pin)?;
     let mut at = Instant::now();
     loop {
@@ -129,7 +136,11 @@ fn stats(pin: &PinDir, json: bool, watch: Option<f64>) -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::to_string(&after)?);
         } else {
-            print!("\x1b[2J\x1b[H{}\n{}", show::rates_text(&before, &after, now - at), show::stats_text(&after));
+            print!(
+                "\x1b[2J\x1b[H{}\n{}",
+                show::rates_text(&before, &after, now - at),
+                show::stats_text(&after)
+            );
         }
         before = after;
         at = now;

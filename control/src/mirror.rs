@@ -9,10 +9,13 @@
 use std::net::IpAddr;
 
 use futures::StreamExt as _;
+use futures::channel::mpsc::UnboundedReceiver;
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
-    link::{InfoData, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    link::{
+        InfoData, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
+    },
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
     },
@@ -26,7 +29,6 @@ use rtnetlink::{
     },
     sys::{AsyncSocket as _, SocketAddr},
 };
-use futures::channel::mpsc::UnboundedReceiver;
 use tracing::{debug, warn};
 
 use crate::rib::{self, Address, Link, Neighbour, Rib, RouteKind, RouteNextHop, TABLE_LOCAL};
@@ -193,10 +195,10 @@ impl Mirror {
         addr: IpAddr,
         existing: Option<&Neighbour>,
     ) -> Result<(), MirrorError> {
-        if let Some(n) = existing {
-            if n.managed || n.state & (rib::nud::PERMANENT | rib::nud::NOARP) != 0 {
-                return Ok(());
-            }
+        if let Some(n) = existing
+            && (n.managed || n.state & (rib::nud::PERMANENT | rib::nud::NOARP) != 0)
+        {
+            return Ok(());
         }
         let mut m = NeighbourMessage::default();
         m.header.family = family(addr);
@@ -222,13 +224,13 @@ impl Mirror {
         msg.finalize();
         let mut responses = self.handle.request(msg)?;
         while let Some(response) = responses.next().await {
-            if let NetlinkPayload::Error(e) = response.payload {
-                if e.code.is_some() {
-                    return Err(MirrorError::Refused {
-                        what: format!("managed neighbour {addr} on ifindex {ifindex}"),
-                        message: e.to_string(),
-                    });
-                }
+            if let NetlinkPayload::Error(e) = response.payload
+                && e.code.is_some()
+            {
+                return Err(MirrorError::Refused {
+                    what: format!("managed neighbour {addr} on ifindex {ifindex}"),
+                    message: e.to_string(),
+                });
             }
         }
         Ok(())
@@ -255,7 +257,7 @@ pub fn apply(rib: &mut Rib, msg: &RouteNetlinkMessage, table: u32) -> bool {
         RouteNetlinkMessage::DelLink(m) => rib.remove_link(m.header.index),
         RouteNetlinkMessage::NewAddress(m) => match address_from(m) {
             Some(a) => {
-                rib.addresses.insert(a, ());
+                rib.addresses.insert(a);
             }
             None => return false,
         },
@@ -291,7 +293,8 @@ pub fn link_from(m: &LinkMessage) -> Link {
     let mut link = Link {
         index: m.header.index,
         up: m.header.flags.contains(LinkFlags::Up)
-            && (m.header.flags.contains(LinkFlags::LowerUp) || m.header.flags.contains(LinkFlags::Running)),
+            && (m.header.flags.contains(LinkFlags::LowerUp)
+                || m.header.flags.contains(LinkFlags::Running)),
         ..Link::default()
     };
     let mut parent = None;
@@ -402,7 +405,9 @@ pub fn route_from(m: &RouteMessage) -> Option<rib::Route> {
                 weight: u16::from(nh.hops) + 1,
             })
             .collect(),
-        None => oif.map(|ifindex| RouteNextHop { ifindex, gateway, weight: 1 }).into_iter().collect(),
+        None => {
+            oif.map(|ifindex| RouteNextHop { ifindex, gateway, weight: 1 }).into_iter().collect()
+        }
     };
     Some(rib::Route { prefix, table, metric, kind, nexthops, protocol: u8::from(h.protocol) })
 }
@@ -422,8 +427,12 @@ pub fn neighbour_from(m: &NeighbourMessage) -> Option<Neighbour> {
     let mut managed = false;
     for attr in &m.attributes {
         match attr {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(IpAddr::V4(*a)),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => addr = Some(IpAddr::V6(*a)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                addr = Some(IpAddr::V4(*a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                addr = Some(IpAddr::V6(*a))
+            }
             NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                 mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]]);
             }
@@ -431,7 +440,13 @@ pub fn neighbour_from(m: &NeighbourMessage) -> Option<Neighbour> {
             _ => {}
         }
     }
-    Some(Neighbour { ifindex: m.header.ifindex, addr: addr?, mac, state: u16::from(m.header.state), managed })
+    Some(Neighbour {
+        ifindex: m.header.ifindex,
+        addr: addr?,
+        mac,
+        state: u16::from(m.header.state),
+        managed,
+    })
 }
 
 #[cfg(test)]
@@ -464,18 +479,23 @@ mod tests {
         let gw: IpAddr = "10.0.0.1".parse().unwrap();
         let m = route_msg(
             "192.0.2.0/24",
-            vec![RouteAttribute::Oif(3), RouteAttribute::Gateway(gw.into()), RouteAttribute::Priority(20)],
+            vec![
+                RouteAttribute::Oif(3),
+                RouteAttribute::Gateway(gw.into()),
+                RouteAttribute::Priority(20),
+            ],
             RouteType::Unicast,
         );
         let r = route_from(&m).unwrap();
         assert_eq!((r.table, r.metric, r.kind), (TABLE_MAIN, 20, RouteKind::Unicast));
         assert_eq!(r.nexthops, vec![RouteNextHop { ifindex: 3, gateway: Some(gw), weight: 1 }]);
 
-        let hop = |i: u32, g: &str, hops: u8| NlNextHop {
-            interface_index: i,
-            hops,
-            attributes: vec![RouteAttribute::Gateway(g.parse::<IpAddr>().unwrap().into())],
-            ..NlNextHop::default()
+        let hop = |i: u32, g: &str, hops: u8| {
+            let mut nh = NlNextHop::default();
+            nh.interface_index = i;
+            nh.hops = hops;
+            nh.attributes = vec![RouteAttribute::Gateway(g.parse::<IpAddr>().unwrap().into())];
+            nh
         };
         let m = route_msg(
             "0.0.0.0/0",
@@ -493,9 +513,13 @@ mod tests {
             (RouteType::Local, RouteKind::Local),
             (RouteType::Multicast, RouteKind::Other),
         ] {
-            assert_eq!(route_from(&route_msg("2001:db8::/32", vec![], kind)).unwrap().kind, expected);
+            assert_eq!(
+                route_from(&route_msg("2001:db8::/32", vec![], kind)).unwrap().kind,
+                expected
+            );
         }
-        let mut big_table = route_msg("192.0.2.0/24", vec![RouteAttribute::Table(1000)], RouteType::Unicast);
+        let mut big_table =
+            route_msg("192.0.2.0/24", vec![RouteAttribute::Table(1000)], RouteType::Unicast);
         big_table.header.table = 252;
         assert_eq!(route_from(&big_table).unwrap().table, 1000, "RTA_TABLE wins over the header");
     }

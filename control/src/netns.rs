@@ -33,6 +33,7 @@ impl NetNs {
     }
 
     /// Leaves the namespace in place when this value is dropped.
+    #[must_use]
     pub fn keep(mut self) -> Self {
         self.keep = true;
         self
@@ -73,7 +74,8 @@ impl NetNs {
 
     /// Moves the calling thread into the namespace (only this thread: `setns` is per thread).
     pub fn enter(&self) -> anyhow::Result<()> {
-        let f = File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
+        let f =
+            File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("setns into {}", self.name))
     }

@@ -3,7 +3,7 @@
 //! FIB compiler turns it into map contents.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
@@ -39,7 +39,7 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     /// MTU.
     pub mtu: u32,
-    /// Administratively up and with carrier (`IFF_UP` and `IFF_RUNNING`/`IFF_LOWER_UP`).
+    /// Administratively up and with carrier (`IFF_UP` and `IFF_RUNNING` or `IFF_LOWER_UP`).
     pub up: bool,
     /// For an 802.1Q VLAN device: its parent's ifindex and its VLAN id.
     pub vlan: Option<(u32, u16)>,
@@ -69,7 +69,7 @@ pub struct RouteNextHop {
     pub ifindex: u32,
     /// The gateway; `None` for a device (on-link, connected) route.
     pub gateway: Option<IpAddr>,
-    /// Weight, 1-based (Linux's rtnh_hops + 1).
+    /// Weight, 1-based (Linux's `rtnh_hops` + 1).
     pub weight: u16,
 }
 
@@ -168,7 +168,7 @@ pub struct Rib {
     /// Links by ifindex.
     pub links: BTreeMap<u32, Link>,
     /// Addresses.
-    pub addresses: BTreeMap<Address, ()>,
+    pub addresses: BTreeSet<Address>,
     /// Routes of the mirrored tables.
     pub routes: BTreeMap<RouteKey, Route>,
     /// Neighbours by (ifindex, address).
@@ -185,7 +185,7 @@ impl Rib {
     /// corresponding route and neighbour deletions).
     pub fn remove_link(&mut self, index: u32) {
         self.links.remove(&index);
-        self.addresses.retain(|a, ()| a.ifindex != index);
+        self.addresses.retain(|a| a.ifindex != index);
         self.neighbours.retain(|(i, _), _| *i != index);
         self.routes.retain(|_, r| r.nexthops.iter().all(|nh| nh.ifindex != index));
     }
@@ -259,7 +259,11 @@ mod tests {
         r.metric = 100;
         rib.upsert_route(r);
         assert_eq!(rib.routes.len(), 2, "another metric is another route");
-        rib.remove_route(&RouteKey { table: TABLE_MAIN, prefix: "10.0.0.0/8".parse().unwrap(), metric: 0 });
+        rib.remove_route(&RouteKey {
+            table: TABLE_MAIN,
+            prefix: "10.0.0.0/8".parse().unwrap(),
+            metric: 0,
+        });
         assert_eq!(rib.routes.len(), 1);
     }
 
@@ -277,7 +281,7 @@ mod tests {
             state: nud::REACHABLE,
             managed: false,
         });
-        rib.addresses.insert(Address { ifindex: 2, addr: "192.0.2.2/24".parse().unwrap() }, ());
+        rib.addresses.insert(Address { ifindex: 2, addr: "192.0.2.2/24".parse().unwrap() });
         rib.remove_link(2);
         assert_eq!(rib.links.len(), 1);
         assert_eq!(rib.routes.len(), 1);

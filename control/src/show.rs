@@ -112,7 +112,8 @@ fn write_counters(out: &mut String, c: &BTreeMap<&'static str, CounterJson>) {
         let v = c.get(r.name()).copied().unwrap_or_default();
         if v.packets > 0 {
             any = true;
-            let _ = writeln!(out, "  {:<20} {:>14} pkts {:>16} bytes", r.name(), v.packets, v.bytes);
+            let _ =
+                writeln!(out, "  {:<20} {:>14} pkts {:>16} bytes", r.name(), v.packets, v.bytes);
         }
     }
     if !any {
@@ -128,7 +129,8 @@ pub fn rates_text(before: &Stats, after: &Stats, elapsed: Duration) -> String {
         "interface", "fwd pps", "tx pps", "pass pps", "drop pps", "tx Mbit/s"
     );
     for a in &after.interfaces {
-        let Some(b) = before.interfaces.iter().find(|b| b.name == a.name && b.vlan_id == a.vlan_id) else {
+        let Some(b) = before.interfaces.iter().find(|b| b.name == a.name && b.vlan_id == a.vlan_id)
+        else {
             continue;
         };
         let delta = |pred: &dyn Fn(&str) -> bool, bytes: bool| -> f64 {
@@ -197,7 +199,7 @@ pub struct Routes {
     pub routes: Vec<RouteJson>,
 }
 
-fn mac_string(m: &[u8; 6]) -> String {
+fn mac_string(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
@@ -211,17 +213,20 @@ pub fn routes(pin: &PinDir) -> Result<Routes, DataplaneError> {
 pub fn routes_of(state: &FibState) -> Routes {
     let names: BTreeMap<u32, String> =
         state.ifaces.values().map(|i| (i.logical_ifindex, iface_name(i))).collect();
-    let name = |ifindex: u32| names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
+    let name =
+        |ifindex: u32| names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
     let nh_json = |id: u32, nh: &NextHop| NextHopJson {
         id,
         dev: name(nh.logical_ifindex),
         ifindex: nh.logical_ifindex,
         via: match nh.family {
-            FAMILY_V4 => Some(IpAddr::from([nh.gateway[0], nh.gateway[1], nh.gateway[2], nh.gateway[3]])),
+            FAMILY_V4 => {
+                Some(IpAddr::from([nh.gateway[0], nh.gateway[1], nh.gateway[2], nh.gateway[3]]))
+            }
             sluice_common::FAMILY_V6 => Some(IpAddr::from(nh.gateway)),
             _ => None,
         },
-        mac: nh.is_resolved().then(|| mac_string(&nh.dmac)),
+        mac: nh.is_resolved().then(|| mac_string(nh.dmac)),
         resolved: nh.is_resolved(),
         vlan: (nh.flags & sluice_common::NH_F_VLAN != 0).then_some(nh.vlan_tci & 0x0fff),
         mtu: nh.mtu,
@@ -240,7 +245,10 @@ pub fn routes_of(state: &FibState) -> Routes {
         RouteJson {
             prefix,
             action: action.map_or("invalid", RouteAction::name),
-            nexthops: members.iter().filter_map(|id| state.nexthops.get(id).map(|nh| nh_json(*id, nh))).collect(),
+            nexthops: members
+                .iter()
+                .filter_map(|id| state.nexthops.get(id).map(|nh| nh_json(*id, nh)))
+                .collect(),
             dev: (action == Some(RouteAction::Connected)).then(|| name(r.target)),
         }
     };

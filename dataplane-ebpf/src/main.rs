@@ -122,7 +122,8 @@ fn classify(ctx: &XdpContext, ifindex: u32, len: usize) -> (u32, Outcome) {
     };
     let slot = iface.slot;
     if dst_mac[0] & 1 != 0 {
-        let reason = if dst_mac == [0xff; 6] { Reason::PassBroadcast } else { Reason::PassMulticast };
+        let reason =
+            if dst_mac == [0xff; 6] { Reason::PassBroadcast } else { Reason::PassMulticast };
         return (slot, Outcome::pass(reason));
     }
     if dst_mac != iface.mac {

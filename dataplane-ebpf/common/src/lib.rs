@@ -8,6 +8,7 @@
 //! copy them without swapping.
 #![no_std]
 
+pub mod bench;
 #[cfg(feature = "user")]
 mod user;
 
@@ -430,7 +431,7 @@ pub const fn csum_ttl_decrement(check: u16, ttl_proto: u16) -> u16 {
     !csum_fold(sum)
 }
 
-/// Mixes the fields of a flow into a 32-bit hash (the finaliser of MurmurHash3 over a running
+/// Mixes the fields of a flow into a 32-bit hash (the `MurmurHash3` finaliser over a running
 /// combination). The same function runs in XDP and in tests, so ECMP choices can be predicted.
 #[inline(always)]
 pub const fn flow_hash(words: &[u32; 10], seed: u32) -> u32 {
@@ -494,8 +495,26 @@ mod tests {
         for ttl in 2..=255u8 {
             for (proto, id) in [(17u8, 0u16), (6, 0xffff), (1, 0x1234), (255, 0x0001)] {
                 let mut h = [
-                    0x45, 0, 0, 84, (id >> 8) as u8, id as u8, 0x40, 0, ttl, proto, 0, 0, 10, 0,
-                    1, 2, 192, 0, 2, 7,
+                    0x45,
+                    0,
+                    0,
+                    84,
+                    (id >> 8) as u8,
+                    id as u8,
+                    0x40,
+                    0,
+                    ttl,
+                    proto,
+                    0,
+                    0,
+                    10,
+                    0,
+                    1,
+                    2,
+                    192,
+                    0,
+                    2,
+                    7,
                 ];
                 let c = full_checksum(&h);
                 h[10..12].copy_from_slice(&c.to_be_bytes());
@@ -519,7 +538,7 @@ mod tests {
         group.members[..3].copy_from_slice(&[11, 22, 33]);
         let mut seen = [0u32; 3];
         for port in 0..3000u32 {
-            let words = flow_words(&[10; 16], &[20; 16], 17, port << 16 | 53);
+            let words = flow_words(&[10; 16], &[20; 16], 17, (port << 16) | 0x35);
             let m = group.pick(flow_hash(&words, FLOW_HASH_SEED)).unwrap();
             let i = [11, 22, 33].iter().position(|&x| x == m).unwrap();
             seen[i] += 1;
