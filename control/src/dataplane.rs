@@ -27,7 +27,7 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 use sluice_common::{
     Counter, EcmpGroup, Iface, IfaceKey, MAX_SLOTS, NextHop, REASON_SLOTS, Reason, Route,
-    XdpAttachMode, names,
+    RouteAction, XdpAttachMode, names,
 };
 use tracing::{debug, info, warn};
 
@@ -365,6 +365,15 @@ fn key_v6(net: Ipv6Net) -> Key<[u8; 16]> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
 
+fn net_v4(k: &Key<[u8; 4]>) -> Ipv4Net {
+    // The kernel's LPM trie rejects prefix lengths over the key size, so this cannot fail.
+    Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len().min(32) as u8).unwrap_or_default()
+}
+
+fn net_v6(k: &Key<[u8; 16]>) -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len().min(128) as u8).unwrap_or_default()
+}
+
 /// Formats an error with its chain of sources.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -388,15 +397,11 @@ fn read_state(
     let mut s = FibState::default();
     for item in routes_v4 {
         let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V4, e))?;
-        let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
-            .expect("kernel prefix length");
-        s.routes_v4.insert(net, v);
+        s.routes_v4.insert(net_v4(&k), v);
     }
     for item in routes_v6 {
         let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V6, e))?;
-        let net = Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
-            .expect("kernel prefix length");
-        s.routes_v6.insert(net, v);
+        s.routes_v6.insert(net_v6(&k), v);
     }
     for (id, nh) in nexthops.iter().enumerate() {
         let nh = nh.map_err(|e| DataplaneError::Map(names::NEXTHOPS, e))?;
@@ -466,6 +471,53 @@ impl Pinned {
             &self.ifaces,
             &self.devmap,
         )
+    }
+
+    /// The interfaces the dataplane serves.
+    pub fn ifaces(&self) -> Result<BTreeMap<IfaceKey, Iface>> {
+        let mut out = BTreeMap::new();
+        for item in &self.ifaces {
+            let (k, v) = item.map_err(|e| DataplaneError::Map(names::IFACES, e))?;
+            out.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    /// The routes with only the next hops and groups they use (reading the whole arrays would
+    /// take one system call per slot).
+    pub fn routes(&self) -> Result<FibState> {
+        let mut s = FibState { ifaces: self.ifaces()?, ..FibState::default() };
+        for item in &self.routes_v4 {
+            let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V4, e))?;
+            s.routes_v4.insert(net_v4(&k), v);
+        }
+        for item in &self.routes_v6 {
+            let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V6, e))?;
+            s.routes_v6.insert(net_v6(&k), v);
+        }
+        let mut nexthop_ids = std::collections::BTreeSet::new();
+        for r in s.routes_v4.values().chain(s.routes_v6.values()) {
+            match RouteAction::from_u32(r.action) {
+                Some(RouteAction::Forward) => {
+                    nexthop_ids.insert(r.target);
+                }
+                Some(RouteAction::Ecmp) if !s.groups.contains_key(&r.target) => {
+                    let g = self
+                        .groups
+                        .get(&r.target, 0)
+                        .map_err(|e| DataplaneError::Map(names::ECMP_GROUPS, e))?;
+                    nexthop_ids.extend(g.members.iter().take(g.count as usize));
+                    s.groups.insert(r.target, g);
+                }
+                _ => {}
+            }
+        }
+        for id in nexthop_ids {
+            let nh =
+                self.nexthops.get(&id, 0).map_err(|e| DataplaneError::Map(names::NEXTHOPS, e))?;
+            s.nexthops.insert(id, nh);
+        }
+        Ok(s)
     }
 
     /// Counters of one slot, summed over CPUs, by reason.

@@ -386,6 +386,14 @@ pub fn route_from(m: &RouteMessage) -> Option<rib::Route> {
         _ => return None,
     };
     let prefix = ipnet::IpNet::new(dst, h.destination_prefix_length).ok()?.trunc();
+    // Link-local routes exist once per interface with the same prefix and metric; the dataplane
+    // never forwards link-local destinations, so they are not mirrored at all.
+    if let IpAddr::V6(a) = prefix.addr()
+        && prefix.prefix_len() >= 10
+        && a.segments()[0] & 0xffc0 == 0xfe80
+    {
+        return None;
+    }
     let kind = match h.kind {
         RouteType::Unicast => RouteKind::Unicast,
         RouteType::Local | RouteType::Broadcast | RouteType::Anycast => RouteKind::Local,
@@ -518,6 +526,10 @@ mod tests {
                 expected
             );
         }
+        assert!(
+            route_from(&route_msg("fe80::/64", vec![RouteAttribute::Oif(3)], RouteType::Unicast))
+                .is_none()
+        );
         let mut big_table =
             route_msg("192.0.2.0/24", vec![RouteAttribute::Table(1000)], RouteType::Unicast);
         big_table.header.table = 252;

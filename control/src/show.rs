@@ -63,9 +63,8 @@ pub fn iface_name(i: &Iface) -> String {
 /// Reads the counters of every interface.
 pub fn stats(pin: &PinDir) -> Result<Stats, DataplaneError> {
     let p = Pinned::open(pin)?;
-    let state = p.state()?;
     let mut interfaces = Vec::new();
-    for (key, iface) in &state.ifaces {
+    for (key, iface) in &p.ifaces()? {
         interfaces.push(InterfaceStats {
             name: iface_name(iface),
             ifindex: iface.logical_ifindex,
@@ -205,7 +204,7 @@ fn mac_string(m: [u8; 6]) -> String {
 
 /// Reads the routes the dataplane holds.
 pub fn routes(pin: &PinDir) -> Result<Routes, DataplaneError> {
-    let state = Pinned::open(pin)?.state()?;
+    let state = Pinned::open(pin)?.routes()?;
     Ok(routes_of(&state))
 }
 
