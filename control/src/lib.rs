@@ -2,10 +2,15 @@
 //! addresses, routes and neighbours into its maps, and offers the operations the `sluice` CLI and
 //! daemon are made of.
 
+pub mod daemon;
 pub mod dataplane;
 pub mod fib;
-pub mod rib;
+pub mod lab;
+pub mod mirror;
 pub mod netns;
+pub mod rib;
+pub mod show;
 
 /// The XDP forwarding program, built by `build.rs` from `dataplane-ebpf/`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-xdp"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-xdp"));

@@ -1,0 +1,466 @@
+//! Namespace tests: real traffic through `sluice daemon` in a router namespace whose kernel
+//! forwarding is off (`net.ipv4.ip_forward=0`, `net.ipv6.conf.all.forwarding=0`), so a packet that
+//! crosses was forwarded by XDP. Each test builds its own topology with unique names and its own
+//! pin directory, so the tests run in parallel; each removes everything on drop, also on panic.
+//!
+//! Needs root and bpffs; without them a test says why and returns, except with `CI=true`, where it
+//! fails. Run: `sudo -E cargo test -p sluice --test netns`.
+
+mod common;
+
+use std::{net::SocketAddr, thread, time::Duration};
+
+use common::{
+    Topology, finish_ping, ip, mac_of, ping, ping_briefly, privileged, spawn_ping, wait_until,
+};
+use sluice::lab::{HOST_IF, Subnet};
+
+/// Echo requests per measured ping run.
+const PINGS: u32 = 20;
+
+/// A MAC address no host has (locally administered).
+const FAKE_MAC: &str = "02:00:5e:10:00:99";
+/// UDP flows (distinct source ports) sent over the multipath route.
+const FLOWS: usize = 128;
+/// Echo requests at 10 ms intervals in the kill test: three seconds of traffic spanning the kill
+/// and the restart of the daemon.
+const COUNT: u32 = 300;
+/// Echo requests that may be lost across the kill and the restart.
+const HANDFUL: u64 = 5;
+
+/// A server prefix that exists only on the servers' loopbacks, so only a route makes it
+/// reachable from the router.
+const SERVICE_V4: (&str, &str, &str) = ("10.99.0.0/24", "10.99.0.1", "10.99.0.1/32");
+const SERVICE_V6: (&str, &str, &str) = ("fd00:99::/64", "fd00:99::1", "fd00:99::1/128");
+
+/// Puts the service addresses on the loopback of each host named.
+fn add_service_addresses(t: &Topology, roles: &[&str]) {
+    for role in roles {
+        ip(t.ns(role), &["addr", "add", SERVICE_V4.2, "dev", "lo"]);
+        ip(t.ns(role), &["addr", "add", SERVICE_V6.2, "dev", "lo"]);
+    }
+}
+
+/// `(ip family flag, the host's address)` for both families of subnet `s`.
+fn families(s: Subnet) -> [(&'static str, String); 2] {
+    [("-4", s.host_v4()), ("-6", s.host_v6())]
+}
+
+#[test]
+fn ipv4_and_ipv6_cross_the_router_through_xdp() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    t.start_daemon();
+    for (_, dst) in families(Subnet(3)) {
+        t.wait_ping("c1", &dst);
+        let before = t.stats();
+        let p = ping(t.ns("c1"), &dst, PINGS, "0.01");
+        let after = t.stats();
+        assert_eq!(
+            p.received,
+            u64::from(PINGS),
+            "c1 -> {dst}: {p:?}, expected every echo answered; stats:{after}"
+        );
+        let requests = after.delta(&before, "r-c1", "forwarded");
+        let replies = after.delta(&before, "r-srv", "forwarded");
+        let sent_to_srv = after.delta(&before, "r-srv", "transmitted");
+        let sent_to_c1 = after.delta(&before, "r-c1", "transmitted");
+        assert!(
+            requests >= u64::from(PINGS),
+            "{dst}: XDP forwarded {requests} packets arriving on r-c1, expected at least the \
+             {PINGS} echo requests (kernel forwarding is off); stats:{after}"
+        );
+        assert!(
+            replies >= u64::from(PINGS),
+            "{dst}: XDP forwarded {replies} packets arriving on r-srv, expected at least the \
+             {PINGS} echo replies; stats:{after}"
+        );
+        assert!(
+            sent_to_srv >= u64::from(PINGS) && sent_to_c1 >= u64::from(PINGS),
+            "{dst}: XDP transmitted {sent_to_srv} on r-srv and {sent_to_c1} on r-c1, expected at \
+             least {PINGS} each; stats:{after}"
+        );
+    }
+}
+
+#[test]
+fn route_add_replace_and_del_are_reflected_in_forwarding() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("s1", 3), ("s2", 4)]);
+    add_service_addresses(&t, &["s1", "s2"]);
+    t.start_daemon();
+    for ((family, gw1), ((_, gw2), (prefix, dst, _))) in families(Subnet(3))
+        .into_iter()
+        .zip(families(Subnet(4)).into_iter().zip([SERVICE_V4, SERVICE_V6]))
+    {
+        // No route yet: XDP must not forward, and nothing may reach either server.
+        let before = t.stats();
+        let p = ping_briefly(t.ns("c1"), dst, 3);
+        let after = t.stats();
+        assert_eq!(p.received, 0, "{dst} answered before any route to {prefix} existed");
+        assert_eq!(
+            after.delta(&before, "r-c1", "forwarded"),
+            0,
+            "XDP forwarded towards {dst} without a route; stats:{after}"
+        );
+        assert!(
+            after.delta(&before, "r-c1", "pass_no_route") >= 3,
+            "packets to {dst} without a route should count as pass_no_route on r-c1; stats:{after}"
+        );
+
+        // add: via s1.
+        ip(&t.router, &[family, "route", "add", prefix, "via", &gw1]);
+        t.wait_route(prefix, &format!("forward via {gw1}"), |r| {
+            r.is_some_and(|r| r.via(&gw1).is_some())
+        });
+        t.wait_ping("c1", dst);
+        let before = t.stats();
+        let p = ping(t.ns("c1"), dst, PINGS, "0.01");
+        let after = t.stats();
+        assert_eq!(p.received, u64::from(PINGS), "{dst} via {gw1}: {p:?}; stats:{after}");
+        assert!(
+            after.delta(&before, "r-s1", "transmitted") >= u64::from(PINGS),
+            "after `route add {prefix} via {gw1}`, r-s1 should transmit the {PINGS} echo \
+             requests; stats:{after}"
+        );
+        assert_eq!(
+            after.delta(&before, "r-s2", "transmitted"),
+            0,
+            "nothing should leave r-s2 while {prefix} is via {gw1}; stats:{after}"
+        );
+
+        // replace: via s2.
+        ip(&t.router, &[family, "route", "replace", prefix, "via", &gw2]);
+        t.wait_route(prefix, &format!("forward via {gw2} only"), |r| {
+            r.is_some_and(|r| r.via(&gw2).is_some() && r.via(&gw1).is_none())
+        });
+        t.wait_ping("c1", dst);
+        let before = t.stats();
+        let p = ping(t.ns("c1"), dst, PINGS, "0.01");
+        let after = t.stats();
+        assert_eq!(p.received, u64::from(PINGS), "{dst} via {gw2}: {p:?}; stats:{after}");
+        assert!(
+            after.delta(&before, "r-s2", "transmitted") >= u64::from(PINGS),
+            "after `route replace {prefix} via {gw2}`, r-s2 should transmit the {PINGS} echo \
+             requests; stats:{after}"
+        );
+        assert_eq!(
+            after.delta(&before, "r-s1", "transmitted"),
+            0,
+            "after `route replace {prefix} via {gw2}`, nothing should leave r-s1; stats:{after}"
+        );
+
+        // del: unreachable again.
+        ip(&t.router, &[family, "route", "del", prefix]);
+        t.wait_route(prefix, "absent", |r| r.is_none());
+        let before = t.stats();
+        let p = ping_briefly(t.ns("c1"), dst, 3);
+        let after = t.stats();
+        assert_eq!(p.received, 0, "{dst} still answered after `route del {prefix}`");
+        for egress in ["r-s1", "r-s2"] {
+            assert_eq!(
+                after.delta(&before, egress, "transmitted"),
+                0,
+                "after `route del {prefix}`, XDP still sent packets out of {egress}; stats:{after}"
+            );
+        }
+        assert!(
+            after.delta(&before, "r-c1", "pass_no_route") >= 3,
+            "after `route del {prefix}`, packets to {dst} should count as pass_no_route; \
+             stats:{after}"
+        );
+    }
+}
+
+#[test]
+fn neighbour_changes_reach_the_next_hop() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    add_service_addresses(&t, &["srv"]);
+    let real_mac = mac_of(t.ns("srv"), HOST_IF);
+    t.start_daemon();
+    for ((family, gw), (prefix, dst, _)) in
+        families(Subnet(3)).into_iter().zip([SERVICE_V4, SERVICE_V6])
+    {
+        ip(&t.router, &[family, "route", "add", prefix, "via", &gw]);
+        t.wait_ping("c1", dst);
+        t.wait_route(prefix, &format!("via {gw} resolved to {real_mac}"), |r| {
+            r.and_then(|r| r.via(&gw))
+                .is_some_and(|n| n.resolved && n.mac.as_deref() == Some(real_mac.as_str()))
+        });
+
+        // The router now believes the server has another MAC: XDP must send there (and the
+        // server, seeing frames for another host, drops them).
+        ip(
+            &t.router,
+            &[
+                family,
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                FAKE_MAC,
+                "dev",
+                "r-srv",
+                "nud",
+                "permanent",
+            ],
+        );
+        t.wait_route(prefix, &format!("via {gw} with MAC {FAKE_MAC}"), |r| {
+            r.and_then(|r| r.via(&gw)).is_some_and(|n| n.mac.as_deref() == Some(FAKE_MAC))
+        });
+        let before = t.stats();
+        let p = ping_briefly(t.ns("c1"), dst, 5);
+        let after = t.stats();
+        assert_eq!(p.received, 0, "{dst} answered although the router sends to {FAKE_MAC}");
+        assert!(
+            after.delta(&before, "r-srv", "transmitted") >= 5,
+            "XDP should still transmit to the (wrong) MAC {FAKE_MAC} on r-srv; stats:{after}"
+        );
+
+        // The real MAC restored: traffic flows again.
+        ip(
+            &t.router,
+            &[
+                family,
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                &real_mac,
+                "dev",
+                "r-srv",
+                "nud",
+                "reachable",
+            ],
+        );
+        t.wait_route(prefix, &format!("via {gw} with MAC {real_mac} again"), |r| {
+            r.and_then(|r| r.via(&gw))
+                .is_some_and(|n| n.resolved && n.mac.as_deref() == Some(real_mac.as_str()))
+        });
+        let before = t.stats();
+        let p = ping(t.ns("c1"), dst, PINGS, "0.01");
+        let after = t.stats();
+        assert_eq!(
+            p.received,
+            u64::from(PINGS),
+            "{dst} after restoring {gw}'s MAC {real_mac}: {p:?}; stats:{after}"
+        );
+        assert!(
+            after.delta(&before, "r-c1", "forwarded") >= u64::from(PINGS),
+            "XDP should forward the echo requests to {dst} again; stats:{after}"
+        );
+    }
+}
+
+#[test]
+fn egress_link_down_stops_xdp_forwarding_and_up_resumes_it() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    t.start_daemon();
+    for (_, dst) in families(Subnet(3)) {
+        t.wait_ping("c1", &dst);
+    }
+
+    ip(&t.router, &["link", "set", "r-srv", "down"]);
+    wait_until("the dataplane to see r-srv down", common::SETTLE, || {
+        (t.stats().up("r-srv") == Some(false)).then_some(())
+    });
+    for (_, dst) in families(Subnet(3)) {
+        let before = t.stats();
+        let p = ping_briefly(t.ns("c1"), &dst, 5);
+        let after = t.stats();
+        assert_eq!(p.received, 0, "{dst} answered while r-srv was down");
+        assert_eq!(
+            after.delta(&before, "r-c1", "forwarded"),
+            0,
+            "XDP forwarded packets to {dst} while the egress r-srv was down; stats:{after}"
+        );
+        assert_eq!(
+            after.delta(&before, "r-srv", "transmitted"),
+            0,
+            "XDP transmitted on r-srv while it was down; stats:{after}"
+        );
+        assert!(
+            after.passed("r-c1") >= before.passed("r-c1") + 5,
+            "packets to {dst} should be passed to the kernel (a pass_* reason) while r-srv is \
+             down; stats:{after}"
+        );
+    }
+
+    ip(&t.router, &["link", "set", "r-srv", "up"]);
+    wait_until("the dataplane to see r-srv up", common::SETTLE, || {
+        (t.stats().up("r-srv") == Some(true)).then_some(())
+    });
+    for (_, dst) in families(Subnet(3)) {
+        t.wait_ping("c1", &dst);
+        let before = t.stats();
+        let p = ping(t.ns("c1"), &dst, PINGS, "0.01");
+        let after = t.stats();
+        assert_eq!(p.received, u64::from(PINGS), "{dst} after r-srv came back up: {p:?}");
+        assert!(
+            after.delta(&before, "r-c1", "forwarded") >= u64::from(PINGS),
+            "XDP should forward to {dst} again once r-srv is up; stats:{after}"
+        );
+    }
+}
+
+#[test]
+fn multipath_route_spreads_flows_over_both_next_hops() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("s1", 3), ("s2", 4)]);
+    add_service_addresses(&t, &["s1", "s2"]);
+    t.start_daemon();
+    for ((family, gw1), ((_, gw2), (prefix, dst, _))) in families(Subnet(3))
+        .into_iter()
+        .zip(families(Subnet(4)).into_iter().zip([SERVICE_V4, SERVICE_V6]))
+    {
+        ip(
+            &t.router,
+            &[family, "route", "add", prefix, "nexthop", "via", &gw1, "nexthop", "via", &gw2],
+        );
+        t.wait_route(prefix, &format!("ecmp via {gw1} and {gw2}"), |r| {
+            r.is_some_and(|r| {
+                r.action == "ecmp"
+                    && r.via(&gw1).is_some_and(|n| n.dev == "r-s1")
+                    && r.via(&gw2).is_some_and(|n| n.dev == "r-s2")
+            })
+        });
+        let dst = SocketAddr::new(dst.parse().unwrap(), 9);
+        // The first datagrams may find the next hops unresolved (and go to the kernel, which
+        // does not forward): send until both links have carried some.
+        let start = t.stats();
+        wait_until(&format!("UDP flows to {dst} on both r-s1 and r-s2"), common::SETTLE, || {
+            t.send_udp_flows("c1", dst, 16);
+            let now = t.stats();
+            (now.delta(&start, "r-s1", "transmitted") > 0
+                && now.delta(&start, "r-s2", "transmitted") > 0)
+                .then_some(())
+        });
+
+        let before = t.stats();
+        t.send_udp_flows("c1", dst, FLOWS);
+        // Counters are read right after sending; give the last frames a moment to be counted.
+        let flows = FLOWS as u64;
+        let after = wait_until("the datagrams to be counted", Duration::from_secs(2), || {
+            let s = t.stats();
+            (s.delta(&before, "r-c1", "forwarded") >= flows).then_some(s)
+        });
+        let (on_s1, on_s2) = (
+            after.delta(&before, "r-s1", "transmitted"),
+            after.delta(&before, "r-s2", "transmitted"),
+        );
+        eprintln!("{FLOWS} flows to {dst}: {on_s1} on r-s1, {on_s2} on r-s2");
+        assert!(
+            on_s1 + on_s2 >= flows,
+            "{FLOWS} datagrams to {dst}: {on_s1} left on r-s1 and {on_s2} on r-s2; stats:{after}"
+        );
+        // With 128 flows hashed over two members, one getting none has probability 2^-127.
+        assert!(
+            on_s1 > 0 && on_s2 > 0,
+            "{FLOWS} flows to {dst} over a two-way multipath route all took one link \
+             (r-s1 {on_s1}, r-s2 {on_s2}); stats:{after}"
+        );
+        // A flow takes one path: the spread should be far from all-but-one.
+        assert!(
+            on_s1.min(on_s2) >= flows / 8,
+            "{FLOWS} flows to {dst} spread unevenly: r-s1 {on_s1}, r-s2 {on_s2}"
+        );
+    }
+}
+
+#[test]
+fn daemon_killed_mid_traffic_keeps_forwarding_and_restart_adopts_state() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    t.start_daemon();
+    let srv = Subnet(3);
+    for (_, dst) in families(srv) {
+        t.wait_ping("c1", &dst);
+    }
+
+    let v4 = spawn_ping(t.ns("c1"), &srv.host_v4(), COUNT, "0.01");
+    let v6 = spawn_ping(t.ns("c1"), &srv.host_v6(), COUNT, "0.01");
+    thread::sleep(Duration::from_millis(500));
+    let before_kill = t.stats();
+    t.kill_daemon();
+    assert!(common::pinned(&t.pin_dir), "the pin directory must survive kill -9 of the daemon");
+
+    // Without a daemon, XDP keeps forwarding from the pinned state.
+    let alive =
+        wait_until("forwarding to continue without the daemon", Duration::from_secs(2), || {
+            let s = t.stats();
+            (s.delta(&before_kill, "r-c1", "forwarded") >= 20).then_some(s)
+        });
+    let routes = t.routes();
+    assert!(
+        routes.iter().any(|r| r.prefix == srv.v4_prefix().parse().unwrap()),
+        "the routes must stay pinned while the daemon is dead: {routes:#?}"
+    );
+
+    thread::sleep(Duration::from_millis(500));
+    let before_restart = t.stats();
+    t.start_daemon();
+    let after_restart = t.stats();
+    for iface in ["r-c1", "r-srv"] {
+        for reason in ["forwarded", "transmitted"] {
+            assert!(
+                after_restart.get(iface, reason) >= before_restart.get(iface, reason),
+                "the restarted daemon reset counter {iface}/{reason}: {} -> {}",
+                before_restart.get(iface, reason),
+                after_restart.get(iface, reason)
+            );
+        }
+    }
+    assert!(
+        alive.get("r-c1", "forwarded") > 0 && before_kill.get("r-c1", "forwarded") > 0,
+        "forwarded counters should be non-zero before and during the outage"
+    );
+
+    for (child, dst) in [(v4, srv.host_v4()), (v6, srv.host_v6())] {
+        let p = finish_ping(child);
+        eprintln!("ping {dst} across kill -9 and restart: {p:?}");
+        assert_eq!(p.transmitted, u64::from(COUNT), "ping to {dst} did not run to the end: {p:?}");
+        assert!(
+            p.received + HANDFUL >= p.transmitted,
+            "ping to {dst} lost {} of {} echo requests across kill -9 and restart of the daemon \
+             (at most {HANDFUL} allowed)",
+            p.transmitted - p.received,
+            p.transmitted
+        );
+    }
+
+    // The restarted daemon adopted the pinned state and mirrors the kernel again.
+    let routes = t.routes();
+    for prefix in [srv.v4_prefix(), srv.v6_prefix(), Subnet(1).v4_prefix(), Subnet(1).v6_prefix()] {
+        assert!(
+            routes.iter().any(|r| r.prefix == prefix.parse().unwrap()),
+            "route {prefix} missing after the restart: {routes:#?}"
+        );
+    }
+    ip(&t.router, &["route", "add", "10.98.0.0/24", "via", &srv.host_v4()]);
+    t.wait_route("10.98.0.0/24", "present (mirrored by the restarted daemon)", |r| {
+        r.is_some_and(|r| r.via(&srv.host_v4()).is_some())
+    });
+    let before = t.stats();
+    let p = ping(t.ns("c1"), &srv.host_v4(), PINGS, "0.01");
+    let after = t.stats();
+    assert_eq!(p.received, u64::from(PINGS), "after the restart: {p:?}");
+    assert!(
+        after.delta(&before, "r-c1", "forwarded") >= u64::from(PINGS),
+        "XDP should forward after the restart; stats:{after}"
+    );
+    t.assert_daemon_alive();
+}
