@@ -193,11 +193,15 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if total > nh.mtu as usize {
         return Outcome::pass(Reason::PassMtu);
     }
+    let action = match claim_egress(&nh) {
+        Ok(action) => action,
+        Err(outcome) => return outcome,
+    };
     let ttl_proto = u16::from_be_bytes([hdr.ttl, hdr.proto]);
     let check = csum_ttl_decrement(u16::from_be_bytes(hdr.check), ttl_proto);
     hdr.ttl -= 1;
     hdr.check = check.to_be_bytes();
-    transmit(ctx, frame, &nh)
+    rewrite_l2(ctx, frame, &nh, action)
 }
 
 #[inline(always)]
@@ -233,8 +237,12 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if total > nh.mtu as usize {
         return Outcome::pass(Reason::PassMtu);
     }
+    let action = match claim_egress(&nh) {
+        Ok(action) => action,
+        Err(outcome) => return outcome,
+    };
     hdr.hop_limit -= 1;
-    transmit(ctx, frame, &nh)
+    rewrite_l2(ctx, frame, &nh, action)
 }
 
 /// Unspecified, loopback and link-local (fe80::/10) addresses are never forwarded.
@@ -318,10 +326,18 @@ fn read_ports(ctx: &XdpContext, offset: usize, proto: u8) -> u32 {
     }
 }
 
-/// Rewrites the Ethernet header (adding, removing or rewriting the 802.1Q tag as the next hop
-/// needs) and redirects to the egress device.
+/// Selects the egress device before anything in the frame changes: `bpf_redirect_map` only
+/// records the target (the frame is sent after the program returns), so a device missing from
+/// the map leaves the packet untouched for the kernel.
 #[inline(always)]
-fn transmit(ctx: &XdpContext, frame: &Frame, nh: &NextHop) -> Outcome {
+fn claim_egress(nh: &NextHop) -> Result<u32, Outcome> {
+    DEVMAP.redirect(nh.ifindex, 0).map_err(|_| Outcome::pass(Reason::PassNoEgress))
+}
+
+/// Rewrites the Ethernet header (adding, removing or rewriting the 802.1Q tag as the next hop
+/// needs) of a frame whose egress is claimed.
+#[inline(always)]
+fn rewrite_l2(ctx: &XdpContext, frame: &Frame, nh: &NextHop, action: u32) -> Outcome {
     let tagged_in = frame.l3 != EthHdr::LEN;
     let tagged_out = nh.flags & NH_F_VLAN != 0;
     let ok = match (tagged_in, tagged_out) {
@@ -338,16 +354,11 @@ fn transmit(ctx: &XdpContext, frame: &Frame, nh: &NextHop) -> Outcome {
         }
     };
     if !ok {
+        // No headroom for a tag: the frame is half rewritten and cannot go anywhere.
         return Outcome::drop(Reason::DropMalformed);
     }
-    match DEVMAP.redirect(nh.ifindex, 0) {
-        Ok(action) => {
-            count(nh.egress_slot, Reason::Transmitted, frame.len as u64);
-            Outcome { action, reason: Reason::Forwarded }
-        }
-        // The frame is already rewritten, so the kernel could not route it any more.
-        Err(_) => Outcome::drop(Reason::PassNoEgress),
-    }
+    count(nh.egress_slot, Reason::Transmitted, frame.len as u64);
+    Outcome { action, reason: Reason::Forwarded }
 }
 
 #[inline(always)]
