@@ -30,8 +30,11 @@ lab: build
 lab-down:
 	@if [ -x $(SLUICE) ]; then $(SLUICE) lab down; else echo "no lab binary built"; fi
 
+# Linux forwarding against Sluice on one veth chain, IPv4 then IPv6, and route-add latency.
 bench: build
-	$(SLUICE) bench
+	@mkdir -p artifacts
+	$(SLUICE) bench --json artifacts/bench-ipv4.json
+	$(SLUICE) bench --ipv6 --json artifacts/bench-ipv6.json
 
 lint:
 	$(CARGO) fmt --all --check

@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice::{
-    daemon,
+    bench, daemon,
     dataplane::{self, DEFAULT_PIN_DIR, ModeRequest, PinDir},
     lab, rib, show,
 };
@@ -54,6 +54,8 @@ enum Command {
     },
     /// Detach XDP from every interface and remove the pinned maps.
     Detach,
+    /// Benchmark forwarding, Linux against Sluice on one veth chain, and route-add latency.
+    Bench(bench::BenchArgs),
     /// A demo topology in network namespaces with the router forwarding.
     Lab {
         #[command(subcommand)]
@@ -110,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => bench::run(&args),
         Command::Lab { cmd: LabCmd::Up(opts) } => lab::up(&opts),
         Command::Lab { cmd: LabCmd::Down(opts) } => lab::down(&opts),
     }
