@@ -3,8 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 CARGO ?= cargo
 SLUICE := target/release/sluice
-# The nightly toolchain that builds the eBPF program, chosen by scripts/setup.sh.
-export SLUICE_EBPF_TOOLCHAIN = $(shell cat target/.ebpf-toolchain 2>/dev/null || echo nightly)
+# The nightly toolchain that builds the eBPF program, chosen by scripts/setup.sh: exported only
+# when it is not plain `nightly`, so that builds from make and from cargo share their cache.
+EBPF_TOOLCHAIN := $(shell cat target/.ebpf-toolchain 2>/dev/null)
+ifneq ($(filter-out nightly,$(EBPF_TOOLCHAIN)),)
+export SLUICE_EBPF_TOOLCHAIN = $(EBPF_TOOLCHAIN)
+endif
 
 .PHONY: setup build test test-unit lab lab-down bench lint fmt clean
 
