@@ -69,6 +69,21 @@ pub enum DataplaneError {
     /// A map operation failed.
     #[error("map {0}")]
     Map(&'static str, #[source] MapError),
+    /// Maps pinned by another version of Sluice have a different layout.
+    #[error(
+        "the map {map} pinned under {pin} has key/value/entries {found:?}, this version needs {expected:?}; \
+         it was pinned by an incompatible version: `sluice detach` (forwarding stops) and start again"
+    )]
+    Incompatible {
+        /// Map name.
+        map: &'static str,
+        /// Pin directory.
+        pin: PathBuf,
+        /// Key size, value size and capacity found.
+        found: (u32, u32, u32),
+        /// What this build needs.
+        expected: (u32, u32, u32),
+    },
     /// The interface does not exist.
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
@@ -180,6 +195,7 @@ impl Dataplane {
     /// Loads the program, reusing the maps pinned under `pin` or creating and pinning them.
     pub fn load(pin: &PinDir) -> Result<Self> {
         pin.create()?;
+        check_pinned_layout(pin)?;
         let paths: Vec<(&str, PathBuf)> =
             names::ALL_MAPS.iter().map(|n| (*n, pin.map(n))).collect();
         let mut loader = EbpfLoader::new();
@@ -347,6 +363,46 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Key size, value size and capacity of every map, as this build defines them. The kernel does
+/// not check a pinned map against the object that reuses it, so a map pinned by a build with
+/// other types would be read and written with the wrong layout.
+fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
+    use sluice_common::{
+        Counter, MAX_ECMP_GROUPS, MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4, MAX_ROUTES_V6,
+        NEIGH_PENDING_ENTRIES, NEIGH_RING_BYTES, NeighRequest,
+    };
+    let size = |n: usize| n as u32;
+    Some(match name {
+        names::ROUTES_V4 => (size(4 + 4), size(size_of::<Route>()), MAX_ROUTES_V4),
+        names::ROUTES_V6 => (size(4 + 16), size(size_of::<Route>()), MAX_ROUTES_V6),
+        names::NEXTHOPS => (4, size(size_of::<NextHop>()), MAX_NEXTHOPS),
+        names::ECMP_GROUPS => (4, size(size_of::<EcmpGroup>()), MAX_ECMP_GROUPS),
+        names::IFACES => (size(size_of::<IfaceKey>()), size(size_of::<Iface>()), MAX_IFACES),
+        names::COUNTERS => (4, size(size_of::<Counter>()), MAX_SLOTS * REASON_SLOTS),
+        names::NEIGH_REQUESTS => (0, 0, NEIGH_RING_BYTES),
+        names::NEIGH_PENDING => (size(size_of::<NeighRequest>()), 8, NEIGH_PENDING_ENTRIES),
+        _ => return None,
+    })
+}
+
+fn check_pinned_layout(pin: &PinDir) -> Result<()> {
+    for name in names::ALL_MAPS {
+        let path = pin.map(name);
+        let (Some(expected), true) = (expected_layout(name), path.exists()) else { continue };
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| DataplaneError::Map(name, e))?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        if found != expected {
+            return Err(DataplaneError::Incompatible {
+                map: name,
+                pin: pin.root().to_owned(),
+                found,
+                expected,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
