@@ -181,6 +181,7 @@ pub struct Dataplane {
     groups: Array<MapData, EcmpGroup>,
     ifaces: HashMap<MapData, IfaceKey, Iface>,
     devmap: DevMapHash<MapData>,
+    counters: PerCpuArray<MapData, Counter>,
     neigh_requests: Option<RingBuf<MapData>>,
 }
 
@@ -219,6 +220,7 @@ impl Dataplane {
             groups: take(&mut ebpf, names::ECMP_GROUPS)?,
             ifaces: take(&mut ebpf, names::IFACES)?,
             devmap: take(&mut ebpf, names::DEVMAP)?,
+            counters: take(&mut ebpf, names::COUNTERS)?,
             neigh_requests: Some(take(&mut ebpf, names::NEIGH_REQUESTS)?),
             ebpf,
             pin: pin.clone(),
@@ -348,6 +350,13 @@ impl Dataplane {
 
     fn apply_one(&mut self, op: &Op) -> Result<(), Box<dyn std::error::Error>> {
         match *op {
+            Op::ResetCounters(slot) => {
+                let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+                for reason in Reason::ALL {
+                    let zero = vec![Counter::default(); cpus].try_into()?;
+                    self.counters.set(reason.index(slot), zero, 0)?;
+                }
+            }
             Op::AddDevice(d) => self.devmap.insert(d, d, None, 0)?,
             Op::DelDevice(d) => ignore_missing(self.devmap.remove(d))?,
             Op::SetIface(k, v) => self.ifaces.insert(k, v, 0)?,

@@ -71,6 +71,9 @@ impl FibState {
 /// One write to the dataplane's maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// Zero the counters of a slot an interface is given for the first time (it may have
+    /// belonged to an interface that is gone).
+    ResetCounters(u32),
     /// Add an egress device to `DEVMAP`.
     AddDevice(u32),
     /// Write an `IFACES` entry.
@@ -102,6 +105,9 @@ pub enum Op {
 /// deletions in the reverse order.
 pub fn diff(old: &FibState, new: &FibState) -> Vec<Op> {
     let mut ops = Vec::new();
+    let old_slots: BTreeSet<u32> = old.ifaces.values().map(|i| i.slot).collect();
+    let new_slots: BTreeSet<u32> = new.ifaces.values().map(|i| i.slot).collect();
+    ops.extend(new_slots.difference(&old_slots).map(|&s| Op::ResetCounters(s)));
     ops.extend(new.devmap.difference(&old.devmap).map(|&d| Op::AddDevice(d)));
     ops.extend(changed(&old.ifaces, &new.ifaces).map(|(k, v)| Op::SetIface(*k, *v)));
     ops.extend(changed(&old.nexthops, &new.nexthops).map(|(k, v)| Op::SetNextHop(*k, *v)));
@@ -629,6 +635,9 @@ mod tests {
         let mut c = Compiler::new(TABLE_MAIN);
         let fib = c.compile(&rib, &attached);
         assert!(diff(&fib, &c.compile(&rib, &attached)).is_empty());
+        // From nothing, the slots' counters are zeroed before the interfaces appear.
+        let from_scratch = diff(&FibState::default(), &fib);
+        assert!(matches!(from_scratch[..2], [Op::ResetCounters(_), Op::ResetCounters(_)]));
         // A new daemon adopting the maps compiles the same state.
         let mut fresh = Compiler::new(TABLE_MAIN);
         fresh.adopt(&fib);
