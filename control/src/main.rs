@@ -71,8 +71,26 @@ enum LabCmd {
     Down(lab::LabOptions),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: error: {e:#}");
+            let permission = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+                    || c.to_string().contains("Operation not permitted")
+            });
+            if permission && !nix::unistd::geteuid().is_root() {
+                eprintln!("sluice: hint: this needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
