@@ -175,6 +175,14 @@ pub enum ModeRequest {
 pub struct Dataplane {
     ebpf: Ebpf,
     pin: PinDir,
+    maps: Maps,
+    neigh_requests: Option<RingBuf<MapData>>,
+}
+
+/// Typed handles to the maps the control plane reads and writes: taken from a loaded object by
+/// the daemon, or opened from their pins by `sluice stats`, `sluice routes` and the tests.
+#[expect(missing_debug_implementations, reason = "aya's map handles are not Debug")]
+pub struct Maps {
     routes_v4: LpmTrie<MapData, [u8; 4], Route>,
     routes_v6: LpmTrie<MapData, [u8; 16], Route>,
     nexthops: Array<MapData, NextHop>,
@@ -182,14 +190,18 @@ pub struct Dataplane {
     ifaces: HashMap<MapData, IfaceKey, Iface>,
     devmap: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, Counter>,
-    neigh_requests: Option<RingBuf<MapData>>,
 }
 
-fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(DataplaneError::Map(name, MapError::InvalidName { name: name.to_owned() }))?;
-    T::try_from(map).map_err(|e| DataplaneError::Map(name, e))
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    get: &mut impl FnMut(&'static str) -> Result<Map>,
+    name: &'static str,
+) -> Result<T> {
+    T::try_from(get(name)?).map_err(|e| DataplaneError::Map(name, e))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
+    ebpf.take_map(name)
+        .ok_or(DataplaneError::Map(name, MapError::InvalidName { name: name.to_owned() }))
 }
 
 impl Dataplane {
@@ -213,18 +225,10 @@ impl Dataplane {
         program
             .load()
             .map_err(|e| DataplaneError::Program("verifying the XDP program".into(), e))?;
-        Ok(Self {
-            routes_v4: take(&mut ebpf, names::ROUTES_V4)?,
-            routes_v6: take(&mut ebpf, names::ROUTES_V6)?,
-            nexthops: take(&mut ebpf, names::NEXTHOPS)?,
-            groups: take(&mut ebpf, names::ECMP_GROUPS)?,
-            ifaces: take(&mut ebpf, names::IFACES)?,
-            devmap: take(&mut ebpf, names::DEVMAP)?,
-            counters: take(&mut ebpf, names::COUNTERS)?,
-            neigh_requests: Some(take(&mut ebpf, names::NEIGH_REQUESTS)?),
-            ebpf,
-            pin: pin.clone(),
-        })
+        let maps = Maps::build(|name| take_map(&mut ebpf, name))?;
+        let neigh_requests = RingBuf::try_from(take_map(&mut ebpf, names::NEIGH_REQUESTS)?)
+            .map_err(|e| DataplaneError::Map(names::NEIGH_REQUESTS, e))?;
+        Ok(Self { ebpf, pin: pin.clone(), maps, neigh_requests: Some(neigh_requests) })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -325,52 +329,20 @@ impl Dataplane {
 
     /// Reads everything the maps hold.
     pub fn read_state(&self) -> Result<FibState> {
-        read_state(
-            &self.routes_v4,
-            &self.routes_v6,
-            &self.nexthops,
-            &self.groups,
-            &self.ifaces,
-            &self.devmap,
-        )
+        self.maps.state()
     }
 
     /// Applies map writes in order. Returns how many failed (each is logged).
     pub fn apply(&mut self, ops: &[Op]) -> usize {
         let mut failures = 0;
         for op in ops {
-            if let Err(e) = self.apply_one(op) {
+            if let Err(e) = self.maps.apply(op) {
                 failures += 1;
                 warn!(?op, error = %error_chain(e.as_ref()), "map write failed");
             }
         }
         debug!(ops = ops.len(), failures, "applied");
         failures
-    }
-
-    fn apply_one(&mut self, op: &Op) -> Result<(), Box<dyn std::error::Error>> {
-        match *op {
-            Op::ResetCounters(slot) => {
-                let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-                for reason in Reason::ALL {
-                    let zero = vec![Counter::default(); cpus].try_into()?;
-                    self.counters.set(reason.index(slot), zero, 0)?;
-                }
-            }
-            Op::AddDevice(d) => self.devmap.insert(d, d, None, 0)?,
-            Op::DelDevice(d) => ignore_missing(self.devmap.remove(d))?,
-            Op::SetIface(k, v) => self.ifaces.insert(k, v, 0)?,
-            Op::DelIface(k) => ignore_missing(self.ifaces.remove(&k))?,
-            Op::SetNextHop(id, nh) => self.nexthops.set(id, nh, 0)?,
-            Op::ClearNextHop(id) => self.nexthops.set(id, NextHop::default(), 0)?,
-            Op::SetGroup(id, g) => self.groups.set(id, g, 0)?,
-            Op::ClearGroup(id) => self.groups.set(id, EcmpGroup::default(), 0)?,
-            Op::SetRouteV4(net, r) => self.routes_v4.insert(&key_v4(net), r, 0)?,
-            Op::DelRouteV4(net) => ignore_missing(self.routes_v4.remove(&key_v4(net)))?,
-            Op::SetRouteV6(net, r) => self.routes_v6.insert(&key_v6(net), r, 0)?,
-            Op::DelRouteV6(net) => ignore_missing(self.routes_v6.remove(&key_v6(net)))?,
-        }
-        Ok(())
     }
 }
 
@@ -451,91 +423,91 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn read_state(
-    routes_v4: &LpmTrie<MapData, [u8; 4], Route>,
-    routes_v6: &LpmTrie<MapData, [u8; 16], Route>,
-    nexthops: &Array<MapData, NextHop>,
-    groups: &Array<MapData, EcmpGroup>,
-    ifaces: &HashMap<MapData, IfaceKey, Iface>,
-    devmap: &DevMapHash<MapData>,
-) -> Result<FibState> {
-    let mut s = FibState::default();
-    for item in routes_v4 {
-        let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V4, e))?;
-        s.routes_v4.insert(net_v4(&k), v);
-    }
-    for item in routes_v6 {
-        let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V6, e))?;
-        s.routes_v6.insert(net_v6(&k), v);
-    }
-    for (id, nh) in nexthops.iter().enumerate() {
-        let nh = nh.map_err(|e| DataplaneError::Map(names::NEXTHOPS, e))?;
-        if nh != NextHop::default() {
-            s.nexthops.insert(id as u32, nh);
-        }
-    }
-    for (id, g) in groups.iter().enumerate() {
-        let g = g.map_err(|e| DataplaneError::Map(names::ECMP_GROUPS, e))?;
-        if g != EcmpGroup::default() {
-            s.groups.insert(id as u32, g);
-        }
-    }
-    for item in ifaces {
-        let (k, v) = item.map_err(|e| DataplaneError::Map(names::IFACES, e))?;
-        s.ifaces.insert(k, v);
-    }
-    for k in devmap.keys() {
-        s.devmap.insert(k.map_err(|e| DataplaneError::Map(names::DEVMAP, e))?);
-    }
-    Ok(s)
-}
-
-/// Read-only access to a pinned dataplane, for `sluice stats`, `sluice routes` and tests.
-#[expect(missing_debug_implementations, reason = "aya's map handles are not Debug")]
-pub struct Pinned {
-    routes_v4: LpmTrie<MapData, [u8; 4], Route>,
-    routes_v6: LpmTrie<MapData, [u8; 16], Route>,
-    nexthops: Array<MapData, NextHop>,
-    groups: Array<MapData, EcmpGroup>,
-    ifaces: HashMap<MapData, IfaceKey, Iface>,
-    devmap: DevMapHash<MapData>,
-    counters: PerCpuArray<MapData, Counter>,
-}
-
-fn open<T: TryFrom<Map, Error = MapError>>(pin: &PinDir, name: &'static str) -> Result<T> {
+fn open_pinned(pin: &PinDir, name: &'static str) -> Result<Map> {
     let path = pin.map(name);
     if !path.exists() {
         return Err(DataplaneError::NotPinned(pin.root().to_owned()));
     }
     let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Map(name, e))?;
-    let map = Map::from_map_data(data).map_err(|e| DataplaneError::Map(name, e))?;
-    T::try_from(map).map_err(|e| DataplaneError::Map(name, e))
+    Map::from_map_data(data).map_err(|e| DataplaneError::Map(name, e))
 }
 
-impl Pinned {
+impl Maps {
+    fn build(mut get: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        Ok(Self {
+            routes_v4: typed(&mut get, names::ROUTES_V4)?,
+            routes_v6: typed(&mut get, names::ROUTES_V6)?,
+            nexthops: typed(&mut get, names::NEXTHOPS)?,
+            groups: typed(&mut get, names::ECMP_GROUPS)?,
+            ifaces: typed(&mut get, names::IFACES)?,
+            devmap: typed(&mut get, names::DEVMAP)?,
+            counters: typed(&mut get, names::COUNTERS)?,
+        })
+    }
+
     /// Opens the maps pinned under `pin`.
     pub fn open(pin: &PinDir) -> Result<Self> {
-        Ok(Self {
-            routes_v4: open(pin, names::ROUTES_V4)?,
-            routes_v6: open(pin, names::ROUTES_V6)?,
-            nexthops: open(pin, names::NEXTHOPS)?,
-            groups: open(pin, names::ECMP_GROUPS)?,
-            ifaces: open(pin, names::IFACES)?,
-            devmap: open(pin, names::DEVMAP)?,
-            counters: open(pin, names::COUNTERS)?,
-        })
+        Self::build(|name| open_pinned(pin, name))
+    }
+
+    /// The interfaces and routes, without next hops and groups.
+    fn ifaces_and_routes(&self) -> Result<FibState> {
+        let mut s = FibState { ifaces: self.ifaces()?, ..FibState::default() };
+        for item in &self.routes_v4 {
+            let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V4, e))?;
+            s.routes_v4.insert(net_v4(&k), v);
+        }
+        for item in &self.routes_v6 {
+            let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V6, e))?;
+            s.routes_v6.insert(net_v6(&k), v);
+        }
+        Ok(s)
     }
 
     /// Everything the maps hold.
     pub fn state(&self) -> Result<FibState> {
-        read_state(
-            &self.routes_v4,
-            &self.routes_v6,
-            &self.nexthops,
-            &self.groups,
-            &self.ifaces,
-            &self.devmap,
-        )
+        let mut s = self.ifaces_and_routes()?;
+        for (id, nh) in self.nexthops.iter().enumerate() {
+            let nh = nh.map_err(|e| DataplaneError::Map(names::NEXTHOPS, e))?;
+            if nh != NextHop::default() {
+                s.nexthops.insert(id as u32, nh);
+            }
+        }
+        for (id, g) in self.groups.iter().enumerate() {
+            let g = g.map_err(|e| DataplaneError::Map(names::ECMP_GROUPS, e))?;
+            if g != EcmpGroup::default() {
+                s.groups.insert(id as u32, g);
+            }
+        }
+        for k in self.devmap.keys() {
+            s.devmap.insert(k.map_err(|e| DataplaneError::Map(names::DEVMAP, e))?);
+        }
+        Ok(s)
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), Box<dyn std::error::Error>> {
+        match *op {
+            Op::ResetCounters(slot) => {
+                let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+                for reason in Reason::ALL {
+                    let zero = vec![Counter::default(); cpus].try_into()?;
+                    self.counters.set(reason.index(slot), zero, 0)?;
+                }
+            }
+            Op::AddDevice(d) => self.devmap.insert(d, d, None, 0)?,
+            Op::DelDevice(d) => ignore_missing(self.devmap.remove(d))?,
+            Op::SetIface(k, v) => self.ifaces.insert(k, v, 0)?,
+            Op::DelIface(k) => ignore_missing(self.ifaces.remove(&k))?,
+            Op::SetNextHop(id, nh) => self.nexthops.set(id, nh, 0)?,
+            Op::ClearNextHop(id) => self.nexthops.set(id, NextHop::default(), 0)?,
+            Op::SetGroup(id, g) => self.groups.set(id, g, 0)?,
+            Op::ClearGroup(id) => self.groups.set(id, EcmpGroup::default(), 0)?,
+            Op::SetRouteV4(net, r) => self.routes_v4.insert(&key_v4(net), r, 0)?,
+            Op::DelRouteV4(net) => ignore_missing(self.routes_v4.remove(&key_v4(net)))?,
+            Op::SetRouteV6(net, r) => self.routes_v6.insert(&key_v6(net), r, 0)?,
+            Op::DelRouteV6(net) => ignore_missing(self.routes_v6.remove(&key_v6(net)))?,
+        }
+        Ok(())
     }
 
     /// The interfaces the dataplane serves.
@@ -551,15 +523,7 @@ impl Pinned {
     /// The routes with only the next hops and groups they use (reading the whole arrays would
     /// take one system call per slot).
     pub fn routes(&self) -> Result<FibState> {
-        let mut s = FibState { ifaces: self.ifaces()?, ..FibState::default() };
-        for item in &self.routes_v4 {
-            let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V4, e))?;
-            s.routes_v4.insert(net_v4(&k), v);
-        }
-        for item in &self.routes_v6 {
-            let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V6, e))?;
-            s.routes_v6.insert(net_v6(&k), v);
-        }
+        let mut s = self.ifaces_and_routes()?;
         let mut nexthop_ids = std::collections::BTreeSet::new();
         for r in s.routes_v4.values().chain(s.routes_v6.values()) {
             match RouteAction::from_u32(r.action) {

@@ -9,7 +9,7 @@ use sluice_common::{
 };
 
 use crate::{
-    dataplane::{DataplaneError, PinDir, Pinned},
+    dataplane::{DataplaneError, Maps, PinDir},
     fib::FibState,
 };
 
@@ -62,7 +62,7 @@ pub fn iface_name(i: &Iface) -> String {
 
 /// Reads the counters of every interface.
 pub fn stats(pin: &PinDir) -> Result<Stats, DataplaneError> {
-    let p = Pinned::open(pin)?;
+    let p = Maps::open(pin)?;
     let mut interfaces = Vec::new();
     for (key, iface) in &p.ifaces()? {
         interfaces.push(InterfaceStats {
@@ -204,7 +204,7 @@ fn mac_string(m: [u8; 6]) -> String {
 
 /// Reads the routes the dataplane holds.
 pub fn routes(pin: &PinDir) -> Result<Routes, DataplaneError> {
-    let state = Pinned::open(pin)?.routes()?;
+    let state = Maps::open(pin)?.routes()?;
     Ok(routes_of(&state))
 }
 

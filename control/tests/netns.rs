@@ -112,47 +112,31 @@ fn route_add_replace_and_del_are_reflected_in_forwarding() {
             "packets to {dst} without a route should count as pass_no_route on r-c1; stats:{after}"
         );
 
-        // add: via s1.
-        ip(&t.router, &[family, "route", "add", prefix, "via", &gw1]);
-        t.wait_route(prefix, &format!("forward via {gw1}"), |r| {
-            r.is_some_and(|r| r.via(&gw1).is_some())
-        });
-        t.wait_ping("c1", dst);
-        let before = t.stats();
-        let p = ping(t.ns("c1"), dst, PINGS, "0.01");
-        let after = t.stats();
-        assert_eq!(p.received, u64::from(PINGS), "{dst} via {gw1}: {p:?}; stats:{after}");
-        assert!(
-            after.delta(&before, "r-s1", "transmitted") >= u64::from(PINGS),
-            "after `route add {prefix} via {gw1}`, r-s1 should transmit the {PINGS} echo \
-             requests; stats:{after}"
-        );
-        assert_eq!(
-            after.delta(&before, "r-s2", "transmitted"),
-            0,
-            "nothing should leave r-s2 while {prefix} is via {gw1}; stats:{after}"
-        );
-
-        // replace: via s2.
-        ip(&t.router, &[family, "route", "replace", prefix, "via", &gw2]);
-        t.wait_route(prefix, &format!("forward via {gw2} only"), |r| {
-            r.is_some_and(|r| r.via(&gw2).is_some() && r.via(&gw1).is_none())
-        });
-        t.wait_ping("c1", dst);
-        let before = t.stats();
-        let p = ping(t.ns("c1"), dst, PINGS, "0.01");
-        let after = t.stats();
-        assert_eq!(p.received, u64::from(PINGS), "{dst} via {gw2}: {p:?}; stats:{after}");
-        assert!(
-            after.delta(&before, "r-s2", "transmitted") >= u64::from(PINGS),
-            "after `route replace {prefix} via {gw2}`, r-s2 should transmit the {PINGS} echo \
-             requests; stats:{after}"
-        );
-        assert_eq!(
-            after.delta(&before, "r-s1", "transmitted"),
-            0,
-            "after `route replace {prefix} via {gw2}`, nothing should leave r-s1; stats:{after}"
-        );
+        // add: via s1; replace: via s2.
+        for (verb, via, other, egress, idle) in
+            [("add", &gw1, &gw2, "r-s1", "r-s2"), ("replace", &gw2, &gw1, "r-s2", "r-s1")]
+        {
+            ip(&t.router, &[family, "route", verb, prefix, "via", via]);
+            t.wait_route(prefix, &format!("forward via {via} only"), |r| {
+                r.is_some_and(|r| r.via(via).is_some() && r.via(other).is_none())
+            });
+            t.wait_ping("c1", dst);
+            let before = t.stats();
+            let p = ping(t.ns("c1"), dst, PINGS, "0.01");
+            let after = t.stats();
+            assert_eq!(p.received, u64::from(PINGS), "{dst} via {via}: {p:?}; stats:{after}");
+            assert!(
+                after.delta(&before, egress, "transmitted") >= u64::from(PINGS),
+                "after `route {verb} {prefix} via {via}`, {egress} should transmit the {PINGS} \
+                 echo requests; stats:{after}"
+            );
+            assert_eq!(
+                after.delta(&before, idle, "transmitted"),
+                0,
+                "after `route {verb} {prefix} via {via}`, nothing should leave {idle}; \
+                 stats:{after}"
+            );
+        }
 
         // del: unreachable again.
         ip(&t.router, &[family, "route", "del", prefix]);

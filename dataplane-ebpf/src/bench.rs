@@ -9,12 +9,15 @@
 #![no_std]
 #![no_main]
 
+mod common;
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
+use common::ptr_at;
 use sluice_common::{
     FAMILY_V4, FAMILY_V6,
     bench::{FRAME_LEN, GenConfig, GenDest, MAX_GEN_DESTS, UDP_PORT, offsets},
@@ -109,25 +112,3 @@ fn is_generated(ctx: &XdpContext) -> bool {
         _ => false,
     }
 }
-
-/// The one bounds-checked accessor for packet data.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return Err(());
-    }
-    Ok((start + offset) as *mut T)
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-/// Dual-licensed: the kernel requires a GPL-compatible licence for the helpers used here.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -10,7 +10,7 @@
 #![no_std]
 #![no_main]
 
-use core::mem::size_of;
+mod common;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -19,6 +19,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
+use common::ptr_at;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -448,25 +449,3 @@ fn count(slot: u32, reason: Reason, bytes: u64) {
         }
     }
 }
-
-/// The one bounds-checked accessor for packet data.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return Err(());
-    }
-    Ok((start + offset) as *mut T)
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-/// Dual-licensed: the kernel requires a GPL-compatible licence for the helpers used here.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
