@@ -436,10 +436,10 @@ pub fn neighbour_from(m: &NeighbourMessage) -> Option<Neighbour> {
     for attr in &m.attributes {
         match attr {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                addr = Some(IpAddr::V4(*a))
+                addr = Some(IpAddr::V4(*a));
             }
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                addr = Some(IpAddr::V6(*a))
+                addr = Some(IpAddr::V6(*a));
             }
             NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                 mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]]);
