@@ -37,6 +37,8 @@ pub struct Options {
     pub mode: ModeRequest,
     /// Routing table mirrored.
     pub table: u32,
+    /// Receive buffer of the netlink event socket, in bytes.
+    pub netlink_recv_buffer: usize,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -78,7 +80,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         asked: HashMap::new(),
     };
     std::mem::swap(&mut state.fib, &mut fib);
-    let mut mirror = connect_and_dump(&mut state, opts.table).await;
+    let mut mirror = connect_and_dump(&mut state, &opts).await;
     state.sync();
     state.ensure_gateways(&mut mirror).await;
     info!(
@@ -105,19 +107,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 Some(Applied::Ignored) => {}
                 Some(Applied::Overrun) => {
                     warn!("netlink receive buffer overran: resynchronising");
-                    mirror = connect_and_dump(&mut state, opts.table).await;
+                    mirror = connect_and_dump(&mut state, &opts).await;
                     dirty_since.get_or_insert_with(Instant::now);
                 }
                 None => {
                     warn!("netlink socket closed: reconnecting");
-                    mirror = connect_and_dump(&mut state, opts.table).await;
+                    mirror = connect_and_dump(&mut state, &opts).await;
                     dirty_since.get_or_insert_with(Instant::now);
                 }
             },
             () = settle => {
                 if mirror.drain(&mut state.rib) == Applied::Overrun {
                     warn!("netlink receive buffer overran: resynchronising");
-                    mirror = connect_and_dump(&mut state, opts.table).await;
+                    mirror = connect_and_dump(&mut state, &opts).await;
                 }
                 dirty_since = None;
                 state.sync();
@@ -196,11 +198,11 @@ impl State {
 
 /// Connects the mirror and replaces the RIB with a fresh dump; retries until it works, since a
 /// netlink error must never stop the daemon.
-async fn connect_and_dump(state: &mut State, table: u32) -> Mirror {
+async fn connect_and_dump(state: &mut State, opts: &Options) -> Mirror {
     let mut delay = Duration::from_millis(100);
     loop {
         let attempt = async {
-            let mut mirror = Mirror::connect(table)?;
+            let mut mirror = Mirror::connect(opts.table, opts.netlink_recv_buffer)?;
             let mut rib = mirror.dump().await?;
             if mirror.drain(&mut rib) == Applied::Overrun {
                 return Err(crate::mirror::MirrorError::Interrupted);

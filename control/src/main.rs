@@ -36,6 +36,9 @@ enum Command {
         /// The kernel routing table to mirror (254 is main).
         #[arg(long, default_value_t = rib::TABLE_MAIN)]
         table: u32,
+        /// Receive buffer of the netlink event socket in bytes; an overrun costs a full resync.
+        #[arg(long, value_name = "BYTES", default_value_t = sluice::mirror::DEFAULT_RECV_BUFFER)]
+        netlink_recv_buffer: usize,
     },
     /// Show the dataplane's counters per interface and reason.
     Stats {
@@ -101,12 +104,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .init();
     let pin = PinDir::new(&cli.pin_dir);
     match cli.command {
-        Command::Daemon { attach, xdp_mode, table } => {
+        Command::Daemon { attach, xdp_mode, table, netlink_recv_buffer } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()?;
-            runtime.block_on(daemon::run(daemon::Options { pin, attach, mode: xdp_mode, table }))
+            runtime.block_on(daemon::run(daemon::Options {
+                pin,
+                attach,
+                mode: xdp_mode,
+                table,
+                netlink_recv_buffer,
+            }))
         }
         Command::Stats { json, watch } => stats(&pin, json, watch),
         Command::Routes { json } => {

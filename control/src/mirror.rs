@@ -33,8 +33,8 @@ use tracing::{debug, warn};
 
 use crate::rib::{self, Address, Link, Neighbour, Rib, RouteKind, RouteNextHop, TABLE_LOCAL};
 
-/// Receive buffer asked for the event socket: a full table loading must not overrun it.
-const RECV_BUFFER: usize = 32 << 20;
+/// Receive buffer asked for the event socket by default: a full table loading must not overrun it.
+pub const DEFAULT_RECV_BUFFER: usize = 32 << 20;
 /// Attempts at a dump the kernel keeps interrupting before giving up for now.
 const DUMP_ATTEMPTS: usize = 5;
 
@@ -81,7 +81,8 @@ pub struct Mirror {
 
 impl Mirror {
     /// Opens the socket, subscribes to the groups and spawns the connection on the runtime.
-    pub fn connect(table: u32) -> Result<Self, MirrorError> {
+    /// `recv_buffer` is the socket's receive buffer in bytes (the kernel doubles it).
+    pub fn connect(table: u32, recv_buffer: usize) -> Result<Self, MirrorError> {
         use rtnetlink::constants::{
             RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE,
             RTMGRP_LINK, RTMGRP_NEIGH,
@@ -98,10 +99,10 @@ impl Mirror {
         if let Err(e) = nix::sys::socket::setsockopt(
             &*socket,
             nix::sys::socket::sockopt::RcvBufForce,
-            &RECV_BUFFER,
+            &recv_buffer,
         ) {
             warn!(error = %e, "could not enlarge the netlink receive buffer; overruns will resync");
-            let _ = socket.set_rx_buf_sz(RECV_BUFFER);
+            let _ = socket.set_rx_buf_sz(recv_buffer);
         }
         socket.bind(&SocketAddr::new(0, groups))?;
         tokio::spawn(conn);
