@@ -90,6 +90,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         nexthops = state.fib.nexthops.len(),
         "ready: forwarding"
     );
+    if let Some(u) = state.dp.lookup_usage() {
+        info!(
+            prefixes = u.prefixes,
+            groups = u.groups,
+            groups_max = u.groups_max,
+            mib = u.shared_bytes >> 20,
+            "IPv4 lookup tables (DIR-24-8)"
+        );
+    }
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut ring = ring;

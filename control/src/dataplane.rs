@@ -27,11 +27,15 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 use sluice_common::{
     Counter, EcmpGroup, Iface, IfaceKey, MAX_SLOTS, NextHop, REASON_SLOTS, Reason, Route,
-    RouteAction, XdpAttachMode, names,
+    RouteAction, XdpAttachMode, dir24, names,
 };
 use tracing::{debug, info, warn};
 
-use crate::fib::{FibState, Op};
+use crate::{
+    dir24::{self as lookup, Dir24},
+    fib::{FibState, Op},
+    shared_mem::MappedArray,
+};
 
 /// Where the daemon pins its maps and links unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sluice";
@@ -84,6 +88,9 @@ pub enum DataplaneError {
         /// What this build needs.
         expected: (u32, u32, u32),
     },
+    /// The IPv4 lookup tables could not take the routes.
+    #[error("IPv4 lookup tables")]
+    Lookup(#[source] lookup::Dir24Error),
     /// The interface does not exist.
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
@@ -190,6 +197,8 @@ pub struct Maps {
     ifaces: HashMap<MapData, IfaceKey, Iface>,
     devmap: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, Counter>,
+    /// The IPv4 lookup tables, mapped for writing; `None` for read-only access.
+    dir24: Option<Dir24<MappedArray>>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -215,6 +224,7 @@ impl Dataplane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
+        crate::xmit::configure_loader(&mut loader, pin);
         let mut ebpf =
             loader.load(crate::EBPF_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))?;
         let program: &mut Xdp = ebpf
@@ -225,7 +235,8 @@ impl Dataplane {
         program
             .load()
             .map_err(|e| DataplaneError::Program("verifying the XDP program".into(), e))?;
-        let maps = Maps::build(|name| take_map(&mut ebpf, name))?;
+        crate::xmit::attach(&mut ebpf, pin);
+        let maps = Maps::take(&mut ebpf)?;
         let neigh_requests = RingBuf::try_from(take_map(&mut ebpf, names::NEIGH_REQUESTS)?)
             .map_err(|e| DataplaneError::Map(names::NEIGH_REQUESTS, e))?;
         Ok(Self { ebpf, pin: pin.clone(), maps, neigh_requests: Some(neigh_requests) })
@@ -327,6 +338,11 @@ impl Dataplane {
         self.neigh_requests.take()
     }
 
+    /// Memory used by the IPv4 lookup tables.
+    pub fn lookup_usage(&self) -> Option<lookup::Usage> {
+        self.maps.lookup_usage()
+    }
+
     /// Reads everything the maps hold.
     pub fn read_state(&self) -> Result<FibState> {
         self.maps.state()
@@ -364,6 +380,14 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         names::COUNTERS => (4, size(size_of::<Counter>()), MAX_SLOTS * REASON_SLOTS),
         names::NEIGH_REQUESTS => (0, 0, NEIGH_RING_BYTES),
         names::NEIGH_PENDING => (size(size_of::<NeighRequest>()), 8, NEIGH_PENDING_ENTRIES),
+        names::DIR24_V4 => {
+            (4, size(size_of::<dir24::Chunk>()), dir24::TBL24_ENTRIES / dir24::CHUNK)
+        }
+        names::DIR8_V4 => (
+            4,
+            size(size_of::<dir24::Chunk>()),
+            dir24::MAX_GROUPS * dir24::GROUP_ENTRIES / dir24::CHUNK,
+        ),
         _ => return None,
     })
 }
@@ -424,6 +448,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Maps a `BPF_F_MMAPABLE` array of `u32` for writing.
+fn map_shared(map: Map, name: &'static str, entries: u32) -> Result<MappedArray> {
+    let Map::Array(data) = map else {
+        return Err(DataplaneError::Map(name, MapError::InvalidName { name: name.to_owned() }));
+    };
+    MappedArray::map(data.fd(), entries as usize).map_err(|source| DataplaneError::Io {
+        what: "mapping",
+        path: PathBuf::from(name),
+        source,
+    })
+}
+
 fn open_pinned(pin: &PinDir, name: &'static str) -> Result<Map> {
     let path = pin.map(name);
     if !path.exists() {
@@ -434,8 +470,8 @@ fn open_pinned(pin: &PinDir, name: &'static str) -> Result<Map> {
 }
 
 impl Maps {
-    fn build(mut get: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
-        Ok(Self {
+    fn build(mut get: impl FnMut(&'static str) -> Result<Map>, writable: bool) -> Result<Self> {
+        let mut maps = Self {
             routes_v4: typed(&mut get, names::ROUTES_V4)?,
             routes_v6: typed(&mut get, names::ROUTES_V6)?,
             nexthops: typed(&mut get, names::NEXTHOPS)?,
@@ -443,12 +479,42 @@ impl Maps {
             ifaces: typed(&mut get, names::IFACES)?,
             devmap: typed(&mut get, names::DEVMAP)?,
             counters: typed(&mut get, names::COUNTERS)?,
-        })
+            dir24: None,
+        };
+        if writable {
+            let tbl24 = map_shared(get(names::DIR24_V4)?, names::DIR24_V4, dir24::TBL24_ENTRIES)?;
+            let tbl8 = map_shared(
+                get(names::DIR8_V4)?,
+                names::DIR8_V4,
+                dir24::MAX_GROUPS * dir24::GROUP_ENTRIES,
+            )?;
+            // The record of prefixes says what the tables must hold; adopting writes only what
+            // differs from what they hold now (nothing, after a clean restart).
+            let routes = maps.ifaces_and_routes()?.routes_v4;
+            maps.dir24 = Some(Dir24::adopt(tbl24, tbl8, routes).map_err(DataplaneError::Lookup)?);
+        }
+        Ok(maps)
     }
 
-    /// Opens the maps pinned under `pin`.
+    /// Opens the maps pinned under `pin`, read-only.
     pub fn open(pin: &PinDir) -> Result<Self> {
-        Self::build(|name| open_pinned(pin, name))
+        Self::build(|name| open_pinned(pin, name), false)
+    }
+
+    /// Takes the maps of a loaded object for writing (the daemon, and tests that load the
+    /// object themselves).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::build(|name| take_map(ebpf, name), true)
+    }
+
+    /// Memory used by the IPv4 lookup tables, when mapped for writing.
+    pub fn lookup_usage(&self) -> Option<lookup::Usage> {
+        self.dir24.as_ref().map(Dir24::usage)
+    }
+
+    /// Writes one change.
+    pub fn write(&mut self, op: &Op) -> Result<(), Box<dyn std::error::Error>> {
+        self.apply(op)
     }
 
     /// The interfaces and routes, without next hops and groups.
@@ -503,8 +569,14 @@ impl Maps {
             Op::ClearNextHop(id) => self.nexthops.set(id, NextHop::default(), 0)?,
             Op::SetGroup(id, g) => self.groups.set(id, g, 0)?,
             Op::ClearGroup(id) => self.groups.set(id, EcmpGroup::default(), 0)?,
-            Op::SetRouteV4(net, r) => self.routes_v4.insert(&key_v4(net), r, 0)?,
-            Op::DelRouteV4(net) => ignore_missing(self.routes_v4.remove(&key_v4(net)))?,
+            Op::SetRouteV4(net, r) => {
+                self.dir24.as_mut().ok_or("maps opened read-only")?.set(net, r)?;
+                self.routes_v4.insert(&key_v4(net), r, 0)?;
+            }
+            Op::DelRouteV4(net) => {
+                self.dir24.as_mut().ok_or("maps opened read-only")?.remove(net);
+                ignore_missing(self.routes_v4.remove(&key_v4(net)))?;
+            }
             Op::SetRouteV6(net, r) => self.routes_v6.insert(&key_v6(net), r, 0)?,
             Op::DelRouteV6(net) => ignore_missing(self.routes_v6.remove(&key_v6(net)))?,
         }
@@ -574,6 +646,7 @@ impl Maps {
 
 /// Removes everything pinned under `pin`: links first (which detaches XDP), then maps.
 pub fn detach_all(pin: &PinDir) -> Result<Vec<String>> {
+    crate::xmit::detach(pin)?;
     let links = pin.pinned_links();
     for iface in &links {
         let path = pin.link(iface);

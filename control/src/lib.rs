@@ -5,12 +5,15 @@
 pub mod bench;
 pub mod daemon;
 pub mod dataplane;
+pub mod dir24;
 pub mod fib;
 pub mod lab;
 pub mod mirror;
 pub mod netns;
 pub mod rib;
+pub mod shared_mem;
 pub mod show;
+pub mod xmit;
 
 /// The XDP forwarding program, built by `build.rs` from `dataplane-ebpf/`.
 pub static EBPF_OBJECT: &[u8] =

@@ -1,5 +1,6 @@
 //! `sluice stats` and `sluice routes`: what the pinned dataplane holds and counts, as text for
-//! people and as JSON for scripts.
+//! people and as JSON for scripts. Besides the per-reason counters of the XDP program, `stats`
+//! shows what each egress device's transmit took and dropped (see [`crate::xmit`]).
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
 
@@ -11,6 +12,7 @@ use sluice_common::{
 use crate::{
     dataplane::{DataplaneError, Maps, PinDir},
     fib::FibState,
+    xmit,
 };
 
 /// Counters of one interface.
@@ -30,6 +32,42 @@ pub struct InterfaceStats {
     pub mtu: u32,
     /// Counters by reason name.
     pub counters: BTreeMap<&'static str, CounterJson>,
+    /// What transmit on this device took and dropped. Absent for a VLAN sub-interface: XDP
+    /// transmits through the parent device, where its frames are counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressJson>,
+}
+
+/// Transmit on one egress device: the devmap's bulk-queue flushes to it (`xdp:xdp_devmap_xmit`).
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct EgressJson {
+    /// Whether egress is being counted. When false (the tracepoint could not be attached; the
+    /// daemon's log says why) the numbers are whatever was counted before, and drops at transmit
+    /// go unseen.
+    pub counted: bool,
+    /// Bulk-queue flushes, each handing 1 to 16 frames to the driver.
+    pub tx_flushes: u64,
+    /// Frames the driver took.
+    pub tx_sent: u64,
+    /// Frames the driver did not take, dropped at transmit (XDP has no qdisc to queue them).
+    pub tx_dropped: u64,
+    /// Flushes the driver refused as a whole with an error (their frames are in `tx_dropped`).
+    pub tx_errors: u64,
+    /// Average frames per flush (sent and dropped); 0 without flushes.
+    pub frames_per_flush: f64,
+}
+
+impl EgressJson {
+    fn new(counted: bool, s: &sluice_common::xmit::XmitStats) -> Self {
+        Self {
+            counted,
+            tx_flushes: s.flushes,
+            tx_sent: s.sent,
+            tx_dropped: s.dropped,
+            tx_errors: s.errors,
+            frames_per_flush: xmit::frames_per_flush(s),
+        }
+    }
 }
 
 /// A counter.
@@ -63,8 +101,10 @@ pub fn iface_name(i: &Iface) -> String {
 /// Reads the counters of every interface.
 pub fn stats(pin: &PinDir) -> Result<Stats, DataplaneError> {
     let p = Maps::open(pin)?;
+    let egress = xmit::read(pin)?;
     let mut interfaces = Vec::new();
     for (key, iface) in &p.ifaces()? {
+        let tx = egress.devices.get(&key.ifindex).copied().unwrap_or_default();
         interfaces.push(InterfaceStats {
             name: iface_name(iface),
             ifindex: iface.logical_ifindex,
@@ -73,6 +113,7 @@ pub fn stats(pin: &PinDir) -> Result<Stats, DataplaneError> {
             up: iface.flags & sluice_common::IF_F_UP != 0,
             mtu: iface.mtu,
             counters: counters_json(&p.counters(iface.slot)?),
+            egress: (key.vlan_id == 0).then(|| EgressJson::new(egress.counting, &tx)),
         });
     }
     interfaces.sort_by(|a, b| a.name.cmp(&b.name));
@@ -94,6 +135,9 @@ pub fn stats_text(s: &Stats) -> String {
             if i.up { "up" } else { "down" }
         );
         write_counters(&mut out, &i.counters);
+        if let Some(e) = &i.egress {
+            write_egress(&mut out, e);
+        }
     }
     if s.unknown.values().any(|c| c.packets > 0) {
         let _ = writeln!(out, "(interfaces not served)");
@@ -120,12 +164,34 @@ fn write_counters(out: &mut String, c: &BTreeMap<&'static str, CounterJson>) {
     }
 }
 
+fn write_egress(out: &mut String, e: &EgressJson) {
+    if !e.counted && e.tx_flushes == 0 {
+        out.push_str("  egress               not counted: the xdp:xdp_devmap_xmit tracepoint is not attached (see the daemon's log)\n");
+        return;
+    }
+    let _ = write!(
+        out,
+        "  egress               tx_flushes {}  tx_sent {}  tx_dropped {}",
+        e.tx_flushes, e.tx_sent, e.tx_dropped
+    );
+    if e.tx_errors > 0 {
+        let _ = write!(out, "  tx_errors {}", e.tx_errors);
+    }
+    if e.tx_flushes > 0 {
+        let _ = write!(out, "  ({:.1} frames per flush)", e.frames_per_flush);
+    }
+    if !e.counted {
+        out.push_str("  (no longer counted: tracepoint not attached)");
+    }
+    out.push('\n');
+}
+
 /// Renders the rates between two samples taken `elapsed` apart.
 pub fn rates_text(before: &Stats, after: &Stats, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     let mut out = format!(
-        "{:<16} {:>12} {:>12} {:>12} {:>12} {:>10}\n",
-        "interface", "fwd pps", "tx pps", "pass pps", "drop pps", "tx Mbit/s"
+        "{:<16} {:>12} {:>12} {:>12} {:>12} {:>10} {:>12}\n",
+        "interface", "fwd pps", "tx pps", "pass pps", "drop pps", "tx Mbit/s", "txdrop pps"
     );
     for a in &after.interfaces {
         let Some(b) = before.interfaces.iter().find(|b| b.name == a.name && b.vlan_id == a.vlan_id)
@@ -142,15 +208,17 @@ pub fn rates_text(before: &Stats, after: &Stats, elapsed: Duration) -> String {
             };
             sum(a).saturating_sub(sum(b)) as f64 / secs
         };
+        let tx_dropped = |s: &InterfaceStats| s.egress.map_or(0, |e| e.tx_dropped);
         let _ = writeln!(
             out,
-            "{:<16} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>10.2}",
+            "{:<16} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>10.2} {:>12.0}",
             a.name,
             delta(&|k| k == "forwarded", false),
             delta(&|k| k == "transmitted", false),
             delta(&|k| k.starts_with("pass_"), false),
             delta(&|k| k.starts_with("drop_"), false),
             delta(&|k| k == "transmitted", true) * 8.0 / 1e6,
+            tx_dropped(a).saturating_sub(tx_dropped(b)) as f64 / secs,
         );
     }
     out

@@ -17,7 +17,6 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use aya::maps::lpm_trie::Key;
 use frame::{
     ETH_P_ARP, ETH_P_LLDP, Frame, IP_MF, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP,
     IPPROTO_UDP, Ipv4, Ipv6, L4, Mac, ip4, ip6, refresh_ipv4_checksum,
@@ -26,6 +25,7 @@ use lab::{
     BROADCAST_MAC, Case, ECMP_MEMBERS, HOST_MAC, IN0, IN0_V100, Lab, OTHER_MAC, Port, ROUTER_MAC,
     SMALL_MTU, UNKNOWN, VLAN_IN, ecmp_group, group, nh, route, routed,
 };
+use sluice::fib::Op;
 use sluice_common::{
     FAMILY_V4, FAMILY_V6, FLOW_HASH_SEED, Reason, RouteAction, flow_hash, flow_words,
 };
@@ -113,12 +113,13 @@ fn with_checksum(dst: &str, want: u16, after: bool) -> Frame {
 }
 
 fn install_default_routes(lab: &mut Lab) {
-    lab.routes_v4
-        .insert(&Key::new(0, [0; 4]), route(RouteAction::Forward, nh::OUT4), 0)
-        .expect("default route v4");
-    lab.routes_v6
-        .insert(&Key::new(0, [0; 16]), route(RouteAction::Forward, nh::OUT4), 0)
-        .expect("default route v6");
+    let r = route(RouteAction::Forward, nh::OUT4);
+    for op in [
+        Op::SetRouteV4("0.0.0.0/0".parse().expect("prefix"), r),
+        Op::SetRouteV6("::/0".parse().expect("prefix"), r),
+    ] {
+        lab.maps.write(&op).expect("default route");
+    }
 }
 
 #[test]
@@ -513,4 +514,46 @@ fn egress_not_in_devmap_goes_to_the_kernel() {
         udp4("10.11.0.1"),
         Reason::PassNoEgress,
     )]);
+}
+
+/// Lookups racing with route changes see the old route or the new one, never a missing or torn
+/// entry: the writer keeps replacing the covering /16 and, next to the address looked up, adds and
+/// removes a /25, which makes its /24 go through second-level group creation (filled before it is
+/// published) and collapse (the group is retired, not reused at once) again and again.
+#[test]
+fn lookups_racing_updates_see_the_old_or_the_new_route() {
+    let Some(mut lab) = Lab::new("lookups_racing_updates_see_the_old_or_the_new_route") else {
+        return;
+    };
+    let covering: ipnet::Ipv4Net = "10.20.0.0/16".parse().expect("prefix");
+    let neighbour: ipnet::Ipv4Net = "10.20.5.128/25".parse().expect("prefix");
+    let forward = |id| route(RouteAction::Forward, id);
+    lab.maps.write(&Op::SetRouteV4(covering, forward(nh::OUT1))).expect("covering route");
+    let frame = udp4("10.20.5.9");
+    let via1 = routed(&frame, nh::OUT1).bytes();
+    let via2 = routed(&frame, nh::OUT2).bytes();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let runs = lab.run_while(IN0.ifindex, &frame.bytes(), |maps| {
+        let mut i = 0u32;
+        while Instant::now() < deadline && i < 20_000 {
+            let id = if i % 2 == 0 { nh::OUT2 } else { nh::OUT1 };
+            for op in [
+                Op::SetRouteV4(neighbour, forward(nh::OUT3)),
+                Op::SetRouteV4(covering, forward(id)),
+                Op::DelRouteV4(neighbour),
+            ] {
+                maps.write(&op).expect("route change");
+            }
+            i += 1;
+        }
+    });
+    assert!(runs.len() > 100, "only {} lookups ran during the updates", runs.len());
+    for (n, run) in runs.iter().enumerate() {
+        assert_eq!(run.verdict, lab::XDP_REDIRECT, "run {n} of {}: not forwarded", runs.len());
+        assert!(
+            run.output == via1 || run.output == via2,
+            "run {n} of {}: forwarded to neither the old nor the new next hop",
+            runs.len()
+        );
+    }
 }

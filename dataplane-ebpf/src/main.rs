@@ -11,9 +11,10 @@
 #![no_main]
 
 mod common;
+mod xmit;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_MMAPABLE, xdp_action},
     helpers::{bpf_ktime_get_ns, generated::bpf_xdp_adjust_head},
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -29,11 +30,20 @@ use sluice_common::{
     Counter, EcmpGroup, FAMILY_V4, FAMILY_V6, FLOW_HASH_SEED, Iface, IfaceKey, MAX_ECMP_GROUPS,
     MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4, MAX_ROUTES_V6, MAX_SLOTS, NEIGH_PENDING_ENTRIES,
     NEIGH_REQUEST_INTERVAL_NS, NEIGH_RING_BYTES, NH_F_VLAN, NeighRequest, NextHop, REASON_SLOTS,
-    Reason, Route, RouteAction, csum_fold, csum_ttl_decrement, flow_hash, flow_words,
+    Reason, Route, RouteAction, csum_fold, csum_ttl_decrement, dir24, flow_hash, flow_words,
 };
 
+// The record of IPv4 prefixes; the lookup itself goes through DIR24_V4 and DIR8_V4.
 #[map]
 static ROUTES_V4: LpmTrie<[u8; 4], Route> = LpmTrie::with_max_entries(MAX_ROUTES_V4, 0);
+#[map]
+static DIR24_V4: Array<dir24::Chunk> =
+    Array::with_max_entries(dir24::TBL24_ENTRIES / dir24::CHUNK, BPF_F_MMAPABLE);
+#[map]
+static DIR8_V4: Array<dir24::Chunk> = Array::with_max_entries(
+    dir24::MAX_GROUPS * dir24::GROUP_ENTRIES / dir24::CHUNK,
+    BPF_F_MMAPABLE,
+);
 #[map]
 static ROUTES_V6: LpmTrie<[u8; 16], Route> = LpmTrie::with_max_entries(MAX_ROUTES_V6, 0);
 #[map]
@@ -176,10 +186,9 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if dst[0] == 0 || dst[0] == 127 || (dst[0] == 169 && dst[1] == 254) {
         return Outcome::pass(Reason::PassMartian);
     }
-    let Some(route) = ROUTES_V4.get(Key::new(32, dst)) else {
+    let Some(route) = lookup_v4(dst) else {
         return Outcome::pass(Reason::PassNoRoute);
     };
-    let route = *route;
     let mut src16 = [0u8; 16];
     let mut dst16 = [0u8; 16];
     src16[..4].copy_from_slice(&src);
@@ -244,6 +253,25 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     };
     hdr.hop_limit -= 1;
     rewrite_l2(ctx, frame, &nh, action)
+}
+
+/// Longest-prefix match in DIR-24-8: one read for prefixes up to /24, two for longer ones.
+#[inline(always)]
+fn lookup_v4(dst: [u8; 4]) -> Option<Route> {
+    let addr = u32::from_be_bytes(dst);
+    let mut entry = entry_at(&DIR24_V4, addr >> 8)?;
+    if dir24::is_group(entry) {
+        entry =
+            entry_at(&DIR8_V4, dir24::group_entry(entry) * dir24::GROUP_ENTRIES + (addr & 0xff))?;
+    }
+    dir24::decode(entry)
+}
+
+/// Entry `index` of a table stored as chunks.
+#[inline(always)]
+fn entry_at(table: &Array<dir24::Chunk>, index: u32) -> Option<u32> {
+    let chunk = table.get(index / dir24::CHUNK)?;
+    Some(chunk[(index % dir24::CHUNK) as usize])
 }
 
 /// Unspecified, loopback and link-local (fe80::/10) addresses are never forwarded.

@@ -138,6 +138,12 @@ impl Topology {
     /// Starts `sluice daemon` in the router namespace, attached to every router interface, and
     /// waits until every connected prefix is in the dataplane.
     pub fn start_daemon(&mut self) {
+        self.start_daemon_with(&[]);
+    }
+
+    /// Like [`Topology::start_daemon`], with more arguments for `sluice daemon` (such as
+    /// `--netlink-recv-buffer BYTES`).
+    pub fn start_daemon_with(&mut self, extra: &[&str]) {
         assert!(self.daemon.is_none(), "the daemon is already running");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -149,6 +155,7 @@ impl Topology {
         for h in &self.hosts {
             cmd.arg("--attach").arg(format!("r-{}", h.role));
         }
+        cmd.args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))

@@ -23,14 +23,19 @@ use std::{fs::File, process::Command};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{MapData, RingBuf},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
-use sluice::netns::{NetNs, unique_name};
+use ipnet::{Ipv4Net, Ipv6Net};
+use sluice::{
+    dataplane::Maps,
+    fib::Op,
+    netns::{NetNs, unique_name},
+};
 use sluice_common::{
-    Counter, EcmpGroup, FAMILY_V4, FAMILY_V6, IF_F_UP, Iface, IfaceKey, MAX_ECMP_MEMBERS,
-    MAX_SLOTS, NH_F_RESOLVED, NH_F_VLAN, NeighRequest, NextHop, Reason, Route, RouteAction,
-    XdpAttachMode, names,
+    EcmpGroup, FAMILY_V4, FAMILY_V6, IF_F_UP, Iface, IfaceKey, MAX_ECMP_MEMBERS, MAX_SLOTS,
+    NH_F_RESOLVED, NH_F_VLAN, NeighRequest, NextHop, Reason, Route, RouteAction, XdpAttachMode,
+    names,
 };
 
 use super::frame::{Frame, Mac, diff, hex, ip6};
@@ -367,9 +372,8 @@ pub struct Run {
 /// The loaded program, its maps and the namespace they live in.
 pub struct Lab {
     ebpf: Ebpf,
-    pub routes_v4: LpmTrie<MapData, [u8; 4], Route>,
-    pub routes_v6: LpmTrie<MapData, [u8; 16], Route>,
-    counters: PerCpuArray<MapData, Counter>,
+    /// The maps, written through the control plane's writer.
+    pub maps: Maps,
     neigh: RingBuf<MapData>,
     /// The totals seen after the last run, so each run reads the counters once.
     snapshot: Vec<(u64, u64)>,
@@ -464,11 +468,9 @@ impl Lab {
             .expect("sluice_xdp is an XDP program");
         program.load().expect("the verifier accepts sluice_xdp");
 
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name).unwrap_or_else(|| panic!("map {name} is in the object"))
-        };
-        let mut ifaces: HashMap<MapData, IfaceKey, Iface> =
-            HashMap::try_from(take(&mut ebpf, names::IFACES)).expect("IFACES");
+        // Everything is written through the control plane's own writer, as the daemon does.
+        let mut maps = Maps::take(&mut ebpf).expect("take the maps");
+        let mut write = |op: Op| maps.write(&op).unwrap_or_else(|e| panic!("{op:?}: {e}"));
         let iface = |slot: u32, logical: u32, mac: Mac, name: &str| {
             let mut n = [0u8; 16];
             n[..name.len()].copy_from_slice(name.as_bytes());
@@ -493,38 +495,29 @@ impl Lab {
             (key(14, 0), iface(6, 14, dev_mac(14), "out4")),
             (key(11, VLAN_OUT), iface(7, 200, dev_mac(11), "out1.200")),
         ] {
-            ifaces.insert(k, v, 0).expect("insert into IFACES");
+            write(Op::SetIface(k, v));
         }
-        let mut devmap = DevMapHash::try_from(take(&mut ebpf, names::DEVMAP)).expect("DEVMAP");
         for ifindex in 11..=14 {
-            devmap.insert(ifindex, ifindex, None, 0).expect("insert into DEVMAP");
+            write(Op::AddDevice(ifindex));
         }
-        let mut nexthops: Array<MapData, NextHop> =
-            Array::try_from(take(&mut ebpf, names::NEXTHOPS)).expect("NEXTHOPS");
         for id in NEXTHOP_IDS {
-            nexthops.set(id, nexthop(id), 0).expect("set NEXTHOPS");
+            write(Op::SetNextHop(id, nexthop(id)));
         }
-        let mut groups: Array<MapData, EcmpGroup> =
-            Array::try_from(take(&mut ebpf, names::ECMP_GROUPS)).expect("ECMP_GROUPS");
         for id in [group::THREE, group::EMPTY] {
-            groups.set(id, ecmp_group(id), 0).expect("set ECMP_GROUPS");
+            write(Op::SetGroup(id, ecmp_group(id)));
         }
-        let mut routes_v4: LpmTrie<MapData, [u8; 4], Route> =
-            LpmTrie::try_from(take(&mut ebpf, names::ROUTES_V4)).expect("ROUTES_V4");
         for (prefix, len, r) in base_routes_v4() {
-            routes_v4.insert(&Key::new(len, prefix), r, 0).expect("insert into ROUTES_V4");
+            write(Op::SetRouteV4(Ipv4Net::new(prefix.into(), len as u8).expect("prefix"), r));
         }
-        let mut routes_v6: LpmTrie<MapData, [u8; 16], Route> =
-            LpmTrie::try_from(take(&mut ebpf, names::ROUTES_V6)).expect("ROUTES_V6");
         for (prefix, len, r) in base_routes_v6() {
-            routes_v6.insert(&Key::new(len, prefix), r, 0).expect("insert into ROUTES_V6");
+            write(Op::SetRouteV6(Ipv6Net::new(prefix.into(), len as u8).expect("prefix"), r));
         }
-        let counters = PerCpuArray::try_from(take(&mut ebpf, names::COUNTERS)).expect("COUNTERS");
-        let neigh =
-            RingBuf::try_from(take(&mut ebpf, names::NEIGH_REQUESTS)).expect("NEIGH_REQUESTS");
+        let neigh = RingBuf::try_from(
+            ebpf.take_map(names::NEIGH_REQUESTS).expect("map NEIGH_REQUESTS is in the object"),
+        )
+        .expect("NEIGH_REQUESTS");
 
-        let mut lab =
-            Self { ebpf, routes_v4, routes_v6, counters, neigh, snapshot: Vec::new(), home, ns };
+        let mut lab = Self { ebpf, maps, neigh, snapshot: Vec::new(), home, ns };
         lab.snapshot = lab.read_counters();
         lab
     }
@@ -555,6 +548,40 @@ impl Lab {
     }
 
     fn test_run(&self, ingress: u32, frame: &[u8], layout: Layout) -> Result<Run, ProgramError> {
+        Self::test_run_on(&self.ebpf, ingress, frame, layout)
+    }
+
+    /// Runs `frame` through the program again and again while `writer` changes the maps on
+    /// another thread (until it returns), and returns the verdict and output of every run.
+    pub fn run_while(
+        &mut self,
+        ingress: u32,
+        frame: &[u8],
+        writer: impl FnOnce(&mut Maps) + Send,
+    ) -> Vec<Run> {
+        let Self { ebpf, maps, .. } = self;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let mut runs = Vec::new();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                writer(maps);
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                runs.push(
+                    Self::test_run_on(ebpf, ingress, frame, Layout::Whole).expect("test run"),
+                );
+            }
+        });
+        runs
+    }
+
+    fn test_run_on(
+        ebpf: &Ebpf,
+        ingress: u32,
+        frame: &[u8],
+        layout: Layout,
+    ) -> Result<Run, ProgramError> {
         let short = ETH_HLEN.saturating_sub(frame.len());
         let (meta, tail) = match layout {
             Layout::Whole => (0, 0),
@@ -572,8 +599,7 @@ impl Lab {
             .flat_map(|w| w.to_ne_bytes())
             .collect();
         let mut out = vec![0u8; data_in.len() + 256];
-        let program: &Xdp = self
-            .ebpf
+        let program: &Xdp = ebpf
             .program(names::PROGRAM)
             .expect("program sluice_xdp")
             .try_into()
@@ -594,10 +620,9 @@ impl Lab {
     /// Packets and bytes of every counter in use, summed over CPUs, by slot then reason.
     fn read_counters(&self) -> Vec<(u64, u64)> {
         (0..MAX_SLOTS)
-            .flat_map(|slot| Reason::ALL.map(|r| r.index(slot)))
-            .map(|i| {
-                let values = self.counters.get(&i, 0).expect("read COUNTERS");
-                values.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
+            .flat_map(|slot| {
+                let c = self.maps.counters(slot).expect("read COUNTERS");
+                Reason::ALL.map(move |r| c.get(&r).map_or((0, 0), |c| (c.packets, c.bytes)))
             })
             .collect()
     }

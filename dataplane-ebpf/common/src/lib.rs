@@ -9,15 +9,19 @@
 #![no_std]
 
 pub mod bench;
+pub mod dir24;
 #[cfg(feature = "user")]
 mod user;
+pub mod xmit;
 
 /// Names of the maps and of the program, as they appear in the eBPF object and under the pin
 /// directory.
 pub mod names {
     /// The XDP forwarding program.
     pub const PROGRAM: &str = "sluice_xdp";
-    /// LPM trie of IPv4 routes: `Key<[u8; 4]>` -> [`Route`](super::Route).
+    /// LPM trie of IPv4 routes: `Key<[u8; 4]>` -> [`Route`](super::Route). The record of the
+    /// IPv4 prefixes (for `sluice routes` and adoption); the XDP program looks IPv4 up in
+    /// `DIR24_V4` / `DIR8_V4`.
     pub const ROUTES_V4: &str = "ROUTES_V4";
     /// LPM trie of IPv6 routes: `Key<[u8; 16]>` -> [`Route`](super::Route).
     pub const ROUTES_V6: &str = "ROUTES_V6";
@@ -35,9 +39,13 @@ pub mod names {
     pub const NEIGH_REQUESTS: &str = "NEIGH_REQUESTS";
     /// LRU hash that rate-limits [`NeighRequest`](super::NeighRequest)s per destination.
     pub const NEIGH_PENDING: &str = "NEIGH_PENDING";
+    /// IPv4 DIR-24-8 first level: one `u32` entry per /24 (see [`dir24`](super::dir24)).
+    pub const DIR24_V4: &str = "DIR24_V4";
+    /// IPv4 DIR-24-8 second level: groups of 256 entries.
+    pub const DIR8_V4: &str = "DIR8_V4";
 
     /// Every map, in the order they are pinned.
-    pub const ALL_MAPS: [&str; 9] = [
+    pub const ALL_MAPS: [&str; 11] = [
         ROUTES_V4,
         ROUTES_V6,
         NEXTHOPS,
@@ -47,6 +55,8 @@ pub mod names {
         COUNTERS,
         NEIGH_REQUESTS,
         NEIGH_PENDING,
+        DIR24_V4,
+        DIR8_V4,
     ];
 }
 

@@ -18,3 +18,7 @@ unsafe impl aya::Pod for Iface {}
 unsafe impl aya::Pod for Counter {}
 // SAFETY: as above.
 unsafe impl aya::Pod for NeighRequest {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::xmit::XmitStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::xmit::XmitConfig {}

@@ -1,0 +1,523 @@
+//! The IPv4 lookup structure of the dataplane: DIR-24-8, as in DPDK's `rte_lpm`. A table of 2^24
+//! entries indexed by the top 24 bits of the destination holds the answer for every prefix of
+//! length 24 or less; where longer prefixes exist under a /24, its entry points to a group of 256
+//! entries indexed by the last byte. A lookup is one or two array reads whatever the table size.
+//!
+//! Each entry is a `u32` (see [`sluice_common::dir24`]) written with a single aligned store into
+//! memory the XDP program reads (a `BPF_F_MMAPABLE` array mapped into this process), so a reader
+//! sees the old entry or the new one, never half of each. A group is filled completely before the
+//! entry that points to it is published, and a group that falls out of use is only handed out
+//! again after [`GROUP_GRACE`], when no program run that could have read the old pointer is still
+//! going (an XDP run lasts microseconds).
+//!
+//! Userspace keeps a shadow (which prefix length wrote each entry, the ≤ /24 answer under each
+//! group, the prefixes themselves) so that every change writes only the entries it affects.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use ipnet::Ipv4Net;
+use sluice_common::{
+    Route,
+    dir24::{
+        GROUP_ENTRIES, MAX_GROUPS, TBL24_ENTRIES, decode, encode, group_entry, group_pointer,
+        is_group,
+    },
+};
+
+/// How long a released group waits before it may be reused.
+pub const GROUP_GRACE: Duration = Duration::from_millis(50);
+
+/// Storage for entries: memory shared with the XDP program, or plain memory in tests.
+pub trait Cells {
+    /// Number of entries.
+    fn len(&self) -> usize;
+    /// Reads entry `i`.
+    fn get(&self, i: usize) -> u32;
+    /// Writes entry `i` with one atomic store, ordered after every earlier store.
+    fn set(&self, i: usize, value: u32);
+}
+
+/// Plain memory, for tests and for building images.
+#[derive(Debug)]
+pub struct VecCells(Vec<AtomicU32>);
+
+impl VecCells {
+    /// `len` zeroed entries.
+    pub fn new(len: usize) -> Self {
+        Self((0..len).map(|_| AtomicU32::new(0)).collect())
+    }
+}
+
+impl Cells for VecCells {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&self, i: usize) -> u32 {
+        self.0[i].load(Ordering::Acquire)
+    }
+    fn set(&self, i: usize, value: u32) {
+        self.0[i].store(value, Ordering::Release);
+    }
+}
+
+/// Why a route could not be written.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Dir24Error {
+    /// Every second-level group is in use.
+    #[error(
+        "all {MAX_GROUPS} second-level groups are in use: prefixes longer than /24 under more distinct /24s do not fit"
+    )]
+    GroupsFull,
+    /// The route's target does not fit an entry.
+    #[error("route target {0} does not fit a DIR-24-8 entry")]
+    Unencodable(u32),
+}
+
+/// Memory the structure uses, for reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Prefixes held.
+    pub prefixes: usize,
+    /// Second-level groups in use.
+    pub groups: u32,
+    /// Second-level groups available.
+    pub groups_max: u32,
+    /// Bytes of the shared tables (first level plus the groups in use).
+    pub shared_bytes: u64,
+}
+
+/// DIR-24-8 over two cell arrays (`tbl24`: 2^24 entries, `tbl8`: `MAX_GROUPS` × 256).
+#[derive(Debug)]
+pub struct Dir24<C: Cells> {
+    tbl24: C,
+    tbl8: C,
+    /// Per first-level slot: the encoded answer of the ≤ /24 prefixes, and its length + 1 (0: none).
+    base: Vec<u32>,
+    base_depth: Vec<u8>,
+    /// Per group entry: the length + 1 of the prefix that wrote it (0: none).
+    group_depth: Vec<u8>,
+    /// The prefixes, by length, as encoded entries.
+    prefixes: Vec<HashMap<u32, u32>>,
+    /// Group ids never used yet start here.
+    next_group: u32,
+    free_groups: Vec<u32>,
+    retired: Vec<(u32, Instant)>,
+    groups_in_use: u32,
+}
+
+fn mask(addr: u32, len: u8) -> u32 {
+    if len == 0 { 0 } else { addr & (u32::MAX << (32 - u32::from(len))) }
+}
+
+impl<C: Cells> Dir24<C> {
+    /// A structure over zeroed cells.
+    pub fn new(tbl24: C, tbl8: C) -> Self {
+        assert_eq!(tbl24.len(), TBL24_ENTRIES as usize);
+        assert_eq!(tbl8.len(), (MAX_GROUPS * GROUP_ENTRIES) as usize);
+        Self {
+            base: vec![0; tbl24.len()],
+            base_depth: vec![0; tbl24.len()],
+            group_depth: vec![0; tbl8.len()],
+            tbl24,
+            tbl8,
+            prefixes: vec![HashMap::new(); 33],
+            next_group: 0,
+            free_groups: Vec::new(),
+            retired: Vec::new(),
+            groups_in_use: 0,
+        }
+    }
+
+    /// Takes over cells that already hold a table (a restarted daemon adopting the pinned maps):
+    /// computes the table `routes` make, reusing the groups the cells already use for the same
+    /// /24s, and writes only the entries that differ. Readers see old or new entries throughout.
+    pub fn adopt(
+        tbl24: C,
+        tbl8: C,
+        routes: impl IntoIterator<Item = (Ipv4Net, Route)>,
+    ) -> Result<Self, Dir24Error> {
+        let mut live_groups = HashMap::new();
+        for slot in 0..tbl24.len() {
+            let e = tbl24.get(slot);
+            if is_group(e) {
+                live_groups.insert(slot as u32, group_entry(e));
+            }
+        }
+        // Build the image in plain memory, then copy it over what differs.
+        let mut image = Dir24::new(VecCells::new(tbl24.len()), VecCells::new(tbl8.len()));
+        for (net, route) in routes {
+            image.set(net, route)?;
+        }
+        let mut placed = Self::new(tbl24, tbl8);
+        placed.prefixes = std::mem::take(&mut image.prefixes);
+        placed.base = std::mem::take(&mut image.base);
+        placed.base_depth = std::mem::take(&mut image.base_depth);
+        placed.reserve_groups(live_groups.values().copied());
+        // Each group of the image goes to the id the live table already uses for that /24, so
+        // the first level does not change for it; new ones get ids no live slot points to.
+        let mut slot_group = HashMap::new();
+        for slot in 0..placed.tbl24.len() {
+            let e = image.tbl24.get(slot);
+            if !is_group(e) {
+                continue;
+            }
+            let from = group_entry(e) as usize * 256;
+            let to = match live_groups.get(&(slot as u32)) {
+                Some(&g) => g,
+                None => placed.alloc_group()?,
+            };
+            let to_start = to as usize * 256;
+            for i in 0..GROUP_ENTRIES as usize {
+                placed.group_depth[to_start + i] = image.group_depth[from + i];
+                let v = image.tbl8.get(from + i);
+                if placed.tbl8.get(to_start + i) != v {
+                    placed.tbl8.set(to_start + i, v);
+                }
+            }
+            slot_group.insert(slot, to);
+            placed.groups_in_use += 1;
+        }
+        for slot in 0..placed.tbl24.len() {
+            let want =
+                slot_group.get(&slot).map_or_else(|| image.tbl24.get(slot), |g| group_pointer(*g));
+            if placed.tbl24.get(slot) != want {
+                placed.tbl24.set(slot, want);
+            }
+        }
+        // Live groups no slot points to any more wait out the grace period.
+        let in_use: std::collections::HashSet<u32> = slot_group.values().copied().collect();
+        let now = Instant::now();
+        for g in live_groups.into_values().filter(|g| !in_use.contains(g)) {
+            placed.retired.push((g, now));
+        }
+        Ok(placed)
+    }
+
+    /// Marks groups as taken (they hold live data) without writing them.
+    fn reserve_groups(&mut self, groups: impl IntoIterator<Item = u32>) {
+        for g in groups {
+            self.next_group = self.next_group.max(g + 1);
+        }
+    }
+
+    fn alloc_group(&mut self) -> Result<u32, Dir24Error> {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.retired.len() {
+            if now.duration_since(self.retired[i].1) >= GROUP_GRACE {
+                let (g, _) = self.retired.swap_remove(i);
+                self.free_groups.push(g);
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(g) = self.free_groups.pop() {
+            return Ok(g);
+        }
+        if self.next_group < MAX_GROUPS {
+            self.next_group += 1;
+            return Ok(self.next_group - 1);
+        }
+        Err(Dir24Error::GroupsFull)
+    }
+
+    /// The route for `net`, if held.
+    pub fn get(&self, net: Ipv4Net) -> Option<Route> {
+        let e = self.prefixes[usize::from(net.prefix_len())].get(&u32::from(net.network()))?;
+        decode(*e)
+    }
+
+    /// Looks an address up the way the XDP program does.
+    pub fn lookup(&self, addr: Ipv4Addr) -> Option<Route> {
+        let a = u32::from(addr);
+        let mut e = self.tbl24.get((a >> 8) as usize);
+        if is_group(e) {
+            e = self.tbl8.get((group_entry(e) * GROUP_ENTRIES + (a & 0xff)) as usize);
+        }
+        decode(e)
+    }
+
+    /// Memory in use.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prefixes: self.prefixes.iter().map(HashMap::len).sum(),
+            groups: self.groups_in_use,
+            groups_max: MAX_GROUPS,
+            shared_bytes: u64::from(TBL24_ENTRIES) * 4
+                + u64::from(self.groups_in_use) * u64::from(GROUP_ENTRIES) * 4,
+        }
+    }
+
+    /// Adds or replaces the route for `net`.
+    pub fn set(&mut self, net: Ipv4Net, route: Route) -> Result<(), Dir24Error> {
+        let value = encode(route).ok_or(Dir24Error::Unencodable(route.target))?;
+        let (addr, len) = (u32::from(net.network()), net.prefix_len());
+        if len > 24 {
+            let slot = (addr >> 8) as usize;
+            self.ensure_group(slot)?;
+        }
+        self.prefixes[usize::from(len)].insert(addr, value);
+        self.write_range(addr, len, value, len + 1, |d| d <= len + 1);
+        Ok(())
+    }
+
+    /// Removes the route for `net`; addresses it covered fall back to the next shorter prefix.
+    pub fn remove(&mut self, net: Ipv4Net) {
+        let (addr, len) = (u32::from(net.network()), net.prefix_len());
+        if self.prefixes[usize::from(len)].remove(&addr).is_none() {
+            return;
+        }
+        let (parent_value, parent_depth) = self.parent(addr, len);
+        self.write_range(addr, len, parent_value, parent_depth, |d| d == len + 1);
+        if len > 24 {
+            self.collapse_if_flat((addr >> 8) as usize);
+        }
+    }
+
+    /// The longest held prefix strictly shorter than `len` covering `addr`: (entry, length + 1).
+    fn parent(&self, addr: u32, len: u8) -> (u32, u8) {
+        (0..len)
+            .rev()
+            .find_map(|l| self.prefixes[usize::from(l)].get(&mask(addr, l)).map(|v| (*v, l + 1)))
+            .unwrap_or((0, 0))
+    }
+
+    /// Writes `value` (of depth `depth`) to every entry the prefix covers whose current depth
+    /// satisfies `replace`.
+    fn write_range(
+        &mut self,
+        addr: u32,
+        len: u8,
+        value: u32,
+        depth: u8,
+        replace: impl Fn(u8) -> bool,
+    ) {
+        if len <= 24 {
+            let first = (addr >> 8) as usize;
+            let count = 1usize << (24 - len);
+            for slot in first..first + count {
+                if !replace(self.base_depth[slot]) {
+                    continue;
+                }
+                self.base[slot] = value;
+                self.base_depth[slot] = depth;
+                let e = self.tbl24.get(slot);
+                if is_group(e) {
+                    let g = group_entry(e) as usize * 256;
+                    for i in g..g + 256 {
+                        if self.group_depth[i] <= 25 && replace(self.group_depth[i]) {
+                            self.group_depth[i] = depth;
+                            self.tbl8.set(i, value);
+                        }
+                    }
+                } else if e != value {
+                    self.tbl24.set(slot, value);
+                }
+            }
+        } else {
+            let e = self.tbl24.get((addr >> 8) as usize);
+            debug_assert!(is_group(e));
+            let g = group_entry(e) as usize * 256;
+            let first = g + (addr & 0xff) as usize;
+            for i in first..first + (1usize << (32 - len)) {
+                if replace(self.group_depth[i]) {
+                    self.group_depth[i] = depth;
+                    self.tbl8.set(i, value);
+                }
+            }
+        }
+    }
+
+    /// Gives a first-level slot a group, filled with the slot's answer before it is published.
+    fn ensure_group(&mut self, slot: usize) -> Result<(), Dir24Error> {
+        if is_group(self.tbl24.get(slot)) {
+            return Ok(());
+        }
+        let g = self.alloc_group()?;
+        let start = g as usize * 256;
+        for i in start..start + 256 {
+            self.group_depth[i] = self.base_depth[slot];
+            self.tbl8.set(i, self.base[slot]);
+        }
+        self.tbl24.set(slot, group_pointer(g));
+        self.groups_in_use += 1;
+        Ok(())
+    }
+
+    /// Returns a group to the first level when no prefix longer than /24 is left in it.
+    fn collapse_if_flat(&mut self, slot: usize) {
+        let e = self.tbl24.get(slot);
+        if !is_group(e) {
+            return;
+        }
+        let g = group_entry(e);
+        let start = g as usize * 256;
+        if self.group_depth[start..start + 256].iter().any(|d| *d > 25) {
+            return;
+        }
+        self.tbl24.set(slot, self.base[slot]);
+        self.retired.push((g, Instant::now()));
+        self.groups_in_use -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_common::RouteAction;
+
+    use super::*;
+
+    fn route(target: u32) -> Route {
+        Route { action: RouteAction::Forward as u32, target }
+    }
+
+    fn small() -> Dir24<VecCells> {
+        Dir24::new(
+            VecCells::new(TBL24_ENTRIES as usize),
+            VecCells::new((MAX_GROUPS * GROUP_ENTRIES) as usize),
+        )
+    }
+
+    /// The reference: longest prefix match by brute force over the held prefixes.
+    fn reference(table: &BTreeMap<Ipv4Net, Route>, addr: Ipv4Addr) -> Option<Route> {
+        table
+            .iter()
+            .filter(|(n, _)| n.contains(&addr))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(_, r)| *r)
+    }
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn matches_a_reference_lpm_through_random_adds_replaces_and_deletes() {
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut d = small();
+        let mut table: BTreeMap<Ipv4Net, Route> = BTreeMap::new();
+        // Prefixes cluster in a few /16s so that they nest and share groups.
+        let bases: Vec<u32> = (0..6).map(|_| (rng.next() as u32) & 0xffff_0000).collect();
+        let lens = [8u8, 12, 16, 20, 22, 23, 24, 24, 25, 26, 28, 30, 31, 32, 32];
+        // A default route under everything (each write of a /0 touches all 2^24 slots).
+        let default: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        d.set(default, route(5000)).unwrap();
+        table.insert(default, route(5000));
+        for step in 0..3000 {
+            let base = bases[rng.below(bases.len() as u64) as usize];
+            let len = lens[rng.below(lens.len() as u64) as usize];
+            let addr = base | (rng.next() as u32 & 0x0000_ffff);
+            let net = Ipv4Net::new(Ipv4Addr::from(addr), len).unwrap().trunc();
+            if rng.below(3) == 0 && table.len() > 1 {
+                let victim =
+                    *table.keys().nth(1 + rng.below(table.len() as u64 - 1) as usize).unwrap();
+                d.remove(victim);
+                table.remove(&victim);
+            } else {
+                let r = route(1 + (step % 1000));
+                d.set(net, r).unwrap();
+                table.insert(net, r);
+            }
+            if step % 50 == 0 {
+                for _ in 0..200 {
+                    let base = bases[rng.below(bases.len() as u64) as usize];
+                    let a = Ipv4Addr::from(base | (rng.next() as u32 & 0xffff));
+                    assert_eq!(d.lookup(a), reference(&table, a), "step {step}, {a}");
+                }
+            }
+        }
+        // Every prefix's own addresses, first and last.
+        for net in table.keys() {
+            for a in [net.network(), net.broadcast()] {
+                assert_eq!(d.lookup(a), reference(&table, a), "{net} at {a}");
+            }
+        }
+        // Remove everything: no route anywhere, and every group is released.
+        for net in table.keys().copied().collect::<Vec<_>>() {
+            d.remove(net);
+        }
+        assert_eq!(d.usage().groups, 0);
+        assert_eq!(d.usage().prefixes, 0);
+        for _ in 0..1000 {
+            assert_eq!(d.lookup(Ipv4Addr::from(rng.next() as u32)), None);
+        }
+    }
+
+    #[test]
+    fn groups_are_filled_before_publication_and_reused_only_after_grace() {
+        let mut d = small();
+        d.set("10.0.0.0/8".parse().unwrap(), route(1)).unwrap();
+        d.set("10.1.2.128/25".parse().unwrap(), route(2)).unwrap();
+        assert_eq!(d.usage().groups, 1);
+        // The rest of the /24 still answers with the /8.
+        assert_eq!(d.lookup("10.1.2.1".parse().unwrap()), Some(route(1)));
+        assert_eq!(d.lookup("10.1.2.200".parse().unwrap()), Some(route(2)));
+        let group = group_entry(d.tbl24.get(0x0a0102));
+        d.remove("10.1.2.128/25".parse().unwrap());
+        assert_eq!(d.usage().groups, 0, "a group without long prefixes collapses");
+        assert!(!is_group(d.tbl24.get(0x0a0102)));
+        assert_eq!(d.lookup("10.1.2.200".parse().unwrap()), Some(route(1)));
+        // Immediately needed again: a fresh group, not the one a reader may still be in.
+        d.set("10.9.9.0/25".parse().unwrap(), route(3)).unwrap();
+        assert_ne!(group_entry(d.tbl24.get(0x0a0909)), group);
+        std::thread::sleep(GROUP_GRACE);
+        d.set("10.9.8.0/25".parse().unwrap(), route(4)).unwrap();
+        assert_eq!(group_entry(d.tbl24.get(0x0a0908)), group, "reused after the grace period");
+    }
+
+    #[test]
+    fn adoption_rewrites_nothing_for_the_same_table_and_keeps_live_groups() {
+        let routes: Vec<(Ipv4Net, Route)> = vec![
+            ("0.0.0.0/0".parse().unwrap(), route(9)),
+            ("192.0.2.0/24".parse().unwrap(), route(1)),
+            ("192.0.2.64/26".parse().unwrap(), route(2)),
+            ("198.51.100.7/32".parse().unwrap(), route(3)),
+        ];
+        let mut first = small();
+        for (n, r) in &routes {
+            first.set(*n, *r).unwrap();
+        }
+        let g1 = group_entry(first.tbl24.get(0xc00002));
+        let snapshot24: Vec<u32> = (0..first.tbl24.len()).map(|i| first.tbl24.get(i)).collect();
+        // A new process adopts the same cells and the same routes, plus one change.
+        let Dir24 { tbl24, tbl8, .. } = first;
+        let mut changed = routes.clone();
+        changed[3].1 = route(4);
+        let adopted = Dir24::adopt(tbl24, tbl8, changed.clone()).unwrap();
+        assert_eq!(group_entry(adopted.tbl24.get(0xc00002)), g1, "the live group keeps its id");
+        let differing =
+            (0..adopted.tbl24.len()).filter(|i| adopted.tbl24.get(*i) != snapshot24[*i]).count();
+        assert_eq!(differing, 0, "first level unchanged (the change is inside a group)");
+        let table: BTreeMap<_, _> = changed.into_iter().collect();
+        for a in ["192.0.2.1", "192.0.2.70", "198.51.100.7", "198.51.100.8", "8.8.8.8"] {
+            let a: Ipv4Addr = a.parse().unwrap();
+            assert_eq!(adopted.lookup(a), reference(&table, a), "{a}");
+        }
+        assert_eq!(adopted.usage().groups, 2);
+    }
+
+    #[test]
+    fn unencodable_targets_are_refused() {
+        let mut d = small();
+        let r = Route { action: RouteAction::Connected as u32, target: u32::MAX };
+        assert_eq!(d.set("10.0.0.0/8".parse().unwrap(), r), Err(Dir24Error::Unencodable(u32::MAX)));
+        assert_eq!(d.lookup("10.0.0.1".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,113 @@
+//! Egress accounting: what the devmap's bulk queues managed to transmit.
+//!
+//! XDP has no qdisc. A redirected frame waits in a per-CPU bulk queue of its egress device until
+//! the end of the NAPI poll (or until 16 are queued), and the queue is then handed to the
+//! driver's `ndo_xdp_xmit` in one call; whatever the driver does not take (a full ring, a veth
+//! peer without XDP or GRO, a device going down) is freed there, silently. The kernel reports every
+//! such flush through the tracepoint `xdp:xdp_devmap_xmit` (sent, drops, err), and the program
+//! `sluice_devmap_xmit` adds each report to [`XmitStats`] per egress ifindex and CPU, so that
+//! overflow at transmit is counted like every other drop.
+//!
+//! The program runs as a raw tracepoint: it receives the tracepoint's arguments, the `net_device`
+//! pointers included, rather than the formatted record, and reads the egress device's ifindex and
+//! network namespace through it. An ifindex alone is ambiguous, since every namespace numbers its
+//! devices from 1 and the tracepoint fires for every namespace. The field offsets come from the
+//! kernel's BTF, found by userspace and written into `XMIT_CONFIG` with the daemon's namespace
+//! (see [`XmitConfig`]).
+
+/// Names of the egress accounting program and maps, as they appear in the eBPF object and under
+/// the pin directory.
+pub mod names {
+    /// The raw tracepoint program that counts devmap flushes.
+    pub const PROGRAM: &str = "sluice_devmap_xmit";
+    /// The tracepoint it attaches to (category `xdp`).
+    pub const TRACEPOINT: &str = "xdp_devmap_xmit";
+    /// Per-CPU hash: egress ifindex (`u32`, host order) -> [`XmitStats`](super::XmitStats).
+    pub const XMIT_STATS: &str = "XMIT_STATS";
+    /// Array of one [`XmitConfig`](super::XmitConfig).
+    pub const XMIT_CONFIG: &str = "XMIT_CONFIG";
+
+    /// The maps of egress accounting, pinned beside the forwarding maps.
+    pub const ALL_MAPS: [&str; 2] = [XMIT_STATS, XMIT_CONFIG];
+}
+
+/// Egress devices counted; a device beyond that is not counted (the map is full).
+pub const MAX_XMIT_DEVICES: u32 = 1024;
+
+/// Value of `XMIT_STATS`: the flushes of one egress device on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct XmitStats {
+    /// Bulk queue flushes (tracepoint hits), each of 1 to 16 frames.
+    pub flushes: u64,
+    /// Frames the driver accepted.
+    pub sent: u64,
+    /// Frames the driver did not accept, freed at transmit.
+    pub dropped: u64,
+    /// Flushes the driver refused as a whole with an error (every frame of those is in `dropped`).
+    pub errors: u64,
+}
+const _: () = assert!(size_of::<XmitStats>() == 32);
+
+impl XmitStats {
+    /// One flush as the tracepoint reports it: `sent` and `drops` frames, `err` the driver's
+    /// error (0, or a negative errno when it refused the whole batch).
+    #[inline(always)]
+    pub fn flush(sent: i32, drops: i32, err: i32) -> Self {
+        // The kernel never reports negative counts; clamp rather than wrap if one ever did.
+        Self {
+            flushes: 1,
+            sent: u64::try_from(sent).unwrap_or(0),
+            dropped: u64::try_from(drops).unwrap_or(0),
+            errors: u64::from(err != 0),
+        }
+    }
+
+    /// Adds `other` to `self` (wrapping, as the kernel side does).
+    #[inline(always)]
+    pub const fn add(&mut self, other: &Self) {
+        self.flushes = self.flushes.wrapping_add(other.flushes);
+        self.sent = self.sent.wrapping_add(other.sent);
+        self.dropped = self.dropped.wrapping_add(other.dropped);
+        self.errors = self.errors.wrapping_add(other.errors);
+    }
+}
+
+/// Value of `XMIT_CONFIG[0]`, written by the daemon before it attaches the program. Offsets are in
+/// bytes and come from the running kernel's BTF. While `netns_inum` is 0 nothing is counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct XmitConfig {
+    /// Inode number of the network namespace whose devices are counted (the daemon's: `stat -L
+    /// /proc/self/ns/net`), host order.
+    pub netns_inum: u32,
+    /// Offset of `ifindex` (an `int`) in `struct net_device`.
+    pub ifindex_offset: u32,
+    /// Offset of the `struct net *` in `struct net_device` (`nd_net.net`).
+    pub net_offset: u32,
+    /// Offset of the namespace's inode number in `struct net` (`ns.inum`, an `unsigned int`).
+    pub inum_offset: u32,
+}
+const _: () = assert!(size_of::<XmitConfig>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_counts_once_with_its_frames() {
+        assert_eq!(
+            XmitStats::flush(16, 0, 0),
+            XmitStats { flushes: 1, sent: 16, dropped: 0, errors: 0 }
+        );
+        // A veth whose peer cannot take XDP frames refuses the batch with -ENXIO.
+        assert_eq!(
+            XmitStats::flush(0, 5, -6),
+            XmitStats { flushes: 1, sent: 0, dropped: 5, errors: 1 }
+        );
+        assert_eq!(XmitStats::flush(-1, -1, 0).sent, 0);
+        let mut total = XmitStats::flush(3, 1, 0);
+        total.add(&XmitStats::flush(0, 4, -6));
+        assert_eq!(total, XmitStats { flushes: 2, sent: 3, dropped: 5, errors: 1 });
+    }
+}
