@@ -11,11 +11,11 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use sluice_common::{FAMILY_V4, IfaceKey, XdpAttachMode};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     dataplane::{Dataplane, ModeRequest, PinDir, error_chain},
-    fib::{Compiler, FibState, diff},
+    fib::{Compiler, FibState, Op, neighbour_of},
     mirror::{Applied, Mirror},
     rib::Rib,
 };
@@ -42,6 +42,7 @@ pub struct Options {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
+#[expect(clippy::too_many_lines, reason = "start-up and the event loop read best in one piece")]
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut dp = Dataplane::load(&opts.pin).context("loading the dataplane")?;
     let mut fib = dp.read_state().context("reading the pinned maps")?;
@@ -82,7 +83,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     std::mem::swap(&mut state.fib, &mut fib);
     let mut mirror = connect_and_dump(&mut state, &opts).await;
     state.sync();
-    state.ensure_gateways(&mut mirror).await;
+    let all = state.all_neighbours();
+    state.ensure_managed(&mut mirror, all).await;
     info!(
         interfaces = state.attached.len(),
         routes_v4 = state.fib.routes_v4.len(),
@@ -103,6 +105,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut ring = ring;
     let mut dirty_since: Option<Instant> = None;
+    let mut sweep = tokio::time::interval(NEIGH_RETRY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let settle = async {
             match dirty_since {
@@ -131,8 +135,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     mirror = connect_and_dump(&mut state, &opts).await;
                 }
                 dirty_since = None;
-                state.sync();
-                state.ensure_gateways(&mut mirror).await;
+                let written = state.sync();
+                state.ensure_managed(&mut mirror, written).await;
             }
             requests = read_requests(ring.as_mut()) => {
                 for (ifindex, addr) in requests {
@@ -141,6 +145,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = sweep.tick() => {
+                let all = state.all_neighbours();
+                state.ensure_managed(&mut mirror, all).await;
+            }
         }
     }
     info!("stopping; the pinned dataplane keeps forwarding");
@@ -158,31 +166,40 @@ struct State {
 
 impl State {
     /// Compiles the RIB and writes the difference into the maps.
-    fn sync(&mut self) {
-        let new = self.compiler.compile(&self.rib, &self.attached);
+    /// Compiles what changed in the RIB and writes it into the maps. Returns the neighbours of
+    /// the next hops it wrote.
+    fn sync(&mut self) -> Vec<(u32, IpAddr)> {
+        let started = Instant::now();
+        let ops = self.compiler.update(&mut self.rib, &self.attached, &mut self.fib);
         if self.compiler.overflow > 0 {
             warn!(
                 dropped = self.compiler.overflow,
                 "dataplane tables full: some next hops or ECMP members left out"
             );
         }
-        let ops = diff(&self.fib, &new);
         if ops.is_empty() {
-            return;
+            return Vec::new();
         }
         let failures = self.dp.apply(&ops);
-        if failures == 0 {
-            self.fib = new;
-        } else {
-            // What was written is uncertain: take the maps' word for it, retry at the next sync.
+        if failures > 0 {
+            // What was written is uncertain: take the maps' word for it and recompile it all
+            // at the next sync.
             self.fib = self.dp.read_state().unwrap_or_default();
+            self.rib.dirty.all = true;
         }
+        debug!(ops = ops.len(), failures, elapsed = ?started.elapsed(), "dataplane updated");
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::SetNextHop(_, nh) => neighbour_of(nh).map(|a| (nh.logical_ifindex, a)),
+                _ => None,
+            })
+            .collect()
     }
 
-    /// Makes sure every gateway the routes use is a managed neighbour, so that the kernel keeps
-    /// it resolved although XDP, not the kernel, carries the traffic.
-    async fn ensure_gateways(&mut self, mirror: &mut Mirror) {
-        for (ifindex, addr) in self.rib.gateways(self.compiler.table()) {
+    /// Makes sure the neighbours of next hops are managed neighbour entries, so that the kernel
+    /// keeps them resolved although XDP, not the kernel, carries the traffic.
+    async fn ensure_managed(&mut self, mirror: &mut Mirror, neighbours: Vec<(u32, IpAddr)>) {
+        for (ifindex, addr) in neighbours {
             if self.rib.neighbour(ifindex, addr).is_some_and(|n| n.managed) {
                 continue;
             }
@@ -190,13 +207,24 @@ impl State {
         }
     }
 
+    /// Every next hop's neighbour, for the periodic sweep.
+    fn all_neighbours(&self) -> Vec<(u32, IpAddr)> {
+        self.fib
+            .nexthops
+            .values()
+            .filter_map(|nh| neighbour_of(nh).map(|a| (nh.logical_ifindex, a)))
+            .collect()
+    }
+
     async fn ask(&mut self, mirror: &mut Mirror, ifindex: u32, addr: IpAddr) {
         let now = Instant::now();
         if self.asked.get(&(ifindex, addr)).is_some_and(|t| now.duration_since(*t) < NEIGH_RETRY) {
             return;
         }
+        if self.asked.len() > 4096 {
+            self.asked.retain(|_, t| now.duration_since(*t) < NEIGH_RETRY);
+        }
         self.asked.insert((ifindex, addr), now);
-        self.asked.retain(|_, t| now.duration_since(*t) < NEIGH_RETRY);
         if let Err(e) =
             mirror.ensure_managed(ifindex, addr, self.rib.neighbour(ifindex, addr)).await
         {

@@ -33,6 +33,7 @@ use sluice_common::{
 pub const GROUP_GRACE: Duration = Duration::from_millis(50);
 
 /// Storage for entries: memory shared with the XDP program, or plain memory in tests.
+#[expect(clippy::len_without_is_empty, reason = "a table of entries is never empty")]
 pub trait Cells {
     /// Number of entries.
     fn len(&self) -> usize;
@@ -469,17 +470,17 @@ mod tests {
         // The rest of the /24 still answers with the /8.
         assert_eq!(d.lookup("10.1.2.1".parse().unwrap()), Some(route(1)));
         assert_eq!(d.lookup("10.1.2.200".parse().unwrap()), Some(route(2)));
-        let group = group_entry(d.tbl24.get(0x0a0102));
+        let group = group_entry(d.tbl24.get(0x0a_0102));
         d.remove("10.1.2.128/25".parse().unwrap());
         assert_eq!(d.usage().groups, 0, "a group without long prefixes collapses");
-        assert!(!is_group(d.tbl24.get(0x0a0102)));
+        assert!(!is_group(d.tbl24.get(0x0a_0102)));
         assert_eq!(d.lookup("10.1.2.200".parse().unwrap()), Some(route(1)));
         // Immediately needed again: a fresh group, not the one a reader may still be in.
         d.set("10.9.9.0/25".parse().unwrap(), route(3)).unwrap();
-        assert_ne!(group_entry(d.tbl24.get(0x0a0909)), group);
+        assert_ne!(group_entry(d.tbl24.get(0x0a_0909)), group);
         std::thread::sleep(GROUP_GRACE);
         d.set("10.9.8.0/25".parse().unwrap(), route(4)).unwrap();
-        assert_eq!(group_entry(d.tbl24.get(0x0a0908)), group, "reused after the grace period");
+        assert_eq!(group_entry(d.tbl24.get(0x0a_0908)), group, "reused after the grace period");
     }
 
     #[test]
@@ -494,14 +495,14 @@ mod tests {
         for (n, r) in &routes {
             first.set(*n, *r).unwrap();
         }
-        let g1 = group_entry(first.tbl24.get(0xc00002));
+        let g1 = group_entry(first.tbl24.get(0xc0_0002));
         let snapshot24: Vec<u32> = (0..first.tbl24.len()).map(|i| first.tbl24.get(i)).collect();
         // A new process adopts the same cells and the same routes, plus one change.
         let Dir24 { tbl24, tbl8, .. } = first;
         let mut changed = routes.clone();
         changed[3].1 = route(4);
         let adopted = Dir24::adopt(tbl24, tbl8, changed.clone()).unwrap();
-        assert_eq!(group_entry(adopted.tbl24.get(0xc00002)), g1, "the live group keeps its id");
+        assert_eq!(group_entry(adopted.tbl24.get(0xc0_0002)), g1, "the live group keeps its id");
         let differing =
             (0..adopted.tbl24.len()).filter(|i| adopted.tbl24.get(*i) != snapshot24[*i]).count();
         assert_eq!(differing, 0, "first level unchanged (the change is inside a group)");

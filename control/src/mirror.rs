@@ -258,13 +258,13 @@ pub fn apply(rib: &mut Rib, msg: &RouteNetlinkMessage, table: u32) -> bool {
         RouteNetlinkMessage::DelLink(m) => rib.remove_link(m.header.index),
         RouteNetlinkMessage::NewAddress(m) => match address_from(m) {
             Some(a) => {
-                rib.addresses.insert(a);
+                rib.add_address(a);
             }
             None => return false,
         },
         RouteNetlinkMessage::DelAddress(m) => match address_from(m) {
             Some(a) => {
-                rib.addresses.remove(&a);
+                rib.remove_address(&a);
             }
             None => return false,
         },

@@ -162,6 +162,25 @@ pub struct Address {
     pub addr: IpNet,
 }
 
+/// What changed in the RIB since the FIB compiler last looked: the prefixes whose routes changed,
+/// the neighbours that changed, or everything (links and addresses touch too much to track).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Recompile everything.
+    pub all: bool,
+    /// Prefixes with a route added, changed or removed.
+    pub prefixes: BTreeSet<IpNet>,
+    /// Neighbours added, changed or removed.
+    pub neighbours: BTreeSet<(u32, IpAddr)>,
+}
+
+impl Dirty {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.prefixes.is_empty() && self.neighbours.is_empty()
+    }
+}
+
 /// The mirrored kernel state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rib {
@@ -173,17 +192,23 @@ pub struct Rib {
     pub routes: BTreeMap<RouteKey, Route>,
     /// Neighbours by (ifindex, address).
     pub neighbours: BTreeMap<(u32, IpAddr), Neighbour>,
+    /// Changes not compiled yet.
+    pub dirty: Dirty,
 }
 
 impl Rib {
     /// Adds or replaces a link.
     pub fn upsert_link(&mut self, link: Link) {
-        self.links.insert(link.index, link);
+        if self.links.get(&link.index) != Some(&link) {
+            self.dirty.all = true;
+            self.links.insert(link.index, link);
+        }
     }
 
     /// Removes a link and everything that hangs off it (the kernel does not always send the
     /// corresponding route and neighbour deletions).
     pub fn remove_link(&mut self, index: u32) {
+        self.dirty.all = true;
         self.links.remove(&index);
         self.addresses.retain(|a| a.ifindex != index);
         self.neighbours.retain(|(i, _), _| *i != index);
@@ -192,22 +217,57 @@ impl Rib {
 
     /// Adds or replaces a route.
     pub fn upsert_route(&mut self, route: Route) {
+        self.dirty.prefixes.insert(route.prefix);
         self.routes.insert(route.key(), route);
     }
 
     /// Removes a route.
     pub fn remove_route(&mut self, key: &RouteKey) {
-        self.routes.remove(key);
+        if self.routes.remove(key).is_some() {
+            self.dirty.prefixes.insert(key.prefix);
+        }
     }
 
     /// Adds or replaces a neighbour.
     pub fn upsert_neighbour(&mut self, n: Neighbour) {
-        self.neighbours.insert((n.ifindex, n.addr), n);
+        let key = (n.ifindex, n.addr);
+        if self.neighbours.get(&key) != Some(&n) {
+            self.dirty.neighbours.insert(key);
+            self.neighbours.insert(key, n);
+        }
     }
 
     /// Removes a neighbour.
     pub fn remove_neighbour(&mut self, ifindex: u32, addr: IpAddr) {
-        self.neighbours.remove(&(ifindex, addr));
+        if self.neighbours.remove(&(ifindex, addr)).is_some() {
+            self.dirty.neighbours.insert((ifindex, addr));
+        }
+    }
+
+    /// Adds an address of the router.
+    pub fn add_address(&mut self, a: Address) {
+        if self.addresses.insert(a) {
+            self.dirty.all = true;
+        }
+    }
+
+    /// Removes an address of the router.
+    pub fn remove_address(&mut self, a: &Address) {
+        if self.addresses.remove(a) {
+            self.dirty.all = true;
+        }
+    }
+
+    /// Takes the changes not compiled yet.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The route of `table` for exactly `prefix` that the kernel uses: the lowest metric.
+    pub fn best_route(&self, table: u32, prefix: IpNet) -> Option<&Route> {
+        let from = RouteKey { table, prefix, metric: 0 };
+        let to = RouteKey { table, prefix, metric: u32::MAX };
+        self.routes.range(from..=to).next().map(|(_, r)| r)
     }
 
     /// Looks a neighbour up.

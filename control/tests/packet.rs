@@ -536,7 +536,7 @@ fn lookups_racing_updates_see_the_old_or_the_new_route() {
     let runs = lab.run_while(IN0.ifindex, &frame.bytes(), |maps| {
         let mut i = 0u32;
         while Instant::now() < deadline && i < 20_000 {
-            let id = if i % 2 == 0 { nh::OUT2 } else { nh::OUT1 };
+            let id = if i.is_multiple_of(2) { nh::OUT2 } else { nh::OUT1 };
             for op in [
                 Op::SetRouteV4(neighbour, forward(nh::OUT3)),
                 Op::SetRouteV4(covering, forward(id)),
