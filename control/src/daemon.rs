@@ -180,7 +180,18 @@ impl State {
         if ops.is_empty() {
             return Vec::new();
         }
-        let failures = self.dp.apply(&ops);
+        let compiled = started.elapsed();
+        let failures = self.dp.apply(&ops, Some(&self.fib));
+        if ops.len() > 10_000 {
+            let forwarding = self.dp.forwarding_written().map(|t| t.duration_since(started));
+            info!(
+                changes = ops.len(),
+                ?compiled,
+                forwarding_tables = ?forwarding,
+                with_record = ?started.elapsed(),
+                "dataplane written"
+            );
+        }
         if failures > 0 {
             // What was written is uncertain: take the maps' word for it and recompile it all
             // at the next sync.
@@ -238,9 +249,17 @@ impl State {
 async fn connect_and_dump(state: &mut State, opts: &Options) -> Mirror {
     let mut delay = Duration::from_millis(100);
     loop {
+        let started = Instant::now();
         let attempt = async {
             let mut mirror = Mirror::connect(opts.table, opts.netlink_recv_buffer)?;
             let mut rib = mirror.dump().await?;
+            info!(
+                routes = rib.routes.len(),
+                neighbours = rib.neighbours.len(),
+                links = rib.links.len(),
+                elapsed = ?started.elapsed(),
+                "kernel state dumped"
+            );
             if mirror.drain(&mut rib) == Applied::Overrun {
                 return Err(crate::mirror::MirrorError::Interrupted);
             }

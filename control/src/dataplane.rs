@@ -10,6 +10,7 @@ use std::{
     fs, io,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use aya::{
@@ -184,6 +185,7 @@ pub struct Dataplane {
     pin: PinDir,
     maps: Maps,
     neigh_requests: Option<RingBuf<MapData>>,
+    forwarding_written: Option<Instant>,
 }
 
 /// Typed handles to the maps the control plane reads and writes: taken from a loaded object by
@@ -199,6 +201,10 @@ pub struct Maps {
     counters: PerCpuArray<MapData, Counter>,
     /// The IPv4 lookup tables, mapped for writing; `None` for read-only access.
     dir24: Option<Dir24<MappedArray>>,
+    /// The tables mapped but not adopted yet: adoption waits for the routes they must hold.
+    dir24_cells: Option<(MappedArray, MappedArray)>,
+    /// IPv4 record writes deferred to the end of a batch, after the forwarding tables.
+    pending_record: Vec<(Ipv4Net, Option<Route>)>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -239,7 +245,13 @@ impl Dataplane {
         let maps = Maps::take(&mut ebpf)?;
         let neigh_requests = RingBuf::try_from(take_map(&mut ebpf, names::NEIGH_REQUESTS)?)
             .map_err(|e| DataplaneError::Map(names::NEIGH_REQUESTS, e))?;
-        Ok(Self { ebpf, pin: pin.clone(), maps, neigh_requests: Some(neigh_requests) })
+        Ok(Self {
+            ebpf,
+            pin: pin.clone(),
+            maps,
+            neigh_requests: Some(neigh_requests),
+            forwarding_written: None,
+        })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -348,17 +360,48 @@ impl Dataplane {
         self.maps.state()
     }
 
-    /// Applies map writes in order. Returns how many failed (each is logged).
-    pub fn apply(&mut self, ops: &[Op]) -> usize {
+    /// Applies map writes in order. Returns how many failed (each is logged). `desired`, on the
+    /// first call, is the complete state the writes lead to: the IPv4 lookup tables are adopted
+    /// for its routes once the next hops and groups before them are written.
+    pub fn apply(&mut self, ops: &[Op], desired: Option<&FibState>) -> usize {
         let mut failures = 0;
+        let mut adopt = desired.filter(|_| !self.maps.lookup_adopted());
         for op in ops {
+            let routes_from_here = matches!(
+                op,
+                Op::SetRouteV4(..) | Op::DelRouteV4(_) | Op::SetRouteV6(..) | Op::DelRouteV6(_)
+            );
+            if routes_from_here && let Some(state) = adopt.take() {
+                self.adopt(state, &mut failures);
+            }
             if let Err(e) = self.maps.apply(op) {
                 failures += 1;
                 warn!(?op, error = %error_chain(e.as_ref()), "map write failed");
             }
         }
+        if let Some(state) = adopt {
+            self.adopt(state, &mut failures);
+        }
+        self.forwarding_written = Some(Instant::now());
+        if let Err(e) = self.maps.flush_record() {
+            failures += 1;
+            warn!(error = %error_chain(e.as_ref()), "writing the IPv4 route record failed");
+        }
         debug!(ops = ops.len(), failures, "applied");
         failures
+    }
+
+    /// When the forwarding tables of the last batch were complete (the IPv4 route record, for
+    /// `sluice routes` and restarts, is written after them).
+    pub fn forwarding_written(&self) -> Option<Instant> {
+        self.forwarding_written
+    }
+
+    fn adopt(&mut self, state: &FibState, failures: &mut usize) {
+        if let Err(e) = self.maps.adopt_lookup(&state.routes_v4) {
+            *failures += 1;
+            warn!(error = %error_chain(&e), "adopting the IPv4 lookup tables failed");
+        }
     }
 }
 
@@ -480,6 +523,8 @@ impl Maps {
             devmap: typed(&mut get, names::DEVMAP)?,
             counters: typed(&mut get, names::COUNTERS)?,
             dir24: None,
+            dir24_cells: None,
+            pending_record: Vec::new(),
         };
         if writable {
             let tbl24 = map_shared(get(names::DIR24_V4)?, names::DIR24_V4, dir24::TBL24_ENTRIES)?;
@@ -488,12 +533,48 @@ impl Maps {
                 names::DIR8_V4,
                 dir24::MAX_GROUPS * dir24::GROUP_ENTRIES,
             )?;
-            // The record of prefixes says what the tables must hold; adopting writes only what
-            // differs from what they hold now (nothing, after a clean restart).
-            let routes = maps.ifaces_and_routes()?.routes_v4;
-            maps.dir24 = Some(Dir24::adopt(tbl24, tbl8, routes).map_err(DataplaneError::Lookup)?);
+            maps.dir24_cells = Some((tbl24, tbl8));
         }
         Ok(maps)
+    }
+
+    /// Takes over the IPv4 lookup tables for the routes they must hold, writing only the entries
+    /// that differ from what they hold now (nothing, after a clean restart with the same routes).
+    /// Done once; later changes go through [`Maps::write`].
+    pub fn adopt_lookup<'a>(
+        &mut self,
+        routes: impl IntoIterator<Item = (&'a Ipv4Net, &'a Route)>,
+    ) -> Result<()> {
+        if let Some((tbl24, tbl8)) = self.dir24_cells.take() {
+            let routes = routes.into_iter().map(|(n, r)| (*n, *r));
+            self.dir24 = Some(Dir24::adopt(tbl24, tbl8, routes).map_err(DataplaneError::Lookup)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the IPv4 lookup tables were adopted.
+    pub fn lookup_adopted(&self) -> bool {
+        self.dir24.is_some()
+    }
+
+    fn dir24(&mut self) -> Result<&mut Dir24<MappedArray>, Box<dyn std::error::Error>> {
+        if self.dir24.is_none() {
+            // Nobody said what the tables must hold: the record of prefixes does.
+            let routes = self.ifaces_and_routes()?.routes_v4;
+            self.adopt_lookup(&routes)?;
+        }
+        self.dir24.as_mut().ok_or_else(|| "maps opened read-only".into())
+    }
+
+    /// Writes the deferred IPv4 record changes.
+    fn flush_record(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        for (net, route) in std::mem::take(&mut self.pending_record) {
+            match route {
+                Some(r) => self.routes_v4.insert(&key_v4(net), r, 0)?,
+                None => ignore_missing(self.routes_v4.remove(&key_v4(net)))?,
+            }
+        }
+        Ok(())
     }
 
     /// Opens the maps pinned under `pin`, read-only.
@@ -514,7 +595,8 @@ impl Maps {
 
     /// Writes one change.
     pub fn write(&mut self, op: &Op) -> Result<(), Box<dyn std::error::Error>> {
-        self.apply(op)
+        self.apply(op)?;
+        self.flush_record()
     }
 
     /// The interfaces and routes, without next hops and groups.
@@ -569,13 +651,14 @@ impl Maps {
             Op::ClearNextHop(id) => self.nexthops.set(id, NextHop::default(), 0)?,
             Op::SetGroup(id, g) => self.groups.set(id, g, 0)?,
             Op::ClearGroup(id) => self.groups.set(id, EcmpGroup::default(), 0)?,
+            // The forwarding tables now; the record (one system call each) after the batch.
             Op::SetRouteV4(net, r) => {
-                self.dir24.as_mut().ok_or("maps opened read-only")?.set(net, r)?;
-                self.routes_v4.insert(&key_v4(net), r, 0)?;
+                self.dir24()?.set(net, r)?;
+                self.pending_record.push((net, Some(r)));
             }
             Op::DelRouteV4(net) => {
-                self.dir24.as_mut().ok_or("maps opened read-only")?.remove(net);
-                ignore_missing(self.routes_v4.remove(&key_v4(net)))?;
+                self.dir24()?.remove(net);
+                self.pending_record.push((net, None));
             }
             Op::SetRouteV6(net, r) => self.routes_v6.insert(&key_v6(net), r, 0)?,
             Op::DelRouteV6(net) => ignore_missing(self.routes_v6.remove(&key_v6(net)))?,

@@ -98,7 +98,9 @@ pub struct Dir24<C: Cells> {
     tbl24: C,
     tbl8: C,
     /// Per first-level slot: the encoded answer of the ≤ /24 prefixes, and its length + 1 (0: none).
-    base: Vec<u32>,
+    /// Per first-level slot holding a group: the answer of the ≤ /24 prefixes (elsewhere it is
+    /// the slot's entry itself).
+    group_base: HashMap<usize, u32>,
     base_depth: Vec<u8>,
     /// Per group entry: the length + 1 of the prefix that wrote it (0: none).
     group_depth: Vec<u8>,
@@ -121,7 +123,7 @@ impl<C: Cells> Dir24<C> {
         assert_eq!(tbl24.len(), TBL24_ENTRIES as usize);
         assert_eq!(tbl8.len(), (MAX_GROUPS * GROUP_ENTRIES) as usize);
         Self {
-            base: vec![0; tbl24.len()],
+            group_base: HashMap::new(),
             base_depth: vec![0; tbl24.len()],
             group_depth: vec![0; tbl8.len()],
             tbl24,
@@ -156,7 +158,7 @@ impl<C: Cells> Dir24<C> {
         }
         let mut placed = Self::new(tbl24, tbl8);
         placed.prefixes = std::mem::take(&mut image.prefixes);
-        placed.base = std::mem::take(&mut image.base);
+        placed.group_base = std::mem::take(&mut image.group_base);
         placed.base_depth = std::mem::take(&mut image.base_depth);
         placed.reserve_groups(live_groups.values().copied());
         // Each group of the image goes to the id the live table already uses for that /24, so
@@ -305,10 +307,10 @@ impl<C: Cells> Dir24<C> {
                 if !replace(self.base_depth[slot]) {
                     continue;
                 }
-                self.base[slot] = value;
                 self.base_depth[slot] = depth;
                 let e = self.tbl24.get(slot);
                 if is_group(e) {
+                    self.group_base.insert(slot, value);
                     let g = group_entry(e) as usize * 256;
                     for i in g..g + 256 {
                         if self.group_depth[i] <= 25 && replace(self.group_depth[i]) {
@@ -340,10 +342,12 @@ impl<C: Cells> Dir24<C> {
             return Ok(());
         }
         let g = self.alloc_group()?;
+        let base = self.tbl24.get(slot);
+        self.group_base.insert(slot, base);
         let start = g as usize * 256;
         for i in start..start + 256 {
             self.group_depth[i] = self.base_depth[slot];
-            self.tbl8.set(i, self.base[slot]);
+            self.tbl8.set(i, base);
         }
         self.tbl24.set(slot, group_pointer(g));
         self.groups_in_use += 1;
@@ -361,7 +365,7 @@ impl<C: Cells> Dir24<C> {
         if self.group_depth[start..start + 256].iter().any(|d| *d > 25) {
             return;
         }
-        self.tbl24.set(slot, self.base[slot]);
+        self.tbl24.set(slot, self.group_base.remove(&slot).unwrap_or(0));
         self.retired.push((g, Instant::now()));
         self.groups_in_use -= 1;
     }
