@@ -1225,7 +1225,12 @@ mod tests {
                         rib.remove_neighbour(ifindex, addr.parse().unwrap());
                     } else {
                         let state = nud_states[next(4) as usize];
-                        rib.upsert_neighbour(neigh(ifindex, &addr, lladdrs[next(3) as usize], state));
+                        rib.upsert_neighbour(neigh(
+                            ifindex,
+                            &addr,
+                            lladdrs[next(3) as usize],
+                            state,
+                        ));
                     }
                 }
                 8 => {
