@@ -271,7 +271,11 @@ async fn connect_and_dump(state: &mut State, opts: &Options) -> Mirror {
                 return mirror;
             }
             Err(e) => {
-                error!(error = %error_chain(&e), "mirroring the kernel failed; retrying");
+                if matches!(e, crate::mirror::MirrorError::Overrun(_)) {
+                    warn!(error = %error_chain(&e), "changes outran the dump; dumping again");
+                } else {
+                    error!(error = %error_chain(&e), "mirroring the kernel failed; retrying");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -55,6 +55,9 @@ pub enum MirrorError {
         /// The kernel's error.
         message: String,
     },
+    /// The socket's receive buffer overran during a dump (changes arrive faster than read).
+    #[error("the receive buffer overran during {0}")]
+    Overrun(String),
     /// A dump kept being interrupted by concurrent changes.
     #[error("dump interrupted {DUMP_ATTEMPTS} times in a row")]
     Interrupted,
@@ -75,6 +78,9 @@ pub enum Applied {
 #[derive(Debug)]
 pub struct Mirror {
     handle: Handle,
+    /// The task driving the socket; aborted with the mirror, so that a replaced socket (after a
+    /// resync) is closed at once instead of lingering subscribed.
+    connection: tokio::task::JoinHandle<()>,
     events: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
     table: u32,
 }
@@ -105,8 +111,8 @@ impl Mirror {
             let _ = socket.set_rx_buf_sz(recv_buffer);
         }
         socket.bind(&SocketAddr::new(0, groups))?;
-        tokio::spawn(conn);
-        Ok(Self { handle, events, table })
+        let connection = tokio::spawn(conn);
+        Ok(Self { handle, connection, events, table })
     }
 
     /// Dumps links, addresses, routes and neighbours into a fresh RIB.
@@ -122,7 +128,13 @@ impl Mirror {
                 RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
             ];
             for request in requests {
-                let what = format!("{request:?}").chars().take(20).collect::<String>();
+                let what = match &request {
+                    RouteNetlinkMessage::GetLink(_) => "the link dump",
+                    RouteNetlinkMessage::GetAddress(_) => "the address dump",
+                    RouteNetlinkMessage::GetRoute(_) => "the route dump",
+                    _ => "the neighbour dump",
+                }
+                .to_owned();
                 let mut msg = NetlinkMessage::new(
                     NetlinkHeader::default(),
                     NetlinkPayload::InnerMessage(request),
@@ -139,6 +151,9 @@ impl Mirror {
                             apply(&mut rib, &m, self.table);
                         }
                         NetlinkPayload::Error(e) if e.code.is_some() => {
+                            if e.to_io().raw_os_error() == Some(libc::ENOBUFS) {
+                                return Err(MirrorError::Overrun(what));
+                            }
                             return Err(MirrorError::Refused { what, message: e.to_string() });
                         }
                         _ => {}
@@ -235,6 +250,12 @@ impl Mirror {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.connection.abort();
     }
 }
 
