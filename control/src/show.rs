@@ -38,12 +38,13 @@ pub struct InterfaceStats {
     pub egress: Option<EgressJson>,
 }
 
-/// Transmit on one egress device: the devmap's bulk-queue flushes to it (`xdp:xdp_devmap_xmit`).
+/// Transmit on one egress device: the devmap's bulk-queue flushes to it (`xdp:xdp_devmap_xmit`)
+/// and the redirects to it the kernel refused (`xdp:xdp_redirect_err`).
 #[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
 pub struct EgressJson {
-    /// Whether egress is being counted. When false (the tracepoint could not be attached; the
-    /// daemon's log says why) the numbers are whatever was counted before, and drops at transmit
-    /// go unseen.
+    /// Whether egress is being counted. When false (a tracepoint could not be attached; the
+    /// daemon's log says why) the numbers are whatever was counted before, and drops on the way
+    /// out go unseen.
     pub counted: bool,
     /// Bulk-queue flushes, each handing 1 to 16 frames to the driver.
     pub tx_flushes: u64,
@@ -53,6 +54,10 @@ pub struct EgressJson {
     pub tx_dropped: u64,
     /// Flushes the driver refused as a whole with an error (their frames are in `tx_dropped`).
     pub tx_errors: u64,
+    /// Frames XDP redirected here (and counted as `transmitted`) that the kernel refused to queue:
+    /// the device takes no XDP frames (a veth whose peer has neither XDP nor GRO), is down, or
+    /// the frame is too big. Dropped, and in none of the other fields.
+    pub tx_redirect_errors: u64,
     /// Average frames per flush (sent and dropped); 0 without flushes.
     pub frames_per_flush: f64,
 }
@@ -65,6 +70,7 @@ impl EgressJson {
             tx_sent: s.sent,
             tx_dropped: s.dropped,
             tx_errors: s.errors,
+            tx_redirect_errors: s.redirect_errors,
             frames_per_flush: xmit::frames_per_flush(s),
         }
     }
@@ -165,8 +171,8 @@ fn write_counters(out: &mut String, c: &BTreeMap<&'static str, CounterJson>) {
 }
 
 fn write_egress(out: &mut String, e: &EgressJson) {
-    if !e.counted && e.tx_flushes == 0 {
-        out.push_str("  egress               not counted: the xdp:xdp_devmap_xmit tracepoint is not attached (see the daemon's log)\n");
+    if !e.counted && e.tx_flushes == 0 && e.tx_redirect_errors == 0 {
+        out.push_str("  egress               not counted (see the daemon's log)\n");
         return;
     }
     let _ = write!(
@@ -177,11 +183,14 @@ fn write_egress(out: &mut String, e: &EgressJson) {
     if e.tx_errors > 0 {
         let _ = write!(out, "  tx_errors {}", e.tx_errors);
     }
+    if e.tx_redirect_errors > 0 {
+        let _ = write!(out, "  tx_redirect_errors {}", e.tx_redirect_errors);
+    }
     if e.tx_flushes > 0 {
         let _ = write!(out, "  ({:.1} frames per flush)", e.frames_per_flush);
     }
     if !e.counted {
-        out.push_str("  (no longer counted: tracepoint not attached)");
+        out.push_str("  (no longer counted: see the daemon's log)");
     }
     out.push('\n');
 }
@@ -208,7 +217,8 @@ pub fn rates_text(before: &Stats, after: &Stats, elapsed: Duration) -> String {
             };
             sum(a).saturating_sub(sum(b)) as f64 / secs
         };
-        let tx_dropped = |s: &InterfaceStats| s.egress.map_or(0, |e| e.tx_dropped);
+        let tx_dropped =
+            |s: &InterfaceStats| s.egress.map_or(0, |e| e.tx_dropped + e.tx_redirect_errors);
         let _ = writeln!(
             out,
             "{:<16} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>10.2} {:>12.0}",

@@ -1,22 +1,26 @@
-//! Egress accounting: frames the devmap's bulk queues sent and dropped, per egress device.
+//! Egress accounting: frames the devmap's bulk queues sent and dropped, and redirects the kernel
+//! refused, per egress device.
 //!
 //! XDP has no qdisc, so an egress device slower than the ingress drops frames at transmit, and
 //! nothing in the XDP program sees it. The kernel reports every bulk-queue flush through the
-//! tracepoint `xdp:xdp_devmap_xmit`; the raw tracepoint program `sluice_devmap_xmit` (in the same
-//! object as `sluice_xdp`) counts those reports per egress ifindex and CPU in `XMIT_STATS`.
+//! tracepoint `xdp:xdp_devmap_xmit` and every failed redirect through `xdp:xdp_redirect_err`; the
+//! raw tracepoint programs `sluice_devmap_xmit` and `sluice_redirect_err` (in the same object as
+//! `sluice_xdp`) count them per egress ifindex and CPU in `XMIT_STATS` (see
+//! `sluice_common::xmit`).
 //!
 //! Like the forwarding state, the accounting outlives the daemon: its maps are pinned under
-//! `PIN_DIR/maps/` and its link under `PIN_DIR/tracepoints/xdp_devmap_xmit` (not under `links/`,
-//! where every entry is an interface's XDP link that `detach_others` would remove). A starting
-//! daemon adopts a pinned link that runs the same program on the same maps, and otherwise
-//! replaces it: the new link is pinned beside the old one and renamed over it, so counting never
-//! stops (a flush in the instant both are attached may be counted twice).
+//! `PIN_DIR/maps/` and its links under `PIN_DIR/tracepoints/TRACEPOINT` (not under `links/`,
+//! where every entry is taken for an interface's XDP link, which `detach_others` would remove). A
+//! starting daemon adopts a pinned link that runs the same program on the same maps, and
+//! otherwise replaces it: the new link is pinned beside the old one and renamed over it, so
+//! counting never stops (an event in the instant both are attached may be counted twice).
 //!
-//! The program needs three field offsets in kernel structures (`net_device.ifindex`,
-//! `net_device.nd_net.net`, `net.ns.inum`), read here from the kernel's BTF, and the daemon's
-//! network namespace, so that it counts only the devices the daemon serves: ifindexes are only
-//! unique within a namespace, and the tracepoint fires for all of them. Any failure to set this up
-//! is logged and leaves forwarding alone; `sluice stats` then says egress is not counted.
+//! The programs need field offsets in kernel structures (`net_device.ifindex`,
+//! `net_device.nd_net.net`, `net.ns.inum`, `bpf_dtab_netdev.dev`), read here from the kernel's
+//! BTF, the daemon's network namespace and the id of its `DEVMAP`, so that they count only the
+//! devices the daemon serves: ifindexes are only unique within a namespace, and the tracepoints
+//! fire for all of them. Any failure to set this up is logged and leaves forwarding alone;
+//! `sluice stats` then says egress is not counted.
 
 use std::{
     collections::BTreeMap,
@@ -27,7 +31,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapError, MapInfo, PerCpuHashMap},
+    maps::{Array, MapData, MapError, MapInfo, MapType, PerCpuHashMap},
     programs::{
         ProgramError, RawTracePoint,
         links::{FdLink, LinkError, PinnedLink},
@@ -75,21 +79,23 @@ pub enum XmitError {
     Map(&'static str, #[source] MapError),
 }
 
-/// Where the tracepoint's link is pinned.
-pub fn link_path(pin: &PinDir) -> PathBuf {
-    tracepoints_dir(pin).join(names::TRACEPOINT)
+/// Where the link of `tracepoint` is pinned.
+pub fn link_path(pin: &PinDir, tracepoint: &str) -> PathBuf {
+    tracepoints_dir(pin).join(tracepoint)
 }
 
 fn tracepoints_dir(pin: &PinDir) -> PathBuf {
     pin.root().join("tracepoints")
 }
 
-/// Key size, value size and capacity of the egress maps, as this build defines them.
-fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
+/// Type, key size, value size and capacity of the egress maps, as this build defines them.
+fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
     let size = |n: usize| n as u32;
     Some(match name {
-        names::XMIT_STATS => (4, size(size_of::<XmitStats>()), MAX_XMIT_DEVICES),
-        names::XMIT_CONFIG => (4, size(size_of::<XmitConfig>()), 1),
+        names::XMIT_STATS => {
+            (MapType::PerCpuHash, 4, size(size_of::<XmitStats>()), MAX_XMIT_DEVICES)
+        }
+        names::XMIT_CONFIG => (MapType::Array, 4, size(size_of::<XmitConfig>()), 1),
         _ => return None,
     })
 }
@@ -101,9 +107,9 @@ pub fn configure_loader(loader: &mut EbpfLoader<'_>, pin: &PinDir) {
     for name in names::ALL_MAPS {
         let path = pin.map(name);
         if path.exists() {
-            let found = MapInfo::from_pin(&path)
-                .map(|i| (i.key_size(), i.value_size(), i.max_entries()))
-                .ok();
+            let found = MapInfo::from_pin(&path).ok().and_then(|i| {
+                Some((i.map_type().ok()?, i.key_size(), i.value_size(), i.max_entries()))
+            });
             let expected = expected_layout(name);
             if found != expected {
                 warn!(
@@ -121,41 +127,66 @@ pub fn configure_loader(loader: &mut EbpfLoader<'_>, pin: &PinDir) {
     }
 }
 
-/// Loads the egress accounting program of a loaded object and attaches it to
-/// `xdp:xdp_devmap_xmit` (or adopts the pinned link that already runs it). Failures are logged,
-/// never returned: egress accounting is not worth a stopped dataplane.
+/// Loads the egress accounting programs of a loaded object and attaches them to their
+/// tracepoints (or adopts the pinned links that already run them). Failures are logged, never
+/// returned: egress accounting is not worth a stopped dataplane.
 pub fn attach(ebpf: &mut Ebpf, pin: &PinDir) {
-    match try_attach(ebpf, pin) {
-        Ok(how) => info!(tracepoint = names::TRACEPOINT, how, "counting egress flushes"),
-        Err(e) => warn!(
+    // Written before anything is attached, so the first event is already counted; an adopted
+    // program reads the same pinned map, so this also refreshes its view.
+    if let Err(e) = configure(ebpf, pin) {
+        warn!(
             error = %error_chain(&e),
             "egress drops will not be counted (forwarding is not affected)"
-        ),
+        );
+        return;
+    }
+    for (program, tracepoint) in names::PROGRAMS {
+        match attach_one(ebpf, pin, program, tracepoint) {
+            Ok(how) => info!(tracepoint, how, "egress accounting on"),
+            Err(e) => warn!(
+                tracepoint,
+                error = %error_chain(&e),
+                "egress drops will not be counted (forwarding is not affected)"
+            ),
+        }
     }
 }
 
-fn try_attach(ebpf: &mut Ebpf, pin: &PinDir) -> Result<&'static str, XmitError> {
-    let config = kernel_config()?;
+fn configure(ebpf: &mut Ebpf, pin: &PinDir) -> Result<(), XmitError> {
+    let devmap = pin.map(sluice_common::names::DEVMAP);
+    let devmap_id = MapInfo::from_pin(&devmap)
+        .map_err(|e| XmitError::Map(sluice_common::names::DEVMAP, e))?
+        .id();
+    let config = kernel_config(devmap_id)?;
     let map = ebpf.map_mut(names::XMIT_CONFIG).ok_or(XmitError::Missing(names::XMIT_CONFIG))?;
     let mut config_map: Array<&mut MapData, XmitConfig> =
         Array::try_from(map).map_err(|e| XmitError::Map(names::XMIT_CONFIG, e))?;
-    // Written before anything is attached, so the first flush is already counted; an adopted
-    // program reads the same pinned map, so this also refreshes its view.
-    config_map.set(0, config, 0).map_err(|e| XmitError::Map(names::XMIT_CONFIG, e))?;
+    config_map.set(0, config, 0).map_err(|e| XmitError::Map(names::XMIT_CONFIG, e))
+}
 
+fn attach_one(
+    ebpf: &mut Ebpf,
+    pin: &PinDir,
+    name: &'static str,
+    tracepoint: &'static str,
+) -> Result<&'static str, XmitError> {
     let program: &mut RawTracePoint = ebpf
-        .program_mut(names::PROGRAM)
-        .ok_or(XmitError::Missing(names::PROGRAM))?
+        .program_mut(name)
+        .ok_or(XmitError::Missing(name))?
         .try_into()
         .map_err(|e| XmitError::Program("program type", e))?;
-    program.load().map_err(|e| XmitError::Program("verifying the egress program", e))?;
+    program.load().map_err(|e| XmitError::Program("verifying the program", e))?;
 
-    let path = link_path(pin);
+    let path = link_path(pin, tracepoint);
     if path.exists() {
         match same_program(program, &path) {
-            Ok(true) => return Ok("adopted"),
+            Ok(true) => return Ok("adopted the pinned link"),
             Ok(false) => {}
-            Err(e) => warn!(error = %error_chain(&e), "pinned egress link unusable: replacing it"),
+            Err(e) => warn!(
+                tracepoint,
+                error = %error_chain(&e),
+                "pinned egress link unusable: replacing it"
+            ),
         }
     }
     let dir = tracepoints_dir(pin);
@@ -164,25 +195,22 @@ fn try_attach(ebpf: &mut Ebpf, pin: &PinDir) -> Result<&'static str, XmitError> 
         path: dir.clone(),
         source,
     })?;
-    let id = program
-        .attach(names::TRACEPOINT)
-        .map_err(|e| XmitError::Program("attaching to xdp:xdp_devmap_xmit", e))?;
-    let link = FdLink::from(
-        program.take_link(id).map_err(|e| XmitError::Program("taking the egress link", e))?,
-    );
+    let id = program.attach(tracepoint).map_err(|e| XmitError::Program("attaching", e))?;
+    let link =
+        FdLink::from(program.take_link(id).map_err(|e| XmitError::Program("taking the link", e))?);
     // Pinned under a temporary name and renamed over the old pin: the old link goes only once
     // the new one counts. (No dot in the name: bpffs reserves names with dots.)
-    let fresh = dir.join(format!("{}-new", names::TRACEPOINT));
+    let fresh = dir.join(format!("{tracepoint}-new"));
     let _ = fs::remove_file(&fresh);
     link.pin(&fresh).map_err(|e| XmitError::Io {
-        what: "pinning the egress link at",
+        what: "pinning the link at",
         path: fresh.clone(),
         source: io::Error::other(e),
     })?;
     let replaced = path.exists();
     fs::rename(&fresh, &path).map_err(|source| {
         let _ = fs::remove_file(&fresh);
-        XmitError::Io { what: "renaming the egress link to", path: path.clone(), source }
+        XmitError::Io { what: "renaming the link to", path: path.clone(), source }
     })?;
     Ok(if replaced { "replaced the pinned link" } else { "attached" })
 }
@@ -230,8 +258,8 @@ pub fn detach(pin: &PinDir) -> Result<(), DataplaneError> {
 /// What the egress accounting holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Egress {
-    /// Whether the tracepoint is attached (its link is pinned). When not, `devices` holds what
-    /// was counted before, if anything, and egress drops go uncounted.
+    /// Whether both tracepoints are attached (their links are pinned). When not, `devices` holds
+    /// what was counted before, if anything, and some egress drops go uncounted.
     pub counting: bool,
     /// Per egress ifindex (the device XDP transmits on), summed over CPUs.
     pub devices: BTreeMap<u32, XmitStats>,
@@ -240,7 +268,7 @@ pub struct Egress {
 /// Reads the pinned egress statistics. No pinned map (a dataplane from a build without egress
 /// accounting) reads as nothing counted.
 pub fn read(pin: &PinDir) -> Result<Egress, DataplaneError> {
-    let counting = link_path(pin).exists();
+    let counting = names::PROGRAMS.iter().all(|(_, tp)| link_path(pin, tp).exists());
     let path = pin.map(names::XMIT_STATS);
     if !path.exists() {
         return Ok(Egress { counting: false, devices: BTreeMap::new() });
@@ -251,7 +279,7 @@ pub fn read(pin: &PinDir) -> Result<Egress, DataplaneError> {
         PerCpuHashMap::try_from(aya::maps::Map::from_map_data(data).map_err(map_err)?)
             .map_err(map_err)?;
     let mut devices = BTreeMap::new();
-    for item in map.iter() {
+    for item in &map {
         let (ifindex, per_cpu) = item.map_err(map_err)?;
         devices.insert(ifindex, sum_cpus(per_cpu.iter()));
     }
@@ -274,15 +302,19 @@ pub fn frames_per_flush(s: &XmitStats) -> f64 {
     s.sent.saturating_add(s.dropped) as f64 / s.flushes as f64
 }
 
-/// The configuration the program needs on this kernel, for the daemon's namespace.
-fn kernel_config() -> Result<XmitConfig, XmitError> {
+/// The configuration the programs need on this kernel, for the daemon's namespace and device map.
+fn kernel_config(devmap_id: u32) -> Result<XmitConfig, XmitError> {
     let netns = fs::metadata(OWN_NETNS).map_err(|source| XmitError::Io {
         what: "stat",
         path: OWN_NETNS.into(),
         source,
     })?;
-    let netns_inum = u32::try_from(netns.ino())
-        .map_err(|_| XmitError::Btf(format!("namespace inode {} exceeds 32 bits", netns.ino())))?;
+    // The kernel keeps it as an `unsigned int`.
+    let netns_inum = u32::try_from(netns.ino()).map_err(|e| XmitError::Io {
+        what: "a 32-bit inode number for",
+        path: OWN_NETNS.into(),
+        source: io::Error::other(e),
+    })?;
     let data = fs::read(VMLINUX_BTF).map_err(|source| XmitError::Io {
         what: "reading",
         path: VMLINUX_BTF.into(),
@@ -297,6 +329,8 @@ fn kernel_config() -> Result<XmitConfig, XmitError> {
         ifindex_offset: offset("net_device", &["ifindex"])?,
         net_offset: offset("net_device", &["nd_net", "net"])?,
         inum_offset: offset("net", &["ns", "inum"])?,
+        devmap_id,
+        dtab_dev_offset: offset("bpf_dtab_netdev", &["dev"])?,
     })
 }
 
@@ -448,14 +482,21 @@ mod tests {
 
     #[test]
     fn per_cpu_values_are_summed() {
+        let stats = |flushes, sent, dropped, errors, redirect_errors| XmitStats {
+            flushes,
+            sent,
+            dropped,
+            errors,
+            redirect_errors,
+        };
         let cpus = [
-            XmitStats { flushes: 10, sent: 150, dropped: 10, errors: 0 },
+            stats(10, 150, 10, 0, 0),
             XmitStats::default(),
-            XmitStats { flushes: 3, sent: 0, dropped: 48, errors: 3 },
-            XmitStats { flushes: 1, sent: 16, dropped: 0, errors: 0 },
+            stats(3, 0, 48, 3, 7),
+            stats(1, 16, 0, 0, 0),
         ];
         let total = sum_cpus(&cpus);
-        assert_eq!(total, XmitStats { flushes: 14, sent: 166, dropped: 58, errors: 3 });
+        assert_eq!(total, stats(14, 166, 58, 3, 7));
         assert!((frames_per_flush(&total) - 224.0 / 14.0).abs() < 1e-9);
         assert_eq!(sum_cpus(&[]), XmitStats::default());
         assert!(frames_per_flush(&XmitStats::default()).abs() < f64::EPSILON);
@@ -511,7 +552,7 @@ mod tests {
             eprintln!("NOTICE: {VMLINUX_BTF} absent: kernel BTF offsets not checked");
             return;
         }
-        let config = kernel_config().expect("offsets from the kernel's BTF");
+        let config = kernel_config(1).expect("offsets from the kernel's BTF");
         assert_ne!(config.netns_inum, 0);
         assert!(config.ifindex_offset > 0 && config.net_offset > 0, "{config:?}");
     }

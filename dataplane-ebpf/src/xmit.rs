@@ -1,10 +1,11 @@
-//! Egress accounting: the raw tracepoint `sluice_devmap_xmit` on `xdp:xdp_devmap_xmit`.
+//! Egress accounting: the raw tracepoints `sluice_devmap_xmit` on `xdp:xdp_devmap_xmit` and
+//! `sluice_redirect_err` on `xdp:xdp_redirect_err`.
 //!
-//! The kernel fires the tracepoint once per devmap bulk-queue flush (up to 16 frames, at the end
-//! of each NAPI poll), never per packet, so nothing here touches the forwarding fast path. Each
-//! flush whose egress device lives in the daemon's network namespace is added, per CPU, to that
-//! device's [`XmitStats`]: sent, dropped at transmit, refused with an error. See
-//! `sluice_common::xmit` for why the namespace is checked and where the offsets come from.
+//! The kernel fires the first once per devmap bulk-queue flush (up to 16 frames, at the end of
+//! each NAPI poll) and the second only for a redirect that failed, never for a forwarded packet,
+//! so nothing here touches the forwarding fast path. Each event about a device of the daemon's is
+//! added, per CPU, to that device's [`XmitStats`]. See `sluice_common::xmit` for why the namespace
+//! and the device map are checked and where the offsets come from.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -21,48 +22,89 @@ static XMIT_STATS: PerCpuHashMap<u32, XmitStats> =
 #[map]
 static XMIT_CONFIG: Array<XmitConfig> = Array::with_max_entries(1, 0);
 
-/// `TP_PROTO(const struct net_device *from_dev, const struct net_device *to_dev, int sent,
-/// int drops, int err)`: the positions of the arguments used.
-const ARG_TO_DEV: usize = 1;
-const ARG_SENT: usize = 2;
-const ARG_DROPS: usize = 3;
-const ARG_ERR: usize = 4;
+/// `xdp_devmap_xmit`: `TP_PROTO(const struct net_device *from_dev, const struct net_device
+/// *to_dev, int sent, int drops, int err)`; the positions of the arguments used.
+mod flush_arg {
+    pub const TO_DEV: usize = 1;
+    pub const SENT: usize = 2;
+    pub const DROPS: usize = 3;
+    pub const ERR: usize = 4;
+}
+
+/// `xdp_redirect_err`: `TP_PROTO(const struct net_device *dev, const struct bpf_prog *xdp,
+/// const void *tgt, int err, enum bpf_map_type map_type, u32 map_id, u32 index)`; `tgt` is the
+/// devmap entry for a devmap redirect.
+mod redirect_arg {
+    pub const TGT: usize = 2;
+    pub const MAP_ID: usize = 5;
+}
 
 #[raw_tracepoint(tracepoint = "xdp_devmap_xmit")]
 pub fn sluice_devmap_xmit(ctx: RawTracePointContext) -> u32 {
-    let _ = try_count(&ctx);
+    let _ = count_flush(&ctx);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "xdp_redirect_err")]
+pub fn sluice_redirect_err(ctx: RawTracePointContext) -> u32 {
+    let _ = count_redirect_error(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_count(ctx: &RawTracePointContext) -> Result<(), i32> {
+fn count_flush(ctx: &RawTracePointContext) -> Result<(), i32> {
     let Some(config) = XMIT_CONFIG.get(0) else { return Ok(()) };
     if config.netns_inum == 0 {
         return Ok(());
     }
-    let dev: u64 = ctx.arg(ARG_TO_DEV);
+    let dev: u64 = ctx.arg(flush_arg::TO_DEV);
     let ifindex: i32 = read_kernel(dev, config.ifindex_offset)?;
     let net: u64 = read_kernel(dev, config.net_offset)?;
     let inum: u32 = read_kernel(net, config.inum_offset)?;
     if inum != config.netns_inum {
         return Ok(());
     }
-    let ifindex = ifindex.cast_unsigned();
-    let flush = XmitStats::flush(ctx.arg(ARG_SENT), ctx.arg(ARG_DROPS), ctx.arg(ARG_ERR));
-    if let Some(stats) = XMIT_STATS.get_ptr_mut(ifindex) {
-        // SAFETY: a per-CPU value, so no other writer runs concurrently on this CPU.
-        unsafe { (*stats).add(&flush) };
+    let flush = XmitStats::flush(
+        ctx.arg(flush_arg::SENT),
+        ctx.arg(flush_arg::DROPS),
+        ctx.arg(flush_arg::ERR),
+    );
+    add(ifindex.cast_unsigned(), &flush);
+    Ok(())
+}
+
+#[inline(always)]
+fn count_redirect_error(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let Some(config) = XMIT_CONFIG.get(0) else { return Ok(()) };
+    let map_id: u32 = ctx.arg(redirect_arg::MAP_ID);
+    let tgt: u64 = ctx.arg(redirect_arg::TGT);
+    // Only redirects through the daemon's own device map; its ids are unique system-wide, so
+    // no namespace check is needed. A broadcast redirect has no single target (tgt is NULL).
+    if config.devmap_id == 0 || map_id != config.devmap_id || tgt == 0 {
         return Ok(());
     }
-    // The first flush to this device: a per-CPU hash insert from a program sets this CPU's value
-    // and zeroes the others. Another CPU may have inserted meanwhile (EEXIST): add to ours then.
-    if XMIT_STATS.insert(ifindex, flush, u64::from(BPF_NOEXIST)).is_err() {
-        if let Some(stats) = XMIT_STATS.get_ptr_mut(ifindex) {
-            // SAFETY: as above.
-            unsafe { (*stats).add(&flush) };
-        }
-    }
+    let dev: u64 = read_kernel(tgt, config.dtab_dev_offset)?;
+    let ifindex: i32 = read_kernel(dev, config.ifindex_offset)?;
+    add(ifindex.cast_unsigned(), &XmitStats::redirect_error());
     Ok(())
+}
+
+/// Adds `stats` to this CPU's value for `ifindex`.
+#[inline(always)]
+fn add(ifindex: u32, stats: &XmitStats) {
+    if let Some(total) = XMIT_STATS.get_ptr_mut(ifindex) {
+        // SAFETY: a per-CPU value, so no other writer runs concurrently on this CPU.
+        unsafe { (*total).add(stats) };
+        return;
+    }
+    // The first event for this device: a per-CPU hash insert from a program sets this CPU's
+    // value and zeroes the others. Another CPU may have inserted meanwhile (EEXIST): add to ours.
+    if XMIT_STATS.insert(ifindex, stats, u64::from(BPF_NOEXIST)).is_err()
+        && let Some(total) = XMIT_STATS.get_ptr_mut(ifindex)
+    {
+        // SAFETY: as above.
+        unsafe { (*total).add(stats) };
+    }
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.

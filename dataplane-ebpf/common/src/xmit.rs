@@ -1,19 +1,27 @@
-//! Egress accounting: what the devmap's bulk queues managed to transmit.
+//! Egress accounting: what became of the frames XDP redirected to each egress device.
 //!
 //! XDP has no qdisc. A redirected frame waits in a per-CPU bulk queue of its egress device until
 //! the end of the NAPI poll (or until 16 are queued), and the queue is then handed to the
-//! driver's `ndo_xdp_xmit` in one call; whatever the driver does not take (a full ring, a veth
-//! peer without XDP or GRO, a device going down) is freed there, silently. The kernel reports every
-//! such flush through the tracepoint `xdp:xdp_devmap_xmit` (sent, drops, err), and the program
-//! `sluice_devmap_xmit` adds each report to [`XmitStats`] per egress ifindex and CPU, so that
-//! overflow at transmit is counted like every other drop.
+//! driver's `ndo_xdp_xmit` in one call; whatever the driver does not take (a full ring, a frame
+//! larger than a veth peer's MTU, a device going down) is freed there, silently. The kernel reports
+//! every such flush through the tracepoint `xdp:xdp_devmap_xmit` (sent, drops, err), and the
+//! program `sluice_devmap_xmit` adds each report to [`XmitStats`] per egress ifindex and CPU, so
+//! that overflow at transmit is counted like every other drop.
 //!
-//! The program runs as a raw tracepoint: it receives the tracepoint's arguments, the `net_device`
-//! pointers included, rather than the formatted record, and reads the egress device's ifindex and
-//! network namespace through it. An ifindex alone is ambiguous, since every namespace numbers its
-//! devices from 1 and the tracepoint fires for every namespace. The field offsets come from the
-//! kernel's BTF, found by userspace and written into `XMIT_CONFIG` with the daemon's namespace
-//! (see [`XmitConfig`]).
+//! A frame can also fail earlier, when `bpf_redirect_map`'s target is resolved after the XDP
+//! program returned: the device cannot transmit XDP frames at all (with the `xdp_features` checks
+//! of current kernels, a veth whose peer has neither an XDP program nor GRO), is down, or the
+//! frame is too big for it. Such a frame never reaches a bulk queue; the kernel reports it through
+//! `xdp:xdp_redirect_err`, once per frame, and `sluice_redirect_err` counts it under
+//! [`XmitStats::redirect_errors`]. That tracepoint fires only on failure: successful redirects
+//! cost nothing here.
+//!
+//! Both programs run as raw tracepoints: they receive the tracepoint's arguments, the kernel
+//! pointers included, rather than the formatted record, and read the egress device's ifindex (and
+//! for flushes its network namespace) through them. An ifindex alone is ambiguous, since every
+//! namespace numbers its devices from 1 and the tracepoints fire for every namespace. The field
+//! offsets come from the kernel's BTF, found by userspace and written into `XMIT_CONFIG` with the
+//! daemon's namespace and device map (see [`XmitConfig`]).
 
 /// Names of the egress accounting program and maps, as they appear in the eBPF object and under
 /// the pin directory.
@@ -22,6 +30,13 @@ pub mod names {
     pub const PROGRAM: &str = "sluice_devmap_xmit";
     /// The tracepoint it attaches to (category `xdp`).
     pub const TRACEPOINT: &str = "xdp_devmap_xmit";
+    /// The raw tracepoint program that counts redirects the kernel refused.
+    pub const REDIRECT_PROGRAM: &str = "sluice_redirect_err";
+    /// The tracepoint it attaches to (category `xdp`).
+    pub const REDIRECT_TRACEPOINT: &str = "xdp_redirect_err";
+    /// Every program with its tracepoint; a link per tracepoint is pinned under its name.
+    pub const PROGRAMS: [(&str, &str); 2] =
+        [(PROGRAM, TRACEPOINT), (REDIRECT_PROGRAM, REDIRECT_TRACEPOINT)];
     /// Per-CPU hash: egress ifindex (`u32`, host order) -> [`XmitStats`](super::XmitStats).
     pub const XMIT_STATS: &str = "XMIT_STATS";
     /// Array of one [`XmitConfig`](super::XmitConfig).
@@ -46,8 +61,12 @@ pub struct XmitStats {
     pub dropped: u64,
     /// Flushes the driver refused as a whole with an error (every frame of those is in `dropped`).
     pub errors: u64,
+    /// Frames redirected to the device that the kernel refused to queue for it (counted as
+    /// `transmitted` by the XDP program, which cannot know): the device takes no XDP frames, is
+    /// down, or the frame is too big. Not part of `flushes`, `sent` or `dropped`.
+    pub redirect_errors: u64,
 }
-const _: () = assert!(size_of::<XmitStats>() == 32);
+const _: () = assert!(size_of::<XmitStats>() == 40);
 
 impl XmitStats {
     /// One flush as the tracepoint reports it: `sent` and `drops` frames, `err` the driver's
@@ -60,7 +79,14 @@ impl XmitStats {
             sent: u64::try_from(sent).unwrap_or(0),
             dropped: u64::try_from(drops).unwrap_or(0),
             errors: u64::from(err != 0),
+            redirect_errors: 0,
         }
+    }
+
+    /// One frame whose redirect to the device failed.
+    #[inline(always)]
+    pub const fn redirect_error() -> Self {
+        Self { flushes: 0, sent: 0, dropped: 0, errors: 0, redirect_errors: 1 }
     }
 
     /// Adds `other` to `self` (wrapping, as the kernel side does).
@@ -70,11 +96,13 @@ impl XmitStats {
         self.sent = self.sent.wrapping_add(other.sent);
         self.dropped = self.dropped.wrapping_add(other.dropped);
         self.errors = self.errors.wrapping_add(other.errors);
+        self.redirect_errors = self.redirect_errors.wrapping_add(other.redirect_errors);
     }
 }
 
-/// Value of `XMIT_CONFIG[0]`, written by the daemon before it attaches the program. Offsets are in
-/// bytes and come from the running kernel's BTF. While `netns_inum` is 0 nothing is counted.
+/// Value of `XMIT_CONFIG[0]`, written by the daemon before it attaches the programs. Offsets are
+/// in bytes and come from the running kernel's BTF. While `netns_inum` is 0 no flush is counted,
+/// while `devmap_id` is 0 no redirect error.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct XmitConfig {
@@ -87,8 +115,13 @@ pub struct XmitConfig {
     pub net_offset: u32,
     /// Offset of the namespace's inode number in `struct net` (`ns.inum`, an `unsigned int`).
     pub inum_offset: u32,
+    /// Kernel id of the daemon's `DEVMAP`: redirect errors through other maps are not ours.
+    pub devmap_id: u32,
+    /// Offset of the `struct net_device *` in a devmap entry (`struct bpf_dtab_netdev`, the
+    /// target a redirect error reports).
+    pub dtab_dev_offset: u32,
 }
-const _: () = assert!(size_of::<XmitConfig>() == 16);
+const _: () = assert!(size_of::<XmitConfig>() == 24);
 
 #[cfg(test)]
 mod tests {
@@ -96,18 +129,20 @@ mod tests {
 
     #[test]
     fn a_flush_counts_once_with_its_frames() {
-        assert_eq!(
-            XmitStats::flush(16, 0, 0),
-            XmitStats { flushes: 1, sent: 16, dropped: 0, errors: 0 }
-        );
-        // A veth whose peer cannot take XDP frames refuses the batch with -ENXIO.
-        assert_eq!(
-            XmitStats::flush(0, 5, -6),
-            XmitStats { flushes: 1, sent: 0, dropped: 5, errors: 1 }
-        );
+        let stats = |flushes, sent, dropped, errors, redirect_errors| XmitStats {
+            flushes,
+            sent,
+            dropped,
+            errors,
+            redirect_errors,
+        };
+        assert_eq!(XmitStats::flush(16, 0, 0), stats(1, 16, 0, 0, 0));
+        // A veth whose peer went away refuses the batch with -ENXIO.
+        assert_eq!(XmitStats::flush(0, 5, -6), stats(1, 0, 5, 1, 0));
         assert_eq!(XmitStats::flush(-1, -1, 0).sent, 0);
         let mut total = XmitStats::flush(3, 1, 0);
         total.add(&XmitStats::flush(0, 4, -6));
-        assert_eq!(total, XmitStats { flushes: 2, sent: 3, dropped: 5, errors: 1 });
+        total.add(&XmitStats::redirect_error());
+        assert_eq!(total, stats(2, 3, 5, 1, 1));
     }
 }
