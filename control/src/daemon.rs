@@ -101,6 +101,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             "IPv4 lookup tables (DIR-24-8)"
         );
     }
+    if let Some(u) = state.dp.lookup_usage_v6() {
+        info!(
+            prefixes = u.prefixes,
+            nodes = u.nodes,
+            nodes_max = u.nodes_max,
+            mib = u.shared_bytes >> 20,
+            "IPv6 lookup trie"
+        );
+    }
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut ring = ring;

@@ -25,10 +25,10 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sluice_common::{
     Counter, EcmpGroup, Iface, IfaceKey, MAX_SLOTS, NextHop, REASON_SLOTS, Reason, Route,
-    RouteAction, XdpAttachMode, dir24, names,
+    RouteAction, XdpAttachMode, dir24, names, trie6,
 };
 use tracing::{debug, info, warn};
 
@@ -36,6 +36,7 @@ use crate::{
     dir24::{self as lookup, Dir24},
     fib::{FibState, Op},
     shared_mem::MappedArray,
+    trie6::Trie6,
 };
 
 /// Where the daemon pins its maps and links unless told otherwise.
@@ -201,10 +202,12 @@ pub struct Maps {
     counters: PerCpuArray<MapData, Counter>,
     /// The IPv4 lookup tables, mapped for writing; `None` for read-only access.
     dir24: Option<Dir24<MappedArray>>,
+    /// The IPv6 lookup trie, mapped for writing; `None` for read-only access.
+    trie6: Option<Trie6<MappedArray>>,
     /// The tables mapped but not adopted yet: adoption waits for the routes they must hold.
-    dir24_cells: Option<(MappedArray, MappedArray)>,
-    /// IPv4 record writes deferred to the end of a batch, after the forwarding tables.
-    pending_record: Vec<(Ipv4Net, Option<Route>)>,
+    lookup_cells: Option<(MappedArray, MappedArray, MappedArray)>,
+    /// Record writes deferred to the end of a batch, after the forwarding tables.
+    pending_record: Vec<(IpNet, Option<Route>)>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -398,10 +401,15 @@ impl Dataplane {
     }
 
     fn adopt(&mut self, state: &FibState, failures: &mut usize) {
-        if let Err(e) = self.maps.adopt_lookup(&state.routes_v4) {
+        if let Err(e) = self.maps.adopt_lookup(&state.routes_v4, &state.routes_v6) {
             *failures += 1;
-            warn!(error = %error_chain(&e), "adopting the IPv4 lookup tables failed");
+            warn!(error = %error_chain(&e), "adopting the lookup tables failed");
         }
+    }
+
+    /// Memory used by the IPv6 lookup trie.
+    pub fn lookup_usage_v6(&self) -> Option<crate::trie6::Usage> {
+        self.maps.trie6.as_ref().map(Trie6::usage)
     }
 }
 
@@ -423,6 +431,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         names::COUNTERS => (4, size(size_of::<Counter>()), MAX_SLOTS * REASON_SLOTS),
         names::NEIGH_REQUESTS => (0, 0, NEIGH_RING_BYTES),
         names::NEIGH_PENDING => (size(size_of::<NeighRequest>()), 8, NEIGH_PENDING_ENTRIES),
+        names::TRIE_V6 => (4, size(size_of::<dir24::Chunk>()), trie6::ENTRIES / dir24::CHUNK),
         names::DIR24_V4 => {
             (4, size(size_of::<dir24::Chunk>()), dir24::TBL24_ENTRIES / dir24::CHUNK)
         }
@@ -452,6 +461,8 @@ fn check_pinned_layout(pin: &PinDir) -> Result<()> {
     }
     Ok(())
 }
+
+const READ_ONLY: &str = "maps opened read-only";
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
@@ -523,7 +534,8 @@ impl Maps {
             devmap: typed(&mut get, names::DEVMAP)?,
             counters: typed(&mut get, names::COUNTERS)?,
             dir24: None,
-            dir24_cells: None,
+            trie6: None,
+            lookup_cells: None,
             pending_record: Vec::new(),
         };
         if writable {
@@ -533,45 +545,52 @@ impl Maps {
                 names::DIR8_V4,
                 dir24::MAX_GROUPS * dir24::GROUP_ENTRIES,
             )?;
-            maps.dir24_cells = Some((tbl24, tbl8));
+            let trie = map_shared(get(names::TRIE_V6)?, names::TRIE_V6, trie6::ENTRIES)?;
+            maps.lookup_cells = Some((tbl24, tbl8, trie));
         }
         Ok(maps)
     }
 
-    /// Takes over the IPv4 lookup tables for the routes they must hold, writing only the entries
-    /// that differ from what they hold now (nothing, after a clean restart with the same routes).
+    /// Takes over the lookup tables for the routes they must hold, writing only the entries that
+    /// differ from what they hold now (nothing, after a clean restart with the same routes).
     /// Done once; later changes go through [`Maps::write`].
-    pub fn adopt_lookup<'a>(
+    pub fn adopt_lookup(
         &mut self,
-        routes: impl IntoIterator<Item = (&'a Ipv4Net, &'a Route)>,
+        v4: &BTreeMap<Ipv4Net, Route>,
+        v6: &BTreeMap<Ipv6Net, Route>,
     ) -> Result<()> {
-        if let Some((tbl24, tbl8)) = self.dir24_cells.take() {
-            let routes = routes.into_iter().map(|(n, r)| (*n, *r));
+        if let Some((tbl24, tbl8, trie)) = self.lookup_cells.take() {
+            let routes = v4.iter().map(|(n, r)| (*n, *r));
             self.dir24 = Some(Dir24::adopt(tbl24, tbl8, routes).map_err(DataplaneError::Lookup)?);
+            let routes = v6.iter().map(|(n, r)| (*n, *r));
+            self.trie6 = Some(Trie6::adopt(trie, routes).map_err(DataplaneError::Lookup)?);
         }
         Ok(())
     }
 
-    /// Whether the IPv4 lookup tables were adopted.
+    /// Whether the lookup tables were adopted.
     pub fn lookup_adopted(&self) -> bool {
         self.dir24.is_some()
     }
 
-    fn dir24(&mut self) -> Result<&mut Dir24<MappedArray>, Box<dyn std::error::Error>> {
-        if self.dir24.is_none() {
-            // Nobody said what the tables must hold: the record of prefixes does.
-            let routes = self.ifaces_and_routes()?.routes_v4;
-            self.adopt_lookup(&routes)?;
+    /// Adopts the lookup tables for the record of prefixes when nobody said what they must hold
+    /// (tools and tests that write the maps directly).
+    fn ensure_adopted(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        if self.lookup_cells.is_some() {
+            let state = self.ifaces_and_routes()?;
+            self.adopt_lookup(&state.routes_v4, &state.routes_v6)?;
         }
-        self.dir24.as_mut().ok_or_else(|| "maps opened read-only".into())
+        Ok(())
     }
 
-    /// Writes the deferred IPv4 record changes.
+    /// Writes the deferred record changes.
     fn flush_record(&mut self) -> Result<(), Box<dyn std::error::Error>> {
         for (net, route) in std::mem::take(&mut self.pending_record) {
-            match route {
-                Some(r) => self.routes_v4.insert(&key_v4(net), r, 0)?,
-                None => ignore_missing(self.routes_v4.remove(&key_v4(net)))?,
+            match (net, route) {
+                (IpNet::V4(n), Some(r)) => self.routes_v4.insert(&key_v4(n), r, 0)?,
+                (IpNet::V4(n), None) => ignore_missing(self.routes_v4.remove(&key_v4(n)))?,
+                (IpNet::V6(n), Some(r)) => self.routes_v6.insert(&key_v6(n), r, 0)?,
+                (IpNet::V6(n), None) => ignore_missing(self.routes_v6.remove(&key_v6(n)))?,
             }
         }
         Ok(())
@@ -653,15 +672,25 @@ impl Maps {
             Op::ClearGroup(id) => self.groups.set(id, EcmpGroup::default(), 0)?,
             // The forwarding tables now; the record (one system call each) after the batch.
             Op::SetRouteV4(net, r) => {
-                self.dir24()?.set(net, r)?;
-                self.pending_record.push((net, Some(r)));
+                self.ensure_adopted()?;
+                self.dir24.as_mut().ok_or(READ_ONLY)?.set(net, r)?;
+                self.pending_record.push((IpNet::V4(net), Some(r)));
             }
             Op::DelRouteV4(net) => {
-                self.dir24()?.remove(net);
-                self.pending_record.push((net, None));
+                self.ensure_adopted()?;
+                self.dir24.as_mut().ok_or(READ_ONLY)?.remove(net);
+                self.pending_record.push((IpNet::V4(net), None));
             }
-            Op::SetRouteV6(net, r) => self.routes_v6.insert(&key_v6(net), r, 0)?,
-            Op::DelRouteV6(net) => ignore_missing(self.routes_v6.remove(&key_v6(net)))?,
+            Op::SetRouteV6(net, r) => {
+                self.ensure_adopted()?;
+                self.trie6.as_mut().ok_or(READ_ONLY)?.set(net, r)?;
+                self.pending_record.push((IpNet::V6(net), Some(r)));
+            }
+            Op::DelRouteV6(net) => {
+                self.ensure_adopted()?;
+                self.trie6.as_mut().ok_or(READ_ONLY)?.remove(net);
+                self.pending_record.push((IpNet::V6(net), None));
+            }
         }
         Ok(())
     }

@@ -557,3 +557,43 @@ fn lookups_racing_updates_see_the_old_or_the_new_route() {
         );
     }
 }
+
+/// The same race for IPv6: the trie's nodes below the /48 are created and collapsed again and
+/// again while lookups run.
+#[test]
+fn ipv6_lookups_racing_updates_see_the_old_or_the_new_route() {
+    let Some(mut lab) = Lab::new("ipv6_lookups_racing_updates_see_the_old_or_the_new_route") else {
+        return;
+    };
+    let covering: ipnet::Ipv6Net = "2001:db8:20::/48".parse().expect("prefix");
+    let neighbour: ipnet::Ipv6Net = "2001:db8:20:5:8000::/65".parse().expect("prefix");
+    let forward = |id| route(RouteAction::Forward, id);
+    lab.maps.write(&Op::SetRouteV6(covering, forward(nh::OUT1))).expect("covering route");
+    let frame = udp6("2001:db8:20:5::9");
+    let via1 = routed(&frame, nh::OUT1).bytes();
+    let via2 = routed(&frame, nh::OUT2).bytes();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let runs = lab.run_while(IN0.ifindex, &frame.bytes(), |maps| {
+        let mut i = 0u32;
+        while Instant::now() < deadline && i < 20_000 {
+            let id = if i.is_multiple_of(2) { nh::OUT2 } else { nh::OUT1 };
+            for op in [
+                Op::SetRouteV6(neighbour, forward(nh::OUT3)),
+                Op::SetRouteV6(covering, forward(id)),
+                Op::DelRouteV6(neighbour),
+            ] {
+                maps.write(&op).expect("route change");
+            }
+            i += 1;
+        }
+    });
+    assert!(runs.len() > 100, "only {} lookups ran during the updates", runs.len());
+    for (n, run) in runs.iter().enumerate() {
+        assert_eq!(run.verdict, lab::XDP_REDIRECT, "run {n} of {}: not forwarded", runs.len());
+        assert!(
+            run.output == via1 || run.output == via2,
+            "run {n} of {}: forwarded to neither the old nor the new next hop",
+            runs.len()
+        );
+    }
+}

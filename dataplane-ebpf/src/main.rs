@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, xdp_action},
     helpers::{bpf_ktime_get_ns, generated::bpf_xdp_adjust_head},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use common::ptr_at;
@@ -30,12 +30,15 @@ use sluice_common::{
     Counter, EcmpGroup, FAMILY_V4, FAMILY_V6, FLOW_HASH_SEED, Iface, IfaceKey, MAX_ECMP_GROUPS,
     MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4, MAX_ROUTES_V6, MAX_SLOTS, NEIGH_PENDING_ENTRIES,
     NEIGH_REQUEST_INTERVAL_NS, NEIGH_RING_BYTES, NH_F_VLAN, NeighRequest, NextHop, REASON_SLOTS,
-    Reason, Route, RouteAction, csum_fold, csum_ttl_decrement, dir24, flow_hash, flow_words,
+    Reason, Route, RouteAction, csum_fold, csum_ttl_decrement, dir24, flow_hash, flow_words, trie6,
 };
 
 // The record of IPv4 prefixes; the lookup itself goes through DIR24_V4 and DIR8_V4.
 #[map]
 static ROUTES_V4: LpmTrie<[u8; 4], Route> = LpmTrie::with_max_entries(MAX_ROUTES_V4, 0);
+#[map]
+static TRIE_V6: Array<dir24::Chunk> =
+    Array::with_max_entries(trie6::ENTRIES / dir24::CHUNK, BPF_F_MMAPABLE);
 #[map]
 static DIR24_V4: Array<dir24::Chunk> =
     Array::with_max_entries(dir24::TBL24_ENTRIES / dir24::CHUNK, BPF_F_MMAPABLE);
@@ -235,10 +238,9 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if hdr.next_hdr == IPV6_HOP_BY_HOP {
         return Outcome::pass(Reason::PassOptions);
     }
-    let Some(route) = ROUTES_V6.get(Key::new(128, dst)) else {
+    let Some(route) = lookup_v6(&dst) else {
         return Outcome::pass(Reason::PassNoRoute);
     };
-    let route = *route;
     let ports = read_ports(ctx, frame.l3 + Ipv6Hdr::LEN, hdr.next_hdr);
     let nh = match resolve(&route, &src, &dst, hdr.next_hdr, ports, hdr.hop_limit, FAMILY_V6) {
         Ok(nh) => nh,
@@ -263,6 +265,24 @@ fn lookup_v4(dst: [u8; 4]) -> Option<Route> {
     if dir24::is_group(entry) {
         entry =
             entry_at(&DIR8_V4, dir24::group_entry(entry) * dir24::GROUP_ENTRIES + (addr & 0xff))?;
+    }
+    dir24::decode(entry)
+}
+
+/// Longest-prefix match in the multibit trie: one read per byte of the address after the first
+/// two, until an entry is not a pointer to a node.
+#[inline(always)]
+fn lookup_v6(dst: &[u8; 16]) -> Option<Route> {
+    let mut entry = entry_at(&TRIE_V6, u32::from(u16::from_be_bytes([dst[0], dst[1]])))?;
+    let mut i = 2;
+    while i < 16 {
+        if !dir24::is_group(entry) {
+            break;
+        }
+        let node = dir24::group_entry(entry);
+        let index = trie6::ROOT_ENTRIES + node * trie6::NODE_ENTRIES + u32::from(dst[i]);
+        entry = entry_at(&TRIE_V6, index)?;
+        i += 1;
     }
     dir24::decode(entry)
 }

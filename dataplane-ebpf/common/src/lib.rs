@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod dir24;
+pub mod trie6;
 #[cfg(feature = "user")]
 mod user;
 pub mod xmit;
@@ -23,7 +24,8 @@ pub mod names {
     /// IPv4 prefixes (for `sluice routes` and adoption); the XDP program looks IPv4 up in
     /// `DIR24_V4` / `DIR8_V4`.
     pub const ROUTES_V4: &str = "ROUTES_V4";
-    /// LPM trie of IPv6 routes: `Key<[u8; 16]>` -> [`Route`](super::Route).
+    /// LPM trie of IPv6 routes: `Key<[u8; 16]>` -> [`Route`](super::Route). The record of the
+    /// IPv6 prefixes; the XDP program looks IPv6 up in `TRIE_V6`.
     pub const ROUTES_V6: &str = "ROUTES_V6";
     /// Array of next hops indexed by next-hop id.
     pub const NEXTHOPS: &str = "NEXTHOPS";
@@ -43,9 +45,11 @@ pub mod names {
     pub const DIR24_V4: &str = "DIR24_V4";
     /// IPv4 DIR-24-8 second level: groups of 256 entries.
     pub const DIR8_V4: &str = "DIR8_V4";
+    /// IPv6 multibit trie (see [`trie6`](super::trie6)).
+    pub const TRIE_V6: &str = "TRIE_V6";
 
     /// Every map, in the order they are pinned.
-    pub const ALL_MAPS: [&str; 11] = [
+    pub const ALL_MAPS: [&str; 12] = [
         ROUTES_V4,
         ROUTES_V6,
         NEXTHOPS,
@@ -57,6 +61,7 @@ pub mod names {
         NEIGH_PENDING,
         DIR24_V4,
         DIR8_V4,
+        TRIE_V6,
     ];
 }
 

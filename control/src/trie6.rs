@@ -1,0 +1,455 @@
+//! The IPv6 lookup structure of the dataplane: a multibit trie in one shared table (see
+//! [`sluice_common::trie6`]): 65,536 first-level entries for the first two bytes of an address,
+//! then nodes of 256 entries, one level per byte. Every entry holds the answer of the longest
+//! prefix covering it (leaf pushing), so a lookup stops at the first entry that is not a pointer:
+//! at most 15 reads, 5 for a /48, whatever the size of the table.
+//!
+//! Updates follow [`crate::dir24`]: single atomic stores, a node filled before the entry that
+//! points to it is published, and a node that falls out of use retired for [`GROUP_GRACE`] before
+//! it is reused.
+
+use std::{collections::HashMap, net::Ipv6Addr, time::Instant};
+
+use ipnet::Ipv6Net;
+use sluice_common::{
+    Route,
+    dir24::{decode, encode, group_entry, group_pointer, is_group},
+    trie6::{ENTRIES, MAX_NODES, NODE_ENTRIES, ROOT_ENTRIES},
+};
+
+use crate::dir24::{Cells, Dir24Error, GROUP_GRACE, VecCells};
+
+/// Bits the first level consumes.
+const ROOT_BITS: u8 = 16;
+
+/// Memory the trie uses, for reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Prefixes held.
+    pub prefixes: usize,
+    /// Nodes in use.
+    pub nodes: u32,
+    /// Nodes available.
+    pub nodes_max: u32,
+    /// Bytes of the shared table in use (first level plus the nodes in use).
+    pub shared_bytes: u64,
+}
+
+/// The trie over a cell array of [`ENTRIES`] entries.
+#[derive(Debug)]
+pub struct Trie6<C: Cells> {
+    cells: C,
+    /// Per entry: the length + 1 of the prefix that wrote it (0: none). For a pointer, the
+    /// length + 1 of the prefix whose answer the node inherits.
+    depth: Vec<u8>,
+    /// Per pointer entry: the answer the node below inherits.
+    inherited: HashMap<usize, u32>,
+    prefixes: Vec<HashMap<u128, u32>>,
+    next_node: u32,
+    free: Vec<u32>,
+    retired: Vec<(u32, Instant)>,
+    nodes_in_use: u32,
+}
+
+fn mask(a: u128, len: u8) -> u128 {
+    if len == 0 { 0 } else { a & (u128::MAX << (128 - u32::from(len))) }
+}
+
+/// The index, within a level covering bits `start..end`, of address `a`.
+fn index(a: u128, start: u8, end: u8) -> usize {
+    ((a >> (128 - u32::from(end))) & ((1u128 << (end - start)) - 1)) as usize
+}
+
+fn node_base(node: u32) -> usize {
+    (ROOT_ENTRIES + node * NODE_ENTRIES) as usize
+}
+
+impl<C: Cells> Trie6<C> {
+    /// A trie over zeroed cells.
+    pub fn new(cells: C) -> Self {
+        assert_eq!(cells.len(), ENTRIES as usize);
+        Self {
+            depth: vec![0; cells.len()],
+            cells,
+            inherited: HashMap::new(),
+            prefixes: vec![HashMap::new(); 129],
+            next_node: 0,
+            free: Vec::new(),
+            retired: Vec::new(),
+            nodes_in_use: 0,
+        }
+    }
+
+    /// Takes over cells that already hold a trie: builds the trie `routes` make, reusing the
+    /// live node at each place where the new trie has a node, and writes only what differs.
+    pub fn adopt(
+        cells: C,
+        routes: impl IntoIterator<Item = (Ipv6Net, Route)>,
+    ) -> Result<Self, Dir24Error> {
+        let mut image = Trie6::new(VecCells::new(cells.len()));
+        for (net, route) in routes {
+            image.set(net, route)?;
+        }
+        let mut live_nodes = Vec::new();
+        collect_nodes(&cells, 0, ROOT_ENTRIES as usize, &mut live_nodes);
+        let mut placed = Self::new(cells);
+        placed.prefixes = std::mem::take(&mut image.prefixes);
+        placed.next_node = live_nodes.iter().map(|n| n + 1).max().unwrap_or(0);
+        let mut reused = std::collections::HashSet::new();
+        placed.place(&image, 0, 0, ROOT_ENTRIES as usize, &mut reused)?;
+        let now = Instant::now();
+        for n in live_nodes.into_iter().filter(|n| !reused.contains(n)) {
+            placed.retired.push((n, now));
+        }
+        Ok(placed)
+    }
+
+    /// Copies one level of `image` (at `from`) onto this trie (at `to`), children first.
+    fn place(
+        &mut self,
+        image: &Trie6<VecCells>,
+        from: usize,
+        to: usize,
+        count: usize,
+        reused: &mut std::collections::HashSet<u32>,
+    ) -> Result<(), Dir24Error> {
+        for i in 0..count {
+            let (src, dst) = (from + i, to + i);
+            let want = image.cells.get(src);
+            self.depth[dst] = image.depth[src];
+            if is_group(want) {
+                let live = self.cells.get(dst);
+                let node = if is_group(live) && !reused.contains(&group_entry(live)) {
+                    group_entry(live)
+                } else {
+                    self.alloc_node()?
+                };
+                reused.insert(node);
+                self.nodes_in_use += 1;
+                self.inherited.insert(dst, image.inherited.get(&src).copied().unwrap_or(0));
+                let child_from = node_base(group_entry(want));
+                self.place(image, child_from, node_base(node), NODE_ENTRIES as usize, reused)?;
+                if live != group_pointer(node) {
+                    self.cells.set(dst, group_pointer(node));
+                }
+            } else if self.cells.get(dst) != want {
+                self.cells.set(dst, want);
+            }
+        }
+        Ok(())
+    }
+
+    fn alloc_node(&mut self) -> Result<u32, Dir24Error> {
+        let now = Instant::now();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.retired.drain(..).partition(|(_, t)| now.duration_since(*t) >= GROUP_GRACE);
+        self.retired = waiting;
+        self.free.extend(ready.into_iter().map(|(n, _)| n));
+        if let Some(n) = self.free.pop() {
+            return Ok(n);
+        }
+        if self.next_node < MAX_NODES {
+            self.next_node += 1;
+            return Ok(self.next_node - 1);
+        }
+        Err(Dir24Error::GroupsFull)
+    }
+
+    /// Looks an address up the way the XDP program does.
+    pub fn lookup(&self, addr: Ipv6Addr) -> Option<Route> {
+        let a = u128::from(addr);
+        let mut e = self.cells.get(index(a, 0, ROOT_BITS));
+        let mut start = ROOT_BITS;
+        while is_group(e) && start < 128 {
+            e = self.cells.get(node_base(group_entry(e)) + index(a, start, start + 8));
+            start += 8;
+        }
+        decode(e)
+    }
+
+    /// Memory in use.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prefixes: self.prefixes.iter().map(HashMap::len).sum(),
+            nodes: self.nodes_in_use,
+            nodes_max: MAX_NODES,
+            shared_bytes: (u64::from(ROOT_ENTRIES)
+                + u64::from(self.nodes_in_use) * u64::from(NODE_ENTRIES))
+                * 4,
+        }
+    }
+
+    /// Adds or replaces the route for `net`.
+    pub fn set(&mut self, net: Ipv6Net, route: Route) -> Result<(), Dir24Error> {
+        let value = encode(route).ok_or(Dir24Error::Unencodable(route.target))?;
+        let (a, len) = (u128::from(net.network()), net.prefix_len());
+        let (base, start, end) = self.level_for(a, len, true)?;
+        self.prefixes[usize::from(len)].insert(a, value);
+        self.write(base, start, end, a, len, value, len + 1, &|d| d <= len + 1);
+        Ok(())
+    }
+
+    /// Removes the route for `net`; addresses it covered fall back to the next shorter prefix.
+    pub fn remove(&mut self, net: Ipv6Net) {
+        let (a, len) = (u128::from(net.network()), net.prefix_len());
+        if self.prefixes[usize::from(len)].remove(&a).is_none() {
+            return;
+        }
+        let (value, depth) = (0..len)
+            .rev()
+            .find_map(|l| self.prefixes[usize::from(l)].get(&mask(a, l)).map(|v| (*v, l + 1)))
+            .unwrap_or((0, 0));
+        let Ok((base, start, end)) = self.level_for(a, len, false) else { return };
+        self.write(base, start, end, a, len, value, depth, &|d| d == len + 1);
+        self.collapse_path(a, len);
+    }
+
+    /// The level a prefix of `len` is written at: its node's first entry and bit range. Creates
+    /// the nodes on the way when `create`.
+    fn level_for(&mut self, a: u128, len: u8, create: bool) -> Result<(usize, u8, u8), Dir24Error> {
+        let (mut base, mut start, mut end) = (0usize, 0u8, ROOT_BITS);
+        while len > end {
+            let entry = base + index(a, start, end);
+            let node = if is_group(self.cells.get(entry)) {
+                group_entry(self.cells.get(entry))
+            } else if create {
+                self.add_node(entry)?
+            } else {
+                return Err(Dir24Error::GroupsFull);
+            };
+            base = node_base(node);
+            start = end;
+            end += 8;
+        }
+        Ok((base, start, end))
+    }
+
+    /// Gives an entry a node, filled with the entry's answer before it is published.
+    fn add_node(&mut self, entry: usize) -> Result<u32, Dir24Error> {
+        let node = self.alloc_node()?;
+        let (value, depth) = (self.cells.get(entry), self.depth[entry]);
+        let base = node_base(node);
+        for i in base..base + NODE_ENTRIES as usize {
+            self.depth[i] = depth;
+            self.cells.set(i, value);
+        }
+        self.inherited.insert(entry, value);
+        self.cells.set(entry, group_pointer(node));
+        self.nodes_in_use += 1;
+        Ok(node)
+    }
+
+    /// Writes `value` of `depth` to the entries a prefix covers in its level's node, and below
+    /// pointers to the entries that inherit it, where `replace` accepts the current depth.
+    #[expect(clippy::too_many_arguments, reason = "the geometry of one write")]
+    fn write(
+        &mut self,
+        base: usize,
+        start: u8,
+        end: u8,
+        a: u128,
+        len: u8,
+        value: u32,
+        depth: u8,
+        replace: &dyn Fn(u8) -> bool,
+    ) {
+        let first = base + index(a, start, end);
+        for entry in first..first + (1usize << (end - len)) {
+            self.write_entry(entry, end, value, depth, replace);
+        }
+    }
+
+    fn write_entry(
+        &mut self,
+        entry: usize,
+        end: u8,
+        value: u32,
+        depth: u8,
+        replace: &dyn Fn(u8) -> bool,
+    ) {
+        if !replace(self.depth[entry]) {
+            return;
+        }
+        self.depth[entry] = depth;
+        let e = self.cells.get(entry);
+        if is_group(e) {
+            // The node below inherits: its entries that came from above follow.
+            self.inherited.insert(entry, value);
+            let base = node_base(group_entry(e));
+            for child in base..base + NODE_ENTRIES as usize {
+                if self.depth[child] <= end + 1 {
+                    self.write_entry(child, end + 8, value, depth, replace);
+                }
+            }
+        } else if e != value {
+            self.cells.set(entry, value);
+        }
+    }
+
+    /// After a removal, returns to their parent entry the nodes on the path to `a`/`len` that
+    /// hold nothing of their own any more.
+    fn collapse_path(&mut self, a: u128, len: u8) {
+        let mut path = Vec::new();
+        let (mut base, mut start, mut end) = (0usize, 0u8, ROOT_BITS);
+        while len > end {
+            let entry = base + index(a, start, end);
+            let e = self.cells.get(entry);
+            if !is_group(e) {
+                break;
+            }
+            path.push((entry, end));
+            base = node_base(group_entry(e));
+            start = end;
+            end += 8;
+        }
+        for (entry, node_start) in path.into_iter().rev() {
+            let node = group_entry(self.cells.get(entry));
+            let base = node_base(node);
+            let own = (base..base + NODE_ENTRIES as usize)
+                .any(|i| self.depth[i] > node_start + 1 || is_group(self.cells.get(i)));
+            if own {
+                break;
+            }
+            self.cells.set(entry, self.inherited.remove(&entry).unwrap_or(0));
+            self.retired.push((node, Instant::now()));
+            self.nodes_in_use -= 1;
+        }
+    }
+}
+
+/// The nodes reachable from a level.
+fn collect_nodes<C: Cells>(cells: &C, base: usize, count: usize, out: &mut Vec<u32>) {
+    for i in base..base + count {
+        let e = cells.get(i);
+        if is_group(e) {
+            let node = group_entry(e);
+            out.push(node);
+            collect_nodes(cells, node_base(node), NODE_ENTRIES as usize, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_common::RouteAction;
+
+    use super::*;
+
+    fn route(target: u32) -> Route {
+        Route { action: RouteAction::Forward as u32, target }
+    }
+
+    fn trie() -> Trie6<VecCells> {
+        Trie6::new(VecCells::new(ENTRIES as usize))
+    }
+
+    fn reference(table: &BTreeMap<Ipv6Net, Route>, a: Ipv6Addr) -> Option<Route> {
+        table
+            .iter()
+            .filter(|(n, _)| n.contains(&a))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(_, r)| *r)
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn matches_a_reference_lpm_through_random_adds_replaces_and_deletes() {
+        let mut rng = Rng(0x6e6e_1234_5678_9abc);
+        let mut t = trie();
+        let mut table: BTreeMap<Ipv6Net, Route> = BTreeMap::new();
+        let default: Ipv6Net = "::/0".parse().unwrap();
+        t.set(default, route(7000)).unwrap();
+        table.insert(default, route(7000));
+        let bases: Vec<u128> =
+            (0..5).map(|_| u128::from(rng.next()) << 96 | 0x2001_0000_0000_0000 << 64).collect();
+        let lens = [3u8, 12, 16, 20, 24, 29, 32, 36, 40, 44, 48, 48, 56, 64, 96, 127, 128];
+        for step in 0..3000u32 {
+            let base = bases[(rng.next() % bases.len() as u64) as usize];
+            let a = base ^ (u128::from(rng.next()) << 48) ^ u128::from(rng.next());
+            let len = lens[(rng.next() % lens.len() as u64) as usize];
+            let net = Ipv6Net::new(Ipv6Addr::from(a), len).unwrap().trunc();
+            if rng.next() % 3 == 0 && table.len() > 1 {
+                let victim = *table
+                    .keys()
+                    .nth(1 + (rng.next() % (table.len() as u64 - 1)) as usize)
+                    .unwrap();
+                t.remove(victim);
+                table.remove(&victim);
+            } else {
+                t.set(net, route(1 + step % 1000)).unwrap();
+                table.insert(net, route(1 + step % 1000));
+            }
+            if step % 50 == 0 {
+                for net in table.keys() {
+                    for a in [net.network(), net.broadcast()] {
+                        assert_eq!(t.lookup(a), reference(&table, a), "step {step}: {net} at {a}");
+                    }
+                }
+                for _ in 0..100 {
+                    let b = bases[(rng.next() % bases.len() as u64) as usize];
+                    let a = Ipv6Addr::from(b ^ u128::from(rng.next()) << 40);
+                    assert_eq!(t.lookup(a), reference(&table, a), "step {step}: {a}");
+                }
+            }
+        }
+        for net in table.keys().copied().collect::<Vec<_>>() {
+            t.remove(net);
+        }
+        assert_eq!(t.usage().nodes, 0, "every node returns when its prefixes go");
+        assert_eq!(t.usage().prefixes, 0);
+    }
+
+    #[test]
+    fn a_slash_48_costs_five_reads_and_nodes_are_shared() {
+        let mut t = trie();
+        t.set("2001:db8:1::/48".parse().unwrap(), route(1)).unwrap();
+        assert_eq!(t.usage().nodes, 4, "one node for each of bytes 3 to 6 of the address");
+        t.set("2001:db8:2::/48".parse().unwrap(), route(2)).unwrap();
+        assert_eq!(t.usage().nodes, 4, "a sibling /48 is another entry of the same node");
+        t.set("2001:db9:1::/48".parse().unwrap(), route(3)).unwrap();
+        assert_eq!(t.usage().nodes, 6, "a /48 under another /32 shares the first two nodes");
+        assert_eq!(t.lookup("2001:db8:2::9".parse().unwrap()), Some(route(2)));
+        assert_eq!(t.lookup("2001:db8:3::9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn adoption_keeps_live_nodes_and_rewrites_only_differences() {
+        let routes: Vec<(Ipv6Net, Route)> = vec![
+            ("::/0".parse().unwrap(), route(9)),
+            ("2001:db8::/32".parse().unwrap(), route(1)),
+            ("2001:db8:5::/48".parse().unwrap(), route(2)),
+            ("2001:db8:5::1/128".parse().unwrap(), route(3)),
+        ];
+        let mut first = trie();
+        for (n, r) in &routes {
+            first.set(*n, *r).unwrap();
+        }
+        let before: Vec<u32> = (0..ENTRIES as usize).map(|i| first.cells.get(i)).collect();
+        let mut changed = routes.clone();
+        changed[2].1 = route(4);
+        let adopted = Trie6::adopt(first.cells, changed.clone()).unwrap();
+        let differing =
+            (0..ENTRIES as usize).filter(|i| adopted.cells.get(*i) != before[*i]).count();
+        // The /48's entry points to the nodes down to the /128: in each of those ten nodes, the
+        // 255 entries that inherit the /48's answer change, and nothing else.
+        assert_eq!(differing, 10 * 255, "only the entries that answer with the /48");
+        let root = index(u128::from("2001:db8::".parse::<Ipv6Addr>().unwrap()), 0, ROOT_BITS);
+        assert_eq!(adopted.cells.get(root), before[root], "the live path is kept");
+        let table: BTreeMap<_, _> = changed.into_iter().collect();
+        for a in ["2001:db8:5::1", "2001:db8:5::2", "2001:db8:6::", "2001:dead::1"] {
+            let a: Ipv6Addr = a.parse().unwrap();
+            assert_eq!(adopted.lookup(a), reference(&table, a), "{a}");
+        }
+    }
+}
