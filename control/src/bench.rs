@@ -1,32 +1,57 @@
-//! `sluice bench`: the forwarding benchmark of the README. Linux and Sluice forward the same
-//! traffic through the same veth chain in one run, so their ratio means something even where
-//! absolute rates drift between runs and machines.
+//! `sluice bench`: the forwarding benchmark of the README. Several forwarders carry the same
+//! traffic through the same veth chain in one run, with one route and with a full Internet table,
+//! for IPv4 and IPv6, so that their ratios mean something even where absolute rates drift between
+//! runs and machines.
 //!
 //! ```text
-//!  gen ns                    router ns                        sink ns
-//!  sluice_gen --veth--> rtr_in [linux | sluice_xdp] rtr_out --veth--> sluice_sink
+//!  gen ns                    router ns                                   sink ns
+//!  sluice_gen --veth--> rtr_in [forwarder under test] rtr_out --veth--> sluice_sink
 //! ```
+//!
+//! The forwarders, one after the other on the router:
+//! - **linux**: the kernel's own forwarding (`ip_forward=1`, no XDP);
+//! - **`fib_lookup`**: `sluice_fib_fwd`, the kernel's `xdp_fwd` sample: `bpf_fib_lookup` in the
+//!   kernel's FIB, TTL decrement, MACs from the lookup, redirect through a devmap;
+//! - **ceiling**: `sluice_ceiling`, which rewrites the MACs from a map and redirects through a
+//!   devmap without looking at the packet: the best any XDP router can do on this chain;
+//! - **sluice**: the daemon (this binary, `sluice daemon`) with kernel forwarding off.
+//!
+//! The tables: **one route** (the default route via the sink) and a **full table**, a synthetic
+//! copy of today's default-free zone ([`table`]: 1,000,000 IPv4 or 230,000 IPv6 prefixes by
+//! default, spread over a few sink-side next hops), put into the router's kernel over rtnetlink.
+//! Linux and `bpf_fib_lookup` read it there; the daemon mirrors it into its maps. Both tables are
+//! measured with the same frames: destinations drawn at random from the full table's prefixes.
+//! Each family's one-route cell runs first; the full tables come last, IPv6 before IPv4, so that
+//! the large IPv4 table is installed once and never removed (the namespace takes it along).
 //!
 //! The generator is an XDP program run by `BPF_PROG_TEST_RUN` in live-frames mode from a thread
 //! inside the gen namespace: each frame it writes is sent out of the gen-side veth. The sink, an
 //! XDP program too, counts the generated frames per CPU and drops everything. The rate is frames
-//! counted at the sink over the time the generator ran. The router gets a permanent neighbour for
-//! the sink, so Linux never queues on resolution, and GRO on `rtr_in`, because frames redirected
-//! into a veth are only taken when its peer runs NAPI (an XDP program or GRO).
+//! counted at the sink over the time the generator ran. The router gets permanent neighbours for
+//! the sink-side next hops, so Linux never queues on resolution, and GRO on `rtr_in`, because
+//! frames redirected into a veth are only taken when its peer runs NAPI (an XDP program or GRO).
 //!
 //! Everything runs to completion on the generator's CPU: each batch is received, forwarded and
 //! sunk in the softirq work of the test run, so no frame is lost and the rate is the inverse of
-//! the whole chain's cost per frame (generator and sink included, the same for both forwarders).
-//! Moving the router's NAPI to a thread on the other CPU made both forwarders slower here, with
+//! the whole chain's cost per frame (generator and sink included, the same for every forwarder).
+//! Moving the router's NAPI to a thread on the other CPU made the forwarders slower here, with
 //! most frames dropped at the full veth ring. An XDP sink is also the cheapest one for Linux,
-//! though veth copies each forwarded skb into a page to run XDP on it: a sink in the sink
-//! namespace's stack, counted from the interface statistics, made Linux a third slower still.
+//! though veth copies each forwarded skb into a page to run XDP on it.
 //!
-//! Last, with the daemon still running, the route-add latency: the time from `ip route add` in the
-//! router namespace until the prefix is in the dataplane's route trie, and until it shows in
-//! `sluice routes --json`.
+//! Beside the rates: the frames per devmap flush of each XDP forwarder (counted at the
+//! `xdp:xdp_devmap_xmit` tracepoint for the router's two veths, which get ifindexes no other
+//! namespace is likely to use; the generator's own flushes there count the frames the router's
+//! input ring had no room for), the time the daemon takes to carry the table into its maps when it
+//! starts with the table already in the kernel and its resident memory then, the time to install
+//! the table in the kernel, and the route-add latency: from `ip route add` in the router
+//! namespace until the prefix is in the dataplane's route trie (and, with one route, until it
+//! shows in `sluice routes --json`).
+//!
+//! Results: a table on stdout, everything as JSON (`--json`) and a bar chart as SVG (`--plot`,
+//! by default beside the JSON).
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     fs::File,
     io::Write as _,
@@ -41,23 +66,29 @@ use std::{
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray},
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key, xdp::DevMapHash},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, TracePoint, Xdp, XdpMode},
 };
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use serde::Serialize;
 use serde_json::Value;
 use sluice_common::{
     FAMILY_V4, FAMILY_V6, Route,
-    bench::{FRAME_LEN, GenConfig, GenDest, MAX_GEN_DESTS, UDP_PORT, names, offsets},
+    bench::{
+        CeilingConfig, FIB_RESULT_SLOTS, FIB_SLOT_NO_DEVMAP, FIB_SLOT_NOT_FORWARDABLE,
+        FIB_SLOT_OTHER_RESULT, FLUSH_SLOT_GENERATOR, FLUSH_SLOT_ROUTER, FRAME_LEN, FlushConfig,
+        FlushStats, GenConfig, GenDest, MAX_GEN_DESTS, UDP_PORT, flush_record, names, offsets,
+    },
 };
 
+use self::table::{Family, NextHops, RTPROT_BGP, RouteOp, Table};
 use crate::{
     dataplane::PinDir,
     netns::{self, NetNs},
+    table,
 };
 
-/// The generator and the sink, built by `build.rs` from `dataplane-ebpf/src/bench.rs`.
+/// The benchmark's programs, built by `build.rs` from `dataplane-ebpf/src/bench.rs`.
 static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-bench-xdp"));
 
@@ -70,21 +101,136 @@ pub struct BenchArgs {
     /// Send for this many seconds in each measurement instead of a fixed number of frames.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
-    /// Distinct destination addresses, covered by one route per 256 of them.
+    /// Distinct destination addresses, drawn at random from the full table's prefixes.
     #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_GEN_DESTS)))]
     pub destinations: u32,
-    /// IPv6 frames and routes instead of IPv4.
-    #[arg(long)]
-    pub ipv6: bool,
-    /// Trials of the route-add latency measurement; 0 skips it.
+    /// Address families to measure.
+    #[arg(long, value_enum, default_value_t = FamilyChoice::Both)]
+    pub family: FamilyChoice,
+    /// Routing tables to measure: the default route alone, the synthetic full table, or both.
+    #[arg(long, value_enum, default_value_t = TableChoice::Both)]
+    pub tables: TableChoice,
+    /// Forwarders to measure (comma-separated); they always run in the order linux, fib-lookup,
+    /// ceiling, sluice.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "linux,fib-lookup,ceiling,sluice"
+    )]
+    pub forwarders: Vec<Forwarder>,
+    /// Routes in the full table: one number for both families, or the IPv4 and the IPv6 size.
+    #[arg(long, value_name = "SIZE[,SIZE_V6]", default_value = "1000000,230000", value_parser = parse_table_sizes)]
+    pub table_size: TableSizes,
+    /// Sink-side next hops the full table's routes are spread over.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub next_hops: u8,
+    /// Seed of the synthetic table and of the destinations drawn from it.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Trials of the route-add latency measurement in each cell; 0 skips it.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=250))]
     pub route_trials: u32,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Write the bar chart (SVG) here; by default beside the JSON, with the extension `.svg`.
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
     /// The `sluice` executable that runs the daemon; this one by default.
     #[arg(long, value_name = "PATH")]
     pub sluice_bin: Option<PathBuf>,
+}
+
+/// `--family`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FamilyChoice {
+    /// IPv4 only.
+    Ipv4,
+    /// IPv6 only.
+    Ipv6,
+    /// IPv4 and IPv6.
+    Both,
+}
+
+/// `--tables`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableChoice {
+    /// The default route alone.
+    One,
+    /// The synthetic full table.
+    Full,
+    /// Both.
+    Both,
+}
+
+/// A forwarder the benchmark measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Forwarder {
+    /// The kernel's forwarding.
+    Linux,
+    /// XDP with `bpf_fib_lookup`, as the kernel's `xdp_fwd` sample.
+    #[value(alias = "fib")]
+    FibLookup,
+    /// XDP without any lookup: rewrite the MACs and redirect.
+    Ceiling,
+    /// The Sluice daemon and its dataplane.
+    Sluice,
+}
+
+impl Forwarder {
+    /// Every forwarder, in the order of the measurements (and of the report).
+    pub const ALL: [Self; 4] = [Self::Linux, Self::FibLookup, Self::Ceiling, Self::Sluice];
+
+    /// The name in the report and the JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Linux => "linux",
+            Self::FibLookup => "fib_lookup",
+            Self::Ceiling => "ceiling",
+            Self::Sluice => "sluice",
+        }
+    }
+}
+
+/// `--table-size`: the full table's routes per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableSizes {
+    /// IPv4 routes.
+    pub v4: usize,
+    /// IPv6 routes.
+    pub v6: usize,
+}
+
+impl TableSizes {
+    fn of(self, family: Family) -> usize {
+        match family {
+            Family::V4 => self.v4,
+            Family::V6 => self.v6,
+        }
+    }
+}
+
+/// The most routes `--table-size` takes: what the dataplane's tries hold, less room for the
+/// connected and local routes.
+const MAX_TABLE_V4: usize = sluice_common::MAX_ROUTES_V4 as usize - 1024;
+/// See [`MAX_TABLE_V4`].
+const MAX_TABLE_V6: usize = sluice_common::MAX_ROUTES_V6 as usize - 1024;
+
+fn parse_table_sizes(s: &str) -> Result<TableSizes, String> {
+    let parse = |x: &str, max: usize| -> Result<usize, String> {
+        let n: usize = x.trim().replace('_', "").parse().map_err(|e| format!("{x:?}: {e}"))?;
+        if n == 0 || n > max {
+            return Err(format!("{n} routes: the full table takes 1 to {max}"));
+        }
+        Ok(n)
+    };
+    match s.split_once(',') {
+        Some((v4, v6)) => {
+            Ok(TableSizes { v4: parse(v4, MAX_TABLE_V4)?, v6: parse(v6, MAX_TABLE_V6)? })
+        }
+        None => Ok(TableSizes { v4: parse(s, MAX_TABLE_V4)?, v6: parse(s, MAX_TABLE_V6)? }),
+    }
 }
 
 /// Frames per live-frames batch: the NAPI weight, as a driver would deliver them.
@@ -95,16 +241,31 @@ const GEN_CHUNK: u64 = 1 << 20;
 const WARMUP_FRAMES: u64 = 100_000;
 /// How long the forwarder under test may take to start delivering.
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long the daemon may take to attach and report its interfaces.
+/// How long the daemon may take to attach and report its interfaces, plus [`READY_PER_ROUTE`]
+/// for each route it has to take from the kernel first.
 const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a new route may take to show in `sluice routes --json`.
+/// See [`DAEMON_READY_TIMEOUT`].
+const READY_PER_ROUTE: Duration = Duration::from_micros(200);
+/// How long the route trie may stay short of the table once the daemon has logged that it is
+/// ready (one count of a million routes takes a few seconds).
+const READY_GRACE: Duration = Duration::from_secs(10);
+/// How long a new route may take to show in the dataplane with one route, and with a full table
+/// (where each change may cost the daemon a pass over the whole table).
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// See [`ROUTE_TIMEOUT`].
+const ROUTE_TIMEOUT_FULL: Duration = Duration::from_secs(30);
 /// Interval between polls of `sluice routes --json`.
 const ROUTE_POLL: Duration = Duration::from_millis(1);
 /// Interval between reads of the pinned route trie.
 const MAP_POLL: Duration = Duration::from_micros(100);
+/// Routes sampled to estimate a table's share of more-specifics.
+const MORE_SPECIFIC_SAMPLE: usize = 20_000;
+/// First ifindex of the router's veths, offset by the process id so that parallel runs differ:
+/// far above what any namespace numbers its own devices, so that the flush counter, which sees
+/// every namespace's flushes, can tell this router's apart.
+const IFINDEX_BASE: u32 = 1_000_000;
 
-/// Runs the benchmark and prints (and optionally writes) its results.
+/// Runs the benchmark matrix and prints (and optionally writes) its results.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let _signals = SignalGuard::install()?;
     let budget = match args.duration {
@@ -119,67 +280,348 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locate the sluice executable")?,
     };
-    let family = if args.ipv6 { Family::V6 } else { Family::V4 };
-    let routes = args.destinations.div_ceil(256);
+    let mut forwarders = args.forwarders.clone();
+    forwarders.sort();
+    forwarders.dedup();
+    let phases = phases(args.family, args.tables);
+    let load_start = load_average();
     eprintln!(
-        "sluice bench: {}, {FRAME_LEN}-byte UDP frames to {} destinations over {routes} routes, {}",
-        family.name(),
+        "sluice bench: {FRAME_LEN}-byte UDP frames to {} destinations, {}; {}; load average {}",
         args.destinations,
-        budget.describe()
+        budget.describe(),
+        phases.iter().map(|p| p.describe()).collect::<Vec<_>>().join(", "),
+        format_load(load_start)
     );
 
-    let topo = Topology::build(family, routes).context("build the veth chain")?;
-    let mut bench = BenchPrograms::load(&topo.sink, &topo.sink_if)?;
-    bench.configure(family, &topo, args.destinations)?;
-
-    topo.router.sysctl(family.forwarding_sysctl(), "1")?;
-    bench.warm_up(&topo, || topo.router.ip(&["-s", "link"])).context("linux forwarding")?;
-    let linux = bench.measure(&topo, budget)?;
-    eprintln!("  linux   {}", linux.describe());
-
-    topo.router.sysctl(family.forwarding_sysctl(), "0")?;
-    let daemon = Daemon::start(&exe, &topo.router, &[&topo.rtr_in, &topo.rtr_out])?;
-    bench.warm_up(&topo, || daemon.stats().map(|s| s.to_string())).context("sluice forwarding")?;
-    let before = daemon.stats()?;
-    let mut sluice = bench.measure(&topo, budget)?;
-    let after = daemon.stats()?;
-    let xdp_mode = iface_field(&after, &topo.rtr_in, &["xdp_mode"])
-        .and_then(|v| v.as_str().map(str::to_owned));
-    let forwarded =
-        |s: &Value| iface_field(s, &topo.rtr_in, &["counters", "forwarded", "packets"])?.as_u64();
-    sluice.xdp_forwarded =
-        forwarded(&after).zip(forwarded(&before)).map(|(a, b)| a.saturating_sub(b));
-    sluice.xdp_mode = xdp_mode;
-    eprintln!("  sluice  {}", sluice.describe());
-
-    let route_add = if args.route_trials == 0 {
-        RouteLatency::NotMeasured { reason: "skipped (--route-trials 0)".into() }
-    } else {
-        route_add_latency(&daemon, &topo, args.route_trials)?
-    };
-    daemon.stop()?;
-
+    let mut tables = make_tables(args, &phases);
+    let topo = Topology::build(args.next_hops).context("build the veth chain")?;
+    let mut bench = BenchPrograms::load(&topo)?;
+    if let Err(reason) = &bench.flush_counter {
+        eprintln!("  devmap flushes not counted: {reason}");
+    }
+    let ctx = CellContext { exe: &exe, budget, forwarders: &forwarders, trials: args.route_trials };
+    let cells = run_phases(&ctx, &mut bench, &topo, &phases, &mut tables)?;
     let report = Report {
-        family: family.name(),
         frame_len: FRAME_LEN,
         destinations: args.destinations,
-        routes,
+        seed: args.seed,
+        budget: budget.describe(),
         cpus: thread::available_parallelism().map_or(0, usize::from),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
-        ratio: sluice.mpps / linux.mpps,
-        linux,
-        sluice,
-        route_add,
+        load_average: LoadAverages { start: load_start, end: load_average() },
+        flush_counter: match &bench.flush_counter {
+            Ok(()) => "xdp:xdp_devmap_xmit".to_owned(),
+            Err(reason) => format!("unavailable: {reason}"),
+        },
+        tables: tables.into_values().map(|t| t.info).collect(),
+        results: cells,
     };
-    report.print();
-    if let Some(path) = &args.json {
-        let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
-        serde_json::to_writer_pretty(&mut f, &report)?;
-        writeln!(f)?;
-    }
+    drop(bench);
+    drop(topo);
+    print!("{}", report.text());
+    report.write(args.json.as_deref(), args.plot.as_deref())?;
+    let failed: Vec<String> = report
+        .results
+        .iter()
+        .flat_map(|c| c.failures.keys().map(move |f| format!("{} {} {f}", c.family, c.table)))
+        .collect();
+    ensure!(failed.is_empty(), "{} measurements failed: {}", failed.len(), failed.join(", "));
     Ok(())
+}
+
+/// Makes the synthetic table of each family the phases need, and the destinations drawn from it.
+fn make_tables(args: &BenchArgs, phases: &[Phase]) -> BTreeMap<Family, FamilyTable> {
+    let mut tables: BTreeMap<Family, FamilyTable> = BTreeMap::new();
+    for phase in phases {
+        if !tables.contains_key(&phase.family) {
+            let family = phase.family;
+            let size = args.table_size.of(family);
+            let start = Instant::now();
+            let table = Table::generate(family, size, args.seed, args.next_hops);
+            let destinations = table.destinations(args.destinations as usize, args.seed);
+            let generated = start.elapsed();
+            let info = TableReport::of(&table, args.next_hops, generated);
+            eprintln!(
+                "  {} table: {size} prefixes (mean length {:.2}, {:.0}% more-specifics) made in {:.1} s",
+                family.name(),
+                info.mean_prefix_len,
+                info.more_specific_share * 100.0,
+                generated.as_secs_f64()
+            );
+            tables.insert(family, FamilyTable { table, destinations, info });
+        }
+    }
+    tables
+}
+
+/// Runs the cells in order: installs each full table before its cell, and removes it after when
+/// a later cell follows.
+fn run_phases(
+    ctx: &CellContext<'_>,
+    bench: &mut BenchPrograms,
+    topo: &Topology,
+    phases: &[Phase],
+    tables: &mut BTreeMap<Family, FamilyTable>,
+) -> anyhow::Result<Vec<Cell>> {
+    let mut cells: Vec<Cell> = Vec::new();
+    for (i, phase) in phases.iter().enumerate() {
+        check_interrupted()?;
+        let family = phase.family;
+        let state = tables.get_mut(&family).expect("made above");
+        bench.configure(family, topo, &state.destinations)?;
+        let routes = match phase.table {
+            TableKind::One => 1,
+            TableKind::Full => {
+                topo.router.ip(&[family.ip_flag(), "route", "del", "default"])?;
+                let start = Instant::now();
+                topo.write_table(RouteOp::Add, &state.table)
+                    .with_context(|| format!("install the {} table", family.name()))?;
+                state.info.kernel_install_s = Some(start.elapsed().as_secs_f64());
+                eprintln!(
+                    "  {} full table: {} routes installed in the kernel in {:.1} s",
+                    family.name(),
+                    state.table.len(),
+                    start.elapsed().as_secs_f64()
+                );
+                state.table.len()
+            }
+        };
+        let mut cell = run_cell(ctx, bench, topo, *phase, routes)
+            .with_context(|| format!("{} with {}", family.name(), phase.table.describe()))?;
+        if phase.table == TableKind::Full
+            && let Some(one) = cells.iter().find(|c| c.family == family.name() && c.table == "one")
+        {
+            cell.ratios.sluice_full_over_one =
+                ratio(cell.forwarders.get("sluice"), one.forwarders.get("sluice"));
+        }
+        cells.push(cell);
+        if phase.table == TableKind::Full && i + 1 < phases.len() {
+            // Later cells must not run with this table in the kernel (nor the daemon load it).
+            let start = Instant::now();
+            topo.write_table(RouteOp::Delete, &state.table)
+                .with_context(|| format!("remove the {} table", family.name()))?;
+            state.info.kernel_remove_s = Some(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(cells)
+}
+
+/// One (family, table) cell of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Phase {
+    family: Family,
+    table: TableKind,
+}
+
+impl Phase {
+    fn describe(self) -> String {
+        format!("{} {}", self.family.name(), self.table.describe())
+    }
+}
+
+/// Which table a cell runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TableKind {
+    One,
+    Full,
+}
+
+impl TableKind {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::One => "one",
+            Self::Full => "full",
+        }
+    }
+
+    const fn describe(self) -> &'static str {
+        match self {
+            Self::One => "one route",
+            Self::Full => "full table",
+        }
+    }
+}
+
+/// The cells to run, in order: the one-route cells first, then the full tables, IPv6 before
+/// IPv4, so that the largest table is the last and is never removed.
+fn phases(family: FamilyChoice, tables: TableChoice) -> Vec<Phase> {
+    let families: &[Family] = match family {
+        FamilyChoice::Ipv4 => &[Family::V4],
+        FamilyChoice::Ipv6 => &[Family::V6],
+        FamilyChoice::Both => &[Family::V4, Family::V6],
+    };
+    let mut out = Vec::new();
+    if tables != TableChoice::Full {
+        out.extend(families.iter().map(|&family| Phase { family, table: TableKind::One }));
+    }
+    if tables != TableChoice::One {
+        out.extend(families.iter().rev().map(|&family| Phase { family, table: TableKind::Full }));
+    }
+    out
+}
+
+/// A family's synthetic table, the destinations drawn from it and what is reported about it.
+#[derive(Debug)]
+struct FamilyTable {
+    table: Table,
+    destinations: Vec<IpAddr>,
+    info: TableReport,
+}
+
+/// What does not change between the cells.
+#[derive(Debug)]
+struct CellContext<'a> {
+    exe: &'a Path,
+    budget: Budget,
+    forwarders: &'a [Forwarder],
+    trials: u32,
+}
+
+/// Measures every forwarder with the table now in the router's kernel.
+fn run_cell(
+    ctx: &CellContext<'_>,
+    bench: &mut BenchPrograms,
+    topo: &Topology,
+    phase: Phase,
+    routes: usize,
+) -> anyhow::Result<Cell> {
+    let family = phase.family;
+    eprintln!("  {} with {} ({routes} routes)", family.name(), phase.table.describe());
+    let mut cell = Cell {
+        family: family.name(),
+        table: phase.table.name(),
+        routes,
+        forwarders: BTreeMap::new(),
+        ratios: Ratios::default(),
+        daemon: None,
+        route_add: None,
+        failures: BTreeMap::new(),
+    };
+    for &forwarder in ctx.forwarders {
+        check_interrupted()?;
+        match measure_forwarder(ctx, bench, topo, phase, routes, forwarder, &mut cell) {
+            Ok(m) => {
+                eprintln!("    {:<10} {}", forwarder.name(), m.describe());
+                cell.forwarders.insert(forwarder.name(), m);
+            }
+            // An interrupted run stops; a forwarder that fails leaves its cell without it.
+            Err(e) if INTERRUPTED.load(Ordering::Relaxed) => return Err(e),
+            Err(e) => {
+                eprintln!("    {:<10} failed: {e:#}", forwarder.name());
+                cell.failures.insert(forwarder.name(), format!("{e:#}"));
+            }
+        }
+    }
+    let sluice = cell.forwarders.get("sluice");
+    cell.ratios.sluice_linux = ratio(sluice, cell.forwarders.get("linux"));
+    cell.ratios.sluice_fib_lookup = ratio(sluice, cell.forwarders.get("fib_lookup"));
+    cell.ratios.sluice_ceiling = ratio(sluice, cell.forwarders.get("ceiling"));
+    Ok(cell)
+}
+
+/// Measures one forwarder in the cell (for Sluice, also the daemon's start and the route-add
+/// latency, stored in `cell`). Whatever it changed on the router is put back, also on failure.
+fn measure_forwarder(
+    ctx: &CellContext<'_>,
+    bench: &mut BenchPrograms,
+    topo: &Topology,
+    phase: Phase,
+    routes: usize,
+    forwarder: Forwarder,
+    cell: &mut Cell,
+) -> anyhow::Result<Measurement> {
+    Ok(match forwarder {
+        Forwarder::Linux => {
+            topo.set_forwarding(true)?;
+            let m = bench
+                .warm_up(topo, || topo.router.ip(&["-s", "link"]))
+                .and_then(|()| bench.measure(topo, ctx.budget, false));
+            topo.set_forwarding(false)?;
+            m?
+        }
+        Forwarder::FibLookup => {
+            // bpf_fib_lookup answers BPF_FIB_LKUP_RET_FWD_DISABLED unless the ingress
+            // device forwards.
+            topo.set_forwarding(true)?;
+            let m = bench.with_attached(topo, names::FIB_FORWARDER, |b| {
+                b.warm_up(topo, || b.fib_results().map(|r| format!("{r:?}")))?;
+                let before = b.fib_results()?;
+                let mut m = b.measure(topo, ctx.budget, true)?;
+                let after = b.fib_results()?;
+                m.fib_results = Some(
+                    after
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            let d = v - before.get(k).copied().unwrap_or(0);
+                            (d > 0).then(|| (k.clone(), d))
+                        })
+                        .collect(),
+                );
+                Ok(m)
+            });
+            topo.set_forwarding(false)?;
+            m?
+        }
+        Forwarder::Ceiling => bench.with_attached(topo, names::CEILING, |b| {
+            b.warm_up(topo, || Ok("no state: the ceiling redirects every frame".into()))?;
+            b.measure(topo, ctx.budget, true)
+        })?,
+        Forwarder::Sluice => {
+            let (m, daemon, route_add) = measure_sluice(ctx, bench, topo, phase, routes)?;
+            cell.daemon = Some(daemon);
+            cell.route_add = route_add;
+            m
+        }
+    })
+}
+
+/// Starts the daemon with the cell's table in the kernel, times how long it takes to carry the
+/// table into its maps, measures its forwarding and the route-add latency, and stops it.
+fn measure_sluice(
+    ctx: &CellContext<'_>,
+    bench: &BenchPrograms,
+    topo: &Topology,
+    phase: Phase,
+    routes: usize,
+) -> anyhow::Result<(Measurement, DaemonLoad, Option<RouteLatency>)> {
+    let ready_timeout = DAEMON_READY_TIMEOUT + READY_PER_ROUTE * routes as u32;
+    let mut daemon =
+        Daemon::start(ctx.exe, &topo.router, &[&topo.rtr_in, &topo.rtr_out], ready_timeout)?;
+    let load = daemon.await_table(phase.family, routes, ready_timeout)?;
+    eprintln!("    {:<10} {}", "daemon", load.describe());
+    bench.warm_up(topo, || daemon.stats().map(|s| s.to_string())).context("sluice forwarding")?;
+    let before = daemon.stats()?;
+    let mut m = bench.measure(topo, ctx.budget, true)?;
+    let after = daemon.stats()?;
+    let forwarded =
+        |s: &Value| iface_field(s, &topo.rtr_in, &["counters", "forwarded", "packets"])?.as_u64();
+    m.xdp_forwarded = forwarded(&after).zip(forwarded(&before)).map(|(a, b)| a.saturating_sub(b));
+    m.xdp_mode = iface_field(&after, &topo.rtr_in, &["xdp_mode"])
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let route_add = (ctx.trials > 0)
+        .then(|| route_add_latency(&daemon, topo, phase, ctx.trials))
+        .transpose()?;
+    daemon.stop()?;
+    Ok((m, load, route_add))
+}
+
+/// `a.mpps / b.mpps`, when both were measured.
+fn ratio(a: Option<&Measurement>, b: Option<&Measurement>) -> Option<f64> {
+    let (a, b) = (a?, b?);
+    (b.mpps > 0.0).then(|| a.mpps / b.mpps)
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = text.split_whitespace().map(|x| x.parse().unwrap_or(f64::NAN));
+    [(); 3].map(|()| it.next().unwrap_or(f64::NAN))
+}
+
+fn format_load(l: [f64; 3]) -> String {
+    format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
 }
 
 /// How much each measurement sends.
@@ -192,27 +634,14 @@ enum Budget {
 impl Budget {
     fn describe(self) -> String {
         match self {
-            Self::Frames(n) => format!("{n} frames per run"),
-            Self::Time(d) => format!("{:.1} s per run", d.as_secs_f64()),
+            Self::Frames(n) => format!("{n} frames per measurement"),
+            Self::Time(d) => format!("{:.1} s per measurement", d.as_secs_f64()),
         }
     }
 }
 
-/// The address plan of one family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
+// The benchmark's address plan; `Family` itself belongs to the table generator.
 impl Family {
-    fn name(self) -> &'static str {
-        match self {
-            Self::V4 => "ipv4",
-            Self::V6 => "ipv6",
-        }
-    }
-
     fn code(self) -> u8 {
         match self {
             Self::V4 => FAMILY_V4,
@@ -220,10 +649,10 @@ impl Family {
         }
     }
 
-    fn forwarding_sysctl(self) -> &'static str {
+    fn ip_flag(self) -> &'static str {
         match self {
-            Self::V4 => "net.ipv4.ip_forward",
-            Self::V6 => "net.ipv6.conf.all.forwarding",
+            Self::V4 => "-4",
+            Self::V6 => "-6",
         }
     }
 
@@ -243,27 +672,16 @@ impl Family {
         }
     }
 
-    /// Destination `i`: `10.200.0.0 + i`, or `fd00:200:: + i`.
-    fn destination(self, i: u32) -> IpAddr {
+    /// Sink-side next hop `i`: the sink's own address for 0, then the addresses after it. They
+    /// all resolve (permanently) to the sink's MAC.
+    fn gateway(self, i: u8) -> IpAddr {
         match self {
-            Self::V4 => Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i).into(),
-            Self::V6 => Ipv6Addr::from(
-                u128::from(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0)) + u128::from(i),
-            )
-            .into(),
+            Self::V4 => Ipv4Addr::new(10, 10, 2, 2 + i).into(),
+            Self::V6 => Ipv6Addr::new(0xfd00, 0x10, 2, 0, 0, 0, 0, 2 + u16::from(i)).into(),
         }
     }
 
-    /// The route covering destinations `256 * block ..= 256 * block + 255`.
-    fn destination_route(self, block: u32) -> String {
-        let first = self.destination(block * 256);
-        match self {
-            Self::V4 => format!("{first}/24"),
-            Self::V6 => format!("{first}/120"),
-        }
-    }
-
-    /// A prefix outside every destination route, added in latency trial `i`.
+    /// A prefix outside every table route, added in latency trial `i`.
     fn probe_route(self, i: u32) -> String {
         match self {
             Self::V4 => format!("10.251.{i}.0/24"),
@@ -272,7 +690,8 @@ impl Family {
     }
 }
 
-/// Three namespaces chained by two veth pairs, deleted (with their veths) on drop.
+/// Three namespaces chained by two veth pairs, IPv4 and IPv6 on every link, deleted (with their
+/// veths and routes) on drop.
 #[derive(Debug)]
 struct Topology {
     source: NetNs,
@@ -281,57 +700,67 @@ struct Topology {
     rtr_in: String,
     rtr_out: String,
     sink_if: String,
-    family: Family,
     gen_ifindex: u32,
+    rtr_in_ifindex: u32,
+    rtr_out_ifindex: u32,
     gen_mac: [u8; 6],
     rtr_in_mac: [u8; 6],
+    rtr_out_mac: [u8; 6],
+    sink_mac: [u8; 6],
+    /// Next hops of the full tables; one more, the probe gateway, carries the latency probes.
+    next_hops: u8,
 }
 
 impl Topology {
-    fn build(family: Family, route_count: u32) -> anyhow::Result<Self> {
+    fn build(next_hops: u8) -> anyhow::Result<Self> {
         let source = NetNs::create(&netns::unique_name("sbg"))?;
         let router = NetNs::create(&netns::unique_name("sbr"))?;
         let sink = NetNs::create(&netns::unique_name("sbs"))?;
         let [gen_if, rtr_in, rtr_out, sink_if] =
             ["sbg", "sbi", "sbo", "sbs"].map(netns::unique_name);
-        source.ip(&[
-            "link",
-            "add",
-            &gen_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &rtr_in,
-            "netns",
-            router.name(),
-        ])?;
-        router.ip(&[
-            "link",
-            "add",
-            &rtr_out,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &sink_if,
-            "netns",
-            sink.name(),
-        ])?;
-
-        let (plen, [gen_addr, in_addr, out_addr, sink_addr]) = family.links();
-        for (ns, dev, addr) in [
-            (&source, &gen_if, gen_addr),
-            (&router, &rtr_in, in_addr),
-            (&router, &rtr_out, out_addr),
-            (&sink, &sink_if, sink_addr),
+        let base = IFINDEX_BASE + (std::process::id() % 250_000) * 4;
+        let [gen_index, in_index, out_index, sink_index] =
+            [0, 1, 2, 3].map(|i| (base + i).to_string());
+        for (ns, a, a_index, b, b_index, peer_ns) in [
+            (&source, &gen_if, &gen_index, &rtr_in, &in_index, &router),
+            (&router, &rtr_out, &out_index, &sink_if, &sink_index, &sink),
         ] {
-            let cidr = format!("{addr}/{plen}");
-            let mut cmd = vec!["addr", "add", &cidr, "dev", dev.as_str()];
-            if family == Family::V6 {
-                cmd.push("nodad");
+            ns.ip(&[
+                "link",
+                "add",
+                a,
+                "index",
+                a_index,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b,
+                "index",
+                b_index,
+                "netns",
+                peer_ns.name(),
+            ])?;
+        }
+        for family in [Family::V4, Family::V6] {
+            let (plen, [gen_addr, in_addr, out_addr, sink_addr]) = family.links();
+            for (ns, dev, addr) in [
+                (&source, &gen_if, gen_addr),
+                (&router, &rtr_in, in_addr),
+                (&router, &rtr_out, out_addr),
+                (&sink, &sink_if, sink_addr),
+            ] {
+                let cidr = format!("{addr}/{plen}");
+                let mut cmd = vec!["addr", "add", &cidr, "dev", dev.as_str()];
+                if family == Family::V6 {
+                    cmd.push("nodad");
+                }
+                ns.ip(&cmd)?;
             }
-            ns.ip(&cmd)?;
+        }
+        for (ns, dev) in
+            [(&source, &gen_if), (&router, &rtr_in), (&router, &rtr_out), (&sink, &sink_if)]
+        {
             ns.ip(&["link", "set", dev, "up"])?;
         }
         for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"] {
@@ -340,57 +769,78 @@ impl Topology {
         // Frames the generator sends into gen_if are only taken by a peer that runs NAPI.
         router.run("ethtool", &["-K", &rtr_in, "gro", "on"])?;
         let (_, sink_mac) = link_info(&sink, &sink_if)?;
-        router.ip(&[
-            "neigh",
-            "replace",
-            &sink_addr.to_string(),
-            "lladdr",
-            &format_mac(sink_mac),
-            "dev",
-            &rtr_out,
-            "nud",
-            "permanent",
-        ])?;
-        let mut batch = String::new();
-        for b in 0..route_count {
-            let net = family.destination_route(b);
-            writeln!(batch, "route add {net} via {sink_addr} dev {rtr_out}")?;
-        }
-        ip_batch(&router, &batch)?;
-
         let (gen_ifindex, gen_mac) = link_info(&source, &gen_if)?;
-        let (_, rtr_in_mac) = link_info(&router, &rtr_in)?;
-        Ok(Self {
+        let (rtr_in_ifindex, rtr_in_mac) = link_info(&router, &rtr_in)?;
+        let (rtr_out_ifindex, rtr_out_mac) = link_info(&router, &rtr_out)?;
+        let topo = Self {
             source,
             router,
             sink,
             rtr_in,
             rtr_out,
             sink_if,
-            family,
             gen_ifindex,
+            rtr_in_ifindex,
+            rtr_out_ifindex,
             gen_mac,
             rtr_in_mac,
-        })
+            rtr_out_mac,
+            sink_mac,
+            next_hops,
+        };
+        let mut batch = String::new();
+        for family in [Family::V4, Family::V6] {
+            for i in 0..=next_hops {
+                writeln!(
+                    batch,
+                    "neigh replace {} lladdr {} dev {} nud permanent",
+                    family.gateway(i),
+                    format_mac(sink_mac),
+                    topo.rtr_out
+                )?;
+            }
+            writeln!(batch, "route add default via {} dev {}", family.gateway(0), topo.rtr_out)?;
+        }
+        ip_batch(&topo.router, &batch)?;
+        topo.set_forwarding(false)?;
+        Ok(topo)
     }
 
-    fn sink_gateway(&self) -> IpAddr {
-        self.family.links().1[3]
+    /// Kernel forwarding in the router, both families.
+    fn set_forwarding(&self, on: bool) -> anyhow::Result<()> {
+        let value = if on { "1" } else { "0" };
+        self.router.sysctl("net.ipv4.ip_forward", value)?;
+        self.router.sysctl("net.ipv6.conf.all.forwarding", value)
+    }
+
+    /// Adds or deletes a table's routes in the router's kernel.
+    fn write_table(&self, op: RouteOp, table: &Table) -> anyhow::Result<()> {
+        let hops = NextHops {
+            oif: self.rtr_out_ifindex,
+            gateways: (0..self.next_hops).map(|i| table.family.gateway(i)).collect(),
+            protocol: RTPROT_BGP,
+        };
+        in_netns(&self.router, || {
+            table::write_routes(op, table.family, &table.routes, &hops, check_interrupted)
+        })
     }
 }
 
-/// The generator and the sink, loaded; the sink attached to the sink's veth.
+/// The benchmark's programs, loaded; the sink attached to the sink's veth, the flush counter to
+/// its tracepoint (when it can be).
 #[derive(Debug)]
 struct BenchPrograms {
     ebpf: Ebpf,
     /// The frame of destination 0, given to the test run as its initial packet.
     first_frame: [u8; FRAME_LEN],
+    /// Whether devmap flushes are counted, or why not.
+    flush_counter: Result<(), String>,
 }
 
 impl BenchPrograms {
-    fn load(sink_ns: &NetNs, sink_if: &str) -> anyhow::Result<Self> {
+    fn load(topo: &Topology) -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("load the benchmark programs")?;
-        for name in [names::GENERATOR, names::SINK] {
+        for name in [names::GENERATOR, names::SINK, names::CEILING, names::FIB_FORWARDER] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -398,25 +848,41 @@ impl BenchPrograms {
             prog.load().with_context(|| format!("load {name}"))?;
         }
         let sink: &mut Xdp = ebpf.program_mut(names::SINK).expect("loaded above").try_into()?;
-        in_netns(sink_ns, || {
+        let sink_if = &topo.sink_if;
+        in_netns(&topo.sink, || {
             sink.attach(sink_if, XdpMode::Driver)
                 .with_context(|| format!("attach {} to {sink_if}", names::SINK))
         })?;
-        Ok(Self { ebpf, first_frame: [0; FRAME_LEN] })
+        // The kernel resolves a devmap's ifindex in the writer's namespace.
+        let devmap: &mut Map = ebpf
+            .map_mut(names::BENCH_DEVMAP)
+            .ok_or_else(|| anyhow!("map {} missing", names::BENCH_DEVMAP))?;
+        let out = topo.rtr_out_ifindex;
+        in_netns(&topo.router, || {
+            let mut devmap: DevMapHash<_> = DevMapHash::try_from(devmap)?;
+            devmap.insert(out, out, None, 0).context("add the router's egress to the devmap")
+        })?;
+        let ceiling =
+            CeilingConfig { ifindex: out, dst_mac: topo.sink_mac, src_mac: topo.rtr_out_mac };
+        let map =
+            ebpf.map_mut(names::CEILING_CONFIG).ok_or_else(|| anyhow!("no ceiling config"))?;
+        Array::<_, CeilingConfig>::try_from(map)?.set(0, ceiling, 0)?;
+        let flush_counter = attach_flush_counter(&mut ebpf, topo).map_err(|e| format!("{e:#}"));
+        Ok(Self { ebpf, first_frame: [0; FRAME_LEN], flush_counter })
     }
 
-    /// Fills the template and destination maps, and checks one generated frame against the
-    /// frame built here.
+    /// Fills the template and destination maps for `family`, and checks one generated frame
+    /// against the frame built here.
     fn configure(
         &mut self,
         family: Family,
         topo: &Topology,
-        destinations: u32,
+        destinations: &[IpAddr],
     ) -> anyhow::Result<()> {
         let gen_addr = family.links().1[0];
         let template = frame_template(gen_addr, topo.gen_mac, topo.rtr_in_mac);
-        let dests: Vec<GenDest> =
-            (0..destinations).map(|i| gen_dest(&template, family.destination(i))).collect();
+        let dests: Vec<GenDest> = destinations.iter().map(|d| gen_dest(&template, *d)).collect();
+        ensure!(!dests.is_empty(), "no destinations");
         let mut table: Array<_, GenDest> = Array::try_from(self.map_mut(names::GEN_DESTS)?)?;
         for (i, d) in (0u32..).zip(&dests) {
             table.set(i, d, 0)?;
@@ -434,7 +900,7 @@ impl BenchPrograms {
         // One plain (not live) run with a single destination: the program must write exactly
         // the frame userspace expects.
         let mut out = [0u8; FRAME_LEN];
-        let result = self.generator()?.test_run(TestRunOptions {
+        let result = self.program(names::GENERATOR)?.test_run(TestRunOptions {
             data_in: Some(&[0u8; FRAME_LEN]),
             data_out: Some(&mut out),
             ..TestRunOptions::default()
@@ -453,7 +919,7 @@ impl BenchPrograms {
             hex(&self.first_frame)
         );
 
-        config.destinations = destinations;
+        config.destinations = dests.len() as u32;
         let mut cfg: Array<_, GenConfig> = Array::try_from(self.map_mut(names::GEN_CONFIG)?)?;
         cfg.set(0, config, 0)?;
         Ok(())
@@ -463,25 +929,78 @@ impl BenchPrograms {
         self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
     }
 
-    fn generator(&self) -> anyhow::Result<&Xdp> {
-        let prog = self
-            .ebpf
-            .program(names::GENERATOR)
-            .ok_or_else(|| anyhow!("no {}", names::GENERATOR))?;
+    fn map(&self, name: &str) -> anyhow::Result<&Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    fn program(&self, name: &str) -> anyhow::Result<&Xdp> {
+        let prog = self.ebpf.program(name).ok_or_else(|| anyhow!("no program {name}"))?;
+        Ok(prog.try_into()?)
+    }
+
+    /// Runs `f` with the XDP program `name` attached to the router's ingress, and detaches it.
+    fn with_attached<T>(
+        &mut self,
+        topo: &Topology,
+        name: &str,
+        f: impl FnOnce(&Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let rtr_in = &topo.rtr_in;
+        let prog = self.program_mut(name)?;
+        let link = in_netns(&topo.router, || {
+            prog.attach(rtr_in, XdpMode::Driver)
+                .with_context(|| format!("attach {name} to {rtr_in} in native mode"))
+        })?;
+        let result = f(self);
+        self.program_mut(name)?.detach(link).with_context(|| format!("detach {name}"))?;
+        result
+    }
+
+    fn program_mut(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
+        let prog = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?;
         Ok(prog.try_into()?)
     }
 
     /// Frames the sink has counted, all CPUs together.
     fn sink_count(&self) -> anyhow::Result<u64> {
-        let map =
-            self.ebpf.map(names::SINK_COUNT).ok_or_else(|| anyhow!("no {}", names::SINK_COUNT))?;
-        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(names::SINK_COUNT)?)?;
         Ok(counts.get(&0, 0)?.iter().sum())
+    }
+
+    /// The devmap flushes of `slot` counted so far, all CPUs together; `None` without the
+    /// counter.
+    fn flush_stats(&self, slot: u32) -> anyhow::Result<Option<FlushStats>> {
+        if self.flush_counter.is_err() {
+            return Ok(None);
+        }
+        let stats: PerCpuArray<_, FlushStats> =
+            PerCpuArray::try_from(self.map(names::FLUSH_STATS)?)?;
+        let mut total = FlushStats::default();
+        for s in stats.get(&slot, 0)?.iter() {
+            total.flushes += s.flushes;
+            total.sent += s.sent;
+            total.drops += s.drops;
+            total.errors += s.errors;
+        }
+        Ok(Some(total))
+    }
+
+    /// What the `bpf_fib_lookup` forwarder did with frames so far, by outcome.
+    fn fib_results(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(names::FIB_RESULTS)?)?;
+        let mut out = BTreeMap::new();
+        for slot in 0..FIB_RESULT_SLOTS {
+            let n: u64 = counts.get(&slot, 0)?.iter().sum();
+            if n > 0 {
+                out.insert(fib_slot_name(slot), n);
+            }
+        }
+        Ok(out)
     }
 
     /// Sends `budget` frames from the gen namespace; returns the frames sent and the time taken.
     fn send(&self, topo: &Topology, budget: Budget) -> anyhow::Result<(u64, Duration)> {
-        let prog = self.generator()?;
+        let prog = self.program(names::GENERATOR)?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         // The kernel resolves ingress_ifindex in the caller's network namespace.
         let ctx: Vec<u8> = [0, FRAME_LEN as u32, 0, topo.gen_ifindex, 0, 0]
@@ -556,11 +1075,20 @@ impl BenchPrograms {
         }
     }
 
-    /// Sends `budget` and counts what reaches the sink.
-    fn measure(&self, topo: &Topology, budget: Budget) -> anyhow::Result<Measurement> {
+    /// Sends `budget` and counts what reaches the sink (and the devmap flushes, with `flushes`).
+    fn measure(
+        &self,
+        topo: &Topology,
+        budget: Budget,
+        flushes: bool,
+    ) -> anyhow::Result<Measurement> {
         let before = self.settled_count()?;
+        let router_before = if flushes { self.flush_stats(FLUSH_SLOT_ROUTER)? } else { None };
+        let gen_before = self.flush_stats(FLUSH_SLOT_GENERATOR)?;
         let (sent, elapsed) = self.send(topo, budget)?;
         let received = self.settled_count()? - before;
+        let router_after = if flushes { self.flush_stats(FLUSH_SLOT_ROUTER)? } else { None };
+        let gen_after = self.flush_stats(FLUSH_SLOT_GENERATOR)?;
         let seconds = elapsed.as_secs_f64();
         Ok(Measurement {
             sent,
@@ -568,10 +1096,95 @@ impl BenchPrograms {
             seconds,
             mpps: per_second(received, seconds) / 1e6,
             offered_mpps: per_second(sent, seconds) / 1e6,
+            devmap: router_before.zip(router_after).map(|(b, a)| FlushDelta::between(&b, &a)),
+            entry_drops: gen_before.zip(gen_after).map(|(b, a)| a.drops.saturating_sub(b.drops)),
             xdp_forwarded: None,
             xdp_mode: None,
+            fib_results: None,
         })
     }
+}
+
+/// A name for a `FIB_RESULTS` slot: `bpf_fib_lookup`'s return code, or what the forwarder did.
+fn fib_slot_name(slot: u32) -> String {
+    match slot {
+        0 => "success".into(),
+        1 => "blackhole".into(),
+        2 => "unreachable".into(),
+        3 => "prohibit".into(),
+        4 => "not_forwarded".into(),
+        5 => "forwarding_disabled".into(),
+        6 => "unsupported_lwt".into(),
+        7 => "no_neighbour".into(),
+        8 => "fragmentation_needed".into(),
+        9 => "no_source_address".into(),
+        FIB_SLOT_OTHER_RESULT => "other_result".into(),
+        FIB_SLOT_NOT_FORWARDABLE => "passed_before_lookup".into(),
+        FIB_SLOT_NO_DEVMAP => "egress_not_in_devmap".into(),
+        n => format!("result_{n}"),
+    }
+}
+
+/// Attaches `sluice_flush_tp` to `xdp:xdp_devmap_xmit` for the router's veth pair, after checking
+/// that the tracepoint's record has the layout the program reads.
+fn attach_flush_counter(ebpf: &mut Ebpf, topo: &Topology) -> anyhow::Result<()> {
+    let (category, name) = names::FLUSH_TRACEPOINT;
+    let tracefs = Path::new("/sys/kernel/tracing");
+    let format_path = tracefs.join("events").join(category).join(name).join("format");
+    if !format_path.exists() && !tracefs.join("events").exists() {
+        netns::run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+            .context("mount tracefs")?;
+    }
+    let format = std::fs::read_to_string(&format_path)
+        .with_context(|| format!("read {}", format_path.display()))?;
+    for (field, offset) in [
+        ("from_ifindex", flush_record::FROM_IFINDEX),
+        ("to_ifindex", flush_record::TO_IFINDEX),
+        ("drops", flush_record::DROPS),
+        ("sent", flush_record::SENT),
+        ("err", flush_record::ERR),
+    ] {
+        ensure!(
+            tracepoint_field(&format, field) == Some((offset, 4)),
+            "{category}:{name} has no 4-byte field {field} at offset {offset}"
+        );
+    }
+    let config = FlushConfig {
+        from_ifindex: i32::try_from(topo.rtr_in_ifindex)?,
+        to_ifindex: i32::try_from(topo.rtr_out_ifindex)?,
+        gen_ifindex: i32::try_from(topo.gen_ifindex)?,
+        _pad: 0,
+    };
+    let map = ebpf.map_mut(names::FLUSH_CONFIG).ok_or_else(|| anyhow!("no flush config"))?;
+    Array::<_, FlushConfig>::try_from(map)?.set(0, config, 0)?;
+    let prog: &mut TracePoint = ebpf
+        .program_mut(names::FLUSH_COUNTER)
+        .ok_or_else(|| anyhow!("program {} missing", names::FLUSH_COUNTER))?
+        .try_into()?;
+    prog.load().with_context(|| format!("load {}", names::FLUSH_COUNTER))?;
+    prog.attach(category, name).with_context(|| format!("attach to {category}:{name}"))?;
+    Ok(())
+}
+
+/// Offset and size of `field` in a tracepoint's `format` file.
+fn tracepoint_field(format: &str, field: &str) -> Option<(usize, usize)> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let decl = parts.next()?.strip_prefix("field:")?;
+        if decl.rsplit(' ').next()? != field {
+            return None;
+        }
+        let mut offset = None;
+        let mut size = None;
+        for p in parts {
+            if let Some(v) = p.strip_prefix("offset:") {
+                offset = v.parse().ok();
+            } else if let Some(v) = p.strip_prefix("size:") {
+                size = v.parse().ok();
+            }
+        }
+        offset.zip(size)
+    })
 }
 
 /// `sluice daemon` running in the router namespace with its own pin directory. Stopped, detached
@@ -583,10 +1196,19 @@ struct Daemon<'a> {
     pin_dir: PathBuf,
     router: &'a NetNs,
     log: PathBuf,
+    /// When it was spawned.
+    started: Instant,
+    /// When `sluice stats` first showed every interface.
+    attached: Duration,
 }
 
 impl<'a> Daemon<'a> {
-    fn start(exe: &Path, router: &'a NetNs, ifaces: &[&str]) -> anyhow::Result<Self> {
+    fn start(
+        exe: &Path,
+        router: &'a NetNs,
+        ifaces: &[&str],
+        ready_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let name = netns::unique_name("sluice-bench-");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
         let log = std::env::temp_dir().join(format!("{name}.log"));
@@ -596,9 +1218,19 @@ impl<'a> Daemon<'a> {
         cmd.arg("--pin-dir").arg(&pin_dir).arg("daemon").arg("--attach").args(ifaces);
         cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
         die_with_parent(&mut cmd);
+        let started = Instant::now();
         let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
-        let mut daemon = Self { child: Some(child), exe: exe.to_owned(), pin_dir, router, log };
-        daemon.wait_ready(ifaces)?;
+        let mut daemon = Self {
+            child: Some(child),
+            exe: exe.to_owned(),
+            pin_dir,
+            router,
+            log,
+            started,
+            attached: Duration::ZERO,
+        };
+        daemon.wait_ready(ifaces, ready_timeout)?;
+        daemon.attached = started.elapsed();
         Ok(daemon)
     }
 
@@ -613,15 +1245,21 @@ impl<'a> Daemon<'a> {
         serde_json::from_str(&out).context("parse `sluice stats --json`")
     }
 
-    fn wait_ready(&mut self, ifaces: &[&str]) -> anyhow::Result<()> {
-        let deadline = Instant::now() + DAEMON_READY_TIMEOUT;
+    /// Fails if the daemon has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) =
+            self.child.as_mut().and_then(|c| c.try_wait().transpose()).transpose()?
+        {
+            bail!("sluice daemon exited ({status}):\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, ifaces: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
         loop {
             check_interrupted()?;
-            if let Some(status) =
-                self.child.as_mut().and_then(|c| c.try_wait().transpose()).transpose()?
-            {
-                bail!("sluice daemon exited ({status}) before it was ready:\n{}", self.log_tail());
-            }
+            self.check_alive().context("before it was ready")?;
             let last = match self.stats() {
                 Ok(stats) if ifaces.iter().all(|i| iface(&stats, i).is_some()) => return Ok(()),
                 Ok(stats) => format!("stats: {stats}"),
@@ -629,7 +1267,7 @@ impl<'a> Daemon<'a> {
             };
             if Instant::now() > deadline {
                 bail!(
-                    "sluice daemon not ready after {DAEMON_READY_TIMEOUT:?} (last: {last}):\n{}",
+                    "sluice daemon not ready after {timeout:?} (last: {last}):\n{}",
                     self.log_tail()
                 );
             }
@@ -637,10 +1275,98 @@ impl<'a> Daemon<'a> {
         }
     }
 
+    /// Waits until the daemon has carried the kernel's table into the dataplane: its pinned route
+    /// trie of `family` holds at least `routes` entries (polled by counting them), and it has
+    /// logged that it is ready. Then reads its resident memory.
+    fn await_table(
+        &mut self,
+        family: Family,
+        routes: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<DaemonLoad> {
+        let trie = RouteTrie::open(&self.pin_dir, family);
+        let deadline = self.started + timeout;
+        let mut last_count = None;
+        let (mut loaded, mut entries, mut logged) = (None, None, None);
+        loop {
+            check_interrupted()?;
+            self.check_alive()?;
+            if logged.is_none()
+                && std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("ready: forwarding"))
+            {
+                logged = Some(self.started.elapsed());
+            }
+            if loaded.is_none()
+                && let Ok(trie) = &trie
+            {
+                let poll = Instant::now();
+                let n = trie.len()?;
+                last_count = Some(poll.elapsed());
+                entries = Some(n);
+                if n >= routes {
+                    loaded = Some(self.started.elapsed());
+                }
+            }
+            if logged.is_some() && (loaded.is_some() || trie.is_err()) {
+                break;
+            }
+            // Ready, yet short of routes for a while: it will not get there.
+            let stuck = logged.is_some_and(|at| self.started.elapsed() > at + READY_GRACE);
+            if Instant::now() > deadline || stuck {
+                bail!(
+                    "the daemon did not take the table ({} of {routes} routes in its trie {}):\n{}",
+                    entries.map_or_else(|| "?".into(), |n| n.to_string()),
+                    match logged {
+                        Some(at) => format!(
+                            "{:.1} s after it logged that it was ready",
+                            self.started.elapsed().saturating_sub(at).as_secs_f64()
+                        ),
+                        None => format!("after {timeout:?}"),
+                    },
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        };
+        Ok(DaemonLoad {
+            routes,
+            attached_s: self.attached.as_secs_f64(),
+            table_loaded_s: loaded.map(|d| d.as_secs_f64()),
+            ready_logged_s: logged.map(|d| d.as_secs_f64()),
+            trie_entries: entries,
+            trie: match trie {
+                Ok(_) => "counted".into(),
+                Err(e) => format!("not counted: {e:#}"),
+            },
+            last_count_ms: last_count.map(ms),
+            rss_kib: kib("VmRSS:"),
+            peak_rss_kib: kib("VmHWM:"),
+        })
+    }
+
+    /// The daemon's first warnings or errors (often the cause) and its last lines.
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        let tail = lines.len().saturating_sub(12);
+        let first: Vec<&str> = lines[..tail]
+            .iter()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(3)
+            .copied()
+            .collect();
+        let mut out = first.join("\n");
+        if !first.is_empty() {
+            out.push_str("\n...\n");
+        }
+        out + &lines[tail..].join("\n")
     }
 
     /// Stops the daemon (SIGTERM, SIGKILL after 10 s), runs `sluice detach` and removes the pins.
@@ -746,86 +1472,136 @@ impl Drop for SignalGuard {
 }
 
 /// Times `ip route add` in the router namespace until the prefix is in the pinned route trie
-/// (read directly, polled every [`MAP_POLL`]) and until it shows in `sluice routes --json`
-/// (polled every [`ROUTE_POLL`]; each call has its own cost, reported beside).
+/// (read directly, polled every [`MAP_POLL`]) and, with one route, until it shows in
+/// `sluice routes --json` (polled every [`ROUTE_POLL`]; each call has its own cost, reported
+/// beside). With a full table that listing is too large to poll. The probe routes point at a
+/// next hop of their own, so the trie's answer for them changes even where the default route
+/// already covered them. Each probe is deleted, and its deletion awaited, before the next.
 fn route_add_latency(
     daemon: &Daemon<'_>,
     topo: &Topology,
+    phase: Phase,
     trials: u32,
 ) -> anyhow::Result<RouteLatency> {
-    let gateway = topo.sink_gateway().to_string();
-    let trie = RouteTrie::open(&daemon.pin_dir, topo.family)?;
+    let family = phase.family;
+    let gateway = family.gateway(topo.next_hops).to_string();
+    let trie = RouteTrie::open(&daemon.pin_dir, family)?;
+    let with_cli = phase.table == TableKind::One;
+    let timeout = if with_cli { ROUTE_TIMEOUT } else { ROUTE_TIMEOUT_FULL };
     let (mut in_map, mut in_cli, mut ip_calls, mut calls) = (vec![], vec![], vec![], vec![]);
     for i in 0..trials {
         check_interrupted()?;
-        let prefix = topo.family.probe_route(i);
+        let prefix = family.probe_route(i);
+        let net: ipnet::IpNet = prefix.parse()?;
+        let baseline = trie.lookup(net)?;
         let start = Instant::now();
         topo.router.ip(&["route", "add", &prefix, "via", &gateway, "dev", &topo.rtr_out])?;
         ip_calls.push(start.elapsed());
-        let outcome = await_route(daemon, &trie, &prefix, start, &mut calls);
+        let probe = Probe { daemon, trie: &trie, net, baseline, start, timeout };
+        let outcome = probe.await_added(with_cli, &mut calls);
         topo.router.ip(&["route", "del", &prefix])?;
+        let gone = probe.await_removed();
         match outcome? {
             Ok((map, cli)) => {
                 in_map.push(map);
-                in_cli.push(cli);
+                in_cli.extend(cli);
             }
             Err(reason) => return Ok(RouteLatency::NotMeasured { reason }),
+        }
+        if let Err(reason) = gone? {
+            return Ok(RouteLatency::NotMeasured { reason });
         }
     }
     Ok(RouteLatency::Measured {
         trials,
         dataplane: Percentiles::of(in_map),
-        cli: Percentiles::of(in_cli),
-        cli_call_median_ms: Percentiles::of(calls).median_ms,
+        cli: (!in_cli.is_empty()).then(|| Percentiles::of(in_cli)),
+        cli_call_median_ms: (!calls.is_empty()).then(|| Percentiles::of(calls).median_ms),
         ip_call_median_ms: Percentiles::of(ip_calls).median_ms,
     })
 }
 
-/// Waits until `prefix` is in the trie, then until `sluice routes --json` shows it, and returns
-/// both delays since `start`, or why one did not come within [`ROUTE_TIMEOUT`]. Records the
-/// duration of every CLI call in `calls`.
-fn await_route(
-    daemon: &Daemon<'_>,
-    trie: &RouteTrie,
-    prefix: &str,
+/// One route-add latency trial.
+struct Probe<'a> {
+    daemon: &'a Daemon<'a>,
+    trie: &'a RouteTrie,
+    net: ipnet::IpNet,
+    /// What the trie answered for the prefix before it was added.
+    baseline: Option<Route>,
     start: Instant,
-    calls: &mut Vec<Duration>,
-) -> anyhow::Result<Result<(Duration, Duration), String>> {
-    let net: ipnet::IpNet = prefix.parse()?;
-    while !trie.contains(net)? {
-        check_interrupted()?;
-        if start.elapsed() > ROUTE_TIMEOUT {
-            return Ok(Err(format!(
-                "{prefix} did not reach the dataplane within {ROUTE_TIMEOUT:?}"
-            )));
+    timeout: Duration,
+}
+
+impl Probe<'_> {
+    /// Waits until the trie's answer for the prefix changes, then (`with_cli`) until
+    /// `sluice routes --json` shows it, and returns both delays since the start, or why one did
+    /// not come within the timeout. Records the duration of every CLI call in `calls`.
+    fn await_added(
+        &self,
+        with_cli: bool,
+        calls: &mut Vec<Duration>,
+    ) -> anyhow::Result<Result<(Duration, Option<Duration>), String>> {
+        let net = self.net;
+        while self.trie.lookup(net)? == self.baseline {
+            check_interrupted()?;
+            if self.start.elapsed() > self.timeout {
+                return Ok(Err(format!(
+                    "{net} did not reach the dataplane within {:?}",
+                    self.timeout
+                )));
+            }
+            thread::sleep(MAP_POLL);
         }
-        thread::sleep(MAP_POLL);
+        let in_map = self.start.elapsed();
+        if !with_cli {
+            return Ok(Ok((in_map, None)));
+        }
+        loop {
+            check_interrupted()?;
+            let call = Instant::now();
+            let out = self
+                .daemon
+                .sluice(&["routes", "--json"])
+                .output()
+                .context("spawn sluice routes")?;
+            calls.push(call.elapsed());
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                return Ok(Err(format!(
+                    "`sluice routes --json` failed ({}): {}",
+                    out.status,
+                    stderr.trim()
+                )));
+            }
+            let routes: Value =
+                serde_json::from_slice(&out.stdout).context("parse `sluice routes --json`")?;
+            if contains_prefix(&routes, net) {
+                return Ok(Ok((in_map, Some(self.start.elapsed()))));
+            }
+            if self.start.elapsed() > self.timeout {
+                return Ok(Err(format!(
+                    "{net} did not show in `sluice routes --json` within {:?}",
+                    self.timeout
+                )));
+            }
+            thread::sleep(ROUTE_POLL.saturating_sub(call.elapsed()));
+        }
     }
-    let in_map = start.elapsed();
-    loop {
-        check_interrupted()?;
-        let call = Instant::now();
-        let out = daemon.sluice(&["routes", "--json"]).output().context("spawn sluice routes")?;
-        calls.push(call.elapsed());
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            return Ok(Err(format!(
-                "`sluice routes --json` failed ({}): {}",
-                out.status,
-                stderr.trim()
-            )));
+
+    /// Waits until the trie answers for the prefix as it did before it was added.
+    fn await_removed(&self) -> anyhow::Result<Result<(), String>> {
+        let since = Instant::now();
+        while self.trie.lookup(self.net)? != self.baseline {
+            check_interrupted()?;
+            if since.elapsed() > self.timeout {
+                return Ok(Err(format!(
+                    "{} was not removed from the dataplane within {:?}",
+                    self.net, self.timeout
+                )));
+            }
+            thread::sleep(MAP_POLL);
         }
-        let routes: Value =
-            serde_json::from_slice(&out.stdout).context("parse `sluice routes --json`")?;
-        if contains_prefix(&routes, net) {
-            return Ok(Ok((in_map, start.elapsed())));
-        }
-        if start.elapsed() > ROUTE_TIMEOUT {
-            return Ok(Err(format!(
-                "{prefix} did not show in `sluice routes --json` within {ROUTE_TIMEOUT:?}"
-            )));
-        }
-        thread::sleep(ROUTE_POLL.saturating_sub(call.elapsed()));
+        Ok(Ok(()))
     }
 }
 
@@ -851,20 +1627,40 @@ impl RouteTrie {
         })
     }
 
-    /// Whether the trie holds exactly `net` (a lookup would answer for a covering prefix too).
-    fn contains(&self, net: ipnet::IpNet) -> anyhow::Result<bool> {
+    /// The route a lookup of `net` (at its own prefix length) finds: the longest route covering
+    /// it, or `None`.
+    fn lookup(&self, net: ipnet::IpNet) -> anyhow::Result<Option<Route>> {
         let len = u32::from(net.prefix_len());
-        Ok(match (self, net) {
-            (Self::V4(t), ipnet::IpNet::V4(n)) => {
-                let want = n.network().octets();
-                t.keys().any(|k| k.is_ok_and(|k| k.prefix_len() == len && k.data() == want))
-            }
-            (Self::V6(t), ipnet::IpNet::V6(n)) => {
-                let want = n.network().octets();
-                t.keys().any(|k| k.is_ok_and(|k| k.prefix_len() == len && k.data() == want))
-            }
+        let found = match (self, net) {
+            (Self::V4(t), ipnet::IpNet::V4(n)) => t.get(&Key::new(len, n.network().octets()), 0),
+            (Self::V6(t), ipnet::IpNet::V6(n)) => t.get(&Key::new(len, n.network().octets()), 0),
             _ => bail!("{net} is not of the trie's family"),
-        })
+        };
+        match found {
+            Ok(route) => Ok(Some(route)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("look a prefix up in the route trie"),
+        }
+    }
+
+    /// Entries in the trie (one system call each).
+    fn len(&self) -> anyhow::Result<usize> {
+        let mut n = 0;
+        match self {
+            Self::V4(t) => {
+                for k in t.keys() {
+                    k?;
+                    n += 1;
+                }
+            }
+            Self::V6(t) => {
+                for k in t.keys() {
+                    k?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -916,12 +1712,22 @@ struct Measurement {
     mpps: f64,
     /// `sent / seconds`, in millions.
     offered_mpps: f64,
+    /// For the XDP forwarders: the devmap flushes from `rtr_in` to `rtr_out` during the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devmap: Option<FlushDelta>,
+    /// Frames the generator's veth could not hand to the router (its input ring was full), from
+    /// the generator's own devmap flushes: sent, but never offered to the forwarder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry_drops: Option<u64>,
     /// For Sluice: frames the XDP program forwarded on `rtr_in` during the run.
     #[serde(skip_serializing_if = "Option::is_none")]
     xdp_forwarded: Option<u64>,
     /// For Sluice: the attach mode `sluice stats` reports for `rtr_in`.
     #[serde(skip_serializing_if = "Option::is_none")]
     xdp_mode: Option<String>,
+    /// For the `bpf_fib_lookup` forwarder: its outcomes during the run, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fib_results: Option<BTreeMap<String, u64>>,
 }
 
 impl Measurement {
@@ -930,13 +1736,56 @@ impl Measurement {
             "{:6.2} Mpps  ({} of {} frames delivered in {:.3} s, offered {:.2} Mpps",
             self.mpps, self.received, self.sent, self.seconds, self.offered_mpps
         );
+        if let Some(f) = &self.devmap {
+            let _ = write!(
+                s,
+                ", {:.1} frames per devmap flush, {} dropped",
+                f.frames_per_flush, f.drops
+            );
+        }
+        if let Some(d) = self.entry_drops.filter(|d| *d > 0) {
+            let _ = write!(s, ", {d} dropped entering the router");
+        }
         if let Some(f) = self.xdp_forwarded {
             let _ = write!(s, ", {f} forwarded by XDP");
         }
         if let Some(m) = &self.xdp_mode {
             let _ = write!(s, ", {m} mode");
         }
+        if let Some(r) = &self.fib_results {
+            let _ = write!(s, ", lookups {r:?}");
+        }
         s + ")"
+    }
+}
+
+/// The devmap flushes of one measurement, from the `xdp:xdp_devmap_xmit` tracepoint.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq)]
+struct FlushDelta {
+    /// Flushes (calls of the egress driver's `ndo_xdp_xmit`).
+    flushes: u64,
+    /// Frames the driver took.
+    sent: u64,
+    /// Frames the driver did not take: dropped at transmit.
+    drops: u64,
+    /// Flushes that failed with an error.
+    errors: u64,
+    /// `sent / flushes`: how well the bulk queue batches (16 at most).
+    frames_per_flush: f64,
+}
+
+impl FlushDelta {
+    #[expect(clippy::cast_precision_loss, reason = "frame counts stay far below 2^52")]
+    fn between(before: &FlushStats, after: &FlushStats) -> Self {
+        let flushes = after.flushes.saturating_sub(before.flushes);
+        let sent = after.sent.saturating_sub(before.sent);
+        Self {
+            flushes,
+            sent,
+            drops: after.drops.saturating_sub(before.drops),
+            errors: after.errors.saturating_sub(before.errors),
+            frames_per_flush: if flushes == 0 { 0.0 } else { sent as f64 / flushes as f64 },
+        }
     }
 }
 
@@ -948,10 +1797,12 @@ enum RouteLatency {
         trials: u32,
         /// Until the prefix is in the pinned route trie.
         dataplane: Percentiles,
-        /// Until the prefix shows in `sluice routes --json`.
-        cli: Percentiles,
+        /// Until the prefix shows in `sluice routes --json` (one-route cells only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cli: Option<Percentiles>,
         /// What one `sluice routes --json` call takes: the resolution of `cli`.
-        cli_call_median_ms: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cli_call_median_ms: Option<f64>,
         /// What `ip route add` itself takes (spawned, so it is part of both delays).
         ip_call_median_ms: f64,
     },
@@ -960,53 +1811,510 @@ enum RouteLatency {
     },
 }
 
+impl RouteLatency {
+    fn describe(&self) -> String {
+        match self {
+            Self::Measured { trials, dataplane, cli, cli_call_median_ms, ip_call_median_ms } => {
+                let mut s = format!(
+                    "-> trie median {:.2} ms, p99 {:.2} ms ({trials} trials, `ip route add` takes {ip_call_median_ms:.1} ms of it)",
+                    dataplane.median_ms, dataplane.p99_ms
+                );
+                if let (Some(cli), Some(call)) = (cli, cli_call_median_ms) {
+                    let _ = write!(
+                        s,
+                        "; -> `sluice routes` median {:.1} ms, p99 {:.1} ms (one call takes {call:.1} ms)",
+                        cli.median_ms, cli.p99_ms
+                    );
+                }
+                s
+            }
+            Self::NotMeasured { reason } => format!("not measured: {reason}"),
+        }
+    }
+}
+
+/// How the daemon took the table in the kernel into its dataplane when it started.
+#[derive(Debug, Serialize)]
+struct DaemonLoad {
+    /// Routes of the table in the kernel.
+    routes: usize,
+    /// From the start until `sluice stats` shows both interfaces (the daemon has dumped and
+    /// compiled the kernel's state and begun writing its maps).
+    attached_s: f64,
+    /// From the start until the pinned route trie holds at least `routes` entries.
+    table_loaded_s: Option<f64>,
+    /// From the start until the daemon logged that it is ready (every map written).
+    ready_logged_s: Option<f64>,
+    /// Entries in the trie when it was last counted (connected and local routes included).
+    trie_entries: Option<usize>,
+    /// Whether the trie could be counted, or why not.
+    trie: String,
+    /// What the last count of the trie took: the resolution of `table_loaded_s`.
+    last_count_ms: Option<f64>,
+    /// The daemon's resident memory with the table loaded (`VmRSS`), KiB.
+    rss_kib: Option<u64>,
+    /// Its peak resident memory so far (`VmHWM`), KiB.
+    peak_rss_kib: Option<u64>,
+}
+
+impl DaemonLoad {
+    fn describe(&self) -> String {
+        let s = |v: Option<f64>| v.map_or_else(|| "?".into(), |v| format!("{v:.2} s"));
+        let mib = |v: Option<u64>| {
+            v.map_or_else(|| "?".into(), |v| format!("{:.0} MiB", v as f64 / 1024.0))
+        };
+        format!(
+            "{} routes in the dataplane after {} (interfaces after {:.2} s, ready logged after {}; {} trie entries, counted in {}), RSS {} (peak {})",
+            self.routes,
+            s(self.table_loaded_s),
+            self.attached_s,
+            s(self.ready_logged_s),
+            self.trie_entries.map_or_else(|| "?".into(), |n| n.to_string()),
+            self.last_count_ms.map_or_else(|| "?".into(), |v| format!("{v:.0} ms")),
+            mib(self.rss_kib),
+            mib(self.peak_rss_kib)
+        )
+    }
+}
+
+/// Sluice's rate over the others', in one cell.
+#[derive(Debug, Serialize, Default)]
+#[expect(clippy::struct_field_names, reason = "the JSON keys name both sides of each ratio")]
+struct Ratios {
+    sluice_linux: Option<f64>,
+    sluice_fib_lookup: Option<f64>,
+    sluice_ceiling: Option<f64>,
+    /// Sluice with the full table over Sluice with one route (full-table cells).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sluice_full_over_one: Option<f64>,
+}
+
+/// One (family, table) cell.
+#[derive(Debug, Serialize)]
+struct Cell {
+    family: &'static str,
+    /// `one` or `full`.
+    table: &'static str,
+    /// Routes of the table in the router's kernel (besides the connected ones).
+    routes: usize,
+    /// By forwarder name.
+    forwarders: BTreeMap<&'static str, Measurement>,
+    ratios: Ratios,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daemon: Option<DaemonLoad>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route_add: Option<RouteLatency>,
+    /// Forwarders that could not be measured, with the error.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    failures: BTreeMap<&'static str, String>,
+}
+
+/// A family's synthetic table.
+#[derive(Debug, Serialize)]
+struct TableReport {
+    family: &'static str,
+    routes: usize,
+    next_hops: u8,
+    seed: u64,
+    /// Routes per prefix length.
+    histogram: BTreeMap<u8, usize>,
+    mean_prefix_len: f64,
+    /// Share of routes covered by a shorter one (estimated from a sample).
+    more_specific_share: f64,
+    generate_s: f64,
+    /// How long adding it to the router's kernel over rtnetlink took.
+    kernel_install_s: Option<f64>,
+    /// How long deleting it took (only when a later cell needed it gone).
+    kernel_remove_s: Option<f64>,
+}
+
+impl TableReport {
+    fn of(table: &Table, next_hops: u8, generated: Duration) -> Self {
+        Self {
+            family: table.family.name(),
+            routes: table.len(),
+            next_hops,
+            seed: table.seed,
+            histogram: table.histogram(),
+            mean_prefix_len: table.mean_len(),
+            more_specific_share: table.more_specific_share(MORE_SPECIFIC_SAMPLE),
+            generate_s: generated.as_secs_f64(),
+            kernel_install_s: None,
+            kernel_remove_s: None,
+        }
+    }
+}
+
+/// The 1, 5 and 15 minute load averages when the run started and when it ended.
+#[derive(Debug, Serialize)]
+struct LoadAverages {
+    start: [f64; 3],
+    end: [f64; 3],
+}
+
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
 struct Report {
-    family: &'static str,
     frame_len: usize,
     destinations: u32,
-    routes: u32,
+    seed: u64,
+    budget: String,
     cpus: usize,
     kernel: String,
-    linux: Measurement,
-    sluice: Measurement,
-    /// `sluice.mpps / linux.mpps`.
-    ratio: f64,
-    route_add: RouteLatency,
+    load_average: LoadAverages,
+    /// The tracepoint devmap flushes were counted at, or why they were not.
+    flush_counter: String,
+    tables: Vec<TableReport>,
+    results: Vec<Cell>,
 }
 
 impl Report {
-    fn print(&self) {
-        println!(
-            "forwarding, {} {}-byte frames, {} destinations, {} routes, one veth chain, {} CPUs, Linux {}",
-            self.family, self.frame_len, self.destinations, self.routes, self.cpus, self.kernel
+    /// Writes the JSON to `json` and the chart to `plot`, or beside the JSON.
+    fn write(&self, json: Option<&Path>, plot: Option<&Path>) -> anyhow::Result<()> {
+        if let Some(path) = json {
+            let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
+            serde_json::to_writer_pretty(&mut f, self)?;
+            writeln!(f)?;
+        }
+        let plot = plot.map(Path::to_owned).or_else(|| json.map(|j| j.with_extension("svg")));
+        if let Some(path) = plot {
+            std::fs::write(&path, self.svg())
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// One line per cell: each forwarder's rate and Sluice's ratios.
+    fn rate_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>8} {:>11} {:>8} {:>8}   {:>13} {:>13} {:>10} {:>10}",
+            "Mpps",
+            "linux",
+            "fib_lookup",
+            "ceiling",
+            "sluice",
+            "sluice/linux",
+            "/fib_lookup",
+            "/ceiling",
+            "full/one"
         );
-        println!("  linux   {:6.2} Mpps", self.linux.mpps);
-        println!("  sluice  {:6.2} Mpps", self.sluice.mpps);
-        println!("  ratio   {:6.2} (sluice / linux)", self.ratio);
-        match &self.route_add {
-            RouteLatency::Measured {
-                trials,
-                dataplane,
-                cli,
-                cli_call_median_ms,
-                ip_call_median_ms,
-            } => {
-                println!(
-                    "route add -> dataplane trie:  median {:.2} ms, p99 {:.2} ms ({trials} trials, from the start of `ip route add`, which takes {ip_call_median_ms:.1} ms)",
-                    dataplane.median_ms, dataplane.p99_ms
-                );
-                println!(
-                    "route add -> sluice routes:   median {:.1} ms, p99 {:.1} ms (one call takes {cli_call_median_ms:.1} ms)",
-                    cli.median_ms, cli.p99_ms
-                );
-            }
-            RouteLatency::NotMeasured { reason } => {
-                println!("route add -> sluice routes: not measured: {reason}");
-            }
+        let mpps = |c: &Cell, f: Forwarder| {
+            c.forwarders.get(f.name()).map_or_else(|| "-".into(), |m| format!("{:.2}", m.mpps))
+        };
+        let times = |r: Option<f64>| r.map_or_else(|| "-".into(), |r| format!("{r:.2}x"));
+        for c in &self.results {
+            let label = format!(
+                "{} {} ({})",
+                c.family,
+                if c.table == "one" { "one route" } else { "full" },
+                c.routes
+            );
+            let _ = writeln!(
+                out,
+                "{label:<24} {:>8} {:>11} {:>8} {:>8}   {:>13} {:>13} {:>10} {:>10}",
+                mpps(c, Forwarder::Linux),
+                mpps(c, Forwarder::FibLookup),
+                mpps(c, Forwarder::Ceiling),
+                mpps(c, Forwarder::Sluice),
+                times(c.ratios.sluice_linux),
+                times(c.ratios.sluice_fib_lookup),
+                times(c.ratios.sluice_ceiling),
+                times(c.ratios.sluice_full_over_one)
+            );
         }
     }
+
+    /// The results as a table for people.
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "forwarding {}-byte UDP frames to {} destinations on one veth chain ({}), {} CPUs, Linux {}; load average {} at the start, {} at the end",
+            self.frame_len,
+            self.destinations,
+            self.budget,
+            self.cpus,
+            self.kernel,
+            format_load(self.load_average.start),
+            format_load(self.load_average.end)
+        );
+        self.rate_table(&mut out);
+        let short: Vec<String> = self
+            .results
+            .iter()
+            .flat_map(|c| {
+                c.forwarders.iter().filter(|(_, m)| m.received < m.sent).map(move |(f, m)| {
+                    let entry = m.entry_drops.map_or_else(String::new, |d| {
+                        format!(" ({d} dropped entering the router, its input ring full)")
+                    });
+                    format!("{} {} {f}: {} of {}{entry}", c.family, c.table, m.received, m.sent)
+                })
+            })
+            .collect();
+        for c in &self.results {
+            for (f, e) in &c.failures {
+                let first = e.lines().next().unwrap_or_default();
+                let _ = writeln!(out, "FAILED {} {} {f}: {first}", c.family, c.table);
+            }
+        }
+        if short.is_empty() {
+            let _ =
+                writeln!(out, "delivered: every frame sent reached the sink in every measurement");
+        } else {
+            let _ = writeln!(out, "delivered less than sent: {}", short.join("; "));
+        }
+        let _ = writeln!(
+            out,
+            "frames per devmap flush (frames dropped at transmit), {}:",
+            self.flush_counter
+        );
+        for c in &self.results {
+            let flushes: Vec<String> = c
+                .forwarders
+                .iter()
+                .filter_map(|(f, m)| {
+                    m.devmap.map(|d| format!("{f} {:.1} ({})", d.frames_per_flush, d.drops))
+                })
+                .collect();
+            if !flushes.is_empty() {
+                let _ = writeln!(out, "  {} {}: {}", c.family, c.table, flushes.join(", "));
+            }
+        }
+        for t in &self.tables {
+            let secs = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1} s"));
+            let _ = writeln!(
+                out,
+                "{} table: {} prefixes over {} next hops (seed {}, mean length {:.2}, {:.0}% more-specifics), kernel install {}, removal {}",
+                t.family,
+                t.routes,
+                t.next_hops,
+                t.seed,
+                t.mean_prefix_len,
+                t.more_specific_share * 100.0,
+                secs(t.kernel_install_s),
+                secs(t.kernel_remove_s)
+            );
+        }
+        for c in &self.results {
+            if let Some(d) = &c.daemon {
+                let _ = writeln!(out, "daemon start, {} {}: {}", c.family, c.table, d.describe());
+            }
+        }
+        for c in &self.results {
+            if let Some(r) = &c.route_add {
+                let _ = writeln!(out, "route add, {} {}: {}", c.family, c.table, r.describe());
+            }
+        }
+        out
+    }
+
+    /// The rates as a bar chart.
+    fn svg(&self) -> String {
+        let series: Vec<(&str, &str)> =
+            Forwarder::ALL.iter().map(|f| (f.name(), forwarder_colour(*f))).collect();
+        let groups: Vec<(String, Vec<Bar>)> = self
+            .results
+            .iter()
+            .map(|c| {
+                let label = if c.table == "one" {
+                    format!("{} one route", c.family)
+                } else {
+                    format!("{} full table ({})", c.family, thousands(c.routes))
+                };
+                let bars = Forwarder::ALL
+                    .iter()
+                    .map(|f| {
+                        match (c.forwarders.get(f.name()), c.failures.contains_key(f.name())) {
+                            (Some(m), _) => Bar::Value(m.mpps),
+                            (None, true) => Bar::Failed,
+                            (None, false) => Bar::Absent,
+                        }
+                    })
+                    .collect();
+                (label, bars)
+            })
+            .collect();
+        bar_chart(
+            &format!(
+                "Forwarding rate, {}-byte UDP, {} destinations (Mpps)",
+                self.frame_len, self.destinations
+            ),
+            &format!(
+                "one veth chain, {} CPUs, Linux {}, load average {:.2} at the start",
+                self.cpus, self.kernel, self.load_average.start[0]
+            ),
+            &series,
+            &groups,
+        )
+    }
+}
+
+fn forwarder_colour(f: Forwarder) -> &'static str {
+    match f {
+        Forwarder::Linux => "#9d9d9d",
+        Forwarder::FibLookup => "#4c78a8",
+        Forwarder::Ceiling => "#54a24b",
+        Forwarder::Sluice => "#e45756",
+    }
+}
+
+/// `1000000` as `1,000,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The top of a value axis for values up to `max`, and its tick interval: about five intervals
+/// of 1, 2, 2.5 or 5 times a power of ten.
+fn axis(max: f64) -> (f64, f64) {
+    if !max.is_finite() || max <= 0.0 {
+        return (1.0, 0.2);
+    }
+    let rough = max / 5.0;
+    let magnitude = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|v| *v >= rough * (1.0 - 1e-9))
+        .unwrap_or(10.0 * magnitude);
+    ((max / step - 1e-9).ceil().max(1.0) * step, step)
+}
+
+/// Escapes text for SVG.
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// One bar of [`bar_chart`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bar {
+    /// Drawn to scale with its value above it.
+    Value(f64),
+    /// Not measured because the measurement failed: a note in its place.
+    Failed,
+    /// Not measured (not asked for): left out.
+    Absent,
+}
+
+/// A grouped bar chart as a standalone SVG document: one group per entry of `groups`, one bar per
+/// series (name and colour).
+fn bar_chart(
+    title: &str,
+    subtitle: &str,
+    series: &[(&str, &str)],
+    groups: &[(String, Vec<Bar>)],
+) -> String {
+    const LEFT: f64 = 56.0;
+    const RIGHT: f64 = 16.0;
+    const TOP: f64 = 84.0;
+    const PLOT: f64 = 300.0;
+    const BOTTOM: f64 = 48.0;
+    const BAR: f64 = 30.0;
+    const GAP: f64 = 4.0;
+    const PAD: f64 = 36.0;
+    let bars = series.len().max(1) as f64;
+    let group_width = bars * (BAR + GAP) - GAP + PAD;
+    let width = (LEFT + PAD / 2.0 + group_width * groups.len().max(1) as f64 + RIGHT).max(560.0);
+    let height = TOP + PLOT + BOTTOM;
+    let max = groups
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .filter_map(|b| match b {
+            Bar::Value(v) => Some(*v),
+            _ => None,
+        })
+        .fold(0.0f64, f64::max);
+    let (top, step) = axis(max);
+    let y = |v: f64| TOP + PLOT - v / top * PLOT;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        xml_escape(title)
+    );
+    let _ = writeln!(s, r##"<text x="{LEFT}" y="40" fill="#555">{}</text>"##, xml_escape(subtitle));
+    let mut lx = LEFT;
+    for (name, colour) in series {
+        let _ = writeln!(s, r#"<rect x="{lx:.1}" y="52" width="12" height="12" fill="{colour}"/>"#);
+        let _ = writeln!(s, r#"<text x="{:.1}" y="62">{}</text>"#, lx + 16.0, xml_escape(name));
+        lx += 16.0 + 8.0 * name.len() as f64 + 18.0;
+    }
+    for v in (0u32..).map(|i| step * f64::from(i)).take_while(|v| *v <= top + step / 2.0) {
+        let _ = writeln!(
+            s,
+            r#"<line x1="{LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="{}"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            width - RIGHT,
+            y(v),
+            y(v),
+            if v > 0.0 { "#e4e4e4" } else { "#333" },
+            LEFT - 6.0,
+            y(v) + 4.0,
+            format_tick(v)
+        );
+    }
+    for (g, (label, values)) in groups.iter().enumerate() {
+        let x0 = LEFT + PAD / 2.0 + g as f64 * group_width;
+        for (b, value) in values.iter().enumerate() {
+            let (name, colour) = series.get(b).copied().unwrap_or(("", "#000"));
+            let x = x0 + b as f64 * (BAR + GAP);
+            let v = match value {
+                Bar::Value(v) => v,
+                Bar::Absent => continue,
+                Bar::Failed => {
+                    let _ = writeln!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="start" font-size="10" fill="{colour}" transform="rotate(-90 {:.1} {:.1})">{} failed</text>"#,
+                        x + BAR / 2.0 + 4.0,
+                        TOP + PLOT - 6.0,
+                        x + BAR / 2.0 + 4.0,
+                        TOP + PLOT - 6.0,
+                        xml_escape(name)
+                    );
+                    continue;
+                }
+            };
+            let _ = writeln!(
+                s,
+                r#"<rect class="bar" x="{x:.1}" y="{:.1}" width="{BAR}" height="{:.1}" fill="{colour}"><title>{}: {v:.3}</title></rect>"#,
+                y(*v),
+                TOP + PLOT - y(*v),
+                xml_escape(name)
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{v:.2}</text>"#,
+                x + BAR / 2.0,
+                y(*v) - 4.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            x0 + (group_width - PAD) / 2.0,
+            TOP + PLOT + 20.0,
+            xml_escape(label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn format_tick(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// The frame every destination shares: Ethernet, IPv4 or IPv6 (by `src`), UDP to the discard port
@@ -1201,31 +2509,30 @@ mod tests {
     const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
-    fn frame(family: Family, i: u32) -> [u8; FRAME_LEN] {
+    fn frame(family: Family, dst: IpAddr) -> [u8; FRAME_LEN] {
         let template = frame_template(family.links().1[0], MAC_A, MAC_B);
-        apply_dest(&template, family, &gen_dest(&template, family.destination(i)))
+        apply_dest(&template, family, &gen_dest(&template, dst))
     }
 
     #[test]
     fn ipv4_frames_carry_valid_checksums() {
-        for i in [0, 1, 255, 3999, 65535] {
-            let f = frame(Family::V4, i);
+        let table = Table::generate(Family::V4, 1000, 5, 2);
+        for dst in table.destinations(50, 5) {
+            let f = frame(Family::V4, dst);
             assert_eq!(&f[0..6], &MAC_B, "destination MAC");
-            assert_eq!(checksum(&[&f[14..34]]), 0, "IPv4 header checksum of destination {i}");
+            assert_eq!(checksum(&[&f[14..34]]), 0, "IPv4 header checksum to {dst}");
             assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize, FRAME_LEN - 14, "total length");
             let udp_len = ((FRAME_LEN - 34) as u32).to_be_bytes();
             assert_eq!(checksum(&[&f[26..34], &[0, 17], &udp_len, &f[34..]]), 0, "UDP checksum");
-            assert_eq!(
-                IpAddr::from(<[u8; 4]>::try_from(&f[30..34]).unwrap()),
-                Family::V4.destination(i)
-            );
+            assert_eq!(IpAddr::from(<[u8; 4]>::try_from(&f[30..34]).unwrap()), dst);
         }
     }
 
     #[test]
     fn ipv6_frames_carry_valid_checksums() {
-        for i in [0, 1, 255, 3999, 65535] {
-            let f = frame(Family::V6, i);
+        let table = Table::generate(Family::V6, 1000, 5, 2);
+        for dst in table.destinations(50, 5) {
+            let f = frame(Family::V6, dst);
             assert_eq!(
                 u16::from_be_bytes([f[18], f[19]]) as usize,
                 FRAME_LEN - 54,
@@ -1233,21 +2540,130 @@ mod tests {
             );
             let udp_len = ((FRAME_LEN - 54) as u32).to_be_bytes();
             assert_eq!(checksum(&[&f[22..54], &[0, 17], &udp_len, &f[54..]]), 0, "UDP checksum");
-            assert_eq!(
-                IpAddr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()),
-                Family::V6.destination(i)
-            );
+            assert_eq!(IpAddr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()), dst);
         }
     }
 
     #[test]
-    fn destination_routes_cover_their_blocks() {
-        assert_eq!(Family::V4.destination(4000), "10.200.15.160".parse::<IpAddr>().unwrap());
-        assert_eq!(Family::V4.destination_route(15), "10.200.15.0/24");
-        assert_eq!(Family::V6.destination(4000), "fd00:200::fa0".parse::<IpAddr>().unwrap());
-        assert_eq!(Family::V6.destination_route(15), "fd00:200::f00/120");
+    fn address_plan() {
+        assert_eq!(Family::V4.gateway(0), Family::V4.links().1[3], "next hop 0 is the sink");
+        assert_eq!(Family::V6.gateway(3), "fd00:10:2::5".parse::<IpAddr>().unwrap());
         assert_eq!(Family::V6.probe_route(17), "fd00:251:11::/64");
-        assert_eq!(Family::V6.probe_route(0), "fd00:251::/64");
+        assert_eq!(Family::V4.probe_route(3), "10.251.3.0/24");
+        // The probes and the links lie outside every table route.
+        for family in [Family::V4, Family::V6] {
+            let t = Table::generate(family, 5000, 1, 4);
+            for a in family.links().1.into_iter().chain([family
+                .probe_route(0)
+                .parse::<ipnet::IpNet>()
+                .unwrap()
+                .addr()])
+            {
+                assert_eq!(t.longest_match(a), None, "{a}");
+            }
+        }
+    }
+
+    #[test]
+    fn phases_put_the_large_table_last() {
+        let p = phases(FamilyChoice::Both, TableChoice::Both);
+        let order: Vec<(Family, TableKind)> = p.iter().map(|p| (p.family, p.table)).collect();
+        assert_eq!(
+            order,
+            [
+                (Family::V4, TableKind::One),
+                (Family::V6, TableKind::One),
+                (Family::V6, TableKind::Full),
+                (Family::V4, TableKind::Full)
+            ]
+        );
+        assert_eq!(phases(FamilyChoice::Ipv6, TableChoice::Full).len(), 1);
+    }
+
+    #[test]
+    fn table_sizes_parse() {
+        assert_eq!(
+            parse_table_sizes("1000000,230000"),
+            Ok(TableSizes { v4: 1_000_000, v6: 230_000 })
+        );
+        assert_eq!(parse_table_sizes("20_000"), Ok(TableSizes { v4: 20_000, v6: 20_000 }));
+        assert!(parse_table_sizes("0").is_err());
+        assert!(parse_table_sizes("10,x").is_err());
+        assert!(parse_table_sizes("100000000").is_err());
+    }
+
+    #[test]
+    fn tracepoint_formats_parse() {
+        let format = "name: xdp_devmap_xmit\nID: 578\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\n\tfield:int from_ifindex;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:u32 act;\toffset:12;\tsize:4;\tsigned:0;\n\tfield:int to_ifindex;\toffset:16;\tsize:4;\tsigned:1;\n\tfield:int drops;\toffset:20;\tsize:4;\tsigned:1;\n\tfield:int sent;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:int err;\toffset:28;\tsize:4;\tsigned:1;\n";
+        assert_eq!(tracepoint_field(format, "from_ifindex"), Some((flush_record::FROM_IFINDEX, 4)));
+        assert_eq!(tracepoint_field(format, "to_ifindex"), Some((flush_record::TO_IFINDEX, 4)));
+        assert_eq!(tracepoint_field(format, "sent"), Some((flush_record::SENT, 4)));
+        assert_eq!(tracepoint_field(format, "drops"), Some((flush_record::DROPS, 4)));
+        assert_eq!(tracepoint_field(format, "err"), Some((flush_record::ERR, 4)));
+        assert_eq!(tracepoint_field(format, "missing"), None);
+    }
+
+    #[test]
+    fn flush_deltas() {
+        let b = FlushStats { flushes: 10, sent: 100, drops: 1, errors: 0 };
+        let a = FlushStats { flushes: 30, sent: 420, drops: 1, errors: 2 };
+        let d = FlushDelta::between(&b, &a);
+        assert_eq!((d.flushes, d.sent, d.drops, d.errors), (20, 320, 0, 2));
+        assert!((d.frames_per_flush - 16.0).abs() < 1e-9);
+        assert!(FlushDelta::between(&a, &a).frames_per_flush.abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn axis_tops_are_round() {
+        for (x, top, step) in [
+            (0.0, 1.0, 0.2),
+            (0.77, 0.8, 0.2),
+            (2.39, 2.5, 0.5),
+            (2.55, 3.0, 1.0),
+            (3.1, 4.0, 1.0),
+            (11.0, 12.5, 2.5),
+            (2.0, 2.0, 0.5),
+        ] {
+            let (t, s) = axis(x);
+            assert!((t - top).abs() < 1e-9 && (s - step).abs() < 1e-9, "{x} -> {t} by {s}");
+        }
+        assert_eq!(format_tick(2.5), "2.5");
+        assert_eq!(format_tick(2.0), "2");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(thousands(230), "230");
+    }
+
+    #[test]
+    fn bar_chart_draws_every_value_to_scale() {
+        let series = [("linux", "#111"), ("sluice <xdp>", "#222")];
+        let groups = vec![
+            ("ipv4 one route".to_owned(), vec![Bar::Value(1.0), Bar::Value(5.0)]),
+            ("ipv6 & full".to_owned(), vec![Bar::Absent, Bar::Value(2.0)]),
+            ("ipv6 one route".to_owned(), vec![Bar::Value(0.5), Bar::Failed]),
+        ];
+        let svg = bar_chart("Rates", "sub", &series, &groups);
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches(r#"<rect class="bar""#).count(), 4, "one bar per value");
+        assert!(svg.contains("sluice &lt;xdp&gt; failed"), "a failed measurement is marked");
+        let heights: Vec<f64> = svg
+            .lines()
+            .filter(|l| l.contains(r#"class="bar""#))
+            .map(|l| {
+                let h = l.split("height=\"").nth(1).unwrap();
+                h[..h.find('"').unwrap()].parse().unwrap()
+            })
+            .collect();
+        // The tallest value reaches the top of the axis (5 is a round top); the others scale.
+        assert_eq!(heights.len(), 4);
+        for (h, want) in heights.iter().zip([60.0, 300.0, 120.0, 30.0]) {
+            assert!((h - want).abs() < 0.11, "{heights:?}");
+        }
+        assert!(svg.contains("sluice &lt;xdp&gt;") && svg.contains("ipv6 &amp; full"));
+        assert!(!svg.contains("<xdp>") && !svg.contains(" & "));
+        // Balanced elements.
+        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+        assert_eq!(svg.matches("<title>").count(), 4);
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             prefixes = u.prefixes,
             groups = u.groups,
             groups_max = u.groups_max,
+            rejected = u.rejected,
             mib = u.shared_bytes >> 20,
             "IPv4 lookup tables (DIR-24-8)"
         );
@@ -106,6 +107,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             prefixes = u.prefixes,
             nodes = u.nodes,
             nodes_max = u.nodes_max,
+            rejected = u.rejected,
             mib = u.shared_bytes >> 20,
             "IPv6 lookup trie"
         );

@@ -91,7 +91,7 @@ pub enum DataplaneError {
         expected: (u32, u32, u32),
     },
     /// The IPv4 lookup tables could not take the routes.
-    #[error("IPv4 lookup tables")]
+    #[error("lookup tables")]
     Lookup(#[source] lookup::Dir24Error),
     /// The interface does not exist.
     #[error("no interface named {0:?}")]

@@ -70,9 +70,7 @@ impl Cells for VecCells {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Dir24Error {
     /// Every second-level group is in use.
-    #[error(
-        "all {MAX_GROUPS} second-level groups are in use: prefixes longer than /24 under more distinct /24s do not fit"
-    )]
+    #[error("the lookup table is full: all its second-level groups or nodes are in use")]
     GroupsFull,
     /// The route's target does not fit an entry.
     #[error("route target {0} does not fit a DIR-24-8 entry")]
@@ -88,6 +86,8 @@ pub struct Usage {
     pub groups: u32,
     /// Second-level groups available.
     pub groups_max: u32,
+    /// Routes left out at adoption because the groups were full.
+    pub rejected: usize,
     /// Bytes of the shared tables (first level plus the groups in use).
     pub shared_bytes: u64,
 }
@@ -111,6 +111,8 @@ pub struct Dir24<C: Cells> {
     free_groups: Vec<u32>,
     retired: Vec<(u32, Instant)>,
     groups_in_use: u32,
+    /// Routes that did not fit when the tables were adopted.
+    rejected: usize,
 }
 
 fn mask(addr: u32, len: u8) -> u32 {
@@ -133,6 +135,7 @@ impl<C: Cells> Dir24<C> {
             free_groups: Vec::new(),
             retired: Vec::new(),
             groups_in_use: 0,
+            rejected: 0,
         }
     }
 
@@ -154,10 +157,15 @@ impl<C: Cells> Dir24<C> {
         // Build the image in plain memory, then copy it over what differs.
         let mut image = Dir24::new(VecCells::new(tbl24.len()), VecCells::new(tbl8.len()));
         for (net, route) in routes {
-            image.set(net, route)?;
+            // What does not fit is left out (and logged by the caller through `usage`), so
+            // that everything else still forwards.
+            if image.set(net, route).is_err() {
+                image.rejected += 1;
+            }
         }
         let mut placed = Self::new(tbl24, tbl8);
         placed.prefixes = std::mem::take(&mut image.prefixes);
+        placed.rejected = image.rejected;
         placed.group_base = std::mem::take(&mut image.group_base);
         placed.base_depth = std::mem::take(&mut image.base_depth);
         placed.reserve_groups(live_groups.values().copied());
@@ -251,6 +259,7 @@ impl<C: Cells> Dir24<C> {
             prefixes: self.prefixes.iter().map(HashMap::len).sum(),
             groups: self.groups_in_use,
             groups_max: MAX_GROUPS,
+            rejected: self.rejected,
             shared_bytes: u64::from(TBL24_ENTRIES) * 4
                 + u64::from(self.groups_in_use) * u64::from(GROUP_ENTRIES) * 4,
         }

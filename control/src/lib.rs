@@ -13,6 +13,7 @@ pub mod netns;
 pub mod rib;
 pub mod shared_mem;
 pub mod show;
+pub mod table;
 pub mod trie6;
 pub mod xmit;
 

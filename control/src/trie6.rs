@@ -1,8 +1,8 @@
 //! The IPv6 lookup structure of the dataplane: a multibit trie in one shared table (see
 //! [`sluice_common::trie6`]): 65,536 first-level entries for the first two bytes of an address,
-//! then nodes of 256 entries, one level per byte. Every entry holds the answer of the longest
+//! then nodes of 16 entries, one level per 4 bits. Every entry holds the answer of the longest
 //! prefix covering it (leaf pushing), so a lookup stops at the first entry that is not a pointer:
-//! at most 15 reads, 5 for a /48, whatever the size of the table.
+//! at most 29 reads, 9 for a /48, whatever the size of the table.
 //!
 //! Updates follow [`crate::dir24`]: single atomic stores, a node filled before the entry that
 //! points to it is published, and a node that falls out of use retired for [`GROUP_GRACE`] before
@@ -14,7 +14,7 @@ use ipnet::Ipv6Net;
 use sluice_common::{
     Route,
     dir24::{decode, encode, group_entry, group_pointer, is_group},
-    trie6::{ENTRIES, MAX_NODES, NODE_ENTRIES, ROOT_ENTRIES},
+    trie6::{ENTRIES, MAX_NODES, NODE_ENTRIES, ROOT_ENTRIES, STRIDE},
 };
 
 use crate::dir24::{Cells, Dir24Error, GROUP_GRACE, VecCells};
@@ -31,6 +31,8 @@ pub struct Usage {
     pub nodes: u32,
     /// Nodes available.
     pub nodes_max: u32,
+    /// Routes left out at adoption because the nodes were full.
+    pub rejected: usize,
     /// Bytes of the shared table in use (first level plus the nodes in use).
     pub shared_bytes: u64,
 }
@@ -49,6 +51,8 @@ pub struct Trie6<C: Cells> {
     free: Vec<u32>,
     retired: Vec<(u32, Instant)>,
     nodes_in_use: u32,
+    /// Routes that did not fit when the trie was adopted.
+    rejected: usize,
 }
 
 fn mask(a: u128, len: u8) -> u128 {
@@ -77,6 +81,7 @@ impl<C: Cells> Trie6<C> {
             free: Vec::new(),
             retired: Vec::new(),
             nodes_in_use: 0,
+            rejected: 0,
         }
     }
 
@@ -88,12 +93,17 @@ impl<C: Cells> Trie6<C> {
     ) -> Result<Self, Dir24Error> {
         let mut image = Trie6::new(VecCells::new(cells.len()));
         for (net, route) in routes {
-            image.set(net, route)?;
+            // What does not fit is left out (and logged by the caller through `usage`), so
+            // that everything else still forwards.
+            if image.set(net, route).is_err() {
+                image.rejected += 1;
+            }
         }
         let mut live_nodes = Vec::new();
         collect_nodes(&cells, 0, ROOT_ENTRIES as usize, &mut live_nodes);
         let mut placed = Self::new(cells);
         placed.prefixes = std::mem::take(&mut image.prefixes);
+        placed.rejected = image.rejected;
         placed.next_node = live_nodes.iter().map(|n| n + 1).max().unwrap_or(0);
         let mut reused = std::collections::HashSet::new();
         placed.place(&image, 0, 0, ROOT_ENTRIES as usize, &mut reused)?;
@@ -161,8 +171,8 @@ impl<C: Cells> Trie6<C> {
         let mut e = self.cells.get(index(a, 0, ROOT_BITS));
         let mut start = ROOT_BITS;
         while is_group(e) && start < 128 {
-            e = self.cells.get(node_base(group_entry(e)) + index(a, start, start + 8));
-            start += 8;
+            e = self.cells.get(node_base(group_entry(e)) + index(a, start, start + STRIDE));
+            start += STRIDE;
         }
         decode(e)
     }
@@ -173,6 +183,7 @@ impl<C: Cells> Trie6<C> {
             prefixes: self.prefixes.iter().map(HashMap::len).sum(),
             nodes: self.nodes_in_use,
             nodes_max: MAX_NODES,
+            rejected: self.rejected,
             shared_bytes: (u64::from(ROOT_ENTRIES)
                 + u64::from(self.nodes_in_use) * u64::from(NODE_ENTRIES))
                 * 4,
@@ -219,7 +230,7 @@ impl<C: Cells> Trie6<C> {
             };
             base = node_base(node);
             start = end;
-            end += 8;
+            end += STRIDE;
         }
         Ok((base, start, end))
     }
@@ -278,7 +289,7 @@ impl<C: Cells> Trie6<C> {
             let base = node_base(group_entry(e));
             for child in base..base + NODE_ENTRIES as usize {
                 if self.depth[child] <= end + 1 {
-                    self.write_entry(child, end + 8, value, depth, replace);
+                    self.write_entry(child, end + STRIDE, value, depth, replace);
                 }
             }
         } else if e != value {
@@ -300,7 +311,7 @@ impl<C: Cells> Trie6<C> {
             path.push((entry, end));
             base = node_base(group_entry(e));
             start = end;
-            end += 8;
+            end += STRIDE;
         }
         for (entry, node_start) in path.into_iter().rev() {
             let node = group_entry(self.cells.get(entry));
@@ -411,14 +422,14 @@ mod tests {
     }
 
     #[test]
-    fn a_slash_48_costs_five_reads_and_nodes_are_shared() {
+    fn a_slash_48_costs_nine_reads_and_nodes_are_shared() {
         let mut t = trie();
         t.set("2001:db8:1::/48".parse().unwrap(), route(1)).unwrap();
-        assert_eq!(t.usage().nodes, 4, "one node for each of bytes 3 to 6 of the address");
+        assert_eq!(t.usage().nodes, 8, "one node for each nibble from bit 16 to bit 48");
         t.set("2001:db8:2::/48".parse().unwrap(), route(2)).unwrap();
-        assert_eq!(t.usage().nodes, 4, "a sibling /48 is another entry of the same node");
+        assert_eq!(t.usage().nodes, 8, "a sibling /48 is another entry of the same node");
         t.set("2001:db9:1::/48".parse().unwrap(), route(3)).unwrap();
-        assert_eq!(t.usage().nodes, 6, "a /48 under another /32 shares the first two nodes");
+        assert_eq!(t.usage().nodes, 12, "a /48 under another /32 shares the nodes above bit 32");
         assert_eq!(t.lookup("2001:db8:2::9".parse().unwrap()), Some(route(2)));
         assert_eq!(t.lookup("2001:db8:3::9".parse().unwrap()), None);
     }
@@ -441,9 +452,9 @@ mod tests {
         let adopted = Trie6::adopt(first.cells, changed.clone()).unwrap();
         let differing =
             (0..ENTRIES as usize).filter(|i| adopted.cells.get(*i) != before[*i]).count();
-        // The /48's entry points to the nodes down to the /128: in each of those ten nodes, the
-        // 255 entries that inherit the /48's answer change, and nothing else.
-        assert_eq!(differing, 10 * 255, "only the entries that answer with the /48");
+        // The /48's entry points to the nodes down to the /128: in each of those twenty nodes, the
+        // 15 entries that inherit the /48's answer change, and nothing else.
+        assert_eq!(differing, 20 * 15, "only the entries that answer with the /48");
         let root = index(u128::from("2001:db8::".parse::<Ipv6Addr>().unwrap()), 0, ROOT_BITS);
         assert_eq!(adopted.cells.get(root), before[root], "the live path is kept");
         let table: BTreeMap<_, _> = changed.into_iter().collect();

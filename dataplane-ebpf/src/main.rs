@@ -269,18 +269,21 @@ fn lookup_v4(dst: [u8; 4]) -> Option<Route> {
     dir24::decode(entry)
 }
 
-/// Longest-prefix match in the multibit trie: one read per byte of the address after the first
-/// two, until an entry is not a pointer to a node.
+/// Longest-prefix match in the multibit trie: one read per 4 bits of the address after the first
+/// two bytes, until an entry is not a pointer to a node.
 #[inline(always)]
 fn lookup_v6(dst: &[u8; 16]) -> Option<Route> {
     let mut entry = entry_at(&TRIE_V6, u32::from(u16::from_be_bytes([dst[0], dst[1]])))?;
-    let mut i = 2;
-    while i < 16 {
+    // One nibble per level after the first two bytes.
+    let mut i = 4;
+    while i < 32 {
         if !dir24::is_group(entry) {
             break;
         }
+        let byte = dst[(i / 2) & 15];
+        let nibble = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
         let node = dir24::group_entry(entry);
-        let index = trie6::ROOT_ENTRIES + node * trie6::NODE_ENTRIES + u32::from(dst[i]);
+        let index = trie6::ROOT_ENTRIES + node * trie6::NODE_ENTRIES + u32::from(nibble);
         entry = entry_at(&TRIE_V6, index)?;
         i += 1;
     }

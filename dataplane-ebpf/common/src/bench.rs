@@ -1,5 +1,7 @@
-//! The contract between the benchmark's traffic generator and sink (`sluice-bench-xdp`) and
-//! `sluice bench`: program and map names, the frame template and the destination table.
+//! The contract between the benchmark's programs (`sluice-bench-xdp`) and `sluice bench`: program
+//! and map names, the frame template and the destination table of the generator, the
+//! configuration of the two reference forwarders (the ceiling and the `bpf_fib_lookup` forwarder)
+//! and the devmap flush counters.
 //!
 //! The generator runs under `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`. The kernel
 //! recycles its page-pool pages with whatever the receivers wrote into them (the router rewrites
@@ -20,6 +22,29 @@ pub mod names {
     pub const GEN_CURSOR: &str = "GEN_CURSOR";
     /// Per-CPU `u64`: generated frames (UDP to [`UDP_PORT`](super::UDP_PORT)) the sink received.
     pub const SINK_COUNT: &str = "SINK_COUNT";
+    /// XDP program on the router's ingress: rewrites the MACs from `CEILING_CONFIG` and redirects
+    /// through `BENCH_DEVMAP`, with no lookup at all.
+    pub const CEILING: &str = "sluice_ceiling";
+    /// XDP program on the router's ingress: `bpf_fib_lookup`, TTL / hop limit decrement, MAC
+    /// rewrite from the lookup and redirect through `BENCH_DEVMAP` (the kernel's `xdp_fwd` sample).
+    pub const FIB_FORWARDER: &str = "sluice_fib_fwd";
+    /// Tracepoint program on `xdp:xdp_devmap_xmit`: counts the flushes of one device pair.
+    pub const FLUSH_COUNTER: &str = "sluice_flush_tp";
+    /// Category and name of the tracepoint [`FLUSH_COUNTER`] attaches to.
+    pub const FLUSH_TRACEPOINT: (&str, &str) = ("xdp", "xdp_devmap_xmit");
+    /// Array with one [`CeilingConfig`](super::CeilingConfig).
+    pub const CEILING_CONFIG: &str = "CEILING_CONFIG";
+    /// `DEVMAP_HASH` of the router's egress devices for the two reference forwarders, keyed by
+    /// ifindex.
+    pub const BENCH_DEVMAP: &str = "BENCH_DEVMAP";
+    /// Per-CPU `u64` array of [`FIB_RESULT_SLOTS`](super::FIB_RESULT_SLOTS): what the
+    /// `bpf_fib_lookup` forwarder did with each frame.
+    pub const FIB_RESULTS: &str = "FIB_RESULTS";
+    /// Array with one [`FlushConfig`](super::FlushConfig).
+    pub const FLUSH_CONFIG: &str = "FLUSH_CONFIG";
+    /// Per-CPU array of [`FlushStats`](super::FlushStats), one per
+    /// [`FLUSH_SLOTS`](super::FLUSH_SLOTS).
+    pub const FLUSH_STATS: &str = "FLUSH_STATS";
 }
 
 /// Length of every generated frame: the minimum Ethernet frame without its FCS.
@@ -91,14 +116,105 @@ pub struct GenDest {
 }
 const _: () = assert!(size_of::<GenDest>() == 20);
 
+/// The value of `CEILING_CONFIG[0]`: where the ceiling program sends every frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CeilingConfig {
+    /// The egress device, a key of `BENCH_DEVMAP` (host order). 0: pass everything up.
+    pub ifindex: u32,
+    /// The destination MAC written into every frame.
+    pub dst_mac: [u8; 6],
+    /// The source MAC written into every frame.
+    pub src_mac: [u8; 6],
+}
+const _: () = assert!(size_of::<CeilingConfig>() == 16);
+
+/// Slots of `FIB_RESULTS`. Slots 0 to [`FIB_SLOT_OTHER_RESULT`] - 1 count `bpf_fib_lookup`'s
+/// return codes (`BPF_FIB_LKUP_RET_*`: 0 success, 5 forwarding disabled, 7 no neighbour, ...).
+pub const FIB_RESULT_SLOTS: u32 = 16;
+/// `FIB_RESULTS` slot of any larger return code.
+pub const FIB_SLOT_OTHER_RESULT: u32 = 13;
+/// `FIB_RESULTS` slot of frames passed up before any lookup: not IP, malformed, TTL or hop limit
+/// 1 or less.
+pub const FIB_SLOT_NOT_FORWARDABLE: u32 = 14;
+/// `FIB_RESULTS` slot of frames whose egress device is not in `BENCH_DEVMAP`: passed up.
+pub const FIB_SLOT_NO_DEVMAP: u32 = 15;
+
+/// The value of `FLUSH_CONFIG[0]`: which flushes `sluice_flush_tp` counts. The tracepoint fires for
+/// every namespace; the benchmark gives its veths ifindexes that no other namespace is likely to
+/// use, so the ifindexes identify its flushes. All 0: count nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlushConfig {
+    /// `from_ifindex` of the router's flushes: the device the frames were received on (host
+    /// order). Counted in `FLUSH_STATS[FLUSH_SLOT_ROUTER]`.
+    pub from_ifindex: i32,
+    /// `to_ifindex` of the router's flushes: the egress device (host order).
+    pub to_ifindex: i32,
+    /// The generator's device, the source and the target of its flushes (live frames send
+    /// `XDP_TX` back out of the device they "arrived" on), host order. Counted in
+    /// `FLUSH_STATS[FLUSH_SLOT_GENERATOR]`: its drops are frames the router's input ring had no
+    /// room for.
+    pub gen_ifindex: i32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FlushConfig>() == 16);
+
+/// `FLUSH_STATS` slot of the router's flushes (ingress to egress veth).
+pub const FLUSH_SLOT_ROUTER: u32 = 0;
+/// `FLUSH_STATS` slot of the generator's flushes (into the router's ingress veth).
+pub const FLUSH_SLOT_GENERATOR: u32 = 1;
+/// Slots of `FLUSH_STATS`.
+pub const FLUSH_SLOTS: u32 = 2;
+
+/// Offsets of the fields of the `xdp:xdp_devmap_xmit` record `sluice_flush_tp` reads (Linux 5.8
+/// and later: `from_ifindex`, `act`, `to_ifindex`, `drops`, `sent`, `err`, all 4 bytes).
+/// Userspace checks them against the tracepoint's `format` file before trusting the counts.
+pub mod flush_record {
+    /// `int from_ifindex`.
+    pub const FROM_IFINDEX: usize = 8;
+    /// `int to_ifindex`.
+    pub const TO_IFINDEX: usize = 16;
+    /// `int drops`: frames the driver did not take.
+    pub const DROPS: usize = 20;
+    /// `int sent`: frames the driver took.
+    pub const SENT: usize = 24;
+    /// `int err`: the driver's error for the whole bulk, or 0.
+    pub const ERR: usize = 28;
+    /// Bytes read from the record: every field above.
+    pub const LEN: usize = 32;
+}
+
+/// A value of `FLUSH_STATS` on one CPU: the counted devmap flushes of one device pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlushStats {
+    /// Flushes (tracepoint hits), each of 1 to 16 frames.
+    pub flushes: u64,
+    /// Frames the egress driver took.
+    pub sent: u64,
+    /// Frames the egress driver did not take (dropped at transmit).
+    pub drops: u64,
+    /// Flushes with an error.
+    pub errors: u64,
+}
+const _: () = assert!(size_of::<FlushStats>() == 32);
+
 #[cfg(feature = "user")]
 #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
 mod pod {
-    use super::{GenConfig, GenDest};
+    use super::{CeilingConfig, FlushConfig, FlushStats, GenConfig, GenDest};
 
     // SAFETY: `#[repr(C)]`, `Copy`, only integers and byte arrays with explicit padding (the size
     // asserts above hold that), so every bit pattern is valid.
     unsafe impl aya::Pod for GenConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for GenDest {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CeilingConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlushConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlushStats {}
 }
