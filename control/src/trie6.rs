@@ -390,7 +390,7 @@ mod tests {
             let a = base ^ (u128::from(rng.next()) << 48) ^ u128::from(rng.next());
             let len = lens[(rng.next() % lens.len() as u64) as usize];
             let net = Ipv6Net::new(Ipv6Addr::from(a), len).unwrap().trunc();
-            if rng.next() % 3 == 0 && table.len() > 1 {
+            if rng.next().is_multiple_of(3) && table.len() > 1 {
                 let victim = *table
                     .keys()
                     .nth(1 + (rng.next() % (table.len() as u64 - 1)) as usize)

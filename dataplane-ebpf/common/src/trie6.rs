@@ -16,4 +16,4 @@ pub const MAX_NODES: u32 = 1 << 20;
 /// All entries of the table.
 pub const ENTRIES: u32 = ROOT_ENTRIES + MAX_NODES * NODE_ENTRIES;
 
-const _: () = assert!(ENTRIES % crate::dir24::CHUNK == 0);
+const _: () = assert!(ENTRIES.is_multiple_of(crate::dir24::CHUNK));
