@@ -347,6 +347,7 @@ mod tests {
     use sluice_common::RouteAction;
 
     use super::*;
+    use crate::dir24::tests::Rng;
 
     fn route(target: u32) -> Route {
         Route { action: RouteAction::Forward as u32, target }
@@ -362,16 +363,6 @@ mod tests {
             .filter(|(n, _)| n.contains(&a))
             .max_by_key(|(n, _)| n.prefix_len())
             .map(|(_, r)| *r)
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
     }
 
     #[test]
