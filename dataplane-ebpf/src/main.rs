@@ -196,10 +196,15 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
     let mut dst16 = [0u8; 16];
     src16[..4].copy_from_slice(&src);
     dst16[..4].copy_from_slice(&dst);
-    // Fragments hash on addresses and protocol only, so all of a datagram takes one path.
-    let fragment = u16::from_be_bytes(hdr.frags) & 0x3fff != 0;
-    let ports = if fragment { 0 } else { read_ports(ctx, frame.l3 + ihl, hdr.proto) };
-    let nh = match resolve(&route, &src16, &dst16, hdr.proto, ports, hdr.ttl, FAMILY_V4) {
+    let (proto, frags) = (hdr.proto, hdr.frags);
+    // Read the ports and hash only for an ECMP route. Fragments hash on addresses and protocol
+    // only, so all of a datagram takes one path.
+    let hash = || {
+        let fragment = u16::from_be_bytes(frags) & 0x3fff != 0;
+        let ports = if fragment { 0 } else { read_ports(ctx, frame.l3 + ihl, proto) };
+        flow_hash(&flow_words(&src16, &dst16, proto, ports), FLOW_HASH_SEED)
+    };
+    let nh = match resolve(&route, &dst16, hash, hdr.ttl, FAMILY_V4) {
         Ok(nh) => nh,
         Err(outcome) => return outcome,
     };
@@ -241,8 +246,12 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     let Some(route) = lookup_v6(&dst) else {
         return Outcome::pass(Reason::PassNoRoute);
     };
-    let ports = read_ports(ctx, frame.l3 + Ipv6Hdr::LEN, hdr.next_hdr);
-    let nh = match resolve(&route, &src, &dst, hdr.next_hdr, ports, hdr.hop_limit, FAMILY_V6) {
+    let next_hdr = hdr.next_hdr;
+    let hash = || {
+        let ports = read_ports(ctx, frame.l3 + Ipv6Hdr::LEN, next_hdr);
+        flow_hash(&flow_words(&src, &dst, next_hdr, ports), FLOW_HASH_SEED)
+    };
+    let nh = match resolve(&route, &dst, hash, hdr.hop_limit, FAMILY_V6) {
         Ok(nh) => nh,
         Err(outcome) => return outcome,
     };
@@ -316,10 +325,8 @@ fn is_v6_special(a: &[u8; 16]) -> bool {
 #[inline(always)]
 fn resolve(
     route: &Route,
-    src: &[u8; 16],
     dst: &[u8; 16],
-    proto: u8,
-    ports: u32,
+    flow_hash: impl FnOnce() -> u32,
     ttl: u8,
     family: u8,
 ) -> Result<NextHop, Outcome> {
@@ -329,8 +336,7 @@ fn resolve(
             let Some(group) = ECMP_GROUPS.get(route.target) else {
                 return Err(Outcome::pass(Reason::PassOther));
             };
-            let hash = flow_hash(&flow_words(src, dst, proto, ports), FLOW_HASH_SEED);
-            match group.pick(hash) {
+            match group.pick(flow_hash()) {
                 Some(id) => id,
                 None => return Err(Outcome::pass(Reason::PassOther)),
             }
