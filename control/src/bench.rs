@@ -801,7 +801,7 @@ impl Topology {
             }
             writeln!(batch, "route add default via {} dev {}", family.gateway(0), topo.rtr_out)?;
         }
-        ip_batch(&topo.router, &batch)?;
+        topo.router.batch(&batch)?;
         topo.set_forwarding(false)?;
         Ok(topo)
     }
@@ -2445,24 +2445,6 @@ fn link_info(ns: &NetNs, dev: &str) -> anyhow::Result<(u32, [u8; 6])> {
 }
 
 /// Feeds `ip -n NS -batch -` the given commands.
-fn ip_batch(ns: &NetNs, commands: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("ip")
-        .args(["-n", ns.name(), "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawn ip -batch")?;
-    child.stdin.take().expect("piped").write_all(commands.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "ip -batch failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');

@@ -269,6 +269,10 @@ impl<C: Cells> Dir24<C> {
     pub fn set(&mut self, net: Ipv4Net, route: Route) -> Result<(), Dir24Error> {
         let value = encode(route).ok_or(Dir24Error::Unencodable(route.target))?;
         let (addr, len) = (u32::from(net.network()), net.prefix_len());
+        if self.prefixes[usize::from(len)].get(&addr) == Some(&value) {
+            // Already written (a route set again after adoption, or unchanged).
+            return Ok(());
+        }
         if len > 24 {
             let slot = (addr >> 8) as usize;
             self.ensure_group(slot)?;

@@ -3,8 +3,9 @@
 
 use std::{
     fs::File,
+    io::Write as _,
     path::PathBuf,
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -65,6 +66,31 @@ impl NetNs {
     /// Runs a command inside the namespace, failing with its output if it fails.
     pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         run(self.command(program).args(args))
+    }
+
+    /// Feeds `commands` (one per line) to `ip -n NAME -batch -`. ip stops at the first line that
+    /// fails, and the error says which.
+    pub fn batch(&self, commands: &str) -> anyhow::Result<()> {
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn ip -batch")?;
+        // ip closes its input when a line fails: the reason is in its output, not in this write.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(commands.as_bytes());
+        }
+        let out = child.wait_with_output().context("wait for ip -batch")?;
+        if !out.status.success() {
+            bail!(
+                "ip -n {} -batch - failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// Sets a sysctl inside the namespace.

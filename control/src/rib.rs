@@ -274,20 +274,6 @@ impl Rib {
     pub fn neighbour(&self, ifindex: u32, addr: IpAddr) -> Option<&Neighbour> {
         self.neighbours.get(&(ifindex, addr))
     }
-
-    /// Gateways that routes of the given table use, with their interface: the neighbours the
-    /// router must keep resolved itself.
-    pub fn gateways(&self, table: u32) -> Vec<(u32, IpAddr)> {
-        let mut out: Vec<_> = self
-            .routes
-            .values()
-            .filter(|r| r.table == table && r.kind == RouteKind::Unicast)
-            .flat_map(|r| r.nexthops.iter().filter_map(|nh| nh.gateway.map(|g| (nh.ifindex, g))))
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
 }
 
 #[cfg(test)]
@@ -366,17 +352,5 @@ mod tests {
         n.state = nud::REACHABLE;
         n.mac = None;
         assert!(!n.usable());
-    }
-
-    #[test]
-    fn gateways_are_deduplicated_per_table() {
-        let mut rib = Rib::default();
-        rib.upsert_route(route("10.0.0.0/8", 2, Some("192.0.2.1")));
-        rib.upsert_route(route("10.1.0.0/16", 2, Some("192.0.2.1")));
-        rib.upsert_route(route("10.2.0.0/16", 3, None));
-        let mut other = route("10.3.0.0/16", 2, Some("192.0.2.7"));
-        other.table = 100;
-        rib.upsert_route(other);
-        assert_eq!(rib.gateways(TABLE_MAIN), vec![(2, "192.0.2.1".parse().unwrap())]);
     }
 }

@@ -194,6 +194,10 @@ impl<C: Cells> Trie6<C> {
     pub fn set(&mut self, net: Ipv6Net, route: Route) -> Result<(), Dir24Error> {
         let value = encode(route).ok_or(Dir24Error::Unencodable(route.target))?;
         let (a, len) = (u128::from(net.network()), net.prefix_len());
+        if self.prefixes[usize::from(len)].get(&a) == Some(&value) {
+            // Already written (a route set again after adoption, or unchanged).
+            return Ok(());
+        }
         let (base, start, end) = self.level_for(a, len, true)?;
         self.prefixes[usize::from(len)].insert(a, value);
         self.write(base, start, end, a, len, value, len + 1, &|d| d <= len + 1);

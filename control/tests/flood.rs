@@ -21,10 +21,8 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     fs,
-    io::Write as _,
     net::IpAddr,
     path::Path,
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -75,27 +73,9 @@ fn large_v4(i: u32) -> String {
 /// how long ip took: when it returns, the kernel holds the result.
 fn ip_batch(ns: &NetNs, lines: &[String]) -> Duration {
     let start = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["-n", ns.name(), "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ip -batch");
-    let mut stdin = child.stdin.take().expect("ip's stdin");
-    // ip stops at the first failing line and closes its input: the error is in its output.
-    let _ = stdin.write_all((lines.join("\n") + "\n").as_bytes());
-    drop(stdin);
-    let out = child.wait_with_output().expect("wait for ip -batch");
-    let took = start.elapsed();
-    assert!(
-        out.status.success(),
-        "ip -n {} -batch - ({} lines) failed: {}",
-        ns.name(),
-        lines.len(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    took
+    ns.batch(&(lines.join("\n") + "\n"))
+        .unwrap_or_else(|e| panic!("{} lines through ip -batch: {e:#}", lines.len()));
+    start.elapsed()
 }
 
 /// What the dataplane should hold for a prefix: an action and, for `forward` and `ecmp`, the
