@@ -50,7 +50,7 @@ echo "$EBPF_TOOLCHAIN" > target/.ebpf-toolchain
 # 3. bpf-linker, built against Debian's LLVM.
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
   say "building bpf-linker $BPF_LINKER_VERSION against LLVM $LLVM_VERSION (about a minute)"
-  LLVM_PREFIX=/usr/lib/llvm-$LLVM_VERSION LLVM_SYS_${LLVM_VERSION}1_PREFIX=/usr/lib/llvm-$LLVM_VERSION \
+  env LLVM_PREFIX=/usr/lib/llvm-$LLVM_VERSION "LLVM_SYS_${LLVM_VERSION}1_PREFIX=/usr/lib/llvm-$LLVM_VERSION" \
     cargo install bpf-linker --version "$BPF_LINKER_VERSION" --locked --no-default-features \
     --features "llvm-$LLVM_VERSION" --quiet
 fi
