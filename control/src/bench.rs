@@ -738,9 +738,9 @@ impl CpuPlan {
     fn describe(self) -> String {
         match self {
             Self::Shared => "chain on one CPU (generator, router and sink share it)".to_owned(),
-            Self::Split { router, other } => format!(
-                "router and sink on CPU {router}, generator alone on CPU {other}"
-            ),
+            Self::Split { router, other } => {
+                format!("router and sink on CPU {router}, generator alone on CPU {other}")
+            }
         }
     }
 }
@@ -855,9 +855,11 @@ impl Topology {
         }
         // `ip netns exec` mounts the namespace's own sysfs.
         let dev = &self.rtr_in;
-        netns::run(Command::new("ip").args(["netns", "exec", self.router.name(), "sh", "-c"]).arg(
-            format!("echo 1 > /sys/class/net/{dev}/threaded"),
-        ))
+        netns::run(
+            Command::new("ip")
+                .args(["netns", "exec", self.router.name(), "sh", "-c"])
+                .arg(format!("echo 1 > /sys/class/net/{dev}/threaded")),
+        )
         .with_context(|| format!("threaded NAPI on {dev}"))?;
         let plan = CpuPlan::Split { router, other };
         self.pin_napi(plan)?;
@@ -1432,6 +1434,8 @@ impl<'a> Daemon<'a> {
             last_count_ms: last_count.map(ms),
             rss_kib: kib("VmRSS:"),
             peak_rss_kib: kib("VmHWM:"),
+            anon_rss_kib: kib("RssAnon:"),
+            mapped_rss_kib: kib("RssFile:"),
         })
     }
 
@@ -1469,7 +1473,11 @@ impl<'a> Daemon<'a> {
             Ok(())
         };
         let log = self.log_tail();
-        let _ = std::fs::remove_file(&self.log);
+        if std::env::var_os("SLUICE_BENCH_KEEP_LOGS").is_some() {
+            eprintln!("  daemon log kept: {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
         stopped.and(detached).and(removed).with_context(|| format!("daemon log:\n{log}"))
     }
 }
@@ -1939,6 +1947,11 @@ struct DaemonLoad {
     rss_kib: Option<u64>,
     /// Its peak resident memory so far (`VmHWM`), KiB.
     peak_rss_kib: Option<u64>,
+    /// Of `rss_kib`, its own memory (`RssAnon`), KiB.
+    anon_rss_kib: Option<u64>,
+    /// Of `rss_kib`, mapped memory (`RssFile`): the executable and the dataplane's lookup
+    /// tables, which are kernel memory mapped into the daemon to be written in place, KiB.
+    mapped_rss_kib: Option<u64>,
 }
 
 impl DaemonLoad {
@@ -1948,7 +1961,7 @@ impl DaemonLoad {
             v.map_or_else(|| "?".into(), |v| format!("{:.0} MiB", v as f64 / 1024.0))
         };
         format!(
-            "{} routes in the dataplane after {} (interfaces after {:.2} s, ready logged after {}; {} trie entries, counted in {}), RSS {} (peak {})",
+            "{} routes in the dataplane after {} (interfaces after {:.2} s, ready logged after {}; {} trie entries, counted in {}), RSS {} (peak {}; {} its own, {} mapped tables and executable)",
             self.routes,
             s(self.table_loaded_s),
             self.attached_s,
@@ -1956,7 +1969,9 @@ impl DaemonLoad {
             self.trie_entries.map_or_else(|| "?".into(), |n| n.to_string()),
             self.last_count_ms.map_or_else(|| "?".into(), |v| format!("{v:.0} ms")),
             mib(self.rss_kib),
-            mib(self.peak_rss_kib)
+            mib(self.peak_rss_kib),
+            mib(self.anon_rss_kib),
+            mib(self.mapped_rss_kib)
         )
     }
 }

@@ -210,12 +210,18 @@ impl State {
             self.rib.dirty.all = true;
         }
         debug!(ops = ops.len(), failures, elapsed = ?started.elapsed(), "dataplane updated");
-        ops.iter()
+        let neighbours = ops
+            .iter()
             .filter_map(|op| match op {
                 Op::SetNextHop(_, nh) => neighbour_of(nh).map(|a| (nh.logical_ifindex, a)),
                 _ => None,
             })
-            .collect()
+            .collect();
+        if ops.len() > 10_000 {
+            drop(ops);
+            crate::heap::release_free_memory();
+        }
+        neighbours
     }
 
     /// Makes sure the neighbours of next hops are managed neighbour entries, so that the kernel

@@ -9,6 +9,7 @@ use std::{
     collections::BTreeMap,
     fs, io,
     net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -33,6 +34,7 @@ use sluice_common::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    batch,
     dir24::{self as lookup, Dir24},
     fib::{FibState, Op},
     shared_mem::MappedArray,
@@ -75,6 +77,9 @@ pub enum DataplaneError {
     /// A map operation failed.
     #[error("map {0}")]
     Map(&'static str, #[source] MapError),
+    /// A batched write to the route record failed.
+    #[error("batched write to map {0}")]
+    Record(&'static str, #[source] io::Error),
     /// Maps pinned by another version of Sluice have a different layout.
     #[error(
         "the map {map} pinned under {pin} has key/value/entries {found:?}, this version needs {expected:?}; \
@@ -583,14 +588,42 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes the deferred record changes.
+    /// Writes the deferred record changes: a few at a time one by one, many in batches of
+    /// thousands per system call, in order (runs of one family and kind).
     fn flush_record(&mut self) -> Result<(), Box<dyn std::error::Error>> {
-        for (net, route) in std::mem::take(&mut self.pending_record) {
-            match (net, route) {
-                (IpNet::V4(n), Some(r)) => self.routes_v4.insert(&key_v4(n), r, 0)?,
-                (IpNet::V4(n), None) => ignore_missing(self.routes_v4.remove(&key_v4(n)))?,
-                (IpNet::V6(n), Some(r)) => self.routes_v6.insert(&key_v6(n), r, 0)?,
-                (IpNet::V6(n), None) => ignore_missing(self.routes_v6.remove(&key_v6(n)))?,
+        let pending = std::mem::take(&mut self.pending_record);
+        if pending.len() < 64 {
+            for (net, route) in pending {
+                match (net, route) {
+                    (IpNet::V4(n), Some(r)) => self.routes_v4.insert(&key_v4(n), r, 0)?,
+                    (IpNet::V4(n), None) => ignore_missing(self.routes_v4.remove(&key_v4(n)))?,
+                    (IpNet::V6(n), Some(r)) => self.routes_v6.insert(&key_v6(n), r, 0)?,
+                    (IpNet::V6(n), None) => ignore_missing(self.routes_v6.remove(&key_v6(n)))?,
+                }
+            }
+            return Ok(());
+        }
+        let run_kind =
+            |(net, route): &(IpNet, Option<Route>)| (net.addr().is_ipv4(), route.is_some());
+        for run in pending.chunk_by(|a, b| run_kind(a) == run_kind(b)) {
+            let (v4, set) = run_kind(&run[0]);
+            let values: Vec<Route> = run.iter().filter_map(|(_, r)| *r).collect();
+            if v4 {
+                let keys: Vec<Key<[u8; 4]>> = run
+                    .iter()
+                    .filter_map(|(n, _)| if let IpNet::V4(n) = n { Some(key_v4(*n)) } else { None })
+                    .collect();
+                let fd = aya::maps::IterableMap::map(&self.routes_v4).fd().as_fd();
+                if set { batch::update(fd, &keys, &values) } else { batch::delete(fd, &keys) }
+                    .map_err(|e| DataplaneError::Record(names::ROUTES_V4, e))?;
+            } else {
+                let keys: Vec<Key<[u8; 16]>> = run
+                    .iter()
+                    .filter_map(|(n, _)| if let IpNet::V6(n) = n { Some(key_v6(*n)) } else { None })
+                    .collect();
+                let fd = aya::maps::IterableMap::map(&self.routes_v6).fd().as_fd();
+                if set { batch::update(fd, &keys, &values) } else { batch::delete(fd, &keys) }
+                    .map_err(|e| DataplaneError::Record(names::ROUTES_V6, e))?;
             }
         }
         Ok(())

@@ -309,21 +309,26 @@ impl Compiler {
         self.compile_ifaces(rib, attached, &mut fib);
         let egress = Egress { rib, attached };
 
-        // Best route per prefix in the table: the lowest metric, as the kernel chooses.
-        let mut best: BTreeMap<IpNet, &crate::rib::Route> = BTreeMap::new();
-        for r in rib.routes.values().filter(|r| r.table == self.table) {
-            best.entry(r.prefix)
-                .and_modify(|b| {
-                    if r.metric < b.metric {
-                        *b = r;
-                    }
-                })
-                .or_insert(r);
-        }
-        for (prefix, r) in best {
+        // Best route per prefix in the table: the lowest metric, as the kernel chooses. The RIB
+        // is ordered by table, prefix and metric, so the best is the first of each prefix, and
+        // the prefixes come sorted: the maps are built in one go, their nodes full (a map grown
+        // one insertion at a time keeps them part empty: a third more memory on a full table).
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        let mut last: Option<IpNet> = None;
+        let table = self.table;
+        for r in rib.routes.values().filter(|r| r.table == table) {
+            if last == Some(r.prefix) {
+                continue;
+            }
+            last = Some(r.prefix);
             let route = self.compile_route(r, &egress, &mut fib);
-            fib.insert_route(prefix, route);
+            match r.prefix {
+                IpNet::V4(p) => v4.push((p.trunc(), route)),
+                IpNet::V6(p) => v6.push((p.trunc(), route)),
+            }
         }
+        fib.routes_v4 = v4.into_iter().collect();
+        fib.routes_v6 = v6.into_iter().collect();
 
         // Usable neighbours on connected subnets become host routes.
         for n in rib.neighbours.values().filter(|n| n.usable()) {

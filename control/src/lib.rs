@@ -2,11 +2,13 @@
 //! addresses, routes and neighbours into its maps, and offers the operations the `sluice` CLI and
 //! daemon are made of.
 
+pub mod batch;
 pub mod bench;
 pub mod daemon;
 pub mod dataplane;
 pub mod dir24;
 pub mod fib;
+pub mod heap;
 pub mod lab;
 pub mod mirror;
 pub mod netns;

@@ -31,7 +31,9 @@ use rtnetlink::{
 };
 use tracing::{debug, warn};
 
-use crate::rib::{self, Address, Link, Neighbour, Rib, RouteKind, RouteNextHop, TABLE_LOCAL};
+use crate::rib::{
+    self, Address, Dirty, Link, Neighbour, Rib, RouteKind, RouteNextHop, TABLE_LOCAL,
+};
 
 /// Receive buffer asked for the event socket by default: a full table loading must not overrun it.
 pub const DEFAULT_RECV_BUFFER: usize = 32 << 20;
@@ -119,6 +121,9 @@ impl Mirror {
     pub async fn dump(&mut self) -> Result<Rib, MirrorError> {
         for attempt in 1..=DUMP_ATTEMPTS {
             let mut rib = Rib::default();
+            // Routes are gathered and the map built once, sorted: a map grown one insertion at
+            // a time keeps its nodes part empty, and a full table would cost a third more.
+            let mut routes = Vec::new();
             let mut interrupted = false;
             let requests = [
                 RouteNetlinkMessage::GetLink(LinkMessage::default()),
@@ -147,6 +152,13 @@ impl Mirror {
                         interrupted = true;
                     }
                     match response.payload {
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(m)) => {
+                            if let Some(r) = route_from(&m)
+                                && (r.table == self.table || r.table == TABLE_LOCAL)
+                            {
+                                routes.push(r);
+                            }
+                        }
                         NetlinkPayload::InnerMessage(m) => {
                             apply(&mut rib, &m, self.table);
                         }
@@ -161,6 +173,9 @@ impl Mirror {
                 }
             }
             if !interrupted {
+                rib.routes = routes.into_iter().map(|r| (r.key(), r)).collect();
+                // Everything is new: the compiler looks at all of it anyway.
+                rib.dirty = Dirty { all: true, ..Dirty::default() };
                 return Ok(rib);
             }
             debug!(attempt, "dump interrupted by concurrent changes, repeating");
