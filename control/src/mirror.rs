@@ -533,7 +533,7 @@ mod tests {
         );
         let r = route_from(&m).unwrap();
         assert_eq!((r.table, r.metric, r.kind), (TABLE_MAIN, 20, RouteKind::Unicast));
-        assert_eq!(r.nexthops, vec![RouteNextHop { ifindex: 3, gateway: Some(gw), weight: 1 }]);
+        assert_eq!(*r.nexthops, [RouteNextHop { ifindex: 3, gateway: Some(gw), weight: 1 }]);
 
         let hop = |i: u32, g: &str, hops: u8| {
             let mut nh = NlNextHop::default();

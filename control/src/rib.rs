@@ -73,6 +73,10 @@ pub struct RouteNextHop {
     pub weight: u16,
 }
 
+/// The next hops of a route: one, held inline (a full table has a million routes, nearly all
+/// with one next hop: an allocation each would cost a fifth of the RIB), or more on the heap.
+pub type NextHops = smallvec::SmallVec<[RouteNextHop; 1]>;
+
 /// A route as the kernel holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -85,7 +89,7 @@ pub struct Route {
     /// Type.
     pub kind: RouteKind,
     /// Next hops; more than one for a multipath route.
-    pub nexthops: Vec<RouteNextHop>,
+    pub nexthops: NextHops,
     /// The protocol that installed it (kernel, boot, static, bird, ...), for display.
     pub protocol: u8,
 }
@@ -286,7 +290,7 @@ mod tests {
             table: TABLE_MAIN,
             metric: 0,
             kind: RouteKind::Unicast,
-            nexthops: vec![RouteNextHop {
+            nexthops: smallvec::smallvec![RouteNextHop {
                 ifindex,
                 gateway: gw.map(|g| g.parse().unwrap()),
                 weight: 1,
