@@ -382,16 +382,33 @@ fn run_phases(
             TableKind::One => 1,
             TableKind::Full => {
                 topo.router.ip(&[family.ip_flag(), "route", "del", "default"])?;
+                // With Sluice measured, its daemon runs while the kernel takes the table, and
+                // how far the dataplane lags behind the kernel is sampled.
+                let daemon = if ctx.forwarders.contains(&Forwarder::Sluice) {
+                    let ifaces = [topo.rtr_in.as_str(), topo.rtr_out.as_str()];
+                    Some(Daemon::start(ctx.exe, &topo.router, &ifaces, DAEMON_READY_TIMEOUT)?)
+                } else {
+                    None
+                };
                 let start = Instant::now();
-                topo.write_table(RouteOp::Add, &state.table)
+                let lag = topo
+                    .install_watching(&state.table, daemon.as_ref())
                     .with_context(|| format!("install the {} table", family.name()))?;
                 state.info.kernel_install_s = Some(start.elapsed().as_secs_f64());
+                if let Some(daemon) = daemon {
+                    daemon.stop()?;
+                }
                 eprintln!(
-                    "  {} full table: {} routes installed in the kernel in {:.1} s",
+                    "  {} full table: {} routes installed in the kernel in {:.1} s{}",
                     family.name(),
                     state.table.len(),
-                    start.elapsed().as_secs_f64()
+                    start.elapsed().as_secs_f64(),
+                    lag.as_ref().map_or_else(String::new, |l| format!(
+                        "; the dataplane behind it by {}",
+                        l.describe()
+                    ))
                 );
+                state.info.load_lag = lag;
                 state.table.len()
             }
         };
@@ -879,6 +896,94 @@ impl Topology {
         Ok(())
     }
 
+    /// Adds `table` to the router's kernel; with `daemon`, samples how far the daemon's
+    /// dataplane lags behind meanwhile (see [`LoadLag`]).
+    fn install_watching(
+        &self,
+        table: &Table,
+        daemon: Option<&Daemon<'_>>,
+    ) -> anyhow::Result<Option<LoadLag>> {
+        let Some(daemon) = daemon else {
+            self.write_table(RouteOp::Add, table)?;
+            return Ok(None);
+        };
+        let prefixes: std::collections::HashSet<table::Prefix> =
+            table.routes.iter().map(|r| r.prefix).collect();
+        let uncovered = |i: usize| {
+            let p = table.routes[i].prefix;
+            !(0..p.len).any(|l| prefixes.contains(&p.ancestor(l)))
+        };
+        // (routes the kernel acknowledged, when it was known)
+        let progress = std::sync::Mutex::new((0usize, Instant::now()));
+        let done = AtomicBool::new(false);
+        let hops = NextHops {
+            oif: self.rtr_out_ifindex,
+            gateways: (0..self.next_hops).map(|i| table.family.gateway(i)).collect(),
+            protocol: RTPROT_BGP,
+        };
+        let (written, lags) = thread::scope(|s| {
+            let sampler = s.spawn(|| -> anyhow::Result<Vec<Duration>> {
+                let view = crate::dataplane::LookupView::open(&PinDir::new(&daemon.pin_dir))?;
+                let mut lags = Vec::new();
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    let (acked, at) = *progress.lock().expect("not poisoned");
+                    let newest = (acked.saturating_sub(4096)..acked).rev().find(|&i| uncovered(i));
+                    let Some(i) = newest else {
+                        if finished {
+                            break;
+                        }
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    // No other route covers this one (and the default route is gone): its
+                    // address finds a route in the lookup tables once it is there.
+                    let addr = table.routes[i].prefix.address(table.family);
+                    while view.lookup(addr).is_none() {
+                        check_interrupted()?;
+                        daemon.check_alive_shared()?;
+                        ensure!(
+                            at.elapsed() < DAEMON_READY_TIMEOUT,
+                            "{addr} did not reach the dataplane in {DAEMON_READY_TIMEOUT:?}"
+                        );
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    lags.push(at.elapsed());
+                    if finished {
+                        break;
+                    }
+                }
+                Ok(lags)
+            });
+            let written = in_netns(&self.router, || {
+                let mut batches = 0;
+                table::write_routes(RouteOp::Add, table.family, &table.routes, &hops, || {
+                    check_interrupted()?;
+                    // Called before each batch: the batches before it are acknowledged.
+                    *progress.lock().expect("not poisoned") =
+                        ((batches * table::BATCH).min(table.len()), Instant::now());
+                    batches += 1;
+                    Ok(())
+                })
+            });
+            *progress.lock().expect("not poisoned") = (table.len(), Instant::now());
+            done.store(true, Ordering::Release);
+            (written, sampler.join().map_err(|_| anyhow!("the lag sampler panicked")))
+        });
+        written?;
+        let lags = lags??;
+        let Some(&last) = lags.last() else { bail!("no route of the table could be sampled") };
+        let mut sorted = lags.clone();
+        sorted.sort_unstable();
+        Ok(Some(LoadLag {
+            samples: sorted.len(),
+            median_ms: ms(percentile(&sorted, 50)),
+            p99_ms: ms(percentile(&sorted, 99)),
+            max_ms: ms(*sorted.last().expect("not empty")),
+            last_ms: ms(last),
+        }))
+    }
+
     /// Kernel forwarding in the router, both families.
     fn set_forwarding(&self, on: bool) -> anyhow::Result<()> {
         let value = if on { "1" } else { "0" };
@@ -1337,6 +1442,19 @@ impl<'a> Daemon<'a> {
             self.child.as_mut().and_then(|c| c.try_wait().transpose()).transpose()?
         {
             bail!("sluice daemon exited ({status}):\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// Like [`Self::check_alive`], through a shared reference: whether the process still runs
+    /// (neither gone nor a zombie), from /proc.
+    fn check_alive_shared(&self) -> anyhow::Result<()> {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if matches!(state, None | Some('Z' | 'X')) {
+            bail!("sluice daemon exited:\n{}", self.log_tail());
         }
         Ok(())
     }
@@ -2025,6 +2143,33 @@ struct TableReport {
     kernel_install_s: Option<f64>,
     /// How long deleting it took (only when a later cell needed it gone).
     kernel_remove_s: Option<f64>,
+    /// How far the daemon's dataplane lagged behind the kernel while it took the table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_lag: Option<LoadLag>,
+}
+
+/// The dataplane's lag behind the kernel while the kernel takes a full table: for the newest
+/// route the kernel had acknowledged (one no other route of the table covers), how long until
+/// the daemon's lookup tables (mapped by the benchmark) answered for it, sampled one route
+/// after the other. The kernel's acknowledgement time is known to a batch of 1024 routes: the
+/// lag is understated by at most that batch's time (a few milliseconds).
+#[derive(Debug, Serialize)]
+struct LoadLag {
+    samples: usize,
+    median_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// For the table's last route: after the kernel had all of it.
+    last_ms: f64,
+}
+
+impl LoadLag {
+    fn describe(&self) -> String {
+        format!(
+            "median {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} samples; complete {:.0} ms after the kernel",
+            self.median_ms, self.p99_ms, self.max_ms, self.samples, self.last_ms
+        )
+    }
 }
 
 impl TableReport {
@@ -2040,6 +2185,7 @@ impl TableReport {
             generate_s: generated.as_secs_f64(),
             kernel_install_s: None,
             kernel_remove_s: None,
+            load_lag: None,
         }
     }
 }
@@ -2197,6 +2343,14 @@ impl Report {
                 secs(t.kernel_install_s),
                 secs(t.kernel_remove_s)
             );
+            if let Some(lag) = &t.load_lag {
+                let _ = writeln!(
+                    out,
+                    "{} table: while the kernel took it, the dataplane lagged behind: {}",
+                    t.family,
+                    lag.describe()
+                );
+            }
         }
         for c in &self.results {
             if let Some(d) = &c.daemon {

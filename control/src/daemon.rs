@@ -23,6 +23,8 @@ use crate::{
 /// How long changes are gathered before the FIB is recompiled: bursts (a link going down takes
 /// its routes and neighbours with it) become one update.
 const SETTLE: Duration = Duration::from_millis(2);
+/// Events taken at most before a recompile: bounds the dataplane's lag while a table loads.
+const DRAIN_MAX: usize = 8192;
 /// How often a neighbour the daemon asked the kernel to manage may be asked for again.
 const NEIGH_RETRY: Duration = Duration::from_secs(5);
 
@@ -119,8 +121,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut sweep = tokio::time::interval(NEIGH_RETRY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Checked against the clock here too: while events keep coming (a table loading), this
+        // task never waits, so the runtime's timers do not advance and a sleep would not end.
         let settle = async {
             match dirty_since {
+                Some(t) if t.elapsed() >= SETTLE => {}
                 Some(t) => tokio::time::sleep_until((t + SETTLE).into()).await,
                 None => std::future::pending().await,
             }
@@ -141,7 +146,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 }
             },
             () = settle => {
-                if mirror.drain(&mut state.rib) == Applied::Overrun {
+                if mirror.drain_at_most(&mut state.rib, DRAIN_MAX) == Applied::Overrun {
                     warn!("netlink receive buffer overran: resynchronising");
                     mirror = connect_and_dump(&mut state, &opts).await;
                 }

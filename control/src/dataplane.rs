@@ -213,6 +213,8 @@ pub struct Maps {
     lookup_cells: Option<(MappedArray, MappedArray, MappedArray)>,
     /// Record writes deferred to the end of a batch, after the forwarding tables.
     pending_record: Vec<(IpNet, Option<Route>)>,
+    /// Writes large record batches in the background, once one came.
+    record_writer: Option<RecordWriter>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -542,6 +544,7 @@ impl Maps {
             trie6: None,
             lookup_cells: None,
             pending_record: Vec::new(),
+            record_writer: None,
         };
         if writable {
             let tbl24 = map_shared(get(names::DIR24_V4)?, names::DIR24_V4, dir24::TBL24_ENTRIES)?;
@@ -588,43 +591,28 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes the deferred record changes: a few at a time one by one, many in batches of
-    /// thousands per system call, in order (runs of one family and kind).
+    /// Writes the deferred record changes, in order. A large batch (a table being loaded) goes
+    /// to a writer thread, and from then on every batch, so that their order holds: the kernel
+    /// inserts into an LPM trie at about 2 us an entry, and the daemon must not wait for that
+    /// before it takes the next changes into the lookup tables. The record is then behind the
+    /// lookup tables by up to one batch; readers of the record wait for it
+    /// ([`Maps::ifaces_and_routes`]).
     fn flush_record(&mut self) -> Result<(), Box<dyn std::error::Error>> {
         let pending = std::mem::take(&mut self.pending_record);
-        if pending.len() < 64 {
-            for (net, route) in pending {
-                match (net, route) {
-                    (IpNet::V4(n), Some(r)) => self.routes_v4.insert(&key_v4(n), r, 0)?,
-                    (IpNet::V4(n), None) => ignore_missing(self.routes_v4.remove(&key_v4(n)))?,
-                    (IpNet::V6(n), Some(r)) => self.routes_v6.insert(&key_v6(n), r, 0)?,
-                    (IpNet::V6(n), None) => ignore_missing(self.routes_v6.remove(&key_v6(n)))?,
-                }
-            }
+        if pending.is_empty() {
             return Ok(());
         }
-        let run_kind =
-            |(net, route): &(IpNet, Option<Route>)| (net.addr().is_ipv4(), route.is_some());
-        for run in pending.chunk_by(|a, b| run_kind(a) == run_kind(b)) {
-            let (v4, set) = run_kind(&run[0]);
-            let values: Vec<Route> = run.iter().filter_map(|(_, r)| *r).collect();
-            if v4 {
-                let keys: Vec<Key<[u8; 4]>> = run
-                    .iter()
-                    .filter_map(|(n, _)| if let IpNet::V4(n) = n { Some(key_v4(*n)) } else { None })
-                    .collect();
-                let fd = aya::maps::IterableMap::map(&self.routes_v4).fd().as_fd();
-                if set { batch::update(fd, &keys, &values) } else { batch::delete(fd, &keys) }
-                    .map_err(|e| DataplaneError::Record(names::ROUTES_V4, e))?;
-            } else {
-                let keys: Vec<Key<[u8; 16]>> = run
-                    .iter()
-                    .filter_map(|(n, _)| if let IpNet::V6(n) = n { Some(key_v6(*n)) } else { None })
-                    .collect();
-                let fd = aya::maps::IterableMap::map(&self.routes_v6).fd().as_fd();
-                if set { batch::update(fd, &keys, &values) } else { batch::delete(fd, &keys) }
-                    .map_err(|e| DataplaneError::Record(names::ROUTES_V6, e))?;
-            }
+        let v4 = aya::maps::IterableMap::map(&self.routes_v4).fd().as_fd();
+        let v6 = aya::maps::IterableMap::map(&self.routes_v6).fd().as_fd();
+        if self.record_writer.is_none() && pending.len() >= RECORD_IN_BACKGROUND {
+            self.record_writer = Some(
+                RecordWriter::start(v4.try_clone_to_owned()?, v6.try_clone_to_owned()?)
+                    .map_err(|e| DataplaneError::Record("record writer", e))?,
+            );
+        }
+        match &self.record_writer {
+            Some(writer) => writer.send(pending),
+            None => write_record(v4, v6, &pending)?,
         }
         Ok(())
     }
@@ -653,6 +641,9 @@ impl Maps {
 
     /// The interfaces and routes, without next hops and groups.
     fn ifaces_and_routes(&self) -> Result<FibState> {
+        if let Some(writer) = &self.record_writer {
+            writer.wait();
+        }
         let mut s = FibState { ifaces: self.ifaces()?, ..FibState::default() };
         for item in &self.routes_v4 {
             let (k, v) = item.map_err(|e| DataplaneError::Map(names::ROUTES_V4, e))?;
@@ -817,4 +808,137 @@ pub fn detach_all(pin: &PinDir) -> Result<Vec<String>> {
         }
     }
     Ok(links)
+}
+
+/// Batches at least this large are written to the record in the background.
+const RECORD_IN_BACKGROUND: usize = 1024;
+
+/// Writes record changes (`ROUTES_V4`, `ROUTES_V6`) in order: runs of one family and kind, each
+/// in batches of thousands per system call.
+fn write_record(
+    v4: std::os::fd::BorrowedFd<'_>,
+    v6: std::os::fd::BorrowedFd<'_>,
+    pending: &[(IpNet, Option<Route>)],
+) -> Result<()> {
+    let run_kind = |(net, route): &(IpNet, Option<Route>)| (net.addr().is_ipv4(), route.is_some());
+    for run in pending.chunk_by(|a, b| run_kind(a) == run_kind(b)) {
+        let (is_v4, set) = run_kind(&run[0]);
+        let values: Vec<Route> = run.iter().filter_map(|(_, r)| *r).collect();
+        if is_v4 {
+            let keys: Vec<Key<[u8; 4]>> = run
+                .iter()
+                .filter_map(|(n, _)| if let IpNet::V4(n) = n { Some(key_v4(*n)) } else { None })
+                .collect();
+            if set { batch::update(v4, &keys, &values) } else { batch::delete(v4, &keys) }
+                .map_err(|e| DataplaneError::Record(names::ROUTES_V4, e))?;
+        } else {
+            let keys: Vec<Key<[u8; 16]>> = run
+                .iter()
+                .filter_map(|(n, _)| if let IpNet::V6(n) = n { Some(key_v6(*n)) } else { None })
+                .collect();
+            if set { batch::update(v6, &keys, &values) } else { batch::delete(v6, &keys) }
+                .map_err(|e| DataplaneError::Record(names::ROUTES_V6, e))?;
+        }
+    }
+    Ok(())
+}
+
+enum RecordMsg {
+    Batch(Vec<(IpNet, Option<Route>)>),
+    /// Answered once every batch sent before it is written.
+    Wait(std::sync::mpsc::Sender<()>),
+}
+
+/// A thread that writes record batches in the order they are sent. Dropping it waits until
+/// everything sent is written.
+#[derive(Debug)]
+struct RecordWriter {
+    tx: Option<std::sync::mpsc::Sender<RecordMsg>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RecordMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Batch(b) => write!(f, "Batch({})", b.len()),
+            Self::Wait(_) => f.write_str("Wait"),
+        }
+    }
+}
+
+impl RecordWriter {
+    fn start(v4: std::os::fd::OwnedFd, v6: std::os::fd::OwnedFd) -> io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<RecordMsg>();
+        let thread = std::thread::Builder::new().name("sluice-record".into()).spawn(move || {
+            for msg in rx {
+                match msg {
+                    RecordMsg::Batch(batch) => {
+                        if let Err(e) = write_record(v4.as_fd(), v6.as_fd(), &batch) {
+                            warn!(error = %error_chain(&e), "writing the route record failed");
+                        }
+                    }
+                    RecordMsg::Wait(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+
+    fn send(&self, batch: Vec<(IpNet, Option<Route>)>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(RecordMsg::Batch(batch));
+        }
+    }
+
+    /// Blocks until every batch sent so far is written.
+    fn wait(&self) {
+        let (done, written) = std::sync::mpsc::channel();
+        if let Some(tx) = &self.tx
+            && tx.send(RecordMsg::Wait(done)).is_ok()
+        {
+            let _ = written.recv();
+        }
+    }
+}
+
+impl Drop for RecordWriter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The pinned lookup tables, mapped for reading: what the XDP program finds for an address.
+/// For tools that check the dataplane from outside (the benchmark).
+#[derive(Debug)]
+pub struct LookupView {
+    v4: Dir24<MappedArray>,
+    v6: Trie6<MappedArray>,
+}
+
+impl LookupView {
+    /// Maps the lookup tables pinned under `pin`.
+    pub fn open(pin: &PinDir) -> Result<Self> {
+        let get = |name| open_pinned(pin, name);
+        let tbl24 = map_shared(get(names::DIR24_V4)?, names::DIR24_V4, dir24::TBL24_ENTRIES)?;
+        let tbl8 = map_shared(
+            get(names::DIR8_V4)?,
+            names::DIR8_V4,
+            dir24::MAX_GROUPS * dir24::GROUP_ENTRIES,
+        )?;
+        let trie = map_shared(get(names::TRIE_V6)?, names::TRIE_V6, trie6::ENTRIES)?;
+        Ok(Self { v4: Dir24::new(tbl24, tbl8), v6: Trie6::new(trie) })
+    }
+
+    /// The route the XDP program would find for `addr`.
+    pub fn lookup(&self, addr: std::net::IpAddr) -> Option<Route> {
+        match addr {
+            std::net::IpAddr::V4(a) => self.v4.lookup(a),
+            std::net::IpAddr::V6(a) => self.v6.lookup(a),
+        }
+    }
 }

@@ -105,8 +105,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let pin = PinDir::new(&cli.pin_dir);
     match cli.command {
         Command::Daemon { attach, xdp_mode, table, netlink_recv_buffer } => {
+            // Two workers: the netlink socket is read and decoded on one while the other takes
+            // the changes into the dataplane (a full table arriving is a million messages).
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(2)
                 .enable_all()
                 .build()?;
             runtime.block_on(daemon::run(daemon::Options {

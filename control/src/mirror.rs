@@ -192,8 +192,18 @@ impl Mirror {
     /// Applies every event already queued, without waiting. Returns whether any changed the RIB,
     /// or `Overrun`.
     pub fn drain(&mut self, rib: &mut Rib) -> Applied {
+        self.drain_at_most(rib, usize::MAX)
+    }
+
+    /// Like [`Mirror::drain`], but stops after `max` events: while a table loads, events come
+    /// as fast as they are taken, and the changes already taken must reach the dataplane.
+    pub fn drain_at_most(&mut self, rib: &mut Rib, max: usize) -> Applied {
         let mut result = Applied::Ignored;
-        while let Ok((msg, _)) = self.events.try_recv() {
+        let mut taken = 0;
+        while taken < max
+            && let Ok((msg, _)) = self.events.try_recv()
+        {
+            taken += 1;
             match self.apply_event(rib, msg) {
                 Applied::Overrun => return Applied::Overrun,
                 Applied::Changed => result = Applied::Changed,

@@ -257,7 +257,8 @@ impl Prefix {
     }
 
     /// The prefix of length `len` (at most this one's) that contains this one.
-    const fn ancestor(&self, len: u8) -> Self {
+    #[must_use]
+    pub const fn ancestor(&self, len: u8) -> Self {
         Self { addr: self.addr & mask(len), len }
     }
 
@@ -555,7 +556,7 @@ const RTN_UNICAST: u8 = 1;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// Messages per `sendmsg`: well inside the default socket buffers (about 80 KB of IPv6 routes).
-const BATCH: usize = 1024;
+pub const BATCH: usize = 1024;
 
 /// Adds or deletes `routes` (of `family`) in the main table of the calling thread's network
 /// namespace through one rtnetlink socket: [`BATCH`] messages per `sendmsg`, only the last one
