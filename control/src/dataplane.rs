@@ -28,8 +28,8 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sluice_common::{
-    Counter, EcmpGroup, Iface, IfaceKey, MAX_SLOTS, NextHop, REASON_SLOTS, Reason, Route,
-    RouteAction, XdpAttachMode, dir24, names, trie6,
+    Counter, EcmpGroup, Iface, IfaceCacheEntry, IfaceKey, MAX_SLOTS, NextHop, REASON_SLOTS, Reason,
+    Route, RouteAction, XdpAttachMode, dir24, iface_cache_index, iface_cache_tag, names, trie6,
 };
 use tracing::{debug, info, warn};
 
@@ -203,6 +203,7 @@ pub struct Maps {
     nexthops: Array<MapData, NextHop>,
     groups: Array<MapData, EcmpGroup>,
     ifaces: HashMap<MapData, IfaceKey, Iface>,
+    iface_cache: Array<MapData, IfaceCacheEntry>,
     devmap: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, Counter>,
     /// The IPv4 lookup tables, mapped for writing; `None` for read-only access.
@@ -435,6 +436,11 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         names::NEXTHOPS => (4, size(size_of::<NextHop>()), MAX_NEXTHOPS),
         names::ECMP_GROUPS => (4, size(size_of::<EcmpGroup>()), MAX_ECMP_GROUPS),
         names::IFACES => (size(size_of::<IfaceKey>()), size(size_of::<Iface>()), MAX_IFACES),
+        names::IFACE_CACHE => (
+            4,
+            size(size_of::<IfaceCacheEntry>()),
+            sluice_common::IFACE_CACHE_ENTRIES,
+        ),
         names::COUNTERS => (4, size(size_of::<Counter>()), MAX_SLOTS * REASON_SLOTS),
         names::NEIGH_REQUESTS => (0, 0, NEIGH_RING_BYTES),
         names::NEIGH_PENDING => (size(size_of::<NeighRequest>()), 8, NEIGH_PENDING_ENTRIES),
@@ -538,6 +544,7 @@ impl Maps {
             nexthops: typed(&mut get, names::NEXTHOPS)?,
             groups: typed(&mut get, names::ECMP_GROUPS)?,
             ifaces: typed(&mut get, names::IFACES)?,
+            iface_cache: typed(&mut get, names::IFACE_CACHE)?,
             devmap: typed(&mut get, names::DEVMAP)?,
             counters: typed(&mut get, names::COUNTERS)?,
             dir24: None,
@@ -555,6 +562,11 @@ impl Maps {
             )?;
             let trie = map_shared(get(names::TRIE_V6)?, names::TRIE_V6, trie6::ENTRIES)?;
             maps.lookup_cells = Some((tbl24, tbl8, trie));
+            // Interfaces adopted from a version without the cache are cached now.
+            for (key, iface) in maps.ifaces()? {
+                maps.cache_iface(key, Some(&iface))
+                    .map_err(|e| DataplaneError::Map(names::IFACE_CACHE, e))?;
+            }
         }
         Ok(maps)
     }
@@ -587,6 +599,32 @@ impl Maps {
         if self.lookup_cells.is_some() {
             let state = self.ifaces_and_routes()?;
             self.adopt_lookup(&state.routes_v4, &state.routes_v6)?;
+        }
+        Ok(())
+    }
+
+    /// Mirrors an `IFACES` change into `IFACE_CACHE` when the key's entry there is free or
+    /// its own (otherwise the key stays looked up in `IFACES`): zeroed first, then written
+    /// whole, so that readers never trust a half-written entry.
+    fn cache_iface(&mut self, key: IfaceKey, iface: Option<&Iface>) -> Result<(), MapError> {
+        let index = iface_cache_index(key.ifindex, key.vlan_id);
+        let tag = iface_cache_tag(key.ifindex, key.vlan_id);
+        let current = self.iface_cache.get(&index, 0)?;
+        let entry = iface.map(|i| IfaceCacheEntry {
+            head: tag,
+            slot: i.slot,
+            mac: i.mac,
+            _pad: [0; 6],
+            tail: tag,
+        });
+        if current.head != 0 && current.head != tag || entry.as_ref() == Some(&current) {
+            return Ok(());
+        }
+        if current.head != 0 {
+            self.iface_cache.set(index, IfaceCacheEntry::default(), 0)?;
+        }
+        if let Some(entry) = entry {
+            self.iface_cache.set(index, entry, 0)?;
         }
         Ok(())
     }
@@ -688,8 +726,14 @@ impl Maps {
             }
             Op::AddDevice(d) => self.devmap.insert(d, d, None, 0)?,
             Op::DelDevice(d) => ignore_missing(self.devmap.remove(d))?,
-            Op::SetIface(k, v) => self.ifaces.insert(k, v, 0)?,
-            Op::DelIface(k) => ignore_missing(self.ifaces.remove(&k))?,
+            Op::SetIface(k, v) => {
+                self.ifaces.insert(k, v, 0)?;
+                self.cache_iface(k, Some(&v))?;
+            }
+            Op::DelIface(k) => {
+                self.cache_iface(k, None)?;
+                ignore_missing(self.ifaces.remove(&k))?;
+            }
             Op::SetNextHop(id, nh) => self.nexthops.set(id, nh, 0)?,
             Op::ClearNextHop(id) => self.nexthops.set(id, NextHop::default(), 0)?,
             Op::SetGroup(id, g) => self.groups.set(id, g, 0)?,

@@ -27,10 +27,11 @@ use network_types::{
     vlan::VlanHdr,
 };
 use sluice_common::{
-    Counter, EcmpGroup, FAMILY_V4, FAMILY_V6, FLOW_HASH_SEED, Iface, IfaceKey, MAX_ECMP_GROUPS,
-    MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4, MAX_ROUTES_V6, MAX_SLOTS, NEIGH_PENDING_ENTRIES,
-    NEIGH_REQUEST_INTERVAL_NS, NEIGH_RING_BYTES, NH_F_VLAN, NeighRequest, NextHop, REASON_SLOTS,
-    Reason, Route, RouteAction, csum_fold, csum_ttl_decrement, dir24, flow_hash, flow_words, trie6,
+    Counter, EcmpGroup, FAMILY_V4, FAMILY_V6, FLOW_HASH_SEED, IFACE_CACHE_ENTRIES, Iface,
+    IfaceCacheEntry, IfaceKey, MAX_ECMP_GROUPS, MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4,
+    MAX_ROUTES_V6, MAX_SLOTS, NEIGH_PENDING_ENTRIES, NEIGH_REQUEST_INTERVAL_NS, NEIGH_RING_BYTES,
+    NH_F_VLAN, NeighRequest, NextHop, REASON_SLOTS, Reason, Route, RouteAction, csum_fold,
+    csum_ttl_decrement, dir24, flow_hash, flow_words, iface_cache_index, iface_cache_tag, trie6,
 };
 
 // The record of IPv4 prefixes; the lookup itself goes through DIR24_V4 and DIR8_V4.
@@ -55,6 +56,8 @@ static NEXTHOPS: Array<NextHop> = Array::with_max_entries(MAX_NEXTHOPS, 0);
 static ECMP_GROUPS: Array<EcmpGroup> = Array::with_max_entries(MAX_ECMP_GROUPS, 0);
 #[map]
 static IFACES: HashMap<IfaceKey, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
+#[map]
+static IFACE_CACHE: Array<IfaceCacheEntry> = Array::with_max_entries(IFACE_CACHE_ENTRIES, 0);
 #[map]
 static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
 #[map]
@@ -489,11 +492,39 @@ fn request_neighbour(ifindex: u32, family: u8, addr: &[u8; 16]) {
     let _ = NEIGH_REQUESTS.output::<NeighRequest>(&request, 0);
 }
 
+/// What the fast path needs of its ingress interface.
+#[derive(Clone, Copy)]
+struct Ingress {
+    slot: u32,
+    mac: [u8; 6],
+}
+
+/// The ingress interface: from `IFACE_CACHE` when its entry holds the key whole, else from
+/// `IFACES`.
 #[inline(always)]
-fn lookup_iface(ifindex: u32, vlan_id: u16) -> Option<Iface> {
+fn lookup_iface(ifindex: u32, vlan_id: u16) -> Option<Ingress> {
+    let tag = iface_cache_tag(ifindex, vlan_id);
+    if let Some(e) = IFACE_CACHE.get(iface_cache_index(ifindex, vlan_id)) {
+        // Head, fields, tail, in this order (see `IfaceCacheEntry`).
+        // SAFETY: reads of plain integers inside a map value.
+        let head = unsafe { core::ptr::read_volatile(&raw const e.head) };
+        if head == tag {
+            // SAFETY: as above.
+            let found = unsafe {
+                Ingress {
+                    slot: core::ptr::read_volatile(&raw const e.slot),
+                    mac: core::ptr::read_volatile(&raw const e.mac),
+                }
+            };
+            // SAFETY: as above.
+            if unsafe { core::ptr::read_volatile(&raw const e.tail) } == tag {
+                return Some(found);
+            }
+        }
+    }
     let key = IfaceKey { ifindex, vlan_id, _pad: 0 };
-    // SAFETY: the value is copied out at once.
-    unsafe { IFACES.get(&key) }.copied()
+    // SAFETY: the fields are copied out at once.
+    unsafe { IFACES.get(&key) }.map(|i: &Iface| Ingress { slot: i.slot, mac: i.mac })
 }
 
 #[inline(always)]

@@ -47,9 +47,12 @@ pub mod names {
     pub const DIR8_V4: &str = "DIR8_V4";
     /// IPv6 multibit trie (see [`trie6`](super::trie6)).
     pub const TRIE_V6: &str = "TRIE_V6";
+    /// Direct-mapped array of [`IfaceCacheEntry`](super::IfaceCacheEntry): the fast path's copy
+    /// of the `IFACES` entries it reads for every packet.
+    pub const IFACE_CACHE: &str = "IFACE_CACHE";
 
     /// Every map, in the order they are pinned.
-    pub const ALL_MAPS: [&str; 12] = [
+    pub const ALL_MAPS: [&str; 13] = [
         ROUTES_V4,
         ROUTES_V6,
         NEXTHOPS,
@@ -62,6 +65,7 @@ pub mod names {
         DIR24_V4,
         DIR8_V4,
         TRIE_V6,
+        IFACE_CACHE,
     ];
 }
 
@@ -235,6 +239,46 @@ pub struct IfaceKey {
     pub _pad: u16,
 }
 const _: () = assert!(size_of::<IfaceKey>() == 8);
+
+/// Entries of `IFACE_CACHE`.
+pub const IFACE_CACHE_ENTRIES: u32 = 1024;
+
+/// An entry of `IFACE_CACHE`: what every packet needs of its ingress interface, found with an
+/// array read instead of a hash lookup. `IFACES` stays the authority: a key whose cache entry
+/// holds another interface (two keys on one index) or nothing is looked up there.
+///
+/// An array value is written by a plain copy, so a reader could see half of an update. The key's
+/// tag is therefore written at both ends: the control plane first zeroes the entry, then writes
+/// it whole (the kernel copies forward), and a reader trusts the fields only when both tags are
+/// the key's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct IfaceCacheEntry {
+    /// [`iface_cache_tag`] of the key (host order); 0: empty.
+    pub head: u64,
+    /// [`Iface::slot`].
+    pub slot: u32,
+    /// [`Iface::mac`].
+    pub mac: [u8; 6],
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+    /// The same tag as `head`.
+    pub tail: u64,
+}
+const _: () = assert!(size_of::<IfaceCacheEntry>() == 32);
+
+/// The `IFACE_CACHE` index of a key.
+#[inline(always)]
+pub const fn iface_cache_index(ifindex: u32, vlan_id: u16) -> u32 {
+    (ifindex.wrapping_mul(0x9e37_79b1) ^ (vlan_id as u32).wrapping_mul(0x85eb_ca6b))
+        % IFACE_CACHE_ENTRIES
+}
+
+/// The tag of a key in `IFACE_CACHE`: never 0.
+#[inline(always)]
+pub const fn iface_cache_tag(ifindex: u32, vlan_id: u16) -> u64 {
+    1 << 63 | (ifindex as u64) << 16 | vlan_id as u64
+}
 
 /// [`Iface::flags`]: the interface is administratively and operationally up.
 pub const IF_F_UP: u32 = 1 << 0;

@@ -19,6 +19,8 @@ unsafe impl aya::Pod for Counter {}
 // SAFETY: as above.
 unsafe impl aya::Pod for NeighRequest {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::IfaceCacheEntry {}
+// SAFETY: as above.
 unsafe impl aya::Pod for crate::xmit::XmitStats {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::xmit::XmitConfig {}
