@@ -95,9 +95,12 @@ static BENCH_OBJECT: &[u8] =
 /// Options of `sluice bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Frames the generator sends in each measurement.
-    #[arg(long, default_value_t = 5_000_000, conflicts_with = "duration")]
+    /// Frames the generator sends in each round of a measurement.
+    #[arg(long, default_value_t = 2_000_000, conflicts_with = "duration")]
     pub packets: u64,
+    /// Measurements of each forwarder in each cell; the median round's rate is reported.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
     /// Send for this many seconds in each measurement instead of a fixed number of frames.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
@@ -302,6 +305,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     topo.cpus = if args.shared_cpu { CpuPlan::Shared } else { topo.split_cpus()? };
     eprintln!("  {}", topo.cpus.describe());
     let mut bench = BenchPrograms::load(&topo)?;
+    bench.rounds = args.rounds;
     if let Err(reason) = &bench.flush_counter {
         eprintln!("  devmap flushes not counted: {reason}");
     }
@@ -1013,6 +1017,8 @@ struct BenchPrograms {
     first_frame: [u8; FRAME_LEN],
     /// Whether devmap flushes are counted, or why not.
     flush_counter: Result<(), String>,
+    /// Measurements per forwarder and cell; the median counts.
+    rounds: u32,
 }
 
 impl BenchPrograms {
@@ -1046,7 +1052,7 @@ impl BenchPrograms {
             ebpf.map_mut(names::CEILING_CONFIG).ok_or_else(|| anyhow!("no ceiling config"))?;
         Array::<_, CeilingConfig>::try_from(map)?.set(0, ceiling, 0)?;
         let flush_counter = attach_flush_counter(&mut ebpf, topo).map_err(|e| format!("{e:#}"));
-        Ok(Self { ebpf, first_frame: [0; FRAME_LEN], flush_counter })
+        Ok(Self { ebpf, first_frame: [0; FRAME_LEN], flush_counter, rounds: 1 })
     }
 
     /// Fills the template and destination maps for `family`, and checks one generated frame
@@ -1266,26 +1272,38 @@ impl BenchPrograms {
         }
     }
 
-    /// Sends `budget` and counts what reaches the sink (and the devmap flushes, with `flushes`).
+    /// Sends `budget` [`Self::rounds`] times and counts what reaches the sink (and the devmap
+    /// flushes, with `flushes`). The rate is the median round's: these machines are shared,
+    /// and a round that another process disturbed must not decide a ratio.
     fn measure(
         &self,
         topo: &Topology,
         budget: Budget,
         flushes: bool,
     ) -> anyhow::Result<Measurement> {
-        let before = self.settled_count()?;
         let router_before = if flushes { self.flush_stats(FLUSH_SLOT_ROUTER)? } else { None };
         let gen_before = self.flush_stats(FLUSH_SLOT_GENERATOR)?;
-        let (sent, elapsed) = self.send(topo, budget)?;
-        let received = self.settled_count()? - before;
+        let (mut sent, mut received, mut seconds) = (0, 0, 0.0);
+        let mut rounds = Vec::new();
+        for _ in 0..self.rounds.max(1) {
+            let before = self.settled_count()?;
+            let (s, elapsed) = self.send(topo, budget)?;
+            let r = self.settled_count()? - before;
+            sent += s;
+            received += r;
+            seconds += elapsed.as_secs_f64();
+            rounds.push(per_second(r, elapsed.as_secs_f64()) / 1e6);
+        }
         let router_after = if flushes { self.flush_stats(FLUSH_SLOT_ROUTER)? } else { None };
         let gen_after = self.flush_stats(FLUSH_SLOT_GENERATOR)?;
-        let seconds = elapsed.as_secs_f64();
+        let mut sorted = rounds.clone();
+        sorted.sort_by(f64::total_cmp);
         Ok(Measurement {
             sent,
             received,
             seconds,
-            mpps: per_second(received, seconds) / 1e6,
+            mpps: sorted[sorted.len() / 2],
+            round_mpps: rounds,
             offered_mpps: per_second(sent, seconds) / 1e6,
             devmap: router_before.zip(router_after).map(|(b, a)| FlushDelta::between(&b, &a)),
             entry_drops: gen_before.zip(gen_after).map(|(b, a)| a.drops.saturating_sub(b.drops)),
@@ -1918,8 +1936,10 @@ struct Measurement {
     received: u64,
     /// How long the generator ran.
     seconds: f64,
-    /// `received / seconds`, in millions.
+    /// The median round's `received / seconds`, in millions.
     mpps: f64,
+    /// Every round's rate, in the order measured.
+    round_mpps: Vec<f64>,
     /// `sent / seconds`, in millions.
     offered_mpps: f64,
     /// For the XDP forwarders: the devmap flushes from `rtr_in` to `rtr_out` during the run.
@@ -1942,9 +1962,18 @@ struct Measurement {
 
 impl Measurement {
     fn describe(&self) -> String {
+        let (lo, hi) = self
+            .round_mpps
+            .iter()
+            .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         let mut s = format!(
-            "{:6.2} Mpps  ({} of {} frames delivered in {:.3} s, offered {:.2} Mpps",
-            self.mpps, self.received, self.sent, self.seconds, self.offered_mpps
+            "{:6.2} Mpps  (median of {} rounds, {lo:.2} to {hi:.2}; {} of {} frames delivered in {:.3} s, offered {:.2} Mpps",
+            self.mpps,
+            self.round_mpps.len(),
+            self.received,
+            self.sent,
+            self.seconds,
+            self.offered_mpps
         );
         if let Some(f) = &self.devmap {
             let _ = write!(
