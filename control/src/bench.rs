@@ -98,7 +98,8 @@ pub struct BenchArgs {
     /// Frames the generator sends in each round of a measurement.
     #[arg(long, default_value_t = 2_000_000, conflicts_with = "duration")]
     pub packets: u64,
-    /// Measurements of each forwarder in each cell; the median round's rate is reported.
+    /// Rounds over every forwarder in each cell (each forwarder measured once per round, in
+    /// turn); a forwarder's rate is its median round.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: u32,
     /// Send for this many seconds in each measurement instead of a fixed number of frames.
@@ -305,11 +306,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     topo.cpus = if args.shared_cpu { CpuPlan::Shared } else { topo.split_cpus()? };
     eprintln!("  {}", topo.cpus.describe());
     let mut bench = BenchPrograms::load(&topo)?;
-    bench.rounds = args.rounds;
     if let Err(reason) = &bench.flush_counter {
         eprintln!("  devmap flushes not counted: {reason}");
     }
-    let ctx = CellContext { exe: &exe, budget, forwarders: &forwarders, trials: args.route_trials };
+    let ctx = CellContext {
+        exe: &exe,
+        budget,
+        forwarders: &forwarders,
+        trials: args.route_trials,
+        rounds: args.rounds,
+    };
     let cells = run_phases(&ctx, &mut bench, &topo, &phases, &mut tables)?;
     let report = Report {
         frame_len: FRAME_LEN,
@@ -499,12 +505,14 @@ struct FamilyTable {
 }
 
 /// What does not change between the cells.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct CellContext<'a> {
     exe: &'a Path,
     budget: Budget,
     forwarders: &'a [Forwarder],
     trials: u32,
+    /// Rounds over all forwarders; each forwarder's rate is its median round.
+    rounds: u32,
 }
 
 /// Measures every forwarder with the table now in the router's kernel.
@@ -527,20 +535,37 @@ fn run_cell(
         route_add: None,
         failures: BTreeMap::new(),
     };
-    for &forwarder in ctx.forwarders {
-        check_interrupted()?;
-        match measure_forwarder(ctx, bench, topo, phase, routes, forwarder, &mut cell) {
-            Ok(m) => {
-                eprintln!("    {:<10} {}", forwarder.name(), m.describe());
-                cell.forwarders.insert(forwarder.name(), m);
+    // Rounds over all forwarders, so that each is measured at several moments, interleaved
+    // with the others: a moment when the machine is busy elsewhere then touches every
+    // forwarder alike, and the medians keep it out of the ratios.
+    let mut rounds: BTreeMap<&'static str, Vec<Measurement>> = BTreeMap::new();
+    for round in 0..ctx.rounds.max(1) {
+        // Route-add latency is measured in the first round only.
+        let ctx = CellContext { trials: if round == 0 { ctx.trials } else { 0 }, ..*ctx };
+        for &forwarder in ctx.forwarders {
+            check_interrupted()?;
+            if cell.failures.contains_key(forwarder.name()) {
+                continue;
             }
-            // An interrupted run stops; a forwarder that fails leaves its cell without it.
-            Err(e) if INTERRUPTED.load(Ordering::Relaxed) => return Err(e),
-            Err(e) => {
-                eprintln!("    {:<10} failed: {e:#}", forwarder.name());
-                cell.failures.insert(forwarder.name(), format!("{e:#}"));
+            match measure_forwarder(&ctx, bench, topo, phase, routes, forwarder, &mut cell) {
+                Ok(m) => {
+                    eprintln!("    {:<10} {}", forwarder.name(), m.describe());
+                    rounds.entry(forwarder.name()).or_default().push(m);
+                }
+                // An interrupted run stops; a forwarder that fails leaves its cell without it.
+                Err(e) if INTERRUPTED.load(Ordering::Relaxed) => return Err(e),
+                Err(e) => {
+                    eprintln!("    {:<10} failed: {e:#}", forwarder.name());
+                    cell.failures.insert(forwarder.name(), format!("{e:#}"));
+                    rounds.remove(forwarder.name());
+                }
             }
         }
+    }
+    for (name, measured) in rounds {
+        let m = Measurement::median_of(&measured);
+        eprintln!("    {name:<10} {}", m.describe());
+        cell.forwarders.insert(name, m);
     }
     let sluice = cell.forwarders.get("sluice");
     cell.ratios.sluice_linux = ratio(sluice, cell.forwarders.get("linux"));
@@ -598,8 +623,11 @@ fn measure_forwarder(
         })?,
         Forwarder::Sluice => {
             let (m, daemon, route_add) = measure_sluice(ctx, bench, topo, phase, routes)?;
-            cell.daemon = Some(daemon);
-            cell.route_add = route_add;
+            // The first round's start and route changes are the ones reported.
+            cell.daemon.get_or_insert(daemon);
+            if route_add.is_some() {
+                cell.route_add = route_add;
+            }
             m
         }
     })
@@ -1017,8 +1045,6 @@ struct BenchPrograms {
     first_frame: [u8; FRAME_LEN],
     /// Whether devmap flushes are counted, or why not.
     flush_counter: Result<(), String>,
-    /// Measurements per forwarder and cell; the median counts.
-    rounds: u32,
 }
 
 impl BenchPrograms {
@@ -1052,7 +1078,7 @@ impl BenchPrograms {
             ebpf.map_mut(names::CEILING_CONFIG).ok_or_else(|| anyhow!("no ceiling config"))?;
         Array::<_, CeilingConfig>::try_from(map)?.set(0, ceiling, 0)?;
         let flush_counter = attach_flush_counter(&mut ebpf, topo).map_err(|e| format!("{e:#}"));
-        Ok(Self { ebpf, first_frame: [0; FRAME_LEN], flush_counter, rounds: 1 })
+        Ok(Self { ebpf, first_frame: [0; FRAME_LEN], flush_counter })
     }
 
     /// Fills the template and destination maps for `family`, and checks one generated frame
@@ -1272,38 +1298,29 @@ impl BenchPrograms {
         }
     }
 
-    /// Sends `budget` [`Self::rounds`] times and counts what reaches the sink (and the devmap
-    /// flushes, with `flushes`). The rate is the median round's: these machines are shared,
-    /// and a round that another process disturbed must not decide a ratio.
+    /// Sends `budget` and counts what reaches the sink (and the devmap flushes, with `flushes`):
+    /// one round of a measurement (see [`Measurement::median_of`]).
     fn measure(
         &self,
         topo: &Topology,
         budget: Budget,
         flushes: bool,
     ) -> anyhow::Result<Measurement> {
+        let before = self.settled_count()?;
         let router_before = if flushes { self.flush_stats(FLUSH_SLOT_ROUTER)? } else { None };
         let gen_before = self.flush_stats(FLUSH_SLOT_GENERATOR)?;
-        let (mut sent, mut received, mut seconds) = (0, 0, 0.0);
-        let mut rounds = Vec::new();
-        for _ in 0..self.rounds.max(1) {
-            let before = self.settled_count()?;
-            let (s, elapsed) = self.send(topo, budget)?;
-            let r = self.settled_count()? - before;
-            sent += s;
-            received += r;
-            seconds += elapsed.as_secs_f64();
-            rounds.push(per_second(r, elapsed.as_secs_f64()) / 1e6);
-        }
+        let (sent, elapsed) = self.send(topo, budget)?;
+        let received = self.settled_count()? - before;
         let router_after = if flushes { self.flush_stats(FLUSH_SLOT_ROUTER)? } else { None };
         let gen_after = self.flush_stats(FLUSH_SLOT_GENERATOR)?;
-        let mut sorted = rounds.clone();
-        sorted.sort_by(f64::total_cmp);
+        let seconds = elapsed.as_secs_f64();
+        let mpps = per_second(received, seconds) / 1e6;
         Ok(Measurement {
             sent,
             received,
             seconds,
-            mpps: sorted[sorted.len() / 2],
-            round_mpps: rounds,
+            mpps,
+            round_mpps: vec![mpps],
             offered_mpps: per_second(sent, seconds) / 1e6,
             devmap: router_before.zip(router_after).map(|(b, a)| FlushDelta::between(&b, &a)),
             entry_drops: gen_before.zip(gen_after).map(|(b, a)| a.drops.saturating_sub(b.drops)),
@@ -1961,6 +1978,54 @@ struct Measurement {
 }
 
 impl Measurement {
+    /// One measurement of several rounds: their totals, and the median round's rate.
+    fn median_of(rounds: &[Self]) -> Self {
+        let mut rates: Vec<f64> =
+            rounds.iter().flat_map(|m| m.round_mpps.iter().copied()).collect();
+        let round_mpps = rates.clone();
+        rates.sort_by(f64::total_cmp);
+        let sum = |f: &dyn Fn(&Self) -> Option<u64>| -> Option<u64> {
+            rounds.iter().map(f).sum::<Option<u64>>()
+        };
+        let (sent, received) =
+            (rounds.iter().map(|m| m.sent).sum(), rounds.iter().map(|m| m.received).sum());
+        let seconds: f64 = rounds.iter().map(|m| m.seconds).sum();
+        let devmap = rounds.iter().map(|m| m.devmap).collect::<Option<Vec<_>>>().map(|d| {
+            let flushes = d.iter().map(|f| f.flushes).sum::<u64>();
+            let sent = d.iter().map(|f| f.sent).sum::<u64>();
+            FlushDelta {
+                flushes,
+                sent,
+                drops: d.iter().map(|f| f.drops).sum(),
+                errors: d.iter().map(|f| f.errors).sum(),
+                frames_per_flush: if flushes == 0 { 0.0 } else { sent as f64 / flushes as f64 },
+            }
+        });
+        let fib_results =
+            rounds.iter().map(|m| m.fib_results.clone()).collect::<Option<Vec<_>>>().map(|all| {
+                let mut total: BTreeMap<String, u64> = BTreeMap::new();
+                for r in all {
+                    for (k, v) in r {
+                        *total.entry(k).or_default() += v;
+                    }
+                }
+                total
+            });
+        Self {
+            sent,
+            received,
+            seconds,
+            mpps: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+            round_mpps,
+            offered_mpps: per_second(sent, seconds) / 1e6,
+            devmap,
+            entry_drops: sum(&|m| m.entry_drops),
+            xdp_forwarded: sum(&|m| m.xdp_forwarded),
+            xdp_mode: rounds.first().and_then(|m| m.xdp_mode.clone()),
+            fib_results,
+        }
+    }
+
     fn describe(&self) -> String {
         let (lo, hi) = self
             .round_mpps
