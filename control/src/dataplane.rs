@@ -427,7 +427,7 @@ impl Dataplane {
 fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
     use sluice_common::{
         Counter, MAX_ECMP_GROUPS, MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4, MAX_ROUTES_V6,
-        NEIGH_PENDING_ENTRIES, NEIGH_RING_BYTES, NeighRequest,
+        NEIGH_PENDING_ENTRIES, NEIGH_RING_BYTES, NeighRequest, hooks,
     };
     let size = |n: usize| n as u32;
     Some(match name {
@@ -436,11 +436,25 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         names::NEXTHOPS => (4, size(size_of::<NextHop>()), MAX_NEXTHOPS),
         names::ECMP_GROUPS => (4, size(size_of::<EcmpGroup>()), MAX_ECMP_GROUPS),
         names::IFACES => (size(size_of::<IfaceKey>()), size(size_of::<Iface>()), MAX_IFACES),
-        names::IFACE_CACHE => (
-            4,
-            size(size_of::<IfaceCacheEntry>()),
-            sluice_common::IFACE_CACHE_ENTRIES,
+        names::FILTER_SRC_V4 | names::FILTER_DST_V4 => {
+            (size(4 + 4), size(size_of::<hooks::FilterRule>()), hooks::MAX_FILTER_RULES)
+        }
+        names::FILTER_SRC_V6 | names::FILTER_DST_V6 => {
+            (size(4 + 16), size(size_of::<hooks::FilterRule>()), hooks::MAX_FILTER_RULES)
+        }
+        names::RATE_V4 => (size(4 + 4), size(size_of::<hooks::RateRule>()), hooks::MAX_RATE_RULES),
+        names::RATE_V6 => (size(4 + 16), size(size_of::<hooks::RateRule>()), hooks::MAX_RATE_RULES),
+        names::RATE_STATE => (
+            size(size_of::<hooks::RateKey>()),
+            size(size_of::<hooks::Bucket>()),
+            hooks::RATE_STATE_ENTRIES,
         ),
+        names::RULE_COUNTERS => (4, size(size_of::<Counter>()), hooks::MAX_RULE_IDS),
+        names::HOOK_CONFIG => (4, size(size_of::<hooks::HookConfig>()), 1),
+        names::SAMPLES => (0, 0, hooks::SAMPLE_RING_BYTES),
+        names::IFACE_CACHE => {
+            (4, size(size_of::<IfaceCacheEntry>()), sluice_common::IFACE_CACHE_ENTRIES)
+        }
         names::COUNTERS => (4, size(size_of::<Counter>()), MAX_SLOTS * REASON_SLOTS),
         names::NEIGH_REQUESTS => (0, 0, NEIGH_RING_BYTES),
         names::NEIGH_PENDING => (size(size_of::<NeighRequest>()), 8, NEIGH_PENDING_ENTRIES),

@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod dir24;
 pub mod fib;
 pub mod heap;
+pub mod hooks;
 pub mod lab;
 pub mod mirror;
 pub mod netns;

@@ -11,6 +11,7 @@
 #![no_main]
 
 mod common;
+mod hooks;
 mod xmit;
 
 use aya_ebpf::{
@@ -99,6 +100,8 @@ struct Frame {
     len: usize,
     /// The EtherType of the L3 payload (network order).
     ether_type: u16,
+    /// The ingress device.
+    ifindex: u32,
 }
 
 #[xdp]
@@ -146,7 +149,7 @@ fn classify(ctx: &XdpContext, ifindex: u32, len: usize) -> (u32, Outcome) {
     if dst_mac != iface.mac {
         return (slot, Outcome::pass(Reason::PassOtherHost));
     }
-    let frame = Frame { l3, len, ether_type };
+    let frame = Frame { l3, len, ether_type, ifindex };
     let outcome = if ether_type == ETH_P_IPV4 {
         forward_v4(ctx, &frame)
     } else if ether_type == ETH_P_IPV6 {
@@ -192,14 +195,27 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if dst[0] == 0 || dst[0] == 127 || (dst[0] == 169 && dst[1] == 254) {
         return Outcome::pass(Reason::PassMartian);
     }
-    let Some(route) = lookup_v4(dst) else {
-        return Outcome::pass(Reason::PassNoRoute);
-    };
     let mut src16 = [0u8; 16];
     let mut dst16 = [0u8; 16];
     src16[..4].copy_from_slice(&src);
     dst16[..4].copy_from_slice(&dst);
     let (proto, frags) = (hdr.proto, hdr.frags);
+    let first_fragment = u16::from_be_bytes(frags) & 0x1fff == 0;
+    let packet = hooks::Packet {
+        ifindex: frame.ifindex,
+        family: FAMILY_V4,
+        proto,
+        len: frame.len,
+        src: &src16,
+        dst: &dst16,
+    };
+    let ports = || if first_fragment { read_ports(ctx, frame.l3 + ihl, proto) } else { 0 };
+    if let Some(outcome) = hook_outcome(hooks::ingress(&packet, ports)) {
+        return outcome;
+    }
+    let Some(route) = lookup_v4(dst) else {
+        return Outcome::pass(Reason::PassNoRoute);
+    };
     // Read the ports and hash only for an ECMP route. Fragments hash on addresses and protocol
     // only, so all of a datagram takes one path.
     let hash = || {
@@ -246,6 +262,18 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if hdr.next_hdr == IPV6_HOP_BY_HOP {
         return Outcome::pass(Reason::PassOptions);
     }
+    let packet = hooks::Packet {
+        ifindex: frame.ifindex,
+        family: FAMILY_V6,
+        proto: hdr.next_hdr,
+        len: frame.len,
+        src: &src,
+        dst: &dst,
+    };
+    let ports = || read_ports(ctx, frame.l3 + Ipv6Hdr::LEN, packet.proto);
+    if let Some(outcome) = hook_outcome(hooks::ingress(&packet, ports)) {
+        return outcome;
+    }
     let Some(route) = lookup_v6(&dst) else {
         return Outcome::pass(Reason::PassNoRoute);
     };
@@ -267,6 +295,16 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     };
     hdr.hop_limit -= 1;
     rewrite_l2(ctx, frame, &nh, action)
+}
+
+/// The outcome the hook tables decided, if they decided one.
+#[inline(always)]
+fn hook_outcome(v: hooks::Verdict) -> Option<Outcome> {
+    match v {
+        hooks::Verdict::Continue => None,
+        hooks::Verdict::Drop(reason) => Some(Outcome::drop(reason)),
+        hooks::Verdict::Pass(reason) => Some(Outcome::pass(reason)),
+    }
 }
 
 /// Longest-prefix match in DIR-24-8: one read for prefixes up to /24, two for longer ones.

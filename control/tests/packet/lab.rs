@@ -522,6 +522,12 @@ impl Lab {
         lab
     }
 
+    /// The loaded object, for the maps a test writes itself (the hook tables).
+    #[allow(dead_code, reason = "used by some of the test crates that include this file")]
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Runs one frame through the program, arriving on device `ingress`.
     pub fn run(&self, ingress: u32, frame: &[u8]) -> Run {
         if frame.len() >= ETH_HLEN {

@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod dir24;
+pub mod hooks;
 pub mod trie6;
 #[cfg(feature = "user")]
 mod user;
@@ -51,8 +52,31 @@ pub mod names {
     /// of the `IFACES` entries it reads for every packet.
     pub const IFACE_CACHE: &str = "IFACE_CACHE";
 
+    /// Hook table `filter`, IPv4 sources: LPM trie `Key<[u8; 4]>` ->
+    /// [`FilterRule`](super::hooks::FilterRule).
+    pub const FILTER_SRC_V4: &str = "FILTER_SRC_V4";
+    /// Hook table `filter`, IPv4 destinations.
+    pub const FILTER_DST_V4: &str = "FILTER_DST_V4";
+    /// Hook table `filter`, IPv6 sources: LPM trie `Key<[u8; 16]>`.
+    pub const FILTER_SRC_V6: &str = "FILTER_SRC_V6";
+    /// Hook table `filter`, IPv6 destinations.
+    pub const FILTER_DST_V6: &str = "FILTER_DST_V6";
+    /// Hook table `rate-limit`, IPv4 source prefixes: LPM trie ->
+    /// [`RateRule`](super::hooks::RateRule).
+    pub const RATE_V4: &str = "RATE_V4";
+    /// Hook table `rate-limit`, IPv6 source prefixes.
+    pub const RATE_V6: &str = "RATE_V6";
+    /// LRU hash of token buckets, one per source address a rate rule covers.
+    pub const RATE_STATE: &str = "RATE_STATE";
+    /// Per-CPU packet and byte counters of the hook rules, indexed by rule id.
+    pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+    /// One [`HookConfig`](super::hooks::HookConfig): which hook tables hold anything.
+    pub const HOOK_CONFIG: &str = "HOOK_CONFIG";
+    /// Ring buffer of [`Sample`](super::hooks::Sample)s: 1 in N packet headers.
+    pub const SAMPLES: &str = "SAMPLES";
+
     /// Every map, in the order they are pinned.
-    pub const ALL_MAPS: [&str; 13] = [
+    pub const ALL_MAPS: [&str; 23] = [
         ROUTES_V4,
         ROUTES_V6,
         NEXTHOPS,
@@ -66,6 +90,16 @@ pub mod names {
         DIR8_V4,
         TRIE_V6,
         IFACE_CACHE,
+        FILTER_SRC_V4,
+        FILTER_DST_V4,
+        FILTER_SRC_V6,
+        FILTER_DST_V6,
+        RATE_V4,
+        RATE_V6,
+        RATE_STATE,
+        RULE_COUNTERS,
+        HOOK_CONFIG,
+        SAMPLES,
     ];
 }
 
@@ -384,11 +418,17 @@ pub enum Reason {
     DropBlackhole = 17,
     /// Truncated or inconsistent headers, bad IPv4 header checksum: dropped.
     DropMalformed = 18,
+    /// Dropped by a rule of the `filter` hook table.
+    DropFiltered = 19,
+    /// Sent to the kernel by a rule of the `filter` hook table.
+    PassFiltered = 20,
+    /// Dropped by the `rate-limit` hook table: its source sent more than its rule allows.
+    DropRateLimited = 21,
 }
 
 impl Reason {
     /// Number of reasons in use.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 22;
 
     /// All reasons, by value.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -411,6 +451,9 @@ impl Reason {
         Self::PassOther,
         Self::DropBlackhole,
         Self::DropMalformed,
+        Self::DropFiltered,
+        Self::PassFiltered,
+        Self::DropRateLimited,
     ];
 
     /// A stable snake-case name, used by the CLI, in JSON and as a metric label.
@@ -435,6 +478,9 @@ impl Reason {
             Self::PassOther => "pass_other",
             Self::DropBlackhole => "drop_blackhole",
             Self::DropMalformed => "drop_malformed",
+            Self::DropFiltered => "drop_filtered",
+            Self::PassFiltered => "pass_filtered",
+            Self::DropRateLimited => "drop_rate_limited",
         }
     }
 

@@ -21,6 +21,18 @@ unsafe impl aya::Pod for NeighRequest {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::IfaceCacheEntry {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::hooks::FilterRule {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::hooks::RateRule {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::hooks::RateKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::hooks::Bucket {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::hooks::HookConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::hooks::Sample {}
+// SAFETY: as above.
 unsafe impl aya::Pod for crate::xmit::XmitStats {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::xmit::XmitConfig {}

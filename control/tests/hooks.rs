@@ -1,0 +1,187 @@
+//! Packet tests of the hook tables through `BPF_PROG_TEST_RUN`: the filter (sources and
+//! destinations, drop, pass and count, longest prefix first), the per-source rate limiter, and
+//! 1-in-N sampling into the ring buffer, written through the control plane's writer
+//! (`sluice::hooks`) as a plugin host would. Same lab and requirements as `packet.rs`.
+
+#[path = "packet/frame.rs"]
+#[allow(dead_code, reason = "shared with packet.rs, which uses all of it")]
+mod frame;
+#[path = "packet/lab.rs"]
+#[allow(dead_code, reason = "shared with packet.rs, which uses all of it")]
+mod lab;
+
+use std::{net::IpAddr, thread, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use frame::{Frame, Ipv4, Ipv6, L4, ip4, ip6};
+use lab::{Case, HOST_MAC, IN0, Lab, ROUTER_MAC, nh, route, routed};
+use sluice::{
+    fib::Op,
+    hooks::{Action, AyaHookMaps, Direction, HookOp, HookTables, drain_samples},
+};
+use sluice_common::{Reason, RouteAction, names};
+
+fn from4(src: &str, dst: &str) -> Frame {
+    Frame::v4(ROUTER_MAC, HOST_MAC, Ipv4::new(ip4(src), ip4(dst), L4::udp(40000, 53)))
+}
+
+fn from6(src: &str, dst: &str) -> Frame {
+    Frame::v6(ROUTER_MAC, HOST_MAC, Ipv6::new(ip6(src), ip6(dst), L4::udp(40000, 53)))
+}
+
+/// The lab with default routes out of `out4`, and the hook tables' writer.
+fn lab(test: &str) -> Option<(Lab, HookTables<AyaHookMaps>)> {
+    let mut lab = Lab::new(test)?;
+    let r = route(RouteAction::Forward, nh::OUT4);
+    for op in [
+        Op::SetRouteV4("0.0.0.0/0".parse().expect("prefix"), r),
+        Op::SetRouteV6("::/0".parse().expect("prefix"), r),
+    ] {
+        lab.maps.write(&op).expect("default route");
+    }
+    let maps = AyaHookMaps::take(lab.ebpf_mut()).expect("the hook maps are in the object");
+    Some((lab, HookTables::new(maps)))
+}
+
+fn forward(name: &str, input: &Frame) -> Case {
+    Case::forward(name, IN0, input, &routed(input, nh::OUT4))
+}
+
+fn filter(direction: Direction, prefix: &str, action: Action) -> HookOp {
+    HookOp::SetFilter { direction, prefix: prefix.parse().expect("prefix"), action }
+}
+
+#[test]
+fn filters_drop_pass_and_count_by_source_and_destination() {
+    let Some((mut lab, mut hooks)) = lab("filters") else { return };
+    let acl = [
+        filter(Direction::Src, "192.0.2.0/24", Action::Drop),
+        filter(Direction::Src, "192.0.2.64/26", Action::Count),
+        filter(Direction::Dst, "198.51.100.0/24", Action::Pass),
+        filter(Direction::Dst, "198.51.100.128/25", Action::Count),
+        filter(Direction::Src, "2001:db8:a::/48", Action::Drop),
+        filter(Direction::Dst, "2001:db8:ff::/48", Action::Pass),
+    ];
+    let cases_before = [
+        forward("no rules yet: forwarded", &from4("192.0.2.10", "203.0.113.9")),
+        forward("no rules yet: IPv6 forwarded", &from6("2001:db8:a::10", "2001:db8:50::1")),
+    ];
+    lab.check_all(&cases_before);
+    hooks.apply("acl", &acl).expect("valid rules");
+    lab.check_all(&[
+        Case::drop(
+            "source in a drop rule",
+            IN0,
+            from4("192.0.2.10", "203.0.113.9").bytes(),
+            Reason::DropFiltered,
+        ),
+        // The longer source prefix (count) wins over the /24 (drop): counted, then forwarded.
+        forward("source in a longer count rule", &from4("192.0.2.70", "203.0.113.9")),
+        Case::pass(
+            "destination in a pass rule",
+            IN0,
+            from4("203.0.113.5", "198.51.100.5").bytes(),
+            Reason::PassFiltered,
+        ),
+        forward("destination in a longer count rule", &from4("203.0.113.5", "198.51.100.200")),
+        forward("no rule matches", &from4("203.0.113.5", "203.0.113.9")),
+        Case::drop(
+            "IPv6 source in a drop rule",
+            IN0,
+            from6("2001:db8:a::10", "2001:db8:50::1").bytes(),
+            Reason::DropFiltered,
+        ),
+        Case::pass(
+            "IPv6 destination in a pass rule",
+            IN0,
+            from6("2001:db8:b::10", "2001:db8:ff::1").bytes(),
+            Reason::PassFiltered,
+        ),
+        forward("IPv6, no rule matches", &from6("2001:db8:b::10", "2001:db8:50::1")),
+    ]);
+    let counted: Vec<(String, u64)> = hooks
+        .rules(Some("acl"))
+        .expect("counters")
+        .into_iter()
+        .map(|r| (serde_json::to_string(&r.rule).expect("json"), r.packets))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(counted.len(), 6, "every rule matched exactly once: {counted:?}");
+    assert!(counted.iter().all(|(_, n)| *n == 1), "{counted:?}");
+
+    hooks.remove_owner("acl").expect("removal");
+    lab.check_all(&cases_before);
+}
+
+#[test]
+fn the_rate_limiter_lets_a_burst_through_then_drops_until_tokens_return() {
+    let Some((mut lab, mut hooks)) = lab("rate limiter") else { return };
+    hooks
+        .apply(
+            "guard",
+            &[HookOp::SetRateLimit {
+                prefix: "192.0.2.0/24".parse().expect("prefix"),
+                rate_pps: 1,
+                burst: 3,
+            }],
+        )
+        .expect("valid rule");
+    let flood = from4("192.0.2.10", "203.0.113.9");
+    let limited = Case::drop("over the rate", IN0, flood.bytes(), Reason::DropRateLimited);
+    lab.check_all(&[
+        forward("1st of the burst", &flood),
+        forward("2nd of the burst", &flood),
+        forward("3rd of the burst", &flood),
+        limited,
+        forward("another source has a bucket of its own", &from4("192.0.2.11", "203.0.113.9")),
+        forward("a source outside the rule is not limited", &from4("203.0.113.5", "203.0.113.9")),
+    ]);
+    // One packet a second: the bucket, nearly empty after the burst, holds one token again
+    // after 1.1 s, and no second one before 2 s.
+    thread::sleep(Duration::from_millis(1100));
+    lab.check_all(&[
+        forward("a token came back", &flood),
+        Case::drop("and was taken", IN0, flood.bytes(), Reason::DropRateLimited),
+    ]);
+    let rules = hooks.rules(Some("guard")).expect("counters");
+    assert_eq!(rules[0].packets, 2, "the rule counts what it dropped");
+    hooks.remove_owner("guard").expect("removal");
+    lab.check_all(&[forward("no limit any more", &flood)]);
+}
+
+#[test]
+fn one_packet_in_n_is_sampled_with_its_headers() {
+    let Some((mut lab, mut hooks)) = lab("sampling") else { return };
+    let mut ring = RingBuf::try_from(lab.ebpf_mut().take_map(names::SAMPLES).expect("SAMPLES"))
+        .expect("a ring buffer");
+    let samples = |ring: &mut RingBuf<MapData>| drain_samples(ring);
+    let packet = from4("192.0.2.10", "203.0.113.9");
+    lab.check_all(&[forward("not sampled", &packet)]);
+    assert_eq!(samples(&mut ring), [], "no sampling configured");
+
+    hooks.apply("flows", &[HookOp::SetSampling { every: 1 }]).expect("valid");
+    lab.check_all(&[
+        forward("sampled", &packet),
+        forward("sampled too", &from6("2001:db8:a::10", "2001:db8:50::1")),
+    ]);
+    let got = samples(&mut ring);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].src, "192.0.2.10".parse::<IpAddr>().expect("addr"));
+    assert_eq!(got[0].dst, "203.0.113.9".parse::<IpAddr>().expect("addr"));
+    assert_eq!((got[0].proto, got[0].sport, got[0].dport), (17, 40000, 53));
+    assert_eq!((got[0].ifindex, got[0].len as usize), (IN0.ifindex, packet.bytes().len()));
+    assert_eq!(got[1].src, "2001:db8:a::10".parse::<IpAddr>().expect("addr"));
+
+    hooks.apply("flows", &[HookOp::SetSampling { every: 8 }]).expect("valid");
+    for _ in 0..800 {
+        lab.run(IN0.ifindex, &packet.bytes());
+    }
+    let n = samples(&mut ring).len();
+    // 1 in 8 of 800 is 100 on average (standard deviation 9.4).
+    assert!((50..=150).contains(&n), "{n} samples of 800 packets at 1 in 8");
+    hooks.remove_owner("flows").expect("removal");
+    for _ in 0..100 {
+        lab.run(IN0.ifindex, &packet.bytes());
+    }
+    assert_eq!(samples(&mut ring), [], "sampling stops with its owner");
+}

@@ -1,0 +1,188 @@
+//! The hook tables that plugins fill and the XDP program enforces: a prefix `filter` on source
+//! or destination (drop, pass to the kernel, count), a per-source token-bucket `rate-limit`, and
+//! 1-in-N header `sample`s into a ring buffer. Written by the control plane
+//! (`control/src/hooks.rs`) on behalf of plugins, never by plugins themselves.
+//!
+//! Empty tables cost one array read per packet: [`HookConfig`] says which tables hold anything,
+//! and the program consults only those.
+
+/// Rules per filter table (one table per family and direction).
+pub const MAX_FILTER_RULES: u32 = 1 << 16;
+/// Rules per rate-limit table (one per family).
+pub const MAX_RATE_RULES: u32 = 1 << 14;
+/// Sources tracked at once by the rate limiter; the least recently seen are forgotten.
+pub const RATE_STATE_ENTRIES: u32 = 1 << 17;
+/// Rule ids (counter slots). Id 0 is never used.
+pub const MAX_RULE_IDS: u32 = 1 << 17;
+/// Bytes of the sample ring buffer.
+pub const SAMPLE_RING_BYTES: u32 = 1 << 18;
+
+/// What a filter rule does with a matching packet.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FilterAction {
+    /// Drop it (counted as `drop_filtered`).
+    Drop = 1,
+    /// Hand it to the kernel (counted as `pass_filtered`).
+    Pass = 2,
+    /// Count it on the rule and go on.
+    Count = 3,
+}
+
+impl FilterAction {
+    /// Decodes the `u32` stored in a map.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Drop),
+            2 => Some(Self::Pass),
+            3 => Some(Self::Count),
+            _ => None,
+        }
+    }
+}
+
+/// Value of the filter tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FilterRule {
+    /// A [`FilterAction`] (host order).
+    pub action: u32,
+    /// The rule's id: its slot in `RULE_COUNTERS` (host order).
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<FilterRule>() == 8);
+
+/// Value of the rate-limit tables: every source address inside the rule's prefix gets a bucket
+/// of `burst` packets refilled at `rate_pps`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RateRule {
+    /// Packets per second (host order), at least 1.
+    pub rate_pps: u32,
+    /// Bucket size in packets (host order), at least 1.
+    pub burst: u32,
+    /// The rule's id: its slot in `RULE_COUNTERS`, which counts the packets it dropped.
+    pub rule: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RateRule>() == 16);
+
+/// Key of `RATE_STATE`: a source address (IPv4 in the first 4 bytes) and its rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RateKey {
+    /// The rule that owns the bucket, so a replaced rule starts afresh (host order).
+    pub rule: u32,
+    /// 4 or 6.
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// The source address (network order).
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<RateKey>() == 24);
+
+/// Value of `RATE_STATE`. Updated without atomics: two CPUs refilling one bucket at the same
+/// instant may let a packet more through; the limiter is a guard, not an accountant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Bucket {
+    /// Tokens, in thousandths of a packet (host order).
+    pub milli_tokens: u64,
+    /// When it was last refilled (`bpf_ktime_get_ns`).
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<Bucket>() == 16);
+
+/// Tokens a bucket gains over `elapsed_ns` at `rate_pps`, in thousandths of a packet, capped at
+/// `burst` packets in all with the `milli_tokens` it holds; then takes one packet if it can.
+/// Returns the new token count and whether the packet may go.
+#[inline(always)]
+pub const fn take_token(
+    milli_tokens: u64,
+    elapsed_ns: u64,
+    rate_pps: u32,
+    burst: u32,
+) -> (u64, bool) {
+    // Ten seconds refill any bucket that matters; capping keeps the product below 2^64.
+    let elapsed = if elapsed_ns > 10_000_000_000 { 10_000_000_000 } else { elapsed_ns };
+    let gained = elapsed * rate_pps as u64 / 1_000_000;
+    let cap = burst as u64 * 1000;
+    let mut tokens = milli_tokens + gained;
+    if tokens > cap {
+        tokens = cap;
+    }
+    if tokens >= 1000 { (tokens - 1000, true) } else { (tokens, false) }
+}
+
+/// Value of `HOOK_CONFIG` (one entry): how many rules each table holds, so that the program
+/// skips empty tables, and the sampling rate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HookConfig {
+    /// Non-zero when any table below holds anything or sampling is on: the one word the
+    /// program reads when every table is empty (host order).
+    pub active: u32,
+    /// Rules in `FILTER_SRC_V4` (host order).
+    pub filter_src_v4: u32,
+    /// Rules in `FILTER_DST_V4`.
+    pub filter_dst_v4: u32,
+    /// Rules in `FILTER_SRC_V6`.
+    pub filter_src_v6: u32,
+    /// Rules in `FILTER_DST_V6`.
+    pub filter_dst_v6: u32,
+    /// Rules in `RATE_V4`.
+    pub rate_v4: u32,
+    /// Rules in `RATE_V6`.
+    pub rate_v6: u32,
+    /// Sample one packet in this many (0: no sampling).
+    pub sample_every: u32,
+}
+const _: () = assert!(size_of::<HookConfig>() == 32);
+
+/// A sampled packet's headers, as the XDP program saw them on arrival.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Sample {
+    /// Ingress ifindex (host order).
+    pub ifindex: u32,
+    /// Frame length in bytes (host order).
+    pub len: u32,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol / next header.
+    pub proto: u8,
+    /// TCP/UDP/SCTP source port (network order), 0 otherwise.
+    pub sport: [u8; 2],
+    /// Destination port (network order), 0 otherwise.
+    pub dport: [u8; 2],
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+    /// Source address, IPv4 in the first 4 bytes (network order).
+    pub src: [u8; 16],
+    /// Destination address (network order).
+    pub dst: [u8; 16],
+}
+const _: () = assert!(size_of::<Sample>() == 48);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_hold_a_burst_and_refill_at_the_rate() {
+        // Full bucket of 3 at 10 pps: three packets go, the fourth waits 100 ms.
+        let mut t = 3000;
+        for _ in 0..3 {
+            let (n, ok) = take_token(t, 0, 10, 3);
+            assert!(ok);
+            t = n;
+        }
+        assert_eq!(take_token(t, 0, 10, 3), (0, false));
+        assert_eq!(take_token(t, 99_000_000, 10, 3), (990, false));
+        assert_eq!(take_token(t, 100_000_000, 10, 3), (0, true));
+        // Never more than the burst, however long the source was quiet.
+        assert_eq!(take_token(0, u64::MAX, 1_000_000, 5), (4000, true));
+    }
+}

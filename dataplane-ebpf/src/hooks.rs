@@ -1,0 +1,188 @@
+//! The hook tables on the forwarding path (see `sluice_common::hooks`): 1-in-N sampling, the
+//! prefix filter (sources, then destinations) and the per-source rate limiter, consulted after
+//! the IP header is validated and before the route lookup. `HOOK_CONFIG` says which tables hold
+//! anything, so empty tables cost one array read.
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+};
+use sluice_common::{
+    Counter, FAMILY_V4, Reason,
+    hooks::{
+        Bucket, FilterAction, FilterRule, HookConfig, MAX_FILTER_RULES, MAX_RATE_RULES,
+        MAX_RULE_IDS, RATE_STATE_ENTRIES, RateKey, RateRule, SAMPLE_RING_BYTES, Sample, take_token,
+    },
+};
+
+#[map]
+static HOOK_CONFIG: Array<HookConfig> = Array::with_max_entries(1, 0);
+#[map]
+static FILTER_SRC_V4: LpmTrie<[u8; 4], FilterRule> = LpmTrie::with_max_entries(MAX_FILTER_RULES, 0);
+#[map]
+static FILTER_DST_V4: LpmTrie<[u8; 4], FilterRule> = LpmTrie::with_max_entries(MAX_FILTER_RULES, 0);
+#[map]
+static FILTER_SRC_V6: LpmTrie<[u8; 16], FilterRule> =
+    LpmTrie::with_max_entries(MAX_FILTER_RULES, 0);
+#[map]
+static FILTER_DST_V6: LpmTrie<[u8; 16], FilterRule> =
+    LpmTrie::with_max_entries(MAX_FILTER_RULES, 0);
+#[map]
+static RATE_V4: LpmTrie<[u8; 4], RateRule> = LpmTrie::with_max_entries(MAX_RATE_RULES, 0);
+#[map]
+static RATE_V6: LpmTrie<[u8; 16], RateRule> = LpmTrie::with_max_entries(MAX_RATE_RULES, 0);
+#[map]
+static RATE_STATE: LruHashMap<RateKey, Bucket> =
+    LruHashMap::with_max_entries(RATE_STATE_ENTRIES, 0);
+#[map]
+static RULE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULE_IDS, 0);
+#[map]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
+
+/// What the hook tables decided for a packet.
+pub enum Verdict {
+    /// Forward as the routes say.
+    Continue,
+    /// Drop, counted under the reason.
+    Drop(Reason),
+    /// Hand to the kernel, counted under the reason.
+    Pass(Reason),
+}
+
+/// The packet facts the hooks look at. Addresses are 16 bytes, IPv4 in the first 4.
+pub struct Packet<'a> {
+    pub ifindex: u32,
+    pub family: u8,
+    pub proto: u8,
+    pub len: usize,
+    pub src: &'a [u8; 16],
+    pub dst: &'a [u8; 16],
+}
+
+/// Runs the hook tables that hold anything. `ports` reads the source and destination port
+/// (network order, as in the packet; 0 when there are none), for a sample only.
+#[inline(always)]
+pub fn ingress(p: &Packet<'_>, ports: impl FnOnce() -> u32) -> Verdict {
+    let Some(cfg) = HOOK_CONFIG.get(0) else { return Verdict::Continue };
+    if cfg.active == 0 {
+        return Verdict::Continue;
+    }
+    if cfg.sample_every != 0 {
+        sample(p, cfg.sample_every, ports);
+    }
+    let v4 = p.family == FAMILY_V4;
+    let (src_rules, dst_rules, rate_rules) = if v4 {
+        (cfg.filter_src_v4, cfg.filter_dst_v4, cfg.rate_v4)
+    } else {
+        (cfg.filter_src_v6, cfg.filter_dst_v6, cfg.rate_v6)
+    };
+    if src_rules != 0 {
+        let rule =
+            if v4 { lookup_v4(&FILTER_SRC_V4, p.src) } else { lookup_v6(&FILTER_SRC_V6, p.src) };
+        if let Some(v) = rule.and_then(|r| filter(r, p.len)) {
+            return v;
+        }
+    }
+    if dst_rules != 0 {
+        let rule =
+            if v4 { lookup_v4(&FILTER_DST_V4, p.dst) } else { lookup_v6(&FILTER_DST_V6, p.dst) };
+        if let Some(v) = rule.and_then(|r| filter(r, p.len)) {
+            return v;
+        }
+    }
+    if rate_rules != 0 {
+        let rule = if v4 { lookup_v4(&RATE_V4, p.src) } else { lookup_v6(&RATE_V6, p.src) };
+        if let Some(rule) = rule
+            && !admit(&rule, p)
+        {
+            count_rule(rule.rule, p.len);
+            return Verdict::Drop(Reason::DropRateLimited);
+        }
+    }
+    Verdict::Continue
+}
+
+#[inline(always)]
+fn lookup_v4<V: Copy>(table: &LpmTrie<[u8; 4], V>, addr: &[u8; 16]) -> Option<V> {
+    table.get(Key::new(32, [addr[0], addr[1], addr[2], addr[3]])).copied()
+}
+
+#[inline(always)]
+fn lookup_v6<V: Copy>(table: &LpmTrie<[u8; 16], V>, addr: &[u8; 16]) -> Option<V> {
+    table.get(Key::new(128, *addr)).copied()
+}
+
+/// A matching filter rule's verdict; `None` for a counting rule (the packet goes on).
+#[inline(always)]
+fn filter(rule: FilterRule, len: usize) -> Option<Verdict> {
+    count_rule(rule.rule, len);
+    match FilterAction::from_u32(rule.action) {
+        Some(FilterAction::Drop) => Some(Verdict::Drop(Reason::DropFiltered)),
+        Some(FilterAction::Pass) => Some(Verdict::Pass(Reason::PassFiltered)),
+        Some(FilterAction::Count) | None => None,
+    }
+}
+
+/// Whether the source's bucket has a token for this packet (taking it).
+#[inline(always)]
+fn admit(rule: &RateRule, p: &Packet<'_>) -> bool {
+    let key = RateKey { rule: rule.rule, family: p.family, _pad: [0; 3], addr: *p.src };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match RATE_STATE.get_ptr_mut(&key) {
+        Some(b) => {
+            // SAFETY: a map value; concurrent updates from other CPUs may interleave (see
+            // `Bucket`), which only blurs the count.
+            let (tokens, last) = unsafe { ((*b).milli_tokens, (*b).last_ns) };
+            let (left, ok) =
+                take_token(tokens, now.saturating_sub(last), rule.rate_pps, rule.burst);
+            // SAFETY: as above.
+            unsafe {
+                (*b).milli_tokens = left;
+                (*b).last_ns = now;
+            }
+            ok
+        }
+        None => {
+            // A new source starts with a full bucket, this packet taking one token.
+            let full = u64::from(rule.burst) * 1000;
+            let bucket = Bucket { milli_tokens: full.saturating_sub(1000), last_ns: now };
+            let _ = RATE_STATE.insert(&key, &bucket, 0);
+            true
+        }
+    }
+}
+
+#[inline(always)]
+fn count_rule(rule: u32, len: usize) {
+    if let Some(c) = RULE_COUNTERS.get_ptr_mut(rule) {
+        // SAFETY: per-CPU value, so no other writer runs concurrently on this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len as u64;
+        }
+    }
+}
+
+/// Writes one packet in `every` to the sample ring, chosen at random.
+#[inline(always)]
+fn sample(p: &Packet<'_>, every: u32, ports: impl FnOnce() -> u32) {
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    if unsafe { bpf_get_prandom_u32() } % every != 0 {
+        return;
+    }
+    let ports = ports().to_ne_bytes();
+    let s = Sample {
+        ifindex: p.ifindex,
+        len: p.len as u32,
+        family: p.family,
+        proto: p.proto,
+        sport: [ports[0], ports[1]],
+        dport: [ports[2], ports[3]],
+        _pad: [0; 2],
+        src: *p.src,
+        dst: *p.dst,
+    };
+    let _ = SAMPLES.output::<Sample>(&s, 0);
+}
