@@ -10,7 +10,7 @@ ifneq ($(filter-out nightly,$(EBPF_TOOLCHAIN)),)
 export SLUICE_EBPF_TOOLCHAIN = $(EBPF_TOOLCHAIN)
 endif
 
-.PHONY: setup build test test-unit lab lab-down bench lint fmt clean
+.PHONY: setup build test test-unit lab lab-down bench lint fmt clean plugins
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,10 @@ test: setup
 # Unit tests only: no root needed.
 test-unit:
 	$(CARGO) test --release --locked --lib --bins -p sluice -p sluice-common
+
+# The example and test plugins, as components for wasm32-wasip2 (plugins/target/wasm32-wasip2/release).
+plugins: setup
+	cd plugins && $(CARGO) build --release --locked --target wasm32-wasip2
 
 lab: build
 	$(SLUICE) lab up

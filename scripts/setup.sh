@@ -46,6 +46,11 @@ if ! rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed 2>/dev/null
 fi
 mkdir -p target
 echo "$EBPF_TOOLCHAIN" > target/.ebpf-toolchain
+# Plugins are WebAssembly components, built with the default toolchain.
+if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$'; then
+  say "adding the wasm32-wasip2 target (plugins)"
+  rustup target add wasm32-wasip2 >/dev/null
+fi
 
 # 3. bpf-linker, built against Debian's LLVM.
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then

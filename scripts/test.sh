@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 cargo build --release --locked -p sluice --all-targets
+# The plugins the host's tests run (components for wasm32-wasip2).
+(cd plugins && cargo build --release --locked --target wasm32-wasip2)
 if [ "$(id -u)" != 0 ]; then
   echo "test: not root: the packet and namespace tiers will report themselves as not run" >&2
 fi

@@ -737,6 +737,52 @@ impl HookMaps for AyaHookMaps {
     }
 }
 
+/// Hook maps in memory: for tools and tests that run plugins without a dataplane (the local
+/// harness), and to see what a batch would write.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemoryHookMaps {
+    /// Filter rules.
+    pub filters: BTreeMap<(Direction, IpNet), FilterRule>,
+    /// Rate rules.
+    pub rates: BTreeMap<IpNet, RateRule>,
+    /// The summary.
+    pub config: HookConfig,
+}
+
+impl HookMaps for MemoryHookMaps {
+    fn set_filter(
+        &mut self,
+        dir: Direction,
+        prefix: IpNet,
+        rule: FilterRule,
+    ) -> Result<(), HookError> {
+        self.filters.insert((dir, prefix), rule);
+        Ok(())
+    }
+    fn del_filter(&mut self, dir: Direction, prefix: IpNet) -> Result<(), HookError> {
+        self.filters.remove(&(dir, prefix));
+        Ok(())
+    }
+    fn set_rate(&mut self, prefix: IpNet, rule: RateRule) -> Result<(), HookError> {
+        self.rates.insert(prefix, rule);
+        Ok(())
+    }
+    fn del_rate(&mut self, prefix: IpNet) -> Result<(), HookError> {
+        self.rates.remove(&prefix);
+        Ok(())
+    }
+    fn set_config(&mut self, config: HookConfig) -> Result<(), HookError> {
+        self.config = config;
+        Ok(())
+    }
+    fn counter(&self, _rule: u32) -> Result<Counter, HookError> {
+        Ok(Counter::default())
+    }
+    fn reset_counter(&mut self, _rule: u32) -> Result<(), HookError> {
+        Ok(())
+    }
+}
+
 /// A sampled packet, from the `SAMPLES` ring buffer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SampledPacket {

@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod lab;
 pub mod mirror;
 pub mod netns;
+pub mod plugins;
 pub mod rib;
 pub mod shared_mem;
 pub mod show;

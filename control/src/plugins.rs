@@ -1,0 +1,778 @@
+//! The plugin host: third-party WebAssembly components (the `sluice:plugin` contract in
+//! `plugins/wit`) run sandboxed in wasmtime and return operations on the hook tables, which the
+//! host validates and applies. A plugin never touches a map, a file or the network.
+//!
+//! - One engine for every plugin: Cranelift, the pooling allocator, epoch interruption (a
+//!   ticker thread advances the epoch every [`TICK`]).
+//! - A `Store` per plugin, its memory capped by `StoreLimits`, every call bounded by the
+//!   manifest's deadline. WASI is linked only for what a component's standard library imports,
+//!   with nothing granted: no directories, environment, arguments or network.
+//! - What a plugin returns is checked before anything is applied: tables its manifest declares,
+//!   at most its operations per call, prefixes that parse; then the hook tables' writer
+//!   validates and applies the batch all or nothing.
+//! - A trap, a timeout or invalid output quarantines the plugin with its reason; its failure
+//!   policy decides whether its rules stay (fail-closed) or go (fail-open); it is restarted
+//!   after a back-off that doubles with each failure.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Strategy,
+    component::{Component, Linker, ResourceTable},
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::hooks::{self, HookError, HookMaps, HookOp, HookTables};
+
+/// The host side of the contract, generated from `plugins/wit`.
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../plugins/wit",
+    });
+}
+
+use bindings::{
+    Plugin as Bindings,
+    sluice::plugin::{host as wit_host, types as wit},
+};
+
+/// How often the engine's epoch advances: the resolution of call deadlines.
+pub const TICK: Duration = Duration::from_millis(2);
+/// Log lines kept per plugin.
+const LOG_LINES: usize = 1000;
+/// Restarts back off from this, doubling, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_mins(5);
+/// Plugins at most at once (pooling allocator slots).
+const MAX_PLUGINS: u32 = 64;
+/// Largest memory any plugin may ask for.
+const MAX_MEMORY: usize = 256 << 20;
+
+/// A hook table a plugin may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Table {
+    /// The prefix filter.
+    Filter,
+    /// The per-source rate limiter.
+    RateLimit,
+    /// Header sampling.
+    Sample,
+}
+
+/// What happens to a plugin's rules when it is quarantined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Its rules are removed: traffic flows as if it were not there.
+    #[default]
+    FailOpen,
+    /// Its rules stay: what it blocked stays blocked.
+    FailClosed,
+}
+
+/// What a plugin declares about itself; the operator accepts it when adding the plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Name, unique on the router: `[a-z0-9-]`, 1 to 64 characters.
+    pub name: String,
+    /// The plugin's version.
+    pub version: String,
+    /// The tables it may write.
+    pub tables: Vec<Table>,
+    /// Most operations one call may return.
+    #[serde(default = "default_max_ops")]
+    pub max_ops_per_call: usize,
+    /// Memory cap, MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: usize,
+    /// Longest a call may run, milliseconds.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Quota of its key-value store, bytes.
+    #[serde(default = "default_kv_bytes")]
+    pub kv_bytes: usize,
+    /// What happens to its rules when it fails.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// SHA-256 of the component, hex: the component must match it.
+    pub sha256: String,
+}
+
+const fn default_max_ops() -> usize {
+    10_000
+}
+const fn default_memory_mib() -> usize {
+    32
+}
+const fn default_deadline_ms() -> u64 {
+    100
+}
+const fn default_kv_bytes() -> usize {
+    1 << 20
+}
+
+/// Why a plugin failed, or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The manifest is unusable.
+    #[error("manifest: {0}")]
+    Manifest(String),
+    /// The component is not the one the manifest names.
+    #[error("the component's SHA-256 is {found}, the manifest says {expected}")]
+    Hash {
+        /// From the manifest.
+        expected: String,
+        /// Of the bytes given.
+        found: String,
+    },
+    /// wasmtime refused the component (not a component, not of this contract, ...).
+    #[error("loading the component: {0}")]
+    Load(String),
+    /// The plugin trapped.
+    #[error("trapped in {call}: {message}")]
+    Trap {
+        /// `init` or `handle`.
+        call: &'static str,
+        /// The trap.
+        message: String,
+    },
+    /// The plugin ran past its deadline.
+    #[error("ran past its deadline of {deadline_ms} ms in {call}")]
+    Timeout {
+        /// `init` or `handle`.
+        call: &'static str,
+        /// The manifest's deadline.
+        deadline_ms: u64,
+    },
+    /// The plugin returned an error of its own.
+    #[error("{call} returned an error: {message}")]
+    Guest {
+        /// `init` or `handle`.
+        call: &'static str,
+        /// Its message.
+        message: String,
+    },
+    /// The plugin returned more operations than its manifest allows.
+    #[error("returned {count} operations, its manifest allows {max}")]
+    TooManyOps {
+        /// Returned.
+        count: usize,
+        /// Allowed.
+        max: usize,
+    },
+    /// An operation writes a table the manifest does not declare.
+    #[error("operation {index} writes table {table:?}, which its manifest does not declare")]
+    Undeclared {
+        /// Position in the result.
+        index: usize,
+        /// The table.
+        table: Table,
+    },
+    /// An operation's prefix or address does not parse.
+    #[error("operation {index}: {message}")]
+    Invalid {
+        /// Position in the result.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The hook tables refused the batch (conflicts, host bits, bounds...).
+    #[error("the hook tables refused its operations: {0}")]
+    Tables(#[from] HookError),
+    /// The plugin is quarantined.
+    #[error("quarantined: {0}")]
+    Quarantined(String),
+}
+
+impl PluginError {
+    /// Whether this failure quarantines the plugin (a refused batch of a working plugin does:
+    /// it keeps returning what cannot be applied).
+    pub const fn quarantines(&self) -> bool {
+        !matches!(self, Self::Manifest(_) | Self::Hash { .. } | Self::Quarantined(_))
+    }
+}
+
+/// One line of a plugin's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `debug`, `info`, `warn`, `error`, or `host` for what the host says about the plugin.
+    pub level: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+/// A plugin's log, shared with whoever shows it.
+pub type Log = Arc<Mutex<VecDeque<LogLine>>>;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn push_log(log: &Log, level: &'static str, message: String) {
+    let mut l = log.lock().expect("log lock");
+    if l.len() == LOG_LINES {
+        l.pop_front();
+    }
+    l.push_back(LogLine { at_ms: now_ms(), level, message });
+}
+
+/// Answers a plugin's route lookups.
+pub type RouteLookup = Arc<dyn Fn(IpAddr) -> Option<IpNet> + Send + Sync>;
+
+/// What a plugin's store holds.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    log: Log,
+    kv: BTreeMap<String, Vec<u8>>,
+    kv_quota: usize,
+    routes: Option<RouteLookup>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wit::Host for HostState {}
+
+impl wit_host::Host for HostState {
+    fn log(&mut self, level: wit_host::Level, message: String) {
+        let level = match level {
+            wit_host::Level::Debug => "debug",
+            wit_host::Level::Info => "info",
+            wit_host::Level::Warn => "warn",
+            wit_host::Level::Error => "error",
+        };
+        let mut message = message;
+        message.truncate(4096);
+        push_log(&self.log, level, message);
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        now_ms()
+    }
+
+    fn lookup_route(&mut self, address: String) -> Option<String> {
+        let addr: IpAddr = address.parse().ok()?;
+        self.routes.as_ref().and_then(|f| f(addr)).map(|n| n.to_string())
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.kv.get(&key).cloned()
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        let used: usize =
+            self.kv.iter().filter(|(k, _)| **k != key).map(|(k, v)| k.len() + v.len()).sum();
+        if used + key.len() + value.len() > self.kv_quota {
+            return Err(format!("over the quota of {} bytes", self.kv_quota));
+        }
+        self.kv.insert(key, value);
+        Ok(())
+    }
+}
+
+/// The engine every plugin runs in, and its epoch ticker.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PluginHost {
+    /// Makes the engine (Cranelift, pooling allocator, epoch interruption) and starts the
+    /// ticker.
+    pub fn new() -> Result<Self, PluginError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_PLUGINS)
+            .total_core_instances(MAX_PLUGINS * 4)
+            .total_memories(MAX_PLUGINS * 2)
+            .total_tables(MAX_PLUGINS * 4)
+            .total_stacks(MAX_PLUGINS)
+            .max_memory_size(MAX_MEMORY);
+        let mut config = Config::new();
+        config
+            .strategy(Strategy::Cranelift)
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            // Deep recursion ends in a trap, not in the host's stack.
+            .max_wasm_stack(512 << 10)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        Bindings::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, ticker_stop) = (engine.weak(), Arc::clone(&stop));
+        thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    thread::sleep(TICK);
+                    match ticker_engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| PluginError::Load(format!("epoch ticker: {e}")))?;
+        Ok(Self { engine, linker: Arc::new(linker), stop })
+    }
+
+    /// Loads a plugin: checks the manifest and the component's hash, compiles and instantiates
+    /// it in a store of its own. `init` is not called yet.
+    pub fn load(
+        &self,
+        manifest: Manifest,
+        wasm: &[u8],
+        routes: Option<RouteLookup>,
+    ) -> Result<Plugin, PluginError> {
+        check_manifest(&manifest)?;
+        let found = hex(&Sha256::digest(wasm));
+        if !found.eq_ignore_ascii_case(&manifest.sha256) {
+            return Err(PluginError::Hash { expected: manifest.sha256.clone(), found });
+        }
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        let log: Log = Arc::new(Mutex::new(VecDeque::new()));
+        let state = HostState {
+            // Nothing granted: no preopened directories, environment, arguments, network,
+            // stdin; what the plugin prints is dropped (it has `log`).
+            wasi: WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(manifest.memory_mib << 20)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            log: Arc::clone(&log),
+            kv: BTreeMap::new(),
+            kv_quota: manifest.kv_bytes,
+            routes,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(manifest.deadline_ms));
+        let instance = Bindings::instantiate(&mut store, &component, &self.linker)
+            .map_err(|e| classify(&e, "instantiate", manifest.deadline_ms))?;
+        push_log(&log, "host", format!("loaded {} {}", manifest.name, manifest.version));
+        Ok(Plugin { manifest, store, instance, log })
+    }
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn deadline_ticks(ms: u64) -> u64 {
+    (ms.saturating_mul(1000) / TICK.as_micros() as u64).max(1) + 1
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn check_manifest(m: &Manifest) -> Result<(), PluginError> {
+    let bad = |s: String| Err(PluginError::Manifest(s));
+    if m.name.is_empty()
+        || m.name.len() > 64
+        || !m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad(format!("name {:?}: 1 to 64 of a-z, 0-9 and -", m.name));
+    }
+    if m.memory_mib == 0 || m.memory_mib << 20 > MAX_MEMORY {
+        return bad(format!("memory_mib {}: 1 to {}", m.memory_mib, MAX_MEMORY >> 20));
+    }
+    if m.deadline_ms == 0 || m.deadline_ms > 10_000 {
+        return bad(format!("deadline_ms {}: 1 to 10000", m.deadline_ms));
+    }
+    if m.max_ops_per_call == 0 || m.max_ops_per_call > 100_000 {
+        return bad(format!("max_ops_per_call {}: 1 to 100000", m.max_ops_per_call));
+    }
+    if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return bad("sha256: 64 hexadecimal digits".into());
+    }
+    Ok(())
+}
+
+/// A trap as the error it is: a deadline (epoch interruption) or anything else.
+fn classify(e: &wasmtime::Error, call: &'static str, deadline_ms: u64) -> PluginError {
+    if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+        return PluginError::Timeout { call, deadline_ms };
+    }
+    let message = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(t) => t.to_string(),
+        None => format!("{e:#}"),
+    };
+    PluginError::Trap { call, message }
+}
+
+/// A loaded plugin.
+pub struct Plugin {
+    manifest: Manifest,
+    store: Store<HostState>,
+    instance: Bindings,
+    log: Log,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("manifest", &self.manifest).finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Its manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Its log.
+    pub fn log(&self) -> Log {
+        Arc::clone(&self.log)
+    }
+
+    /// Calls `init` with the plugin's configuration; returns its operations, checked against
+    /// its manifest.
+    pub fn init(&mut self, config: &str) -> Result<Vec<HookOp>, PluginError> {
+        self.store.set_epoch_deadline(deadline_ticks(self.manifest.deadline_ms));
+        let r = self.instance.call_init(&mut self.store, config);
+        self.finish("init", r)
+    }
+
+    /// Calls `handle` with a batch of events.
+    pub fn handle(&mut self, events: &[Event]) -> Result<Vec<HookOp>, PluginError> {
+        self.store.set_epoch_deadline(deadline_ticks(self.manifest.deadline_ms));
+        let r = self.instance.call_handle(&mut self.store, events);
+        self.finish("handle", r)
+    }
+
+    fn finish(
+        &mut self,
+        call: &'static str,
+        r: wasmtime::Result<Result<Vec<wit::Op>, String>>,
+    ) -> Result<Vec<HookOp>, PluginError> {
+        let ops = match r {
+            Ok(Ok(ops)) => ops,
+            Ok(Err(message)) => return Err(PluginError::Guest { call, message }),
+            Err(e) => return Err(classify(&e, call, self.manifest.deadline_ms)),
+        };
+        if ops.len() > self.manifest.max_ops_per_call {
+            return Err(PluginError::TooManyOps {
+                count: ops.len(),
+                max: self.manifest.max_ops_per_call,
+            });
+        }
+        ops.into_iter().enumerate().map(|(i, op)| self.convert(i, op)).collect()
+    }
+
+    /// A contract operation as a hook table operation, if its manifest allows its table.
+    fn convert(&self, index: usize, op: wit::Op) -> Result<HookOp, PluginError> {
+        let prefix = |s: &str| -> Result<IpNet, PluginError> {
+            s.parse().map_err(|_| PluginError::Invalid {
+                index,
+                message: format!("{s:?} is not a prefix (like 192.0.2.0/24 or 2001:db8::/32)"),
+            })
+        };
+        let direction = |d: wit::Direction| match d {
+            wit::Direction::Src => hooks::Direction::Src,
+            wit::Direction::Dst => hooks::Direction::Dst,
+        };
+        let (table, op) = match op {
+            wit::Op::SetFilter(r) => (
+                Table::Filter,
+                HookOp::SetFilter {
+                    direction: direction(r.direction),
+                    prefix: prefix(&r.prefix)?,
+                    action: match r.action {
+                        wit::Action::Drop => hooks::Action::Drop,
+                        wit::Action::Pass => hooks::Action::Pass,
+                        wit::Action::Count => hooks::Action::Count,
+                    },
+                },
+            ),
+            wit::Op::RemoveFilter((d, p)) => (
+                Table::Filter,
+                HookOp::RemoveFilter { direction: direction(d), prefix: prefix(&p)? },
+            ),
+            wit::Op::SetRateLimit(r) => (
+                Table::RateLimit,
+                HookOp::SetRateLimit {
+                    prefix: prefix(&r.prefix)?,
+                    rate_pps: r.rate_pps,
+                    burst: r.burst,
+                },
+            ),
+            wit::Op::RemoveRateLimit(p) => {
+                (Table::RateLimit, HookOp::RemoveRateLimit { prefix: prefix(&p)? })
+            }
+            wit::Op::SetSampling(every) => (Table::Sample, HookOp::SetSampling { every }),
+        };
+        if !self.manifest.tables.contains(&table) {
+            return Err(PluginError::Undeclared { index, table });
+        }
+        Ok(op)
+    }
+}
+
+/// Where a plugin's operations go: the hook tables.
+pub trait TableSink {
+    /// Applies one plugin's batch, all or nothing.
+    fn apply(&mut self, owner: &str, ops: &[HookOp]) -> Result<(), HookError>;
+    /// Moves a plugin to exactly these rules, without a gap.
+    fn replace_owner(&mut self, owner: &str, ops: &[HookOp]) -> Result<(), HookError>;
+    /// Removes everything a plugin wrote.
+    fn remove_owner(&mut self, owner: &str) -> Result<(), HookError>;
+}
+
+impl<M: HookMaps> TableSink for HookTables<M> {
+    fn apply(&mut self, owner: &str, ops: &[HookOp]) -> Result<(), HookError> {
+        Self::apply(self, owner, ops)
+    }
+    fn replace_owner(&mut self, owner: &str, ops: &[HookOp]) -> Result<(), HookError> {
+        Self::replace_owner(self, owner, ops)
+    }
+    fn remove_owner(&mut self, owner: &str) -> Result<(), HookError> {
+        Self::remove_owner(self, owner)
+    }
+}
+
+/// A plugin's state, as the operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Status {
+    /// Running.
+    Running,
+    /// Stopped after a failure; restarted when `retry_in_ms` has passed.
+    Quarantined {
+        /// Why.
+        reason: String,
+        /// Failures in a row.
+        failures: u32,
+        /// Until the next restart.
+        retry_in_ms: u64,
+    },
+}
+
+/// One plugin under supervision: its component, configuration and state.
+#[derive(Debug)]
+pub struct Supervised {
+    plugin: Plugin,
+    wasm: Arc<[u8]>,
+    config: String,
+    /// Why it is quarantined and until when.
+    quarantine: Option<(String, Instant)>,
+    /// Failures since it last handled events successfully: the back-off doubles with them.
+    failures: u32,
+}
+
+impl Supervised {
+    /// Its state.
+    pub fn status(&self) -> Status {
+        match &self.quarantine {
+            None => Status::Running,
+            Some((reason, until)) => Status::Quarantined {
+                reason: reason.clone(),
+                failures: self.failures,
+                retry_in_ms: until.saturating_duration_since(Instant::now()).as_millis() as u64,
+            },
+        }
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+}
+
+/// The plugins of a router, applying what they return to `sink`.
+pub struct Manager<S: TableSink> {
+    host: PluginHost,
+    sink: S,
+    plugins: BTreeMap<String, Supervised>,
+    routes: Option<RouteLookup>,
+}
+
+impl<S: TableSink> std::fmt::Debug for Manager<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").field("plugins", &self.plugins.keys()).finish_non_exhaustive()
+    }
+}
+
+impl<S: TableSink> Manager<S> {
+    /// A manager with no plugins.
+    pub fn new(host: PluginHost, sink: S, routes: Option<RouteLookup>) -> Self {
+        Self { host, sink, plugins: BTreeMap::new(), routes }
+    }
+
+    /// The tables, for reading.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Plugins by name.
+    pub fn plugins(&self) -> &BTreeMap<String, Supervised> {
+        &self.plugins
+    }
+
+    /// Adds a plugin, or replaces the one of the same name without a gap in its rules. A
+    /// plugin that cannot be loaded or whose `init` fails is refused and nothing changes.
+    pub fn add(
+        &mut self,
+        manifest: Manifest,
+        wasm: &[u8],
+        config: &str,
+    ) -> Result<(), PluginError> {
+        let name = manifest.name.clone();
+        let mut plugin = self.host.load(manifest, wasm, self.routes.clone())?;
+        let ops = plugin.init(config)?;
+        self.sink.replace_owner(&name, &ops)?;
+        push_log(&plugin.log, "host", format!("started with {} operations", ops.len()));
+        self.plugins.insert(
+            name,
+            Supervised {
+                plugin,
+                wasm: wasm.into(),
+                config: config.to_owned(),
+                quarantine: None,
+                failures: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a plugin and everything it wrote.
+    pub fn remove(&mut self, name: &str) -> Result<bool, PluginError> {
+        if self.plugins.remove(name).is_none() {
+            return Ok(false);
+        }
+        self.sink.remove_owner(name)?;
+        Ok(true)
+    }
+
+    /// Hands a batch of events to every running plugin and applies what each returns. A
+    /// plugin that fails is quarantined; the others go on. Returns the failures.
+    pub fn dispatch(&mut self, events: &[Event]) -> Vec<(String, PluginError)> {
+        let mut failed = Vec::new();
+        for (name, s) in &mut self.plugins {
+            if s.quarantine.is_some() {
+                continue;
+            }
+            let result = s
+                .plugin
+                .handle(events)
+                .and_then(|ops| self.sink.apply(name, &ops).map_err(PluginError::from));
+            match result {
+                Ok(()) => s.failures = 0,
+                Err(e) => {
+                    quarantine(&mut self.sink, name, s, &e);
+                    failed.push((name.clone(), e));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Restarts the quarantined plugins whose back-off has passed: a fresh instance, `init`
+    /// again. Returns the names restarted.
+    pub fn restart_due(&mut self) -> Vec<String> {
+        let now = Instant::now();
+        let mut restarted = Vec::new();
+        for (name, s) in &mut self.plugins {
+            let Some((_, until)) = &s.quarantine else { continue };
+            if now < *until {
+                continue;
+            }
+            let failures = s.failures;
+            let attempt = self
+                .host
+                .load(s.plugin.manifest.clone(), &s.wasm, self.routes.clone())
+                .and_then(|mut p| {
+                    let ops = p.init(&s.config)?;
+                    self.sink.replace_owner(name, &ops)?;
+                    Ok(p)
+                });
+            match attempt {
+                Ok(p) => {
+                    // The log goes on across instances.
+                    let log = Arc::clone(&s.plugin.log);
+                    s.plugin = Plugin { log, ..p };
+                    push_log(&s.plugin.log, "host", format!("restarted after {failures} failures"));
+                    s.quarantine = None;
+                    restarted.push(name.clone());
+                }
+                Err(e) => {
+                    quarantine(&mut self.sink, name, s, &e);
+                }
+            }
+        }
+        restarted
+    }
+}
+
+/// Stops a failed plugin: quarantined with its reason, its rules removed or kept as its policy
+/// says, its restart pushed back.
+fn quarantine<S: TableSink>(sink: &mut S, name: &str, s: &mut Supervised, e: &PluginError) {
+    s.failures += 1;
+    let backoff = FIRST_BACKOFF.saturating_mul(1 << (s.failures - 1).min(16)).min(MAX_BACKOFF);
+    push_log(
+        &s.plugin.log,
+        "host",
+        format!("quarantined ({e}); restart in {} s", backoff.as_secs()),
+    );
+    if s.plugin.manifest.failure_policy == FailurePolicy::FailOpen
+        && let Err(err) = sink.remove_owner(name)
+    {
+        push_log(&s.plugin.log, "host", format!("removing its rules failed: {err}"));
+    }
+    s.quarantine = Some((e.to_string(), Instant::now() + backoff));
+}
+
+/// The SHA-256 of a component, as manifests carry it.
+pub fn sha256_hex(wasm: &[u8]) -> String {
+    hex(&Sha256::digest(wasm))
+}
+
+pub use wit::{Counter as CounterEvent, Event, FlowSample, RouteChange};

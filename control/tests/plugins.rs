@@ -1,0 +1,213 @@
+//! The plugin host against real components built for wasm32-wasip2 (`make plugins`, which
+//! `make test` runs first): the `static-acl` example, and a hostile plugin that misbehaves in
+//! the way its configuration names. Each misbehaviour is contained: the plugin is quarantined
+//! with a clear reason, its failure policy decides what becomes of its rules, the host and the
+//! other plugins go on. No root needed: the hook tables are in memory here (the packet tests
+//! cover the real maps).
+
+use std::{path::PathBuf, thread, time::Duration};
+
+use sluice::{
+    hooks::{Action, Direction, HookOp, HookTables, MemoryHookMaps},
+    plugins::{
+        Event, FailurePolicy, Manager, Manifest, PluginError, PluginHost, RouteChange, Status,
+        Table, sha256_hex,
+    },
+};
+
+/// A component built by `make plugins`.
+fn component(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}; build the plugins first with `make plugins`", path.display())
+    })
+}
+
+fn manifest(name: &str, wasm: &[u8], tables: &[Table]) -> Manifest {
+    Manifest {
+        name: name.to_owned(),
+        version: "0.1.0".to_owned(),
+        tables: tables.to_vec(),
+        max_ops_per_call: 1000,
+        memory_mib: 16,
+        deadline_ms: 50,
+        kv_bytes: 4096,
+        failure_policy: FailurePolicy::FailOpen,
+        sha256: sha256_hex(wasm),
+    }
+}
+
+fn manager() -> Manager<HookTables<MemoryHookMaps>> {
+    let host = PluginHost::new().expect("the engine starts");
+    Manager::new(host, HookTables::new(MemoryHookMaps::default()), None)
+}
+
+fn rules_of(m: &Manager<HookTables<MemoryHookMaps>>, owner: &str) -> Vec<HookOp> {
+    m.sink().rules(Some(owner)).expect("rules").into_iter().map(|r| r.rule).collect()
+}
+
+fn drop_src(prefix: &str) -> HookOp {
+    HookOp::SetFilter {
+        direction: Direction::Src,
+        prefix: prefix.parse().expect("prefix"),
+        action: Action::Drop,
+    }
+}
+
+fn events() -> Vec<Event> {
+    vec![Event::Route(RouteChange { prefix: "198.51.100.0/24".into(), added: true })]
+}
+
+#[test]
+fn static_acl_writes_exactly_its_configuration() {
+    let wasm = component("static_acl");
+    let mut m = manager();
+    let config = r#"{"rules": [
+        {"direction": "src", "prefix": "192.0.2.0/24", "action": "drop"},
+        {"direction": "dst", "prefix": "2001:db8:ff::/48", "action": "pass"}
+    ]}"#;
+    m.add(manifest("static-acl", &wasm, &[Table::Filter]), &wasm, config).expect("starts");
+    let mut want = vec![
+        drop_src("192.0.2.0/24"),
+        HookOp::SetFilter {
+            direction: Direction::Dst,
+            prefix: "2001:db8:ff::/48".parse().expect("prefix"),
+            action: Action::Pass,
+        },
+    ];
+    want.sort_by_key(|o| format!("{o:?}"));
+    let mut got = rules_of(&m, "static-acl");
+    got.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(got, want);
+    let log = m.plugins()["static-acl"].plugin().log();
+    assert!(log.lock().expect("log").iter().any(|l| l.message == "2 rules"), "its own log line");
+
+    // A new configuration replaces the rules; a bad one is refused and changes nothing.
+    let config =
+        r#"{"rules": [{"direction": "src", "prefix": "198.51.100.0/24", "action": "count"}]}"#;
+    m.add(manifest("static-acl", &wasm, &[Table::Filter]), &wasm, config).expect("restarts");
+    assert_eq!(rules_of(&m, "static-acl").len(), 1);
+    let err = m
+        .add(
+            manifest("static-acl", &wasm, &[Table::Filter]),
+            &wasm,
+            r#"{"rules": [{"direction": "up", "prefix": "10.0.0.0/8", "action": "drop"}]}"#,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("rules[0].direction"), "{err}");
+    assert_eq!(rules_of(&m, "static-acl").len(), 1, "the running version is untouched");
+}
+
+#[test]
+fn refused_before_running_a_wrong_hash_an_undeclared_table_and_a_slow_init() {
+    let wasm = component("hostile");
+    let mut m = manager();
+    let mut wrong = manifest("hostile", &wasm, &[Table::Filter]);
+    wrong.sha256 = "00".repeat(32);
+    assert!(matches!(m.add(wrong, &wasm, "behave"), Err(PluginError::Hash { .. })));
+    // Its first rule is a filter rule: a manifest without `filter` refuses it.
+    let err = m.add(manifest("hostile", &wasm, &[Table::Sample]), &wasm, "behave").unwrap_err();
+    assert!(matches!(err, PluginError::Undeclared { table: Table::Filter, .. }), "{err}");
+    let err = m.add(manifest("hostile", &wasm, &[Table::Filter]), &wasm, "slow-init").unwrap_err();
+    assert!(matches!(err, PluginError::Timeout { call: "init", .. }), "{err}");
+    assert!(m.plugins().is_empty() && rules_of(&m, "hostile").is_empty(), "nothing written");
+}
+
+/// Runs one misbehaviour beside a well-behaved plugin and returns the error it was
+/// quarantined with.
+fn contained(mode: &str, policy: FailurePolicy) -> (PluginError, Vec<HookOp>) {
+    let wasm = component("hostile");
+    let mut m = manager();
+    let tables = [Table::Filter];
+    let mut bad = manifest("bad", &wasm, &tables);
+    bad.failure_policy = policy;
+    m.add(bad, &wasm, mode).expect("init works in every mode but slow-init");
+    // The same component under another name wants the same prefix: refused, it is `bad`'s.
+    let err = m.add(manifest("copy", &wasm, &tables), &wasm, "behave").unwrap_err();
+    assert!(err.to_string().contains("held by plugin \"bad\""), "{err}");
+    let static_acl = component("static_acl");
+    m.add(
+        manifest("acl", &static_acl, &tables),
+        &static_acl,
+        r#"{"rules": [{"direction": "dst", "prefix": "192.0.2.0/24", "action": "count"}]}"#,
+    )
+    .expect("a second plugin");
+
+    let failed = m.dispatch(&events());
+    assert_eq!(failed.len(), 1, "only the hostile plugin fails: {failed:?}");
+    let (name, err) = failed.into_iter().next().expect("one");
+    assert_eq!(name, "bad");
+    match m.plugins()["bad"].status() {
+        Status::Quarantined { reason, failures: 1, .. } => assert_eq!(reason, err.to_string()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.plugins()["acl"].status(), Status::Running);
+    assert_eq!(rules_of(&m, "acl").len(), 1, "the other plugin's rules stay");
+    assert!(m.dispatch(&events()).is_empty(), "the others keep working");
+    (err, rules_of(&m, "bad"))
+}
+
+#[test]
+fn an_endless_loop_times_out() {
+    let (err, rules) = contained("spin", FailurePolicy::FailOpen);
+    assert!(matches!(err, PluginError::Timeout { call: "handle", deadline_ms: 50 }), "{err}");
+    assert!(rules.is_empty(), "fail-open: its rules are gone");
+}
+
+#[test]
+fn a_trap_quarantines_and_fail_closed_keeps_the_rules() {
+    let (err, rules) = contained("trap", FailurePolicy::FailClosed);
+    assert!(matches!(err, PluginError::Trap { call: "handle", .. }), "{err}");
+    assert_eq!(rules, [drop_src("203.0.113.0/24")], "fail-closed: its rules stay");
+}
+
+#[test]
+fn a_memory_bomb_hits_its_cap() {
+    let (err, _) = contained("memory-bomb", FailurePolicy::FailOpen);
+    assert!(matches!(err, PluginError::Trap { .. }), "{err}");
+}
+
+#[test]
+fn deep_recursion_exhausts_its_own_stack() {
+    let (err, _) = contained("recursion", FailurePolicy::FailOpen);
+    assert!(matches!(err, PluginError::Trap { .. }), "{err}");
+}
+
+#[test]
+fn a_huge_result_cannot_be_built_within_the_memory_cap() {
+    let (err, _) = contained("huge-result", FailurePolicy::FailOpen);
+    assert!(matches!(err, PluginError::Trap { .. } | PluginError::TooManyOps { .. }), "{err}");
+}
+
+#[test]
+fn invalid_prefixes_and_undeclared_tables_are_refused() {
+    let (err, _) = contained("bad-prefix", FailurePolicy::FailOpen);
+    assert!(err.to_string().contains("host bits"), "{err}");
+    let (err, _) = contained("undeclared-table", FailurePolicy::FailOpen);
+    assert!(matches!(err, PluginError::Undeclared { table: Table::RateLimit, .. }), "{err}");
+}
+
+#[test]
+fn a_quarantined_plugin_restarts_after_a_back_off_that_doubles() {
+    let wasm = component("hostile");
+    let mut m = manager();
+    m.add(manifest("spinner", &wasm, &[Table::Filter]), &wasm, "spin").expect("starts");
+    assert_eq!(m.dispatch(&events()).len(), 1);
+    assert!(m.restart_due().is_empty(), "not before its back-off");
+    assert!(rules_of(&m, "spinner").is_empty());
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(m.restart_due(), ["spinner"]);
+    assert_eq!(m.plugins()["spinner"].status(), Status::Running);
+    assert_eq!(rules_of(&m, "spinner"), [drop_src("203.0.113.0/24")], "init ran again");
+    assert_eq!(m.dispatch(&events()).len(), 1);
+    match m.plugins()["spinner"].status() {
+        Status::Quarantined { failures: 2, retry_in_ms, .. } => {
+            assert!(retry_in_ms > 1500, "second back-off about 2 s, not {retry_in_ms} ms");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(m.remove("spinner").expect("removal"));
+    assert!(m.plugins().is_empty());
+}

@@ -1,0 +1,75 @@
+//! A plugin that misbehaves in the way its configuration names, so the host's tests can check
+//! that each misbehaviour is contained: `spin` (an endless loop in `handle`), `slow-init` (an
+//! endless loop in `init`), `trap`, `memory-bomb`, `recursion`, `huge-result`, `bad-prefix`,
+//! `undeclared-table`; anything else behaves.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sluice_plugin_sdk::{Action, Direction, Event, Guest, Op, filter, rate_limit};
+
+static MODE: AtomicU32 = AtomicU32::new(0);
+const MODES: [&str; 8] = [
+    "spin",
+    "slow-init",
+    "trap",
+    "memory-bomb",
+    "recursion",
+    "huge-result",
+    "bad-prefix",
+    "undeclared-table",
+];
+
+fn mode() -> &'static str {
+    let m = MODE.load(Ordering::Relaxed) as usize;
+    if m == 0 { "behave" } else { MODES[m - 1] }
+}
+
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    if n == 0 { 0 } else { 1 + recurse(std::hint::black_box(n + 1)) }
+}
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn init(config: String) -> Result<Vec<Op>, String> {
+        let m = MODES.iter().position(|m| *m == config).map_or(0, |i| i + 1);
+        MODE.store(m as u32, Ordering::Relaxed);
+        if mode() == "slow-init" {
+            loop {
+                std::hint::black_box(());
+            }
+        }
+        // One rule of its own, to see what its failure policy does with it.
+        Ok(vec![filter(Direction::Src, "203.0.113.0/24", Action::Drop)])
+    }
+
+    fn handle(_events: Vec<Event>) -> Result<Vec<Op>, String> {
+        match mode() {
+            "spin" => loop {
+                std::hint::black_box(());
+            },
+            "trap" => std::process::abort(),
+            "memory-bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recursion" => Ok(vec![filter(
+                Direction::Src,
+                &format!("192.0.2.{}/32", recurse(1) % 256),
+                Action::Drop,
+            )]),
+            "huge-result" => Ok((0..1_000_000u32)
+                .map(|i| filter(Direction::Dst, &format!("10.{}.{}.0/24", i >> 8 & 255, i & 255), Action::Count))
+                .collect()),
+            "bad-prefix" => Ok(vec![filter(Direction::Src, "192.0.2.1/24", Action::Drop)]),
+            "undeclared-table" => Ok(vec![rate_limit("192.0.2.0/24", 10, 10)]),
+            _ => Ok(vec![filter(Direction::Src, "198.51.100.0/24", Action::Drop)]),
+        }
+    }
+}
+
+sluice_plugin_sdk::export!(Hostile);
