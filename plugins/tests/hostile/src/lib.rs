@@ -63,7 +63,13 @@ impl Guest for Hostile {
                 Action::Drop,
             )]),
             "huge-result" => Ok((0..1_000_000u32)
-                .map(|i| filter(Direction::Dst, &format!("10.{}.{}.0/24", i >> 8 & 255, i & 255), Action::Count))
+                .map(|i| {
+                    filter(
+                        Direction::Dst,
+                        &format!("10.{}.{}.0/24", i >> 8 & 255, i & 255),
+                        Action::Count,
+                    )
+                })
                 .collect()),
             "bad-prefix" => Ok(vec![filter(Direction::Src, "192.0.2.1/24", Action::Drop)]),
             "undeclared-table" => Ok(vec![rate_limit("192.0.2.0/24", 10, 10)]),
