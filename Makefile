@@ -10,7 +10,7 @@ ifneq ($(filter-out nightly,$(EBPF_TOOLCHAIN)),)
 export SLUICE_EBPF_TOOLCHAIN = $(EBPF_TOOLCHAIN)
 endif
 
-.PHONY: setup build test test-unit lab lab-down bench lint fmt clean plugins
+.PHONY: setup build test test-unit lab lab-down bench lint fmt clean plugins bench-plugins
 
 setup:
 	@bash scripts/setup.sh
@@ -44,6 +44,10 @@ lab-down:
 bench: build
 	@mkdir -p artifacts
 	$(SLUICE) bench --json artifacts/bench.json --plot artifacts/bench.svg $(BENCH_ARGS)
+
+# The plugin host: compile, instantiate, event-to-tables latency.
+bench-plugins: build plugins
+	$(SLUICE) bench-plugins
 
 lint:
 	$(CARGO) fmt --all --check

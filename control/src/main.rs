@@ -59,6 +59,18 @@ enum Command {
     Detach,
     /// Benchmark forwarding, Linux against Sluice on one veth chain, and route-add latency.
     Bench(bench::BenchArgs),
+    /// Benchmark the plugin host: compile, instantiate, and event-to-tables latency.
+    BenchPlugins {
+        /// Where `make plugins` put the components.
+        #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
+        dir: PathBuf,
+        /// Rounds of each measurement.
+        #[arg(long, default_value_t = 2000)]
+        rounds: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A demo topology in network namespaces with the router forwarding.
     Lab {
         #[command(subcommand)]
@@ -142,6 +154,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&args),
+        Command::BenchPlugins { dir, rounds, json } => {
+            let r = sluice::plugins::bench(&dir, rounds.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "plugin host, {} rounds: compile {:.1} ms; instantiate p50 {:.1} us, p99 {:.1} us; \
+                     init (10 rules, applied) p50 {:.1} us, p99 {:.1} us; \
+                     10 events -> operations applied p50 {:.1} us, p99 {:.1} us",
+                    r.rounds,
+                    r.compile_ms,
+                    r.instantiate_us.0,
+                    r.instantiate_us.1,
+                    r.init_us.0,
+                    r.init_us.1,
+                    r.event_to_tables_us.0,
+                    r.event_to_tables_us.1
+                );
+            }
+            Ok(())
+        }
         Command::Lab { cmd: LabCmd::Up(opts) } => lab::up(&opts),
         Command::Lab { cmd: LabCmd::Down(opts) } => lab::down(&opts),
     }
