@@ -541,6 +541,17 @@ fn map_shared(map: Map, name: &'static str, entries: u32) -> Result<MappedArray>
     })
 }
 
+/// The lookup tables (IPv4 first and second level, IPv6 trie), mapped.
+fn map_lookup_tables(
+    get: &mut impl FnMut(&'static str) -> Result<Map>,
+) -> Result<(MappedArray, MappedArray, MappedArray)> {
+    let tbl24 = map_shared(get(names::DIR24_V4)?, names::DIR24_V4, dir24::TBL24_ENTRIES)?;
+    let tbl8 =
+        map_shared(get(names::DIR8_V4)?, names::DIR8_V4, dir24::MAX_GROUPS * dir24::GROUP_ENTRIES)?;
+    let trie = map_shared(get(names::TRIE_V6)?, names::TRIE_V6, trie6::ENTRIES)?;
+    Ok((tbl24, tbl8, trie))
+}
+
 fn open_pinned(pin: &PinDir, name: &'static str) -> Result<Map> {
     let path = pin.map(name);
     if !path.exists() {
@@ -568,14 +579,7 @@ impl Maps {
             record_writer: None,
         };
         if writable {
-            let tbl24 = map_shared(get(names::DIR24_V4)?, names::DIR24_V4, dir24::TBL24_ENTRIES)?;
-            let tbl8 = map_shared(
-                get(names::DIR8_V4)?,
-                names::DIR8_V4,
-                dir24::MAX_GROUPS * dir24::GROUP_ENTRIES,
-            )?;
-            let trie = map_shared(get(names::TRIE_V6)?, names::TRIE_V6, trie6::ENTRIES)?;
-            maps.lookup_cells = Some((tbl24, tbl8, trie));
+            maps.lookup_cells = Some(map_lookup_tables(&mut get)?);
             // Interfaces adopted from a version without the cache are cached now.
             for (key, iface) in maps.ifaces()? {
                 maps.cache_iface(key, Some(&iface))
@@ -981,14 +985,7 @@ pub struct LookupView {
 impl LookupView {
     /// Maps the lookup tables pinned under `pin`.
     pub fn open(pin: &PinDir) -> Result<Self> {
-        let get = |name| open_pinned(pin, name);
-        let tbl24 = map_shared(get(names::DIR24_V4)?, names::DIR24_V4, dir24::TBL24_ENTRIES)?;
-        let tbl8 = map_shared(
-            get(names::DIR8_V4)?,
-            names::DIR8_V4,
-            dir24::MAX_GROUPS * dir24::GROUP_ENTRIES,
-        )?;
-        let trie = map_shared(get(names::TRIE_V6)?, names::TRIE_V6, trie6::ENTRIES)?;
+        let (tbl24, tbl8, trie) = map_lookup_tables(&mut |name| open_pinned(pin, name))?;
         Ok(Self { v4: Dir24::new(tbl24, tbl8), v6: Trie6::new(trie) })
     }
 

@@ -644,6 +644,28 @@ fn v6_key(p: ipnet::Ipv6Net) -> Key<[u8; 16]> {
     Key::new(u32::from(p.prefix_len()), p.network().octets())
 }
 
+impl AyaHookMaps {
+    fn filter_v4(
+        &mut self,
+        dir: Direction,
+    ) -> (&mut LpmTrie<MapData, [u8; 4], FilterRule>, &'static str) {
+        match dir {
+            Direction::Src => (&mut self.filter_src_v4, names::FILTER_SRC_V4),
+            Direction::Dst => (&mut self.filter_dst_v4, names::FILTER_DST_V4),
+        }
+    }
+
+    fn filter_v6(
+        &mut self,
+        dir: Direction,
+    ) -> (&mut LpmTrie<MapData, [u8; 16], FilterRule>, &'static str) {
+        match dir {
+            Direction::Src => (&mut self.filter_src_v6, names::FILTER_SRC_V6),
+            Direction::Dst => (&mut self.filter_dst_v6, names::FILTER_DST_V6),
+        }
+    }
+}
+
 impl HookMaps for AyaHookMaps {
     fn set_filter(
         &mut self,
@@ -651,36 +673,28 @@ impl HookMaps for AyaHookMaps {
         prefix: IpNet,
         rule: FilterRule,
     ) -> Result<(), HookError> {
-        match (dir, prefix) {
-            (Direction::Src, IpNet::V4(p)) => self
-                .filter_src_v4
-                .insert(&v4_key(p), rule, 0)
-                .map_err(map_err(names::FILTER_SRC_V4)),
-            (Direction::Dst, IpNet::V4(p)) => self
-                .filter_dst_v4
-                .insert(&v4_key(p), rule, 0)
-                .map_err(map_err(names::FILTER_DST_V4)),
-            (Direction::Src, IpNet::V6(p)) => self
-                .filter_src_v6
-                .insert(&v6_key(p), rule, 0)
-                .map_err(map_err(names::FILTER_SRC_V6)),
-            (Direction::Dst, IpNet::V6(p)) => self
-                .filter_dst_v6
-                .insert(&v6_key(p), rule, 0)
-                .map_err(map_err(names::FILTER_DST_V6)),
+        match prefix {
+            IpNet::V4(p) => {
+                let (map, name) = self.filter_v4(dir);
+                map.insert(&v4_key(p), rule, 0).map_err(map_err(name))
+            }
+            IpNet::V6(p) => {
+                let (map, name) = self.filter_v6(dir);
+                map.insert(&v6_key(p), rule, 0).map_err(map_err(name))
+            }
         }
     }
 
     fn del_filter(&mut self, dir: Direction, prefix: IpNet) -> Result<(), HookError> {
-        match (dir, prefix) {
-            (Direction::Src, IpNet::V4(p)) => missing_ok(self.filter_src_v4.remove(&v4_key(p)))
-                .map_err(map_err(names::FILTER_SRC_V4)),
-            (Direction::Dst, IpNet::V4(p)) => missing_ok(self.filter_dst_v4.remove(&v4_key(p)))
-                .map_err(map_err(names::FILTER_DST_V4)),
-            (Direction::Src, IpNet::V6(p)) => missing_ok(self.filter_src_v6.remove(&v6_key(p)))
-                .map_err(map_err(names::FILTER_SRC_V6)),
-            (Direction::Dst, IpNet::V6(p)) => missing_ok(self.filter_dst_v6.remove(&v6_key(p)))
-                .map_err(map_err(names::FILTER_DST_V6)),
+        match prefix {
+            IpNet::V4(p) => {
+                let (map, name) = self.filter_v4(dir);
+                missing_ok(map.remove(&v4_key(p))).map_err(map_err(name))
+            }
+            IpNet::V6(p) => {
+                let (map, name) = self.filter_v6(dir);
+                missing_ok(map.remove(&v6_key(p))).map_err(map_err(name))
+            }
         }
     }
 
