@@ -880,62 +880,51 @@ mod tests {
     /// Maps in memory, with a switch that makes one write fail.
     #[derive(Debug, Default)]
     struct Memory {
-        filters: BTreeMap<(Direction, IpNet), FilterRule>,
-        rates: BTreeMap<IpNet, RateRule>,
-        config: HookConfig,
-        counters: BTreeMap<u32, Counter>,
+        maps: MemoryHookMaps,
         fail_at: Option<usize>,
         writes: usize,
     }
 
     impl Memory {
-        fn write(&mut self) -> Result<(), HookError> {
+        fn write(&mut self) -> Result<&mut MemoryHookMaps, HookError> {
             self.writes += 1;
             match self.fail_at {
                 Some(n) if self.writes == n => {
                     Err(HookError::Map { map: "test", source: MapError::KeyNotFound })
                 }
-                _ => Ok(()),
+                _ => Ok(&mut self.maps),
             }
         }
     }
 
+    impl std::ops::Deref for Memory {
+        type Target = MemoryHookMaps;
+        fn deref(&self) -> &MemoryHookMaps {
+            &self.maps
+        }
+    }
+
     impl HookMaps for Memory {
-        fn set_filter(
-            &mut self,
-            dir: Direction,
-            prefix: IpNet,
-            rule: FilterRule,
-        ) -> Result<(), HookError> {
-            self.write()?;
-            self.filters.insert((dir, prefix), rule);
-            Ok(())
+        fn set_filter(&mut self, d: Direction, p: IpNet, r: FilterRule) -> Result<(), HookError> {
+            self.write()?.set_filter(d, p, r)
         }
-        fn del_filter(&mut self, dir: Direction, prefix: IpNet) -> Result<(), HookError> {
-            self.write()?;
-            self.filters.remove(&(dir, prefix));
-            Ok(())
+        fn del_filter(&mut self, d: Direction, p: IpNet) -> Result<(), HookError> {
+            self.write()?.del_filter(d, p)
         }
-        fn set_rate(&mut self, prefix: IpNet, rule: RateRule) -> Result<(), HookError> {
-            self.write()?;
-            self.rates.insert(prefix, rule);
-            Ok(())
+        fn set_rate(&mut self, p: IpNet, r: RateRule) -> Result<(), HookError> {
+            self.write()?.set_rate(p, r)
         }
-        fn del_rate(&mut self, prefix: IpNet) -> Result<(), HookError> {
-            self.write()?;
-            self.rates.remove(&prefix);
-            Ok(())
+        fn del_rate(&mut self, p: IpNet) -> Result<(), HookError> {
+            self.write()?.del_rate(p)
         }
         fn set_config(&mut self, config: HookConfig) -> Result<(), HookError> {
-            self.config = config;
-            Ok(())
+            self.maps.set_config(config)
         }
         fn counter(&self, rule: u32) -> Result<Counter, HookError> {
-            Ok(self.counters.get(&rule).copied().unwrap_or_default())
+            self.maps.counter(rule)
         }
         fn reset_counter(&mut self, rule: u32) -> Result<(), HookError> {
-            self.counters.remove(&rule);
-            Ok(())
+            self.maps.reset_counter(rule)
         }
     }
 
