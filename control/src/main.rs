@@ -71,10 +71,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plugins.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCmd,
+    },
     /// A demo topology in network namespaces with the router forwarding.
     Lab {
         #[command(subcommand)]
         cmd: LabCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCmd {
+    /// Run a plugin locally (no router, no root): `init` with its configuration, then
+    /// `handle` with scripted events; print the operations it returns, the rules they make and
+    /// its log, as JSON.
+    Run {
+        /// The component (.wasm).
+        wasm: PathBuf,
+        /// Its manifest (JSON); without one, every table is allowed with the default quotas.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Its configuration: a file, or `-` for none (`{}`).
+        #[arg(long, default_value = "-")]
+        config: String,
+        /// Events (JSON): an array of batches, each an array of events.
+        #[arg(long)]
+        events: Option<PathBuf>,
     },
 }
 
@@ -175,6 +200,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Plugin { cmd: PluginCmd::Run { wasm, manifest, config, events } } => {
+            plugin_run(&wasm, manifest.as_deref(), &config, events.as_deref())
+        }
         Command::Lab { cmd: LabCmd::Up(opts) } => lab::up(&opts),
         Command::Lab { cmd: LabCmd::Down(opts) } => lab::down(&opts),
     }
@@ -210,4 +238,47 @@ fn stats(pin: &PinDir, json: bool, watch: Option<f64>) -> anyhow::Result<()> {
         before = after;
         at = now;
     }
+}
+
+fn plugin_run(
+    wasm: &std::path::Path,
+    manifest: Option<&std::path::Path>,
+    config: &str,
+    events: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use sluice::plugins::{self, Manifest, ScriptedEvent, Table};
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let bytes = read(wasm)?;
+    let manifest: Manifest = match manifest {
+        Some(p) => serde_json::from_slice(&read(p)?)
+            .with_context(|| format!("manifest {}", p.display()))?,
+        None => serde_json::from_value(serde_json::json!({
+            "name": wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin")
+                .to_lowercase().replace('_', "-"),
+            "version": "local",
+            "tables": [Table::Filter, Table::RateLimit, Table::Sample],
+            "sha256": plugins::sha256_hex(&bytes),
+        }))?,
+    };
+    let config = if config == "-" {
+        "{}".to_owned()
+    } else {
+        String::from_utf8(read(std::path::Path::new(config))?).context("configuration")?
+    };
+    let batches: Vec<Vec<ScriptedEvent>> = match events {
+        Some(p) => {
+            serde_json::from_slice(&read(p)?).with_context(|| format!("events {}", p.display()))?
+        }
+        None => Vec::new(),
+    };
+    let batches = batches.into_iter().map(|b| b.into_iter().map(Into::into).collect()).collect();
+    let run = plugins::harness(manifest, &bytes, &config, batches)?;
+    println!("{}", serde_json::to_string_pretty(&run)?);
+    if run.calls.iter().any(|c| c.error.is_some()) {
+        anyhow::bail!(
+            "the plugin failed (see \"error\" above): on a router it would be quarantined"
+        );
+    }
+    Ok(())
 }

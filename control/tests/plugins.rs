@@ -211,3 +211,37 @@ fn a_quarantined_plugin_restarts_after_a_back_off_that_doubles() {
     assert!(m.remove("spinner").expect("removal"));
     assert!(m.plugins().is_empty());
 }
+
+#[test]
+fn the_local_harness_shows_each_calls_operations_and_stops_at_a_failure() {
+    let wasm = component("hostile");
+    let events: Vec<Vec<Event>> = serde_json::from_str::<Vec<Vec<sluice::plugins::ScriptedEvent>>>(
+        r#"[[{"route": {"prefix": "198.51.100.0/24", "added": true}}], [{"timer": 5}]]"#,
+    )
+    .expect("scripted events")
+    .into_iter()
+    .map(|b| b.into_iter().map(Into::into).collect())
+    .collect();
+    let run = sluice::plugins::harness(
+        manifest("hostile", &wasm, &[Table::Filter]),
+        &wasm,
+        "behave",
+        events.clone(),
+    )
+    .expect("runs");
+    let calls: Vec<(&str, usize, bool)> =
+        run.calls.iter().map(|c| (c.call, c.ops.len(), c.error.is_some())).collect();
+    assert_eq!(calls, [("init", 1, false), ("handle", 1, false), ("handle", 1, false)]);
+    assert_eq!(run.rules.len(), 2, "its init rule and the one it sets on each event");
+
+    let run = sluice::plugins::harness(
+        manifest("hostile", &wasm, &[Table::Filter]),
+        &wasm,
+        "bad-prefix",
+        events,
+    )
+    .expect("runs");
+    assert_eq!(run.calls.len(), 2, "stops at the failing call");
+    let error = run.calls[1].error.as_deref().expect("an error");
+    assert!(error.contains("host bits"), "{error}");
+}
