@@ -272,8 +272,9 @@ fn plugin_run(
         }
         None => Vec::new(),
     };
-    let batches = batches.into_iter().map(|b| b.into_iter().map(Into::into).collect()).collect();
-    let run = plugins::harness(manifest, &bytes, &config, batches)?;
+    let batches: Vec<Vec<plugins::Event>> =
+        batches.into_iter().map(|b| b.into_iter().map(Into::into).collect()).collect();
+    let run = plugins::harness(manifest, &bytes, &config, &batches)?;
     println!("{}", serde_json::to_string_pretty(&run)?);
     if run.calls.iter().any(|c| c.error.is_some()) {
         anyhow::bail!(

@@ -1008,7 +1008,7 @@ pub fn harness(
     manifest: Manifest,
     wasm: &[u8],
     config: &str,
-    batches: Vec<Vec<Event>>,
+    batches: &[Vec<Event>],
 ) -> Result<HarnessRun, PluginError> {
     let host = PluginHost::new()?;
     let mut plugin = host.load(manifest, wasm, None)?;
@@ -1028,7 +1028,7 @@ pub fn harness(
         !failed
     };
     let mut ok = step("init", plugin.init(config));
-    for events in &batches {
+    for events in batches {
         if !ok {
             break;
         }

@@ -226,7 +226,7 @@ fn the_local_harness_shows_each_calls_operations_and_stops_at_a_failure() {
         manifest("hostile", &wasm, &[Table::Filter]),
         &wasm,
         "behave",
-        events.clone(),
+        &events,
     )
     .expect("runs");
     let calls: Vec<(&str, usize, bool)> =
@@ -238,7 +238,7 @@ fn the_local_harness_shows_each_calls_operations_and_stops_at_a_failure() {
         manifest("hostile", &wasm, &[Table::Filter]),
         &wasm,
         "bad-prefix",
-        events,
+        &events,
     )
     .expect("runs");
     assert_eq!(run.calls.len(), 2, "stops at the failing call");
