@@ -245,3 +245,48 @@ fn the_local_harness_shows_each_calls_operations_and_stops_at_a_failure() {
     let error = run.calls[1].error.as_deref().expect("an error");
     assert!(error.contains("host bits"), "{error}");
 }
+
+#[test]
+fn ddos_guard_blocks_a_flooding_source_and_lifts_the_block_after_its_cool_down() {
+    let wasm = component("ddos_guard");
+    let sample = |src: &str| {
+        Event::Sample(sluice::plugins::FlowSample {
+            ifindex: 2,
+            len: 64,
+            proto: 17,
+            src: src.into(),
+            dst: "198.51.100.1".into(),
+            sport: 1234,
+            dport: 53,
+        })
+    };
+    // One second between timers at 1 in 10: the flooder's 200 samples are about 2000 packets/s,
+    // the other host's 5 about 50.
+    let mut flood: Vec<Event> = vec![Event::Timer(1_000)];
+    flood.extend((0..200).map(|_| sample("192.0.2.66")));
+    flood.extend((0..5).map(|_| sample("192.0.2.7")));
+    flood.push(Event::Timer(2_000));
+    let batches = vec![flood, vec![Event::Timer(4_000)], vec![Event::Timer(7_500)]];
+    let run = sluice::plugins::harness(
+        manifest("ddos-guard", &wasm, &[Table::Filter, Table::Sample]),
+        &wasm,
+        r#"{"max_pps": 1000, "sample_every": 10, "block_ms": 5000}"#,
+        &batches,
+    )
+    .expect("runs");
+    let ops: Vec<Vec<HookOp>> = run.calls.iter().map(|c| c.ops.clone()).collect();
+    let block = drop_src("192.0.2.66/32");
+    assert_eq!(ops[0], [HookOp::SetSampling { every: 10 }], "init asks for samples");
+    assert_eq!(ops[1], [block], "the flooder, not the other host");
+    assert_eq!(ops[2], [], "still within the cool-down");
+    assert_eq!(
+        ops[3],
+        [HookOp::RemoveFilter {
+            direction: Direction::Src,
+            prefix: "192.0.2.66/32".parse().expect("prefix")
+        }],
+        "lifted 5 s after"
+    );
+    assert!(run.calls.iter().all(|c| c.error.is_none()));
+    assert!(run.log.iter().any(|l| l.message.starts_with("blocking 192.0.2.66")), "{:?}", run.log);
+}
