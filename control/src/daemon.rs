@@ -41,6 +41,8 @@ pub struct Options {
     pub table: u32,
     /// Receive buffer of the netlink event socket, in bytes.
     pub netlink_recv_buffer: usize,
+    /// A directory of plugins to run.
+    pub plugins: Option<std::path::PathBuf>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -113,6 +115,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             mib = u.shared_bytes >> 20,
             "IPv6 lookup trie"
         );
+    }
+
+    if let Some(dir) = &opts.plugins {
+        match state.dp.take_hooks() {
+            Ok((maps, samples)) => crate::plugins::run_dir(dir, maps, samples),
+            Err(e) => error!(error = %error_chain(&e), "the hook tables are unusable: no plugins"),
+        }
     }
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;

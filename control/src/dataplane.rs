@@ -361,6 +361,21 @@ impl Dataplane {
         self.neigh_requests.take()
     }
 
+    /// The hook tables' maps and the sample ring buffer, for the plugin host (once).
+    pub fn take_hooks(
+        &mut self,
+    ) -> std::result::Result<(crate::hooks::AyaHookMaps, RingBuf<MapData>), crate::hooks::HookError>
+    {
+        let maps = crate::hooks::AyaHookMaps::take(&mut self.ebpf)?;
+        let ring = self.ebpf.take_map(names::SAMPLES).ok_or(crate::hooks::HookError::Map {
+            map: names::SAMPLES,
+            source: MapError::InvalidName { name: names::SAMPLES.to_owned() },
+        })?;
+        let ring = RingBuf::try_from(ring)
+            .map_err(|source| crate::hooks::HookError::Map { map: names::SAMPLES, source })?;
+        Ok((maps, ring))
+    }
+
     /// Memory used by the IPv4 lookup tables.
     pub fn lookup_usage(&self) -> Option<lookup::Usage> {
         self.maps.lookup_usage()

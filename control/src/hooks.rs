@@ -645,6 +645,28 @@ fn v6_key(p: ipnet::Ipv6Net) -> Key<[u8; 16]> {
 }
 
 impl AyaHookMaps {
+    /// Empties every hook table (a starting daemon: what its plugins wrote before is written
+    /// again as they start, and nothing of a plugin that is gone may stay).
+    pub fn clear(&mut self) -> Result<(), HookError> {
+        fn clear<K: aya::Pod, V: aya::Pod>(
+            map: &mut LpmTrie<MapData, K, V>,
+            name: &'static str,
+        ) -> Result<(), HookError> {
+            let keys: Vec<Key<K>> = map.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
+            for k in keys {
+                missing_ok(map.remove(&k)).map_err(map_err(name))?;
+            }
+            Ok(())
+        }
+        self.set_config(HookConfig::default())?;
+        clear(&mut self.filter_src_v4, names::FILTER_SRC_V4)?;
+        clear(&mut self.filter_dst_v4, names::FILTER_DST_V4)?;
+        clear(&mut self.filter_src_v6, names::FILTER_SRC_V6)?;
+        clear(&mut self.filter_dst_v6, names::FILTER_DST_V6)?;
+        clear(&mut self.rate_v4, names::RATE_V4)?;
+        clear(&mut self.rate_v6, names::RATE_V6)
+    }
+
     fn filter_v4(
         &mut self,
         dir: Direction,

@@ -39,6 +39,10 @@ enum Command {
         /// Receive buffer of the netlink event socket in bytes; an overrun costs a full resync.
         #[arg(long, value_name = "BYTES", default_value_t = sluice::mirror::DEFAULT_RECV_BUFFER)]
         netlink_recv_buffer: usize,
+        /// Run the plugins of this directory: NAME.json (manifest), NAME.wasm and, optionally,
+        /// NAME.config.json for each.
+        #[arg(long, value_name = "DIR")]
+        plugins: Option<PathBuf>,
     },
     /// Show the dataplane's counters per interface and reason.
     Stats {
@@ -141,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .init();
     let pin = PinDir::new(&cli.pin_dir);
     match cli.command {
-        Command::Daemon { attach, xdp_mode, table, netlink_recv_buffer } => {
+        Command::Daemon { attach, xdp_mode, table, netlink_recv_buffer, plugins } => {
             // Two workers: the netlink socket is read and decoded on one while the other takes
             // the changes into the dataplane (a full table arriving is a million messages).
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -154,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mode: xdp_mode,
                 table,
                 netlink_recv_buffer,
+                plugins,
             }))
         }
         Command::Stats { json, watch } => stats(&pin, json, watch),

@@ -1038,3 +1038,92 @@ pub fn harness(
     let log = plugin.log().lock().expect("log lock").iter().cloned().collect();
     Ok(HarnessRun { calls, rules, log })
 }
+
+/// How often running plugins get a timer event and the samples gathered since the last one.
+pub const EVENT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts the plugins of `dir` on a thread of their own: for each `NAME.json` manifest,
+/// `NAME.wasm` and the optional `NAME.config.json`. The hook tables are emptied first (a
+/// plugin rewrites its rules as it starts). A plugin that cannot start is logged and left out;
+/// the others run. Every [`EVENT_INTERVAL`] each plugin gets the sampled headers and a timer.
+pub fn run_dir(
+    dir: &std::path::Path,
+    mut maps: hooks::AyaHookMaps,
+    mut samples: aya::maps::RingBuf<aya::maps::MapData>,
+) {
+    if let Err(e) = maps.clear() {
+        tracing::error!(error = %e, "emptying the hook tables failed: no plugins");
+        return;
+    }
+    let host = match PluginHost::new() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "the plugin host did not start");
+            return;
+        }
+    };
+    let mut manager = Manager::new(host, HookTables::new(maps), None);
+    let mut manifests: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "json")
+                        && !p.to_string_lossy().ends_with(".config.json")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    manifests.sort();
+    for path in manifests {
+        let started = (|| -> Result<String, String> {
+            let manifest: Manifest = serde_json::from_slice(
+                &std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            let wasm_path = path.with_extension("wasm");
+            let wasm =
+                std::fs::read(&wasm_path).map_err(|e| format!("{}: {e}", wasm_path.display()))?;
+            let config_path = path.with_extension("config.json");
+            let config = std::fs::read_to_string(&config_path).unwrap_or_else(|_| "{}".into());
+            let name = manifest.name.clone();
+            manager.add(manifest, &wasm, &config).map_err(|e| format!("{name}: {e}"))?;
+            Ok(name)
+        })();
+        match started {
+            Ok(name) => tracing::info!(plugin = name, "plugin started"),
+            Err(e) => tracing::error!(error = e, "plugin not started"),
+        }
+    }
+    let spawned = thread::Builder::new().name("sluice-plugins".into()).spawn(move || {
+        loop {
+            thread::sleep(EVENT_INTERVAL);
+            let mut events: Vec<Event> = Vec::new();
+            while events.len() < 100_000
+                && let Some(item) = samples.next()
+            {
+                if let Some(s) = hooks::SampledPacket::from_record(&item) {
+                    events.push(Event::Sample(FlowSample {
+                        ifindex: s.ifindex,
+                        len: s.len,
+                        proto: s.proto,
+                        src: s.src.to_string(),
+                        dst: s.dst.to_string(),
+                        sport: s.sport,
+                        dport: s.dport,
+                    }));
+                }
+            }
+            events.push(Event::Timer(now_ms()));
+            for (name, e) in manager.dispatch(&events) {
+                tracing::warn!(plugin = name, error = %e, "plugin quarantined");
+            }
+            for name in manager.restart_due() {
+                tracing::info!(plugin = name, "plugin restarted");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "the plugin thread did not start");
+    }
+}
