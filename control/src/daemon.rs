@@ -43,6 +43,8 @@ pub struct Options {
     pub netlink_recv_buffer: usize,
     /// A directory of plugins to run.
     pub plugins: Option<std::path::PathBuf>,
+    /// The plugin publishers trusted, and whether unsigned plugins may run.
+    pub trust: crate::plugins::Trust,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -119,7 +121,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     if let Some(dir) = &opts.plugins {
         match state.dp.take_hooks() {
-            Ok((maps, samples)) => crate::plugins::run_dir(dir, maps, samples),
+            Ok((maps, samples)) => crate::plugins::run_dir(dir, opts.trust.clone(), maps, samples),
             Err(e) => error!(error = %error_chain(&e), "the hook tables are unusable: no plugins"),
         }
     }

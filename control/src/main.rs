@@ -43,6 +43,12 @@ enum Command {
         /// NAME.config.json for each.
         #[arg(long, value_name = "DIR")]
         plugins: Option<PathBuf>,
+        /// The plugin publishers trusted: a file of ed25519 public keys, hex, one a line.
+        #[arg(long, value_name = "FILE")]
+        trusted_keys: Option<PathBuf>,
+        /// Run unsigned plugins too.
+        #[arg(long)]
+        allow_unsigned_plugins: bool,
     },
     /// Show the dataplane's counters per interface and reason.
     Stats {
@@ -105,6 +111,19 @@ enum PluginCmd {
         #[arg(long)]
         events: Option<PathBuf>,
     },
+    /// Make a publisher key: writes the secret seed (hex) to FILE, prints the public key.
+    Keygen {
+        /// Where the secret key goes (created, mode 0600).
+        file: PathBuf,
+    },
+    /// Sign a manifest (in place) with a publisher's secret key.
+    Sign {
+        /// The secret key file `sluice plugin keygen` made.
+        #[arg(long)]
+        key: PathBuf,
+        /// The manifest (JSON).
+        manifest: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,7 +164,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .init();
     let pin = PinDir::new(&cli.pin_dir);
     match cli.command {
-        Command::Daemon { attach, xdp_mode, table, netlink_recv_buffer, plugins } => {
+        Command::Daemon {
+            attach,
+            xdp_mode,
+            table,
+            netlink_recv_buffer,
+            plugins,
+            trusted_keys,
+            allow_unsigned_plugins,
+        } => {
+            let keys: Vec<String> = match &trusted_keys {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let trust = sluice::plugins::Trust::new(&keys, allow_unsigned_plugins)?;
             // Two workers: the netlink socket is read and decoded on one while the other takes
             // the changes into the dataplane (a full table arriving is a million messages).
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -159,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 table,
                 netlink_recv_buffer,
                 plugins,
+                trust,
             }))
         }
         Command::Stats { json, watch } => stats(&pin, json, watch),
@@ -208,6 +247,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin { cmd: PluginCmd::Run { wasm, manifest, config, events } } => {
             plugin_run(&wasm, manifest.as_deref(), &config, events.as_deref())
         }
+        Command::Plugin { cmd: PluginCmd::Keygen { file } } => plugin_keygen(&file),
+        Command::Plugin { cmd: PluginCmd::Sign { key, manifest } } => plugin_sign(&key, &manifest),
         Command::Lab { cmd: LabCmd::Up(opts) } => lab::up(&opts),
         Command::Lab { cmd: LabCmd::Down(opts) } => lab::down(&opts),
     }
@@ -286,5 +327,57 @@ fn plugin_run(
             "the plugin failed (see \"error\" above): on a router it would be quarantined"
         );
     }
+    Ok(())
+}
+
+fn plugin_keygen(file: &std::path::Path) -> anyhow::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut seed = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut seed)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    writeln!(f, "{}", sluice::plugins::hex(&seed))?;
+    let mut probe = sluice::plugins::Manifest {
+        name: "key".into(),
+        version: String::new(),
+        tables: Vec::new(),
+        max_ops_per_call: 1,
+        memory_mib: 1,
+        deadline_ms: 1,
+        kv_bytes: 0,
+        failure_policy: sluice::plugins::FailurePolicy::FailOpen,
+        sha256: String::new(),
+        publisher: None,
+        signature: None,
+    };
+    probe.sign(&seed);
+    println!("{}", probe.publisher.unwrap_or_default());
+    Ok(())
+}
+
+fn plugin_sign(key: &std::path::Path, manifest: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    let text = text.trim();
+    anyhow::ensure!(
+        text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{} is not a key made by `sluice plugin keygen`",
+        key.display()
+    );
+    let mut seed = [0u8; 32];
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)?;
+    }
+    let mut m: sluice::plugins::Manifest = serde_json::from_slice(
+        &std::fs::read(manifest).with_context(|| format!("reading {}", manifest.display()))?,
+    )
+    .with_context(|| format!("manifest {}", manifest.display()))?;
+    m.sign(&seed);
+    std::fs::write(manifest, serde_json::to_string_pretty(&m)? + "\n")?;
+    println!("signed {} {} by {}", m.name, m.version, m.publisher.unwrap_or_default());
     Ok(())
 }

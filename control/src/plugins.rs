@@ -112,6 +112,104 @@ pub struct Manifest {
     pub failure_policy: FailurePolicy,
     /// SHA-256 of the component, hex: the component must match it.
     pub sha256: String,
+    /// The publisher's ed25519 public key, hex (32 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
+    /// The publisher's signature of [`Manifest::signed_message`], hex (64 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl Manifest {
+    /// What a publisher signs: the plugin's name, version, component hash and the tables it
+    /// may write (the quotas are the operator's to set).
+    pub fn signed_message(&self) -> Vec<u8> {
+        let mut tables: Vec<String> =
+            self.tables.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+        tables.sort();
+        format!(
+            "sluice-plugin/1\n{}\n{}\n{}\n{}\n",
+            self.name,
+            self.version,
+            self.sha256.to_ascii_lowercase(),
+            tables.join(",")
+        )
+        .into_bytes()
+    }
+
+    /// Signs the manifest with a publisher's secret key (32-byte seed).
+    pub fn sign(&mut self, seed: &[u8; 32]) {
+        use ed25519_dalek::Signer as _;
+        let key = ed25519_dalek::SigningKey::from_bytes(seed);
+        self.publisher = Some(hex(key.verifying_key().as_bytes()));
+        self.signature = Some(hex(&key.sign(&self.signed_message()).to_bytes()));
+    }
+}
+
+/// The publishers an operator trusts, and whether unsigned plugins may run at all.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    keys: Vec<ed25519_dalek::VerifyingKey>,
+    allow_unsigned: bool,
+}
+
+impl Trust {
+    /// Trusts these publisher keys (hex); `allow_unsigned` lets unsigned plugins run too.
+    pub fn new(keys: &[String], allow_unsigned: bool) -> Result<Self, PluginError> {
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let bytes: [u8; 32] =
+                    unhex(k.trim()).and_then(|b| b.try_into().ok()).ok_or_else(|| {
+                        PluginError::Signature(format!("{k:?} is not a 32-byte hex key"))
+                    })?;
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                    .map_err(|e| PluginError::Signature(format!("key {k}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { keys, allow_unsigned })
+    }
+
+    /// Unsigned plugins allowed, no publisher trusted (local development, the harness).
+    pub fn unsigned_allowed() -> Self {
+        Self { keys: Vec::new(), allow_unsigned: true }
+    }
+
+    /// Whether a manifest may run: signed by a trusted publisher, or unsigned where allowed.
+    pub fn check(&self, m: &Manifest) -> Result<(), PluginError> {
+        use ed25519_dalek::Verifier as _;
+        let (Some(publisher), Some(signature)) = (&m.publisher, &m.signature) else {
+            if m.publisher.is_some() || m.signature.is_some() {
+                return Err(PluginError::Signature("a publisher key needs its signature".into()));
+            }
+            return if self.allow_unsigned {
+                Ok(())
+            } else {
+                Err(PluginError::Signature(
+                    "unsigned, and unsigned plugins are not allowed here".into(),
+                ))
+            };
+        };
+        let key = self
+            .keys
+            .iter()
+            .find(|k| hex(k.as_bytes()).eq_ignore_ascii_case(publisher))
+            .ok_or_else(|| {
+                PluginError::Signature(format!("publisher {publisher} is not trusted"))
+            })?;
+        let sig: [u8; 64] = unhex(signature)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| PluginError::Signature("the signature is not 64 bytes of hex".into()))?;
+        key.verify(&m.signed_message(), &ed25519_dalek::Signature::from_bytes(&sig))
+            .map_err(|_| PluginError::Signature("the signature does not match the manifest".into()))
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 const fn default_max_ops() -> usize {
@@ -133,6 +231,10 @@ pub enum PluginError {
     /// The manifest is unusable.
     #[error("manifest: {0}")]
     Manifest(String),
+    /// The manifest's signature is missing where it must be, or wrong, or from an untrusted
+    /// publisher.
+    #[error("signature: {0}")]
+    Signature(String),
     /// The component is not the one the manifest names.
     #[error("the component's SHA-256 is {found}, the manifest says {expected}")]
     Hash {
@@ -204,7 +306,10 @@ impl PluginError {
     /// Whether this failure quarantines the plugin (a refused batch of a working plugin does:
     /// it keeps returning what cannot be applied).
     pub const fn quarantines(&self) -> bool {
-        !matches!(self, Self::Manifest(_) | Self::Hash { .. } | Self::Quarantined(_))
+        !matches!(
+            self,
+            Self::Manifest(_) | Self::Hash { .. } | Self::Signature(_) | Self::Quarantined(_)
+        )
     }
 }
 
@@ -295,6 +400,7 @@ impl wit_host::Host for HostState {
 
 /// The engine every plugin runs in, and its epoch ticker.
 pub struct PluginHost {
+    trust: Trust,
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     stop: Arc<AtomicBool>,
@@ -302,8 +408,8 @@ pub struct PluginHost {
 
 impl PluginHost {
     /// Makes the engine (Cranelift, pooling allocator, epoch interruption) and starts the
-    /// ticker.
-    pub fn new() -> Result<Self, PluginError> {
+    /// ticker. Only plugins `trust` accepts are loaded.
+    pub fn new(trust: Trust) -> Result<Self, PluginError> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(MAX_PLUGINS)
             .total_core_instances(MAX_PLUGINS * 4)
@@ -339,7 +445,7 @@ impl PluginHost {
                 }
             })
             .map_err(|e| PluginError::Load(format!("epoch ticker: {e}")))?;
-        Ok(Self { engine, linker: Arc::new(linker), stop })
+        Ok(Self { trust, engine, linker: Arc::new(linker), stop })
     }
 
     /// Loads a plugin: checks the manifest and the component's hash, compiles and instantiates
@@ -358,6 +464,7 @@ impl PluginHost {
     /// restart or a second instance reuses it).
     pub fn compile(&self, manifest: Manifest, wasm: &[u8]) -> Result<Compiled, PluginError> {
         check_manifest(&manifest)?;
+        self.trust.check(&manifest)?;
         let found = hex(&Sha256::digest(wasm));
         if !found.eq_ignore_ascii_case(&manifest.sha256) {
             return Err(PluginError::Hash { expected: manifest.sha256.clone(), found });
@@ -430,7 +537,8 @@ fn deadline_ticks(ms: u64) -> u64 {
     (ms.saturating_mul(1000) / TICK.as_micros() as u64).max(1) + 1
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -852,6 +960,8 @@ pub fn bench(dir: &std::path::Path, rounds: usize) -> Result<BenchReport, Plugin
         kv_bytes: default_kv_bytes(),
         failure_policy: FailurePolicy::FailOpen,
         sha256: sha256_hex(wasm),
+        publisher: None,
+        signature: None,
     };
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let percentiles = |mut v: Vec<f64>| {
@@ -859,7 +969,7 @@ pub fn bench(dir: &std::path::Path, rounds: usize) -> Result<BenchReport, Plugin
         let at = |p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
         (at(50), at(99))
     };
-    let host = PluginHost::new()?;
+    let host = PluginHost::new(Trust::unsigned_allowed())?;
     let started = Instant::now();
     let compiled = host.compile(manifest("static-acl", &acl), &acl)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -1010,7 +1120,7 @@ pub fn harness(
     config: &str,
     batches: &[Vec<Event>],
 ) -> Result<HarnessRun, PluginError> {
-    let host = PluginHost::new()?;
+    let host = PluginHost::new(Trust::unsigned_allowed())?;
     let mut plugin = host.load(manifest, wasm, None)?;
     let name = plugin.manifest().name.clone();
     let mut tables = HookTables::new(hooks::MemoryHookMaps::default());
@@ -1048,6 +1158,7 @@ pub const EVENT_INTERVAL: Duration = Duration::from_secs(1);
 /// the others run. Every [`EVENT_INTERVAL`] each plugin gets the sampled headers and a timer.
 pub fn run_dir(
     dir: &std::path::Path,
+    trust: Trust,
     mut maps: hooks::AyaHookMaps,
     mut samples: aya::maps::RingBuf<aya::maps::MapData>,
 ) {
@@ -1055,7 +1166,7 @@ pub fn run_dir(
         tracing::error!(error = %e, "emptying the hook tables failed: no plugins");
         return;
     }
-    let host = match PluginHost::new() {
+    let host = match PluginHost::new(trust) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "the plugin host did not start");

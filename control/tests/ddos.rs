@@ -14,7 +14,11 @@ use std::{
 };
 
 use common::{Topology, ping, ping_briefly, privileged, wait_until};
-use sluice::{lab::Subnet, netns, plugins::sha256_hex};
+use sluice::{
+    lab::Subnet,
+    netns,
+    plugins::{Manifest, sha256_hex},
+};
 
 /// A directory with the plugin, its manifest and configuration; removed on drop.
 struct PluginDir(PathBuf);
@@ -33,14 +37,20 @@ fn ddos_guard_dir() -> PluginDir {
     });
     let dir = PluginDir(std::env::temp_dir().join(netns::unique_name("sluice-plugins-")));
     std::fs::create_dir_all(&dir.0).expect("plugin directory");
-    let manifest = serde_json::json!({
+    // Signed by a publisher the daemon is told to trust.
+    let mut manifest: Manifest = serde_json::from_value(serde_json::json!({
         "name": "ddos-guard",
         "version": "0.1.0",
         "tables": ["filter", "sample"],
         "failure_policy": "fail-open",
         "sha256": sha256_hex(&wasm),
-    });
-    std::fs::write(dir.0.join("ddos-guard.json"), manifest.to_string()).expect("manifest");
+    }))
+    .expect("manifest");
+    manifest.sign(&[42; 32]);
+    let publisher = manifest.publisher.clone().expect("signed");
+    std::fs::write(dir.0.join("trusted-keys"), format!("{publisher}\n")).expect("keys");
+    let manifest = serde_json::to_string(&manifest).expect("json");
+    std::fs::write(dir.0.join("ddos-guard.json"), manifest).expect("manifest");
     std::fs::write(dir.0.join("ddos-guard.wasm"), &wasm).expect("component");
     std::fs::write(
         dir.0.join("ddos-guard.config.json"),
@@ -57,7 +67,13 @@ fn ddos_guard_blocks_a_flooding_client_while_another_keeps_going_then_lifts_the_
     }
     let plugins = ddos_guard_dir();
     let mut t = Topology::new(&[("c1", 1), ("c2", 2), ("srv", 3)]);
-    t.start_daemon_with(&["--plugins", plugins.0.to_str().expect("UTF-8 path")]);
+    let keys = plugins.0.join("trusted-keys");
+    t.start_daemon_with(&[
+        "--plugins",
+        plugins.0.to_str().expect("UTF-8 path"),
+        "--trusted-keys",
+        keys.to_str().expect("UTF-8 path"),
+    ]);
     let server = Subnet(3).host_v4();
     t.wait_ping("c1", &server);
     t.wait_ping("c2", &server);

@@ -11,7 +11,7 @@ use sluice::{
     hooks::{Action, Direction, HookOp, HookTables, MemoryHookMaps},
     plugins::{
         Event, FailurePolicy, Manager, Manifest, PluginError, PluginHost, RouteChange, Status,
-        Table, sha256_hex,
+        Table, Trust, sha256_hex,
     },
 };
 
@@ -36,11 +36,13 @@ fn manifest(name: &str, wasm: &[u8], tables: &[Table]) -> Manifest {
         kv_bytes: 4096,
         failure_policy: FailurePolicy::FailOpen,
         sha256: sha256_hex(wasm),
+        publisher: None,
+        signature: None,
     }
 }
 
 fn manager() -> Manager<HookTables<MemoryHookMaps>> {
-    let host = PluginHost::new().expect("the engine starts");
+    let host = PluginHost::new(Trust::unsigned_allowed()).expect("the engine starts");
     Manager::new(host, HookTables::new(MemoryHookMaps::default()), None)
 }
 
@@ -289,4 +291,33 @@ fn ddos_guard_blocks_a_flooding_source_and_lifts_the_block_after_its_cool_down()
     );
     assert!(run.calls.iter().all(|c| c.error.is_none()));
     assert!(run.log.iter().any(|l| l.message.starts_with("blocking 192.0.2.66")), "{:?}", run.log);
+}
+
+#[test]
+fn only_plugins_signed_by_a_trusted_publisher_run_unless_unsigned_ones_are_allowed() {
+    let wasm = component("static_acl");
+    let config = r#"{"rules": []}"#;
+    let seed = [7u8; 32];
+    let mut signed = manifest("static-acl", &wasm, &[Table::Filter]);
+    signed.sign(&seed);
+    let publisher = signed.publisher.clone().expect("signed");
+    let strict = |keys: &[String]| {
+        let host = PluginHost::new(Trust::new(keys, false).expect("keys")).expect("engine");
+        Manager::new(host, HookTables::new(MemoryHookMaps::default()), None)
+    };
+
+    strict(std::slice::from_ref(&publisher)).add(signed.clone(), &wasm, config).expect("trusted");
+    let err = strict(&[]).add(signed.clone(), &wasm, config).unwrap_err();
+    assert!(err.to_string().contains("is not trusted"), "{err}");
+    let err = strict(&[publisher.clone()])
+        .add(manifest("static-acl", &wasm, &[Table::Filter]), &wasm, config)
+        .unwrap_err();
+    assert!(err.to_string().contains("unsigned"), "{err}");
+    // A manifest changed after signing (one more table) does not verify.
+    let mut tampered = signed.clone();
+    tampered.tables.push(Table::RateLimit);
+    let err = strict(&[publisher]).add(tampered, &wasm, config).unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    // Allowed explicitly, unsigned plugins run.
+    manager().add(manifest("static-acl", &wasm, &[Table::Filter]), &wasm, config).expect("allowed");
 }
