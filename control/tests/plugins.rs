@@ -309,7 +309,7 @@ fn only_plugins_signed_by_a_trusted_publisher_run_unless_unsigned_ones_are_allow
     strict(std::slice::from_ref(&publisher)).add(signed.clone(), &wasm, config).expect("trusted");
     let err = strict(&[]).add(signed.clone(), &wasm, config).unwrap_err();
     assert!(err.to_string().contains("is not trusted"), "{err}");
-    let err = strict(&[publisher.clone()])
+    let err = strict(std::slice::from_ref(&publisher))
         .add(manifest("static-acl", &wasm, &[Table::Filter]), &wasm, config)
         .unwrap_err();
     assert!(err.to_string().contains("unsigned"), "{err}");
