@@ -85,6 +85,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         attached,
         rib: Rib::default(),
         asked: HashMap::new(),
+        route_events: None,
     };
     std::mem::swap(&mut state.fib, &mut fib);
     let mut mirror = connect_and_dump(&mut state, &opts).await;
@@ -121,7 +122,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     if let Some(dir) = &opts.plugins {
         match state.dp.take_hooks() {
-            Ok((maps, samples)) => crate::plugins::run_dir(dir, opts.trust.clone(), maps, samples),
+            Ok((maps, samples)) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                state.route_events = Some(tx);
+                let feed = crate::plugins::Feed { samples, routes: rx, pin: opts.pin.clone() };
+                crate::plugins::run_dir(dir, opts.trust.clone(), maps, feed);
+            }
             Err(e) => error!(error = %error_chain(&e), "the hook tables are unusable: no plugins"),
         }
     }
@@ -189,6 +195,8 @@ struct State {
     attached: BTreeMap<u32, XdpAttachMode>,
     rib: Rib,
     asked: HashMap<(u32, IpAddr), Instant>,
+    /// Route changes for the plugins, when they run.
+    route_events: Option<std::sync::mpsc::Sender<Vec<crate::plugins::RouteChange>>>,
 }
 
 impl State {
@@ -226,6 +234,25 @@ impl State {
             self.rib.dirty.all = true;
         }
         debug!(ops = ops.len(), failures, elapsed = ?started.elapsed(), "dataplane updated");
+        if let Some(tx) = &self.route_events {
+            let changes: Vec<crate::plugins::RouteChange> = ops
+                .iter()
+                .filter_map(|op| {
+                    let (prefix, added) = match op {
+                        Op::SetRouteV4(n, _) => (n.to_string(), true),
+                        Op::DelRouteV4(n) => (n.to_string(), false),
+                        Op::SetRouteV6(n, _) => (n.to_string(), true),
+                        Op::DelRouteV6(n) => (n.to_string(), false),
+                        _ => return None,
+                    };
+                    Some(crate::plugins::RouteChange { prefix, added })
+                })
+                .take(crate::plugins::MAX_ROUTE_EVENTS)
+                .collect();
+            if !changes.is_empty() {
+                let _ = tx.send(changes);
+            }
+        }
         let neighbours = ops
             .iter()
             .filter_map(|op| match op {

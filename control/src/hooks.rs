@@ -819,6 +819,67 @@ impl HookMaps for MemoryHookMaps {
     }
 }
 
+/// A rule as the pinned hook tables hold it (`sluice hooks`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PinnedRule {
+    /// The operation that writes it.
+    pub rule: HookOp,
+    /// Its id (counter slot).
+    pub id: u32,
+    /// Packets it matched (a rate rule: dropped).
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// The rules in the hook tables pinned under `pin`, with their counters, and the sampling rate.
+pub fn pinned_rules(pin: &crate::dataplane::PinDir) -> Result<(Vec<PinnedRule>, u32), HookError> {
+    let maps = AyaHookMaps::open(pin)?;
+    let mut out = Vec::new();
+    let mut push = |rule: HookOp, id: u32| -> Result<(), HookError> {
+        let c = maps.counter(id)?;
+        out.push(PinnedRule { rule, id, packets: c.packets, bytes: c.bytes });
+        Ok(())
+    };
+    let action = |a: u32| match FilterAction::from_u32(a) {
+        Some(FilterAction::Pass) => Action::Pass,
+        Some(FilterAction::Count) => Action::Count,
+        _ => Action::Drop,
+    };
+    for (direction, map, name) in [
+        (Direction::Src, &maps.filter_src_v4, names::FILTER_SRC_V4),
+        (Direction::Dst, &maps.filter_dst_v4, names::FILTER_DST_V4),
+    ] {
+        for item in map.iter() {
+            let (k, r) = item.map_err(map_err(name))?;
+            let prefix = IpNet::V4(crate::dataplane::net_v4(&k));
+            push(HookOp::SetFilter { direction, prefix, action: action(r.action) }, r.rule)?;
+        }
+    }
+    for (direction, map, name) in [
+        (Direction::Src, &maps.filter_src_v6, names::FILTER_SRC_V6),
+        (Direction::Dst, &maps.filter_dst_v6, names::FILTER_DST_V6),
+    ] {
+        for item in map.iter() {
+            let (k, r) = item.map_err(map_err(name))?;
+            let prefix = IpNet::V6(crate::dataplane::net_v6(&k));
+            push(HookOp::SetFilter { direction, prefix, action: action(r.action) }, r.rule)?;
+        }
+    }
+    for item in maps.rate_v4.iter() {
+        let (k, r) = item.map_err(map_err(names::RATE_V4))?;
+        let prefix = IpNet::V4(crate::dataplane::net_v4(&k));
+        push(HookOp::SetRateLimit { prefix, rate_pps: r.rate_pps, burst: r.burst }, r.rule)?;
+    }
+    for item in maps.rate_v6.iter() {
+        let (k, r) = item.map_err(map_err(names::RATE_V6))?;
+        let prefix = IpNet::V6(crate::dataplane::net_v6(&k));
+        push(HookOp::SetRateLimit { prefix, rate_pps: r.rate_pps, burst: r.burst }, r.rule)?;
+    }
+    let every = maps.config.get(&0, 0).map_err(map_err(names::HOOK_CONFIG))?.sample_every;
+    Ok((out, every))
+}
+
 /// A sampled packet, from the `SAMPLES` ring buffer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SampledPacket {

@@ -65,6 +65,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the rules in the dataplane's hook tables (what plugins wrote), with their counters.
+    Hooks {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach XDP from every interface and remove the pinned maps.
     Detach,
     /// Benchmark forwarding, Linux against Sluice on one veth chain, and route-add latency.
@@ -207,6 +213,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&routes)?);
             } else {
                 print!("{}", show::routes_text(&routes));
+            }
+            Ok(())
+        }
+        Command::Hooks { json } => {
+            let (rules, every) = sluice::hooks::pinned_rules(&pin)?;
+            if json {
+                let v = serde_json::json!({ "rules": rules, "sample_every": every });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for r in &rules {
+                    println!(
+                        "{}  rule {}  {} packets {} bytes",
+                        serde_json::to_string(&r.rule)?,
+                        r.id,
+                        r.packets,
+                        r.bytes
+                    );
+                }
+                println!(
+                    "{} rules; sampling {}",
+                    rules.len(),
+                    if every == 0 { "off".to_owned() } else { format!("1 in {every}") }
+                );
             }
             Ok(())
         }

@@ -1151,17 +1151,50 @@ pub fn harness(
 
 /// How often running plugins get a timer event and the samples gathered since the last one.
 pub const EVENT_INTERVAL: Duration = Duration::from_secs(1);
+/// Counter snapshots go to plugins every this many timer events.
+pub const COUNTERS_EVERY: u32 = 5;
+/// Route changes per recompile passed on to plugins (a table loading is a million).
+pub const MAX_ROUTE_EVENTS: usize = 10_000;
+
+/// Where the plugins' events come from.
+pub struct Feed {
+    /// The sampled headers.
+    pub samples: aya::maps::RingBuf<aya::maps::MapData>,
+    /// Route changes from the daemon's recompiles.
+    pub routes: std::sync::mpsc::Receiver<Vec<RouteChange>>,
+    /// The pinned dataplane, for counter snapshots.
+    pub pin: crate::dataplane::PinDir,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed").field("pin", &self.pin).finish_non_exhaustive()
+    }
+}
+
+/// The dataplane's counters as events: every non-zero (interface, reason).
+fn counter_snapshot(pin: &crate::dataplane::PinDir) -> Option<Event> {
+    let stats = crate::show::stats(pin).ok()?;
+    let counters = stats
+        .interfaces
+        .iter()
+        .flat_map(|i| {
+            i.counters.iter().filter(|(_, c)| c.packets > 0).map(|(reason, c)| CounterEvent {
+                interface: i.name.clone(),
+                reason: (*reason).to_owned(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+        })
+        .collect();
+    Some(Event::Counters(counters))
+}
 
 /// Starts the plugins of `dir` on a thread of their own: for each `NAME.json` manifest,
 /// `NAME.wasm` and the optional `NAME.config.json`. The hook tables are emptied first (a
 /// plugin rewrites its rules as it starts). A plugin that cannot start is logged and left out;
 /// the others run. Every [`EVENT_INTERVAL`] each plugin gets the sampled headers and a timer.
-pub fn run_dir(
-    dir: &std::path::Path,
-    trust: Trust,
-    mut maps: hooks::AyaHookMaps,
-    mut samples: aya::maps::RingBuf<aya::maps::MapData>,
-) {
+pub fn run_dir(dir: &std::path::Path, trust: Trust, mut maps: hooks::AyaHookMaps, mut feed: Feed) {
     if let Err(e) = maps.clear() {
         tracing::error!(error = %e, "emptying the hook tables failed: no plugins");
         return;
@@ -1207,11 +1240,22 @@ pub fn run_dir(
         }
     }
     let spawned = thread::Builder::new().name("sluice-plugins".into()).spawn(move || {
+        let mut ticks = 0u32;
         loop {
             thread::sleep(EVENT_INTERVAL);
+            ticks = ticks.wrapping_add(1);
             let mut events: Vec<Event> = Vec::new();
+            while let Ok(changes) = feed.routes.try_recv() {
+                let room = MAX_ROUTE_EVENTS.saturating_sub(events.len());
+                events.extend(changes.into_iter().take(room).map(Event::Route));
+            }
+            if ticks % COUNTERS_EVERY == 0
+                && let Some(c) = counter_snapshot(&feed.pin)
+            {
+                events.push(c);
+            }
             while events.len() < 100_000
-                && let Some(item) = samples.next()
+                && let Some(item) = feed.samples.next()
             {
                 if let Some(s) = hooks::SampledPacket::from_record(&item) {
                     events.push(Event::Sample(FlowSample {

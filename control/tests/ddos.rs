@@ -1,7 +1,7 @@
-//! The `ddos-guard` example plugin, end to end: the daemon runs it (`--plugins DIR`) against
-//! the real dataplane; a client that floods a server is blocked while another client's traffic
-//! keeps flowing, and the block is lifted after its cool-down. Needs root, like `netns.rs`;
-//! the plugin is built by `make plugins`.
+//! Plugins in the daemon, end to end (`--plugins DIR`) against the real dataplane: the
+//! `ddos-guard` example blocks a client that floods a server while another client's traffic
+//! keeps flowing, and lifts the block after its cool-down; a plugin hears of route changes and
+//! counter snapshots. Needs root, like `netns.rs`; the plugins are built by `make plugins`.
 
 #[allow(dead_code, reason = "shared by the namespace test crates, which use different parts")]
 mod common;
@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Topology, ping, ping_briefly, privileged, wait_until};
+use common::{Topology, ip, ping, ping_briefly, privileged, wait_until};
 use sluice::{
     lab::Subnet,
     netns,
@@ -106,4 +106,56 @@ fn ddos_guard_blocks_a_flooding_client_while_another_keeps_going_then_lifts_the_
     });
     let after = t.stats();
     assert!(after.get("r-c2", "drop_filtered") == 0, "c2 was never filtered");
+}
+
+/// A directory with the hostile test plugin, unsigned, echoing the events it gets.
+fn echo_dir() -> PluginDir {
+    let wasm_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release/hostile.wasm");
+    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
+        panic!("{}: {e}; build the plugins first with `make plugins`", wasm_path.display())
+    });
+    let dir = PluginDir(std::env::temp_dir().join(netns::unique_name("sluice-plugins-")));
+    std::fs::create_dir_all(&dir.0).expect("plugin directory");
+    let manifest = serde_json::json!({
+        "name": "echo",
+        "version": "0.1.0",
+        "tables": ["filter"],
+        "sha256": sha256_hex(&wasm),
+    });
+    std::fs::write(dir.0.join("echo.json"), manifest.to_string()).expect("manifest");
+    std::fs::write(dir.0.join("echo.wasm"), &wasm).expect("component");
+    std::fs::write(dir.0.join("echo.config.json"), "echo-events").expect("configuration");
+    dir
+}
+
+/// Whether `sluice hooks --json` lists a filter rule on `prefix`.
+fn has_rule(t: &Topology, prefix: &str) -> bool {
+    let v: serde_json::Value =
+        serde_json::from_str(&t.sluice(&["hooks", "--json"])).expect("sluice hooks --json");
+    v["rules"].as_array().is_some_and(|rules| rules.iter().any(|r| r["rule"]["prefix"] == prefix))
+}
+
+#[test]
+fn a_plugin_hears_of_route_changes_and_counter_snapshots() {
+    if !privileged() {
+        return;
+    }
+    let plugins = echo_dir();
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    let dir = plugins.0.to_str().expect("UTF-8 path");
+    t.start_daemon_with(&["--plugins", dir, "--allow-unsigned-plugins"]);
+    let server = Subnet(3).host_v4();
+    t.wait_ping("c1", &server);
+    ip(&t.router, &["route", "add", "10.77.0.0/24", "via", &server]);
+    wait_until("a rule for the new route", Duration::from_secs(10), || {
+        has_rule(&t, "10.77.0.0/24").then_some(())
+    });
+    wait_until("the rule of a counter snapshot", Duration::from_secs(15), || {
+        has_rule(&t, "198.18.255.255/32").then_some(())
+    });
+    ip(&t.router, &["route", "del", "10.77.0.0/24"]);
+    wait_until("the route's rule gone with it", Duration::from_secs(10), || {
+        (!has_rule(&t, "10.77.0.0/24")).then_some(())
+    });
 }

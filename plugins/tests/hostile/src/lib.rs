@@ -1,14 +1,16 @@
 //! A plugin that misbehaves in the way its configuration names, so the host's tests can check
 //! that each misbehaviour is contained: `spin` (an endless loop in `handle`), `slow-init` (an
 //! endless loop in `init`), `trap`, `memory-bomb`, `recursion`, `huge-result`, `bad-prefix`,
-//! `undeclared-table`; anything else behaves.
+//! `undeclared-table`; `echo-events` writes a count rule on each route it is told about (and
+//! removes it with the route) and one on 198.18.255.255/32 when a counter snapshot arrives;
+//! anything else behaves.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sluice_plugin_sdk::{Action, Direction, Event, Guest, Op, filter, rate_limit};
 
 static MODE: AtomicU32 = AtomicU32::new(0);
-const MODES: [&str; 8] = [
+const MODES: [&str; 9] = [
     "spin",
     "slow-init",
     "trap",
@@ -17,6 +19,7 @@ const MODES: [&str; 8] = [
     "huge-result",
     "bad-prefix",
     "undeclared-table",
+    "echo-events",
 ];
 
 fn mode() -> &'static str {
@@ -44,8 +47,21 @@ impl Guest for Hostile {
         Ok(vec![filter(Direction::Src, "203.0.113.0/24", Action::Drop)])
     }
 
-    fn handle(_events: Vec<Event>) -> Result<Vec<Op>, String> {
+    fn handle(events: Vec<Event>) -> Result<Vec<Op>, String> {
         match mode() {
+            "echo-events" => Ok(events
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Route(r) if r.added => {
+                        Some(filter(Direction::Dst, &r.prefix, Action::Count))
+                    }
+                    Event::Route(r) => Some(Op::RemoveFilter((Direction::Dst, r.prefix))),
+                    Event::Counters(c) if !c.is_empty() => {
+                        Some(filter(Direction::Src, "198.18.255.255/32", Action::Count))
+                    }
+                    _ => None,
+                })
+                .collect()),
             "spin" => loop {
                 std::hint::black_box(());
             },
