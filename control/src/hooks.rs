@@ -850,7 +850,7 @@ pub fn pinned_rules(pin: &crate::dataplane::PinDir) -> Result<(Vec<PinnedRule>, 
         (Direction::Src, &maps.filter_src_v4, names::FILTER_SRC_V4),
         (Direction::Dst, &maps.filter_dst_v4, names::FILTER_DST_V4),
     ] {
-        for item in map.iter() {
+        for item in map {
             let (k, r) = item.map_err(map_err(name))?;
             let prefix = IpNet::V4(crate::dataplane::net_v4(&k));
             push(HookOp::SetFilter { direction, prefix, action: action(r.action) }, r.rule)?;
@@ -860,18 +860,18 @@ pub fn pinned_rules(pin: &crate::dataplane::PinDir) -> Result<(Vec<PinnedRule>, 
         (Direction::Src, &maps.filter_src_v6, names::FILTER_SRC_V6),
         (Direction::Dst, &maps.filter_dst_v6, names::FILTER_DST_V6),
     ] {
-        for item in map.iter() {
+        for item in map {
             let (k, r) = item.map_err(map_err(name))?;
             let prefix = IpNet::V6(crate::dataplane::net_v6(&k));
             push(HookOp::SetFilter { direction, prefix, action: action(r.action) }, r.rule)?;
         }
     }
-    for item in maps.rate_v4.iter() {
+    for item in &maps.rate_v4 {
         let (k, r) = item.map_err(map_err(names::RATE_V4))?;
         let prefix = IpNet::V4(crate::dataplane::net_v4(&k));
         push(HookOp::SetRateLimit { prefix, rate_pps: r.rate_pps, burst: r.burst }, r.rule)?;
     }
-    for item in maps.rate_v6.iter() {
+    for item in &maps.rate_v6 {
         let (k, r) = item.map_err(map_err(names::RATE_V6))?;
         let prefix = IpNet::V6(crate::dataplane::net_v6(&k));
         push(HookOp::SetRateLimit { prefix, rate_pps: r.rate_pps, burst: r.burst }, r.rule)?;

@@ -216,29 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Hooks { json } => {
-            let (rules, every) = sluice::hooks::pinned_rules(&pin)?;
-            if json {
-                let v = serde_json::json!({ "rules": rules, "sample_every": every });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                for r in &rules {
-                    println!(
-                        "{}  rule {}  {} packets {} bytes",
-                        serde_json::to_string(&r.rule)?,
-                        r.id,
-                        r.packets,
-                        r.bytes
-                    );
-                }
-                println!(
-                    "{} rules; sampling {}",
-                    rules.len(),
-                    if every == 0 { "off".to_owned() } else { format!("1 in {every}") }
-                );
-            }
-            Ok(())
-        }
+        Command::Hooks { json } => hooks(&pin, json),
         Command::Detach => {
             let links = dataplane::detach_all(&pin)?;
             if links.is_empty() {
@@ -408,5 +386,26 @@ fn plugin_sign(key: &std::path::Path, manifest: &std::path::Path) -> anyhow::Res
     m.sign(&seed);
     std::fs::write(manifest, serde_json::to_string_pretty(&m)? + "\n")?;
     println!("signed {} {} by {}", m.name, m.version, m.publisher.unwrap_or_default());
+    Ok(())
+}
+
+fn hooks(pin: &PinDir, json: bool) -> anyhow::Result<()> {
+    let (rules, every) = sluice::hooks::pinned_rules(pin)?;
+    if json {
+        let v = serde_json::json!({ "rules": rules, "sample_every": every });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for r in &rules {
+        println!(
+            "{}  rule {}  {} packets {} bytes",
+            serde_json::to_string(&r.rule)?,
+            r.id,
+            r.packets,
+            r.bytes
+        );
+    }
+    let sampling = if every == 0 { "off".to_owned() } else { format!("1 in {every}") };
+    println!("{} rules; sampling {sampling}", rules.len());
     Ok(())
 }

@@ -1249,7 +1249,7 @@ pub fn run_dir(dir: &std::path::Path, trust: Trust, mut maps: hooks::AyaHookMaps
                 let room = MAX_ROUTE_EVENTS.saturating_sub(events.len());
                 events.extend(changes.into_iter().take(room).map(Event::Route));
             }
-            if ticks % COUNTERS_EVERY == 0
+            if ticks.is_multiple_of(COUNTERS_EVERY)
                 && let Some(c) = counter_snapshot(&feed.pin)
             {
                 events.push(c);
