@@ -135,8 +135,8 @@ pub enum HookError {
     /// Operations failed validation; nothing was written.
     #[error("{} invalid operation(s), nothing written: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<OpError>),
-    /// A map write failed; what the batch had written was undone.
-    #[error("writing map {map} failed; the batch was undone")]
+    /// A map operation failed (in a batch, what it had written was undone).
+    #[error("map {map}")]
     Map {
         /// The map.
         map: &'static str,
@@ -144,6 +144,11 @@ pub enum HookError {
         #[source]
         source: MapError,
     },
+    /// No dataplane is pinned there.
+    #[error(
+        "no Sluice dataplane is pinned at {0} (is the daemon started, with the same --pin-dir?)"
+    )]
+    NotPinned(std::path::PathBuf),
     /// No rule ids are left.
     #[error("all {MAX_RULE_IDS} hook rule ids are in use")]
     RulesFull,
@@ -608,6 +613,9 @@ impl AyaHookMaps {
 
     /// Opens the hook maps pinned under `pin`.
     pub fn open(pin: &crate::dataplane::PinDir) -> Result<Self, HookError> {
+        if !pin.map(names::HOOK_CONFIG).exists() {
+            return Err(HookError::NotPinned(pin.root().to_owned()));
+        }
         Self::build(|name| {
             let data = MapData::from_pin(pin.map(name)).map_err(map_err(name))?;
             Map::from_map_data(data).map_err(map_err(name))
