@@ -115,12 +115,12 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = TableChoice::Both)]
     pub tables: TableChoice,
     /// Forwarders to measure (comma-separated); they always run in the order linux, fib-lookup,
-    /// ceiling, sluice.
+    /// ceiling, sluice, sluice-hooks.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "linux,fib-lookup,ceiling,sluice"
+        default_value = "linux,fib-lookup,ceiling,sluice,sluice-hooks"
     )]
     pub forwarders: Vec<Forwarder>,
     /// Routes in the full table: one number for both families, or the IPv4 and the IPv6 size.
@@ -184,11 +184,15 @@ pub enum Forwarder {
     Ceiling,
     /// The Sluice daemon and its dataplane.
     Sluice,
+    /// Sluice with rules in its hook tables (filters on both addresses and a rate rule, none
+    /// matching the traffic): what the tables cost once plugins use them.
+    SluiceHooks,
 }
 
 impl Forwarder {
     /// Every forwarder, in the order of the measurements (and of the report).
-    pub const ALL: [Self; 4] = [Self::Linux, Self::FibLookup, Self::Ceiling, Self::Sluice];
+    pub const ALL: [Self; 5] =
+        [Self::Linux, Self::FibLookup, Self::Ceiling, Self::Sluice, Self::SluiceHooks];
 
     /// The name in the report and the JSON.
     pub const fn name(self) -> &'static str {
@@ -197,6 +201,7 @@ impl Forwarder {
             Self::FibLookup => "fib_lookup",
             Self::Ceiling => "ceiling",
             Self::Sluice => "sluice",
+            Self::SluiceHooks => "sluice_hooks",
         }
     }
 }
@@ -571,6 +576,7 @@ fn run_cell(
     cell.ratios.sluice_linux = ratio(sluice, cell.forwarders.get("linux"));
     cell.ratios.sluice_fib_lookup = ratio(sluice, cell.forwarders.get("fib_lookup"));
     cell.ratios.sluice_ceiling = ratio(sluice, cell.forwarders.get("ceiling"));
+    cell.ratios.hooks_over_empty = ratio(cell.forwarders.get("sluice_hooks"), sluice);
     Ok(cell)
 }
 
@@ -621,6 +627,7 @@ fn measure_forwarder(
             b.warm_up(topo, || Ok("no state: the ceiling redirects every frame".into()))?;
             b.measure(topo, ctx.budget, true)
         })?,
+        Forwarder::SluiceHooks => measure_sluice_hooks(ctx, bench, topo, phase, routes)?,
         Forwarder::Sluice => {
             let (m, daemon, route_add) = measure_sluice(ctx, bench, topo, phase, routes)?;
             // The first round's start and route changes are the ones reported.
@@ -661,6 +668,41 @@ fn measure_sluice(
         .transpose()?;
     daemon.stop()?;
     Ok((m, load, route_add))
+}
+
+/// Like the Sluice measurement, with rules in the hook tables that match none of the traffic:
+/// each packet then goes through the source and destination filter lookups and the rate
+/// limiter's.
+fn measure_sluice_hooks(
+    ctx: &CellContext<'_>,
+    bench: &BenchPrograms,
+    topo: &Topology,
+    phase: Phase,
+    routes: usize,
+) -> anyhow::Result<Measurement> {
+    use crate::hooks::{Action, AyaHookMaps, Direction, HookOp, HookTables};
+    let ready_timeout = DAEMON_READY_TIMEOUT + READY_PER_ROUTE * routes as u32;
+    let mut daemon =
+        Daemon::start(ctx.exe, &topo.router, &[&topo.rtr_in, &topo.rtr_out], ready_timeout)?;
+    daemon.await_table(phase.family, routes, ready_timeout)?;
+    // Documentation prefixes: neither the generator nor the table's destinations use them.
+    let (a, b): (ipnet::IpNet, ipnet::IpNet) = match phase.family {
+        Family::V4 => ("198.51.100.0/24".parse()?, "203.0.113.0/24".parse()?),
+        Family::V6 => ("2001:db8:dead::/48".parse()?, "2001:db8:beef::/48".parse()?),
+    };
+    let mut tables = HookTables::new(AyaHookMaps::open(&PinDir::new(&daemon.pin_dir))?);
+    tables.apply(
+        "bench",
+        &[
+            HookOp::SetFilter { direction: Direction::Src, prefix: a, action: Action::Drop },
+            HookOp::SetFilter { direction: Direction::Dst, prefix: b, action: Action::Drop },
+            HookOp::SetRateLimit { prefix: a, rate_pps: 1, burst: 1 },
+        ],
+    )?;
+    bench.warm_up(topo, || daemon.stats().map(|s| s.to_string())).context("sluice forwarding")?;
+    let m = bench.measure(topo, ctx.budget, true)?;
+    daemon.stop()?;
+    Ok(m)
 }
 
 /// `a.mpps / b.mpps`, when both were measured.
@@ -2198,6 +2240,9 @@ struct Ratios {
     /// Sluice with the full table over Sluice with one route (full-table cells).
     #[serde(skip_serializing_if = "Option::is_none")]
     sluice_full_over_one: Option<f64>,
+    /// Sluice with hook rules over Sluice with empty hook tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hooks_over_empty: Option<f64>,
 }
 
 /// One (family, table) cell.
@@ -2382,6 +2427,17 @@ impl Report {
             format_load(self.load_average.end)
         );
         self.rate_table(&mut out);
+        for c in &self.results {
+            if let (Some(h), Some(r)) =
+                (c.forwarders.get(Forwarder::SluiceHooks.name()), c.ratios.hooks_over_empty)
+            {
+                let _ = writeln!(
+                    out,
+                    "{} {}: Sluice with hook rules (matching none of the traffic) {:.2} Mpps, {r:.2}x Sluice with empty hook tables",
+                    c.family, c.table, h.mpps
+                );
+            }
+        }
         let short: Vec<String> = self
             .results
             .iter()
@@ -2506,6 +2562,7 @@ fn forwarder_colour(f: Forwarder) -> &'static str {
         Forwarder::FibLookup => "#4c78a8",
         Forwarder::Ceiling => "#54a24b",
         Forwarder::Sluice => "#e45756",
+        Forwarder::SluiceHooks => "#f58518",
     }
 }
 
