@@ -2232,7 +2232,6 @@ impl DaemonLoad {
 
 /// Sluice's rate over the others', in one cell.
 #[derive(Debug, Serialize, Default)]
-#[expect(clippy::struct_field_names, reason = "the JSON keys name both sides of each ratio")]
 struct Ratios {
     sluice_linux: Option<f64>,
     sluice_fib_lookup: Option<f64>,
