@@ -1207,17 +1207,22 @@ pub fn run_dir(dir: &std::path::Path, trust: Trust, mut maps: hooks::AyaHookMaps
         }
     };
     let mut manager = Manager::new(host, HookTables::new(maps), None);
-    let mut manifests: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension().is_some_and(|x| x == "json")
-                        && !p.to_string_lossy().ends_with(".config.json")
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut manifests: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p.to_string_lossy().ends_with(".config.json")
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugin directory");
+            Vec::new()
+        }
+    };
+    if manifests.is_empty() {
+        tracing::warn!(dir = %dir.display(), "no plugin manifests (NAME.json) found");
+    }
     manifests.sort();
     for path in manifests {
         let started = (|| -> Result<String, String> {
