@@ -51,10 +51,12 @@ bench-plugins: build plugins
 
 lint:
 	$(CARGO) fmt --all --check
+	cd plugins && $(CARGO) fmt --all --check
 	$(CARGO) clippy --release --locked -p sluice -p sluice-common --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
+	cd plugins && $(CARGO) fmt --all
 
 clean:
 	$(CARGO) clean
