@@ -26,7 +26,7 @@ test: setup
 
 # Unit tests only: no root needed.
 test-unit:
-	$(CARGO) test --release --locked --lib --bins -p sluice -p sluice-common
+	$(CARGO) test --release --locked --lib --bins -p sluice -p sluice-common -p sluice-store
 
 # The example and test plugins, as components for wasm32-wasip2 (plugins/target/wasm32-wasip2/release).
 plugins: setup
@@ -52,7 +52,7 @@ bench-plugins: build plugins
 lint:
 	$(CARGO) fmt --all --check
 	cd plugins && $(CARGO) fmt --all --check
-	$(CARGO) clippy --release --locked -p sluice -p sluice-common --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked -p sluice -p sluice-common -p sluice-store --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

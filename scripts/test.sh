@@ -11,6 +11,6 @@ cargo build --release --locked -p sluice --all-targets
 if [ "$(id -u)" != 0 ]; then
   echo "test: not root: the packet and namespace tiers will report themselves as not run" >&2
 fi
-cargo nextest run --release --locked -p sluice -p sluice-common --no-fail-fast \
+cargo nextest run --release --locked -p sluice -p sluice-common -p sluice-store --no-fail-fast \
   --test-threads "${SLUICE_TEST_THREADS:-2}" "$@"
 echo "test: all tiers done in $(( $(date +%s) - start )) s"

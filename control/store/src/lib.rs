@@ -1,0 +1,571 @@
+//! Sluice's configuration store: the configuration as numbered revisions in sled.
+//!
+//! - A change is staged as the candidate, shown as a diff against the running revision, then
+//!   committed as a new revision with who, when, from where and why.
+//! - Commit-confirm: a commit that is not confirmed before its deadline is rolled back. The
+//!   deadline is stored with the revision, so a daemon restarted (or a router rebooted) after it
+//!   passed still rolls back ([`Store::rollback_expired`]).
+//! - Rollback to any revision is a new revision with that revision's configuration; history is
+//!   never rewritten.
+//! - Export and import of the whole configuration as pretty JSON.
+//! - Nothing is acknowledged before it is on disk: every change is one sled transaction,
+//!   flushed before the call returns.
+//! - The store's schema is versioned; [`Store::open`] migrates older stores.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+/// The schema this version writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const SCHEMA: &[u8] = b"meta/schema";
+const RUNNING: &[u8] = b"meta/running";
+const NEXT: &[u8] = b"meta/next";
+const PENDING: &[u8] = b"meta/pending";
+const CANDIDATE: &[u8] = b"candidate";
+const REV: &str = "rev/";
+
+/// XDP attach mode of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native, falling back to generic.
+    #[default]
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic only.
+    Generic,
+}
+
+/// An interface the router serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// XDP attach mode.
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// Addresses with their prefix length.
+    #[serde(default)]
+    pub addresses: Vec<IpNet>,
+    /// MTU, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Administratively up.
+    #[serde(default = "yes")]
+    pub up: bool,
+}
+
+const fn yes() -> bool {
+    true
+}
+
+/// A static route.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    /// Destination (host bits zero).
+    pub prefix: IpNet,
+    /// Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<IpAddr>,
+    /// Output interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    /// Metric.
+    #[serde(default)]
+    pub metric: u32,
+}
+
+/// A plugin the router runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// SHA-256 of its component (the component is stored by this hash).
+    pub wasm_sha256: String,
+    /// Its configuration.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// Running or not.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Interfaces by name.
+    #[serde(default)]
+    pub interfaces: BTreeMap<String, Interface>,
+    /// Static routes.
+    #[serde(default)]
+    pub routes: Vec<StaticRoute>,
+    /// Plugins by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Plugin>,
+}
+
+/// A field of a configuration that is wrong, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Path of the field (`routes[2].prefix`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Whether the kernel takes `name` as an interface name.
+pub fn interface_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.len() > 15 {
+        Some("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("\".\" and \"..\" are not interface names")
+    } else if name.contains(['/', ':']) || name.chars().any(char::is_whitespace) {
+        Some("contains '/', ':' or white space")
+    } else {
+        None
+    }
+}
+
+impl Config {
+    /// Every problem of the configuration, by field.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut err = |field: String, message: String| errors.push(FieldError { field, message });
+        for (name, i) in &self.interfaces {
+            if let Some(m) = interface_name_problem(name) {
+                err(format!("interfaces.{name}"), format!("interface name: {m}"));
+            }
+            for (k, a) in i.addresses.iter().enumerate() {
+                if a.addr() == a.network() && a.prefix_len() < a.max_prefix_len() {
+                    err(
+                        format!("interfaces.{name}.addresses[{k}]"),
+                        format!("{a} is the network address, not an address of the router"),
+                    );
+                }
+            }
+            if let Some(mtu) = i.mtu
+                && !(68..=65_535).contains(&mtu)
+            {
+                err(format!("interfaces.{name}.mtu"), format!("{mtu} is outside 68 to 65535"));
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for (k, r) in self.routes.iter().enumerate() {
+            if r.prefix.trunc() != r.prefix {
+                err(
+                    format!("routes[{k}].prefix"),
+                    format!("{} has host bits set (did you mean {}?)", r.prefix, r.prefix.trunc()),
+                );
+            }
+            if r.via.is_none() && r.dev.is_none() {
+                err(format!("routes[{k}]"), "a route needs `via`, `dev` or both".into());
+            }
+            if let Some(via) = r.via
+                && via.is_ipv4() != r.prefix.addr().is_ipv4()
+            {
+                err(format!("routes[{k}].via"), format!("{via} is not of the prefix's family"));
+            }
+            if let Some(dev) = &r.dev
+                && let Some(m) = interface_name_problem(dev)
+            {
+                err(format!("routes[{k}].dev"), format!("interface name: {m}"));
+            }
+            if let Some(first) = seen.insert((r.prefix, r.metric), k) {
+                err(
+                    format!("routes[{k}].prefix"),
+                    format!("{} metric {} is already routes[{first}]", r.prefix, r.metric),
+                );
+            }
+        }
+        for (name, p) in &self.plugins {
+            if p.wasm_sha256.len() != 64 || !p.wasm_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                err(format!("plugins.{name}.wasm_sha256"), "64 hexadecimal digits".into());
+            }
+        }
+        errors
+    }
+}
+
+/// One difference between two configurations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// `added`, `removed` or `changed`.
+    pub kind: &'static str,
+    /// What (`interfaces.eth1`, `routes 10.0.0.0/8 metric 0`, `plugins.acl`).
+    pub item: String,
+    /// Before, as JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    /// After, as JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+}
+
+fn diff_maps<T: Serialize + PartialEq>(
+    out: &mut Vec<Change>,
+    what: &str,
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+) {
+    let json = |v: &T| serde_json::to_value(v).ok();
+    for (k, v) in old {
+        match new.get(k) {
+            None => out.push(Change {
+                kind: "removed",
+                item: format!("{what}.{k}"),
+                before: json(v),
+                after: None,
+            }),
+            Some(n) if n != v => out.push(Change {
+                kind: "changed",
+                item: format!("{what}.{k}"),
+                before: json(v),
+                after: json(n),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (k, v) in new {
+        if !old.contains_key(k) {
+            out.push(Change {
+                kind: "added",
+                item: format!("{what}.{k}"),
+                before: None,
+                after: json(v),
+            });
+        }
+    }
+}
+
+/// What changes from `old` to `new`, item by item.
+pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
+    let mut out = Vec::new();
+    diff_maps(&mut out, "interfaces", &old.interfaces, &new.interfaces);
+    let routes = |c: &Config| -> BTreeMap<String, StaticRoute> {
+        c.routes.iter().map(|r| (format!("{} metric {}", r.prefix, r.metric), r.clone())).collect()
+    };
+    diff_maps(&mut out, "routes", &routes(old), &routes(new));
+    diff_maps(&mut out, "plugins", &old.plugins, &new.plugins);
+    out
+}
+
+/// Who made a change, from where, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Author {
+    /// User name (or token name).
+    pub who: String,
+    /// Remote address, or `console`, `cli`.
+    pub from: String,
+    /// Commit message.
+    pub message: String,
+}
+
+/// A committed revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    /// Number, from 1.
+    pub id: u64,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Who, from where, why.
+    pub author: Author,
+    /// The configuration.
+    pub config: Config,
+}
+
+/// A commit waiting for its confirmation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The revision to confirm.
+    pub revision: u64,
+    /// The revision it rolls back to.
+    pub previous: Option<u64>,
+    /// Deadline, ms since the Unix epoch.
+    pub deadline_ms: u64,
+}
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("the store's database")]
+    Db(#[from] sled::Error),
+    /// A stored record does not decode.
+    #[error("a stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// The configuration is invalid; nothing was written.
+    #[error("{} invalid field(s): {}", .0.len(), .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    /// A text to import is not a configuration.
+    #[error("not a configuration: {0}")]
+    Parse(String),
+    /// No such revision.
+    #[error("no revision {0}")]
+    NoRevision(u64),
+    /// The store was written by a newer version.
+    #[error("the store has schema {found}; this version reads up to {SCHEMA_VERSION}")]
+    TooNew {
+        /// Found.
+        found: u32,
+    },
+    /// A commit is waiting for its confirmation.
+    #[error("revision {0} waits for its confirmation; confirm it or let it roll back first")]
+    PendingConfirm(u64),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn rev_key(id: u64) -> Vec<u8> {
+    let mut k = REV.as_bytes().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("the store's records serialise")
+}
+
+fn u64_of(bytes: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| StoreError::Corrupt("counter".into()))?))
+}
+
+/// The configuration store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, migrating an older schema.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir)?;
+        let tree = db.open_tree("config")?;
+        let store = Self { db, tree };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Brings the schema to [`SCHEMA_VERSION`]: version 0 is a store made before versions were
+    /// recorded, whose records are those of version 1.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let found = match self.tree.get(SCHEMA)? {
+            Some(v) => u32::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| StoreError::Corrupt("schema".into()))?,
+            ),
+            None => 0,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found });
+        }
+        if found < SCHEMA_VERSION {
+            // 0 -> 1: nothing to convert, only the version to record.
+            self.tree.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The schema version on disk.
+    pub fn schema(&self) -> Result<u32, StoreError> {
+        let v = self.tree.get(SCHEMA)?.ok_or_else(|| StoreError::Corrupt("no schema".into()))?;
+        Ok(u32::from_be_bytes(
+            v.as_ref().try_into().map_err(|_| StoreError::Corrupt("schema".into()))?,
+        ))
+    }
+
+    /// The running revision, if any was committed.
+    pub fn running(&self) -> Result<Option<Revision>, StoreError> {
+        let Some(id) = self.tree.get(RUNNING)? else { return Ok(None) };
+        self.revision(u64_of(&id)?).map(Some)
+    }
+
+    /// The running configuration (empty before the first commit).
+    pub fn config(&self) -> Result<Config, StoreError> {
+        Ok(self.running()?.map(|r| r.config).unwrap_or_default())
+    }
+
+    /// A revision.
+    pub fn revision(&self, id: u64) -> Result<Revision, StoreError> {
+        let bytes = self.tree.get(rev_key(id))?.ok_or(StoreError::NoRevision(id))?;
+        decode(&bytes)
+    }
+
+    /// The candidate: what is staged, or the running configuration.
+    pub fn candidate(&self) -> Result<Config, StoreError> {
+        match self.tree.get(CANDIDATE)? {
+            Some(bytes) => decode(&bytes),
+            None => self.config(),
+        }
+    }
+
+    /// Stages a candidate (validated; an invalid one is refused and nothing changes).
+    pub fn stage(&self, candidate: &Config) -> Result<(), StoreError> {
+        let errors = candidate.validate();
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        self.tree.insert(CANDIDATE, encode(candidate))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Drops the candidate.
+    pub fn discard(&self) -> Result<(), StoreError> {
+        self.tree.remove(CANDIDATE)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The candidate's differences from the running configuration.
+    pub fn diff(&self) -> Result<Vec<Change>, StoreError> {
+        Ok(diff(&self.config()?, &self.candidate()?))
+    }
+
+    /// Commits the candidate as a new running revision.
+    pub fn commit(&self, author: &Author) -> Result<Revision, StoreError> {
+        self.commit_config(&self.candidate()?, author, None)
+    }
+
+    /// Commits the candidate; unless [`Store::confirm`] is called within `timeout`,
+    /// [`Store::rollback_expired`] returns to the revision running before.
+    pub fn commit_confirmed(
+        &self,
+        author: &Author,
+        timeout: Duration,
+    ) -> Result<Revision, StoreError> {
+        self.commit_config(&self.candidate()?, author, Some(timeout))
+    }
+
+    /// Makes `config` the running configuration as a new revision, in one flushed transaction.
+    fn commit_config(
+        &self,
+        config: &Config,
+        author: &Author,
+        confirm_within: Option<Duration>,
+    ) -> Result<Revision, StoreError> {
+        let errors = config.validate();
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        if let Some(p) = self.pending_confirm()? {
+            return Err(StoreError::PendingConfirm(p.revision));
+        }
+        let at_ms = now_ms();
+        let result = self.tree.transaction(|t| {
+            let id = match t.get(NEXT)? {
+                Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    ConflictableTransactionError::Abort(StoreError::Corrupt("counter".into()))
+                })?),
+                None => 1,
+            };
+            let previous = match t.get(RUNNING)? {
+                Some(v) => Some(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    ConflictableTransactionError::Abort(StoreError::Corrupt("running".into()))
+                })?)),
+                None => None,
+            };
+            let rev = Revision { id, at_ms, author: author.clone(), config: config.clone() };
+            t.insert(rev_key(id), encode(&rev))?;
+            t.insert(NEXT, &(id + 1).to_be_bytes())?;
+            t.insert(RUNNING, &id.to_be_bytes())?;
+            t.remove(CANDIDATE)?;
+            if let Some(timeout) = confirm_within {
+                let pending = Pending {
+                    revision: id,
+                    previous,
+                    deadline_ms: at_ms + timeout.as_millis() as u64,
+                };
+                t.insert(PENDING, encode(&pending))?;
+            }
+            Ok(rev)
+        });
+        let rev = result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Db(e),
+        })?;
+        self.db.flush()?;
+        Ok(rev)
+    }
+
+    /// The commit waiting for its confirmation, if any.
+    pub fn pending_confirm(&self) -> Result<Option<Pending>, StoreError> {
+        self.tree.get(PENDING)?.map(|b| decode(&b)).transpose()
+    }
+
+    /// Confirms the pending commit; `false` when there was none.
+    pub fn confirm(&self) -> Result<bool, StoreError> {
+        let had = self.tree.remove(PENDING)?.is_some();
+        self.db.flush()?;
+        Ok(had)
+    }
+
+    /// When the pending commit's deadline has passed (at `now`), rolls back to the revision
+    /// before it, as a new revision; returns it. Call at start and periodically.
+    pub fn rollback_expired(&self, now: SystemTime) -> Result<Option<Revision>, StoreError> {
+        let Some(p) = self.pending_confirm()? else { return Ok(None) };
+        let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        if now_ms < p.deadline_ms {
+            return Ok(None);
+        }
+        let config = match p.previous {
+            Some(id) => self.revision(id)?.config,
+            None => Config::default(),
+        };
+        self.tree.remove(PENDING)?;
+        let author = Author {
+            who: "sluice".into(),
+            from: "commit-confirm".into(),
+            message: format!("revision {} was not confirmed in time", p.revision),
+        };
+        self.commit_config(&config, &author, None).map(Some)
+    }
+
+    /// Makes revision `id`'s configuration running again, as a new revision.
+    pub fn rollback_to(&self, id: u64, author: &Author) -> Result<Revision, StoreError> {
+        let config = self.revision(id)?.config;
+        self.commit_config(&config, author, None)
+    }
+
+    /// Every revision, oldest first, without their configurations.
+    pub fn history(&self) -> Result<Vec<(u64, u64, Author)>, StoreError> {
+        self.tree
+            .scan_prefix(REV.as_bytes())
+            .map(|kv| {
+                let (_, v) = kv?;
+                let r: Revision = decode(&v)?;
+                Ok((r.id, r.at_ms, r.author))
+            })
+            .collect()
+    }
+
+    /// The running configuration as readable JSON (a backup).
+    pub fn export(&self) -> Result<String, StoreError> {
+        Ok(serde_json::to_string_pretty(&self.config()?).expect("a configuration serialises"))
+    }
+
+    /// Restores a configuration exported before: validated whole, committed as a new revision.
+    pub fn import(&self, text: &str, author: &Author) -> Result<Revision, StoreError> {
+        let config: Config =
+            serde_json::from_str(text).map_err(|e| StoreError::Parse(e.to_string()))?;
+        self.commit_config(&config, author, None)
+    }
+}
