@@ -1,0 +1,100 @@
+//! Static routes of the configuration reach the kernel (`sluice::apply`), marked with Sluice's
+//! protocol number, and reconciling removes only Sluice's own routes. In a network namespace of
+//! the test's own; needs root like the other namespace tests.
+
+#[allow(dead_code, reason = "shared by the namespace test crates, which use different parts")]
+mod common;
+
+use sluice::{
+    apply::{RTPROT_SLUICE, apply_routes},
+    netns::{self, NetNs},
+};
+use sluice_store::StaticRoute;
+
+fn route(prefix: &str, via: Option<&str>, dev: Option<&str>, metric: u32) -> StaticRoute {
+    StaticRoute {
+        prefix: prefix.parse().expect("prefix"),
+        via: via.map(|v| v.parse().expect("address")),
+        dev: dev.map(str::to_owned),
+        metric,
+    }
+}
+
+/// Applies `routes` from inside `ns` (netlink sockets belong to the namespace that opens them).
+fn apply(ns: &NetNs, routes: &[StaticRoute]) -> sluice::apply::Applied {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter().expect("enter the namespace");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (conn, handle, _) = rtnetlink::new_connection().expect("rtnetlink");
+                tokio::spawn(conn);
+                apply_routes(&handle, routes).await.expect("applied")
+            })
+        })
+        .join()
+        .expect("the applying thread")
+    })
+}
+
+fn ours(ns: &NetNs, family: &str) -> String {
+    ns.ip(&[family, "route", "show", "proto", &RTPROT_SLUICE.to_string()]).expect("ip route")
+}
+
+#[test]
+fn static_routes_reach_the_kernel_and_only_sluice_routes_are_reconciled() {
+    if !common::privileged() {
+        return;
+    }
+    let ns = NetNs::create(&netns::unique_name("sla")).expect("namespace");
+    for cmd in [
+        "link add name va type veth peer name vb",
+        "link set va up",
+        "link set vb up",
+        "addr add 192.0.2.1/24 dev va",
+        "addr add 2001:db8:a::1/64 dev va nodad",
+        // Someone else's route, which Sluice must leave alone.
+        "route add 10.99.0.0/16 via 192.0.2.200 proto static",
+    ] {
+        ns.ip(&cmd.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
+    }
+    let first = [
+        route("10.77.0.0/16", Some("192.0.2.254"), None, 0),
+        route("2001:db8:77::/48", Some("2001:db8:a::fe"), None, 0),
+    ];
+    let done = apply(&ns, &first);
+    assert_eq!(done.set.len(), 2);
+    assert!(ours(&ns, "-4").contains("10.77.0.0/16 via 192.0.2.254"), "{}", ours(&ns, "-4"));
+    assert!(ours(&ns, "-6").contains("2001:db8:77::/48 via 2001:db8:a::fe"), "{}", ours(&ns, "-6"));
+
+    // Applying again changes nothing; a new set replaces the old one.
+    assert!(apply(&ns, &first).removed.is_empty());
+    let second = [route("10.78.0.0/16", None, Some("va"), 5)];
+    let done = apply(&ns, &second);
+    assert_eq!(done.removed.len(), 2, "{done:?}");
+    let v4 = ours(&ns, "-4");
+    assert!(v4.contains("10.78.0.0/16 dev va") && v4.contains("metric 5"), "{v4}");
+    assert!(!v4.contains("10.77.0.0/16") && ours(&ns, "-6").trim().is_empty(), "{v4}");
+
+    apply(&ns, &[]);
+    assert!(ours(&ns, "-4").trim().is_empty());
+    let all = ns.ip(&["-4", "route", "show"]).expect("ip route");
+    assert!(all.contains("10.99.0.0/16 via 192.0.2.200"), "others' routes stay: {all}");
+
+    // A route through an interface that does not exist is refused, naming it.
+    let err = std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter().expect("enter");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (conn, handle, _) = rtnetlink::new_connection().expect("rtnetlink");
+                tokio::spawn(conn);
+                apply_routes(&handle, &[route("10.79.0.0/16", None, Some("nope0"), 0)]).await
+            })
+        })
+        .join()
+        .expect("thread")
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("no interface named \"nope0\""), "{err}");
+}
