@@ -29,14 +29,20 @@ impl Drop for PluginDir {
     }
 }
 
-fn ddos_guard_dir() -> PluginDir {
+/// A new plugin directory, and the component `name` that `make plugins` built.
+fn plugin_dir(name: &str) -> (PluginDir, Vec<u8>) {
     let wasm_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip2/release/ddos_guard.wasm");
+        .join(format!("../plugins/target/wasm32-wasip2/release/{name}.wasm"));
     let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
         panic!("{}: {e}; build the plugins first with `make plugins`", wasm_path.display())
     });
     let dir = PluginDir(std::env::temp_dir().join(netns::unique_name("sluice-plugins-")));
     std::fs::create_dir_all(&dir.0).expect("plugin directory");
+    (dir, wasm)
+}
+
+fn ddos_guard_dir() -> PluginDir {
+    let (dir, wasm) = plugin_dir("ddos_guard");
     // Signed by a publisher the daemon is told to trust.
     let mut manifest: Manifest = serde_json::from_value(serde_json::json!({
         "name": "ddos-guard",
@@ -110,13 +116,7 @@ fn ddos_guard_blocks_a_flooding_client_while_another_keeps_going_then_lifts_the_
 
 /// A directory with the hostile test plugin, unsigned, echoing the events it gets.
 fn echo_dir() -> PluginDir {
-    let wasm_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip2/release/hostile.wasm");
-    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
-        panic!("{}: {e}; build the plugins first with `make plugins`", wasm_path.display())
-    });
-    let dir = PluginDir(std::env::temp_dir().join(netns::unique_name("sluice-plugins-")));
-    std::fs::create_dir_all(&dir.0).expect("plugin directory");
+    let (dir, wasm) = plugin_dir("hostile");
     let manifest = serde_json::json!({
         "name": "echo",
         "version": "0.1.0",
