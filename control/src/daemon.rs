@@ -45,6 +45,51 @@ pub struct Options {
     pub plugins: Option<std::path::PathBuf>,
     /// The plugin publishers trusted, and whether unsigned plugins may run.
     pub trust: crate::plugins::Trust,
+    /// Where the configuration store lives (`DIR/db`); none: no stored configuration.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// The configuration store and the netlink handle its static routes are applied with.
+struct Config {
+    store: sluice_store::Store,
+    handle: rtnetlink::Handle,
+}
+
+impl Config {
+    fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let store = sluice_store::Store::open(&dir.join("db"))
+            .with_context(|| format!("opening the configuration store in {}", dir.display()))?;
+        let (conn, handle, _) = rtnetlink::new_connection().context("rtnetlink")?;
+        tokio::spawn(conn);
+        Ok(Self { store, handle })
+    }
+
+    /// Rolls back an unconfirmed commit whose deadline passed, and applies the running
+    /// configuration's static routes to the kernel (at start, and after a rollback).
+    async fn reconcile(&self, always: bool) {
+        let rolled = match self.store.rollback_expired(std::time::SystemTime::now()) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %error_chain(&e), "checking the pending confirmation failed");
+                None
+            }
+        };
+        if let Some(r) = &rolled {
+            warn!(revision = r.id, "an unconfirmed commit was rolled back");
+        }
+        if !always && rolled.is_none() {
+            return;
+        }
+        match self.store.config() {
+            Ok(c) => match crate::apply::apply_routes(&self.handle, &c.routes).await {
+                Ok(a) => {
+                    info!(set = a.set.len(), removed = a.removed.len(), "static routes applied");
+                }
+                Err(e) => error!(error = %error_chain(&e), "applying the static routes failed"),
+            },
+            Err(e) => error!(error = %error_chain(&e), "reading the configuration failed"),
+        }
+    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -78,6 +123,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     let ring =
         dp.take_neigh_requests().map(register).transpose().context("neighbour ring buffer")?;
+    let config = opts.state_dir.as_deref().map(Config::open).transpose()?;
+    if let Some(c) = &config {
+        c.reconcile(true).await;
+    }
     let mut state = State {
         dp,
         compiler,
@@ -137,6 +186,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut dirty_since: Option<Instant> = None;
     let mut sweep = tokio::time::interval(NEIGH_RETRY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut confirm_check = tokio::time::interval(Duration::from_secs(1));
+    confirm_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Checked against the clock here too: while events keep coming (a table loading), this
         // task never waits, so the runtime's timers do not advance and a sleep would not end.
@@ -181,6 +232,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = sweep.tick() => {
                 let all = state.all_neighbours();
                 state.ensure_managed(&mut mirror, all).await;
+            }
+            _ = confirm_check.tick(), if config.is_some() => {
+                if let Some(c) = &config {
+                    c.reconcile(false).await;
+                }
             }
         }
     }

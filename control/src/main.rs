@@ -49,6 +49,10 @@ enum Command {
         /// Run unsigned plugins too.
         #[arg(long)]
         allow_unsigned_plugins: bool,
+        /// Where the configuration store lives; its static routes are applied to the kernel at
+        /// start, and an unconfirmed commit is rolled back when its deadline passes.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Show the dataplane's counters per interface and reason.
     Stats {
@@ -87,6 +91,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The configuration store, used directly: only while no daemon holds it (the daemon's API
+    /// is the way while it runs). For backups, restores and first-boot provisioning.
+    Config {
+        /// The state directory (the store is `DIR/db`).
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/sluice")]
+        state_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Plugins.
     Plugin {
         #[command(subcommand)]
@@ -97,6 +110,22 @@ enum Command {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Print the running configuration (JSON), for a backup.
+    Export,
+    /// Validate a configuration file (JSON, as exported) and commit it as a new revision.
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// Commit message.
+        #[arg(long, short, default_value = "imported")]
+        message: String,
+    },
+    /// List the revisions.
+    History,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             plugins,
             trusted_keys,
             allow_unsigned_plugins,
+            state_dir,
         } => {
             let keys: Vec<String> = match &trusted_keys {
                 Some(p) => std::fs::read_to_string(p)
@@ -204,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 netlink_recv_buffer,
                 plugins,
                 trust,
+                state_dir,
             }))
         }
         Command::Stats { json, watch } => stats(&pin, json, watch),
@@ -217,6 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Hooks { json } => hooks(&pin, json),
+        Command::Config { state_dir, cmd } => config(&state_dir, cmd),
         Command::Detach => {
             let links = dataplane::detach_all(&pin)?;
             if links.is_empty() {
@@ -407,5 +439,28 @@ fn hooks(pin: &PinDir, json: bool) -> anyhow::Result<()> {
     }
     let sampling = if every == 0 { "off".to_owned() } else { format!("1 in {every}") };
     println!("{} rules; sampling {sampling}", rules.len());
+    Ok(())
+}
+
+fn config(state_dir: &std::path::Path, cmd: ConfigCmd) -> anyhow::Result<()> {
+    let store = sluice_store::Store::open(&state_dir.join("db")).with_context(|| {
+        format!("opening the store in {} (is a daemon using it?)", state_dir.display())
+    })?;
+    match cmd {
+        ConfigCmd::Export => println!("{}", store.export()?),
+        ConfigCmd::Import { file, message } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let r =
+                store.import(&text, &sluice_store::Author { who, from: "cli".into(), message })?;
+            println!("revision {} committed", r.id);
+        }
+        ConfigCmd::History => {
+            for (id, at_ms, a) in store.history()? {
+                println!("{id:>5}  {at_ms}  {}@{}  {}", a.who, a.from, a.message);
+            }
+        }
+    }
     Ok(())
 }

@@ -98,3 +98,40 @@ fn static_routes_reach_the_kernel_and_only_sluice_routes_are_reconciled() {
     .unwrap_err();
     assert!(err.to_string().contains("no interface named \"nope0\""), "{err}");
 }
+
+/// A directory removed on drop.
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_daemon_applies_the_stored_static_routes_and_the_dataplane_carries_them() {
+    if !common::privileged() {
+        return;
+    }
+    let state = std::env::temp_dir().join(netns::unique_name("sluice-state-"));
+    let _cleanup = Remove(state.clone());
+    let server = sluice::lab::Subnet(3).host_v4();
+    {
+        let store = sluice_store::Store::open(&state.join("db")).expect("store");
+        let mut config = sluice_store::Config::default();
+        config.routes.push(route("10.88.0.0/16", Some(&server), None, 0));
+        store.stage(&config).expect("valid");
+        let author = sluice_store::Author {
+            who: "test".into(),
+            from: "cli".into(),
+            message: "stored".into(),
+        };
+        store.commit(&author).expect("committed");
+    } // closed: the daemon opens it.
+    let mut t = common::Topology::new(&[("c1", 1), ("srv", 3)]);
+    t.start_daemon_with(&["--state-dir", state.to_str().expect("UTF-8 path")]);
+    common::wait_until("the stored route in the kernel", common::SETTLE, || {
+        ours(&t.router, "-4").contains("10.88.0.0/16").then_some(())
+    });
+    t.wait_route("10.88.0.0/16", "the stored route in the dataplane", |r| r.is_some());
+}
