@@ -85,6 +85,7 @@ use self::table::{Family, NextHops, RTPROT_BGP, RouteOp, Table};
 use crate::{
     dataplane::PinDir,
     netns::{self, NetNs},
+    plugins::hex,
     table,
 };
 
@@ -627,9 +628,9 @@ fn measure_forwarder(
             b.warm_up(topo, || Ok("no state: the ceiling redirects every frame".into()))?;
             b.measure(topo, ctx.budget, true)
         })?,
-        Forwarder::SluiceHooks => measure_sluice_hooks(ctx, bench, topo, phase, routes)?,
+        Forwarder::SluiceHooks => measure_sluice(ctx, bench, topo, phase, routes, true)?.0,
         Forwarder::Sluice => {
-            let (m, daemon, route_add) = measure_sluice(ctx, bench, topo, phase, routes)?;
+            let (m, daemon, route_add) = measure_sluice(ctx, bench, topo, phase, routes, false)?;
             // The first round's start and route changes are the ones reported.
             cell.daemon.get_or_insert(daemon);
             if route_add.is_some() {
@@ -648,12 +649,16 @@ fn measure_sluice(
     topo: &Topology,
     phase: Phase,
     routes: usize,
+    with_hooks: bool,
 ) -> anyhow::Result<(Measurement, DaemonLoad, Option<RouteLatency>)> {
     let ready_timeout = DAEMON_READY_TIMEOUT + READY_PER_ROUTE * routes as u32;
     let mut daemon =
         Daemon::start(ctx.exe, &topo.router, &[&topo.rtr_in, &topo.rtr_out], ready_timeout)?;
     let load = daemon.await_table(phase.family, routes, ready_timeout)?;
     eprintln!("    {:<10} {}", "daemon", load.describe());
+    if with_hooks {
+        install_idle_hook_rules(&daemon, phase.family)?;
+    }
     bench.warm_up(topo, || daemon.stats().map(|s| s.to_string())).context("sluice forwarding")?;
     let before = daemon.stats()?;
     let mut m = bench.measure(topo, ctx.budget, true)?;
@@ -663,30 +668,19 @@ fn measure_sluice(
     m.xdp_forwarded = forwarded(&after).zip(forwarded(&before)).map(|(a, b)| a.saturating_sub(b));
     m.xdp_mode = iface_field(&after, &topo.rtr_in, &["xdp_mode"])
         .and_then(|v| v.as_str().map(str::to_owned));
-    let route_add = (ctx.trials > 0)
+    let route_add = (ctx.trials > 0 && !with_hooks)
         .then(|| route_add_latency(&daemon, topo, phase, ctx.trials))
         .transpose()?;
     daemon.stop()?;
     Ok((m, load, route_add))
 }
 
-/// Like the Sluice measurement, with rules in the hook tables that match none of the traffic:
-/// each packet then goes through the source and destination filter lookups and the rate
-/// limiter's.
-fn measure_sluice_hooks(
-    ctx: &CellContext<'_>,
-    bench: &BenchPrograms,
-    topo: &Topology,
-    phase: Phase,
-    routes: usize,
-) -> anyhow::Result<Measurement> {
+/// Puts rules in the daemon's hook tables that match none of the traffic: each packet then goes
+/// through the source and destination filter lookups and the rate limiter's.
+fn install_idle_hook_rules(daemon: &Daemon<'_>, family: Family) -> anyhow::Result<()> {
     use crate::hooks::{Action, AyaHookMaps, Direction, HookOp, HookTables};
-    let ready_timeout = DAEMON_READY_TIMEOUT + READY_PER_ROUTE * routes as u32;
-    let mut daemon =
-        Daemon::start(ctx.exe, &topo.router, &[&topo.rtr_in, &topo.rtr_out], ready_timeout)?;
-    daemon.await_table(phase.family, routes, ready_timeout)?;
     // Documentation prefixes: neither the generator nor the table's destinations use them.
-    let (a, b): (ipnet::IpNet, ipnet::IpNet) = match phase.family {
+    let (a, b): (ipnet::IpNet, ipnet::IpNet) = match family {
         Family::V4 => ("198.51.100.0/24".parse()?, "203.0.113.0/24".parse()?),
         Family::V6 => ("2001:db8:dead::/48".parse()?, "2001:db8:beef::/48".parse()?),
     };
@@ -699,10 +693,7 @@ fn measure_sluice_hooks(
             HookOp::SetRateLimit { prefix: a, rate_pps: 1, burst: 1 },
         ],
     )?;
-    bench.warm_up(topo, || daemon.stats().map(|s| s.to_string())).context("sluice forwarding")?;
-    let m = bench.measure(topo, ctx.budget, true)?;
-    daemon.stop()?;
-    Ok(m)
+    Ok(())
 }
 
 /// `a.mpps / b.mpps`, when both were measured.
@@ -2888,13 +2879,6 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 fn format_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The entry of `sluice stats --json` for interface `name`.

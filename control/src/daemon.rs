@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use sluice_common::{FAMILY_V4, IfaceKey, XdpAttachMode};
+use sluice_common::{IfaceKey, XdpAttachMode};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{debug, error, info, warn};
 
@@ -25,6 +25,9 @@ use crate::{
 const SETTLE: Duration = Duration::from_millis(2);
 /// Events taken at most before a recompile: bounds the dataplane's lag while a table loads.
 const DRAIN_MAX: usize = 8192;
+/// A recompile at least this large is logged with its timings and followed by returning freed
+/// heap to the kernel.
+const LARGE_BATCH: usize = 10_000;
 /// How often a neighbour the daemon asked the kernel to manage may be asked for again.
 const NEIGH_RETRY: Duration = Duration::from_secs(5);
 
@@ -273,7 +276,7 @@ impl State {
         }
         let compiled = started.elapsed();
         let failures = self.dp.apply(&ops, Some(&self.fib));
-        if ops.len() > 10_000 {
+        if ops.len() > LARGE_BATCH {
             let forwarding = self.dp.forwarding_written().map(|t| t.duration_since(started));
             info!(
                 changes = ops.len(),
@@ -316,7 +319,7 @@ impl State {
                 _ => None,
             })
             .collect();
-        if ops.len() > 10_000 {
+        if ops.len() > LARGE_BATCH {
             drop(ops);
             crate::heap::release_free_memory();
         }
@@ -429,16 +432,13 @@ fn parse_request(b: &[u8]) -> Option<(u32, IpAddr)> {
     }
     let ifindex = u32::from_ne_bytes(b[0..4].try_into().ok()?);
     let addr: [u8; 16] = b[8..24].try_into().ok()?;
-    let ip = if b[4] == FAMILY_V4 {
-        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
-    } else {
-        IpAddr::from(addr)
-    };
-    Some((ifindex, ip))
+    Some((ifindex, sluice_common::addr_of(b[4], &addr)))
 }
 
 #[cfg(test)]
 mod tests {
+    use sluice_common::FAMILY_V4;
+
     use super::*;
 
     #[test]

@@ -506,7 +506,7 @@ fn check_pinned_layout(pin: &PinDir) -> Result<()> {
 
 const READ_ONLY: &str = "maps opened read-only";
 
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+pub(crate) fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

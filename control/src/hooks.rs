@@ -12,11 +12,7 @@
 //! Map access sits behind [`HookMaps`], so all of this is tested without root; [`AyaHookMaps`]
 //! is the real one.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use aya::{
     Ebpf,
@@ -25,7 +21,7 @@ use aya::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sluice_common::{
-    Counter,
+    Counter, addr_of,
     hooks::{FilterAction, FilterRule, HookConfig, MAX_RULE_IDS, RateRule, Sample},
     names,
 };
@@ -65,6 +61,15 @@ impl Action {
             Self::Drop => FilterAction::Drop,
             Self::Pass => FilterAction::Pass,
             Self::Count => FilterAction::Count,
+        }
+    }
+
+    /// The action of a rule read back from a map (the writer never stores another code).
+    fn from_code(code: u32) -> Self {
+        match FilterAction::from_u32(code) {
+            Some(FilterAction::Pass) => Self::Pass,
+            Some(FilterAction::Count) => Self::Count,
+            _ => Self::Drop,
         }
     }
 }
@@ -226,11 +231,6 @@ impl<M: HookMaps> HookTables<M> {
             next_rule: 1,
             free_rules: Vec::new(),
         }
-    }
-
-    /// The maps, for reading samples and counters beside the writer.
-    pub fn maps(&self) -> &M {
-        &self.maps
     }
 
     /// Validates `ops` as one batch of `owner`'s, then applies all of them or none.
@@ -570,6 +570,8 @@ fn prefix_problem(prefix: IpNet) -> Option<String> {
     None
 }
 
+use crate::dataplane::ignore_missing;
+
 /// The hook maps of a loaded or pinned dataplane.
 pub struct AyaHookMaps {
     filter_src_v4: LpmTrie<MapData, [u8; 4], FilterRule>,
@@ -590,14 +592,6 @@ impl fmt::Debug for AyaHookMaps {
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> HookError {
     move |source| HookError::Map { map, source }
-}
-
-fn missing_ok(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other,
-    }
 }
 
 impl AyaHookMaps {
@@ -662,7 +656,7 @@ impl AyaHookMaps {
         ) -> Result<(), HookError> {
             let keys: Vec<Key<K>> = map.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
             for k in keys {
-                missing_ok(map.remove(&k)).map_err(map_err(name))?;
+                ignore_missing(map.remove(&k)).map_err(map_err(name))?;
             }
             Ok(())
         }
@@ -719,11 +713,11 @@ impl HookMaps for AyaHookMaps {
         match prefix {
             IpNet::V4(p) => {
                 let (map, name) = self.filter_v4(dir);
-                missing_ok(map.remove(&v4_key(p))).map_err(map_err(name))
+                ignore_missing(map.remove(&v4_key(p))).map_err(map_err(name))
             }
             IpNet::V6(p) => {
                 let (map, name) = self.filter_v6(dir);
-                missing_ok(map.remove(&v6_key(p))).map_err(map_err(name))
+                ignore_missing(map.remove(&v6_key(p))).map_err(map_err(name))
             }
         }
     }
@@ -742,10 +736,10 @@ impl HookMaps for AyaHookMaps {
     fn del_rate(&mut self, prefix: IpNet) -> Result<(), HookError> {
         match prefix {
             IpNet::V4(p) => {
-                missing_ok(self.rate_v4.remove(&v4_key(p))).map_err(map_err(names::RATE_V4))
+                ignore_missing(self.rate_v4.remove(&v4_key(p))).map_err(map_err(names::RATE_V4))
             }
             IpNet::V6(p) => {
-                missing_ok(self.rate_v6.remove(&v6_key(p))).map_err(map_err(names::RATE_V6))
+                ignore_missing(self.rate_v6.remove(&v6_key(p))).map_err(map_err(names::RATE_V6))
             }
         }
     }
@@ -843,49 +837,46 @@ pub struct PinnedRule {
 /// The rules in the hook tables pinned under `pin`, with their counters, and the sampling rate.
 pub fn pinned_rules(pin: &crate::dataplane::PinDir) -> Result<(Vec<PinnedRule>, u32), HookError> {
     let maps = AyaHookMaps::open(pin)?;
-    let mut out = Vec::new();
-    let mut push = |rule: HookOp, id: u32| -> Result<(), HookError> {
-        let c = maps.counter(id)?;
-        out.push(PinnedRule { rule, id, packets: c.packets, bytes: c.bytes });
-        Ok(())
-    };
-    let action = |a: u32| match FilterAction::from_u32(a) {
-        Some(FilterAction::Pass) => Action::Pass,
-        Some(FilterAction::Count) => Action::Count,
-        _ => Action::Drop,
-    };
-    for (direction, map, name) in [
-        (Direction::Src, &maps.filter_src_v4, names::FILTER_SRC_V4),
-        (Direction::Dst, &maps.filter_dst_v4, names::FILTER_DST_V4),
+    let v4 = |k: &Key<[u8; 4]>| IpNet::V4(crate::dataplane::net_v4(k));
+    let v6 = |k: &Key<[u8; 16]>| IpNet::V6(crate::dataplane::net_v6(k));
+    let mut rules = Vec::new();
+    for (direction, filters) in [
+        (Direction::Src, entries(&maps.filter_src_v4, names::FILTER_SRC_V4, v4)?),
+        (Direction::Dst, entries(&maps.filter_dst_v4, names::FILTER_DST_V4, v4)?),
+        (Direction::Src, entries(&maps.filter_src_v6, names::FILTER_SRC_V6, v6)?),
+        (Direction::Dst, entries(&maps.filter_dst_v6, names::FILTER_DST_V6, v6)?),
     ] {
-        for item in map {
-            let (k, r) = item.map_err(map_err(name))?;
-            let prefix = IpNet::V4(crate::dataplane::net_v4(&k));
-            push(HookOp::SetFilter { direction, prefix, action: action(r.action) }, r.rule)?;
+        for (prefix, r) in filters {
+            let action = Action::from_code(r.action);
+            rules.push((HookOp::SetFilter { direction, prefix, action }, r.rule));
         }
     }
-    for (direction, map, name) in [
-        (Direction::Src, &maps.filter_src_v6, names::FILTER_SRC_V6),
-        (Direction::Dst, &maps.filter_dst_v6, names::FILTER_DST_V6),
-    ] {
-        for item in map {
-            let (k, r) = item.map_err(map_err(name))?;
-            let prefix = IpNet::V6(crate::dataplane::net_v6(&k));
-            push(HookOp::SetFilter { direction, prefix, action: action(r.action) }, r.rule)?;
-        }
+    let rates = entries(&maps.rate_v4, names::RATE_V4, v4)?.into_iter().chain(entries(
+        &maps.rate_v6,
+        names::RATE_V6,
+        v6,
+    )?);
+    for (prefix, r) in rates {
+        rules.push((HookOp::SetRateLimit { prefix, rate_pps: r.rate_pps, burst: r.burst }, r.rule));
     }
-    for item in &maps.rate_v4 {
-        let (k, r) = item.map_err(map_err(names::RATE_V4))?;
-        let prefix = IpNet::V4(crate::dataplane::net_v4(&k));
-        push(HookOp::SetRateLimit { prefix, rate_pps: r.rate_pps, burst: r.burst }, r.rule)?;
-    }
-    for item in &maps.rate_v6 {
-        let (k, r) = item.map_err(map_err(names::RATE_V6))?;
-        let prefix = IpNet::V6(crate::dataplane::net_v6(&k));
-        push(HookOp::SetRateLimit { prefix, rate_pps: r.rate_pps, burst: r.burst }, r.rule)?;
-    }
+    let out = rules
+        .into_iter()
+        .map(|(rule, id)| {
+            let c = maps.counter(id)?;
+            Ok(PinnedRule { rule, id, packets: c.packets, bytes: c.bytes })
+        })
+        .collect::<Result<_, HookError>>()?;
     let every = maps.config.get(&0, 0).map_err(map_err(names::HOOK_CONFIG))?.sample_every;
     Ok((out, every))
+}
+
+/// Every entry of a pinned LPM trie, its key as a prefix.
+fn entries<K: aya::Pod, V: aya::Pod>(
+    map: &LpmTrie<MapData, K, V>,
+    name: &'static str,
+    net: impl Fn(&Key<K>) -> IpNet,
+) -> Result<Vec<(IpNet, V)>, HookError> {
+    map.iter().map(|item| item.map(|(k, v)| (net(&k), v)).map_err(map_err(name))).collect()
 }
 
 /// A sampled packet, from the `SAMPLES` ring buffer.
@@ -908,46 +899,22 @@ pub struct SampledPacket {
 }
 
 impl SampledPacket {
-    /// Decodes a ring buffer record.
-    pub fn from_record(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < size_of::<Sample>() {
+    /// Decodes a ring buffer record: the program's `Sample`, byte for byte.
+    pub fn from_record(b: &[u8]) -> Option<Self> {
+        if b.len() < size_of::<Sample>() {
             return None;
         }
-        // The record is the program's `Sample`, byte for byte.
-        let s: Sample = bytemuck_read(bytes);
-        let addr = |a: [u8; 16]| -> IpAddr {
-            if s.family == sluice_common::FAMILY_V4 {
-                IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-            } else {
-                IpAddr::V6(Ipv6Addr::from(a))
-            }
-        };
+        let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let addr = |i: usize| addr_of(b[8], b[i..i + 16].try_into().expect("16 bytes"));
         Some(Self {
-            ifindex: s.ifindex,
-            len: s.len,
-            proto: s.proto,
-            src: addr(s.src),
-            dst: addr(s.dst),
-            sport: u16::from_be_bytes(s.sport),
-            dport: u16::from_be_bytes(s.dport),
+            ifindex: u32_at(0),
+            len: u32_at(4),
+            proto: b[9],
+            sport: u16::from_be_bytes([b[10], b[11]]),
+            dport: u16::from_be_bytes([b[12], b[13]]),
+            src: addr(16),
+            dst: addr(32),
         })
-    }
-}
-
-/// Reads a `Sample` out of the first bytes of a record, field by field.
-fn bytemuck_read(b: &[u8]) -> Sample {
-    let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let arr16 = |i: usize| -> [u8; 16] { b[i..i + 16].try_into().expect("16 bytes") };
-    Sample {
-        ifindex: u32_at(0),
-        len: u32_at(4),
-        family: b[8],
-        proto: b[9],
-        sport: [b[10], b[11]],
-        dport: [b[12], b[13]],
-        _pad: [0; 2],
-        src: arr16(16),
-        dst: arr16(32),
     }
 }
 

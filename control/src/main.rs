@@ -338,13 +338,17 @@ fn plugin_run(
     let manifest: Manifest = match manifest {
         Some(p) => serde_json::from_slice(&read(p)?)
             .with_context(|| format!("manifest {}", p.display()))?,
-        None => serde_json::from_value(serde_json::json!({
-            "name": wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin")
-                .to_lowercase().replace('_', "-"),
-            "version": "local",
-            "tables": [Table::Filter, Table::RateLimit, Table::Sample],
-            "sha256": plugins::sha256_hex(&bytes),
-        }))?,
+        None => Manifest::new(
+            &wasm
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_lowercase()
+                .replace('_', "-"),
+            "local",
+            &[Table::Filter, Table::RateLimit, Table::Sample],
+            &bytes,
+        ),
     };
     let config = if config == "-" {
         "{}".to_owned()
@@ -380,37 +384,17 @@ fn plugin_keygen(file: &std::path::Path) -> anyhow::Result<()> {
         .open(file)
         .with_context(|| format!("creating {}", file.display()))?;
     writeln!(f, "{}", sluice::plugins::hex(&seed))?;
-    let mut probe = sluice::plugins::Manifest {
-        name: "key".into(),
-        version: String::new(),
-        tables: Vec::new(),
-        max_ops_per_call: 1,
-        memory_mib: 1,
-        deadline_ms: 1,
-        kv_bytes: 0,
-        failure_policy: sluice::plugins::FailurePolicy::FailOpen,
-        sha256: String::new(),
-        publisher: None,
-        signature: None,
-    };
-    probe.sign(&seed);
-    println!("{}", probe.publisher.unwrap_or_default());
+    println!("{}", sluice::plugins::public_key(&seed));
     Ok(())
 }
 
 fn plugin_sign(key: &std::path::Path, manifest: &std::path::Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
-    let text = text.trim();
-    anyhow::ensure!(
-        text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{} is not a key made by `sluice plugin keygen`",
-        key.display()
-    );
-    let mut seed = [0u8; 32];
-    for (i, b) in seed.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)?;
-    }
+    let seed: [u8; 32] =
+        sluice::plugins::unhex(text.trim()).and_then(|b| b.try_into().ok()).with_context(|| {
+            format!("{} is not a key made by `sluice plugin keygen`", key.display())
+        })?;
     let mut m: sluice::plugins::Manifest = serde_json::from_slice(
         &std::fs::read(manifest).with_context(|| format!("reading {}", manifest.display()))?,
     )

@@ -74,6 +74,17 @@ pub enum Table {
     Sample,
 }
 
+impl Table {
+    /// Its name in manifests (and in what a publisher signs).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Filter => "filter",
+            Self::RateLimit => "rate-limit",
+            Self::Sample => "sample",
+        }
+    }
+}
+
 /// What happens to a plugin's rules when it is quarantined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -121,12 +132,28 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest with the default quotas, fail-open, unsigned.
+    pub fn new(name: &str, version: &str, tables: &[Table], wasm: &[u8]) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            tables: tables.to_vec(),
+            max_ops_per_call: default_max_ops(),
+            memory_mib: default_memory_mib(),
+            deadline_ms: default_deadline_ms(),
+            kv_bytes: default_kv_bytes(),
+            failure_policy: FailurePolicy::FailOpen,
+            sha256: sha256_hex(wasm),
+            publisher: None,
+            signature: None,
+        }
+    }
+
     /// What a publisher signs: the plugin's name, version, component hash and the tables it
     /// may write (the quotas are the operator's to set).
     pub fn signed_message(&self) -> Vec<u8> {
-        let mut tables: Vec<String> =
-            self.tables.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
-        tables.sort();
+        let mut tables: Vec<&str> = self.tables.iter().map(|t| t.name()).collect();
+        tables.sort_unstable();
         format!(
             "sluice-plugin/1\n{}\n{}\n{}\n{}\n",
             self.name,
@@ -141,7 +168,7 @@ impl Manifest {
     pub fn sign(&mut self, seed: &[u8; 32]) {
         use ed25519_dalek::Signer as _;
         let key = ed25519_dalek::SigningKey::from_bytes(seed);
-        self.publisher = Some(hex(key.verifying_key().as_bytes()));
+        self.publisher = Some(public_key(seed));
         self.signature = Some(hex(&key.sign(&self.signed_message()).to_bytes()));
     }
 }
@@ -205,7 +232,13 @@ impl Trust {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+/// The public key (hex) of a publisher's secret key (32-byte seed).
+pub fn public_key(seed: &[u8; 32]) -> String {
+    hex(ed25519_dalek::SigningKey::from_bytes(seed).verifying_key().as_bytes())
+}
+
+/// Bytes from hexadecimal, or `None`.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
@@ -300,17 +333,6 @@ pub enum PluginError {
     /// The plugin is quarantined.
     #[error("quarantined: {0}")]
     Quarantined(String),
-}
-
-impl PluginError {
-    /// Whether this failure quarantines the plugin (a refused batch of a working plugin does:
-    /// it keeps returning what cannot be applied).
-    pub const fn quarantines(&self) -> bool {
-        !matches!(
-            self,
-            Self::Manifest(_) | Self::Hash { .. } | Self::Signature(_) | Self::Quarantined(_)
-        )
-    }
 }
 
 /// One line of a plugin's log.
@@ -465,7 +487,7 @@ impl PluginHost {
     pub fn compile(&self, manifest: Manifest, wasm: &[u8]) -> Result<Compiled, PluginError> {
         check_manifest(&manifest)?;
         self.trust.check(&manifest)?;
-        let found = hex(&Sha256::digest(wasm));
+        let found = sha256_hex(wasm);
         if !found.eq_ignore_ascii_case(&manifest.sha256) {
             return Err(PluginError::Hash { expected: manifest.sha256.clone(), found });
         }
@@ -950,19 +972,7 @@ pub fn bench(dir: &std::path::Path, rounds: usize) -> Result<BenchReport, Plugin
         })
     };
     let (acl, behaving) = (read("static_acl.wasm")?, read("hostile.wasm")?);
-    let manifest = |name: &str, wasm: &[u8]| Manifest {
-        name: name.to_owned(),
-        version: "0.1.0".to_owned(),
-        tables: vec![Table::Filter],
-        max_ops_per_call: default_max_ops(),
-        memory_mib: default_memory_mib(),
-        deadline_ms: default_deadline_ms(),
-        kv_bytes: default_kv_bytes(),
-        failure_policy: FailurePolicy::FailOpen,
-        sha256: sha256_hex(wasm),
-        publisher: None,
-        signature: None,
-    };
+    let manifest = |name: &str, wasm: &[u8]| Manifest::new(name, "0.1.0", &[Table::Filter], wasm);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let percentiles = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);

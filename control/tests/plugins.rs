@@ -11,7 +11,7 @@ use sluice::{
     hooks::{Action, Direction, HookOp, HookTables, MemoryHookMaps},
     plugins::{
         Event, FailurePolicy, Manager, Manifest, PluginError, PluginHost, RouteChange, Status,
-        Table, Trust, sha256_hex,
+        Table, Trust,
     },
 };
 
@@ -27,17 +27,11 @@ fn component(name: &str) -> Vec<u8> {
 
 fn manifest(name: &str, wasm: &[u8], tables: &[Table]) -> Manifest {
     Manifest {
-        name: name.to_owned(),
-        version: "0.1.0".to_owned(),
-        tables: tables.to_vec(),
         max_ops_per_call: 1000,
         memory_mib: 16,
         deadline_ms: 50,
         kv_bytes: 4096,
-        failure_policy: FailurePolicy::FailOpen,
-        sha256: sha256_hex(wasm),
-        publisher: None,
-        signature: None,
+        ..Manifest::new(name, "0.1.0", tables, wasm)
     }
 }
 

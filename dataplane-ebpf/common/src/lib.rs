@@ -314,6 +314,16 @@ pub const fn iface_cache_tag(ifindex: u32, vlan_id: u16) -> u64 {
     1 << 63 | (ifindex as u64) << 16 | vlan_id as u64
 }
 
+/// An address as the maps and ring buffers carry it: 16 bytes, IPv4 in the first 4 when
+/// `family` is [`FAMILY_V4`].
+pub fn addr_of(family: u8, a: &[u8; 16]) -> core::net::IpAddr {
+    if family == FAMILY_V4 {
+        core::net::IpAddr::V4(core::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    } else {
+        core::net::IpAddr::V6(core::net::Ipv6Addr::from(*a))
+    }
+}
+
 /// [`Iface::flags`]: the interface is administratively and operationally up.
 pub const IF_F_UP: u32 = 1 << 0;
 
