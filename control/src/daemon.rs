@@ -138,6 +138,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         rib: Rib::default(),
         asked: HashMap::new(),
         route_events: None,
+        gateways: crate::hooks::Gateways::default(),
     };
     std::mem::swap(&mut state.fib, &mut fib);
     let mut mirror = connect_and_dump(&mut state, &opts).await;
@@ -177,7 +178,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             Ok((maps, samples)) => {
                 let (tx, rx) = std::sync::mpsc::channel();
                 state.route_events = Some(tx);
-                let feed = crate::plugins::Feed { samples, routes: rx, pin: opts.pin.clone() };
+                state.gateways.update(&state.fib.nexthops);
+                let feed = crate::plugins::Feed {
+                    samples,
+                    routes: rx,
+                    pin: opts.pin.clone(),
+                    gateways: state.gateways.clone(),
+                };
                 crate::plugins::run_dir(dir, opts.trust.clone(), maps, feed);
             }
             Err(e) => error!(error = %error_chain(&e), "the hook tables are unusable: no plugins"),
@@ -256,6 +263,8 @@ struct State {
     asked: HashMap<(u32, IpAddr), Instant>,
     /// Route changes for the plugins, when they run.
     route_events: Option<std::sync::mpsc::Sender<Vec<crate::plugins::RouteChange>>>,
+    /// The next hops by gateway, for the plugins' steer rules.
+    gateways: crate::hooks::Gateways,
 }
 
 impl State {
@@ -293,6 +302,11 @@ impl State {
             self.rib.dirty.all = true;
         }
         debug!(ops = ops.len(), failures, elapsed = ?started.elapsed(), "dataplane updated");
+        if self.route_events.is_some()
+            && ops.iter().any(|op| matches!(op, Op::SetNextHop(..) | Op::ClearNextHop(_)))
+        {
+            self.gateways.update(&self.fib.nexthops);
+        }
         if let Some(tx) = &self.route_events {
             let changes: Vec<crate::plugins::RouteChange> = ops
                 .iter()

@@ -459,6 +459,12 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         }
         names::RATE_V4 => (size(4 + 4), size(size_of::<hooks::RateRule>()), hooks::MAX_RATE_RULES),
         names::RATE_V6 => (size(4 + 16), size(size_of::<hooks::RateRule>()), hooks::MAX_RATE_RULES),
+        names::STEER_V4 => {
+            (size(4 + 4), size(size_of::<hooks::SteerRule>()), hooks::MAX_STEER_RULES)
+        }
+        names::STEER_V6 => {
+            (size(4 + 16), size(size_of::<hooks::SteerRule>()), hooks::MAX_STEER_RULES)
+        }
         names::RATE_STATE => (
             size(size_of::<hooks::RateKey>()),
             size(size_of::<hooks::Bucket>()),

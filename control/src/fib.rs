@@ -699,7 +699,7 @@ impl Compiler {
                 ids.push((id, nh.weight.max(1)));
             }
         }
-        let expanded = expand_weights(&ids);
+        let expanded = expand_weights(&ids, MAX_ECMP_MEMBERS);
         if expanded.len() < ids.len() {
             self.overflow += ids.len() - expanded.len();
         }
@@ -782,25 +782,24 @@ fn distinct_members(g: Option<&EcmpGroup>) -> BTreeSet<u32> {
         .unwrap_or_default()
 }
 
-/// Repeats each member in proportion to its weight, within `MAX_ECMP_MEMBERS` slots; every
-/// member keeps at least one slot while there is room.
-fn expand_weights(members: &[(u32, u16)]) -> Vec<u32> {
-    let members = &members[..members.len().min(MAX_ECMP_MEMBERS)];
-    let total: u32 = members.iter().map(|(_, w)| u32::from(*w)).sum();
-    if total as usize <= MAX_ECMP_MEMBERS {
+/// Repeats each member in proportion to its weight, within `slots` slots; every member keeps at
+/// least one slot while there is room.
+pub(crate) fn expand_weights<T: Copy>(members: &[(T, u16)], slots: usize) -> Vec<T> {
+    let members = &members[..members.len().min(slots)];
+    let total: usize = members.iter().map(|(_, w)| usize::from(*w)).sum();
+    if total <= slots {
         return members
             .iter()
             .flat_map(|(id, w)| std::iter::repeat_n(*id, usize::from(*w)))
             .collect();
     }
-    let slots = MAX_ECMP_MEMBERS as u32;
     members
         .iter()
         .flat_map(|(id, w)| {
-            let n = (u32::from(*w) * slots / total).max(1) as usize;
+            let n = (usize::from(*w) * slots / total).max(1);
             std::iter::repeat_n(*id, n)
         })
-        .take(MAX_ECMP_MEMBERS)
+        .take(slots)
         .collect()
 }
 
@@ -1074,8 +1073,8 @@ mod tests {
 
     #[test]
     fn weights_expand_within_capacity() {
-        assert_eq!(expand_weights(&[(1, 1), (2, 3)]), vec![1, 2, 2, 2]);
-        let big = expand_weights(&[(1, 100), (2, 100), (3, 1)]);
+        assert_eq!(expand_weights(&[(1, 1), (2, 3)], MAX_ECMP_MEMBERS), vec![1, 2, 2, 2]);
+        let big = expand_weights(&[(1, 100), (2, 100), (3, 1)], MAX_ECMP_MEMBERS);
         assert!(big.len() <= MAX_ECMP_MEMBERS);
         assert!(big.contains(&3), "every member keeps a slot");
     }

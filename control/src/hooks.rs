@@ -9,10 +9,20 @@
 //! - [`HookTables::replace_owner`] moves a plugin to a new set of rules without a gap: the new
 //!   rules are written first, then the old ones that are gone are deleted.
 //!
+//! - A steer rule names gateways by address; they are turned into the dataplane's next-hop ids
+//!   through [`Gateways`], the daemon's view of its next hops, and turned again when those change
+//!   ([`HookTables::refresh_steering`]). A gateway that is not a next hop of any route is left
+//!   out until it becomes one; with none left, the routes decide.
+//!
 //! Map access sits behind [`HookMaps`], so all of this is tested without root; [`AyaHookMaps`]
 //! is the real one.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
 
 use aya::{
     Ebpf,
@@ -21,8 +31,11 @@ use aya::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sluice_common::{
-    Counter, addr_of,
-    hooks::{FilterAction, FilterRule, HookConfig, MAX_RULE_IDS, RateRule, Sample},
+    Counter, NextHop, addr_of,
+    hooks::{
+        FilterAction, FilterRule, HookConfig, MAX_RULE_IDS, MAX_STEER_MEMBERS, RateRule,
+        STEER_SLOTS, Sample, SteerMember, SteerRule,
+    },
     names,
 };
 
@@ -32,6 +45,8 @@ pub const MAX_RATE_PPS: u32 = 100_000_000;
 pub const MAX_BURST: u32 = 10_000_000;
 /// Sparsest sampling: one packet in this many.
 pub const MAX_SAMPLE_EVERY: u32 = 1 << 24;
+/// Heaviest weight of a steer gateway.
+pub const MAX_STEER_WEIGHT: u16 = 1000;
 
 /// Which address of a packet a filter rule matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -74,6 +89,21 @@ impl Action {
     }
 }
 
+/// A gateway of a steer rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteerHop {
+    /// The gateway: a neighbour that is the next hop of some route.
+    pub via: IpAddr,
+    /// Its share of the flows, 1 to [`MAX_STEER_WEIGHT`] (default 1).
+    #[serde(default = "one")]
+    pub weight: u16,
+}
+
+const fn one() -> u16 {
+    1
+}
+
 /// One operation on the hook tables.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
@@ -106,6 +136,19 @@ pub enum HookOp {
     },
     /// Removes a rate rule.
     RemoveRateLimit {
+        /// The rule's prefix.
+        prefix: IpNet,
+    },
+    /// Adds or replaces the steer rule for the destinations in `prefix`: the flows the routes
+    /// forward there go to these gateways instead, in proportion to their weights.
+    SetSteer {
+        /// Destination prefix (host bits zero).
+        prefix: IpNet,
+        /// 1 to [`MAX_STEER_MEMBERS`] gateways of the prefix's family, each once.
+        next_hops: Vec<SteerHop>,
+    },
+    /// Removes a steer rule.
+    RemoveSteer {
         /// The rule's prefix.
         prefix: IpNet,
     },
@@ -174,6 +217,12 @@ pub trait HookMaps {
     fn set_rate(&mut self, prefix: IpNet, rule: RateRule) -> Result<(), HookError>;
     /// Deletes a rate rule.
     fn del_rate(&mut self, prefix: IpNet) -> Result<(), HookError>;
+    /// Writes a steer rule.
+    fn set_steer(&mut self, prefix: IpNet, rule: &SteerRule) -> Result<(), HookError>;
+    /// Deletes a steer rule.
+    fn del_steer(&mut self, prefix: IpNet) -> Result<(), HookError>;
+    /// The next-hop id whose neighbour is `via`, if the dataplane has one.
+    fn nexthop_of(&self, via: IpAddr) -> Option<u32>;
     /// Writes the table summary the program reads first.
     fn set_config(&mut self, config: HookConfig) -> Result<(), HookError>;
     /// A rule's counter, summed over the CPUs.
@@ -208,6 +257,7 @@ pub struct HookTables<M: HookMaps> {
     maps: M,
     filters: BTreeMap<(Direction, IpNet), Owned<Action>>,
     rates: BTreeMap<IpNet, Owned<(u32, u32)>>,
+    steers: BTreeMap<IpNet, Owned<Vec<SteerHop>>>,
     sampling: BTreeMap<String, u32>,
     next_rule: u32,
     free_rules: Vec<u32>,
@@ -217,6 +267,7 @@ pub struct HookTables<M: HookMaps> {
 enum Undo {
     Filter(Direction, IpNet, Option<Owned<Action>>),
     Rate(IpNet, Option<Owned<(u32, u32)>>),
+    Steer(IpNet, Option<Owned<Vec<SteerHop>>>),
     Sampling(String, Option<u32>),
 }
 
@@ -227,6 +278,7 @@ impl<M: HookMaps> HookTables<M> {
             maps,
             filters: BTreeMap::new(),
             rates: BTreeMap::new(),
+            steers: BTreeMap::new(),
             sampling: BTreeMap::new(),
             next_rule: 1,
             free_rules: Vec::new(),
@@ -263,6 +315,9 @@ impl<M: HookMaps> HookTables<M> {
         let keeps_rate = |p: IpNet| {
             ops.iter().any(|o| matches!(o, HookOp::SetRateLimit { prefix, .. } if *prefix == p))
         };
+        let keeps_steer = |p: IpNet| {
+            ops.iter().any(|o| matches!(o, HookOp::SetSteer { prefix, .. } if *prefix == p))
+        };
         for ((direction, prefix), _) in self.filters.iter().filter(|(_, o)| o.owner == owner) {
             if !keeps_filter(*direction, *prefix) {
                 batch.push(HookOp::RemoveFilter { direction: *direction, prefix: *prefix });
@@ -271,6 +326,11 @@ impl<M: HookMaps> HookTables<M> {
         for (prefix, _) in self.rates.iter().filter(|(_, o)| o.owner == owner) {
             if !keeps_rate(*prefix) {
                 batch.push(HookOp::RemoveRateLimit { prefix: *prefix });
+            }
+        }
+        for (prefix, _) in self.steers.iter().filter(|(_, o)| o.owner == owner) {
+            if !keeps_steer(*prefix) {
+                batch.push(HookOp::RemoveSteer { prefix: *prefix });
             }
         }
         if self.sampling.contains_key(owner)
@@ -312,86 +372,123 @@ impl<M: HookMaps> HookTables<M> {
                 bytes: c.bytes,
             });
         }
+        for (prefix, o) in self.steers.iter().filter(|(_, o)| mine(&o.owner)) {
+            let c = self.maps.counter(o.rule)?;
+            out.push(RuleStatus {
+                owner: o.owner.clone(),
+                rule: HookOp::SetSteer { prefix: *prefix, next_hops: o.value.clone() },
+                packets: c.packets,
+                bytes: c.bytes,
+            });
+        }
         Ok(out)
+    }
+
+    /// Turns every steer rule's gateways into next-hop ids again and rewrites the rules: after
+    /// the dataplane's next hops changed ([`Gateways::version`]).
+    pub fn refresh_steering(&mut self) -> Result<(), HookError> {
+        let rules: Vec<(IpNet, SteerRule)> =
+            self.steers.iter().map(|(p, o)| (*p, self.steer_value(&o.value, o.rule))).collect();
+        for (prefix, rule) in rules {
+            self.maps.set_steer(prefix, &rule)?;
+        }
+        Ok(())
+    }
+
+    /// The value a steer rule is written as: its gateways that are next hops now, repeated over
+    /// the slots by weight.
+    fn steer_value(&self, hops: &[SteerHop], rule: u32) -> SteerRule {
+        let mut value = SteerRule { rule, ..SteerRule::default() };
+        let mut live = Vec::new();
+        for hop in hops.iter().take(MAX_STEER_MEMBERS) {
+            if let Some(id) = self.maps.nexthop_of(hop.via) {
+                let gateway = match hop.via {
+                    IpAddr::V4(a) => {
+                        let mut g = [0; 16];
+                        g[..4].copy_from_slice(&a.octets());
+                        g
+                    }
+                    IpAddr::V6(a) => a.octets(),
+                };
+                value.members[live.len()] = SteerMember { nexthop: id, gateway };
+                live.push((live.len() as u8, hop.weight));
+            }
+        }
+        let slots = crate::fib::expand_weights(&live, STEER_SLOTS);
+        value.slot[..slots.len()].copy_from_slice(&slots);
+        value.slots = slots.len() as u32;
+        value
     }
 
     /// Checks a batch against the tables as they would be after each of its operations.
     fn validate(&self, owner: &str, ops: &[HookOp]) -> Vec<OpError> {
         let mut errors = Vec::new();
         // Ownership as the batch goes: key -> owner after the ops so far (None: removed).
-        let mut filters: BTreeMap<(Direction, IpNet), Option<String>> = BTreeMap::new();
-        let mut rates: BTreeMap<IpNet, Option<String>> = BTreeMap::new();
-        let filter_owner =
-            |k: &(Direction, IpNet), f: &BTreeMap<(Direction, IpNet), Option<String>>| {
-                f.get(k).cloned().unwrap_or_else(|| self.filters.get(k).map(|o| o.owner.clone()))
-            };
-        let rate_owner = |k: &IpNet, r: &BTreeMap<IpNet, Option<String>>| {
-            r.get(k).cloned().unwrap_or_else(|| self.rates.get(k).map(|o| o.owner.clone()))
-        };
+        let mut filters = BTreeMap::new();
+        let mut rates = BTreeMap::new();
+        let mut steers = BTreeMap::new();
         for (index, op) in ops.iter().enumerate() {
-            let mut err = |field: &'static str, message: String| {
-                errors.push(OpError { index, field, message });
-            };
-            match op {
+            let problem = match op {
                 HookOp::SetFilter { direction, prefix, .. } => {
-                    if let Some(m) = prefix_problem(*prefix) {
-                        err("prefix", m);
-                        continue;
-                    }
-                    match filter_owner(&(*direction, *prefix), &filters) {
-                        Some(other) if other != owner => err(
-                            "prefix",
-                            format!("{prefix} ({direction:?}) is held by plugin {other:?}"),
-                        ),
-                        _ => {
-                            filters.insert((*direction, *prefix), Some(owner.to_owned()));
-                        }
-                    }
+                    prefix_problem(*prefix).map(|m| ("prefix", m)).or_else(|| {
+                        let held = self.filters.get(&(*direction, *prefix)).map(|o| &o.owner);
+                        let key = (*direction, *prefix);
+                        claim(&mut filters, key, held, owner, true, "filter rule")
+                    })
                 }
                 HookOp::RemoveFilter { direction, prefix } => {
-                    match filter_owner(&(*direction, *prefix), &filters) {
-                        Some(o) if o == owner => {
-                            filters.insert((*direction, *prefix), None);
-                        }
-                        Some(other) => {
-                            err("prefix", format!("{prefix} is held by plugin {other:?}"));
-                        }
-                        None => err("prefix", format!("no {direction:?} filter rule for {prefix}")),
-                    }
+                    let held = self.filters.get(&(*direction, *prefix)).map(|o| &o.owner);
+                    claim(&mut filters, (*direction, *prefix), held, owner, false, "filter rule")
                 }
-                HookOp::SetRateLimit { prefix, rate_pps, burst } => {
-                    if let Some(m) = prefix_problem(*prefix) {
-                        err("prefix", m);
-                    } else if !(1..=MAX_RATE_PPS).contains(rate_pps) {
-                        err("rate_pps", format!("{rate_pps} is outside 1 to {MAX_RATE_PPS}"));
-                    } else if !(1..=MAX_BURST).contains(burst) {
-                        err("burst", format!("{burst} is outside 1 to {MAX_BURST}"));
-                    } else {
-                        match rate_owner(prefix, &rates) {
-                            Some(other) if other != owner => {
-                                err("prefix", format!("{prefix} is held by plugin {other:?}"));
-                            }
-                            _ => {
-                                rates.insert(*prefix, Some(owner.to_owned()));
-                            }
-                        }
-                    }
+                HookOp::SetRateLimit { prefix, rate_pps, burst } => prefix_problem(*prefix)
+                    .map(|m| ("prefix", m))
+                    .or_else(|| {
+                        (!(1..=MAX_RATE_PPS).contains(rate_pps)).then(|| {
+                            ("rate_pps", format!("{rate_pps} is outside 1 to {MAX_RATE_PPS}"))
+                        })
+                    })
+                    .or_else(|| {
+                        (!(1..=MAX_BURST).contains(burst))
+                            .then(|| ("burst", format!("{burst} is outside 1 to {MAX_BURST}")))
+                    })
+                    .or_else(|| {
+                        let held = self.rates.get(prefix).map(|o| &o.owner);
+                        claim(&mut rates, *prefix, held, owner, true, "rate rule")
+                    }),
+                HookOp::RemoveRateLimit { prefix } => {
+                    let held = self.rates.get(prefix).map(|o| &o.owner);
+                    claim(&mut rates, *prefix, held, owner, false, "rate rule")
                 }
-                HookOp::RemoveRateLimit { prefix } => match rate_owner(prefix, &rates) {
-                    Some(o) if o == owner => {
-                        rates.insert(*prefix, None);
-                    }
-                    Some(other) => err("prefix", format!("{prefix} is held by plugin {other:?}")),
-                    None => err("prefix", format!("no rate rule for {prefix}")),
-                },
-                HookOp::SetSampling { every } => {
-                    if *every > MAX_SAMPLE_EVERY {
-                        err("every", format!("{every} is over {MAX_SAMPLE_EVERY}"));
-                    }
+                HookOp::SetSteer { prefix, next_hops } => prefix_problem(*prefix)
+                    .map(|m| ("prefix", m))
+                    .or_else(|| steer_problem(*prefix, next_hops))
+                    .or_else(|| {
+                        let held = self.steers.get(prefix).map(|o| &o.owner);
+                        claim(&mut steers, *prefix, held, owner, true, "steer rule")
+                    }),
+                HookOp::RemoveSteer { prefix } => {
+                    let held = self.steers.get(prefix).map(|o| &o.owner);
+                    claim(&mut steers, *prefix, held, owner, false, "steer rule")
                 }
+                HookOp::SetSampling { every } => (*every > MAX_SAMPLE_EVERY)
+                    .then(|| ("every", format!("{every} is over {MAX_SAMPLE_EVERY}"))),
+            };
+            if let Some((field, message)) = problem {
+                errors.push(OpError { index, field, message });
             }
         }
         errors
+    }
+
+    /// The id of a rule being written: `kept` (the id of the rule it replaces, carrying its
+    /// counts over), or a new one with a zeroed counter.
+    fn rule_id(&mut self, kept: Option<u32>) -> Result<u32, HookError> {
+        if let Some(r) = kept {
+            return Ok(r);
+        }
+        let r = self.alloc_rule()?;
+        self.maps.reset_counter(r)?;
+        Ok(r)
     }
 
     fn alloc_rule(&mut self) -> Result<u32, HookError> {
@@ -411,14 +508,8 @@ impl<M: HookMaps> HookTables<M> {
             HookOp::SetFilter { direction, prefix, action } => {
                 let old = self.filters.get(&(direction, prefix)).cloned();
                 // A replaced rule keeps its id (and its counts) when its action stays.
-                let rule = match &old {
-                    Some(o) if o.value == action => o.rule,
-                    _ => {
-                        let r = self.alloc_rule()?;
-                        self.maps.reset_counter(r)?;
-                        r
-                    }
-                };
+                let rule =
+                    self.rule_id(old.as_ref().filter(|o| o.value == action).map(|o| o.rule))?;
                 self.maps.set_filter(
                     direction,
                     prefix,
@@ -445,14 +536,8 @@ impl<M: HookMaps> HookTables<M> {
             }
             HookOp::SetRateLimit { prefix, rate_pps, burst } => {
                 let old = self.rates.get(&prefix).cloned();
-                let rule = match &old {
-                    Some(o) if o.value == (rate_pps, burst) => o.rule,
-                    _ => {
-                        let r = self.alloc_rule()?;
-                        self.maps.reset_counter(r)?;
-                        r
-                    }
-                };
+                let kept = old.as_ref().filter(|o| o.value == (rate_pps, burst)).map(|o| o.rule);
+                let rule = self.rule_id(kept)?;
                 self.maps.set_rate(prefix, RateRule { rate_pps, burst, rule, _pad: 0 })?;
                 self.rates.insert(
                     prefix,
@@ -472,6 +557,30 @@ impl<M: HookMaps> HookTables<M> {
                     self.free_rules.push(o.rule);
                 }
                 undo.push(Undo::Rate(prefix, old));
+            }
+            HookOp::SetSteer { prefix, ref next_hops } => {
+                let old = self.steers.get(&prefix).cloned();
+                let rule = self.rule_id(old.as_ref().map(|o| o.rule))?;
+                let value = self.steer_value(next_hops, rule);
+                if let Err(e) = self.maps.set_steer(prefix, &value) {
+                    if old.is_none() {
+                        self.free_rules.push(rule);
+                    }
+                    return Err(e);
+                }
+                self.steers.insert(
+                    prefix,
+                    Owned { owner: owner.to_owned(), value: next_hops.clone(), rule },
+                );
+                undo.push(Undo::Steer(prefix, old));
+            }
+            HookOp::RemoveSteer { prefix } => {
+                self.maps.del_steer(prefix)?;
+                let old = self.steers.remove(&prefix);
+                if let Some(o) = &old {
+                    self.free_rules.push(o.rule);
+                }
+                undo.push(Undo::Steer(prefix, old));
             }
             HookOp::SetSampling { every } => {
                 let old = if every == 0 {
@@ -522,6 +631,22 @@ impl<M: HookMaps> HookTables<M> {
                         }
                     }
                 }
+                Undo::Steer(prefix, old) => {
+                    if let Some(cur) = self.steers.remove(&prefix) {
+                        self.free_rules.push(cur.rule);
+                    }
+                    match old {
+                        Some(o) => {
+                            self.free_rules.retain(|r| *r != o.rule);
+                            let value = self.steer_value(&o.value, o.rule);
+                            let _ = self.maps.set_steer(prefix, &value);
+                            self.steers.insert(prefix, o);
+                        }
+                        None => {
+                            let _ = self.maps.del_steer(prefix);
+                        }
+                    }
+                }
                 Undo::Sampling(owner, old) => match old {
                     Some(every) => {
                         self.sampling.insert(owner, every);
@@ -554,11 +679,107 @@ impl<M: HookMaps> HookTables<M> {
             rate_v4: rates(true),
             rate_v6: rates(false),
             sample_every: self.sampling.values().copied().min().unwrap_or(0),
+            steer_v4: self.steers.keys().filter(|p| matches!(p, IpNet::V4(_))).count() as u32,
+            steer_v6: self.steers.keys().filter(|p| matches!(p, IpNet::V6(_))).count() as u32,
         };
         config.active = u32::from(
-            !self.filters.is_empty() || !self.rates.is_empty() || config.sample_every != 0,
+            !self.filters.is_empty()
+                || !self.rates.is_empty()
+                || !self.steers.is_empty()
+                || config.sample_every != 0,
         );
         self.maps.set_config(config)
+    }
+}
+
+/// Checks that `owner` may set (or remove) the rule on `key`, given who holds it in the tables
+/// (`held`) and what the batch did to it so far (`batch`), and records the outcome in `batch`.
+fn claim<K: Ord + fmt::Debug>(
+    batch: &mut BTreeMap<K, Option<String>>,
+    key: K,
+    held: Option<&String>,
+    owner: &str,
+    set: bool,
+    what: &str,
+) -> Option<(&'static str, String)> {
+    let current = match batch.get(&key) {
+        Some(after_batch) => after_batch.clone(),
+        None => held.cloned(),
+    };
+    match current {
+        Some(other) if other != owner => {
+            Some(("prefix", format!("the {what} on {key:?} is held by plugin {other:?}")))
+        }
+        None if !set => Some(("prefix", format!("no {what} on {key:?}"))),
+        _ => {
+            batch.insert(key, set.then(|| owner.to_owned()));
+            None
+        }
+    }
+}
+
+/// What is wrong with a steer rule's gateways, if anything: the field and why.
+fn steer_problem(prefix: IpNet, hops: &[SteerHop]) -> Option<(&'static str, String)> {
+    if hops.is_empty() || hops.len() > MAX_STEER_MEMBERS {
+        return Some((
+            "next_hops",
+            format!("{} gateways: a steer rule has 1 to {MAX_STEER_MEMBERS}", hops.len()),
+        ));
+    }
+    for (i, hop) in hops.iter().enumerate() {
+        if hop.via.is_ipv4() != matches!(prefix, IpNet::V4(_)) {
+            return Some(("via", format!("{} is not of the family of {prefix}", hop.via)));
+        }
+        if hop.via.is_unspecified() || hop.via.is_loopback() || hop.via.is_multicast() {
+            return Some(("via", format!("{} cannot be a gateway", hop.via)));
+        }
+        if !(1..=MAX_STEER_WEIGHT).contains(&hop.weight) {
+            return Some(("weight", format!("{} is outside 1 to {MAX_STEER_WEIGHT}", hop.weight)));
+        }
+        if hops[..i].iter().any(|h| h.via == hop.via) {
+            return Some(("via", format!("{} is listed twice", hop.via)));
+        }
+    }
+    None
+}
+
+/// The dataplane's next hops by gateway, kept by the daemon as it writes them, so that steer
+/// rules can name gateways by address. Cloned handles share one view.
+#[derive(Clone, Debug, Default)]
+pub struct Gateways(Arc<RwLock<GatewayView>>);
+
+#[derive(Debug, Default)]
+struct GatewayView {
+    version: u64,
+    by_addr: BTreeMap<IpAddr, u32>,
+}
+
+impl Gateways {
+    /// Takes the next hops the dataplane now holds (their gateways: the lowest id wins when
+    /// one gateway is reached through several interfaces); the version moves on when that
+    /// changes anything.
+    pub fn update(&self, nexthops: &BTreeMap<u32, NextHop>) {
+        let mut by_addr = BTreeMap::new();
+        for (id, nh) in nexthops {
+            if let Some(addr) = crate::fib::neighbour_of(nh) {
+                by_addr.entry(addr).or_insert(*id);
+            }
+        }
+        let mut view = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if view.by_addr != by_addr {
+            view.by_addr = by_addr;
+            view.version += 1;
+        }
+    }
+
+    /// Moves on whenever the gateways change.
+    pub fn version(&self) -> u64 {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).version
+    }
+
+    /// The next-hop id of a gateway.
+    pub fn get(&self, via: IpAddr) -> Option<u32> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).by_addr.get(&via).copied()
     }
 }
 
@@ -580,8 +801,11 @@ pub struct AyaHookMaps {
     filter_dst_v6: LpmTrie<MapData, [u8; 16], FilterRule>,
     rate_v4: LpmTrie<MapData, [u8; 4], RateRule>,
     rate_v6: LpmTrie<MapData, [u8; 16], RateRule>,
+    steer_v4: LpmTrie<MapData, [u8; 4], SteerRule>,
+    steer_v6: LpmTrie<MapData, [u8; 16], SteerRule>,
     config: Array<MapData, HookConfig>,
     counters: PerCpuArray<MapData, Counter>,
+    gateways: Gateways,
 }
 
 impl fmt::Debug for AyaHookMaps {
@@ -632,9 +856,17 @@ impl AyaHookMaps {
             filter_dst_v6: typed!(names::FILTER_DST_V6),
             rate_v4: typed!(names::RATE_V4),
             rate_v6: typed!(names::RATE_V6),
+            steer_v4: typed!(names::STEER_V4),
+            steer_v6: typed!(names::STEER_V6),
             config: typed!(names::HOOK_CONFIG),
             counters: typed!(names::RULE_COUNTERS),
+            gateways: Gateways::default(),
         })
+    }
+
+    /// Resolves steer gateways through `gateways` (the daemon's next hops) from now on.
+    pub fn set_gateways(&mut self, gateways: Gateways) {
+        self.gateways = gateways;
     }
 }
 
@@ -666,7 +898,9 @@ impl AyaHookMaps {
         clear(&mut self.filter_src_v6, names::FILTER_SRC_V6)?;
         clear(&mut self.filter_dst_v6, names::FILTER_DST_V6)?;
         clear(&mut self.rate_v4, names::RATE_V4)?;
-        clear(&mut self.rate_v6, names::RATE_V6)
+        clear(&mut self.rate_v6, names::RATE_V6)?;
+        clear(&mut self.steer_v4, names::STEER_V4)?;
+        clear(&mut self.steer_v6, names::STEER_V6)
     }
 
     fn filter_v4(
@@ -744,6 +978,32 @@ impl HookMaps for AyaHookMaps {
         }
     }
 
+    fn set_steer(&mut self, prefix: IpNet, rule: &SteerRule) -> Result<(), HookError> {
+        match prefix {
+            IpNet::V4(p) => {
+                self.steer_v4.insert(&v4_key(p), rule, 0).map_err(map_err(names::STEER_V4))
+            }
+            IpNet::V6(p) => {
+                self.steer_v6.insert(&v6_key(p), rule, 0).map_err(map_err(names::STEER_V6))
+            }
+        }
+    }
+
+    fn del_steer(&mut self, prefix: IpNet) -> Result<(), HookError> {
+        match prefix {
+            IpNet::V4(p) => {
+                ignore_missing(self.steer_v4.remove(&v4_key(p))).map_err(map_err(names::STEER_V4))
+            }
+            IpNet::V6(p) => {
+                ignore_missing(self.steer_v6.remove(&v6_key(p))).map_err(map_err(names::STEER_V6))
+            }
+        }
+    }
+
+    fn nexthop_of(&self, via: IpAddr) -> Option<u32> {
+        self.gateways.get(via)
+    }
+
     fn set_config(&mut self, config: HookConfig) -> Result<(), HookError> {
         self.config.set(0, config, 0).map_err(map_err(names::HOOK_CONFIG))
     }
@@ -783,6 +1043,10 @@ pub struct MemoryHookMaps {
     pub filters: BTreeMap<(Direction, IpNet), FilterRule>,
     /// Rate rules.
     pub rates: BTreeMap<IpNet, RateRule>,
+    /// Steer rules.
+    pub steers: BTreeMap<IpNet, SteerRule>,
+    /// Next-hop ids by gateway, as the daemon would know them.
+    pub gateways: BTreeMap<IpAddr, u32>,
     /// The summary.
     pub config: HookConfig,
 }
@@ -808,6 +1072,17 @@ impl HookMaps for MemoryHookMaps {
     fn del_rate(&mut self, prefix: IpNet) -> Result<(), HookError> {
         self.rates.remove(&prefix);
         Ok(())
+    }
+    fn set_steer(&mut self, prefix: IpNet, rule: &SteerRule) -> Result<(), HookError> {
+        self.steers.insert(prefix, *rule);
+        Ok(())
+    }
+    fn del_steer(&mut self, prefix: IpNet) -> Result<(), HookError> {
+        self.steers.remove(&prefix);
+        Ok(())
+    }
+    fn nexthop_of(&self, via: IpAddr) -> Option<u32> {
+        self.gateways.get(&via).copied()
     }
     fn set_config(&mut self, config: HookConfig) -> Result<(), HookError> {
         self.config = config;
@@ -859,6 +1134,14 @@ pub fn pinned_rules(pin: &crate::dataplane::PinDir) -> Result<(Vec<PinnedRule>, 
     for (prefix, r) in rates {
         rules.push((HookOp::SetRateLimit { prefix, rate_pps: r.rate_pps, burst: r.burst }, r.rule));
     }
+    let steers = entries(&maps.steer_v4, names::STEER_V4, v4)?.into_iter().chain(entries(
+        &maps.steer_v6,
+        names::STEER_V6,
+        v6,
+    )?);
+    for (prefix, r) in steers {
+        rules.push((HookOp::SetSteer { prefix, next_hops: steer_hops(&r, prefix) }, r.rule));
+    }
     let out = rules
         .into_iter()
         .map(|(rule, id)| {
@@ -868,6 +1151,25 @@ pub fn pinned_rules(pin: &crate::dataplane::PinDir) -> Result<(Vec<PinnedRule>, 
         .collect::<Result<_, HookError>>()?;
     let every = maps.config.get(&0, 0).map_err(map_err(names::HOOK_CONFIG))?.sample_every;
     Ok((out, every))
+}
+
+/// The gateways a written steer rule holds (those that were next hops when it was written),
+/// each weighted by its slots.
+fn steer_hops(r: &SteerRule, prefix: IpNet) -> Vec<SteerHop> {
+    let mut weights = [0u16; MAX_STEER_MEMBERS];
+    for m in &r.slot[..(r.slots as usize).min(STEER_SLOTS)] {
+        if let Some(w) = weights.get_mut(usize::from(*m)) {
+            *w += 1;
+        }
+    }
+    let family =
+        if prefix.addr().is_ipv4() { sluice_common::FAMILY_V4 } else { sluice_common::FAMILY_V6 };
+    r.members
+        .iter()
+        .zip(weights)
+        .filter(|(_, w)| *w > 0)
+        .map(|(m, weight)| SteerHop { via: addr_of(family, &m.gateway), weight })
+        .collect()
 }
 
 /// Every entry of a pinned LPM trie, its key as a prefix.
@@ -974,6 +1276,15 @@ mod tests {
         }
         fn del_rate(&mut self, p: IpNet) -> Result<(), HookError> {
             self.write()?.del_rate(p)
+        }
+        fn set_steer(&mut self, p: IpNet, r: &SteerRule) -> Result<(), HookError> {
+            self.write()?.set_steer(p, r)
+        }
+        fn del_steer(&mut self, p: IpNet) -> Result<(), HookError> {
+            self.write()?.del_steer(p)
+        }
+        fn nexthop_of(&self, via: IpAddr) -> Option<u32> {
+            self.maps.nexthop_of(via)
         }
         fn set_config(&mut self, config: HookConfig) -> Result<(), HookError> {
             self.maps.set_config(config)
@@ -1094,6 +1405,96 @@ mod tests {
         assert_eq!(t.maps.filters, before.0);
         assert_eq!(t.maps.config, before.1);
         assert_eq!(t.filters.len(), 1, "and the writer's own view too");
+    }
+
+    fn steer(prefix: &str, hops: &[(&str, u16)]) -> HookOp {
+        HookOp::SetSteer {
+            prefix: net(prefix),
+            next_hops: hops
+                .iter()
+                .map(|(via, weight)| SteerHop { via: via.parse().unwrap(), weight: *weight })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn steer_rules_are_validated_resolved_through_the_next_hops_and_refreshed() {
+        let mut t = HookTables::new(Memory::default());
+        let err = t
+            .apply(
+                "lb",
+                &[
+                    steer("203.0.113.0/24", &[]),
+                    steer("203.0.113.0/24", &[("2001:db8::1", 1)]),
+                    steer("203.0.113.0/24", &[("10.0.1.2", 0)]),
+                    steer("203.0.113.0/24", &[("10.0.1.2", 1), ("10.0.1.2", 2)]),
+                    steer("203.0.113.0/24", &[("0.0.0.0", 1)]),
+                    HookOp::RemoveSteer { prefix: net("198.51.100.0/24") },
+                ],
+            )
+            .unwrap_err();
+        let HookError::Invalid(errors) = err else { panic!("{err}") };
+        let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.index, e.field)).collect();
+        assert_eq!(
+            got,
+            [(0, "next_hops"), (1, "via"), (2, "weight"), (3, "via"), (4, "via"), (5, "prefix")]
+        );
+        assert!(t.maps.steers.is_empty());
+
+        // 10.0.1.2 is next hop 7; 10.0.2.2 is no next hop yet: it is left out.
+        t.maps.maps.gateways.insert("10.0.1.2".parse().unwrap(), 7);
+        t.apply("lb", &[steer("203.0.113.0/24", &[("10.0.1.2", 3), ("10.0.2.2", 1)])]).unwrap();
+        let r = t.maps.steers[&net("203.0.113.0/24")];
+        assert_eq!((r.slots, r.members[0].nexthop), (3, 7));
+        assert_eq!(&r.members[0].gateway[..4], &[10, 0, 1, 2]);
+        assert_eq!(&r.slot[..3], &[0, 0, 0]);
+        assert_eq!(t.maps.config.steer_v4, 1);
+        assert_eq!(t.maps.config.active, 1);
+        let err = t.apply("other", &[steer("203.0.113.0/24", &[("10.0.1.2", 1)])]).unwrap_err();
+        assert!(err.to_string().contains("held by plugin \"lb\""), "{err}");
+
+        // Once it is a next hop, a refresh spreads the slots 3:1.
+        t.maps.maps.gateways.insert("10.0.2.2".parse().unwrap(), 9);
+        t.refresh_steering().unwrap();
+        let r = t.maps.steers[&net("203.0.113.0/24")];
+        assert_eq!(r.slots, 4);
+        assert_eq!(&r.slot[..4], &[0, 0, 0, 1]);
+        assert_eq!(r.members[1].nexthop, 9);
+        // Listed as it was written.
+        let listed = t.rules(Some("lb")).unwrap();
+        assert_eq!(listed[0].rule, steer("203.0.113.0/24", &[("10.0.1.2", 3), ("10.0.2.2", 1)]));
+        assert_eq!(
+            steer_hops(&r, net("203.0.113.0/24")),
+            [
+                SteerHop { via: "10.0.1.2".parse().unwrap(), weight: 3 },
+                SteerHop { via: "10.0.2.2".parse().unwrap(), weight: 1 }
+            ]
+        );
+
+        t.remove_owner("lb").unwrap();
+        assert!(t.maps.steers.is_empty());
+        assert_eq!(t.maps.config, HookConfig::default());
+    }
+
+    #[test]
+    fn gateways_change_version_only_when_the_next_hops_gateways_change() {
+        let g = Gateways::default();
+        let nh = |last: u8| NextHop {
+            family: sluice_common::FAMILY_V4,
+            gateway: [10, 0, 0, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ..NextHop::default()
+        };
+        let mut hops = BTreeMap::from([(3, nh(1)), (4, nh(2)), (5, nh(1))]);
+        g.update(&hops);
+        assert_eq!(g.version(), 1);
+        assert_eq!(g.get("10.0.0.1".parse().unwrap()), Some(3), "the lowest id wins");
+        assert_eq!(g.get("10.0.0.2".parse().unwrap()), Some(4));
+        hops.get_mut(&4).unwrap().flags |= sluice_common::NH_F_RESOLVED;
+        g.update(&hops);
+        assert_eq!(g.version(), 1, "a MAC learnt changes no gateway");
+        hops.remove(&4);
+        g.update(&hops);
+        assert_eq!((g.version(), g.get("10.0.0.2".parse().unwrap())), (2, None));
     }
 
     #[test]

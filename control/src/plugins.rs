@@ -72,6 +72,8 @@ pub enum Table {
     RateLimit,
     /// Header sampling.
     Sample,
+    /// Next-hop overrides by destination.
+    Steer,
 }
 
 impl Table {
@@ -81,6 +83,7 @@ impl Table {
             Self::Filter => "filter",
             Self::RateLimit => "rate-limit",
             Self::Sample => "sample",
+            Self::Steer => "steer",
         }
     }
 }
@@ -716,6 +719,21 @@ impl Plugin {
                 (Table::RateLimit, HookOp::RemoveRateLimit { prefix: prefix(&p)? })
             }
             wit::Op::SetSampling(every) => (Table::Sample, HookOp::SetSampling { every }),
+            wit::Op::SetSteer(r) => {
+                let next_hops = r
+                    .next_hops
+                    .iter()
+                    .map(|h| {
+                        let via = h.via.parse().map_err(|_| PluginError::Invalid {
+                            index,
+                            message: format!("{:?} is not an IP address", h.via),
+                        })?;
+                        Ok(hooks::SteerHop { via, weight: h.weight })
+                    })
+                    .collect::<Result<_, PluginError>>()?;
+                (Table::Steer, HookOp::SetSteer { prefix: prefix(&r.prefix)?, next_hops })
+            }
+            wit::Op::RemoveSteer(p) => (Table::Steer, HookOp::RemoveSteer { prefix: prefix(&p)? }),
         };
         if !self.manifest.tables.contains(&table) {
             return Err(PluginError::Undeclared { index, table });
@@ -817,6 +835,11 @@ impl<S: TableSink> Manager<S> {
     /// The tables, for reading.
     pub fn sink(&self) -> &S {
         &self.sink
+    }
+
+    /// The tables, for maintenance outside plugin calls.
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
     }
 
     /// Plugins by name.
@@ -1174,6 +1197,8 @@ pub struct Feed {
     pub routes: std::sync::mpsc::Receiver<Vec<RouteChange>>,
     /// The pinned dataplane, for counter snapshots.
     pub pin: crate::dataplane::PinDir,
+    /// The dataplane's next hops by gateway, which steer rules are resolved through.
+    pub gateways: hooks::Gateways,
 }
 
 impl std::fmt::Debug for Feed {
@@ -1216,6 +1241,7 @@ pub fn run_dir(dir: &std::path::Path, trust: Trust, mut maps: hooks::AyaHookMaps
             return;
         }
     };
+    maps.set_gateways(feed.gateways.clone());
     let mut manager = Manager::new(host, HookTables::new(maps), None);
     let mut manifests: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
@@ -1256,9 +1282,17 @@ pub fn run_dir(dir: &std::path::Path, trust: Trust, mut maps: hooks::AyaHookMaps
     }
     let spawned = thread::Builder::new().name("sluice-plugins".into()).spawn(move || {
         let mut ticks = 0u32;
+        let mut gateways_seen = feed.gateways.version();
         loop {
             thread::sleep(EVENT_INTERVAL);
             ticks = ticks.wrapping_add(1);
+            let version = feed.gateways.version();
+            if version != gateways_seen {
+                gateways_seen = version;
+                if let Err(e) = manager.sink_mut().refresh_steering() {
+                    tracing::error!(error = %e, "rewriting the steer rules failed");
+                }
+            }
             let mut events: Vec<Event> = Vec::new();
             while let Ok(changes) = feed.routes.try_recv() {
                 let room = MAX_ROUTE_EVENTS.saturating_sub(events.len());

@@ -1,7 +1,8 @@
 //! The hook tables on the forwarding path (see `sluice_common::hooks`): 1-in-N sampling, the
 //! prefix filter (sources, then destinations) and the per-source rate limiter, consulted after
-//! the IP header is validated and before the route lookup. `HOOK_CONFIG` says which tables hold
-//! anything, so empty tables cost one array read.
+//! the IP header is validated and before the route lookup; the steer tables, consulted after it
+//! for a packet the routes forward. `HOOK_CONFIG` says which tables hold anything, so empty
+//! tables cost one array read.
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
@@ -12,7 +13,8 @@ use sluice_common::{
     Counter, FAMILY_V4, Reason,
     hooks::{
         Bucket, FilterAction, FilterRule, HookConfig, MAX_FILTER_RULES, MAX_RATE_RULES,
-        MAX_RULE_IDS, RATE_STATE_ENTRIES, RateKey, RateRule, SAMPLE_RING_BYTES, Sample, take_token,
+        MAX_RULE_IDS, MAX_STEER_RULES, RATE_STATE_ENTRIES, RateKey, RateRule, SAMPLE_RING_BYTES,
+        Sample, SteerMember, SteerRule, take_token,
     },
 };
 
@@ -33,6 +35,10 @@ static RATE_V4: LpmTrie<[u8; 4], RateRule> = LpmTrie::with_max_entries(MAX_RATE_
 #[map]
 static RATE_V6: LpmTrie<[u8; 16], RateRule> = LpmTrie::with_max_entries(MAX_RATE_RULES, 0);
 #[map]
+static STEER_V4: LpmTrie<[u8; 4], SteerRule> = LpmTrie::with_max_entries(MAX_STEER_RULES, 0);
+#[map]
+static STEER_V6: LpmTrie<[u8; 16], SteerRule> = LpmTrie::with_max_entries(MAX_STEER_RULES, 0);
+#[map]
 static RATE_STATE: LruHashMap<RateKey, Bucket> =
     LruHashMap::with_max_entries(RATE_STATE_ENTRIES, 0);
 #[map]
@@ -42,8 +48,8 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
 
 /// What the hook tables decided for a packet.
 pub enum Verdict {
-    /// Forward as the routes say.
-    Continue,
+    /// Forward as the routes say; `steer`: a steer table of the packet's family holds rules.
+    Continue { steer: bool },
     /// Drop, counted under the reason.
     Drop(Reason),
     /// Hand to the kernel, counted under the reason.
@@ -64,18 +70,18 @@ pub struct Packet<'a> {
 /// (network order, as in the packet; 0 when there are none), for a sample only.
 #[inline(always)]
 pub fn ingress(p: &Packet<'_>, ports: impl FnOnce() -> u32) -> Verdict {
-    let Some(cfg) = HOOK_CONFIG.get(0) else { return Verdict::Continue };
+    let Some(cfg) = HOOK_CONFIG.get(0) else { return Verdict::Continue { steer: false } };
     if cfg.active == 0 {
-        return Verdict::Continue;
+        return Verdict::Continue { steer: false };
     }
     if cfg.sample_every != 0 {
         sample(p, cfg.sample_every, ports);
     }
     let v4 = p.family == FAMILY_V4;
-    let (src_rules, dst_rules, rate_rules) = if v4 {
-        (cfg.filter_src_v4, cfg.filter_dst_v4, cfg.rate_v4)
+    let (src_rules, dst_rules, rate_rules, steer_rules) = if v4 {
+        (cfg.filter_src_v4, cfg.filter_dst_v4, cfg.rate_v4, cfg.steer_v4)
     } else {
-        (cfg.filter_src_v6, cfg.filter_dst_v6, cfg.rate_v6)
+        (cfg.filter_src_v6, cfg.filter_dst_v6, cfg.rate_v6, cfg.steer_v6)
     };
     if src_rules != 0 {
         let rule =
@@ -100,7 +106,20 @@ pub fn ingress(p: &Packet<'_>, ports: impl FnOnce() -> u32) -> Verdict {
             return Verdict::Drop(Reason::DropRateLimited);
         }
     }
-    Verdict::Continue
+    Verdict::Continue { steer: steer_rules != 0 }
+}
+
+/// The steer rule covering `dst`, if any, and the gateway it sends this flow to: the rule's id
+/// and the member (its next-hop id, with the address that next hop must still have). `None`: no
+/// rule covers `dst`, or none of its gateways is a known next hop.
+#[inline(always)]
+pub fn steer(family: u8, dst: &[u8; 16], hash: u32) -> Option<(u32, &'static SteerMember)> {
+    let rule = if family == FAMILY_V4 {
+        STEER_V4.get(Key::new(32, [dst[0], dst[1], dst[2], dst[3]]))
+    } else {
+        STEER_V6.get(Key::new(128, *dst))
+    }?;
+    Some((rule.rule, rule.pick(hash)?))
 }
 
 #[inline(always)]
@@ -154,8 +173,9 @@ fn admit(rule: &RateRule, p: &Packet<'_>) -> bool {
     }
 }
 
+/// Counts a packet on a rule.
 #[inline(always)]
-fn count_rule(rule: u32, len: usize) {
+pub fn count_rule(rule: u32, len: usize) {
     if let Some(c) = RULE_COUNTERS.get_ptr_mut(rule) {
         // SAFETY: per-CPU value, so no other writer runs concurrently on this CPU.
         unsafe {

@@ -210,9 +210,10 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
         dst: &dst16,
     };
     let ports = || if first_fragment { read_ports(ctx, frame.l3 + ihl, proto) } else { 0 };
-    if let Some(outcome) = hook_outcome(hooks::ingress(&packet, ports)) {
-        return outcome;
-    }
+    let steer = match hook_outcome(hooks::ingress(&packet, ports)) {
+        Ok(steer) => steer,
+        Err(outcome) => return outcome,
+    };
     let Some(route) = lookup_v4(dst) else {
         return Outcome::pass(Reason::PassNoRoute);
     };
@@ -223,7 +224,7 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
         let ports = if fragment { 0 } else { read_ports(ctx, frame.l3 + ihl, proto) };
         flow_hash(&flow_words(&src16, &dst16, proto, ports), FLOW_HASH_SEED)
     };
-    let nh = match resolve(&route, &dst16, hash, hdr.ttl, FAMILY_V4) {
+    let nh = match resolve(&route, &dst16, hash, hdr.ttl, FAMILY_V4, steer.then_some(frame.len)) {
         Ok(nh) => nh,
         Err(outcome) => return outcome,
     };
@@ -271,9 +272,10 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
         dst: &dst,
     };
     let ports = || read_ports(ctx, frame.l3 + Ipv6Hdr::LEN, packet.proto);
-    if let Some(outcome) = hook_outcome(hooks::ingress(&packet, ports)) {
-        return outcome;
-    }
+    let steer = match hook_outcome(hooks::ingress(&packet, ports)) {
+        Ok(steer) => steer,
+        Err(outcome) => return outcome,
+    };
     let Some(route) = lookup_v6(&dst) else {
         return Outcome::pass(Reason::PassNoRoute);
     };
@@ -282,7 +284,8 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
         let ports = read_ports(ctx, frame.l3 + Ipv6Hdr::LEN, next_hdr);
         flow_hash(&flow_words(&src, &dst, next_hdr, ports), FLOW_HASH_SEED)
     };
-    let nh = match resolve(&route, &dst, hash, hdr.hop_limit, FAMILY_V6) {
+    let nh = match resolve(&route, &dst, hash, hdr.hop_limit, FAMILY_V6, steer.then_some(frame.len))
+    {
         Ok(nh) => nh,
         Err(outcome) => return outcome,
     };
@@ -297,14 +300,32 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     rewrite_l2(ctx, frame, &nh, action)
 }
 
-/// The outcome the hook tables decided, if they decided one.
+/// The outcome the hook tables decided, or whether steer rules may apply to the packet.
 #[inline(always)]
-fn hook_outcome(v: hooks::Verdict) -> Option<Outcome> {
+fn hook_outcome(v: hooks::Verdict) -> Result<bool, Outcome> {
     match v {
-        hooks::Verdict::Continue => None,
-        hooks::Verdict::Drop(reason) => Some(Outcome::drop(reason)),
-        hooks::Verdict::Pass(reason) => Some(Outcome::pass(reason)),
+        hooks::Verdict::Continue { steer } => Ok(steer),
+        hooks::Verdict::Drop(reason) => Err(Outcome::drop(reason)),
+        hooks::Verdict::Pass(reason) => Err(Outcome::pass(reason)),
     }
+}
+
+/// The next hop a steer rule picks for this flow, if a rule covers `dst` and the next hop it
+/// names is still its gateway's and resolved; counted on the rule. Otherwise the route decides
+/// (an unresolved gateway is asked for first).
+#[inline(always)]
+fn steered(family: u8, dst: &[u8; 16], len: usize, hash: u32) -> Option<NextHop> {
+    let (rule, member) = hooks::steer(family, dst, hash)?;
+    let nh = NEXTHOPS.get(member.nexthop)?;
+    if nh.family != family || nh.gateway != member.gateway || nh.ifindex == 0 {
+        return None;
+    }
+    if !nh.is_resolved() {
+        request_neighbour(nh.logical_ifindex, nh.family, &nh.gateway);
+        return None;
+    }
+    hooks::count_rule(rule, len);
+    Some(*nh)
 }
 
 /// Longest-prefix match in DIR-24-8: one read for prefixes up to /24, two for longer ones.
@@ -362,16 +383,27 @@ fn is_v6_special(a: &[u8; 16]) -> bool {
     head == 0 && a[15] <= 1
 }
 
-/// Turns a route into the next hop to use, or the outcome when the packet is not forwarded.
+/// Turns a route into the next hop to use (a steer rule's, when `steer_len` says the steer tables
+/// hold rules and one covers `dst`), or the outcome when the packet is not forwarded.
 #[inline(always)]
 fn resolve(
     route: &Route,
     dst: &[u8; 16],
-    flow_hash: impl FnOnce() -> u32,
+    flow_hash: impl Fn() -> u32,
     ttl: u8,
     family: u8,
+    steer_len: Option<usize>,
 ) -> Result<NextHop, Outcome> {
-    let id = match RouteAction::from_u32(route.action) {
+    let action = RouteAction::from_u32(route.action);
+    // Steer rules override the next hop of what the routes forward, nothing else.
+    if let Some(len) = steer_len
+        && ttl > 1
+        && matches!(action, Some(RouteAction::Forward | RouteAction::Ecmp))
+        && let Some(nh) = steered(family, dst, len, flow_hash())
+    {
+        return Ok(nh);
+    }
+    let id = match action {
         Some(RouteAction::Forward) => route.target,
         Some(RouteAction::Ecmp) => {
             let Some(group) = ECMP_GROUPS.get(route.target) else {

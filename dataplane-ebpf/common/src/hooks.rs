@@ -1,6 +1,7 @@
 //! The hook tables that plugins fill and the XDP program enforces: a prefix `filter` on source
-//! or destination (drop, pass to the kernel, count), a per-source token-bucket `rate-limit`, and
-//! 1-in-N header `sample`s into a ring buffer. Written by the control plane
+//! or destination (drop, pass to the kernel, count), a per-source token-bucket `rate-limit`,
+//! `steer` rules that override the next hop of forwarded traffic by destination (weighted
+//! between gateways, per flow), and 1-in-N header `sample`s into a ring buffer. Written by the control plane
 //! (`control/src/hooks.rs`) on behalf of plugins, never by plugins themselves.
 //!
 //! Empty tables cost one array read per packet: [`HookConfig`] says which tables hold anything,
@@ -14,6 +15,12 @@ pub const MAX_RATE_RULES: u32 = 1 << 14;
 pub const RATE_STATE_ENTRIES: u32 = 1 << 17;
 /// Rule ids (counter slots). Id 0 is never used.
 pub const MAX_RULE_IDS: u32 = 1 << 17;
+/// Rules per steer table (one per family).
+pub const MAX_STEER_RULES: u32 = 1 << 12;
+/// Gateways one steer rule spreads traffic over.
+pub const MAX_STEER_MEMBERS: usize = 8;
+/// Slots of a steer rule: members repeat in proportion to their weights.
+pub const STEER_SLOTS: usize = 32;
 /// Bytes of the sample ring buffer.
 pub const SAMPLE_RING_BYTES: u32 = 1 << 18;
 
@@ -138,8 +145,70 @@ pub struct HookConfig {
     pub rate_v6: u32,
     /// Sample one packet in this many (0: no sampling).
     pub sample_every: u32,
+    /// Rules in `STEER_V4`.
+    pub steer_v4: u32,
+    /// Rules in `STEER_V6`.
+    pub steer_v6: u32,
 }
-const _: () = assert!(size_of::<HookConfig>() == 32);
+const _: () = assert!(size_of::<HookConfig>() == 40);
+
+/// A gateway of a steer rule: the next hop the control plane found for it, and the gateway's
+/// address, which the program checks against that next hop before using it (a next-hop id freed
+/// and reused since the rule was written must not send traffic elsewhere).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SteerMember {
+    /// Id in `NEXTHOPS` (host order).
+    pub nexthop: u32,
+    /// The gateway (network order; IPv4 in the first four bytes).
+    pub gateway: [u8; 16],
+}
+const _: () = assert!(size_of::<SteerMember>() == 20);
+
+/// Value of the steer tables: the destinations inside the rule's prefix that have a forwarding
+/// route go to one of `members` instead, chosen per flow through `slot`, which repeats members in
+/// proportion to their weights. `slots == 0` (no gateway of the rule is a known next hop): the
+/// route decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SteerRule {
+    /// The rule's id: its slot in `RULE_COUNTERS`, which counts the packets it steered.
+    pub rule: u32,
+    /// Slots in use, 0..=[`STEER_SLOTS`] (host order).
+    pub slots: u32,
+    /// Index into `members` of each slot.
+    pub slot: [u8; STEER_SLOTS],
+    /// The gateways.
+    pub members: [SteerMember; MAX_STEER_MEMBERS],
+}
+const _: () = assert!(size_of::<SteerRule>() == 8 + STEER_SLOTS + 20 * MAX_STEER_MEMBERS);
+
+impl Default for SteerRule {
+    fn default() -> Self {
+        Self {
+            rule: 0,
+            slots: 0,
+            slot: [0; STEER_SLOTS],
+            members: [SteerMember::default(); MAX_STEER_MEMBERS],
+        }
+    }
+}
+
+impl SteerRule {
+    /// The member a flow with this hash goes to (multiply-shift, as [`EcmpGroup::pick`]).
+    ///
+    /// [`EcmpGroup::pick`]: crate::EcmpGroup::pick
+    #[inline(always)]
+    pub fn pick(&self, hash: u32) -> Option<&SteerMember> {
+        let slots = self.slots as usize;
+        if slots == 0 || slots > STEER_SLOTS {
+            return None;
+        }
+        let index = ((u64::from(hash) * slots as u64) >> 32) as usize;
+        let member = *self.slot.get(index)? as usize;
+        self.members.get(member)
+    }
+}
 
 /// A sampled packet's headers, as the XDP program saw them on arrival.
 #[repr(C)]
@@ -184,5 +253,22 @@ mod tests {
         assert_eq!(take_token(t, 100_000_000, 10, 3), (0, true));
         // Never more than the burst, however long the source was quiet.
         assert_eq!(take_token(0, u64::MAX, 1_000_000, 5), (4000, true));
+    }
+
+    #[test]
+    fn a_steer_rule_picks_members_by_their_share_of_slots() {
+        let mut r = SteerRule { slots: 4, ..SteerRule::default() };
+        r.slot[..4].copy_from_slice(&[0, 0, 0, 1]);
+        r.members[0].nexthop = 7;
+        r.members[1].nexthop = 9;
+        let mut hits = [0u32; 2];
+        for i in 0..4096u32 {
+            let m = r.pick(i.wrapping_mul(0x9e37_79b9)).unwrap();
+            hits[usize::from(m.nexthop == 9)] += 1;
+        }
+        assert!((2900..3250).contains(&hits[0]), "{hits:?}");
+        assert!((850..1200).contains(&hits[1]), "{hits:?}");
+        assert!(SteerRule::default().pick(1).is_none());
+        assert!(SteerRule { slots: 33, ..r }.pick(1).is_none());
     }
 }

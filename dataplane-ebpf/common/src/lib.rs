@@ -66,6 +66,11 @@ pub mod names {
     pub const RATE_V4: &str = "RATE_V4";
     /// Hook table `rate-limit`, IPv6 source prefixes.
     pub const RATE_V6: &str = "RATE_V6";
+    /// Hook table `steer`, IPv4 destinations: LPM trie `Key<[u8; 4]>` ->
+    /// [`SteerRule`](super::hooks::SteerRule).
+    pub const STEER_V4: &str = "STEER_V4";
+    /// Hook table `steer`, IPv6 destinations.
+    pub const STEER_V6: &str = "STEER_V6";
     /// LRU hash of token buckets, one per source address a rate rule covers.
     pub const RATE_STATE: &str = "RATE_STATE";
     /// Per-CPU packet and byte counters of the hook rules, indexed by rule id.
@@ -76,7 +81,7 @@ pub mod names {
     pub const SAMPLES: &str = "SAMPLES";
 
     /// Every map, in the order they are pinned.
-    pub const ALL_MAPS: [&str; 23] = [
+    pub const ALL_MAPS: [&str; 25] = [
         ROUTES_V4,
         ROUTES_V6,
         NEXTHOPS,
@@ -96,6 +101,8 @@ pub mod names {
         FILTER_DST_V6,
         RATE_V4,
         RATE_V6,
+        STEER_V4,
+        STEER_V6,
         RATE_STATE,
         RULE_COUNTERS,
         HOOK_CONFIG,

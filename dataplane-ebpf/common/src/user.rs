@@ -31,6 +31,8 @@ unsafe impl aya::Pod for crate::hooks::Bucket {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::hooks::HookConfig {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::hooks::SteerRule {}
+// SAFETY: as above.
 unsafe impl aya::Pod for crate::hooks::Sample {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::xmit::XmitStats {}

@@ -28,7 +28,7 @@ pub mod bindings {
 
 pub use bindings::sluice::plugin::host::{self, Level};
 pub use bindings::sluice::plugin::types::{
-    Action, Counter, Direction, FilterRule, FlowSample, RateLimit, RouteChange,
+    Action, Counter, Direction, FilterRule, FlowSample, RateLimit, RouteChange, SteerHop, SteerRule,
 };
 pub use bindings::{Event, Guest, Op, export};
 
@@ -40,6 +40,17 @@ pub fn filter(direction: Direction, prefix: &str, action: Action) -> Op {
 /// A rate rule operation.
 pub fn rate_limit(prefix: &str, rate_pps: u32, burst: u32) -> Op {
     Op::SetRateLimit(RateLimit { prefix: prefix.to_owned(), rate_pps, burst })
+}
+
+/// A steer rule operation: the flows to `prefix` go to the gateways `(address, weight)`.
+pub fn steer(prefix: &str, next_hops: &[(&str, u16)]) -> Op {
+    Op::SetSteer(SteerRule {
+        prefix: prefix.to_owned(),
+        next_hops: next_hops
+            .iter()
+            .map(|(via, weight)| SteerHop { via: (*via).to_owned(), weight: *weight })
+            .collect(),
+    })
 }
 
 /// Writes to the plugin's log.
