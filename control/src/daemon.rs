@@ -179,11 +179,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let (tx, rx) = std::sync::mpsc::channel();
                 state.route_events = Some(tx);
                 state.gateways.update(&state.fib.nexthops);
+                let kv = match &opts.state_dir {
+                    Some(dir) => {
+                        let path = dir.join("plugin-kv");
+                        Some(sled::open(&path).with_context(|| {
+                            format!("opening the plugins' key-value stores in {}", path.display())
+                        })?)
+                    }
+                    None => None,
+                };
                 let feed = crate::plugins::Feed {
                     samples,
                     routes: rx,
                     pin: opts.pin.clone(),
                     gateways: state.gateways.clone(),
+                    kv,
                 };
                 crate::plugins::run_dir(dir, opts.trust.clone(), maps, feed);
             }

@@ -367,13 +367,55 @@ fn push_log(log: &Log, level: &'static str, message: String) {
 /// Answers a plugin's route lookups.
 pub type RouteLookup = Arc<dyn Fn(IpAddr) -> Option<IpNet> + Send + Sync>;
 
+/// A plugin's key-value store: a sled tree of its own when the router has a state directory
+/// (it outlives restarts and new versions; sled writes it out within half a second), else a map
+/// in memory for the instance's life.
+enum Kv {
+    Memory(BTreeMap<String, Vec<u8>>),
+    Sled(sled::Tree),
+}
+
+impl Kv {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Self::Memory(m) => Ok(m.get(key).cloned()),
+            Self::Sled(t) => {
+                t.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| format!("store: {e}"))
+            }
+        }
+    }
+
+    /// Bytes of keys and values held, but for `except`'s.
+    fn used_except(&self, except: &str) -> Result<usize, String> {
+        match self {
+            Self::Memory(m) => {
+                Ok(m.iter().filter(|(k, _)| *k != except).map(|(k, v)| k.len() + v.len()).sum())
+            }
+            Self::Sled(t) => t.iter().try_fold(0, |n, item| {
+                let (k, v) = item.map_err(|e| format!("store: {e}"))?;
+                Ok(if &*k == except.as_bytes() { n } else { n + k.len() + v.len() })
+            }),
+        }
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        match self {
+            Self::Memory(m) => {
+                m.insert(key, value);
+                Ok(())
+            }
+            Self::Sled(t) => t.insert(key, value).map(drop).map_err(|e| format!("store: {e}")),
+        }
+    }
+}
+
 /// What a plugin's store holds.
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
     log: Log,
-    kv: BTreeMap<String, Vec<u8>>,
+    kv: Kv,
     kv_quota: usize,
     routes: Option<RouteLookup>,
 }
@@ -409,17 +451,21 @@ impl wit_host::Host for HostState {
     }
 
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.kv.get(&key).cloned()
+        match self.kv.get(&key) {
+            Ok(v) => v,
+            Err(e) => {
+                push_log(&self.log, "host", format!("kv-get {key:?}: {e}"));
+                None
+            }
+        }
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        let used: usize =
-            self.kv.iter().filter(|(k, _)| **k != key).map(|(k, v)| k.len() + v.len()).sum();
+        let used = self.kv.used_except(&key)?;
         if used + key.len() + value.len() > self.kv_quota {
             return Err(format!("over the quota of {} bytes", self.kv_quota));
         }
-        self.kv.insert(key, value);
-        Ok(())
+        self.kv.set(key, value)
     }
 }
 
@@ -429,6 +475,7 @@ pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     stop: Arc<AtomicBool>,
+    kv: Option<sled::Db>,
 }
 
 impl PluginHost {
@@ -470,7 +517,23 @@ impl PluginHost {
                 }
             })
             .map_err(|e| PluginError::Load(format!("epoch ticker: {e}")))?;
-        Ok(Self { trust, engine, linker: Arc::new(linker), stop })
+        Ok(Self { trust, engine, linker: Arc::new(linker), stop, kv: None })
+    }
+
+    /// Keeps the plugins' key-value stores in `db`, one tree per plugin name, instead of in
+    /// memory.
+    #[must_use]
+    pub fn with_kv(mut self, db: sled::Db) -> Self {
+        self.kv = Some(db);
+        self
+    }
+
+    /// Deletes a plugin's key-value store (the plugin is removed for good).
+    pub fn forget_kv(&self, name: &str) -> Result<(), PluginError> {
+        if let Some(db) = &self.kv {
+            db.drop_tree(kv_tree(name)).map_err(|e| PluginError::Load(format!("store: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Loads a plugin: checks the manifest and the component's hash, compiles and instantiates
@@ -512,6 +575,13 @@ impl PluginHost {
     ) -> Result<Plugin, PluginError> {
         let manifest = compiled.manifest.clone();
         let log: Log = Arc::new(Mutex::new(VecDeque::new()));
+        let kv = match &self.kv {
+            Some(db) => Kv::Sled(
+                db.open_tree(kv_tree(&manifest.name))
+                    .map_err(|e| PluginError::Load(format!("its key-value store: {e}")))?,
+            ),
+            None => Kv::Memory(BTreeMap::new()),
+        };
         let state = HostState {
             // Nothing granted: no preopened directories, environment, arguments, network,
             // stdin; what the plugin prints is dropped (it has `log`).
@@ -529,7 +599,7 @@ impl PluginHost {
                 .trap_on_grow_failure(true)
                 .build(),
             log: Arc::clone(&log),
-            kv: BTreeMap::new(),
+            kv,
             kv_quota: manifest.kv_bytes,
             routes,
         };
@@ -544,6 +614,11 @@ impl PluginHost {
         push_log(&log, "host", format!("loaded {} {}", manifest.name, manifest.version));
         Ok(Plugin { manifest, store, instance, log })
     }
+}
+
+/// The sled tree of a plugin's key-value store.
+fn kv_tree(name: &str) -> String {
+    format!("kv/{name}")
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -883,6 +958,13 @@ impl<S: TableSink> Manager<S> {
         Ok(true)
     }
 
+    /// Removes a plugin for good: everything it wrote, and its key-value store.
+    pub fn forget(&mut self, name: &str) -> Result<bool, PluginError> {
+        let removed = self.remove(name)?;
+        self.host.forget_kv(name)?;
+        Ok(removed)
+    }
+
     /// Hands a batch of events to every running plugin and applies what each returns. A
     /// plugin that fails is quarantined; the others go on. Returns the failures.
     pub fn dispatch(&mut self, events: &[Event]) -> Vec<(String, PluginError)> {
@@ -1199,12 +1281,46 @@ pub struct Feed {
     pub pin: crate::dataplane::PinDir,
     /// The dataplane's next hops by gateway, which steer rules are resolved through.
     pub gateways: hooks::Gateways,
+    /// Where the plugins' key-value stores are kept (none: in memory).
+    pub kv: Option<sled::Db>,
 }
 
 impl std::fmt::Debug for Feed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Feed").field("pin", &self.pin).finish_non_exhaustive()
     }
+}
+
+/// The events of one round: the route changes and samples gathered since the last, a counter
+/// snapshot every `COUNTERS_EVERY` rounds, and the timer.
+fn gather_events(feed: &mut Feed, ticks: u32) -> Vec<Event> {
+    let mut events: Vec<Event> = Vec::new();
+    while let Ok(changes) = feed.routes.try_recv() {
+        let room = MAX_ROUTE_EVENTS.saturating_sub(events.len());
+        events.extend(changes.into_iter().take(room).map(Event::Route));
+    }
+    if ticks.is_multiple_of(COUNTERS_EVERY)
+        && let Some(c) = counter_snapshot(&feed.pin)
+    {
+        events.push(c);
+    }
+    while events.len() < 100_000
+        && let Some(item) = feed.samples.next()
+    {
+        if let Some(s) = hooks::SampledPacket::from_record(&item) {
+            events.push(Event::Sample(FlowSample {
+                ifindex: s.ifindex,
+                len: s.len,
+                proto: s.proto,
+                src: s.src.to_string(),
+                dst: s.dst.to_string(),
+                sport: s.sport,
+                dport: s.dport,
+            }));
+        }
+    }
+    events.push(Event::Timer(now_ms()));
+    events
 }
 
 /// The dataplane's counters as events: every non-zero (interface, reason).
@@ -1235,7 +1351,10 @@ pub fn run_dir(dir: &std::path::Path, trust: Trust, mut maps: hooks::AyaHookMaps
         return;
     }
     let host = match PluginHost::new(trust) {
-        Ok(h) => h,
+        Ok(h) => match feed.kv.take() {
+            Some(db) => h.with_kv(db),
+            None => h,
+        },
         Err(e) => {
             tracing::error!(error = %e, "the plugin host did not start");
             return;
@@ -1293,32 +1412,7 @@ pub fn run_dir(dir: &std::path::Path, trust: Trust, mut maps: hooks::AyaHookMaps
                     tracing::error!(error = %e, "rewriting the steer rules failed");
                 }
             }
-            let mut events: Vec<Event> = Vec::new();
-            while let Ok(changes) = feed.routes.try_recv() {
-                let room = MAX_ROUTE_EVENTS.saturating_sub(events.len());
-                events.extend(changes.into_iter().take(room).map(Event::Route));
-            }
-            if ticks.is_multiple_of(COUNTERS_EVERY)
-                && let Some(c) = counter_snapshot(&feed.pin)
-            {
-                events.push(c);
-            }
-            while events.len() < 100_000
-                && let Some(item) = feed.samples.next()
-            {
-                if let Some(s) = hooks::SampledPacket::from_record(&item) {
-                    events.push(Event::Sample(FlowSample {
-                        ifindex: s.ifindex,
-                        len: s.len,
-                        proto: s.proto,
-                        src: s.src.to_string(),
-                        dst: s.dst.to_string(),
-                        sport: s.sport,
-                        dport: s.dport,
-                    }));
-                }
-            }
-            events.push(Event::Timer(now_ms()));
+            let events = gather_events(&mut feed, ticks);
             for (name, e) in manager.dispatch(&events) {
                 tracing::warn!(plugin = name, error = %e, "plugin quarantined");
             }

@@ -315,3 +315,49 @@ fn only_plugins_signed_by_a_trusted_publisher_run_unless_unsigned_ones_are_allow
     // Allowed explicitly, unsigned plugins run.
     manager().add(manifest("static-acl", &wasm, &[Table::Filter]), &wasm, config).expect("allowed");
 }
+
+#[test]
+fn a_plugins_key_value_store_outlives_its_instances_and_the_host_within_its_quota() {
+    let wasm = component("hostile");
+    let dir = std::env::temp_dir().join(format!("sluice-kv-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let count_rule = |m: &Manager<HookTables<MemoryHookMaps>>| -> Vec<HookOp> {
+        rules_of(m, "kv")
+            .into_iter()
+            .filter(|r| matches!(r, HookOp::SetFilter { prefix, .. } if prefix.to_string().starts_with("198.18.0.")))
+            .collect()
+    };
+    let counted = |n: u8| HookOp::SetFilter {
+        direction: Direction::Src,
+        prefix: format!("198.18.0.{n}/32").parse().expect("prefix"),
+        action: Action::Count,
+    };
+    let host_with_kv = || {
+        let db = sled::open(&dir).expect("the key-value database opens");
+        PluginHost::new(Trust::unsigned_allowed()).expect("the engine starts").with_kv(db)
+    };
+    {
+        let mut m = Manager::new(host_with_kv(), HookTables::new(MemoryHookMaps::default()), None);
+        m.add(manifest("kv", &wasm, &[Table::Filter]), &wasm, "kv-count").expect("starts");
+        assert!(m.dispatch(&events()).is_empty());
+        assert!(m.dispatch(&events()).is_empty(), "a value over the quota is refused");
+        assert!(count_rule(&m).contains(&counted(2)));
+        // A new instance (a new version, a restart) finds the count.
+        assert!(m.remove("kv").expect("removed"));
+        m.add(manifest("kv", &wasm, &[Table::Filter]), &wasm, "kv-count").expect("starts");
+        assert!(m.dispatch(&events()).is_empty());
+        assert_eq!(count_rule(&m), [counted(3)]);
+    }
+    // So does a new host on the same database (a daemon restarted).
+    let mut m = Manager::new(host_with_kv(), HookTables::new(MemoryHookMaps::default()), None);
+    m.add(manifest("kv", &wasm, &[Table::Filter]), &wasm, "kv-count").expect("starts");
+    assert!(m.dispatch(&events()).is_empty());
+    assert_eq!(count_rule(&m), [counted(4)]);
+    // Forgotten for good, it starts again from nothing.
+    assert!(m.forget("kv").expect("forgotten"));
+    m.add(manifest("kv", &wasm, &[Table::Filter]), &wasm, "kv-count").expect("starts");
+    assert!(m.dispatch(&events()).is_empty());
+    assert_eq!(count_rule(&m), [counted(1)]);
+    drop(m);
+    let _ = std::fs::remove_dir_all(&dir);
+}

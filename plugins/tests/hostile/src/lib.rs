@@ -3,14 +3,16 @@
 //! endless loop in `init`), `trap`, `memory-bomb`, `recursion`, `huge-result`, `bad-prefix`,
 //! `undeclared-table`; `echo-events` writes a count rule on each route it is told about (and
 //! removes it with the route) and one on 198.18.255.255/32 when a counter snapshot arrives;
-//! anything else behaves.
+//! `kv-count` counts its `handle` calls in its key-value store (so the count outlives the
+//! instance when the store does) and writes a count rule on 198.18.0.N/32 for call N, after
+//! checking that a value over its quota is refused; anything else behaves.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use sluice_plugin_sdk::{Action, Direction, Event, Guest, Op, filter, rate_limit};
+use sluice_plugin_sdk::{Action, Direction, Event, Guest, Op, filter, host, rate_limit};
 
 static MODE: AtomicU32 = AtomicU32::new(0);
-const MODES: [&str; 9] = [
+const MODES: [&str; 10] = [
     "spin",
     "slow-init",
     "trap",
@@ -20,6 +22,7 @@ const MODES: [&str; 9] = [
     "bad-prefix",
     "undeclared-table",
     "echo-events",
+    "kv-count",
 ];
 
 fn mode() -> &'static str {
@@ -62,6 +65,17 @@ impl Guest for Hostile {
                     _ => None,
                 })
                 .collect()),
+            "kv-count" => {
+                let calls = host::kv_get("calls")
+                    .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+                    .map_or(0, u32::from_le_bytes)
+                    + 1;
+                host::kv_set("calls", &calls.to_le_bytes())?;
+                if host::kv_set("big", &[0; 64 << 10]).is_ok() {
+                    return Err("a value over the quota was taken".into());
+                }
+                Ok(vec![filter(Direction::Src, &format!("198.18.0.{calls}/32"), Action::Count)])
+            }
             "spin" => loop {
                 std::hint::black_box(());
             },
