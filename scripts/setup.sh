@@ -11,7 +11,7 @@ BPF_LINKER_VERSION=0.13.0
 NIGHTLY_PINNED=nightly-2026-05-19
 APT_PACKAGES=(
   "llvm-${LLVM_VERSION}-dev" "libpolly-${LLVM_VERSION}-dev" libzstd-dev zlib1g-dev
-  iproute2 ethtool iputils-ping bpftool tcpdump procps util-linux bird2
+  iproute2 ethtool iputils-ping bpftool tcpdump procps util-linux bird2 curl ca-certificates
 )
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }

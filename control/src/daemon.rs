@@ -50,6 +50,8 @@ pub struct Options {
     pub trust: crate::plugins::Trust,
     /// Where the configuration store lives (`DIR/db`); none: no stored configuration.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Where the REST API listens (needs `state_dir`).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The configuration store and the netlink handle its static routes are applied with.
@@ -129,6 +131,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let config = opts.state_dir.as_deref().map(Config::open).transpose()?;
     if let Some(c) = &config {
         c.reconcile(true).await;
+    }
+    // Told when the API commits a change: applied as at a start.
+    let mut applied = std::sync::Arc::new(tokio::sync::Notify::new());
+    if let (Some(listen), Some(c), Some(dir)) = (opts.listen, &config, &opts.state_dir) {
+        let api = crate::api::Api::new(c.store.clone(), opts.pin.clone(), dir)?;
+        applied = std::sync::Arc::clone(&api.changed);
+        crate::api::serve(&std::sync::Arc::new(api), listen, dir)?;
     }
     let mut state = State {
         dp,
@@ -252,6 +261,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = sweep.tick() => {
                 let all = state.all_neighbours();
                 state.ensure_managed(&mut mirror, all).await;
+            }
+            () = applied.notified(), if config.is_some() => {
+                if let Some(c) = &config {
+                    c.reconcile(true).await;
+                }
             }
             _ = confirm_check.tick(), if config.is_some() => {
                 if let Some(c) = &config {

@@ -2,6 +2,7 @@
 //! addresses, routes and neighbours into its maps, and offers the operations the `sluice` CLI and
 //! daemon are made of.
 
+pub mod api;
 pub mod apply;
 pub mod batch;
 pub mod bench;

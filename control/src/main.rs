@@ -53,6 +53,9 @@ enum Command {
         /// start, and an unconfirmed commit is rolled back when its deadline passes.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Serve the REST API over HTTPS here (needs --state-dir), e.g. 127.0.0.1:8443.
+        #[arg(long, value_name = "ADDR:PORT", requires = "state_dir")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Show the dataplane's counters per interface and reason.
     Stats {
@@ -188,6 +191,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+#[expect(clippy::too_many_lines, reason = "one arm a subcommand")]
 fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -208,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trusted_keys,
             allow_unsigned_plugins,
             state_dir,
+            listen,
         } => {
             let keys: Vec<String> = match &trusted_keys {
                 Some(p) => std::fs::read_to_string(p)
@@ -235,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 plugins,
                 trust,
                 state_dir,
+                listen,
             }))
         }
         Command::Stats { json, watch } => stats(&pin, json, watch),

@@ -352,7 +352,8 @@ pub struct LogLine {
 /// A plugin's log, shared with whoever shows it.
 pub type Log = Arc<Mutex<VecDeque<LogLine>>>;
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

@@ -23,6 +23,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+mod auth;
+pub use auth::{AUDIT_KEEP, AuditEntry, Role, Token, User};
+
 /// The schema this version writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -453,6 +456,17 @@ impl Store {
         timeout: Duration,
     ) -> Result<Revision, StoreError> {
         self.commit_config(&self.candidate()?, author, Some(timeout))
+    }
+
+    /// Commits `config` directly (the candidate is left as it is), optionally to be confirmed
+    /// within `confirm_within`: for changes made whole by the API (`POST /routes/static`).
+    pub fn commit_change(
+        &self,
+        config: &Config,
+        author: &Author,
+        confirm_within: Option<Duration>,
+    ) -> Result<Revision, StoreError> {
+        self.commit_config(config, author, confirm_within)
     }
 
     /// Makes `config` the running configuration as a new revision, in one flushed transaction.
