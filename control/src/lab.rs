@@ -26,6 +26,11 @@ use crate::netns::{self, NetNs};
 
 /// Where the lab keeps its daemon's pid file and log.
 pub const RUN_DIR: &str = "/run/sluice-lab";
+/// The lab daemon's state directory (configuration store, certificate, setup token): kept
+/// across `lab down` and `lab up`, like an appliance's.
+pub const STATE_DIR: &str = "/var/lib/sluice-lab";
+/// Where the lab daemon's API listens, inside the router namespace.
+pub const API_LISTEN: &str = "127.0.0.1:8443";
 /// The name of a host's only interface, the far end of its link to the router.
 pub const HOST_IF: &str = "eth0";
 
@@ -415,6 +420,8 @@ fn start_daemon(router: &NetNs) -> anyhow::Result<Child> {
     for (role, _) in HOSTS {
         cmd.arg("--attach").arg(router_if(role));
     }
+    fs::create_dir_all(STATE_DIR).with_context(|| format!("create {STATE_DIR}"))?;
+    cmd.args(["--state-dir", STATE_DIR, "--listen", API_LISTEN]);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -724,6 +731,17 @@ fn print_guide(opts: &LabOptions, router: &NetNs) {
             format!("a route change (10.99.0.1 would go on lo in {srv})"),
         ),
         (format!("less {}", log_path().display()), "the daemon's log".to_owned()),
+        (
+            format!(
+                "nsenter --net=/run/netns/{router} curl -sk https://{API_LISTEN}/api/v1/health"
+            ),
+            "the REST API (HTTPS, self-signed certificate)".to_owned(),
+        ),
+        (
+            format!("cat {STATE_DIR}/setup-token"),
+            "the one-time token that creates the first administrator (POST /api/v1/setup)"
+                .to_owned(),
+        ),
     ];
     let width = look.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
     println!();
