@@ -44,6 +44,10 @@ use crate::dataplane::PinDir;
 
 /// Largest request body.
 pub const BODY_LIMIT: usize = 64 << 10;
+/// Largest body of `POST /plugins` (a component, in base64).
+pub const PLUGIN_BODY_LIMIT: usize = 32 << 20;
+/// How long the API waits for the plugin thread (a compile and an `init`).
+const PLUGIN_WAIT: Duration = Duration::from_secs(30);
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "sluice_session";
 /// How long a session lasts.
@@ -122,6 +126,12 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/config/revisions", Access::Viewer, "The revision history"),
     route("GET", "/config/revisions/{id}", Access::Viewer, "One revision"),
     route("GET", "/config/export", Access::Viewer, "The running configuration as a file"),
+    route("GET", "/plugins", Access::Viewer, "Plugins: manifest, state, reason if quarantined"),
+    route("POST", "/plugins", Access::Admin, "Adds a plugin, or a new version of one"),
+    route("PATCH", "/plugins/{name}", Access::Admin, "Enables or disables a plugin"),
+    route("DELETE", "/plugins/{name}", Access::Admin, "Removes a plugin, its rules and its store"),
+    route("PUT", "/plugins/{name}/config", Access::Admin, "Changes a plugin's configuration"),
+    route("GET", "/plugins/{name}/logs", Access::Viewer, "A plugin's log"),
     route("POST", "/config/import", Access::Admin, "Commits a configuration file"),
 ];
 
@@ -247,6 +257,7 @@ pub struct Api {
     /// Told when a commit changed the running configuration: the daemon applies it.
     pub changed: Arc<Notify>,
     requests: AtomicU64,
+    plugins: Option<std::sync::mpsc::Sender<crate::plugins::Command>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -414,6 +425,7 @@ impl Api {
             setup_token: Mutex::new(None),
             changed: Arc::new(Notify::new()),
             requests: AtomicU64::new(0),
+            plugins: None,
         };
         let path = api.state_dir.join("setup-token");
         if api.store.is_set_up()? {
@@ -430,6 +442,127 @@ impl Api {
             *api.setup_token.lock().expect("lock") = Some(token);
         }
         Ok(api)
+    }
+
+    /// Where plugin commands go (the daemon's plugin thread).
+    #[must_use]
+    pub fn with_plugins(mut self, tx: std::sync::mpsc::Sender<crate::plugins::Command>) -> Self {
+        self.plugins = Some(tx);
+        self
+    }
+
+    /// Asks the plugin thread something and waits for the answer.
+    fn ask_plugins<T>(
+        &self,
+        make: impl FnOnce(std::sync::mpsc::Sender<T>) -> crate::plugins::Command,
+    ) -> Result<T, Problem> {
+        let unavailable = |d: &str| {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "plugins-unavailable", d.to_owned())
+        };
+        let tx = self.plugins.as_ref().ok_or_else(|| unavailable("this daemon runs no plugins"))?;
+        let (reply, answer) = std::sync::mpsc::channel();
+        tx.send(make(reply)).map_err(|_| unavailable("the plugin host is not running"))?;
+        answer.recv_timeout(PLUGIN_WAIT).map_err(|_| unavailable("the plugin host did not answer"))
+    }
+
+    /// Starts (or restarts) a plugin with the plugin thread: the refusal is the caller's 422.
+    fn start_plugin(&self, w: crate::plugins::Wanted) -> Result<(), Problem> {
+        self.ask_plugins(|reply| crate::plugins::Command::Put(w, reply))?
+            .map_err(|m| Problem::field("plugin", m))
+    }
+
+    /// The stored plugin `name`, ready to run with `config`.
+    fn stored_plugin(
+        &self,
+        name: &str,
+        config: Option<&Value>,
+    ) -> Result<(sluice_store::Plugin, crate::plugins::Wanted), Problem> {
+        let p = self.store.config()?.plugins.remove(name).ok_or_else(|| {
+            Problem::new(StatusCode::NOT_FOUND, "no-plugin", format!("no plugin {name:?}"))
+        })?;
+        let manifest = serde_json::from_value(p.manifest.clone())
+            .map_err(|e| Problem::field("manifest", format!("the stored manifest: {e}")))?;
+        let wasm = self.store.wasm(&p.wasm_sha256)?.ok_or_else(|| {
+            Problem::new(StatusCode::CONFLICT, "no-component", "the component is not stored")
+        })?;
+        let config = config.unwrap_or(&p.config).to_string();
+        Ok((p, crate::plugins::Wanted { manifest, wasm: Arc::new(wasm), config }))
+    }
+
+    /// Commits the running configuration with plugin `name` set (or removed).
+    fn commit_plugin(
+        &self,
+        name: &str,
+        plugin: Option<sluice_store::Plugin>,
+        c: &Caller,
+        message: String,
+    ) -> Result<(), Problem> {
+        let mut config = self.store.config()?;
+        match plugin {
+            Some(p) => config.plugins.insert(name.to_owned(), p),
+            None => config.plugins.remove(name),
+        };
+        self.store.commit_change(&config, &Self::author(c, message), None)?;
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    fn plugin_list(&self) -> Reply {
+        let running = self.ask_plugins(crate::plugins::Command::List).unwrap_or_default();
+        let stored = self.store.config()?.plugins;
+        let mut out: Vec<Value> = running
+            .iter()
+            .map(|p| {
+                let s = stored.get(&p.name);
+                json!({"name": p.name, "version": p.version, "tables": p.tables,
+                       "sha256": p.sha256, "publisher": p.publisher, "source": p.source,
+                       "status": p.status, "rules": p.rules, "enabled": true,
+                       "config": s.map(|s| &s.config)})
+            })
+            .collect();
+        for (name, p) in stored.iter().filter(|(n, _)| !running.iter().any(|r| r.name == **n)) {
+            let state = if p.enabled { "not-started" } else { "disabled" };
+            out.push(json!({"name": name, "version": p.manifest["version"],
+                            "tables": p.manifest["tables"], "sha256": p.wasm_sha256,
+                            "source": "store", "status": {"state": state}, "rules": 0,
+                            "enabled": p.enabled, "config": p.config}));
+        }
+        ok(out)
+    }
+
+    fn plugin_add(&self, r: &Request, c: &Caller) -> Reply {
+        let b: NewPlugin = body(&r.body)?;
+        let wasm = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &b.wasm_base64)
+            .map_err(|e| Problem::field("wasm_base64", format!("not base64: {e}")))?;
+        let manifest: crate::plugins::Manifest = serde_json::from_value(b.manifest.clone())
+            .map_err(|e| Problem::field("manifest", e.to_string()))?;
+        let name = manifest.name.clone();
+        let sha = crate::plugins::sha256_hex(&wasm);
+        if !sha.eq_ignore_ascii_case(&manifest.sha256) {
+            return Err(Problem::field(
+                "manifest.sha256",
+                format!("the component's SHA-256 is {sha}, the manifest says {}", manifest.sha256),
+            ));
+        }
+        let config = b.config.unwrap_or_else(|| json!({}));
+        let wasm = Arc::new(wasm);
+        if b.enabled {
+            let w = crate::plugins::Wanted {
+                manifest,
+                wasm: Arc::clone(&wasm),
+                config: config.to_string(),
+            };
+            self.start_plugin(w)?;
+        }
+        self.store.put_wasm(&sha, &wasm)?;
+        let p = sluice_store::Plugin {
+            wasm_sha256: sha,
+            manifest: b.manifest,
+            config,
+            enabled: b.enabled,
+        };
+        self.commit_plugin(&name, Some(p.clone()), c, format!("add plugin {name}"))?;
+        created(json!({"name": name, "sha256": p.wasm_sha256, "enabled": p.enabled}))
     }
 
     fn author(c: &Caller, message: impl Into<String>) -> Author {
@@ -782,6 +915,45 @@ impl Api {
                 ok(self.store.revision(id)?)
             }
             ("GET", "/config/export") => Ok(Answer::Text("application/json", self.store.export()?)),
+            ("GET", "/plugins") => self.plugin_list(),
+            ("POST", "/plugins") => self.plugin_add(r, c()),
+            ("PATCH", "/plugins/{name}") => {
+                let b: PluginPatch = body(&r.body)?;
+                let (mut p, w) = self.stored_plugin(&param(), None)?;
+                if b.enabled && !p.enabled {
+                    self.start_plugin(w)?;
+                }
+                p.enabled = b.enabled;
+                let verb = if b.enabled { "enable" } else { "disable" };
+                self.commit_plugin(&param(), Some(p), c(), format!("{verb} plugin {}", param()))?;
+                ok(json!({"name": param(), "enabled": b.enabled}))
+            }
+            ("DELETE", "/plugins/{name}") => {
+                self.stored_plugin(&param(), None)?;
+                self.commit_plugin(&param(), None, c(), format!("remove plugin {}", param()))?;
+                ok(json!({"removed": param()}))
+            }
+            ("PUT", "/plugins/{name}/config") => {
+                let config: Value = body(&r.body)?;
+                let (mut p, w) = self.stored_plugin(&param(), Some(&config))?;
+                if p.enabled {
+                    self.start_plugin(w)?;
+                }
+                p.config = config;
+                self.commit_plugin(&param(), Some(p), c(), format!("configure plugin {}", param()))?;
+                ok(json!({"name": param(), "configured": true}))
+            }
+            ("GET", "/plugins/{name}/logs") => {
+                let log = self.ask_plugins(|reply| crate::plugins::Command::Logs(param(), reply))?;
+                match log {
+                    Some(lines) => ok(lines),
+                    None => Err(Problem::new(
+                        StatusCode::NOT_FOUND,
+                        "not-running",
+                        format!("no running plugin {:?}", param()),
+                    )),
+                }
+            }
             ("POST", "/config/import") => {
                 let text = std::str::from_utf8(&r.body)
                     .map_err(|_| Problem::field("body", "not UTF-8"))?;
@@ -1075,6 +1247,26 @@ struct CommitBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct NewPlugin {
+    manifest: Value,
+    wasm_base64: String,
+    config: Option<Value>,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+const fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginPatch {
+    enabled: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RollbackBody {
     revision: u64,
     #[serde(default)]
@@ -1200,9 +1392,10 @@ fn tokio_stream_interval(period: Duration) -> impl futures::Stream<Item = ()> {
     })
 }
 
-/// The whole request body, refused past [`BODY_LIMIT`].
+/// The whole request body, refused past `limit`.
 async fn read_body(
     mut stream: impl futures::Stream<Item = Result<impl warp::Buf, warp::Error>> + Unpin,
+    limit: usize,
 ) -> Result<Bytes, Problem> {
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -1210,10 +1403,10 @@ async fn read_body(
             .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "body", format!("the body: {e}")))?;
         while warp::Buf::has_remaining(&chunk) {
             let part = warp::Buf::chunk(&chunk);
-            if body.len() + part.len() > BODY_LIMIT {
+            if body.len() + part.len() > limit {
                 return Err(Problem::fields(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is over {BODY_LIMIT} bytes"),
+                    format!("the body is over {limit} bytes"),
                     vec![FieldError { field: "body".into(), message: "too large".into() }],
                 ));
             }
@@ -1268,7 +1461,12 @@ pub fn filter(
              stream,
              api: Arc<Api>| async move {
                 api.requests.fetch_add(1, Ordering::Relaxed);
-                let body = match read_body(Box::pin(stream)).await {
+                let limit = if method == Method::POST && tail.as_str() == "plugins" {
+                    PLUGIN_BODY_LIMIT
+                } else {
+                    BODY_LIMIT
+                };
+                let body = match read_body(Box::pin(stream), limit).await {
                     Ok(b) => b,
                     Err(p) => return p.response(),
                 };

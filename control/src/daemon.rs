@@ -134,8 +134,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     // Told when the API commits a change: applied as at a start.
     let mut applied = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (plugin_tx, plugin_rx) = std::sync::mpsc::channel();
     if let (Some(listen), Some(c), Some(dir)) = (opts.listen, &config, &opts.state_dir) {
-        let api = crate::api::Api::new(c.store.clone(), opts.pin.clone(), dir)?;
+        let api = crate::api::Api::new(c.store.clone(), opts.pin.clone(), dir)?
+            .with_plugins(plugin_tx.clone());
         applied = std::sync::Arc::clone(&api.changed);
         crate::api::serve(&std::sync::Arc::new(api), listen, dir)?;
     }
@@ -182,7 +184,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
 
-    if let Some(dir) = &opts.plugins {
+    // Plugins run from the directory, and from the store (the API adds them there).
+    let plugins_on = opts.plugins.is_some() || config.is_some();
+    if plugins_on {
         match state.dp.take_hooks() {
             Ok((maps, samples)) => {
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -204,7 +208,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     gateways: state.gateways.clone(),
                     kv,
                 };
-                crate::plugins::run_dir(dir, opts.trust.clone(), maps, feed);
+                let dir = opts.plugins.as_deref();
+                crate::plugins::run(dir, opts.trust.clone(), maps, feed, plugin_rx);
+                if let Some(c) = &config {
+                    sync_plugins(&c.store, &plugin_tx);
+                }
             }
             Err(e) => error!(error = %error_chain(&e), "the hook tables are unusable: no plugins"),
         }
@@ -265,6 +273,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             () = applied.notified(), if config.is_some() => {
                 if let Some(c) = &config {
                     c.reconcile(true).await;
+                    sync_plugins(&c.store, &plugin_tx);
                 }
             }
             _ = confirm_check.tick(), if config.is_some() => {
@@ -276,6 +285,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     info!("stopping; the pinned dataplane keeps forwarding");
     Ok(())
+}
+
+/// Tells the plugin thread which of the store's plugins should run.
+fn sync_plugins(
+    store: &sluice_store::Store,
+    tx: &std::sync::mpsc::Sender<crate::plugins::Command>,
+) {
+    match crate::plugins::wanted_from_store(store) {
+        Ok((wanted, disabled)) => {
+            let _ = tx.send(crate::plugins::Command::Sync { wanted, disabled });
+        }
+        Err(e) => error!(error = %e, "reading the plugins of the configuration failed"),
+    }
 }
 
 struct State {

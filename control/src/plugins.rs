@@ -1342,27 +1342,8 @@ fn counter_snapshot(pin: &crate::dataplane::PinDir) -> Option<Event> {
     Some(Event::Counters(counters))
 }
 
-/// Starts the plugins of `dir` on a thread of their own: for each `NAME.json` manifest,
-/// `NAME.wasm` and the optional `NAME.config.json`. The hook tables are emptied first (a
-/// plugin rewrites its rules as it starts). A plugin that cannot start is logged and left out;
-/// the others run. Every [`EVENT_INTERVAL`] each plugin gets the sampled headers and a timer.
-pub fn run_dir(dir: &std::path::Path, trust: Trust, mut maps: hooks::AyaHookMaps, mut feed: Feed) {
-    if let Err(e) = maps.clear() {
-        tracing::error!(error = %e, "emptying the hook tables failed: no plugins");
-        return;
-    }
-    let host = match PluginHost::new(trust) {
-        Ok(h) => match feed.kv.take() {
-            Some(db) => h.with_kv(db),
-            None => h,
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "the plugin host did not start");
-            return;
-        }
-    };
-    maps.set_gateways(feed.gateways.clone());
-    let mut manager = Manager::new(host, HookTables::new(maps), None);
+/// Starts the plugins of a directory.
+fn start_dir(manager: &mut Manager<HookTables<hooks::AyaHookMaps>>, dir: &std::path::Path) {
     let mut manifests: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -1400,24 +1381,242 @@ pub fn run_dir(dir: &std::path::Path, trust: Trust, mut maps: hooks::AyaHookMaps
             Err(e) => tracing::error!(error = e, "plugin not started"),
         }
     }
+}
+
+/// A plugin to run as the configuration store keeps it.
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its component.
+    pub wasm: Arc<Vec<u8>>,
+    /// Its configuration (JSON).
+    pub config: String,
+}
+
+/// The plugins of the store's running configuration: those enabled, ready to run, and the
+/// names of those disabled. One whose manifest or component is unusable is logged and left out.
+pub fn wanted_from_store(
+    store: &sluice_store::Store,
+) -> Result<(Vec<Wanted>, Vec<String>), sluice_store::StoreError> {
+    let mut wanted = Vec::new();
+    let mut disabled = Vec::new();
+    for (name, p) in store.config()?.plugins {
+        if !p.enabled {
+            disabled.push(name);
+            continue;
+        }
+        let manifest: Manifest = match serde_json::from_value(p.manifest.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(plugin = name, error = %e, "the stored manifest is unusable");
+                continue;
+            }
+        };
+        let Some(wasm) = store.wasm(&p.wasm_sha256)? else {
+            tracing::error!(plugin = name, sha256 = p.wasm_sha256, "the component is not stored");
+            continue;
+        };
+        wanted.push(Wanted { manifest, wasm: Arc::new(wasm), config: p.config.to_string() });
+    }
+    Ok((wanted, disabled))
+}
+
+/// A plugin as the operator sees it (`GET /api/v1/plugins`, `sluice plugin list`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginInfo {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// The tables it may write.
+    pub tables: Vec<Table>,
+    /// SHA-256 of its component.
+    pub sha256: String,
+    /// The publisher key that signed it, if any.
+    pub publisher: Option<String>,
+    /// Where it comes from: `store` (the API) or `directory` (`--plugins DIR`).
+    pub source: &'static str,
+    /// Running or quarantined, and why.
+    pub status: Status,
+    /// Rules it holds in the hook tables.
+    pub rules: usize,
+}
+
+/// What the daemon and the API ask of the plugin thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Starts a plugin of the store, or replaces it without a gap; answers why it could not.
+    Put(Wanted, std::sync::mpsc::Sender<Result<(), String>>),
+    /// Makes the store's plugins exactly `wanted` (started or replaced where the component or
+    /// the configuration differs). Of the others, those named in `disabled` are stopped and
+    /// keep their key-value store; the rest are gone from the configuration and lose it too.
+    Sync {
+        /// The enabled plugins of the running configuration.
+        wanted: Vec<Wanted>,
+        /// The disabled ones.
+        disabled: Vec<String>,
+    },
+    /// Every plugin.
+    List(std::sync::mpsc::Sender<Vec<PluginInfo>>),
+    /// A plugin's log, if there is such a plugin.
+    Logs(String, std::sync::mpsc::Sender<Option<Vec<LogLine>>>),
+}
+
+/// The plugin thread's state beside its manager.
+struct PluginThread {
+    manager: Manager<HookTables<hooks::AyaHookMaps>>,
+    /// The plugins started from the store (the others come from the directory).
+    from_store: std::collections::BTreeSet<String>,
+}
+
+impl PluginThread {
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Put(w, reply) => {
+                let _ = reply.send(self.put(w));
+            }
+            Command::Sync { wanted, disabled } => self.sync(wanted, &disabled),
+            Command::List(reply) => {
+                let _ = reply.send(self.list());
+            }
+            Command::Logs(name, reply) => {
+                let log = self.manager.plugins().get(&name).map(|s| {
+                    s.plugin().log().lock().expect("log lock").iter().cloned().collect()
+                });
+                let _ = reply.send(log);
+            }
+        }
+    }
+
+    fn put(&mut self, w: Wanted) -> Result<(), String> {
+        let name = w.manifest.name.clone();
+        if self.manager.plugins().contains_key(&name) && !self.from_store.contains(&name) {
+            return Err(format!("a plugin of the plugin directory is called {name:?}"));
+        }
+        self.manager.add(w.manifest, &w.wasm, &w.config).map_err(|e| e.to_string())?;
+        self.from_store.insert(name.clone());
+        tracing::info!(plugin = name, "plugin started");
+        Ok(())
+    }
+
+    fn sync(&mut self, wanted: Vec<Wanted>, disabled: &[String]) {
+        let names: std::collections::BTreeSet<String> =
+            wanted.iter().map(|w| w.manifest.name.clone()).collect();
+        for w in wanted {
+            let same = self.manager.plugins().get(&w.manifest.name).is_some_and(|s| {
+                s.compiled.manifest.sha256 == w.manifest.sha256 && s.config == w.config
+            });
+            if same && self.from_store.contains(&w.manifest.name) {
+                continue;
+            }
+            let name = w.manifest.name.clone();
+            if let Err(e) = self.put(w) {
+                tracing::error!(plugin = name, error = e, "plugin not started");
+            }
+        }
+        let gone: Vec<String> =
+            self.from_store.iter().filter(|n| !names.contains(*n)).cloned().collect();
+        for name in gone {
+            self.from_store.remove(&name);
+            let result = if disabled.contains(&name) {
+                self.manager.remove(&name)
+            } else {
+                self.manager.forget(&name)
+            };
+            match result {
+                Ok(_) => tracing::info!(plugin = name, "plugin stopped"),
+                Err(e) => tracing::error!(plugin = name, error = %e, "stopping the plugin failed"),
+            }
+        }
+    }
+
+    fn list(&self) -> Vec<PluginInfo> {
+        let rules = self.manager.sink().rules(None).unwrap_or_default();
+        self.manager
+            .plugins()
+            .iter()
+            .map(|(name, s)| {
+                let m = &s.compiled.manifest;
+                PluginInfo {
+                    name: name.clone(),
+                    version: m.version.clone(),
+                    tables: m.tables.clone(),
+                    sha256: m.sha256.clone(),
+                    publisher: m.publisher.clone(),
+                    source: if self.from_store.contains(name) { "store" } else { "directory" },
+                    status: s.status(),
+                    rules: rules.iter().filter(|r| r.owner == *name).count(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Starts the plugin thread: the plugins of `dir` (for each `NAME.json` manifest, `NAME.wasm`
+/// and the optional `NAME.config.json`), then whatever [`Command`]s bring (the store's plugins).
+/// The hook tables are emptied first (a plugin rewrites its rules as it starts). A plugin that
+/// cannot start is logged and left out; the others run. Every [`EVENT_INTERVAL`] each plugin
+/// gets the sampled headers and a timer.
+pub fn run(
+    dir: Option<&std::path::Path>,
+    trust: Trust,
+    mut maps: hooks::AyaHookMaps,
+    mut feed: Feed,
+    commands: std::sync::mpsc::Receiver<Command>,
+) {
+    if let Err(e) = maps.clear() {
+        tracing::error!(error = %e, "emptying the hook tables failed: no plugins");
+        return;
+    }
+    let host = match PluginHost::new(trust) {
+        Ok(h) => match feed.kv.take() {
+            Some(db) => h.with_kv(db),
+            None => h,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "the plugin host did not start");
+            return;
+        }
+    };
+    maps.set_gateways(feed.gateways.clone());
+    let mut manager = Manager::new(host, HookTables::new(maps), None);
+    if let Some(dir) = dir {
+        start_dir(&mut manager, dir);
+    }
+    let mut t = PluginThread { manager, from_store: std::collections::BTreeSet::new() };
     let spawned = thread::Builder::new().name("sluice-plugins".into()).spawn(move || {
         let mut ticks = 0u32;
         let mut gateways_seen = feed.gateways.version();
+        let mut commands = Some(commands);
         loop {
-            thread::sleep(EVENT_INTERVAL);
+            // Commands are taken as they come; events once an interval.
+            let due = Instant::now() + EVENT_INTERVAL;
+            loop {
+                let left = due.saturating_duration_since(Instant::now());
+                let Some(rx) = &commands else {
+                    thread::sleep(left);
+                    break;
+                };
+                match rx.recv_timeout(left) {
+                    Ok(cmd) => t.command(cmd),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => commands = None,
+                }
+            }
             ticks = ticks.wrapping_add(1);
             let version = feed.gateways.version();
             if version != gateways_seen {
                 gateways_seen = version;
-                if let Err(e) = manager.sink_mut().refresh_steering() {
+                if let Err(e) = t.manager.sink_mut().refresh_steering() {
                     tracing::error!(error = %e, "rewriting the steer rules failed");
                 }
             }
             let events = gather_events(&mut feed, ticks);
-            for (name, e) in manager.dispatch(&events) {
+            for (name, e) in t.manager.dispatch(&events) {
                 tracing::warn!(plugin = name, error = %e, "plugin quarantined");
             }
-            for name in manager.restart_due() {
+            for name in t.manager.restart_due() {
                 tracing::info!(plugin = name, "plugin restarted");
             }
         }

@@ -13,9 +13,13 @@ use std::{
     time::Duration,
 };
 
-use common::{Topology, privileged, wait_until};
+use common::{Topology, ping_briefly, privileged, wait_until};
 use serde_json::{Value, json};
-use sluice::{lab::Subnet, netns};
+use sluice::{
+    lab::Subnet,
+    netns,
+    plugins::{Manifest, Table},
+};
 
 const BASE: &str = "https://127.0.0.1:8443";
 
@@ -52,14 +56,24 @@ impl Lab {
     fn new() -> Self {
         let state = StateDir(std::env::temp_dir().join(netns::unique_name("sluice-api-")));
         std::fs::create_dir_all(&state.0).expect("state directory");
-        let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
-        let dir = state.0.to_str().expect("UTF-8 path").to_owned();
-        t.start_daemon_with(&["--state-dir", &dir, "--listen", "127.0.0.1:8443"]);
-        let lab = Self { t, state };
-        wait_until("the API answers", Duration::from_secs(10), || {
-            (lab.call("GET", "/api/v1/health", Auth::None, None).status == 200).then_some(())
-        });
+        // The publisher key of the plugins these tests sign.
+        let publisher = signed(&json!({"name": "x", "version": "0", "tables": [], "sha256": "0"}));
+        let key = publisher["publisher"].as_str().expect("a publisher key");
+        std::fs::write(state.0.join("trusted-keys"), format!("{key}\n")).expect("trusted keys");
+        let t = Topology::new(&[("c1", 1), ("srv", 3)]);
+        let mut lab = Self { t, state };
+        lab.start();
         lab
+    }
+
+    fn start(&mut self) {
+        let dir = self.state.0.to_str().expect("UTF-8 path").to_owned();
+        let keys = format!("{dir}/trusted-keys");
+        let args = ["--state-dir", &dir, "--listen", "127.0.0.1:8443", "--trusted-keys", &keys];
+        self.t.start_daemon_with(&args);
+        wait_until("the API answers", Duration::from_secs(10), || {
+            (self.call("GET", "/api/v1/health", Auth::None, None).status == 200).then_some(())
+        });
     }
 
     /// One request with curl in the router namespace.
@@ -86,7 +100,10 @@ impl Lab {
         }
         args.push(url);
         let curl_args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.t.router.run("curl", &curl_args).expect("curl");
+        // curl fails (status 0 here) while nothing listens yet.
+        let Ok(out) = self.t.router.run("curl", &curl_args) else {
+            return Answer { status: 0, body: Value::Null, headers: String::new() };
+        };
         let (text, code) = out.rsplit_once('\n').expect("a status line");
         let headers = std::fs::read_to_string(&dump).unwrap_or_default();
         Answer {
@@ -340,4 +357,86 @@ fn static_routes_reach_the_kernel_and_an_unconfirmed_commit_rolls_back() {
         (!lab.kernel_routes().contains("10.30.0.0/16")).then_some(())
     });
     lab.t.router.run("true", &[]).expect("the namespace is there");
+}
+
+/// A manifest signed with the tests' publisher key.
+fn signed(manifest: &Value) -> Value {
+    let mut m: Manifest = serde_json::from_value(manifest.clone()).expect("a manifest");
+    m.sign(&[7; 32]);
+    serde_json::to_value(m).expect("JSON")
+}
+
+/// The `static-acl` example as `POST /api/v1/plugins` takes it.
+fn static_acl(config: &Value, sign: bool) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release/static_acl.wasm");
+    let wasm = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}; build the plugins first with `make plugins`", path.display())
+    });
+    let manifest = serde_json::to_value(Manifest::new("acl", "0.1.0", &[Table::Filter], &wasm))
+        .expect("JSON");
+    let manifest = if sign { signed(&manifest) } else { manifest };
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &wasm);
+    json!({"manifest": manifest, "wasm_base64": b64, "config": config}).to_string()
+}
+
+#[test]
+fn plugins_added_configured_disabled_and_removed_through_the_api_persist_across_restarts() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (jar, csrf) = lab.admin_session();
+    let admin = Auth::Session(&jar, &csrf);
+    let server = Subnet(3).host_v4();
+    let c1 = Subnet(1).v4_prefix();
+    let drop_c1 = json!({"rules": [{"direction": "src", "prefix": c1, "action": "drop"}]});
+    let reachable = |lab: &Lab| ping_briefly(lab.t.ns("c1"), &server, 2).received > 0;
+    wait_until("c1 reaches the server", Duration::from_secs(10), || reachable(&lab).then_some(()));
+
+    let a = lab.call("POST", "/api/v1/plugins", admin, Some(&static_acl(&drop_c1, false)));
+    assert_eq!(a.status, 422, "an unsigned plugin is refused: {}", a.body);
+    assert!(a.body["detail"].as_str().is_some_and(|d| d.contains("sign")), "{}", a.body);
+    let a = lab.call("POST", "/api/v1/plugins", admin, Some(&static_acl(&drop_c1, true)));
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(!reachable(&lab), "static-acl drops c1's traffic");
+    let list = lab.call("GET", "/api/v1/plugins", admin, None).body;
+    assert_eq!((list[0]["name"].as_str(), list[0]["rules"].as_u64()), (Some("acl"), Some(1)));
+    assert_eq!(list[0]["status"]["state"], "running", "{list}");
+
+    // A configuration the plugin refuses changes nothing.
+    let bad = json!({"rules": [{"direction": "up", "prefix": c1, "action": "drop"}]});
+    let a = lab.call("PUT", "/api/v1/plugins/acl/config", admin, Some(&bad.to_string()));
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert!(!reachable(&lab), "the old configuration still applies");
+    let logs = lab.call("GET", "/api/v1/plugins/acl/logs", admin, None).body;
+    assert!(logs.as_array().is_some_and(|l| !l.is_empty()), "{logs}");
+
+    let off = lab.call("PATCH", "/api/v1/plugins/acl", admin, Some(r#"{"enabled": false}"#));
+    assert_eq!(off.status, 200, "{}", off.body);
+    wait_until("disabled: c1 gets through", Duration::from_secs(10), || {
+        reachable(&lab).then_some(())
+    });
+    let on = lab.call("PATCH", "/api/v1/plugins/acl", admin, Some(r#"{"enabled": true}"#));
+    assert_eq!(on.status, 200, "{}", on.body);
+    assert!(!reachable(&lab), "enabled again: dropped again");
+
+    // The plugin and its configuration are in the store: a restarted daemon runs it again.
+    lab.t.kill_daemon();
+    lab.start();
+    let (jar, csrf) = lab.login("admin", "correct horse battery");
+    let admin = Auth::Session(&jar, &csrf);
+    wait_until("the stored plugin runs after a restart", Duration::from_secs(10), || {
+        let list = lab.call("GET", "/api/v1/plugins", admin, None).body;
+        (list[0]["status"]["state"] == "running").then_some(())
+    });
+    assert!(!reachable(&lab), "and drops c1's traffic");
+
+    assert_eq!(lab.call("DELETE", "/api/v1/plugins/acl", admin, None).status, 200);
+    wait_until("removed: c1 gets through", Duration::from_secs(10), || {
+        reachable(&lab).then_some(())
+    });
+    assert_eq!(lab.call("GET", "/api/v1/plugins", admin, None).body, json!([]));
+    let history = lab.call("GET", "/api/v1/config/revisions", admin, None).body;
+    assert!(history.as_array().is_some_and(|h| h.len() >= 4), "each change a revision: {history}");
 }

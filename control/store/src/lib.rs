@@ -92,8 +92,11 @@ pub struct StaticRoute {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
-    /// SHA-256 of its component (the component is stored by this hash).
+    /// SHA-256 of its component (the component is stored by this hash: [`Store::wasm`]).
     pub wasm_sha256: String,
+    /// Its manifest as the operator accepted it (JSON; the plugin host reads it).
+    #[serde(default)]
+    pub manifest: serde_json::Value,
     /// Its configuration.
     #[serde(default)]
     pub config: serde_json::Value,
@@ -193,6 +196,12 @@ impl Config {
             }
         }
         for (name, p) in &self.plugins {
+            if name.is_empty()
+                || name.len() > 64
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                err(format!("plugins.{name}"), "a plugin name is 1 to 64 letters, digits, '-' or '_'".into());
+            }
             if p.wasm_sha256.len() != 64 || !p.wasm_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 err(format!("plugins.{name}.wasm_sha256"), "64 hexadecimal digits".into());
             }
