@@ -532,8 +532,9 @@ impl Api {
 
     fn plugin_add(&self, r: &Request, c: &Caller) -> Reply {
         let b: NewPlugin = body(&r.body)?;
-        let wasm = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &b.wasm_base64)
-            .map_err(|e| Problem::field("wasm_base64", format!("not base64: {e}")))?;
+        let wasm =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &b.wasm_base64)
+                .map_err(|e| Problem::field("wasm_base64", format!("not base64: {e}")))?;
         let manifest: crate::plugins::Manifest = serde_json::from_value(b.manifest.clone())
             .map_err(|e| Problem::field("manifest", e.to_string()))?;
         let name = manifest.name.clone();
@@ -668,6 +669,7 @@ impl Api {
     }
 
     #[expect(clippy::too_many_lines, reason = "one arm a route, as ROUTES lists them")]
+    #[expect(clippy::many_single_char_names, reason = "r, c, p: the request, caller, parameter")]
     fn route(
         &self,
         spec: &RouteSpec,
@@ -940,11 +942,17 @@ impl Api {
                     self.start_plugin(w)?;
                 }
                 p.config = config;
-                self.commit_plugin(&param(), Some(p), c(), format!("configure plugin {}", param()))?;
+                self.commit_plugin(
+                    &param(),
+                    Some(p),
+                    c(),
+                    format!("configure plugin {}", param()),
+                )?;
                 ok(json!({"name": param(), "configured": true}))
             }
             ("GET", "/plugins/{name}/logs") => {
-                let log = self.ask_plugins(|reply| crate::plugins::Command::Logs(param(), reply))?;
+                let log =
+                    self.ask_plugins(|reply| crate::plugins::Command::Logs(param(), reply))?;
                 match log {
                     Some(lines) => ok(lines),
                     None => Err(Problem::new(
@@ -1338,32 +1346,53 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The certificate and key the API serves (`STATE/tls/cert.pem`, `key.pem`), made self-signed
-/// at first start; an operator may put others there. Returns their paths.
+/// The certificate and key the API serves (`STATE/tls/cert.pem`, `key.pem`), made at first
+/// start and signed by a certificate authority of the router's own (`STATE/tls/ca.pem`, whose
+/// key is not kept): clients that trust `ca.pem` (`sluice ... --ca`) check the API's identity.
+/// An operator may put other files there. Returns the certificate's and key's paths.
 pub fn ensure_certificate(state_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = state_dir.join("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if !cert.exists() || !key.exists() {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_or_else(|_| "sluice".into(), |h| h.trim().to_owned());
-        let made = rcgen::generate_simple_self_signed(vec![
-            host,
-            "localhost".into(),
-            "127.0.0.1".into(),
-            "::1".into(),
-        ])
-        .context("making a self-signed certificate")?;
-        write_private(&key, made.key_pair.serialize_pem().as_bytes())?;
-        std::fs::write(&cert, made.cert.pem())
+        let (ca_pem, leaf_pem, key_pem) = make_certificate().context("making a certificate")?;
+        write_private(&key, key_pem.as_bytes())?;
+        std::fs::write(&cert, format!("{leaf_pem}{ca_pem}"))
             .with_context(|| format!("writing {}", cert.display()))?;
-        info!(cert = %cert.display(), "made a self-signed certificate (replace it at will)");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, ca_pem).with_context(|| format!("writing {}", ca.display()))?;
+        info!(cert = %cert.display(), ca = %ca.display(), "made the API's certificate (replace it at will)");
     }
     let pem = std::fs::read_to_string(&cert).with_context(|| format!("{}", cert.display()))?;
     if let Some(der) = pem_der(&pem) {
         info!(sha256 = %crate::plugins::hex(&Sha256::digest(&der)), "API certificate");
     }
     Ok((cert, key))
+}
+
+/// A certificate authority and a certificate it signs for this host: (CA, certificate, key), PEM.
+fn make_certificate() -> Result<(String, String, String), rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose as Usage,
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "sluice".into(), |h| h.trim().to_owned());
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![Usage::KeyCertSign, Usage::CrlSign];
+    ca.distinguished_name.push(DnType::CommonName, format!("Sluice {host} certificate authority"));
+    let ca = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec![
+        host.clone(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ])?;
+    leaf.distinguished_name.push(DnType::CommonName, host);
+    let leaf = leaf.signed_by(&key, &ca, &ca_key)?;
+    Ok((ca.pem(), leaf.pem(), key.serialize_pem()))
 }
 
 /// The DER bytes of the first PEM block.
@@ -1618,8 +1647,13 @@ mod tests {
     }
 
     #[test]
-    fn certificates_decode_from_pem() {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        assert_eq!(pem_der(&made.cert.pem()).unwrap(), made.cert.der().to_vec());
+    fn the_certificate_is_signed_by_the_routers_own_authority() {
+        let (ca, leaf, key) = make_certificate().unwrap();
+        let ca = pem::parse(ca).unwrap();
+        let leaf = pem::parse(leaf).unwrap();
+        assert_eq!((ca.tag(), leaf.tag()), ("CERTIFICATE", "CERTIFICATE"));
+        assert_ne!(ca.contents(), leaf.contents());
+        assert!(key.contains("PRIVATE KEY"));
+        assert_eq!(pem_der(&pem::encode(&leaf)).unwrap(), leaf.contents());
     }
 }

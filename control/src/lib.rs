@@ -6,6 +6,7 @@ pub mod api;
 pub mod apply;
 pub mod batch;
 pub mod bench;
+pub mod client;
 pub mod daemon;
 pub mod dataplane;
 pub mod dir24;

@@ -94,19 +94,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The configuration store, used directly: only while no daemon holds it (the daemon's API
-    /// is the way while it runs). For backups, restores and first-boot provisioning.
+    /// The configuration: through a running daemon's API, or, with `--state-dir`, the store
+    /// itself while no daemon holds it (backups, restores, first-boot provisioning).
     Config {
-        /// The state directory (the store is `DIR/db`).
-        #[arg(long, value_name = "DIR", default_value = "/var/lib/sluice")]
-        state_dir: PathBuf,
+        /// Use the store in this state directory (`DIR/db`) directly, not the API.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        api: sluice::client::ApiArgs,
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// Plugins.
+    /// Plugins: run one locally, sign one, or manage a router's through its API.
     Plugin {
+        #[command(flatten)]
+        api: sluice::client::ApiArgs,
         #[command(subcommand)]
         cmd: PluginCmd,
+    },
+    /// Routes of a router's configuration, through its API.
+    Route {
+        #[command(flatten)]
+        api: sluice::client::ApiArgs,
+        #[command(subcommand)]
+        cmd: RouteTop,
+    },
+    /// Users of a router's API and console, through its API.
+    User {
+        #[command(flatten)]
+        api: sluice::client::ApiArgs,
+        #[command(subcommand)]
+        cmd: sluice::client::UserCmd,
     },
     /// A demo topology in network namespaces with the router forwarding.
     Lab {
@@ -129,6 +147,25 @@ enum ConfigCmd {
     },
     /// List the revisions.
     History,
+    /// Confirm a commit that waits for its confirmation.
+    Confirm,
+    /// Commit an earlier revision again.
+    Rollback {
+        /// The revision.
+        revision: u64,
+        /// Commit message.
+        #[arg(long, short, default_value = "rollback")]
+        message: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteTop {
+    /// Static routes.
+    Static {
+        #[command(subcommand)]
+        cmd: sluice::client::RouteCmd,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +199,8 @@ enum PluginCmd {
         /// The manifest (JSON).
         manifest: PathBuf,
     },
+    #[command(flatten)]
+    Api(sluice::client::PluginApiCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,7 +293,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Hooks { json } => hooks(&pin, json),
-        Command::Config { state_dir, cmd } => config(&state_dir, cmd),
+        Command::Config { state_dir: Some(dir), api: _, cmd } => config(&dir, cmd),
+        Command::Config { state_dir: None, api, cmd } => {
+            use sluice::client::ConfigAction as A;
+            let action = match &cmd {
+                ConfigCmd::Export => A::Export,
+                ConfigCmd::Import { file, message } => A::Import(file, message),
+                ConfigCmd::History => A::History,
+                ConfigCmd::Confirm => A::Confirm,
+                ConfigCmd::Rollback { revision, message } => A::Rollback(*revision, message),
+            };
+            sluice::client::config(&api, action)
+        }
+        Command::Route { api, cmd: RouteTop::Static { cmd } } => sluice::client::route(&api, cmd),
+        Command::User { api, cmd } => sluice::client::user(&api, cmd),
+        Command::Plugin { api, cmd: PluginCmd::Api(cmd) } => sluice::client::plugin(&api, cmd),
         Command::Detach => {
             let links = dataplane::detach_all(&pin)?;
             if links.is_empty() {
@@ -289,11 +342,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Plugin { cmd: PluginCmd::Run { wasm, manifest, config, events } } => {
+        Command::Plugin { cmd: PluginCmd::Run { wasm, manifest, config, events }, .. } => {
             plugin_run(&wasm, manifest.as_deref(), &config, events.as_deref())
         }
-        Command::Plugin { cmd: PluginCmd::Keygen { file } } => plugin_keygen(&file),
-        Command::Plugin { cmd: PluginCmd::Sign { key, manifest } } => plugin_sign(&key, &manifest),
+        Command::Plugin { cmd: PluginCmd::Keygen { file }, .. } => plugin_keygen(&file),
+        Command::Plugin { cmd: PluginCmd::Sign { key, manifest }, .. } => {
+            plugin_sign(&key, &manifest)
+        }
         Command::Lab { cmd: LabCmd::Up(opts) } => lab::up(&opts),
         Command::Lab { cmd: LabCmd::Down(opts) } => lab::down(&opts),
     }
@@ -450,6 +505,17 @@ fn config(state_dir: &std::path::Path, cmd: ConfigCmd) -> anyhow::Result<()> {
             for (id, at_ms, a) in store.history()? {
                 println!("{id:>5}  {at_ms}  {}@{}  {}", a.who, a.from, a.message);
             }
+        }
+        ConfigCmd::Confirm => {
+            if !store.confirm()? {
+                anyhow::bail!("no commit waits for its confirmation");
+            }
+            println!("confirmed");
+        }
+        ConfigCmd::Rollback { revision, message } => {
+            let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let author = sluice_store::Author { who, from: "cli".into(), message };
+            println!("revision {} committed", store.rollback_to(revision, &author)?.id);
         }
     }
     Ok(())

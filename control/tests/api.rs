@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Topology, ping_briefly, privileged, wait_until};
+use common::{SLUICE, Topology, ping_briefly, privileged, wait_until};
 use serde_json::{Value, json};
 use sluice::{
     lab::Subnet,
@@ -151,6 +151,26 @@ impl Lab {
 
     fn running(&self, auth: Auth<'_>) -> Value {
         self.call("GET", "/api/v1/config", auth, None).body
+    }
+
+    /// `sluice ARGS` in the router namespace, against the API with `token`, checking the
+    /// certificate against the router's authority: (success, stdout and stderr).
+    fn cli(&self, token: &str, args: &[&str]) -> (bool, String) {
+        let ca = self.state.0.join("tls/ca.pem");
+        let out = self
+            .t
+            .router
+            .command(SLUICE)
+            .args(args)
+            .args(["--api", BASE, "--token", token, "--ca", ca.to_str().expect("UTF-8")])
+            .output()
+            .expect("run sluice");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     fn kernel_routes(&self) -> String {
@@ -351,6 +371,30 @@ fn static_routes_reach_the_kernel_and_an_unconfirmed_commit_rolls_back() {
     });
     assert!(lab.kernel_routes().contains("10.30.0.0/16"), "the confirmed route stays");
 
+    // The CLI speaks to the same API, checking the router's certificate.
+    let token = lab.token(admin, "admin");
+    let (ok, out) = lab.cli(&token, &["route", "static", "add", "10.32.0.0/16", "--via", &gw]);
+    assert!(ok, "{out}");
+    let (ok, out) = lab.cli(&token, &["route", "static", "list"]);
+    assert!(ok && out.contains("10.32.0.0/16"), "{out}");
+    wait_until("10.32.0.0/16 in the kernel", Duration::from_secs(5), || {
+        lab.kernel_routes().contains("10.32.0.0/16").then_some(())
+    });
+    let (ok, out) = lab.cli(&token, &["route", "static", "add", "10.33.1.0/16", "--via", &gw]);
+    assert!(
+        !ok && out.contains("422") && out.contains("prefix: 10.33.1.0/16 has host bits"),
+        "{out}"
+    );
+    let (ok, out) = lab.cli(&token, &["config", "history"]);
+    assert!(ok && out.contains("add route 10.32.0.0/16"), "{out}");
+    let (ok, out) = lab.cli("sluice_not_a_token", &["route", "static", "list"]);
+    assert!(!ok && out.contains("401"), "{out}");
+    // Without a way to check the certificate, the CLI refuses to talk.
+    let plain =
+        lab.t.router.command(SLUICE).args(["route", "static", "list", "--token", &token]).output();
+    let plain = plain.expect("run sluice");
+    assert!(!plain.status.success(), "no --ca, no --insecure: refused");
+
     let del = json!({"prefix": "10.30.0.0/16"}).to_string();
     assert_eq!(lab.call("DELETE", "/api/v1/routes/static", admin, Some(&del)).status, 200);
     wait_until("10.30.0.0/16 gone from the kernel", Duration::from_secs(5), || {
@@ -373,8 +417,8 @@ fn static_acl(config: &Value, sign: bool) -> String {
     let wasm = std::fs::read(&path).unwrap_or_else(|e| {
         panic!("{}: {e}; build the plugins first with `make plugins`", path.display())
     });
-    let manifest = serde_json::to_value(Manifest::new("acl", "0.1.0", &[Table::Filter], &wasm))
-        .expect("JSON");
+    let manifest =
+        serde_json::to_value(Manifest::new("acl", "0.1.0", &[Table::Filter], &wasm)).expect("JSON");
     let manifest = if sign { signed(&manifest) } else { manifest };
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &wasm);
     json!({"manifest": manifest, "wasm_base64": b64, "config": config}).to_string()
@@ -403,6 +447,11 @@ fn plugins_added_configured_disabled_and_removed_through_the_api_persist_across_
     let list = lab.call("GET", "/api/v1/plugins", admin, None).body;
     assert_eq!((list[0]["name"].as_str(), list[0]["rules"].as_u64()), (Some("acl"), Some(1)));
     assert_eq!(list[0]["status"]["state"], "running", "{list}");
+    let reader = lab.token(admin, "read");
+    let (ok, out) = lab.cli(&reader, &["plugin", "list"]);
+    assert!(ok && out.contains("acl") && out.contains("running"), "{out}");
+    let (ok, out) = lab.cli(&reader, &["plugin", "disable", "acl"]);
+    assert!(!ok && out.contains("403"), "a read token changes nothing: {out}");
 
     // A configuration the plugin refuses changes nothing.
     let bad = json!({"rules": [{"direction": "up", "prefix": c1, "action": "drop"}]});

@@ -200,7 +200,10 @@ impl Config {
                 || name.len() > 64
                 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
             {
-                err(format!("plugins.{name}"), "a plugin name is 1 to 64 letters, digits, '-' or '_'".into());
+                err(
+                    format!("plugins.{name}"),
+                    "a plugin name is 1 to 64 letters, digits, '-' or '_'".into(),
+                );
             }
             if p.wasm_sha256.len() != 64 || !p.wasm_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 err(format!("plugins.{name}.wasm_sha256"), "64 hexadecimal digits".into());

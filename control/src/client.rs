@@ -1,0 +1,425 @@
+//! The CLI's side of the REST API: `sluice plugin add|list|...`, `sluice route static ...`,
+//! `sluice user ...` and `sluice config ...` (without `--state-dir`) talk to a running daemon
+//! over HTTPS with an API token, checking its certificate against the router's authority
+//! (`STATE/tls/ca.pem`).
+
+use std::{
+    fmt::Write as _,
+    io::Read as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+/// Where the API is and how to reach it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// The daemon's API.
+    #[arg(long, env = "SLUICE_API", default_value = "https://127.0.0.1:8443", global = true)]
+    pub api: String,
+    /// An API token (`POST /api/v1/tokens`, or the console).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The certificate authority the API's certificate must chain to: the router's
+    /// `STATE/tls/ca.pem` (the default's `/var/lib/sluice/tls/ca.pem` when it exists).
+    #[arg(long, env = "SLUICE_CA", value_name = "FILE", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Do not check the API's certificate (a lab on a trusted host only).
+    #[arg(long, global = true)]
+    pub insecure: bool,
+}
+
+/// The default state directory's authority.
+const DEFAULT_CA: &str = "/var/lib/sluice/tls/ca.pem";
+
+/// A client of one daemon's API.
+#[derive(Debug)]
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// A client for `args`: a token is needed; so is a way to check the certificate.
+    pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
+        let token = args
+            .token
+            .clone()
+            .context("an API token is needed: --token or SLUICE_TOKEN (make one in the console)")?;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if args.insecure {
+            tls = tls.disable_verification(true);
+        } else {
+            let ca = match &args.ca {
+                Some(p) => p.clone(),
+                None if Path::new(DEFAULT_CA).exists() => PathBuf::from(DEFAULT_CA),
+                None => bail!(
+                    "pass --ca STATE/tls/ca.pem (the router's certificate authority) or --insecure"
+                ),
+            };
+            let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+            let cert = ureq::tls::Certificate::from_pem(&pem)
+                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?;
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])));
+        }
+        let config = ureq::Agent::config_builder()
+            .tls_config(tls.build())
+            .http_status_as_error(false)
+            .build();
+        Ok(Self {
+            agent: ureq::Agent::new_with_config(config),
+            base: format!("{}/api/v1", args.api.trim_end_matches('/')),
+            token,
+        })
+    }
+
+    /// Calls `method path` with an optional JSON body; the answer's JSON, or the problem it
+    /// reports as an error (with every field at fault).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("Authorization", auth)
+            .header("Content-Type", "application/json");
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let request = request.body(body).context("building the request")?;
+        let mut response = self.agent.run(request).with_context(|| format!("{method} {url}"))?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .with_context(|| format!("reading the answer to {method} {url}"))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(value);
+        }
+        let mut message = format!(
+            "{method} {path}: {} {}",
+            status.as_u16(),
+            value["detail"].as_str().unwrap_or_else(|| status.canonical_reason().unwrap_or(""))
+        );
+        for e in value["errors"].as_array().into_iter().flatten() {
+            let _ = write!(
+                message,
+                "\n  {}: {}",
+                e["field"].as_str().unwrap_or("?"),
+                e["message"].as_str().unwrap_or("?")
+            );
+        }
+        bail!(message)
+    }
+}
+
+/// `sluice plugin` commands that go through the API.
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginApiCmd {
+    /// Add a plugin to the router (or a new version of one), running it at once.
+    Add {
+        /// The component (.wasm).
+        wasm: PathBuf,
+        /// Its manifest (JSON), signed by its publisher unless the router allows unsigned ones.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Its configuration (a JSON file, `-` for standard input); `{}` without one.
+        #[arg(long)]
+        config: Option<String>,
+        /// Store it without running it.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List the router's plugins: version, tables, state, rules.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a plugin: its rules go, and its key-value store.
+    Remove {
+        /// The plugin.
+        name: String,
+    },
+    /// Give a plugin a new configuration (JSON file, `-` for standard input); a configuration
+    /// the plugin refuses changes nothing.
+    Config {
+        /// The plugin.
+        name: String,
+        /// The configuration.
+        file: String,
+    },
+    /// Run a stored plugin again.
+    Enable {
+        /// The plugin.
+        name: String,
+    },
+    /// Stop a plugin, keeping it and its store.
+    Disable {
+        /// The plugin.
+        name: String,
+    },
+    /// Print a plugin's log.
+    Logs {
+        /// The plugin.
+        name: String,
+    },
+}
+
+/// `sluice route static ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RouteCmd {
+    /// The static routes of the running configuration.
+    List,
+    /// Add a static route (committed at once).
+    Add {
+        /// Destination prefix.
+        prefix: String,
+        /// Gateway.
+        #[arg(long)]
+        via: Option<String>,
+        /// Output interface.
+        #[arg(long)]
+        dev: Option<String>,
+        /// Metric.
+        #[arg(long, default_value_t = 0)]
+        metric: u32,
+        /// Roll the change back unless `sluice config confirm` comes within SECONDS.
+        #[arg(long, value_name = "SECONDS")]
+        confirm: Option<u64>,
+    },
+    /// Remove a static route.
+    Remove {
+        /// Destination prefix.
+        prefix: String,
+        /// Only the route with this metric.
+        #[arg(long)]
+        metric: Option<u32>,
+    },
+}
+
+/// `sluice user ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCmd {
+    /// The users.
+    List,
+    /// Add a user; the password is read from `SLUICE_PASSWORD` or the first line of standard input.
+    Add {
+        /// Login name.
+        name: String,
+        /// `admin` or `viewer`.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// Remove a user and its tokens.
+    Remove {
+        /// Login name.
+        name: String,
+    },
+}
+
+/// `sluice config ...` through the API (without `--state-dir`).
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigAction<'a> {
+    /// The running configuration, as a file.
+    Export,
+    /// Commit a configuration file.
+    Import(&'a Path, &'a str),
+    /// The revisions.
+    History,
+    /// Confirm a commit that waits for it.
+    Confirm,
+    /// Commit revision N again.
+    Rollback(u64, &'a str),
+}
+
+fn read_json(source: &str) -> anyhow::Result<Value> {
+    let text = if source == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(source).with_context(|| format!("reading {source}"))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{source}: not JSON"))
+}
+
+fn print(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs a `sluice plugin` command through the API.
+pub fn plugin(args: &ApiArgs, cmd: PluginApiCmd) -> anyhow::Result<()> {
+    let c = Client::new(args)?;
+    match cmd {
+        PluginApiCmd::Add { wasm, manifest, config, disabled } => {
+            let bytes =
+                std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+            let manifest: Value = serde_json::from_slice(
+                &std::fs::read(&manifest)
+                    .with_context(|| format!("reading {}", manifest.display()))?,
+            )
+            .with_context(|| format!("{}: not JSON", manifest.display()))?;
+            let config = config.as_deref().map(read_json).transpose()?.unwrap_or_else(|| json!({}));
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
+            let body = json!({"manifest": manifest, "wasm_base64": b64, "config": config,
+                              "enabled": !disabled});
+            print(&c.call("POST", "/plugins", Some(&body))?)
+        }
+        PluginApiCmd::List { json } => {
+            let list = c.call("GET", "/plugins", None)?;
+            if json {
+                return print(&list);
+            }
+            for p in list.as_array().into_iter().flatten() {
+                let tables: Vec<&str> = p["tables"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let reason = p["status"]["reason"].as_str().map(|r| format!(" ({r})"));
+                println!(
+                    "{:<20} {:<10} {:<12}{} tables {} rules {} from {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["version"].as_str().unwrap_or("?"),
+                    p["status"]["state"].as_str().unwrap_or("?"),
+                    reason.unwrap_or_default(),
+                    tables.join(","),
+                    p["rules"],
+                    p["source"].as_str().unwrap_or("?"),
+                );
+            }
+            Ok(())
+        }
+        PluginApiCmd::Remove { name } => {
+            print(&c.call("DELETE", &format!("/plugins/{name}"), None)?)
+        }
+        PluginApiCmd::Config { name, file } => {
+            let config = read_json(&file)?;
+            print(&c.call("PUT", &format!("/plugins/{name}/config"), Some(&config))?)
+        }
+        PluginApiCmd::Enable { name } => {
+            print(&c.call("PATCH", &format!("/plugins/{name}"), Some(&json!({"enabled": true})))?)
+        }
+        PluginApiCmd::Disable { name } => print(&c.call(
+            "PATCH",
+            &format!("/plugins/{name}"),
+            Some(&json!({"enabled": false})),
+        )?),
+        PluginApiCmd::Logs { name } => {
+            for l in c
+                .call("GET", &format!("/plugins/{name}/logs"), None)?
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!(
+                    "{} {:<5} {}",
+                    l["at_ms"],
+                    l["level"].as_str().unwrap_or("?"),
+                    l["message"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs a `sluice route static` command through the API.
+pub fn route(args: &ApiArgs, cmd: RouteCmd) -> anyhow::Result<()> {
+    let c = Client::new(args)?;
+    match cmd {
+        RouteCmd::List => print(&c.call("GET", "/routes/static", None)?),
+        RouteCmd::Add { prefix, via, dev, metric, confirm } => {
+            let mut body = json!({"prefix": prefix, "metric": metric});
+            if let Some(v) = via {
+                body["via"] = json!(v);
+            }
+            if let Some(d) = dev {
+                body["dev"] = json!(d);
+            }
+            let path = match confirm {
+                Some(s) => format!("/routes/static?confirm_seconds={s}"),
+                None => "/routes/static".to_owned(),
+            };
+            print(&c.call("POST", &path, Some(&body))?)
+        }
+        RouteCmd::Remove { prefix, metric } => {
+            let body = json!({"prefix": prefix, "metric": metric});
+            print(&c.call("DELETE", "/routes/static", Some(&body))?)
+        }
+    }
+}
+
+/// Runs a `sluice user` command through the API.
+pub fn user(args: &ApiArgs, cmd: UserCmd) -> anyhow::Result<()> {
+    let c = Client::new(args)?;
+    match cmd {
+        UserCmd::List => print(&c.call("GET", "/users", None)?),
+        UserCmd::Add { name, role } => {
+            let password = if let Ok(p) = std::env::var("SLUICE_PASSWORD") {
+                p
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("reading the password")?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            };
+            let body = json!({"name": name, "password": password, "role": role});
+            print(&c.call("POST", "/users", Some(&body))?)
+        }
+        UserCmd::Remove { name } => print(&c.call("DELETE", &format!("/users/{name}"), None)?),
+    }
+}
+
+/// Runs a `sluice config` command through the API.
+pub fn config(args: &ApiArgs, action: ConfigAction<'_>) -> anyhow::Result<()> {
+    let c = Client::new(args)?;
+    match action {
+        ConfigAction::Export => print(&c.call("GET", "/config/export", None)?),
+        ConfigAction::Import(file, message) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let path = format!("/config/import?message={}", urlencode(message));
+            let url_body: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not JSON", file.display()))?;
+            print(&c.call("POST", &path, Some(&url_body))?)
+        }
+        ConfigAction::History => {
+            for r in c.call("GET", "/config/revisions", None)?.as_array().into_iter().flatten() {
+                println!(
+                    "{:>5}  {}  {}@{}  {}",
+                    r["id"],
+                    r["at_ms"],
+                    r["author"]["who"].as_str().unwrap_or("?"),
+                    r["author"]["from"].as_str().unwrap_or("?"),
+                    r["author"]["message"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        ConfigAction::Confirm => print(&c.call("POST", "/config/confirm", None)?),
+        ConfigAction::Rollback(revision, message) => {
+            let body = json!({"revision": revision, "message": message});
+            print(&c.call("POST", "/config/rollback", Some(&body))?)
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
