@@ -802,6 +802,16 @@ impl Maps {
         Ok(())
     }
 
+    /// A next hop.
+    pub fn nexthop(&self, id: u32) -> Result<NextHop> {
+        self.nexthops.get(&id, 0).map_err(|e| DataplaneError::Map(names::NEXTHOPS, e))
+    }
+
+    /// An ECMP group.
+    pub fn group(&self, id: u32) -> Result<EcmpGroup> {
+        self.groups.get(&id, 0).map_err(|e| DataplaneError::Map(names::ECMP_GROUPS, e))
+    }
+
     /// The interfaces the dataplane serves.
     pub fn ifaces(&self) -> Result<BTreeMap<IfaceKey, Iface>> {
         let mut out = BTreeMap::new();

@@ -365,8 +365,95 @@ fn push_log(log: &Log, level: &'static str, message: String) {
     l.push_back(LogLine { at_ms: now_ms(), level, message });
 }
 
-/// Answers a plugin's route lookups.
-pub type RouteLookup = Arc<dyn Fn(IpAddr) -> Option<IpNet> + Send + Sync>;
+/// What the dataplane does with packets to an address (`lookup-route`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouteInfo {
+    /// The route's action (`forward`, `ecmp`, `connected`...).
+    pub action: String,
+    /// Its gateways.
+    pub next_hops: Vec<IpAddr>,
+}
+
+/// An interface the dataplane serves (`interfaces`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InterfaceInfo {
+    /// Name.
+    pub name: String,
+    /// ifindex.
+    pub ifindex: u32,
+    /// XDP mode in use.
+    pub xdp_mode: String,
+    /// Up.
+    pub up: bool,
+    /// MTU.
+    pub mtu: u32,
+}
+
+/// The read-only questions a plugin may ask about the dataplane.
+pub trait Queries: Send + Sync {
+    /// The route the dataplane uses for `addr`.
+    fn route(&self, addr: IpAddr) -> Option<RouteInfo>;
+    /// The interfaces it serves.
+    fn interfaces(&self) -> Vec<InterfaceInfo>;
+}
+
+/// Answers a plugin's queries (none: every query answers nothing).
+pub type RouteLookup = Arc<dyn Queries>;
+
+/// The pinned dataplane, asked directly: the lookup tables mapped read-only, the next hops and
+/// interfaces read from their maps.
+struct PinnedQueries {
+    pin: crate::dataplane::PinDir,
+    view: Mutex<(crate::dataplane::LookupView, crate::dataplane::Maps)>,
+}
+
+impl Queries for PinnedQueries {
+    fn route(&self, addr: IpAddr) -> Option<RouteInfo> {
+        use sluice_common::RouteAction;
+        let view = self.view.lock().ok()?;
+        let (lookup, maps) = &*view;
+        let route = lookup.lookup(addr)?;
+        let action = RouteAction::from_u32(route.action)?;
+        let ids: Vec<u32> = match action {
+            RouteAction::Forward => vec![route.target],
+            RouteAction::Ecmp => {
+                let g = maps.group(route.target).ok()?;
+                let mut m = g.members[..(g.count as usize).min(g.members.len())].to_vec();
+                m.sort_unstable();
+                m.dedup();
+                m
+            }
+            _ => Vec::new(),
+        };
+        let next_hops = ids
+            .into_iter()
+            .filter_map(|id| maps.nexthop(id).ok().and_then(|nh| crate::fib::neighbour_of(&nh)))
+            .collect();
+        Some(RouteInfo { action: action.name().to_owned(), next_hops })
+    }
+
+    fn interfaces(&self) -> Vec<InterfaceInfo> {
+        let Ok(stats) = crate::show::stats(&self.pin) else { return Vec::new() };
+        stats
+            .interfaces
+            .into_iter()
+            .map(|i| InterfaceInfo {
+                name: i.name,
+                ifindex: i.ifindex,
+                xdp_mode: i.xdp_mode.to_owned(),
+                up: i.up,
+                mtu: i.mtu,
+            })
+            .collect()
+    }
+}
+
+/// Queries answered from the dataplane pinned under `pin`.
+pub fn pinned_queries(pin: &crate::dataplane::PinDir) -> anyhow::Result<RouteLookup> {
+    let view = crate::dataplane::LookupView::open(pin)?;
+    let maps = crate::dataplane::Maps::open(pin)?;
+    Ok(Arc::new(PinnedQueries { pin: pin.clone(), view: Mutex::new((view, maps)) }))
+}
 
 /// A plugin's key-value store: a sled tree of its own when the router has a state directory
 /// (it outlives restarts and new versions; sled writes it out within half a second), else a map
@@ -446,9 +533,27 @@ impl wit_host::Host for HostState {
         now_ms()
     }
 
-    fn lookup_route(&mut self, address: String) -> Option<String> {
+    fn lookup_route(&mut self, address: String) -> Option<wit_host::RouteInfo> {
         let addr: IpAddr = address.parse().ok()?;
-        self.routes.as_ref().and_then(|f| f(addr)).map(|n| n.to_string())
+        let r = self.routes.as_ref()?.route(addr)?;
+        Some(wit_host::RouteInfo {
+            action: r.action,
+            next_hops: r.next_hops.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    fn interfaces(&mut self) -> Vec<wit_host::InterfaceInfo> {
+        let Some(q) = &self.routes else { return Vec::new() };
+        q.interfaces()
+            .into_iter()
+            .map(|i| wit_host::InterfaceInfo {
+                name: i.name,
+                ifindex: i.ifindex,
+                xdp_mode: i.xdp_mode,
+                up: i.up,
+                mtu: i.mtu,
+            })
+            .collect()
     }
 
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
@@ -1581,7 +1686,14 @@ pub fn run(
         }
     };
     maps.set_gateways(feed.gateways.clone());
-    let mut manager = Manager::new(host, HookTables::new(maps), None);
+    let queries = match pinned_queries(&feed.pin) {
+        Ok(q) => Some(q),
+        Err(e) => {
+            tracing::warn!(error = %e, "plugins' route and interface queries will answer nothing");
+            None
+        }
+    };
+    let mut manager = Manager::new(host, HookTables::new(maps), queries);
     if let Some(dir) = dir {
         start_dir(&mut manager, dir);
     }

@@ -243,3 +243,25 @@ fn a_plugin_hears_of_route_changes_and_counter_snapshots() {
         (!has_rule(&t, "10.77.0.0/24")).then_some(())
     });
 }
+
+#[test]
+fn a_plugin_asks_where_an_address_goes_and_which_interfaces_are_served() {
+    if !privileged() {
+        return;
+    }
+    let plugins = echo_dir();
+    std::fs::write(plugins.0.join("echo.config.json"), "queries").expect("configuration");
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    let server = Subnet(3).host_v4();
+    ip(&t.router, &["route", "add", "10.77.0.0/24", "via", &server]);
+    let dir = plugins.0.to_str().expect("UTF-8 path");
+    t.start_daemon_with(&["--plugins", dir, "--allow-unsigned-plugins"]);
+    // The route via the server is forwarded once its neighbour is known.
+    t.wait_ping("c1", &server);
+    wait_until("a rule on the gateway lookup-route names", Duration::from_secs(10), || {
+        has_rule(&t, &format!("{server}/32")).then_some(())
+    });
+    wait_until("a rule counting the two interfaces", Duration::from_secs(10), || {
+        has_rule(&t, "198.18.2.0/24").then_some(())
+    });
+}

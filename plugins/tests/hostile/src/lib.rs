@@ -5,14 +5,16 @@
 //! removes it with the route) and one on 198.18.255.255/32 when a counter snapshot arrives;
 //! `kv-count` counts its `handle` calls in its key-value store (so the count outlives the
 //! instance when the store does) and writes a count rule on 198.18.0.N/32 for call N, after
-//! checking that a value over its quota is refused; anything else behaves.
+//! checking that a value over its quota is refused; `queries` asks where 10.77.0.9 goes and
+//! writes a count rule on each gateway's /32, and one on 198.18.N.0/24 for the N interfaces the
+//! dataplane serves; anything else behaves.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sluice_plugin_sdk::{Action, Direction, Event, Guest, Op, filter, host, rate_limit};
 
 static MODE: AtomicU32 = AtomicU32::new(0);
-const MODES: [&str; 10] = [
+const MODES: [&str; 11] = [
     "spin",
     "slow-init",
     "trap",
@@ -23,6 +25,7 @@ const MODES: [&str; 10] = [
     "undeclared-table",
     "echo-events",
     "kv-count",
+    "queries",
 ];
 
 fn mode() -> &'static str {
@@ -75,6 +78,18 @@ impl Guest for Hostile {
                     return Err("a value over the quota was taken".into());
                 }
                 Ok(vec![filter(Direction::Src, &format!("198.18.0.{calls}/32"), Action::Count)])
+            }
+            "queries" => {
+                let mut ops: Vec<Op> = host::lookup_route("10.77.0.9")
+                    .filter(|r| r.action == "forward")
+                    .map(|r| r.next_hops)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|gw| filter(Direction::Src, &format!("{gw}/32"), Action::Count))
+                    .collect();
+                let n = host::interfaces().len();
+                ops.push(filter(Direction::Src, &format!("198.18.{n}.0/24"), Action::Count));
+                Ok(ops)
             }
             "spin" => loop {
                 std::hint::black_box(());
