@@ -1,5 +1,5 @@
-//! Applies the configuration's static routes to the kernel over rtnetlink; the mirror then
-//! carries them into the dataplane like any other route. The kernel stays the one source of
+//! Applies the configuration's static routes and interface settings to the kernel over
+//! rtnetlink; the mirror then carries them into the dataplane like any other route. The kernel stays the one source of
 //! forwarding truth.
 //!
 //! Sluice marks its routes with its own protocol number, [`RTPROT_SLUICE`] (`ip route show
@@ -14,8 +14,11 @@ use std::{
 
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
-use rtnetlink::{Handle, RouteMessageBuilder};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage, AddressProtocol},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
+};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use sluice_store::StaticRoute;
 
 /// The protocol number of the routes Sluice adds (free in `/etc/iproute2/rt_protos`).
@@ -164,4 +167,101 @@ pub async fn apply_routes(handle: &Handle, routes: &[StaticRoute]) -> Result<App
         applied.removed.push(format!("{prefix} metric {metric}"));
     }
     Ok(applied)
+}
+
+/// What [`apply_interfaces`] changed.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AppliedInterfaces {
+    /// Links set up or down, or given an MTU (`name mtu 1400 up`).
+    pub links: Vec<String>,
+    /// Addresses added (`name 192.0.2.1/24`).
+    pub added: Vec<String>,
+    /// Sluice's addresses removed.
+    pub removed: Vec<String>,
+    /// Interfaces of the configuration the kernel does not have.
+    pub missing: Vec<String>,
+}
+
+/// The address and prefix length of an address message, and whether Sluice added it.
+fn address_of(m: &AddressMessage) -> Option<(IpNet, bool)> {
+    let addr = m.attributes.iter().find_map(|a| match a {
+        // IFA_LOCAL is the address on point-to-point links; IFA_ADDRESS otherwise.
+        AddressAttribute::Local(a) | AddressAttribute::Address(a) => Some(*a),
+        _ => None,
+    })?;
+    let ours = m
+        .attributes
+        .iter()
+        .any(|a| matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(RTPROT_SLUICE))));
+    Some((IpNet::new(addr, m.header.prefix_len).ok()?, ours))
+}
+
+/// Applies the configuration's interface settings: each interface is set up or down and given
+/// its MTU; its addresses are added, marked with Sluice's protocol number (`ip address show
+/// proto 238`); Sluice's addresses the configuration no longer has are removed, on any link.
+/// Addresses of anyone else are left alone. An interface the kernel lacks is reported, not an
+/// error: the others are applied.
+pub async fn apply_interfaces(
+    handle: &Handle,
+    interfaces: &BTreeMap<String, sluice_store::Interface>,
+) -> Result<AppliedInterfaces, ApplyError> {
+    let mut out = AppliedInterfaces::default();
+    let mut wanted: BTreeMap<u32, Vec<IpNet>> = BTreeMap::new();
+    for (name, i) in interfaces {
+        let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
+            out.missing.push(name.clone());
+            continue;
+        };
+        let mut link = LinkUnspec::new_with_index(index);
+        link = if i.up { link.up() } else { link.down() };
+        if let Some(mtu) = i.mtu {
+            link = link.mtu(mtu);
+        }
+        handle.link().set(link.build()).execute().await.map_err(|source| ApplyError::Netlink {
+            what: format!("setting {name} up/down and its MTU"),
+            source,
+        })?;
+        let mtu = i.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+        out.links.push(format!("{name}{mtu} {}", if i.up { "up" } else { "down" }));
+        wanted.insert(index, i.addresses.clone());
+    }
+    // What the kernel has, on every link.
+    let mut have: Vec<(u32, IpNet, bool, AddressMessage)> = Vec::new();
+    let mut dump = handle.address().get().execute();
+    while let Some(m) = dump.try_next().await.map_err(|source| ApplyError::Netlink {
+        what: "dumping the kernel's addresses".into(),
+        source,
+    })? {
+        if let Some((net, ours)) = address_of(&m) {
+            have.push((m.header.index, net, ours, m));
+        }
+    }
+    for (index, addrs) in &wanted {
+        for net in addrs {
+            if have.iter().any(|(i, n, _, _)| i == index && n == net) {
+                continue;
+            }
+            let mut add = handle.address().add(*index, net.addr(), net.prefix_len());
+            add.message_mut()
+                .attributes
+                .push(AddressAttribute::Protocol(AddressProtocol::Other(RTPROT_SLUICE)));
+            add.execute().await.map_err(|source| ApplyError::Netlink {
+                what: format!("adding {net} to interface {index}"),
+                source,
+            })?;
+            out.added.push(format!("{index} {net}"));
+        }
+    }
+    for (index, net, ours, m) in have {
+        let keep = wanted.get(&index).is_some_and(|w| w.contains(&net));
+        if !ours || keep {
+            continue;
+        }
+        handle.address().del(m).execute().await.map_err(|source| ApplyError::Netlink {
+            what: format!("removing {net} from interface {index}"),
+            source,
+        })?;
+        out.removed.push(format!("{index} {net}"));
+    }
+    Ok(out)
 }

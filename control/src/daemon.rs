@@ -85,14 +85,28 @@ impl Config {
         if !always && rolled.is_none() {
             return;
         }
-        match self.store.config() {
-            Ok(c) => match crate::apply::apply_routes(&self.handle, &c.routes).await {
-                Ok(a) => {
-                    info!(set = a.set.len(), removed = a.removed.len(), "static routes applied");
+        let c = match self.store.config() {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %error_chain(&e), "reading the configuration failed");
+                return;
+            }
+        };
+        // Interfaces first: a static route may need an address they bring.
+        match crate::apply::apply_interfaces(&self.handle, &c.interfaces).await {
+            Ok(a) => {
+                if !a.missing.is_empty() {
+                    warn!(missing = ?a.missing, "interfaces of the configuration are not there");
                 }
-                Err(e) => error!(error = %error_chain(&e), "applying the static routes failed"),
-            },
-            Err(e) => error!(error = %error_chain(&e), "reading the configuration failed"),
+                info!(added = ?a.added, removed = ?a.removed, "interface settings applied");
+            }
+            Err(e) => error!(error = %error_chain(&e), "applying the interface settings failed"),
+        }
+        match crate::apply::apply_routes(&self.handle, &c.routes).await {
+            Ok(a) => {
+                info!(set = a.set.len(), removed = a.removed.len(), "static routes applied");
+            }
+            Err(e) => error!(error = %error_chain(&e), "applying the static routes failed"),
         }
     }
 }

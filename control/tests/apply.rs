@@ -6,7 +6,7 @@
 mod common;
 
 use sluice::{
-    apply::{RTPROT_SLUICE, apply_routes},
+    apply::{RTPROT_SLUICE, apply_interfaces, apply_routes},
     netns::{self, NetNs},
 };
 use sluice_store::StaticRoute;
@@ -20,8 +20,12 @@ fn route(prefix: &str, via: Option<&str>, dev: Option<&str>, metric: u32) -> Sta
     }
 }
 
-/// Applies `routes` from inside `ns` (netlink sockets belong to the namespace that opens them).
-fn apply(ns: &NetNs, routes: &[StaticRoute]) -> sluice::apply::Applied {
+/// Runs `f` with an rtnetlink handle of `ns` (netlink sockets belong to the namespace that
+/// opens them).
+fn in_ns<T: Send, F: Future<Output = T>>(
+    ns: &NetNs,
+    f: impl FnOnce(rtnetlink::Handle) -> F + Send,
+) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
             ns.enter().expect("enter the namespace");
@@ -29,12 +33,17 @@ fn apply(ns: &NetNs, routes: &[StaticRoute]) -> sluice::apply::Applied {
             rt.block_on(async {
                 let (conn, handle, _) = rtnetlink::new_connection().expect("rtnetlink");
                 tokio::spawn(conn);
-                apply_routes(&handle, routes).await.expect("applied")
+                f(handle).await
             })
         })
         .join()
         .expect("the applying thread")
     })
+}
+
+/// Applies `routes` in `ns`.
+fn apply(ns: &NetNs, routes: &[StaticRoute]) -> sluice::apply::Applied {
+    in_ns(ns, |h| async move { apply_routes(&h, routes).await.expect("applied") })
 }
 
 fn ours(ns: &NetNs, family: &str) -> String {
@@ -82,21 +91,62 @@ fn static_routes_reach_the_kernel_and_only_sluice_routes_are_reconciled() {
     assert!(all.contains("10.99.0.0/16 via 192.0.2.200"), "others' routes stay: {all}");
 
     // A route through an interface that does not exist is refused, naming it.
-    let err = std::thread::scope(|s| {
-        s.spawn(|| {
-            ns.enter().expect("enter");
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let (conn, handle, _) = rtnetlink::new_connection().expect("rtnetlink");
-                tokio::spawn(conn);
-                apply_routes(&handle, &[route("10.79.0.0/16", None, Some("nope0"), 0)]).await
-            })
-        })
-        .join()
-        .expect("thread")
-    })
-    .unwrap_err();
+    let bad = [route("10.79.0.0/16", None, Some("nope0"), 0)];
+    let err = in_ns(&ns, |h| async move { apply_routes(&h, &bad).await }).unwrap_err();
     assert!(err.to_string().contains("no interface named \"nope0\""), "{err}");
+}
+
+#[test]
+fn interface_settings_reach_the_kernel_and_only_sluice_addresses_are_reconciled() {
+    if !common::privileged() {
+        return;
+    }
+    let ns = NetNs::create(&netns::unique_name("sli")).expect("namespace");
+    for cmd in [
+        "link add name va type veth peer name vb",
+        // Someone else's address, which Sluice must leave alone.
+        "addr add 198.51.100.1/24 dev va",
+    ] {
+        ns.ip(&cmd.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
+    }
+    let iface = |addrs: &[&str], mtu: Option<u32>, up: bool| sluice_store::Interface {
+        xdp_mode: sluice_store::XdpMode::Auto,
+        addresses: addrs.iter().map(|a| a.parse().expect("address")).collect(),
+        mtu,
+        up,
+    };
+    let first = std::collections::BTreeMap::from([
+        ("va".to_owned(), iface(&["192.0.2.1/24", "2001:db8:5::1/64"], Some(1400), true)),
+        ("nope0".to_owned(), iface(&[], None, true)),
+    ]);
+    let done = in_ns(&ns, |h| async move { apply_interfaces(&h, &first).await.expect("applied") });
+    assert_eq!(done.missing, ["nope0"]);
+    assert_eq!(done.added.len(), 2, "{done:?}");
+    let link = ns.ip(&["link", "show", "va"]).expect("ip link");
+    assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+    let all = ns.ip(&["address", "show", "dev", "va"]).expect("ip address");
+    assert!(all.contains("192.0.2.1/24") && all.contains("2001:db8:5::1/64"), "{all}");
+
+    // The IPv6 address leaves the configuration: only Sluice's goes.
+    let second =
+        std::collections::BTreeMap::from([("va".to_owned(), iface(&["192.0.2.1/24"], None, true))]);
+    let done = in_ns(&ns, |h| async move { apply_interfaces(&h, &second).await.expect("applied") });
+    assert_eq!(done.removed.len(), 1, "{done:?}");
+    let all = ns.ip(&["address", "show", "dev", "va"]).expect("ip address");
+    assert!(!all.contains("2001:db8:5::1"), "{all}");
+    assert!(all.contains("192.0.2.1/24") && all.contains("198.51.100.1/24"), "others' stay: {all}");
+    let down = std::collections::BTreeMap::from([(
+        "va".to_owned(),
+        iface(&["192.0.2.1/24"], None, false),
+    )]);
+    in_ns(&ns, |h| async move { apply_interfaces(&h, &down).await.expect("applied") });
+    assert!(!ns.ip(&["link", "show", "va"]).expect("ip link").contains(",UP"), "down");
+
+    // Without interfaces in the configuration, Sluice's addresses go; others' stay.
+    let none = std::collections::BTreeMap::new();
+    in_ns(&ns, |h| async move { apply_interfaces(&h, &none).await.expect("applied") });
+    let all = ns.ip(&["address", "show", "dev", "va"]).expect("ip address");
+    assert!(!all.contains("192.0.2.1/24") && all.contains("198.51.100.1/24"), "{all}");
 }
 
 /// A directory removed on drop.
