@@ -10,7 +10,7 @@ ifneq ($(filter-out nightly,$(EBPF_TOOLCHAIN)),)
 export SLUICE_EBPF_TOOLCHAIN = $(EBPF_TOOLCHAIN)
 endif
 
-.PHONY: setup build test test-unit lab lab-down bench lint fmt clean plugins bench-plugins
+.PHONY: setup build test test-unit lab lab-down bench lint fmt clean plugins bench-plugins bench-api
 
 setup:
 	@bash scripts/setup.sh
@@ -44,6 +44,11 @@ lab-down:
 bench: build
 	@mkdir -p artifacts
 	$(SLUICE) bench --json artifacts/bench.json --plot artifacts/bench.svg $(BENCH_ARGS)
+
+# The REST API: latency of GET /api/v1/counters at 1,000 requests/s (BENCH_API_ARGS to change).
+bench-api: build
+	@mkdir -p artifacts
+	$(SLUICE) bench-api --json artifacts/bench-api.json $(BENCH_API_ARGS)
 
 # The plugin host: compile, instantiate, event-to-tables latency.
 bench-plugins: build plugins

@@ -114,7 +114,7 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/routes", Access::Viewer, "The routes the dataplane holds"),
     route("GET", "/routes/static", Access::Viewer, "Static routes of the running configuration"),
     route("POST", "/routes/static", Access::Admin, "Adds a static route (committed at once)"),
-    route("DELETE", "/routes/static", Access::Admin, "Removes a static route (committed at once)"),
+    route("DELETE", "/routes/static", Access::Admin, "Removes a static route (body or ?prefix=)"),
     route("GET", "/config", Access::Viewer, "The running configuration and its revision"),
     route("GET", "/config/candidate", Access::Viewer, "The candidate configuration"),
     route("PUT", "/config/candidate", Access::Admin, "Stages a candidate configuration"),
@@ -839,7 +839,7 @@ impl Api {
                 created(route)
             }
             ("DELETE", "/routes/static") => {
-                let route: RouteKey = body(&r.body)?;
+                let route = route_key(r)?;
                 let mut config = self.store.config()?;
                 let before = config.routes.len();
                 config.routes.retain(|x| {
@@ -1160,6 +1160,26 @@ fn check_user(name: &str, password: &str) -> Result<(), Problem> {
         return Ok(());
     }
     Err(Problem::fields(StatusCode::UNPROCESSABLE_ENTITY, "invalid user", errors))
+}
+
+/// The route `DELETE /routes/static` names: in the body, or as `?prefix=P[&metric=M]`.
+fn route_key(r: &Request) -> Result<RouteKey, Problem> {
+    if !r.body.iter().all(u8::is_ascii_whitespace) {
+        return body(&r.body);
+    }
+    let prefix = r
+        .query
+        .get("prefix")
+        .ok_or_else(|| Problem::field("prefix", "missing: in the body or as ?prefix="))?;
+    let prefix =
+        prefix.parse().map_err(|e| Problem::field("prefix", format!("{prefix:?}: {e}")))?;
+    let metric = match r.query.get("metric") {
+        Some(m) => Some(
+            m.parse().map_err(|_| Problem::field("metric", format!("{m:?} is not a number")))?,
+        ),
+        None => None,
+    };
+    Ok(RouteKey { prefix, metric })
 }
 
 /// A route's interface must be a valid name the kernel has.
@@ -1644,6 +1664,190 @@ mod tests {
         assert!(password_matches(&h, "correct horse battery"));
         assert!(!password_matches(&h, "wrong horse battery"));
         assert_ne!(h, hash_password("correct horse battery"), "salted");
+    }
+
+    /// An API over a store in a fresh directory, with no dataplane; removed on drop.
+    struct Scratch {
+        dir: PathBuf,
+        api: Arc<Api>,
+    }
+
+    impl Scratch {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "sluice-api-unit-{}-{}",
+                std::process::id(),
+                random_hex(6)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let store = Store::open(&dir.join("db")).unwrap();
+            let api = Api::new(store, PinDir::new(dir.join("no-pins")), &dir).unwrap();
+            Self { dir, api: Arc::new(api) }
+        }
+
+        /// Sets up the first administrator and logs in: (cookie, CSRF token).
+        async fn admin(&self) -> (String, String) {
+            let f = filter(&self.api);
+            let token = std::fs::read_to_string(self.dir.join("setup-token")).unwrap();
+            let setup = json!({"token": token, "username": "root",
+                               "password": "a long enough one"});
+            let res = warp::test::request()
+                .method("POST")
+                .path("/api/v1/setup")
+                .json(&setup)
+                .reply(&f)
+                .await;
+            assert_eq!(res.status(), 201, "{:?}", res.body());
+            let res = warp::test::request()
+                .method("POST")
+                .path("/api/v1/login")
+                .json(&json!({"username": "root", "password": "a long enough one"}))
+                .reply(&f)
+                .await;
+            assert_eq!(res.status(), 200, "{:?}", res.body());
+            let cookie = res.headers()[header::SET_COOKIE].to_str().unwrap();
+            let cookie = cookie.split(';').next().unwrap().to_owned();
+            let body: Value = serde_json::from_slice(res.body()).unwrap();
+            (cookie, body["csrf_token"].as_str().unwrap().to_owned())
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// The type of a problem answer, `None` for a success.
+    fn problem_type(res: &warp::http::Response<Bytes>) -> Option<String> {
+        if res.status().is_success() {
+            return None;
+        }
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/problem+json");
+        let p: Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(p["status"], res.status().as_u16(), "{p}");
+        Some(p["type"].as_str().unwrap().to_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn every_listed_route_is_served_and_no_other() {
+        let s = Scratch::new();
+        let (cookie, csrf) = s.admin().await;
+        let f = filter(&s.api);
+        // Logout last: it ends the session the others use.
+        let mut specs: Vec<&RouteSpec> = ROUTES.iter().collect();
+        specs.sort_by_key(|r| r.path == "/logout");
+        for spec in specs {
+            let path = format!("/api/v1{}", spec.path)
+                .replace("{name}", "nobody")
+                .replace("{id}", "1");
+            if spec.path == "/counters/stream" {
+                // An endless body: the handler's answer is the stream.
+                let req = Request {
+                    method: Method::GET,
+                    path: spec.path.to_owned(),
+                    query: HashMap::new(),
+                    bearer: None,
+                    cookie: Some(cookie.split_once('=').unwrap().1.to_owned()),
+                    csrf: None,
+                    from: "test".into(),
+                    body: Bytes::new(),
+                };
+                assert!(matches!(s.api.handle(&req), Ok(Answer::Stream)));
+                continue;
+            }
+            let res = warp::test::request()
+                .method(spec.method)
+                .path(&path)
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf)
+                .body("{}")
+                .reply(&f)
+                .await;
+            // Handlers may refuse `{}` or a missing name, but the router knows the route.
+            let kind = problem_type(&res);
+            assert!(
+                !matches!(
+                    kind.as_deref(),
+                    Some(
+                        "urn:sluice:problem:not-found"
+                            | "urn:sluice:problem:method"
+                            | "urn:sluice:problem:not-implemented"
+                            | "urn:sluice:problem:unauthenticated"
+                            | "urn:sluice:problem:csrf"
+                            | "urn:sluice:problem:forbidden"
+                    )
+                ),
+                "{} {path}: {kind:?} {:?}",
+                spec.method,
+                res.body()
+            );
+        }
+        for (method, path, kind) in [
+            ("GET", "/api/v1/nothing", "not-found"),
+            ("GET", "/api/v2/health", "not-found"),
+            ("GET", "/", "not-found"),
+            ("PUT", "/api/v1/health", "method"),
+            ("GET", "/api/v1/users/root/more", "not-found"),
+        ] {
+            let res = warp::test::request().method(method).path(path).reply(&f).await;
+            let want = format!("urn:sluice:problem:{kind}");
+            assert_eq!(problem_type(&res).as_deref(), Some(want.as_str()), "{method} {path}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sessions_need_their_csrf_token_and_bodies_their_limit() {
+        let s = Scratch::new();
+        let (cookie, csrf) = s.admin().await;
+        let f = filter(&s.api);
+        let user = json!({"name": "vera", "password": "long enough too", "role": "viewer"});
+        let post = |csrf: Option<&str>, body: Vec<u8>| {
+            let mut r = warp::test::request()
+                .method("POST")
+                .path("/api/v1/users")
+                .header("cookie", &cookie)
+                .body(body);
+            if let Some(c) = csrf {
+                r = r.header("x-csrf-token", c);
+            }
+            r
+        };
+        let body = serde_json::to_vec(&user).unwrap();
+        let res = post(None, body.clone()).reply(&f).await;
+        assert_eq!(problem_type(&res).as_deref(), Some("urn:sluice:problem:csrf"));
+        let res = post(Some(&csrf[1..]), body.clone()).reply(&f).await;
+        assert_eq!(problem_type(&res).as_deref(), Some("urn:sluice:problem:csrf"));
+        let res = post(Some(&csrf), vec![b' '; BODY_LIMIT + 1]).reply(&f).await;
+        assert_eq!(res.status(), 413);
+        assert!(s.api.store.user("vera").unwrap().is_none(), "nothing written");
+        let res = post(Some(&csrf), body.clone()).reply(&f).await;
+        assert_eq!(res.status(), 201, "{:?}", res.body());
+        let res = post(Some(&csrf), body).reply(&f).await;
+        assert_eq!(problem_type(&res).as_deref(), Some("urn:sluice:problem:exists"));
+        // Refusals are not changes; the one change is audited, with its outcome.
+        let log = s.api.store.audit_log(10).unwrap();
+        let users: Vec<_> = log.iter().filter(|e| e.action == "POST /api/v1/users").collect();
+        assert_eq!(users.len(), 2, "{log:?}");
+        assert_eq!(users[1].outcome, "ok", "{log:?}");
+        assert!(users[0].outcome.starts_with("409"), "{log:?}");
+    }
+
+    #[test]
+    fn problems_are_problem_json_with_retry_after_when_throttled() {
+        let mut p = Problem::field("prefix", "host bits set");
+        assert_eq!((p.status, p.kind.as_str()), (422, "urn:sluice:problem:invalid-input"));
+        p.retry_after = Some(8);
+        let r = p.response();
+        assert_eq!(r.status(), 422);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "8");
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["errors"], json!([{"field": "prefix", "message": "host bits set"}]));
+        assert_eq!(v["title"], "Unprocessable Entity");
+        assert!(v.get("retry_after").is_none());
+        let plain = serde_json::to_value(Problem::new(StatusCode::CONFLICT, "x", "y")).unwrap();
+        assert!(plain.get("errors").is_none(), "no empty errors: {plain}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod api;
 pub mod apply;
 pub mod batch;
 pub mod bench;
+pub mod bench_api;
 pub mod client;
 pub mod daemon;
 pub mod dataplane;

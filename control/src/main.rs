@@ -82,6 +82,9 @@ enum Command {
     Detach,
     /// Benchmark forwarding, Linux against Sluice on one veth chain, and route-add latency.
     Bench(bench::BenchArgs),
+    /// Benchmark the REST API: latency at a steady rate on `GET /api/v1/counters` (and wrk's
+    /// highest rate, if wrk is installed), against a daemon in a namespace of its own.
+    BenchApi(sluice::bench_api::BenchApiArgs),
     /// Benchmark the plugin host: compile, instantiate, and event-to-tables latency.
     BenchPlugins {
         /// Where `make plugins` put the components.
@@ -306,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sluice::client::config(&api, action)
         }
         Command::Route { api, cmd: RouteTop::Static { cmd } } => sluice::client::route(&api, cmd),
+        Command::BenchApi(args) => sluice::bench_api::run(&args).map(drop),
         Command::User { api, cmd } => sluice::client::user(&api, cmd),
         Command::Plugin { api, cmd: PluginCmd::Api(cmd) } => sluice::client::plugin(&api, cmd),
         Command::Detach => {

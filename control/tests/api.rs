@@ -156,12 +156,18 @@ impl Lab {
     /// `sluice ARGS` in the router namespace, against the API with `token`, checking the
     /// certificate against the router's authority: (success, stdout and stderr).
     fn cli(&self, token: &str, args: &[&str]) -> (bool, String) {
+        self.cli_env(token, args, &[])
+    }
+
+    /// As `cli`, with environment variables.
+    fn cli_env(&self, token: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         let ca = self.state.0.join("tls/ca.pem");
         let out = self
             .t
             .router
             .command(SLUICE)
             .args(args)
+            .envs(env.iter().copied())
             .args(["--api", BASE, "--token", token, "--ca", ca.to_str().expect("UTF-8")])
             .output()
             .expect("run sluice");
@@ -341,10 +347,13 @@ fn static_routes_reach_the_kernel_and_an_unconfirmed_commit_rolls_back() {
     let gw = Subnet(3).host_v4();
     let route = json!({"prefix": "10.30.0.0/16", "via": gw}).to_string();
     assert_eq!(lab.call("POST", "/api/v1/routes/static", admin, Some(&route)).status, 201);
+    let first = lab.running(admin)["revision"].as_u64().expect("a running revision");
     wait_until("10.30.0.0/16 in the kernel", Duration::from_secs(5), || {
         lab.kernel_routes().contains("10.30.0.0/16").then_some(())
     });
     wait_until("and in the dataplane", Duration::from_secs(5), || lab.t.route("10.30.0.0/16"));
+    let routes = lab.call("GET", "/api/v1/routes", admin, None).body;
+    assert!(routes.to_string().contains("10.30.0.0/16"), "GET /routes: {routes}");
 
     // Commit-confirm through the candidate, left unconfirmed: it rolls back.
     let mut config = lab.running(admin)["config"].clone();
@@ -395,12 +404,78 @@ fn static_routes_reach_the_kernel_and_an_unconfirmed_commit_rolls_back() {
     let plain = plain.expect("run sluice");
     assert!(!plain.status.success(), "no --ca, no --insecure: refused");
 
-    let del = json!({"prefix": "10.30.0.0/16"}).to_string();
-    assert_eq!(lab.call("DELETE", "/api/v1/routes/static", admin, Some(&del)).status, 200);
+    // Users through the CLI (the password from the environment).
+    let pw = [("SLUICE_PASSWORD", "a viewer's long password")];
+    let (ok, out) = lab.cli_env(&token, &["user", "add", "vic", "--role", "viewer"], &pw);
+    assert!(ok, "{out}");
+    let (ok, out) = lab.cli(&token, &["user", "list"]);
+    assert!(ok && out.contains("vic") && out.contains("viewer"), "{out}");
+    lab.login("vic", "a viewer's long password");
+    let (ok, out) = lab.cli(&token, &["user", "remove", "vic"]);
+    assert!(ok, "{out}");
+    let (ok, out) = lab.cli(&token, &["user", "list"]);
+    assert!(ok && !out.contains("vic"), "{out}");
+
+    // A route removed by the query; a bad one named.
+    let a = lab.call("DELETE", "/api/v1/routes/static?prefix=10.30.0.0/33", admin, None);
+    assert_eq!((a.status, a.body["errors"][0]["field"].as_str()), (422, Some("prefix")));
+    let a = lab.call("DELETE", "/api/v1/routes/static?prefix=10.30.0.0/16", admin, None);
+    assert_eq!(a.status, 200, "{}", a.body);
     wait_until("10.30.0.0/16 gone from the kernel", Duration::from_secs(5), || {
         (!lab.kernel_routes().contains("10.30.0.0/16")).then_some(())
     });
-    lab.t.router.run("true", &[]).expect("the namespace is there");
+    let del = json!({"prefix": "10.32.0.0/16"}).to_string();
+    assert_eq!(lab.call("DELETE", "/api/v1/routes/static", admin, Some(&del)).status, 200);
+    wait_until("10.32.0.0/16 gone from the kernel", Duration::from_secs(5), || {
+        (!lab.kernel_routes().contains("10.32.0.0/16")).then_some(())
+    });
+
+    // Rolling back to the first revision puts its route back in the kernel.
+    let back = json!({"revision": first, "message": "back to the first"}).to_string();
+    let a = lab.call("POST", "/api/v1/config/rollback", admin, Some(&back));
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_until("10.30.0.0/16 back in the kernel", Duration::from_secs(5), || {
+        lab.kernel_routes().contains("10.30.0.0/16").then_some(())
+    });
+    assert!(!lab.kernel_routes().contains("10.32.0.0/16"), "{}", lab.kernel_routes());
+    let audit = lab.call("GET", "/api/v1/audit?limit=1", admin, None).body;
+    assert_eq!(audit.as_array().map(Vec::len), Some(1), "{audit}");
+    assert_eq!(audit[0]["action"], "POST /api/v1/config/rollback", "newest first: {audit}");
+}
+
+#[test]
+fn counters_stream_every_second_and_interfaces_show_the_xdp_mode() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let (jar, csrf) = lab.admin_session();
+    let reader = lab.token(Auth::Session(&jar, &csrf), "read");
+    let ifaces = lab.call("GET", "/api/v1/interfaces", Auth::Bearer(&reader), None).body;
+    let attached: Vec<&Value> = ifaces
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|i| i["xdp_mode"].is_string())
+        .collect();
+    assert!(!attached.is_empty(), "attached interfaces show their XDP mode: {ifaces}");
+    let counters = lab.call("GET", "/api/v1/counters", Auth::Bearer(&reader), None);
+    assert_eq!(counters.status, 200, "{}", counters.body);
+    // curl ends the endless stream after 3.5 s (exit status 28): at least three events.
+    let out = lab
+        .t
+        .router
+        .command("curl")
+        .args(["-skN", "--max-time", "3.5", "-H", &format!("Authorization: Bearer {reader}")])
+        .arg(format!("{BASE}/api/v1/counters/stream"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let events = text.lines().filter(|l| l.starts_with("event:") && l.contains("counters")).count();
+    assert!(events >= 3, "{events} events in 3.5 s: {text}");
+    let data = text.lines().find_map(|l| l.strip_prefix("data:")).expect("a data line");
+    let snapshot: Value = serde_json::from_str(data.trim()).expect("JSON counters");
+    assert!(snapshot["interfaces"].is_array(), "{snapshot}");
 }
 
 /// A manifest signed with the tests' publisher key.
