@@ -1738,9 +1738,8 @@ mod tests {
         let mut specs: Vec<&RouteSpec> = ROUTES.iter().collect();
         specs.sort_by_key(|r| r.path == "/logout");
         for spec in specs {
-            let path = format!("/api/v1{}", spec.path)
-                .replace("{name}", "nobody")
-                .replace("{id}", "1");
+            let path =
+                format!("/api/v1{}", spec.path).replace("{name}", "nobody").replace("{id}", "1");
             if spec.path == "/counters/stream" {
                 // An endless body: the handler's answer is the stream.
                 let req = Request {

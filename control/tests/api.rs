@@ -452,12 +452,8 @@ fn counters_stream_every_second_and_interfaces_show_the_xdp_mode() {
     let (jar, csrf) = lab.admin_session();
     let reader = lab.token(Auth::Session(&jar, &csrf), "read");
     let ifaces = lab.call("GET", "/api/v1/interfaces", Auth::Bearer(&reader), None).body;
-    let attached: Vec<&Value> = ifaces
-        .as_array()
-        .expect("a list")
-        .iter()
-        .filter(|i| i["xdp_mode"].is_string())
-        .collect();
+    let attached: Vec<&Value> =
+        ifaces.as_array().expect("a list").iter().filter(|i| i["xdp_mode"].is_string()).collect();
     assert!(!attached.is_empty(), "attached interfaces show their XDP mode: {ifaces}");
     let counters = lab.call("GET", "/api/v1/counters", Auth::Bearer(&reader), None);
     assert_eq!(counters.status, 200, "{}", counters.body);
