@@ -1196,26 +1196,42 @@ fn check_interface(dev: Option<&str>) -> Result<(), Problem> {
 
 /// The kernel's interfaces, with what the dataplane knows of each.
 fn interfaces(pin: &PinDir) -> Vec<Value> {
+    use nix::net::if_::InterfaceFlags as F;
     let attached = crate::show::stats(pin).map(|s| s.interfaces).unwrap_or_default();
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
-        .unwrap_or_default();
-    names.sort();
-    names
+    // getifaddrs answers for this process's network namespace (sysfs may show another).
+    let mut links: std::collections::BTreeMap<String, (F, Option<String>)> =
+        std::collections::BTreeMap::new();
+    for a in nix::ifaddrs::getifaddrs().into_iter().flatten() {
+        let mac = a
+            .address
+            .as_ref()
+            .and_then(|s| s.as_link_addr())
+            .and_then(nix::sys::socket::LinkAddr::addr)
+            .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
+        let e = links.entry(a.interface_name.clone()).or_insert((a.flags, None));
+        e.0 |= a.flags;
+        if mac.is_some() {
+            e.1 = mac;
+        }
+    }
+    links
         .into_iter()
-        .map(|name| {
-            let read = |f: &str| {
-                std::fs::read_to_string(format!("/sys/class/net/{name}/{f}"))
-                    .map(|s| s.trim().to_owned())
-                    .unwrap_or_default()
+        .map(|(name, (flags, mac))| {
+            let dp = attached.iter().find(|i| i.name == name);
+            let state = if !flags.contains(F::IFF_UP) {
+                "down"
+            } else if flags.contains(F::IFF_RUNNING) {
+                "up"
+            } else {
+                "no-carrier"
             };
-            let xdp = attached.iter().find(|i| i.name == name).map(|i| i.xdp_mode);
             json!({
                 "name": name,
-                "mtu": read("mtu").parse::<u32>().ok(),
-                "state": read("operstate"),
-                "mac": read("address"),
-                "xdp_mode": xdp,
+                "ifindex": nix::net::if_::if_nametoindex(name.as_str()).ok(),
+                "state": state,
+                "mac": mac,
+                "mtu": dp.map(|i| i.mtu),
+                "xdp_mode": dp.map(|i| i.xdp_mode),
             })
         })
         .collect()

@@ -403,6 +403,22 @@ fn static_routes_reach_the_kernel_and_an_unconfirmed_commit_rolls_back() {
         lab.t.router.command(SLUICE).args(["route", "static", "list", "--token", &token]).output();
     let plain = plain.expect("run sluice");
     assert!(!plain.status.success(), "no --ca, no --insecure: refused");
+    // The certificate itself may be pinned instead of the authority; other authorities fail.
+    let with_ca = |ca: &str| {
+        let out = lab
+            .t
+            .router
+            .command(SLUICE)
+            .args(["route", "static", "list", "--api", BASE, "--token", &token, "--ca", ca])
+            .output()
+            .expect("run sluice");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let cert = lab.state.0.join("tls/cert.pem");
+    let (ok, err) = with_ca(cert.to_str().expect("UTF-8"));
+    assert!(ok, "pinned cert.pem: {err}");
+    let (ok, err) = with_ca("/etc/ssl/certs/ca-certificates.crt");
+    assert!(!ok, "the public authorities do not vouch for the router: {err}");
 
     // Users through the CLI (the password from the environment).
     let pw = [("SLUICE_PASSWORD", "a viewer's long password")];
@@ -559,4 +575,90 @@ fn plugins_added_configured_disabled_and_removed_through_the_api_persist_across_
     assert_eq!(lab.call("GET", "/api/v1/plugins", admin, None).body, json!([]));
     let history = lab.call("GET", "/api/v1/config/revisions", admin, None).body;
     assert!(history.as_array().is_some_and(|h| h.len() >= 4), "each change a revision: {history}");
+}
+
+#[test]
+fn every_acknowledged_change_survives_the_daemon_killed_50_times_mid_stream() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (jar, csrf) = lab.admin_session();
+    let token = lab.token(Auth::Session(&jar, &csrf), "admin");
+    let gw = Subnet(3).host_v4();
+    let mut acknowledged: Vec<String> = Vec::new();
+    let mut seed: u64 = std::process::id().into();
+    for round in 0..50u32 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let kill_after = Duration::from_millis(50 + (seed >> 33) % 350);
+        let pid = lab.t.daemon_pid().expect("the daemon runs");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let acked = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let mut acked = Vec::new();
+                for i in 0..=255u32 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let prefix = format!("10.{}.{i}.0/24", 100 + round);
+                    let body = json!({"prefix": prefix, "via": gw}).to_string();
+                    let a = lab.call(
+                        "POST",
+                        "/api/v1/routes/static",
+                        Auth::Bearer(&token),
+                        Some(&body),
+                    );
+                    if a.status == 201 {
+                        acked.push(prefix);
+                    }
+                }
+                acked
+            });
+            std::thread::sleep(kill_after);
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            writer.join().expect("the writer")
+        });
+        lab.t.kill_daemon();
+        acknowledged.extend(acked);
+        lab.start();
+        let stored = lab.call("GET", "/api/v1/routes/static", Auth::Bearer(&token), None).body;
+        let stored: Vec<&str> = stored
+            .as_array()
+            .expect("routes")
+            .iter()
+            .filter_map(|r| r["prefix"].as_str())
+            .collect();
+        let lost: Vec<&String> =
+            acknowledged.iter().filter(|p| !stored.contains(&p.as_str())).collect();
+        assert!(lost.is_empty(), "round {round}: acknowledged but lost: {lost:?}");
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "changes were acknowledged between kills: {}",
+        acknowledged.len()
+    );
+
+    // A commit to confirm, then the daemon killed: restarted after the deadline, it rolls back.
+    let body = json!({"prefix": "10.250.0.0/16", "via": gw}).to_string();
+    let a = lab.call(
+        "POST",
+        "/api/v1/routes/static?confirm_seconds=10",
+        Auth::Bearer(&token),
+        Some(&body),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    lab.t.kill_daemon();
+    std::thread::sleep(Duration::from_secs(11));
+    lab.start();
+    wait_until(
+        "the unconfirmed route rolled back after the restart",
+        Duration::from_secs(10),
+        || {
+            let stored = lab.call("GET", "/api/v1/routes/static", Auth::Bearer(&token), None).body;
+            let gone = !stored.to_string().contains("10.250.0.0/16");
+            (gone && !lab.kernel_routes().contains("10.250.0.0/16")).then_some(())
+        },
+    );
 }

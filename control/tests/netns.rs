@@ -6,6 +6,7 @@
 //! Needs root and bpffs; without them a test says why and returns, except with `CI=true`, where it
 //! fails. Run: `sudo -E cargo test -p sluice --test netns`.
 
+#[allow(dead_code, reason = "shared by the namespace test crates, which use different parts")]
 mod common;
 
 use std::{net::SocketAddr, thread, time::Duration};

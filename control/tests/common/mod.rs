@@ -194,6 +194,11 @@ impl Topology {
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// Kills the daemon with SIGKILL (no chance to clean up) and reaps it.
     pub fn kill_daemon(&mut self) {
         let mut child = self.daemon.take().expect("the daemon is not running");
