@@ -23,7 +23,8 @@ pub struct ApiArgs {
     #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// The certificate authority the API's certificate must chain to: the router's
-    /// `STATE/tls/ca.pem` (the default's `/var/lib/sluice/tls/ca.pem` when it exists).
+    /// `STATE/tls/ca.pem` (the default's `/var/lib/sluice/tls/ca.pem` when it exists), or the
+    /// certificate itself (`STATE/tls/cert.pem`).
     #[arg(long, env = "SLUICE_CA", value_name = "FILE", global = true)]
     pub ca: Option<PathBuf>,
     /// Do not check the API's certificate (a lab on a trusted host only).
@@ -61,9 +62,20 @@ impl Client {
                 ),
             };
             let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
-            let cert = ureq::tls::Certificate::from_pem(&pem)
-                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?;
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])));
+            // Every certificate of the file is trusted: `ca.pem`, or `cert.pem` (the API's
+            // certificate and the authority that signed it, or one an operator put there).
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                if let ureq::tls::PemItem::Certificate(c) =
+                    item.with_context(|| format!("{}: bad PEM", ca.display()))?
+                {
+                    certs.push(c);
+                }
+            }
+            if certs.is_empty() {
+                bail!("{}: no PEM certificate", ca.display());
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
         }
         let config = ureq::Agent::config_builder()
             .tls_config(tls.build())

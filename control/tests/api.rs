@@ -380,16 +380,47 @@ fn static_routes_reach_the_kernel_and_an_unconfirmed_commit_rolls_back() {
     });
     assert!(lab.kernel_routes().contains("10.30.0.0/16"), "the confirmed route stays");
 
-    // The CLI speaks to the same API, checking the router's certificate.
+    cli_routes_and_users(&lab, admin, &gw);
+
+    // A route removed by the query; a bad one named.
+    let a = lab.call("DELETE", "/api/v1/routes/static?prefix=10.30.0.0/33", admin, None);
+    assert_eq!((a.status, a.body["errors"][0]["field"].as_str()), (422, Some("prefix")));
+    let a = lab.call("DELETE", "/api/v1/routes/static?prefix=10.30.0.0/16", admin, None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_until("10.30.0.0/16 gone from the kernel", Duration::from_secs(5), || {
+        (!lab.kernel_routes().contains("10.30.0.0/16")).then_some(())
+    });
+    let del = json!({"prefix": "10.32.0.0/16"}).to_string();
+    assert_eq!(lab.call("DELETE", "/api/v1/routes/static", admin, Some(&del)).status, 200);
+    wait_until("10.32.0.0/16 gone from the kernel", Duration::from_secs(5), || {
+        (!lab.kernel_routes().contains("10.32.0.0/16")).then_some(())
+    });
+
+    // Rolling back to the first revision puts its route back in the kernel.
+    let back = json!({"revision": first, "message": "back to the first"}).to_string();
+    let a = lab.call("POST", "/api/v1/config/rollback", admin, Some(&back));
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_until("10.30.0.0/16 back in the kernel", Duration::from_secs(5), || {
+        lab.kernel_routes().contains("10.30.0.0/16").then_some(())
+    });
+    assert!(!lab.kernel_routes().contains("10.32.0.0/16"), "{}", lab.kernel_routes());
+    let audit = lab.call("GET", "/api/v1/audit?limit=1", admin, None).body;
+    assert_eq!(audit.as_array().map(Vec::len), Some(1), "{audit}");
+    assert_eq!(audit[0]["action"], "POST /api/v1/config/rollback", "newest first: {audit}");
+}
+
+/// The CLI speaks to the same API, checking the router's certificate: it adds 10.32.0.0/16
+/// through `gw`, and adds and removes a user.
+fn cli_routes_and_users(lab: &Lab, admin: Auth<'_>, gw: &str) {
     let token = lab.token(admin, "admin");
-    let (ok, out) = lab.cli(&token, &["route", "static", "add", "10.32.0.0/16", "--via", &gw]);
+    let (ok, out) = lab.cli(&token, &["route", "static", "add", "10.32.0.0/16", "--via", gw]);
     assert!(ok, "{out}");
     let (ok, out) = lab.cli(&token, &["route", "static", "list"]);
     assert!(ok && out.contains("10.32.0.0/16"), "{out}");
     wait_until("10.32.0.0/16 in the kernel", Duration::from_secs(5), || {
         lab.kernel_routes().contains("10.32.0.0/16").then_some(())
     });
-    let (ok, out) = lab.cli(&token, &["route", "static", "add", "10.33.1.0/16", "--via", &gw]);
+    let (ok, out) = lab.cli(&token, &["route", "static", "add", "10.33.1.0/16", "--via", gw]);
     assert!(
         !ok && out.contains("422") && out.contains("prefix: 10.33.1.0/16 has host bits"),
         "{out}"
@@ -431,32 +462,6 @@ fn static_routes_reach_the_kernel_and_an_unconfirmed_commit_rolls_back() {
     assert!(ok, "{out}");
     let (ok, out) = lab.cli(&token, &["user", "list"]);
     assert!(ok && !out.contains("vic"), "{out}");
-
-    // A route removed by the query; a bad one named.
-    let a = lab.call("DELETE", "/api/v1/routes/static?prefix=10.30.0.0/33", admin, None);
-    assert_eq!((a.status, a.body["errors"][0]["field"].as_str()), (422, Some("prefix")));
-    let a = lab.call("DELETE", "/api/v1/routes/static?prefix=10.30.0.0/16", admin, None);
-    assert_eq!(a.status, 200, "{}", a.body);
-    wait_until("10.30.0.0/16 gone from the kernel", Duration::from_secs(5), || {
-        (!lab.kernel_routes().contains("10.30.0.0/16")).then_some(())
-    });
-    let del = json!({"prefix": "10.32.0.0/16"}).to_string();
-    assert_eq!(lab.call("DELETE", "/api/v1/routes/static", admin, Some(&del)).status, 200);
-    wait_until("10.32.0.0/16 gone from the kernel", Duration::from_secs(5), || {
-        (!lab.kernel_routes().contains("10.32.0.0/16")).then_some(())
-    });
-
-    // Rolling back to the first revision puts its route back in the kernel.
-    let back = json!({"revision": first, "message": "back to the first"}).to_string();
-    let a = lab.call("POST", "/api/v1/config/rollback", admin, Some(&back));
-    assert_eq!(a.status, 200, "{}", a.body);
-    wait_until("10.30.0.0/16 back in the kernel", Duration::from_secs(5), || {
-        lab.kernel_routes().contains("10.30.0.0/16").then_some(())
-    });
-    assert!(!lab.kernel_routes().contains("10.32.0.0/16"), "{}", lab.kernel_routes());
-    let audit = lab.call("GET", "/api/v1/audit?limit=1", admin, None).body;
-    assert_eq!(audit.as_array().map(Vec::len), Some(1), "{audit}");
-    assert_eq!(audit[0]["action"], "POST /api/v1/config/rollback", "newest first: {audit}");
 }
 
 #[test]
