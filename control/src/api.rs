@@ -621,11 +621,15 @@ impl Api {
         if r.method != Method::GET && r.method != Method::HEAD {
             let good = r.csrf.as_deref().is_some_and(|t| same_secret(t, &session.csrf));
             if !good {
-                return Err(Problem::new(
+                let p = Problem::new(
                     StatusCode::FORBIDDEN,
                     "csrf",
                     "a state-changing request needs the session's X-CSRF-Token header",
-                ));
+                );
+                // Likely a forged request riding the user's cookie: the log says so.
+                let action = format!("{} /api/v1{}", r.method, r.path);
+                self.audit(&session.user, &r.from, action, &Err(p.clone()));
+                return Err(p);
             }
         }
         // A user deleted or demoted since logging in loses what it lost.
@@ -650,11 +654,17 @@ impl Api {
             access => {
                 let c = self.caller(r)?;
                 if access == Access::Admin && c.role != Role::Admin {
-                    return Err(Problem::new(
+                    let p = Problem::new(
                         StatusCode::FORBIDDEN,
                         "forbidden",
                         format!("{} {} needs an administrator", spec.method, spec.path),
-                    ));
+                    );
+                    // A change a known caller may not make is worth keeping.
+                    if spec.method != "GET" {
+                        let action = format!("{} /api/v1{}", spec.method, r.path);
+                        self.audit(&c.who, &r.from, action, &Err(p.clone()));
+                    }
+                    return Err(p);
                 }
                 Some(c)
             }
@@ -1801,7 +1811,6 @@ mod tests {
         for (method, path, kind) in [
             ("GET", "/api/v1/nothing", "not-found"),
             ("GET", "/api/v2/health", "not-found"),
-            ("GET", "/", "not-found"),
             ("PUT", "/api/v1/health", "method"),
             ("GET", "/api/v1/users/root/more", "not-found"),
         ] {
@@ -1840,12 +1849,37 @@ mod tests {
         assert_eq!(res.status(), 201, "{:?}", res.body());
         let res = post(Some(&csrf), body).reply(&f).await;
         assert_eq!(problem_type(&res).as_deref(), Some("urn:sluice:problem:exists"));
-        // Refusals are not changes; the one change is audited, with its outcome.
-        let log = s.api.store.audit_log(10).unwrap();
-        let users: Vec<_> = log.iter().filter(|e| e.action == "POST /api/v1/users").collect();
-        assert_eq!(users.len(), 2, "{log:?}");
-        assert_eq!(users[1].outcome, "ok", "{log:?}");
-        assert!(users[0].outcome.starts_with("409"), "{log:?}");
+        // A viewer may not make users.
+        let res = warp::test::request()
+            .method("POST")
+            .path("/api/v1/login")
+            .json(&json!({"username": "vera", "password": "long enough too"}))
+            .reply(&f)
+            .await;
+        let vera = res.headers()[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap();
+        let vera_csrf = serde_json::from_slice::<Value>(res.body()).unwrap()["csrf_token"].clone();
+        let other = json!({"name": "walt", "password": "long enough three", "role": "admin"});
+        let res = warp::test::request()
+            .method("POST")
+            .path("/api/v1/users")
+            .header("cookie", vera)
+            .header("x-csrf-token", vera_csrf.as_str().unwrap())
+            .json(&other)
+            .reply(&f)
+            .await;
+        assert_eq!(problem_type(&res).as_deref(), Some("urn:sluice:problem:forbidden"));
+        assert!(s.api.store.user("walt").unwrap().is_none());
+        // Every attempt at a change is audited with its outcome (but for the body refused
+        // before anyone was known), newest first.
+        let log = s.api.store.audit_log(20).unwrap();
+        let users: Vec<(&str, &str)> = log
+            .iter()
+            .filter(|e| e.action == "POST /api/v1/users")
+            .map(|e| (e.who.as_str(), e.outcome.get(..3).unwrap_or(&e.outcome)))
+            .collect();
+        let want =
+            [("vera", "403"), ("root", "409"), ("root", "ok"), ("root", "403"), ("root", "403")];
+        assert_eq!(users, want, "{log:?}");
     }
 
     #[test]
