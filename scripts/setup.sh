@@ -12,7 +12,10 @@ NIGHTLY_PINNED=nightly-2026-05-19
 APT_PACKAGES=(
   "llvm-${LLVM_VERSION}-dev" "libpolly-${LLVM_VERSION}-dev" libzstd-dev zlib1g-dev
   iproute2 ethtool iputils-ping bpftool tcpdump procps util-linux bird2 curl ca-certificates
+  chromium
 )
+# Node.js drives the console's browser tests (Playwright); any Node 18 or later will do.
+command -v node >/dev/null && command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 need_root() { [ "$(id -u)" = 0 ] || { echo "setup: run as root (it installs packages and mounts bpffs)" >&2; exit 1; }; }
@@ -70,5 +73,11 @@ fi
 if [ "$(id -u)" = 0 ]; then
   mountpoint -q /sys/fs/bpf || { say "mounting bpffs on /sys/fs/bpf"; mount -t bpf bpf /sys/fs/bpf; }
   mountpoint -q /sys/kernel/tracing 2>/dev/null || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+fi
+# 6. Playwright for the console's browser tests (the browser is Debian's chromium).
+CONSOLE_TESTS="$(cd "$(dirname "$0")/.." && pwd)/web-ui/tests"
+if [ ! -d "$CONSOLE_TESTS/node_modules/playwright-core" ]; then
+  say "installing playwright-core for the console tests (web-ui/tests)"
+  npm ci --prefix "$CONSOLE_TESTS" --no-audit --no-fund --loglevel=error >/dev/null
 fi
 say "ready (eBPF toolchain: $EBPF_TOOLCHAIN)"

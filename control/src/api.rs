@@ -431,7 +431,7 @@ impl Api {
         if api.store.is_set_up()? {
             let _ = std::fs::remove_file(&path);
         } else {
-            let token = random_hex(24);
+            let token = random_hex(32);
             write_private(&path, token.as_bytes())?;
             warn!(
                 token = %token,
@@ -703,7 +703,14 @@ impl Api {
                 }
                 Ok(Answer::Session(json!({"logged_out": true}), String::new()))
             }
-            ("GET", "/me") => ok(json!({"name": c().who, "user": c().user, "role": c().role})),
+            ("GET", "/me") => {
+                // A session's CSRF token, for a console page reloaded (cookies only: the
+                // cookie is HttpOnly, same-origin, and this answer is JSON).
+                let csrf = c().session.as_ref().and_then(|id| {
+                    self.sessions.lock().expect("lock").get(id).map(|s| s.csrf.clone())
+                });
+                ok(json!({"name": c().who, "user": c().user, "role": c().role, "csrf_token": csrf}))
+            }
             ("GET", "/openapi.json") => ok(openapi()),
             ("GET", "/users") => ok(self
                 .store
@@ -1595,7 +1602,7 @@ pub fn filter(
         Problem::new(StatusCode::NOT_FOUND, "not-found", "no such page: the API is under /api/v1")
             .response()
     });
-    v1.or(metrics).unify().or(not_found).unify()
+    v1.or(metrics).unify().or(crate::console::filter()).unify().or(not_found).unify()
 }
 
 fn respond(answer: Reply, pin: PinDir) -> warp::reply::Response {

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod bench;
 pub mod bench_api;
 pub mod client;
+pub mod console;
 pub mod daemon;
 pub mod dataplane;
 pub mod dir24;

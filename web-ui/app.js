@@ -1,0 +1,325 @@
+// The Sluice console: a single page over the REST API (/api/v1), no framework, no build step.
+// Every view renders from the API; errors the API names by field are shown beside the field.
+
+const main = document.getElementById('main');
+const nav = document.getElementById('nav');
+const banner = document.getElementById('banner');
+let csrf = sessionStorage.getItem('csrf') || '';
+let stream = null;
+let countdown = null;
+
+/** An element with attributes and children. */
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+/** An error of the API: its problem document. */
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (method !== 'GET') headers['X-CSRF-Token'] = csrf;
+  const res = await fetch(`/api/v1${path}`, {
+    method, headers, credentials: 'same-origin',
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let data = text;
+  try { data = JSON.parse(text); } catch { /* text */ }
+  if (!res.ok) {
+    if (res.status === 401 && !path.startsWith('/login') && !path.startsWith('/setup')) {
+      location.hash = '#/login';
+    }
+    throw new ApiError(res.status, typeof data === 'object' ? data : { detail: text });
+  }
+  return data;
+}
+
+function say(message, error = false) {
+  banner.textContent = message;
+  banner.className = error ? 'error' : '';
+  banner.hidden = !message;
+}
+
+/** Shows a problem's field errors beside their inputs (data-field), the rest in the banner. */
+function showProblem(form, err) {
+  form.querySelectorAll('.field-error').forEach((e) => { e.textContent = ''; });
+  form.querySelectorAll('[aria-invalid]').forEach((e) => e.removeAttribute('aria-invalid'));
+  const errors = (err.problem && err.problem.errors) || [];
+  let placed = false;
+  for (const fe of errors) {
+    const name = String(fe.field).split('.').pop().replace(/\[\d+\]$/, '');
+    const slot = form.querySelector(`.field-error[data-field="${name}"]`);
+    const input = form.querySelector(`[name="${name}"]`);
+    if (slot) { slot.textContent = fe.message; placed = true; }
+    if (input) input.setAttribute('aria-invalid', 'true');
+  }
+  say(placed ? 'Please correct the fields marked.' : err.message, true);
+}
+
+function field(label, name, attrs = {}) {
+  return el('label', {}, label, el('input', { name, ...attrs }),
+    el('span', { class: 'field-error', 'data-field': name, role: 'alert' }));
+}
+
+function values(form) {
+  return Object.fromEntries(new FormData(form).entries());
+}
+
+// ---- views ----
+
+async function setupView() {
+  nav.hidden = true;
+  const form = el('form', { 'aria-label': 'First-run setup' },
+    el('p', {}, 'Create the first administrator with the one-time setup token the router printed at its first start (also in STATE/setup-token).'),
+    field('Setup token', 'token', { autocomplete: 'off', required: true }),
+    field('User name', 'username', { autocomplete: 'username', required: true }),
+    field('Password (10 characters or more)', 'password', { type: 'password', autocomplete: 'new-password', required: true }),
+    el('button', { type: 'submit' }, 'Create administrator'));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      await api('POST', '/setup', values(form));
+      say('Administrator created: log in.');
+      location.hash = '#/login';
+    } catch (err) { showProblem(form, err); }
+  });
+  return [el('h1', {}, 'Set up this router'), form];
+}
+
+async function loginView() {
+  nav.hidden = true;
+  const form = el('form', { 'aria-label': 'Log in' },
+    field('User name', 'username', { autocomplete: 'username', required: true }),
+    field('Password', 'password', { type: 'password', autocomplete: 'current-password', required: true }),
+    el('button', { type: 'submit' }, 'Log in'));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      const me = await api('POST', '/login', values(form));
+      csrf = me.csrf_token;
+      sessionStorage.setItem('csrf', csrf);
+      say('');
+      location.hash = '#/dashboard';
+    } catch (err) { showProblem(form, err); }
+  });
+  return [el('h1', {}, 'Log in'), form];
+}
+
+/** A rolling line chart of one series on a canvas. */
+function chart(label) {
+  const canvas = el('canvas', { width: 600, height: 120, role: 'img', 'aria-label': label });
+  const points = [];
+  return {
+    canvas,
+    push(v) {
+      points.push(v);
+      if (points.length > 60) points.shift();
+      const g = canvas.getContext('2d');
+      const max = Math.max(1, ...points);
+      g.clearRect(0, 0, canvas.width, canvas.height);
+      g.strokeStyle = '#0b62c4';
+      g.lineWidth = 2;
+      g.beginPath();
+      points.forEach((p, i) => {
+        const x = (i / 59) * canvas.width;
+        const y = canvas.height - (p / max) * (canvas.height - 8) - 4;
+        if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+      });
+      g.stroke();
+    },
+  };
+}
+
+function rate(n) {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} G`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(2)} M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} k`;
+  return n.toFixed(0);
+}
+
+async function dashboardView() {
+  const cards = el('div', { class: 'cards' });
+  const reasons = el('tbody');
+  const perIface = new Map();
+  let last = null;
+  stream = new EventSource('/api/v1/counters/stream');
+  stream.addEventListener('counters', (ev) => {
+    const snap = JSON.parse(ev.data);
+    const now = performance.now();
+    const totals = new Map();
+    for (const i of snap.interfaces || []) {
+      let pk = 0; let by = 0;
+      for (const c of Object.values(i.counters || {})) { pk += c.packets; by += c.bytes; }
+      totals.set(i.name, { pk, by, i });
+    }
+    if (last) {
+      const dt = (now - last.at) / 1000;
+      for (const [name, t] of totals) {
+        const before = last.totals.get(name);
+        if (!before) continue;
+        let card = perIface.get(name);
+        if (!card) {
+          const pps = el('div', { class: 'big' }, '0');
+          const bps = el('div', { class: 'muted' }, '0 bit/s');
+          const c = chart(`packets per second on ${name}`);
+          cards.append(el('section', { class: 'card', 'aria-label': name },
+            el('h3', {}, `${name} (${t.i.xdp_mode})`), pps, bps, c.canvas));
+          card = { pps, bps, c };
+          perIface.set(name, card);
+        }
+        const pps = Math.max(0, (t.pk - before.pk) / dt);
+        card.pps.textContent = `${rate(pps)} packets/s`;
+        card.bps.textContent = `${rate(Math.max(0, ((t.by - before.by) * 8) / dt))}bit/s`;
+        card.c.push(pps);
+      }
+    }
+    last = { at: now, totals };
+    reasons.replaceChildren(...(snap.interfaces || []).flatMap((i) => Object.entries(i.counters || {})
+      .filter(([, c]) => c.packets > 0)
+      .map(([r, c]) => el('tr', {}, el('td', {}, i.name), el('td', {}, r), el('td', {}, c.packets), el('td', {}, c.bytes)))));
+  });
+  return [el('h1', {}, 'Dashboard'), cards,
+    el('h2', {}, 'Forwarded, passed and dropped, by reason'),
+    el('div', { class: 'scroll' }, el('table', {},
+      el('thead', {}, el('tr', {}, el('th', {}, 'Interface'), el('th', {}, 'Reason'), el('th', {}, 'Packets'), el('th', {}, 'Bytes'))),
+      reasons))];
+}
+
+async function routesView() {
+  const [dp, statics] = await Promise.all([api('GET', '/routes'), api('GET', '/routes/static')]);
+  const body = el('tbody');
+  const filter = el('input', { type: 'search', name: 'filter', placeholder: 'Search prefix, next hop, interface', 'aria-label': 'Search routes' });
+  const staticSet = new Set(statics.map((r) => r.prefix));
+  const render = () => {
+    const q = filter.value.trim().toLowerCase();
+    body.replaceChildren(...dp.routes.filter((r) => !q || JSON.stringify(r).toLowerCase().includes(q)).slice(0, 500)
+      .map((r) => el('tr', {},
+        el('td', {}, r.prefix),
+        el('td', {}, r.action),
+        el('td', {}, r.nexthops.map((n) => `${n.via || ''} ${n.dev}${n.resolved ? '' : ' (unresolved)'}`).join(', ') || r.dev || ''),
+        el('td', {}, staticSet.has(r.prefix) ? 'static' : 'kernel'))));
+  };
+  filter.addEventListener('input', render);
+  render();
+  const form = el('form', { 'aria-label': 'Add a static route' },
+    el('div', { class: 'row' },
+      field('Prefix', 'prefix', { placeholder: '10.99.0.0/24', required: true }),
+      field('Via', 'via', { placeholder: 'gateway' }),
+      field('Interface', 'dev', { placeholder: 'optional' }),
+      field('Metric', 'metric', { type: 'number', min: 0, value: 0 })),
+    el('label', {}, 'Roll back unless confirmed within (seconds, optional)',
+      el('input', { name: 'confirm_seconds', type: 'number', min: 10, max: 3600 }),
+      el('span', { class: 'field-error', 'data-field': 'confirm_seconds' })),
+    el('button', { type: 'submit' }, 'Add route'));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const v = values(form);
+    const route = { prefix: v.prefix, metric: Number(v.metric || 0) };
+    if (v.via) route.via = v.via;
+    if (v.dev) route.dev = v.dev;
+    const q = v.confirm_seconds ? `?confirm_seconds=${encodeURIComponent(v.confirm_seconds)}` : '';
+    try {
+      await api('POST', `/routes/static${q}`, route);
+      say(v.confirm_seconds ? `Route ${v.prefix} added: confirm it on the Configuration page.` : `Route ${v.prefix} added.`);
+      render();
+      route.prefix && setTimeout(() => { if (location.hash === '#/routes') show(); }, 500);
+    } catch (err) { showProblem(form, err); }
+  });
+  const staticRows = statics.map((r) => el('tr', {},
+    el('td', {}, r.prefix), el('td', {}, r.via || ''), el('td', {}, r.dev || ''), el('td', {}, r.metric),
+    el('td', {}, el('button', { type: 'button', class: 'secondary', onclick: async () => {
+      try { await api('DELETE', '/routes/static', { prefix: r.prefix, metric: r.metric }); show(); } catch (err) { say(err.message, true); }
+    } }, `Remove ${r.prefix}`))));
+  return [el('h1', {}, 'Routes'),
+    el('h2', {}, 'Static routes'), form,
+    el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Static routes' },
+      el('thead', {}, el('tr', {}, ...['Prefix', 'Via', 'Interface', 'Metric', ''].map((h) => el('th', {}, h)))),
+      el('tbody', {}, staticRows))),
+    el('h2', {}, `The dataplane's routes (${dp.routes.length})`), filter,
+    el('div', { class: 'scroll' }, el('table', { 'aria-label': "The dataplane's routes" },
+      el('thead', {}, el('tr', {}, ...['Prefix', 'Action', 'Next hops', 'Origin'].map((h) => el('th', {}, h)))),
+      body))];
+}
+
+async function configView() {
+  const [running, history] = await Promise.all([api('GET', '/config'), api('GET', '/config/revisions')]);
+  const parts = [el('h1', {}, 'Configuration'), el('p', {}, `Running revision ${running.revision ?? 'none'}.`)];
+  const pending = running.pending_confirm;
+  if (pending) {
+    const left = el('span', { class: 'countdown', id: 'countdown' });
+    const tick = () => {
+      const s = Math.max(0, Math.round((pending.deadline_ms - Date.now()) / 1000));
+      left.textContent = `${s} s`;
+      if (s === 0) { clearInterval(countdown); setTimeout(show, 2500); }
+    };
+    tick();
+    countdown = setInterval(tick, 1000);
+    parts.push(el('section', { class: 'card', 'aria-label': 'Commit waiting for confirmation' },
+      el('p', {}, `Revision ${pending.revision} rolls back in `, left, ' unless confirmed.'),
+      el('button', { type: 'button', onclick: async () => {
+        try { await api('POST', '/config/confirm'); say('Confirmed.'); show(); } catch (err) { say(err.message, true); }
+      } }, 'Confirm')));
+  }
+  parts.push(el('h2', {}, 'History'), el('div', { class: 'scroll' }, el('table', { 'aria-label': 'History' },
+    el('thead', {}, el('tr', {}, ...['Revision', 'When', 'Who', 'From', 'Message', ''].map((h) => el('th', {}, h)))),
+    el('tbody', {}, [...history].reverse().map((r) => el('tr', {},
+      el('td', {}, r.id), el('td', {}, new Date(r.at_ms).toLocaleString()), el('td', {}, r.author.who),
+      el('td', {}, r.author.from), el('td', {}, r.author.message),
+      el('td', {}, r.id === running.revision ? 'running' : el('button', { type: 'button', class: 'secondary', onclick: async () => {
+        try { await api('POST', '/config/rollback', { revision: r.id, message: `rollback to ${r.id}` }); say(`Rolled back to revision ${r.id}.`); show(); } catch (err) { say(err.message, true); }
+      } }, `Roll back to ${r.id}`))))))));
+  parts.push(el('h2', {}, 'Backup'), el('p', {}, el('a', { href: '/api/v1/config/export', download: 'sluice-config.json' }, 'Download the running configuration')));
+  return parts;
+}
+
+const views = {
+  '#/setup': setupView, '#/login': loginView, '#/dashboard': dashboardView,
+  '#/routes': routesView, '#/config': configView,
+};
+
+async function show() {
+  if (stream) { stream.close(); stream = null; }
+  if (countdown) { clearInterval(countdown); countdown = null; }
+  const hash = views[location.hash] ? location.hash : '#/dashboard';
+  if (hash !== '#/setup' && hash !== '#/login') nav.hidden = false;
+  nav.querySelectorAll('a').forEach((a) => a.toggleAttribute('aria-current', a.getAttribute('href') === hash));
+  nav.querySelectorAll('a').forEach((a) => { if (a.getAttribute('href') === hash) a.setAttribute('aria-current', 'page'); });
+  try {
+    main.replaceChildren(...await views[hash]());
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) main.replaceChildren(el('p', { role: 'alert' }, err.message));
+  }
+  main.focus();
+}
+
+document.getElementById('logout').addEventListener('click', async () => {
+  try { await api('POST', '/logout'); } catch { /* gone anyway */ }
+  sessionStorage.removeItem('csrf');
+  csrf = '';
+  location.hash = '#/login';
+});
+
+window.addEventListener('hashchange', show);
+
+(async () => {
+  const health = await api('GET', '/health');
+  if (!health.set_up) location.hash = '#/setup';
+  else if (!location.hash || location.hash === '#/setup') {
+    try { const me = await api('GET', '/me'); if (me.csrf_token) { csrf = me.csrf_token; sessionStorage.setItem('csrf', csrf); } location.hash = '#/dashboard'; } catch { location.hash = '#/login'; }
+  }
+  show();
+})();
