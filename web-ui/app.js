@@ -286,9 +286,121 @@ async function configView() {
   return parts;
 }
 
+/** A file's bytes as base64. */
+async function base64Of(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let bin = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(bin);
+}
+
+async function pluginsView() {
+  const list = await api('GET', '/plugins');
+  const form = el('form', { 'aria-label': 'Add a plugin' },
+    el('label', {}, 'Component (.wasm)', el('input', { type: 'file', name: 'wasm', accept: '.wasm', required: true }),
+      el('span', { class: 'field-error', 'data-field': 'wasm_base64' })),
+    el('label', {}, 'Manifest (.json)', el('input', { type: 'file', name: 'manifest', accept: '.json,application/json', required: true }),
+      el('span', { class: 'field-error', 'data-field': 'manifest' })),
+    el('label', {}, 'Configuration (JSON)', el('textarea', { name: 'config', rows: 4 }, '{}'),
+      el('span', { class: 'field-error', 'data-field': 'config' })),
+    el('span', { class: 'field-error', 'data-field': 'plugin', role: 'alert' }),
+    el('button', { type: 'submit' }, 'Add plugin'));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const wasm = form.elements.wasm.files[0];
+    const manifestFile = form.elements.manifest.files[0];
+    let manifest; let config;
+    try { manifest = JSON.parse(await manifestFile.text()); } catch { showProblem(form, new ApiError(400, { errors: [{ field: 'manifest', message: 'not JSON' }] })); return; }
+    try { config = JSON.parse(form.elements.config.value || '{}'); } catch { showProblem(form, new ApiError(400, { errors: [{ field: 'config', message: 'not JSON' }] })); return; }
+    try {
+      await api('POST', '/plugins', { manifest, wasm_base64: await base64Of(wasm), config });
+      say(`Plugin ${manifest.name} added and running.`);
+      show();
+    } catch (err) { showProblem(form, err); }
+  });
+  const rows = list.map((p) => {
+    const state = p.status.state + (p.status.reason ? `: ${p.status.reason}` : '');
+    const editor = el('textarea', { rows: 3, 'aria-label': `Configuration of ${p.name}` }, JSON.stringify(p.config ?? {}, null, 1));
+    const logs = el('pre', { class: 'muted', hidden: true });
+    return el('tr', {},
+      el('td', {}, p.name), el('td', {}, p.version ?? ''), el('td', {}, (p.tables || []).join(', ')),
+      el('td', {}, state), el('td', {}, p.rules),
+      el('td', {}, p.source === 'store' ? [
+        editor,
+        el('button', { type: 'button', class: 'secondary', onclick: async () => {
+          try { await api('PUT', `/plugins/${p.name}/config`, JSON.parse(editor.value)); say(`${p.name} reconfigured.`); show(); } catch (err) { say(err.message, true); }
+        } }, 'Save configuration'),
+        el('button', { type: 'button', class: 'secondary', onclick: async () => {
+          try { await api('PATCH', `/plugins/${p.name}`, { enabled: !p.enabled }); show(); } catch (err) { say(err.message, true); }
+        } }, p.enabled ? 'Disable' : 'Enable'),
+        el('button', { type: 'button', class: 'secondary', onclick: async () => {
+          try { const l = await api('GET', `/plugins/${p.name}/logs`); logs.textContent = l.map((x) => `${new Date(x.at_ms).toLocaleTimeString()} ${x.level} ${x.message}`).join('\n'); logs.hidden = false; } catch (err) { say(err.message, true); }
+        } }, 'Logs'),
+        el('button', { type: 'button', class: 'secondary', onclick: async () => {
+          if (!confirm(`Remove ${p.name}, its rules and its store?`)) return;
+          try { await api('DELETE', `/plugins/${p.name}`); show(); } catch (err) { say(err.message, true); }
+        } }, 'Remove'), logs] : 'from the plugin directory'));
+  });
+  return [el('h1', {}, 'Plugins'), form,
+    el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Plugins' },
+      el('thead', {}, el('tr', {}, ...['Name', 'Version', 'Tables', 'State', 'Rules', ''].map((h) => el('th', {}, h)))),
+      el('tbody', {}, rows)))];
+}
+
+async function interfacesView() {
+  const list = await api('GET', '/interfaces');
+  return [el('h1', {}, 'Interfaces'), el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Interfaces' },
+    el('thead', {}, el('tr', {}, ...['Name', 'State', 'XDP mode', 'MTU', 'MAC'].map((h) => el('th', {}, h)))),
+    el('tbody', {}, list.map((i) => el('tr', {}, el('td', {}, i.name), el('td', {}, i.state),
+      el('td', {}, i.xdp_mode || 'not served'), el('td', {}, i.mtu ?? ''), el('td', {}, i.mac || '')))))),
+  el('p', { class: 'muted' }, 'The daemon serves the interfaces it was started with (--attach).')];
+}
+
+async function usersView() {
+  const [users, tokens] = await Promise.all([api('GET', '/users'), api('GET', '/tokens')]);
+  const userForm = el('form', { 'aria-label': 'Add a user' },
+    el('div', { class: 'row' }, field('User name', 'name', { required: true }),
+      field('Password', 'password', { type: 'password', autocomplete: 'new-password', required: true }),
+      el('label', {}, 'Role', el('select', { name: 'role' }, el('option', { value: 'viewer' }, 'viewer'), el('option', { value: 'admin' }, 'admin')))),
+    el('button', { type: 'submit' }, 'Add user'));
+  userForm.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try { await api('POST', '/users', values(userForm)); say('User added.'); show(); } catch (err) { showProblem(userForm, err); }
+  });
+  const shown = el('p', { role: 'status' });
+  const tokenForm = el('form', { 'aria-label': 'Make an API token' },
+    el('div', { class: 'row' }, field('Name', 'name', { required: true }),
+      el('label', {}, 'Scope', el('select', { name: 'scope' }, el('option', { value: 'read' }, 'read'), el('option', { value: 'admin' }, 'admin')))),
+    el('span', { class: 'field-error', 'data-field': 'scope' }),
+    el('button', { type: 'submit' }, 'Make token'), shown);
+  tokenForm.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try { const t = await api('POST', '/tokens', values(tokenForm)); shown.replaceChildren('Copy it now, it is shown once: ', el('code', {}, t.token)); } catch (err) { showProblem(tokenForm, err); }
+  });
+  return [el('h1', {}, 'Users and API tokens'), userForm,
+    el('table', { 'aria-label': 'Users' }, el('tbody', {}, users.map((u) => el('tr', {}, el('td', {}, u.name), el('td', {}, u.role),
+      el('td', {}, el('button', { type: 'button', class: 'secondary', onclick: async () => {
+        try { await api('DELETE', `/users/${u.name}`); show(); } catch (err) { say(err.message, true); }
+      } }, `Delete ${u.name}`)))))),
+    el('h2', {}, 'API tokens'), tokenForm,
+    el('table', { 'aria-label': 'Tokens' }, el('tbody', {}, tokens.map((t) => el('tr', {}, el('td', {}, t.name), el('td', {}, t.scope), el('td', {}, t.owner),
+      el('td', {}, el('button', { type: 'button', class: 'secondary', onclick: async () => {
+        try { await api('DELETE', `/tokens/${t.id}`); show(); } catch (err) { say(err.message, true); }
+      } }, `Revoke ${t.name}`))))))];
+}
+
+async function auditView() {
+  const entries = await api('GET', '/audit?limit=200');
+  return [el('h1', {}, 'Audit log'), el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Audit log' },
+    el('thead', {}, el('tr', {}, ...['When', 'Who', 'From', 'What', 'Outcome'].map((h) => el('th', {}, h)))),
+    el('tbody', {}, entries.map((a) => el('tr', {}, el('td', {}, new Date(a.at_ms).toLocaleString()), el('td', {}, a.who),
+      el('td', {}, a.from), el('td', {}, a.action), el('td', {}, a.outcome))))))];
+}
+
 const views = {
   '#/setup': setupView, '#/login': loginView, '#/dashboard': dashboardView,
-  '#/routes': routesView, '#/config': configView,
+  '#/interfaces': interfacesView, '#/routes': routesView, '#/plugins': pluginsView,
+  '#/config': configView, '#/users': usersView, '#/audit': auditView,
 };
 
 async function show() {

@@ -1,8 +1,9 @@
 //! The web console in a real browser: headless Chromium driven by Playwright
 //! (`web-ui/tests/console.mjs`) against a daemon in a namespace lab. The script sets the router
 //! up, logs in, sees live counters, gets a bad prefix's error beside the field, adds a static
-//! route and leaves a commit-confirm unconfirmed; this side checks that the route made traffic
-//! flow between the lab's hosts and that the unconfirmed one left the kernel. Screenshots of each
+//! route, leaves a commit-confirm unconfirmed and uploads the `ddos-guard` plugin; this side
+//! checks that the route made traffic flow between the lab's hosts, that the unconfirmed one
+//! left the kernel, and that the plugin blocks a client that floods. Screenshots of each
 //! page are written to `artifacts/console/`. Needs root, Node.js, `npm ci` in `web-ui/tests`
 //! and Debian's chromium (`make test` installs them).
 
@@ -12,7 +13,7 @@ mod common;
 use std::{path::PathBuf, time::Duration};
 
 use common::{Topology, ip, ping, privileged, wait_until};
-use sluice::{lab::Subnet, netns};
+use sluice::{lab::Subnet, netns, plugins::sha256_hex};
 
 /// A directory removed on drop.
 struct Remove(PathBuf);
@@ -39,11 +40,26 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
     let state = Remove(std::env::temp_dir().join(netns::unique_name("sluice-console-")));
     std::fs::create_dir_all(&state.0).expect("state directory");
 
+    // The plugin the console uploads, and its (unsigned) manifest.
+    let wasm = root.join("plugins/target/wasm32-wasip2/release/ddos_guard.wasm");
+    let bytes =
+        std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}; make plugins", wasm.display()));
+    let manifest = state.0.join("ddos-guard.json");
+    let m = serde_json::json!({"name": "ddos-guard", "version": "0.1.0",
+                               "tables": ["filter", "sample"], "sha256": sha256_hex(&bytes)});
+    std::fs::write(&manifest, m.to_string()).expect("manifest");
+
     let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
     // The service exists only on the server's loopback: only the console's route reaches it.
     ip(t.ns("srv"), &["addr", "add", "10.99.0.1/32", "dev", "lo"]);
     let dir = state.0.to_str().expect("UTF-8 path").to_owned();
-    t.start_daemon_with(&["--state-dir", &dir, "--listen", "127.0.0.1:8443"]);
+    t.start_daemon_with(&[
+        "--state-dir",
+        &dir,
+        "--listen",
+        "127.0.0.1:8443",
+        "--allow-unsigned-plugins",
+    ]);
     let token_file = state.0.join("setup-token");
     let token = wait_until("the setup token", Duration::from_secs(10), || {
         std::fs::read_to_string(&token_file).ok()
@@ -60,6 +76,8 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         .env("GATEWAY", Subnet(3).host_v4())
         .env("SERVICE", "10.99.0.0/24")
         .env("TRIAL", "10.98.0.0/24")
+        .env("PLUGIN_WASM", &wasm)
+        .env("PLUGIN_MANIFEST", &manifest)
         .output()
         .expect("run node");
     let text =
@@ -71,9 +89,37 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
     });
     let kernel = t.router.run("ip", &["route", "show", "proto", "238"]).expect("ip route");
     assert!(kernel.contains("10.99.0.0/24") && !kernel.contains("10.98.0.0/24"), "{kernel}");
-    for page in
-        ["setup", "login", "dashboard", "routes-bad-prefix", "routes", "config-countdown", "config"]
-    {
+    // The plugin uploaded in the console blocks a client that floods the server.
+    let target: std::net::SocketAddr =
+        format!("{}:9", Subnet(3).host_v4()).parse().expect("address");
+    std::thread::scope(|s| {
+        let c1 = t.ns("c1");
+        s.spawn(move || {
+            c1.enter().expect("enter c1");
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("socket");
+            let end = std::time::Instant::now() + Duration::from_secs(4);
+            while std::time::Instant::now() < end {
+                let _ = socket.send_to(b"flood", target);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        wait_until("the flooding client is blocked", Duration::from_secs(10), || {
+            (t.stats().get("r-c1", "drop_filtered") > 100).then_some(())
+        });
+    });
+    for page in [
+        "setup",
+        "login",
+        "dashboard",
+        "routes-bad-prefix",
+        "routes",
+        "config-countdown",
+        "config",
+        "plugins",
+        "interfaces",
+        "users",
+        "audit",
+    ] {
         assert!(artifacts.join(format!("{page}.png")).exists(), "a screenshot of {page}");
     }
 }

@@ -5,7 +5,7 @@
 // router's network namespace.
 import { chromium } from 'playwright-core';
 
-const { BASE, SETUP_TOKEN, ARTIFACTS, GATEWAY, SERVICE, TRIAL } = process.env;
+const { BASE, SETUP_TOKEN, ARTIFACTS, GATEWAY, SERVICE, TRIAL, PLUGIN_WASM, PLUGIN_MANIFEST } = process.env;
 const step = (s) => console.log(`console: ${s}`);
 
 const browser = await chromium.launch({
@@ -78,6 +78,23 @@ try {
   await page.click('nav a[href="#/config"]');
   await page.waitForSelector('table[aria-label="History"]');
   await shot('config');
+
+  step('a plugin uploaded');
+  await page.click('nav a[href="#/plugins"]');
+  await page.waitForSelector('form[aria-label="Add a plugin"]');
+  await page.setInputFiles('input[name=wasm]', PLUGIN_WASM);
+  await page.setInputFiles('input[name=manifest]', PLUGIN_MANIFEST);
+  await page.fill('textarea[name=config]', '{"max_pps": 300, "sample_every": 1, "block_ms": 3000}');
+  await page.click('form[aria-label="Add a plugin"] button[type=submit]');
+  await page.locator('table[aria-label="Plugins"]').getByRole('cell', { name: 'running', exact: true }).waitFor();
+  await shot('plugins');
+
+  for (const [view, name] of [['#/interfaces', 'interfaces'], ['#/users', 'users'], ['#/audit', 'audit']]) {
+    step(`the ${name} page`);
+    await page.click(`nav a[href="${view}"]`);
+    await page.waitForSelector('main table');
+    await shot(name);
+  }
 
   if (offsite.length) throw new Error(`requests left the router: ${offsite.join(', ')}`);
   step('done');
