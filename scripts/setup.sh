@@ -12,7 +12,7 @@ NIGHTLY_PINNED=nightly-2026-05-19
 APT_PACKAGES=(
   "llvm-${LLVM_VERSION}-dev" "libpolly-${LLVM_VERSION}-dev" libzstd-dev zlib1g-dev
   iproute2 ethtool iputils-ping bpftool tcpdump procps util-linux bird2 curl ca-certificates
-  chromium
+  chromium traceroute
 )
 # Node.js drives the console's browser tests (Playwright); any Node 18 or later will do.
 command -v node >/dev/null && command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)

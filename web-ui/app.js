@@ -48,7 +48,11 @@ async function api(method, path, body) {
   return data;
 }
 
-function say(message, error = false) {
+/** The page a banner message belongs to: leaving that page clears it. */
+let bannerPage = '';
+
+function say(message, error = false, page = location.hash) {
+  bannerPage = page;
   banner.textContent = message;
   banner.className = error ? 'error' : '';
   banner.hidden = !message;
@@ -93,7 +97,7 @@ async function setupView() {
     e.preventDefault();
     try {
       await api('POST', '/setup', values(form));
-      say('Administrator created: log in.');
+      say('Administrator created: log in.', false, '#/login');
       location.hash = '#/login';
     } catch (err) { showProblem(form, err); }
   });
@@ -389,6 +393,25 @@ async function usersView() {
       } }, `Revoke ${t.name}`))))))];
 }
 
+async function diagnosticsView() {
+  const out = el('pre', { 'aria-live': 'polite', id: 'diagnostic-output' });
+  const form = el('form', { 'aria-label': 'Diagnostics' },
+    field('Address', 'target', { placeholder: '192.0.2.1 or 2001:db8::1', required: true }),
+    el('div', { class: 'row' },
+      el('button', { type: 'submit', value: 'ping' }, 'Ping'),
+      el('button', { type: 'submit', value: 'traceroute', class: 'secondary' }, 'Traceroute')));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const what = (e.submitter && e.submitter.value) || 'ping';
+    out.textContent = `${what} running…`;
+    try {
+      const r = await api('POST', `/diagnostics/${what}`, values(form));
+      out.textContent = `$ ${r.command}\n${r.output}`;
+    } catch (err) { out.textContent = ''; showProblem(form, err); }
+  });
+  return [el('h1', {}, 'Diagnostics'), el('p', { class: 'muted' }, 'From the router itself.'), form, out];
+}
+
 async function auditView() {
   const entries = await api('GET', '/audit?limit=200');
   return [el('h1', {}, 'Audit log'), el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Audit log' },
@@ -401,12 +424,14 @@ const views = {
   '#/setup': setupView, '#/login': loginView, '#/dashboard': dashboardView,
   '#/interfaces': interfacesView, '#/routes': routesView, '#/plugins': pluginsView,
   '#/config': configView, '#/users': usersView, '#/audit': auditView,
+  '#/diagnostics': diagnosticsView,
 };
 
 async function show() {
   if (stream) { stream.close(); stream = null; }
   if (countdown) { clearInterval(countdown); countdown = null; }
   const hash = views[location.hash] ? location.hash : '#/dashboard';
+  if (bannerPage !== location.hash) say('');
   if (hash !== '#/setup' && hash !== '#/login') nav.hidden = false;
   nav.querySelectorAll('a').forEach((a) => a.toggleAttribute('aria-current', a.getAttribute('href') === hash));
   nav.querySelectorAll('a').forEach((a) => { if (a.getAttribute('href') === hash) a.setAttribute('aria-current', 'page'); });

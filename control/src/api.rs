@@ -132,6 +132,8 @@ pub const ROUTES: &[RouteSpec] = &[
     route("DELETE", "/plugins/{name}", Access::Admin, "Removes a plugin, its rules and its store"),
     route("PUT", "/plugins/{name}/config", Access::Admin, "Changes a plugin's configuration"),
     route("GET", "/plugins/{name}/logs", Access::Viewer, "A plugin's log"),
+    route("POST", "/diagnostics/ping", Access::Admin, "Pings an address from the router"),
+    route("POST", "/diagnostics/traceroute", Access::Admin, "Traces the path to an address"),
     route("POST", "/config/import", Access::Admin, "Commits a configuration file"),
 ];
 
@@ -967,6 +969,10 @@ impl Api {
                 )?;
                 ok(json!({"name": param(), "configured": true}))
             }
+            ("POST", "/diagnostics/ping" | "/diagnostics/traceroute") => {
+                let b: DiagnosticBody = body(&r.body)?;
+                ok(diagnose(spec.path.ends_with("ping"), b.target)?)
+            }
             ("GET", "/plugins/{name}/logs") => {
                 let log =
                     self.ask_plugins(|reply| crate::plugins::Command::Logs(param(), reply))?;
@@ -1318,6 +1324,48 @@ struct NewPlugin {
 
 const fn yes() -> bool {
     true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiagnosticBody {
+    target: std::net::IpAddr,
+}
+
+/// Runs `ping` (4 echo requests) or `traceroute` (numeric, 15 hops at most) from the router
+/// towards an address (an address only: no name is looked up, no shell is involved), bounded
+/// in time; its output.
+fn diagnose(ping: bool, target: std::net::IpAddr) -> Result<Value, Problem> {
+    if target.is_unspecified() || target.is_multicast() {
+        return Err(Problem::field("target", format!("{target} cannot be probed")));
+    }
+    let addr = target.to_string();
+    let (program, args): (&str, Vec<&str>) = if ping {
+        ("ping", vec!["-n", "-c", "4", "-i", "0.2", "-W", "1", &addr])
+    } else {
+        ("traceroute", vec!["-n", "-q", "1", "-w", "1", "-m", "15", &addr])
+    };
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "diagnostics", format!("{program}: {e}"))
+        })?;
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.code() == Some(127) {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "diagnostics",
+            format!("{program} is not installed on this router"),
+        ));
+    }
+    Ok(
+        json!({"command": format!("{program} {}", args.join(" ")), "ok": out.status.success(), "output": text}),
+    )
 }
 
 #[derive(Deserialize)]

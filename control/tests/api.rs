@@ -294,7 +294,7 @@ fn setup_works_once_logins_are_throttled_and_changes_are_audited() {
     let lab = Lab::new();
     let token = lab.setup_token();
     let wrong =
-        json!({"token": "0".repeat(48), "username": "admin", "password": "correct horse battery"});
+        json!({"token": "0".repeat(64), "username": "admin", "password": "correct horse battery"});
     assert_eq!(lab.call("POST", "/api/v1/setup", Auth::None, Some(&wrong.to_string())).status, 403);
     let (jar, csrf) = lab.admin_session();
     let admin = Auth::Session(&jar, &csrf);

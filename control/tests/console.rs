@@ -119,6 +119,7 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         "interfaces",
         "users",
         "audit",
+        "diagnostics",
     ] {
         assert!(artifacts.join(format!("{page}.png")).exists(), "a screenshot of {page}");
     }

@@ -96,6 +96,13 @@ try {
     await shot(name);
   }
 
+  step('ping from the router');
+  await page.click('nav a[href="#/diagnostics"]');
+  await page.fill('input[name=target]', GATEWAY);
+  await page.click('form[aria-label="Diagnostics"] button[value=ping]');
+  await page.locator('#diagnostic-output').filter({ hasText: 'bytes from' }).waitFor({ timeout: 15000 });
+  await shot('diagnostics');
+
   if (offsite.length) throw new Error(`requests left the router: ${offsite.join(', ')}`);
   step('done');
 } finally {
