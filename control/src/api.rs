@@ -269,13 +269,13 @@ impl std::fmt::Debug for Api {
 }
 
 /// `n` random bytes, hex.
-fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     getrandom::getrandom(&mut b).expect("the kernel's random numbers");
     crate::plugins::hex(&b)
 }
 
-fn sha256(s: &str) -> String {
+pub(crate) fn sha256(s: &str) -> String {
     crate::plugins::hex(&Sha256::digest(s.as_bytes()))
 }
 
@@ -307,7 +307,7 @@ pub fn lockout(count: u32) -> Option<Duration> {
     Some(Duration::from_secs(1u64 << over.min(20)).min(MAX_LOCKOUT))
 }
 
-fn username_problem(name: &str) -> Option<&'static str> {
+pub(crate) fn username_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() || name.len() > 32 {
         Some("1 to 32 characters")
     } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
@@ -317,7 +317,7 @@ fn username_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-fn password_problem(p: &str) -> Option<String> {
+pub(crate) fn password_problem(p: &str) -> Option<String> {
     (p.chars().count() < MIN_PASSWORD).then(|| format!("at least {MIN_PASSWORD} characters"))
 }
 
@@ -1434,7 +1434,7 @@ pub fn openapi() -> Value {
 }
 
 /// Writes a file only its owner may read.
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -19,6 +19,7 @@ pub mod lab;
 pub mod mirror;
 pub mod netns;
 pub mod plugins;
+pub mod provision;
 pub mod rib;
 pub mod shared_mem;
 pub mod show;

@@ -129,6 +129,22 @@ enum Command {
         #[command(subcommand)]
         cmd: sluice::client::UserCmd,
     },
+    /// Provision the appliance at boot: apply a NoCloud seed (once per instance) to the state
+    /// directory, and write the management interface's systemd-networkd unit.
+    Provision {
+        /// The state directory (the daemon's `--state-dir`; no daemon may be using it).
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The mounted seed: a directory with `meta-data` and `user-data`.
+        #[arg(long, value_name = "DIR")]
+        seed: Option<PathBuf>,
+        /// Write the management interface's networkd unit here (e.g. /run/systemd/network).
+        #[arg(long, value_name = "DIR")]
+        network_dir: Option<PathBuf>,
+        /// Check the seed only: print what is wrong, apply nothing.
+        #[arg(long, requires = "seed")]
+        check: bool,
+    },
     /// A demo topology in network namespaces with the router forwarding.
     Lab {
         #[command(subcommand)]
@@ -296,6 +312,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Hooks { json } => hooks(&pin, json),
+        Command::Provision { state_dir, seed, network_dir, check } => {
+            if check {
+                let dir = seed.expect("clap requires --seed with --check");
+                let s = sluice::provision::read_seed(&dir)?;
+                println!("seed {}: valid", s.instance_id);
+                return Ok(());
+            }
+            let outcome =
+                sluice::provision::provision(&state_dir, seed.as_deref(), network_dir.as_deref())?;
+            for line in &outcome.done {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Config { state_dir: Some(dir), api: _, cmd } => config(&dir, cmd),
         Command::Config { state_dir: None, api, cmd } => {
             use sluice::client::ConfigAction as A;
