@@ -10,7 +10,7 @@ ifneq ($(filter-out nightly,$(EBPF_TOOLCHAIN)),)
 export SLUICE_EBPF_TOOLCHAIN = $(EBPF_TOOLCHAIN)
 endif
 
-.PHONY: setup build test test-unit lab lab-down bench lint fmt clean plugins bench-plugins bench-api
+.PHONY: setup build test test-unit lab lab-down bench lint fmt clean plugins bench-plugins bench-api image image-test
 
 setup:
 	@bash scripts/setup.sh
@@ -31,6 +31,16 @@ test-unit:
 # The example and test plugins, as components for wasm32-wasip2 (plugins/target/wasm32-wasip2/release).
 plugins: setup
 	cd plugins && $(CARGO) build --release --locked --target wasm32-wasip2
+
+# The appliance image: vm-images/out/sluice.qcow2 and sluice.raw (Debian stable by mmdebstrap,
+# its cloud kernel, sluice as a service). Needs root and the Debian mirror.
+image: build
+	bash vm-images/build.sh
+
+# Boots the image under qemu (TCG) with two routed NICs in namespaces and checks that it routes
+# with XDP, that the setup token works once and that the configuration survives an upgrade.
+image-test: image
+	$(CARGO) nextest run --release --locked -p sluice --test image
 
 lab: build
 	$(SLUICE) lab up

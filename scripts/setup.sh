@@ -13,6 +13,8 @@ APT_PACKAGES=(
   "llvm-${LLVM_VERSION}-dev" "libpolly-${LLVM_VERSION}-dev" libzstd-dev zlib1g-dev
   iproute2 ethtool iputils-ping bpftool tcpdump procps util-linux bird2 curl ca-certificates
   chromium traceroute
+  # The appliance image (make image, make image-test).
+  mmdebstrap qemu-system-x86 syslinux syslinux-common mtools dosfstools fdisk e2fsprogs
 )
 # Node.js drives the console's browser tests (Playwright); any Node 18 or later will do.
 command -v node >/dev/null && command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
@@ -31,6 +33,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Commands that a package above may have displaced (qemu-system-x86 replaces a qemu-utils of
+# another release, taking qemu-img with it): installed again by package if missing.
+for pair in qemu-img:qemu-utils; do
+  command -v "${pair%%:*}" >/dev/null && continue
+  need_root
+  say "installing ${pair#*:} (for ${pair%%:*})"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pair#*:}" >/dev/null
+done
 
 # 2. Rust: stable (the image's default) and a nightly with LLVM 22 and rust-src.
 command -v rustup >/dev/null || { echo "setup: rustup is required (https://rustup.rs)" >&2; exit 1; }

@@ -129,7 +129,7 @@ enum Command {
         #[command(subcommand)]
         cmd: sluice::client::UserCmd,
     },
-    /// Provision the appliance at boot: apply a NoCloud seed (once per instance) to the state
+    /// Provision the appliance at boot: apply a cloud-init `NoCloud` seed (once per instance) to the state
     /// directory, and write the management interface's systemd-networkd unit.
     Provision {
         /// The state directory (the daemon's `--state-dir`; no daemon may be using it).

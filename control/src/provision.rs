@@ -1,4 +1,4 @@
-//! First-boot provisioning of the appliance from a NoCloud seed (the `cidata` volume of
+//! First-boot provisioning of the appliance from a `NoCloud` seed (the `cidata` volume of
 //! cloud-init): `meta-data` (`instance-id`, `local-hostname`) and `user-data` (`#cloud-config`
 //! YAML), whose `sluice:` section holds the first administrator (password, argon2 hash, and/or an
 //! API token), the management interface (DHCP or static addresses) and a Sluice configuration in
@@ -9,7 +9,7 @@
 //! upgraded system disk finds them; [`render_network`] turns them into a systemd-networkd unit
 //! at every boot.
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, path::Path};
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
@@ -145,13 +145,13 @@ impl Management {
         );
         s.push_str(if self.dhcp() { "DHCP=yes\n" } else { "DHCP=no\n" });
         for a in &self.addresses {
-            s.push_str(&format!("Address={a}\n"));
+            let _ = writeln!(s, "Address={a}");
         }
         for g in &self.gateways {
-            s.push_str(&format!("Gateway={g}\n"));
+            let _ = writeln!(s, "Gateway={g}");
         }
         for d in &self.dns {
-            s.push_str(&format!("DNS={d}\n"));
+            let _ = writeln!(s, "DNS={d}");
         }
         s
     }

@@ -372,7 +372,9 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`, migrating an older schema.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
+        // sled's default cache is 1 GiB, more than a small appliance has (and more than the
+        // configuration needs): 64 MiB.
+        let db = sled::Config::new().path(dir).cache_capacity(64 << 20).open()?;
         let tree = db.open_tree("config")?;
         let store = Self { db, tree };
         store.migrate()?;

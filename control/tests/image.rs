@@ -1,0 +1,443 @@
+//! The appliance image (`make image`) booted under qemu (TCG), as an operator would run it: a
+//! management NIC on user networking (`restrict=on`: the guest reaches nothing outside) with the
+//! console forwarded to 127.0.0.1, two routed NICs on tap devices in two namespaces of this
+//! test, a blank state disk and a `NoCloud` seed. Checks: the console answers over HTTPS, the
+//! setup token shown on the serial console works once, XDP is attached natively to both routed
+//! NICs, traffic between the namespaces crosses the appliance and the guest's counters show that
+//! XDP carried nearly all of it; then the system disk is replaced by a fresh copy of the image
+//! (an upgrade) and the configuration is still there. Writes the serial logs and the boot times
+//! to `artifacts/image/`. Run by `make image-test` (part of `make test`).
+
+#[allow(dead_code, reason = "shared by the namespace test crates, which use different parts")]
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{ping, privileged, wait_until};
+use serde_json::{Value, json};
+use sluice::netns::{self, NetNs};
+
+const PASSWORD: &str = "correct horse battery";
+/// How long a boot to a ready console may take under TCG on a busy machine.
+const BOOT_TIMEOUT: Duration = Duration::from_mins(7);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the repository").to_owned()
+}
+
+/// The image to test: `SLUICE_IMAGE`, or what `make image` wrote.
+fn image() -> Option<PathBuf> {
+    let path = std::env::var_os("SLUICE_IMAGE")
+        .map_or_else(|| repo().join("vm-images/out/sluice.qcow2"), PathBuf::from);
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!("{} is missing: run `make image` (or `make image-test`)", path.display());
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "image test cannot run: {why}");
+    let _ = writeln!(std::io::stderr(), "NOTICE: image test not run: {why}");
+    None
+}
+
+fn run(cmd: &mut Command) -> String {
+    netns::run(cmd).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A tap device in this namespace until moved into a test namespace; deleted on drop.
+struct Tap {
+    name: String,
+    ns: Option<String>,
+}
+
+impl Tap {
+    fn new(name: String) -> Self {
+        run(Command::new("ip").args(["tuntap", "add", "dev", &name, "mode", "tap"]));
+        Self { name, ns: None }
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let mut cmd = Command::new("ip");
+        if let Some(ns) = &self.ns {
+            cmd.args(["-n", ns]);
+        }
+        let _ = cmd.args(["link", "del", &self.name]).output();
+    }
+}
+
+/// A `NoCloud` seed volume (FAT, label `cidata`).
+fn seed(dir: &Path, instance: &str, user_data: &str) -> PathBuf {
+    let img = dir.join(format!("seed-{instance}.img"));
+    let meta = dir.join("meta-data");
+    let user = dir.join("user-data");
+    std::fs::write(&meta, format!("instance-id: {instance}\nlocal-hostname: sluice-test\n"))
+        .expect("meta-data");
+    std::fs::write(&user, user_data).expect("user-data");
+    let img_s = img.to_str().expect("UTF-8");
+    run(Command::new("mkfs.vfat").args(["-n", "CIDATA", "-C", img_s, "2048"]));
+    for f in [&meta, &user] {
+        run(Command::new("mcopy").args(["-i", img_s, f.to_str().expect("UTF-8"), "::/"]));
+    }
+    img
+}
+
+/// A guest under qemu, killed on drop.
+struct Vm {
+    child: Child,
+    qmp: UnixStream,
+    serial: PathBuf,
+    started: Instant,
+}
+
+impl Vm {
+    /// Starts qemu paused, moves the taps into their namespaces once qemu holds them, and lets
+    /// the guest run.
+    fn start(
+        dir: &Path,
+        name: &str,
+        disks: &[&Path],
+        port: u16,
+        taps: &mut [(&mut Tap, &NetNs)],
+    ) -> Self {
+        let serial = dir.join(format!("{name}.serial.log"));
+        let qmp_path = dir.join(format!("{name}.qmp"));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none", "-monitor", "none",
+        ])
+        .args(["-S", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
+        for d in disks {
+            let format = if d.extension().is_some_and(|e| e == "img") { "raw" } else { "qcow2" };
+            cmd.arg("-drive").arg(format!("file={},if=virtio,format={format}", d.display()));
+        }
+        cmd.args(["-netdev", &format!("user,id=m,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:443")])
+            .args(["-device", "virtio-net-pci,netdev=m"]);
+        for (i, (tap, _)) in taps.iter().enumerate() {
+            cmd.args([
+                "-netdev",
+                &format!("tap,id=r{i},ifname={},script=no,downscript=no", tap.name),
+            ])
+            .args(["-device", &format!("virtio-net-pci,netdev=r{i}")]);
+        }
+        let log = std::fs::File::create(dir.join(format!("{name}.qemu.log"))).expect("qemu log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("qemu-system-x86_64 (scripts/setup.sh installs it)");
+        let qmp = wait_until("qemu's QMP socket", Duration::from_secs(30), || {
+            UnixStream::connect(&qmp_path).ok()
+        });
+        let mut vm = Self { child, qmp, serial, started: Instant::now() };
+        vm.qmp("qmp_capabilities");
+        // Paused, qemu has opened the taps: they can move into the namespaces now.
+        for (tap, ns) in taps.iter_mut() {
+            run(Command::new("ip").args(["link", "set", &tap.name, "netns", ns.name()]));
+            tap.ns = Some(ns.name().to_owned());
+        }
+        vm.started = Instant::now();
+        vm.qmp("cont");
+        vm
+    }
+
+    /// Runs a QMP command and returns its answer (events on the way are skipped).
+    fn qmp(&mut self, command: &str) -> Value {
+        let mut line = serde_json::to_string(&json!({"execute": command})).expect("json");
+        line.push('\n');
+        self.qmp.write_all(line.as_bytes()).expect("QMP write");
+        self.qmp.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut reader = BufReader::new(self.qmp.try_clone().expect("QMP"));
+        loop {
+            let mut l = String::new();
+            assert!(reader.read_line(&mut l).expect("QMP read") > 0, "QMP closed");
+            let v: Value = serde_json::from_str(&l).expect("QMP JSON");
+            assert!(v.get("error").is_none(), "QMP {command}: {v}");
+            if v.get("return").is_some() {
+                return v;
+            }
+        }
+    }
+
+    fn serial(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits for a line of the serial console that starts with `prefix` and returns its rest.
+    fn wait_serial(&mut self, prefix: &str, timeout: Duration) -> String {
+        wait_until(&format!("`{prefix}` on the serial console"), timeout, || {
+            self.assert_running();
+            let text = self.serial();
+            text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+        })
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let tail: Vec<String> =
+                self.serial().lines().rev().take(40).map(str::to_owned).collect();
+            panic!(
+                "qemu exited ({status}); serial console:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+
+    /// Asks the guest to power off (ACPI) and waits for qemu to exit.
+    fn power_off(mut self) {
+        self.qmp("system_powerdown");
+        wait_until("the guest to power off", Duration::from_mins(3), || {
+            self.child.try_wait().expect("qemu").map(|_| ())
+        });
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The API through the forwarded port, with curl.
+struct Client {
+    port: u16,
+    jar: PathBuf,
+    csrf: String,
+}
+
+impl Client {
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "--max-time", "30", "-X", method, "-w", "\n%{http_code}"])
+            .arg("-b")
+            .arg(&self.jar)
+            .arg("-c")
+            .arg(&self.jar)
+            .args(["-H", &format!("X-CSRF-Token: {}", self.csrf)]);
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", &b.to_string()]);
+        }
+        cmd.arg(format!("https://127.0.0.1:{}{path}", self.port));
+        let out = cmd.output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Some((body, code)) = text.rsplit_once('\n') else { return (0, Value::Null) };
+        let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
+        (code.trim().parse().unwrap_or(0), value)
+    }
+
+    fn login(&mut self) {
+        let body = json!({"username": "admin", "password": PASSWORD});
+        let (status, v) = self.call("POST", "/api/v1/login", Some(&body));
+        assert_eq!(status, 200, "login: {v}");
+        v["csrf_token"].as_str().expect("a CSRF token").clone_into(&mut self.csrf);
+    }
+
+    fn wait_ready(&self, vm: &mut Vm) -> Duration {
+        wait_until("the console over HTTPS", BOOT_TIMEOUT, || {
+            vm.assert_running();
+            (self.call("GET", "/api/v1/health", None).0 == 200).then(|| vm.started.elapsed())
+        })
+    }
+
+    /// Forwarded and passed-to-the-kernel packets over the routed ports.
+    fn carried(&self) -> (u64, u64) {
+        let (status, c) = self.call("GET", "/api/v1/counters", None);
+        assert_eq!(status, 200, "{c}");
+        let mut forwarded = 0;
+        let mut passed = 0;
+        for i in c["interfaces"].as_array().expect("interfaces") {
+            for (reason, v) in i["counters"].as_object().expect("counters") {
+                let n = v["packets"].as_u64().unwrap_or(0);
+                if reason == "forwarded" {
+                    forwarded += n;
+                } else if reason.starts_with("pass_") {
+                    passed += n;
+                }
+            }
+        }
+        (forwarded, passed)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port()
+}
+
+/// The two hosts' side of a boot: fresh taps (qemu opens them by name in this namespace), moved
+/// into the hosts' namespaces and addressed there.
+type Ports = [Tap; 2];
+
+fn boot(dir: &Path, n: u32, disks: &[&Path], port: u16, hosts: [&NetNs; 2]) -> (Vm, Ports) {
+    let tag = netns::unique_name("");
+    let mut a = Tap::new(format!("sla{tag}"));
+    let mut b = Tap::new(format!("slb{tag}"));
+    let vm = Vm::start(
+        dir,
+        &format!("boot{n}"),
+        disks,
+        port,
+        &mut [(&mut a, hosts[0]), (&mut b, hosts[1])],
+    );
+    for (ns, tap, net) in [(hosts[0], &a, 1), (hosts[1], &b, 2)] {
+        ns.batch(&format!(
+            "link set lo up\nlink set {0} up\naddr add 10.71.{net}.2/24 dev {0}\nroute replace default via 10.71.{net}.1\n",
+            tap.name
+        ))
+        .expect("host addresses");
+    }
+    (vm, [a, b])
+}
+
+fn assert_xdp_on_the_routed_ports(client: &Client) {
+    let (status, ifaces) = client.call("GET", "/api/v1/interfaces", None);
+    assert_eq!(status, 200, "{ifaces}");
+    let mode = |name: &str| {
+        let list = ifaces.as_array().expect("a list");
+        list.iter().find(|i| i["name"] == name).map(|i| i["xdp_mode"].clone())
+    };
+    for name in ["eth1", "eth2"] {
+        assert_eq!(mode(name), Some(json!("native")), "{name}: {ifaces}");
+    }
+    assert_eq!(mode("eth0"), Some(Value::Null), "management is not routed: {ifaces}");
+}
+
+/// Traffic between the namespaces crosses the appliance, carried by XDP (the guest kernel's
+/// forwarding is off, so what XDP did not carry would be lost). Returns the figures.
+fn assert_xdp_carries_traffic(client: &Client, from: &NetNs) -> Value {
+    wait_until("10.71.2.2 through the appliance", Duration::from_mins(1), || {
+        (ping(from, "10.71.2.2", 1, "0.2").received == 1).then_some(())
+    });
+    let (f0, p0) = client.carried();
+    let pings = ping(from, "10.71.2.2", 400, "0.01");
+    let (f1, p1) = client.carried();
+    let crossed = 2 * pings.received;
+    assert!(pings.received * 10 >= pings.transmitted * 9, "{pings:?}");
+    assert!(f1 - f0 >= crossed, "forwarded {} for {crossed} packets crossing", f1 - f0);
+    assert!((p1 - p0) * 20 <= crossed, "passed to the guest kernel: {} of {crossed}", p1 - p0);
+    json!({"pings_sent": pings.transmitted, "pings_received": pings.received,
+           "forwarded_by_xdp": f1 - f0, "passed_to_kernel": p1 - p0})
+}
+
+#[test]
+fn the_image_boots_to_a_console_routes_with_xdp_and_keeps_its_configuration_across_an_upgrade() {
+    if !privileged() {
+        return;
+    }
+    let Some(image) = image() else { return };
+    let scratch = Scratch(std::env::temp_dir().join(netns::unique_name("sluice-image-")));
+    let dir = &scratch.0;
+    std::fs::create_dir_all(dir).expect("scratch");
+    let artifacts = repo().join("artifacts/image");
+    std::fs::create_dir_all(&artifacts).expect("artifacts");
+    let qemu_img = |args: &[&str]| run(Command::new("qemu-img").args(args));
+
+    // The state disk outlives system disks; each boot gets a fresh copy of the image.
+    let state = dir.join("state.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", state.to_str().expect("UTF-8"), "1G"]);
+    let system = |n: u32| {
+        let p = dir.join(format!("system{n}.qcow2"));
+        let backing = image.to_str().expect("UTF-8");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            backing,
+            p.to_str().expect("UTF-8"),
+        ]);
+        p
+    };
+    let seed = seed(
+        dir,
+        "test-1",
+        "#cloud-config\nsluice:\n  config:\n    interfaces:\n      eth1: {addresses: [10.71.1.1/24]}\n      eth2: {addresses: [10.71.2.1/24]}\n",
+    );
+
+    let ns_a = NetNs::create(&netns::unique_name("sl-img-a")).expect("namespace");
+    let ns_b = NetNs::create(&netns::unique_name("sl-img-b")).expect("namespace");
+    let port = free_port();
+    let mut client = Client { port, jar: dir.join("cookies"), csrf: String::new() };
+
+    // First boot: the seed configures the routed ports; no administrator yet.
+    let system1 = system(1);
+    let (mut vm, ports) = boot(dir, 1, &[&system1, &state, &seed], port, [&ns_a, &ns_b]);
+    let ready1 = client.wait_ready(&mut vm);
+    let token = vm.wait_serial("One-time setup token:", Duration::from_mins(2));
+    std::fs::copy(&vm.serial, artifacts.join("boot1.serial.log")).ok();
+
+    let (status, page) = client.call("GET", "/", None);
+    assert_eq!(status, 200);
+    assert!(page.as_str().is_some_and(|p| p.contains("Sluice")), "the console's page: {page}");
+    let setup = json!({"token": token, "username": "admin", "password": PASSWORD});
+    let (status, v) = client.call("POST", "/api/v1/setup", Some(&setup));
+    assert_eq!(status, 201, "the setup token shown on the console: {v}");
+    let again = json!({"token": token, "username": "eve", "password": PASSWORD});
+    let (status, v) = client.call("POST", "/api/v1/setup", Some(&again));
+    assert_eq!(status, 409, "the setup token works once: {v}");
+    client.login();
+
+    assert_xdp_on_the_routed_ports(&client);
+    let traffic = assert_xdp_carries_traffic(&client, &ns_a);
+
+    // A static route, then the upgrade.
+    let route = json!({"prefix": "10.99.0.0/16", "via": "10.71.2.2"});
+    let (status, v) = client.call("POST", "/api/v1/routes/static", Some(&route));
+    assert!(status == 200 || status == 201, "static route: {v}");
+    vm.power_off();
+
+    drop(ports);
+
+    // The upgrade: a fresh system disk, the same state disk (and seed, applied already).
+    let system2 = system(2);
+    let (mut vm, _ports) = boot(dir, 2, &[&system2, &state, &seed], port, [&ns_a, &ns_b]);
+    let ready2 = client.wait_ready(&mut vm);
+    vm.wait_serial("Sluice router: console at", Duration::from_mins(2));
+    std::fs::copy(&vm.serial, artifacts.join("boot2.serial.log")).ok();
+    assert!(!vm.serial().contains("One-time setup token"), "no setup token once set up");
+    let (status, v) = client.call("POST", "/api/v1/setup", Some(&setup));
+    assert_eq!(status, 409, "still set up after the upgrade: {v}");
+    client.login();
+    let (status, routes) = client.call("GET", "/api/v1/routes/static", None);
+    assert_eq!(status, 200);
+    assert!(routes.to_string().contains("10.99.0.0/16"), "the static route kept: {routes}");
+    wait_until("10.71.2.2 through the upgraded appliance", Duration::from_mins(1), || {
+        (ping(&ns_a, "10.71.2.2", 1, "0.2").received == 1).then_some(())
+    });
+    vm.power_off();
+
+    let report = json!({
+        "image": image.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "image_bytes": std::fs::metadata(&image).map_or(0, |m| m.len()),
+        "boot_to_console_s": [ready1.as_secs_f64(), ready2.as_secs_f64()],
+        "traffic": traffic,
+    });
+    std::fs::write(
+        artifacts.join("image.json"),
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .expect("report");
+    let _ = writeln!(std::io::stderr(), "image: {report}");
+}
