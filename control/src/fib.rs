@@ -316,12 +316,12 @@ impl Compiler {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         let mut last: Option<IpNet> = None;
         let table = self.table;
-        for r in rib.routes.values().filter(|r| r.table == table) {
+        for r in rib.routes.iter().filter(|r| r.table == table) {
             if last == Some(r.prefix) {
                 continue;
             }
             last = Some(r.prefix);
-            let route = self.compile_route(r, &egress, &mut fib);
+            let route = self.compile_route(&r, &egress, &mut fib);
             match r.prefix {
                 IpNet::V4(p) => v4.push((p.trunc(), route)),
                 IpNet::V6(p) => v6.push((p.trunc(), route)),
@@ -347,8 +347,7 @@ impl Compiler {
 
         // The router's own addresses, and local and broadcast routes of the local table.
         let local = Route { action: RouteAction::Local as u32, target: 0 };
-        for r in
-            rib.routes.values().filter(|r| r.table == TABLE_LOCAL && r.kind == RouteKind::Local)
+        for r in rib.routes.iter().filter(|r| r.table == TABLE_LOCAL && r.kind == RouteKind::Local)
         {
             fib.insert_route(r.prefix, local);
         }
@@ -512,13 +511,11 @@ impl Compiler {
         if host && rib.addresses.iter().any(|a| a.addr.addr() == p.addr()) {
             return Some(local);
         }
-        let from = crate::rib::RouteKey { table: TABLE_LOCAL, prefix: p, metric: 0 };
-        let to = crate::rib::RouteKey { table: TABLE_LOCAL, prefix: p, metric: u32::MAX };
-        if rib.routes.range(from..=to).any(|(_, r)| r.kind == RouteKind::Local) {
+        if rib.routes.of_prefix(TABLE_LOCAL, p).any(|r| r.kind == RouteKind::Local) {
             return Some(local);
         }
         if let Some(r) = rib.best_route(self.table, p) {
-            return Some(self.compile_route(r, egress, fib));
+            return Some(self.compile_route(&r, egress, fib));
         }
         if !host {
             return None;
@@ -660,7 +657,7 @@ impl Compiler {
 
     fn compile_route(
         &mut self,
-        r: &crate::rib::Route,
+        r: &crate::rib::RouteRef<'_>,
         egress: &Egress<'_>,
         fib: &mut FibState,
     ) -> Route {

@@ -173,7 +173,7 @@ impl Mirror {
                 }
             }
             if !interrupted {
-                rib.routes = routes.into_iter().map(|r| (r.key(), r)).collect();
+                rib.routes.replace_all(routes);
                 // Everything is new: the compiler looks at all of it anyway.
                 rib.dirty = Dirty { all: true, ..Dirty::default() };
                 return Ok(rib);
