@@ -259,8 +259,102 @@ async function routesView() {
       body))];
 }
 
+/** The changes of a candidate against the running configuration, one line each. */
+function diffList(changes) {
+  if (!changes.length) return el('p', { class: 'muted', id: 'diff' }, 'No pending changes: the candidate is the running configuration.');
+  const mark = { added: '+', removed: '−', changed: '~' };
+  const json = (v) => (v === undefined ? '' : JSON.stringify(v));
+  return el('ul', { class: 'diff', id: 'diff', 'aria-label': 'Pending changes' }, changes.map((c) => el('li', { class: `diff-${c.kind}` },
+    el('span', { class: 'diff-mark', 'aria-hidden': 'true' }, mark[c.kind] || '?'), ` ${c.kind} `, el('strong', {}, c.item),
+    c.before !== undefined ? el('code', { class: 'before' }, json(c.before)) : '',
+    c.before !== undefined && c.after !== undefined ? ' → ' : '',
+    c.after !== undefined ? el('code', { class: 'after' }, json(c.after)) : '')));
+}
+
+/** A problem's errors, every one, in a form's slot for `name`. */
+function showErrors(form, name, err) {
+  const slot = form.querySelector(`.field-error[data-field="${name}"]`);
+  const errors = (err.problem && err.problem.errors) || [];
+  slot.textContent = errors.length ? errors.map((e) => `${e.field}: ${e.message}`).join('\n') : err.message;
+  form.querySelector(`[name="${name}"]`).setAttribute('aria-invalid', 'true');
+  say('The configuration was refused: see the errors under it.', true);
+}
+
+/** The candidate: an editor, the pending changes, commit (with or without confirm), discard. */
+function candidateSection(candidate, changes) {
+  const form = el('form', { 'aria-label': 'Candidate' },
+    el('label', {}, 'Candidate configuration (JSON)', el('textarea', { name: 'config', rows: 14, spellcheck: 'false' }, JSON.stringify(candidate, null, 2))),
+    el('span', { class: 'field-error', 'data-field': 'config', role: 'alert' }),
+    el('label', {}, 'Commit message', el('input', { name: 'message', value: 'from the console' })),
+    el('label', {}, 'Confirm within (seconds)', el('input', { name: 'confirm_seconds', type: 'number', min: 10, max: 3600, value: 120 }),
+      el('span', { class: 'field-error', 'data-field': 'confirm_seconds', role: 'alert' })),
+    el('div', { class: 'buttons' },
+      el('button', { type: 'submit', value: 'stage' }, 'Stage'),
+      el('button', { type: 'submit', value: 'commit', class: 'secondary' }, 'Commit'),
+      el('button', { type: 'submit', value: 'confirm', class: 'secondary' }, 'Commit with confirm'),
+      el('button', { type: 'submit', value: 'discard', class: 'secondary' }, 'Discard')));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const what = (e.submitter && e.submitter.value) || 'stage';
+    const v = values(form);
+    form.querySelectorAll('.field-error').forEach((x) => { x.textContent = ''; });
+    form.querySelectorAll('[aria-invalid]').forEach((x) => x.removeAttribute('aria-invalid'));
+    try {
+      if (what === 'discard') {
+        await api('DELETE', '/config/candidate');
+        say('Candidate discarded.');
+      } else if (what === 'stage') {
+        let config;
+        try { config = JSON.parse(v.config); } catch (err) {
+          showErrors(form, 'config', { message: `not JSON: ${err.message}` });
+          return;
+        }
+        await api('PUT', '/config/candidate', config);
+        say('Candidate staged: review the changes, then commit.');
+      } else {
+        const body = { message: v.message };
+        if (what === 'confirm') body.confirm_seconds = Number(v.confirm_seconds);
+        const r = await api('POST', '/config/commit', body);
+        say(r.pending_confirm ? `Revision ${r.revision} committed: confirm it before the countdown ends.` : `Revision ${r.revision} committed.`);
+      }
+      show();
+    } catch (err) {
+      if (err.problem && (err.problem.errors || []).some((x) => x.field === 'confirm_seconds')) showProblem(form, err);
+      else showErrors(form, 'config', err);
+    }
+  });
+  return [el('h2', {}, 'Candidate'), el('p', { class: 'muted' }, 'Stage a whole configuration, see what it changes, then commit it.'),
+    el('h3', {}, 'Pending changes'), diffList(changes), form];
+}
+
+/** Restore: a backup file (as downloaded below) committed as a new revision. */
+function restoreSection() {
+  const form = el('form', { 'aria-label': 'Restore' },
+    el('label', {}, 'Backup file (.json)', el('input', { type: 'file', name: 'backup', accept: '.json,application/json', required: true })),
+    el('span', { class: 'field-error', 'data-field': 'backup', role: 'alert' }),
+    el('button', { type: 'submit' }, 'Restore'));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const file = form.querySelector('input[name=backup]').files[0];
+    form.querySelector('.field-error').textContent = '';
+    if (!file) return;
+    let config;
+    try { config = JSON.parse(await file.text()); } catch (err) {
+      showErrors(form, 'backup', { message: `${file.name} is not a configuration (JSON): ${err.message}` });
+      return;
+    }
+    try {
+      const r = await api('POST', `/config/import?message=${encodeURIComponent(`restore of ${file.name}`)}`, config);
+      say(`Restored ${file.name} as revision ${r.revision}.`);
+      show();
+    } catch (err) { showErrors(form, 'backup', err); }
+  });
+  return form;
+}
+
 async function configView() {
-  const [running, history] = await Promise.all([api('GET', '/config'), api('GET', '/config/revisions')]);
+  const [running, history, candidate, changes] = await Promise.all([api('GET', '/config'),
+    api('GET', '/config/revisions'), api('GET', '/config/candidate'), api('GET', '/config/diff')]);
   const parts = [el('h1', {}, 'Configuration'), el('p', {}, `Running revision ${running.revision ?? 'none'}.`)];
   const pending = running.pending_confirm;
   if (pending) {
@@ -278,6 +372,7 @@ async function configView() {
         try { await api('POST', '/config/confirm'); say('Confirmed.'); show(); } catch (err) { say(err.message, true); }
       } }, 'Confirm')));
   }
+  parts.push(...candidateSection(candidate, changes));
   parts.push(el('h2', {}, 'History'), el('div', { class: 'scroll' }, el('table', { 'aria-label': 'History' },
     el('thead', {}, el('tr', {}, ...['Revision', 'When', 'Who', 'From', 'Message', ''].map((h) => el('th', {}, h)))),
     el('tbody', {}, [...history].reverse().map((r) => el('tr', {},
@@ -286,7 +381,8 @@ async function configView() {
       el('td', {}, r.id === running.revision ? 'running' : el('button', { type: 'button', class: 'secondary', onclick: async () => {
         try { await api('POST', '/config/rollback', { revision: r.id, message: `rollback to ${r.id}` }); say(`Rolled back to revision ${r.id}.`); show(); } catch (err) { say(err.message, true); }
       } }, `Roll back to ${r.id}`))))))));
-  parts.push(el('h2', {}, 'Backup'), el('p', {}, el('a', { href: '/api/v1/config/export', download: 'sluice-config.json' }, 'Download the running configuration')));
+  parts.push(el('h2', {}, 'Backup and restore'), el('p', {}, el('a', { href: '/api/v1/config/export', download: 'sluice-config.json' }, 'Download the running configuration')),
+    restoreSection());
   return parts;
 }
 

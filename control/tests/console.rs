@@ -1,9 +1,11 @@
 //! The web console in a real browser: headless Chromium driven by Playwright
 //! (`web-ui/tests/console.mjs`) against a daemon in a namespace lab. The script sets the router
 //! up, logs in, sees live counters, gets a bad prefix's error beside the field, adds a static
-//! route, leaves a commit-confirm unconfirmed and uploads the `ddos-guard` plugin; this side
+//! route, leaves a commit-confirm unconfirmed, uploads the `ddos-guard` plugin, stages a
+//! candidate and sees its diff, gets a bad candidate's error and restores a backup; this side
 //! checks that the route made traffic flow between the lab's hosts, that the unconfirmed one
-//! left the kernel, and that the plugin blocks a client that floods. Screenshots of each
+//! left the kernel, that the restored backup's route reached it, and that the plugin blocks a
+//! client that floods. Screenshots of each
 //! page are written to `artifacts/console/`. Needs root, Node.js, `npm ci` in `web-ui/tests`
 //! and Debian's chromium (`make test` installs them).
 
@@ -76,6 +78,7 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         .env("GATEWAY", Subnet(3).host_v4())
         .env("SERVICE", "10.99.0.0/24")
         .env("TRIAL", "10.98.0.0/24")
+        .env("RESTORED", "10.97.0.0/24")
         .env("PLUGIN_WASM", &wasm)
         .env("PLUGIN_MANIFEST", &manifest)
         .output()
@@ -89,6 +92,7 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
     });
     let kernel = t.router.run("ip", &["route", "show", "proto", "238"]).expect("ip route");
     assert!(kernel.contains("10.99.0.0/24") && !kernel.contains("10.98.0.0/24"), "{kernel}");
+    assert!(kernel.contains("10.97.0.0/24"), "the route of the restored backup: {kernel}");
     // The plugin uploaded in the console blocks a client that floods the server.
     let target: std::net::SocketAddr =
         format!("{}:9", Subnet(3).host_v4()).parse().expect("address");
@@ -120,6 +124,9 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         "users",
         "audit",
         "diagnostics",
+        "config-diff",
+        "config-bad-candidate",
+        "config-restored",
     ] {
         assert!(artifacts.join(format!("{page}.png")).exists(), "a screenshot of {page}");
     }

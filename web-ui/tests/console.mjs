@@ -1,11 +1,13 @@
 // The console in headless Chromium against a real daemon: first-run setup, login, the dashboard
 // fed by server-sent events, a bad prefix shown beside its field, a static route added (the
-// Rust side then checks traffic flows), and a commit-confirm left unconfirmed that rolls back.
+// Rust side then checks traffic flows), a commit-confirm left unconfirmed that rolls back, a
+// candidate staged with its diff, a bad one refused beside the editor, and a backup restored.
 // Screenshots of each page go to $ARTIFACTS. Run by control/tests/console.rs inside the
 // router's network namespace.
+import { writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
-const { BASE, SETUP_TOKEN, ARTIFACTS, GATEWAY, SERVICE, TRIAL, PLUGIN_WASM, PLUGIN_MANIFEST } = process.env;
+const { BASE, SETUP_TOKEN, ARTIFACTS, GATEWAY, SERVICE, TRIAL, RESTORED, PLUGIN_WASM, PLUGIN_MANIFEST } = process.env;
 const step = (s) => console.log(`console: ${s}`);
 
 const browser = await chromium.launch({
@@ -102,6 +104,34 @@ try {
   await page.click('form[aria-label="Diagnostics"] button[value=ping]');
   await page.locator('#diagnostic-output').filter({ hasText: 'bytes from' }).waitFor({ timeout: 15000 });
   await shot('diagnostics');
+
+  step('a staged candidate and its diff');
+  await page.click('nav a[href="#/config"]');
+  const editor = page.locator('form[aria-label="Candidate"] textarea[name=config]');
+  await editor.waitFor();
+  const current = JSON.parse(await editor.inputValue());
+  const withRoute = (prefix) => ({ ...current, routes: [...(current.routes || []), { prefix, via: GATEWAY }] });
+  await editor.fill(JSON.stringify(withRoute(RESTORED), null, 2));
+  await page.click('form[aria-label="Candidate"] button[value=stage]');
+  await page.locator('#diff li.diff-added').filter({ hasText: RESTORED }).waitFor();
+  await shot('config-diff');
+  await page.click('form[aria-label="Candidate"] button[value=discard]');
+  await page.locator('p#diff').waitFor();
+
+  step('a bad candidate');
+  await editor.fill(JSON.stringify(withRoute(RESTORED.replace('.0/', '.1/')), null, 2));
+  await page.click('form[aria-label="Candidate"] button[value=stage]');
+  await page.locator('form[aria-label="Candidate"] .field-error[data-field=config]').filter({ hasText: 'prefix' }).waitFor();
+  await shot('config-bad-candidate');
+
+  step('a backup restored');
+  const backup = `${ARTIFACTS}/backup.json`;
+  writeFileSync(backup, JSON.stringify(withRoute(RESTORED), null, 2));
+  await page.setInputFiles('form[aria-label="Restore"] input[name=backup]', backup);
+  await page.click('form[aria-label="Restore"] button[type=submit]');
+  await page.locator('#banner').filter({ hasText: 'Restored backup.json as revision' }).waitFor();
+  await page.locator('table[aria-label="History"]').getByText('restore of backup.json').waitFor();
+  await shot('config-restored');
 
   if (offsite.length) throw new Error(`requests left the router: ${offsite.join(', ')}`);
   step('done');
