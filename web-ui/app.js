@@ -282,7 +282,7 @@ function showErrors(form, name, err) {
 
 /** The candidate: an editor, the pending changes, commit (with or without confirm), discard. */
 function candidateSection(candidate, changes) {
-  const form = el('form', { 'aria-label': 'Candidate' },
+  const form = el('form', { 'aria-label': 'Candidate', class: 'wide' },
     el('label', {}, 'Candidate configuration (JSON)', el('textarea', { name: 'config', rows: 14, spellcheck: 'false' }, JSON.stringify(candidate, null, 2))),
     el('span', { class: 'field-error', 'data-field': 'config', role: 'alert' }),
     el('label', {}, 'Commit message', el('input', { name: 'message', value: 'from the console' })),
@@ -303,13 +303,17 @@ function candidateSection(candidate, changes) {
       if (what === 'discard') {
         await api('DELETE', '/config/candidate');
         say('Candidate discarded.');
-      } else if (what === 'stage') {
-        let config;
-        try { config = JSON.parse(v.config); } catch (err) {
-          showErrors(form, 'config', { message: `not JSON: ${err.message}` });
-          return;
-        }
-        await api('PUT', '/config/candidate', config);
+        show();
+        return;
+      }
+      // What the editor holds is staged first: a commit commits what is on the screen.
+      let config;
+      try { config = JSON.parse(v.config); } catch (err) {
+        showErrors(form, 'config', { message: `not JSON: ${err.message}` });
+        return;
+      }
+      await api('PUT', '/config/candidate', config);
+      if (what === 'stage') {
         say('Candidate staged: review the changes, then commit.');
       } else {
         const body = { message: v.message };

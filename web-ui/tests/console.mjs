@@ -1,10 +1,11 @@
 // The console in headless Chromium against a real daemon: first-run setup, login, the dashboard
 // fed by server-sent events, a bad prefix shown beside its field, a static route added (the
 // Rust side then checks traffic flows), a commit-confirm left unconfirmed that rolls back, a
-// candidate staged with its diff, a bad one refused beside the editor, and a backup restored.
+// candidate staged with its diff and discarded, a bad one refused beside the editor and a good
+// one committed, a backup downloaded and restored after a rollback (a bad file refused first).
 // Screenshots of each page go to $ARTIFACTS. Run by control/tests/console.rs inside the
 // router's network namespace.
-import { writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 const { BASE, SETUP_TOKEN, ARTIFACTS, GATEWAY, SERVICE, TRIAL, RESTORED, PLUGIN_WASM, PLUGIN_MANIFEST } = process.env;
@@ -118,19 +119,39 @@ try {
   await page.click('form[aria-label="Candidate"] button[value=discard]');
   await page.locator('p#diff').waitFor();
 
-  step('a bad candidate');
+  step('a bad candidate, then a good one committed');
+  const candidate = 'form[aria-label="Candidate"]';
   await editor.fill(JSON.stringify(withRoute(RESTORED.replace('.0/', '.1/')), null, 2));
-  await page.click('form[aria-label="Candidate"] button[value=stage]');
-  await page.locator('form[aria-label="Candidate"] .field-error[data-field=config]').filter({ hasText: 'prefix' }).waitFor();
+  await page.click(`${candidate} button[value=commit]`);
+  await page.locator(`${candidate} .field-error[data-field=config]`).filter({ hasText: 'prefix' }).waitFor();
   await shot('config-bad-candidate');
+  await editor.fill(JSON.stringify(withRoute(RESTORED), null, 2));
+  await page.click(`${candidate} button[value=commit]`);
+  const committed = page.locator('#banner').filter({ hasText: /Revision \d+ committed\./ });
+  await committed.waitFor();
+  const revision = Number((await committed.textContent()).match(/Revision (\d+)/)[1]);
 
-  step('a backup restored');
-  const backup = `${ARTIFACTS}/backup.json`;
-  writeFileSync(backup, JSON.stringify(withRoute(RESTORED), null, 2));
-  await page.setInputFiles('form[aria-label="Restore"] input[name=backup]', backup);
-  await page.click('form[aria-label="Restore"] button[type=submit]');
-  await page.locator('#banner').filter({ hasText: 'Restored backup.json as revision' }).waitFor();
-  await page.locator('table[aria-label="History"]').getByText('restore of backup.json').waitFor();
+  step('a backup downloaded, the change rolled back, the backup restored');
+  const backup = `${ARTIFACTS}/sluice-config.json`;
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('a[download]')]);
+  await download.saveAs(backup);
+  if (!JSON.parse(readFileSync(backup, 'utf8')).routes.some((r) => r.prefix === RESTORED)) {
+    throw new Error(`the downloaded backup lacks ${RESTORED}`);
+  }
+  await page.getByRole('button', { name: `Roll back to ${revision - 1}`, exact: true }).click();
+  await page.locator('#banner').filter({ hasText: `Rolled back to revision ${revision - 1}` }).waitFor();
+  // The page is drawn again after the banner: the new history has a button for the revision left.
+  await page.getByRole('button', { name: `Roll back to ${revision}`, exact: true }).waitFor();
+  const restore = 'form[aria-label="Restore"]';
+  const invalid = { routes: [{ prefix: RESTORED.replace('.0/', '.1/'), via: GATEWAY }] };
+  await page.setInputFiles(`${restore} input[name=backup]`,
+    { name: 'invalid.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(invalid)) });
+  await page.click(`${restore} button[type=submit]`);
+  await page.locator(`${restore} .field-error[data-field=backup]`).filter({ hasText: 'routes[0].prefix' }).waitFor();
+  await page.setInputFiles(`${restore} input[name=backup]`, backup);
+  await page.click(`${restore} button[type=submit]`);
+  await page.locator('#banner').filter({ hasText: 'Restored sluice-config.json as revision' }).waitFor();
+  await page.locator('table[aria-label="History"]').getByText('restore of sluice-config.json').waitFor();
   await shot('config-restored');
 
   if (offsite.length) throw new Error(`requests left the router: ${offsite.join(', ')}`);
