@@ -451,13 +451,42 @@ async function pluginsView() {
       el('tbody', {}, rows)))];
 }
 
+/** Waits (up to 10 s) until the daemon has attached or detached a port, then shows the page. */
+async function settlePort(name, attached) {
+  for (let i = 0; i < 20; i += 1) {
+    const port = (await api('GET', '/interfaces')).find((p) => p.name === name);
+    if (!port || Boolean(port.xdp_mode) === attached) break;
+    await new Promise((r) => { setTimeout(r, 500); });
+  }
+  if (location.hash === '#/interfaces') show();
+}
+
 async function interfacesView() {
   const list = await api('GET', '/interfaces');
+  const action = (i) => {
+    if (i.name === 'lo') return '';
+    if (i.routed === 'fixed') return el('span', { class: 'muted' }, 'attached by --attach');
+    if (i.routed === 'configured') {
+      return el('button', { type: 'button', class: 'secondary', 'aria-label': `Detach ${i.name}`, onclick: async () => {
+        try { await api('POST', `/interfaces/${i.name}/detach`); say(`${i.name} detached: no longer routed.`); await settlePort(i.name, false); } catch (err) { say(err.message, true); }
+      } }, 'Detach');
+    }
+    const mode = el('select', { 'aria-label': `XDP mode for ${i.name}` },
+      ...['auto', 'native', 'generic'].map((m) => el('option', { value: m }, m)));
+    return el('span', { class: 'inline' }, mode, el('button', { type: 'button', 'aria-label': `Attach ${i.name}`, onclick: async () => {
+      try {
+        await api('POST', `/interfaces/${i.name}/attach`, { xdp_mode: mode.value });
+        say(`${i.name} attached: it is a routed port.`);
+        await settlePort(i.name, true);
+      } catch (err) { say(err.message, true); }
+    } }, 'Attach'));
+  };
   return [el('h1', {}, 'Interfaces'), el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Interfaces' },
-    el('thead', {}, el('tr', {}, ...['Name', 'State', 'XDP mode', 'MTU', 'MAC'].map((h) => el('th', {}, h)))),
-    el('tbody', {}, list.map((i) => el('tr', {}, el('td', {}, i.name), el('td', {}, i.state),
-      el('td', {}, i.xdp_mode || 'not served'), el('td', {}, i.mtu ?? ''), el('td', {}, i.mac || '')))))),
-  el('p', { class: 'muted' }, 'The daemon serves the interfaces it was started with (--attach).')];
+    el('thead', {}, el('tr', {}, ...['Name', 'State', 'XDP mode', 'Routed', 'MTU', 'MAC', ''].map((h) => el('th', {}, h)))),
+    el('tbody', {}, list.map((i) => el('tr', { 'data-name': i.name }, el('td', {}, i.name), el('td', {}, i.state),
+      el('td', { class: 'xdp-mode' }, i.xdp_mode || 'not served'), el('td', {}, i.routed || ''), el('td', {}, i.mtu ?? ''),
+      el('td', {}, i.mac || ''), el('td', {}, action(i))))))),
+  el('p', { class: 'muted' }, 'Attaching makes an interface a routed port: XDP forwards on it, and it is kept in the configuration (a revision, audited). Ports named by the daemon\'s --attach option stay attached.')];
 }
 
 async function usersView() {

@@ -109,6 +109,8 @@ pub const ROUTES: &[RouteSpec] = &[
     route("DELETE", "/tokens/{id}", Access::Viewer, "Revokes an API token"),
     route("GET", "/audit", Access::Admin, "The audit log, newest first (?limit=N)"),
     route("GET", "/interfaces", Access::Viewer, "Interfaces, with the XDP mode when attached"),
+    route("POST", "/interfaces/{name}/attach", Access::Admin, "Makes an interface a routed port"),
+    route("POST", "/interfaces/{name}/detach", Access::Admin, "Takes a routed port out of routing"),
     route("GET", "/counters", Access::Viewer, "The dataplane's counters"),
     route("GET", "/counters/stream", Access::Viewer, "Counters every second (server-sent events)"),
     route("GET", "/routes", Access::Viewer, "The routes the dataplane holds"),
@@ -260,6 +262,8 @@ pub struct Api {
     pub changed: Arc<Notify>,
     requests: AtomicU64,
     plugins: Option<std::sync::mpsc::Sender<crate::plugins::Command>>,
+    /// The daemon's `--attach` ports: attached whatever the configuration says.
+    fixed_ports: Vec<String>,
 }
 
 impl std::fmt::Debug for Api {
@@ -428,6 +432,7 @@ impl Api {
             changed: Arc::new(Notify::new()),
             requests: AtomicU64::new(0),
             plugins: None,
+            fixed_ports: Vec::new(),
         };
         let path = api.state_dir.join("setup-token");
         if api.store.is_set_up()? {
@@ -450,6 +455,13 @@ impl Api {
     #[must_use]
     pub fn with_plugins(mut self, tx: std::sync::mpsc::Sender<crate::plugins::Command>) -> Self {
         self.plugins = Some(tx);
+        self
+    }
+
+    /// The ports the daemon attaches by its `--attach` option (they cannot be detached here).
+    #[must_use]
+    pub fn with_fixed_ports(mut self, ports: Vec<String>) -> Self {
+        self.fixed_ports = ports;
         self
     }
 
@@ -833,7 +845,80 @@ impl Api {
                 let limit = r.query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
                 ok(self.store.audit_log(limit)?)
             }
-            ("GET", "/interfaces") => ok(interfaces(&self.pin)),
+            ("GET", "/interfaces") => {
+                let config = self.store.config()?;
+                let mut list = interfaces(&self.pin);
+                for i in &mut list {
+                    let name = i["name"].as_str().unwrap_or_default();
+                    let port = if self.fixed_ports.iter().any(|p| p == name) {
+                        json!("fixed")
+                    } else if config.interfaces.get(name).is_some_and(|c| c.attach) {
+                        json!("configured")
+                    } else {
+                        Value::Null
+                    };
+                    i["routed"] = port;
+                }
+                ok(list)
+            }
+            ("POST", "/interfaces/{name}/attach") => {
+                let name = param();
+                if let Some(m) = sluice_store::interface_name_problem(&name) {
+                    return Err(Problem::field("name", format!("interface name: {m}")));
+                }
+                if nix::net::if_::if_nametoindex(name.as_str()).is_err() {
+                    return Err(Problem::new(
+                        StatusCode::NOT_FOUND,
+                        "no-interface",
+                        format!("no interface {name:?} on this router"),
+                    ));
+                }
+                let b: AttachBody =
+                    if r.body.is_empty() { AttachBody::default() } else { body(&r.body)? };
+                let mut config = self.store.config()?;
+                let entry = config.interfaces.entry(name.clone()).or_insert_with(|| {
+                    sluice_store::Interface {
+                        attach: true,
+                        xdp_mode: sluice_store::XdpMode::Auto,
+                        addresses: Vec::new(),
+                        mtu: None,
+                        up: true,
+                    }
+                });
+                let mode = b.xdp_mode.unwrap_or(entry.xdp_mode);
+                let unchanged = entry.attach && entry.xdp_mode == mode;
+                entry.attach = true;
+                entry.xdp_mode = mode;
+                if !unchanged {
+                    self.commit(&config, c(), format!("attach {name}"), r)?;
+                }
+                ok(json!({"name": name, "routed": "configured", "xdp_mode": mode}))
+            }
+            ("POST", "/interfaces/{name}/detach") => {
+                let name = param();
+                if self.fixed_ports.contains(&name) {
+                    return Err(Problem::new(
+                        StatusCode::CONFLICT,
+                        "fixed-port",
+                        format!(
+                            "{name} is attached by the daemon's --attach option: remove it there"
+                        ),
+                    ));
+                }
+                let mut config = self.store.config()?;
+                match config.interfaces.get_mut(&name) {
+                    Some(i) if i.attach => i.attach = false,
+                    _ => {
+                        return Err(Problem::new(
+                            StatusCode::NOT_FOUND,
+                            "not-routed",
+                            format!("{name} is not a routed port of the configuration"),
+                        ));
+                    }
+                }
+                self.commit(&config, c(), format!("detach {name}"), r)?;
+                ok(json!({"name": name, "routed": Value::Null}))
+            }
             ("GET", "/counters") => ok(crate::show::stats(&self.pin).map_err(dataplane_problem)?),
             ("GET", "/counters/stream") => Ok(Answer::Stream),
             ("GET", "/routes") => ok(crate::show::routes(&self.pin).map_err(dataplane_problem)?),
@@ -1288,6 +1373,14 @@ struct NewUser {
 struct UserPatch {
     password: Option<String>,
     role: Option<Role>,
+}
+
+/// `POST /interfaces/{name}/attach`: the XDP mode, if not the configured one (`auto` for a new
+/// port).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachBody {
+    xdp_mode: Option<sluice_store::XdpMode>,
 }
 
 #[derive(Deserialize)]

@@ -2,7 +2,7 @@
 //! kernel's state until it is told to stop, leaving the pinned dataplane forwarding behind it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -61,6 +61,30 @@ struct Config {
 }
 
 impl Config {
+    /// The routed ports of the running configuration, with their XDP mode.
+    fn ports(&self) -> BTreeMap<String, ModeRequest> {
+        let config = match self.store.config() {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %error_chain(&e), "reading the configuration failed");
+                return BTreeMap::new();
+            }
+        };
+        config
+            .interfaces
+            .into_iter()
+            .filter(|(_, i)| i.attach)
+            .map(|(name, i)| {
+                let mode = match i.xdp_mode {
+                    sluice_store::XdpMode::Auto => ModeRequest::Auto,
+                    sluice_store::XdpMode::Native => ModeRequest::Native,
+                    sluice_store::XdpMode::Generic => ModeRequest::Generic,
+                };
+                (name, mode)
+            })
+            .collect()
+    }
+
     fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
         let store = sluice_store::Store::open(&dir.join("db"))
             .with_context(|| format!("opening the configuration store in {}", dir.display()))?;
@@ -138,11 +162,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let mode = dp.attach(name, opts.mode, previous)?;
         attached.insert(index, mode);
     }
-    dp.detach_others(&opts.attach);
+    let config = opts.state_dir.as_deref().map(Config::open).transpose()?;
+    // The configuration's routed ports are attached below, with the others; their pinned links
+    // stay meanwhile.
+    let mut keep = opts.attach.clone();
+    if let Some(c) = &config {
+        keep.extend(c.ports().into_keys());
+    }
+    dp.detach_others(&keep);
 
     let ring =
         dp.take_neigh_requests().map(register).transpose().context("neighbour ring buffer")?;
-    let config = opts.state_dir.as_deref().map(Config::open).transpose()?;
     if let Some(c) = &config {
         c.reconcile(true).await;
     }
@@ -151,7 +181,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (plugin_tx, plugin_rx) = std::sync::mpsc::channel();
     if let (Some(listen), Some(c), Some(dir)) = (opts.listen, &config, &opts.state_dir) {
         let api = crate::api::Api::new(c.store.clone(), opts.pin.clone(), dir)?
-            .with_plugins(plugin_tx.clone());
+            .with_plugins(plugin_tx.clone())
+            .with_fixed_ports(opts.attach.clone());
         applied = std::sync::Arc::clone(&api.changed);
         crate::api::serve(&std::sync::Arc::new(api), listen, dir)?;
     }
@@ -164,8 +195,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         asked: HashMap::new(),
         route_events: None,
         gateways: crate::hooks::Gateways::default(),
+        fixed: opts.attach.clone(),
+        missing: BTreeSet::new(),
     };
     std::mem::swap(&mut state.fib, &mut fib);
+    if let Some(c) = &config {
+        state.reconcile_ports(&c.ports());
+    }
     let mut mirror = connect_and_dump(&mut state, &opts).await;
     state.sync();
     let all = state.all_neighbours();
@@ -288,11 +324,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 if let Some(c) = &config {
                     c.reconcile(true).await;
                     sync_plugins(&c.store, &plugin_tx);
+                    if state.reconcile_ports(&c.ports()) {
+                        let written = state.sync();
+                        state.ensure_managed(&mut mirror, written).await;
+                    }
                 }
             }
             _ = confirm_check.tick(), if config.is_some() => {
                 if let Some(c) = &config {
                     c.reconcile(false).await;
+                    // Also catches a configured port that appeared, and a rollback.
+                    if state.reconcile_ports(&c.ports()) {
+                        let written = state.sync();
+                        state.ensure_managed(&mut mirror, written).await;
+                    }
                 }
             }
         }
@@ -325,9 +370,65 @@ struct State {
     route_events: Option<std::sync::mpsc::Sender<Vec<crate::plugins::RouteChange>>>,
     /// The next hops by gateway, for the plugins' steer rules.
     gateways: crate::hooks::Gateways,
+    /// The ports of `--attach`: always attached, whatever the configuration says.
+    fixed: Vec<String>,
+    /// Routed ports of the configuration that are not there (reported once).
+    missing: BTreeSet<String>,
 }
 
 impl State {
+    /// Attaches XDP to the configuration's routed ports and detaches it from ports that left
+    /// it (never from `--attach` ones). Whether the set of attached ports changed.
+    fn reconcile_ports(&mut self, wanted: &BTreeMap<String, ModeRequest>) -> bool {
+        let mut changed = false;
+        for (name, request) in wanted {
+            let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
+                if self.missing.insert(name.clone()) {
+                    warn!(iface = %name, "a routed port of the configuration is not there (yet)");
+                }
+                continue;
+            };
+            self.missing.remove(name);
+            if self.attached.contains_key(&index) {
+                continue;
+            }
+            let previous = self
+                .fib
+                .ifaces
+                .get(&IfaceKey { ifindex: index, vlan_id: 0, _pad: 0 })
+                .map(|i| XdpAttachMode::from_u32(i.xdp_mode));
+            match self.dp.attach(name, *request, previous) {
+                Ok(mode) => {
+                    self.attached.insert(index, mode);
+                    changed = true;
+                }
+                Err(e) => {
+                    error!(iface = %name, error = %error_chain(&e), "attaching XDP failed");
+                }
+            }
+        }
+        self.missing.retain(|n| wanted.contains_key(n));
+        let gone: Vec<(u32, String)> = self
+            .attached
+            .keys()
+            .filter_map(|&i| Some((i, nix::net::if_::if_indextoname(i).ok()?.into_string().ok()?)))
+            .filter(|(_, n)| !wanted.contains_key(n) && !self.fixed.contains(n))
+            .collect();
+        for (index, name) in gone {
+            match self.dp.detach(&name) {
+                Ok(()) => {
+                    self.attached.remove(&index);
+                    changed = true;
+                }
+                Err(e) => error!(iface = %name, error = %error_chain(&e), "detaching XDP failed"),
+            }
+        }
+        if changed {
+            self.rib.dirty.all = true;
+        }
+        changed
+    }
+
     /// Compiles the RIB and writes the difference into the maps.
     /// Compiles what changed in the RIB and writes it into the maps. Returns the neighbours of
     /// the next hops it wrote.

@@ -344,11 +344,25 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Detaches XDP from one interface (its pinned link is the only reference this daemon
+    /// keeps).
+    pub fn detach(&self, iface: &str) -> Result<()> {
+        let path = self.pin.link(iface);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                info!(iface, "detached XDP");
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DataplaneError::Io { what: "removing", path, source }),
+        }
+    }
+
     /// Detaches interfaces pinned earlier that are no longer wanted.
     pub fn detach_others(&self, keep: &[String]) {
         for iface in self.pin.pinned_links() {
             if !keep.contains(&iface) {
-                info!(iface, "detaching XDP (no longer in --attach)");
+                info!(iface, "detaching XDP (neither in --attach nor in the configuration)");
                 if let Err(e) = fs::remove_file(self.pin.link(&iface)) {
                     warn!(iface, error = %e, "unpinning link");
                 }

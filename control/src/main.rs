@@ -27,8 +27,9 @@ struct Cli {
 enum Command {
     /// Load the dataplane, attach it and mirror the kernel's routing state into it.
     Daemon {
-        /// Interfaces to forward between (repeat or separate with commas).
-        #[arg(long, required = true, value_delimiter = ',', num_args = 1..)]
+        /// Interfaces to forward between (repeat or separate with commas); with `--state-dir`,
+        /// the configuration's interfaces (`attach: true`) are routed ports too.
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
         attach: Vec<String>,
         /// XDP attach mode: native with fallback to generic (auto), or only one of them.
         #[arg(long, value_enum, default_value_t = ModeRequest::Auto)]
@@ -283,6 +284,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Vec::new(),
             };
             let trust = sluice::plugins::Trust::new(&keys, allow_unsigned_plugins)?;
+            if attach.is_empty() && state_dir.is_none() {
+                anyhow::bail!(
+                    "nothing to forward between: name interfaces with --attach, or give a \
+                     --state-dir whose configuration has routed ports"
+                );
+            }
             // Two workers: the netlink socket is read and decoded on one while the other takes
             // the changes into the dataplane (a full table arriving is a million messages).
             let runtime = tokio::runtime::Builder::new_multi_thread()

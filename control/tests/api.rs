@@ -495,6 +495,64 @@ fn counters_stream_every_second_and_interfaces_show_the_xdp_mode() {
     assert!(snapshot["interfaces"].is_array(), "{snapshot}");
 }
 
+#[test]
+fn ports_attached_and_detached_through_the_api_are_routed_and_kept_in_the_configuration() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let (jar, csrf) = lab.admin_session();
+    let admin = Auth::Session(&jar, &csrf);
+    // A spare port in the router namespace: one end of a veth pair, not in --attach.
+    let spare = netns::unique_name("slx");
+    let peer = format!("{spare}p");
+    lab.t.router.ip(&["link", "add", &spare, "type", "veth", "peer", "name", &peer]).expect("veth");
+    let port = |name: &str| {
+        let list = lab.call("GET", "/api/v1/interfaces", admin, None).body;
+        let found = list.as_array().expect("a list").iter().find(|i| i["name"] == name).cloned();
+        found.unwrap_or_else(|| panic!("{name} in {list}"))
+    };
+    assert_eq!(port(&spare)["xdp_mode"], Value::Null);
+    assert_eq!(port("r-c1")["routed"], "fixed");
+
+    let path = |name: &str, what: &str| format!("/api/v1/interfaces/{name}/{what}");
+    let a = lab.call("POST", &path(&spare, "attach"), admin, Some(r#"{"xdp_mode": "native"}"#));
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_until("XDP on the spare port", Duration::from_secs(10), || {
+        (port(&spare)["xdp_mode"] == "native").then_some(())
+    });
+    assert_eq!(port(&spare)["routed"], "configured");
+    let link = lab.t.router.ip(&["-d", "link", "show", "dev", &spare]).expect("ip link");
+    assert!(link.contains("prog/xdp"), "the kernel shows the program: {link}");
+    let config = lab.call("GET", "/api/v1/config", admin, None).body;
+    assert_eq!(config["config"]["interfaces"][&spare]["attach"], true, "{config}");
+
+    // What cannot be done says why.
+    let fixed = lab.call("POST", &path("r-c1", "detach"), admin, None);
+    assert_eq!(fixed.status, 409, "{}", fixed.body);
+    assert_eq!(fixed.body["type"], "urn:sluice:problem:fixed-port", "{}", fixed.body);
+    let none = lab.call("POST", &path("nosuch0", "attach"), admin, None);
+    assert_eq!(none.status, 404, "{}", none.body);
+    let bad = lab.call("POST", &path(&spare, "attach"), admin, Some(r#"{"xdp_mode": "turbo"}"#));
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert_eq!(bad.body["errors"][0]["field"], "xdp_mode", "{}", bad.body);
+
+    let d = lab.call("POST", &path(&spare, "detach"), admin, None);
+    assert_eq!(d.status, 200, "{}", d.body);
+    wait_until("XDP off the spare port", Duration::from_secs(10), || {
+        port(&spare)["xdp_mode"].is_null().then_some(())
+    });
+    let link = lab.t.router.ip(&["-d", "link", "show", "dev", &spare]).expect("ip link");
+    assert!(!link.contains("prog/xdp"), "the kernel has no program on it: {link}");
+    assert_eq!(lab.call("POST", &path(&spare, "detach"), admin, None).status, 404);
+    let audit = lab.call("GET", "/api/v1/audit", admin, None).body.to_string();
+    assert!(
+        audit.contains(&format!("attach {spare}"))
+            || audit.contains(&format!("interfaces/{spare}/attach")),
+        "{audit}"
+    );
+}
+
 /// A manifest signed with the tests' publisher key.
 fn signed(manifest: &Value) -> Value {
     let mut m: Manifest = serde_json::from_value(manifest.clone()).expect("a manifest");

@@ -110,6 +110,7 @@ fn interface_settings_reach_the_kernel_and_only_sluice_addresses_are_reconciled(
         ns.ip(&cmd.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
     }
     let iface = |addrs: &[&str], mtu: Option<u32>, up: bool| sluice_store::Interface {
+        attach: false,
         xdp_mode: sluice_store::XdpMode::Auto,
         addresses: addrs.iter().map(|a| a.parse().expect("address")).collect(),
         mtu,

@@ -67,6 +67,11 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         std::fs::read_to_string(&token_file).ok()
     });
     assert_eq!(ping(t.ns("c1"), "10.99.0.1", 2, "0.2").received, 0, "no route yet");
+    // A spare port the console attaches and detaches.
+    let spare = netns::unique_name("slx");
+    t.router
+        .ip(&["link", "add", &spare, "type", "veth", "peer", "name", &format!("{spare}p")])
+        .expect("a spare veth");
 
     let out = t
         .router
@@ -79,6 +84,7 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         .env("SERVICE", "10.99.0.0/24")
         .env("TRIAL", "10.98.0.0/24")
         .env("RESTORED", "10.97.0.0/24")
+        .env("SPARE", &spare)
         .env("PLUGIN_WASM", &wasm)
         .env("PLUGIN_MANIFEST", &manifest)
         .output()
@@ -127,6 +133,7 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         "config-diff",
         "config-bad-candidate",
         "config-restored",
+        "interfaces-attached",
     ] {
         assert!(artifacts.join(format!("{page}.png")).exists(), "a screenshot of {page}");
     }

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
-const { BASE, SETUP_TOKEN, ARTIFACTS, GATEWAY, SERVICE, TRIAL, RESTORED, PLUGIN_WASM, PLUGIN_MANIFEST } = process.env;
+const { BASE, SETUP_TOKEN, ARTIFACTS, GATEWAY, SERVICE, TRIAL, RESTORED, SPARE, PLUGIN_WASM, PLUGIN_MANIFEST } = process.env;
 const step = (s) => console.log(`console: ${s}`);
 
 const browser = await chromium.launch({
@@ -98,6 +98,16 @@ try {
     await page.waitForSelector('main table');
     await shot(name);
   }
+
+  step('a port attached and detached');
+  await page.click('nav a[href="#/interfaces"]');
+  const row = page.locator(`tr[data-name="${SPARE}"]`);
+  await row.locator('select').selectOption('native');
+  await row.getByRole('button', { name: `Attach ${SPARE}` }).click();
+  await row.locator('td.xdp-mode').filter({ hasText: 'native' }).waitFor({ timeout: 15000 });
+  await shot('interfaces-attached');
+  await row.getByRole('button', { name: `Detach ${SPARE}` }).click();
+  await row.locator('td.xdp-mode').filter({ hasText: 'not served' }).waitFor({ timeout: 15000 });
 
   step('ping from the router');
   await page.click('nav a[href="#/diagnostics"]');

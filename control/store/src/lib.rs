@@ -53,6 +53,10 @@ pub enum XdpMode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Interface {
+    /// A routed port: the daemon attaches XDP to it (in `xdp_mode`) while it is in the running
+    /// configuration with `attach` true, and detaches it when it leaves or is set false.
+    #[serde(default = "yes")]
+    pub attach: bool,
     /// XDP attach mode.
     #[serde(default)]
     pub xdp_mode: XdpMode,

@@ -54,6 +54,7 @@ fn stage_diff_commit_history_and_rollback() {
     c.interfaces.insert(
         "eth1".into(),
         Interface {
+            attach: true,
             xdp_mode: XdpMode::Native,
             addresses: vec!["192.0.2.1/24".parse().unwrap()],
             mtu: None,
@@ -96,7 +97,13 @@ fn invalid_configurations_are_refused_with_every_field_and_nothing_is_written() 
     c.routes.push(route("10.8.0.0/16", "192.0.2.253"));
     c.interfaces.insert(
         "this-name-is-too-long".into(),
-        Interface { xdp_mode: XdpMode::Auto, addresses: vec![], mtu: Some(20), up: true },
+        Interface {
+            attach: true,
+            xdp_mode: XdpMode::Auto,
+            addresses: vec![],
+            mtu: Some(20),
+            up: true,
+        },
     );
     let Err(StoreError::Invalid(errors)) = store.stage(&c) else { panic!("accepted") };
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
