@@ -487,6 +487,11 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         names::RULE_COUNTERS => (4, size(size_of::<Counter>()), hooks::MAX_RULE_IDS),
         names::HOOK_CONFIG => (4, size(size_of::<hooks::HookConfig>()), 1),
         names::SAMPLES => (0, 0, hooks::SAMPLE_RING_BYTES),
+        names::TALKERS => (
+            size(size_of::<sluice_common::TalkerKey>()),
+            size(size_of::<Counter>()),
+            sluice_common::TALKER_ENTRIES,
+        ),
         names::IFACE_CACHE => {
             (4, size(size_of::<IfaceCacheEntry>()), sluice_common::IFACE_CACHE_ENTRIES)
         }

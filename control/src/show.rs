@@ -126,6 +126,133 @@ pub fn stats(pin: &PinDir) -> Result<Stats, DataplaneError> {
     Ok(Stats { interfaces, unknown: counters_json(&p.counters(0)?) })
 }
 
+/// What the top-talker samples of one source add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Talker {
+    /// The source address.
+    pub addr: IpAddr,
+    /// Packets and bytes sampled (1 in [`sluice_common::TALKER_SAMPLE_EVERY`] forwarded).
+    pub sampled: Counter,
+}
+
+/// The forwarded packets sampled by source (`TALKERS`), every CPU's summed; empty when the
+/// pinned dataplane predates the map.
+pub fn talkers(pin: &PinDir) -> Result<Vec<Talker>, DataplaneError> {
+    use aya::maps::{MapData, PerCpuHashMap};
+    use sluice_common::{TalkerKey, names};
+    let path = pin.map(names::TALKERS);
+    if !path.exists() {
+        if !pin.map(names::COUNTERS).exists() {
+            return Err(DataplaneError::NotPinned(pin.root().to_owned()));
+        }
+        return Ok(Vec::new());
+    }
+    let map_err = |e| DataplaneError::Map(names::TALKERS, e);
+    let data = MapData::from_pin(&path).map_err(map_err)?;
+    let map: PerCpuHashMap<MapData, TalkerKey, Counter> =
+        PerCpuHashMap::try_from(aya::maps::Map::from_map_data(data).map_err(map_err)?)
+            .map_err(map_err)?;
+    let mut out = Vec::new();
+    for item in &map {
+        // An entry evicted while the map is walked ends the walk early: what was read stands.
+        let Ok((key, per_cpu)) = item else { break };
+        let sampled = per_cpu.iter().fold(Counter::default(), |mut t, c| {
+            t.packets += c.packets;
+            t.bytes += c.bytes;
+            t
+        });
+        out.push(Talker { addr: sluice_common::addr_of(key.family, &key.addr), sampled });
+    }
+    Ok(out)
+}
+
+/// How far back the top talkers' rates reach, at least (see [`TalkerWindow`]).
+pub const TALKER_WINDOW: Duration = Duration::from_secs(5);
+
+/// One source's traffic over the window, estimated from its samples.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct TalkerRate {
+    /// The source address.
+    pub address: IpAddr,
+    /// Forwarded packets a second.
+    pub packets_per_s: f64,
+    /// Forwarded bits a second (frames as received, Ethernet header included).
+    pub bits_per_s: f64,
+    /// Forwarded packets since the dataplane first sampled it.
+    pub packets: u64,
+    /// Forwarded bytes since then.
+    pub bytes: u64,
+}
+
+/// The top talkers: sources by forwarded bits a second, highest first.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopTalkers {
+    /// One forwarded packet in this many is sampled; the numbers are estimates.
+    pub sample_every: u64,
+    /// Seconds the rates are measured over; 0 at the first read, which has nothing to compare.
+    pub window_s: f64,
+    /// Sources that sent anything in the window.
+    pub talkers: Vec<TalkerRate>,
+}
+
+type TalkerRead = (std::time::Instant, BTreeMap<IpAddr, Counter>);
+
+/// Turns successive reads of `TALKERS` into rates: each read is compared with a base read at
+/// least [`TALKER_WINDOW`] older when there is one (so several readers polling do not shrink
+/// the window), which then moves up to the latest read. Reads closer than half a second to the
+/// previous answer get that answer again.
+#[derive(Debug, Default)]
+pub struct TalkerWindow {
+    base: Option<TalkerRead>,
+    latest: Option<TalkerRead>,
+    answer: Option<(std::time::Instant, TopTalkers)>,
+}
+
+impl TalkerWindow {
+    /// The top talkers with a read `talkers` taken at `now`.
+    pub fn update(&mut self, now: std::time::Instant, talkers: &[Talker]) -> TopTalkers {
+        let every = sluice_common::TALKER_SAMPLE_EVERY;
+        if let Some((at, answer)) = &self.answer
+            && now.duration_since(*at) < Duration::from_millis(500)
+        {
+            return answer.clone();
+        }
+        let read: BTreeMap<IpAddr, Counter> = talkers.iter().map(|t| (t.addr, t.sampled)).collect();
+        let Some((base_at, base)) = &self.base else {
+            self.base = Some((now, read));
+            return TopTalkers { sample_every: every, window_s: 0.0, talkers: Vec::new() };
+        };
+        let window = now.duration_since(*base_at).as_secs_f64();
+        let mut rates: Vec<TalkerRate> = read
+            .iter()
+            .filter_map(|(addr, c)| {
+                // A source evicted and sampled again since the base counts from zero.
+                let before = base.get(addr).filter(|b| b.packets <= c.packets).copied();
+                let before = before.unwrap_or_default();
+                let packets = c.packets - before.packets;
+                let bytes = c.bytes.saturating_sub(before.bytes);
+                (packets > 0).then(|| TalkerRate {
+                    address: *addr,
+                    packets_per_s: (packets * every) as f64 / window,
+                    bits_per_s: (bytes * every * 8) as f64 / window,
+                    packets: c.packets * every,
+                    bytes: c.bytes * every,
+                })
+            })
+            .collect();
+        rates.sort_by(|a, b| b.bits_per_s.total_cmp(&a.bits_per_s).then(a.address.cmp(&b.address)));
+        let answer = TopTalkers { sample_every: every, window_s: window, talkers: rates };
+        if let Some((latest_at, _)) = &self.latest
+            && latest_at.duration_since(*base_at) >= TALKER_WINDOW
+        {
+            self.base = self.latest.take();
+        }
+        self.latest = Some((now, read));
+        self.answer = Some((now, answer.clone()));
+        answer
+    }
+}
+
 /// Renders stats as a table of the non-zero counters.
 pub fn stats_text(s: &Stats) -> String {
     let mut out = String::new();
@@ -361,4 +488,63 @@ pub fn routes_text(r: &Routes) -> String {
         out.push_str("no routes in the dataplane\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn read(counts: &[(&str, u64)]) -> Vec<Talker> {
+        counts
+            .iter()
+            .map(|(a, n)| Talker {
+                addr: a.parse().unwrap(),
+                sampled: Counter { packets: *n, bytes: n * 100 },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn top_talkers_are_rates_over_a_window_highest_first() {
+        let every = sluice_common::TALKER_SAMPLE_EVERY;
+        let mut w = TalkerWindow::default();
+        let t0 = Instant::now();
+        let first = w.update(t0, &read(&[("10.0.0.1", 5)]));
+        assert!(
+            first.window_s.to_bits() == 0 && first.talkers.is_empty(),
+            "nothing to compare yet"
+        );
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let top = w.update(s(2), &read(&[("10.0.0.1", 7), ("10.0.0.2", 10), ("fd00::9", 0)]));
+        assert_eq!(top.window_s.to_bits(), 2.0f64.to_bits());
+        let got: Vec<(String, f64, f64)> = top
+            .talkers
+            .iter()
+            .map(|t| (t.address.to_string(), t.packets_per_s, t.bits_per_s))
+            .collect();
+        let pps = |n: u64| (n * every) as f64 / 2.0;
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.2".into(), pps(10), pps(10) * 800.0),
+                ("10.0.0.1".into(), pps(2), pps(2) * 800.0)
+            ],
+            "the silent source is left out"
+        );
+        assert_eq!(top.talkers[1].packets, 7 * every, "totals are estimates too");
+        // A read soon after gets the same answer; later ones compare with a base that moves up
+        // once the window has passed.
+        assert_eq!(w.update(s(2) + Duration::from_millis(100), &read(&[])), top);
+        w.update(s(6), &read(&[("10.0.0.1", 9)]));
+        let top = w.update(s(8), &read(&[("10.0.0.1", 10)]));
+        assert_eq!(top.window_s.to_bits(), 8.0f64.to_bits());
+        let top = w.update(s(10), &read(&[("10.0.0.1", 12)]));
+        assert_eq!(top.window_s.to_bits(), 4.0f64.to_bits());
+        assert_eq!(top.talkers[0].packets_per_s.to_bits(), ((3 * every) as f64 / 4.0).to_bits());
+        // A source evicted and sampled again counts from zero.
+        let top = w.update(s(12), &read(&[("10.0.0.1", 1)]));
+        assert_eq!(top.talkers[0].packets_per_s.to_bits(), (every as f64 / 6.0).to_bits());
+    }
 }

@@ -598,3 +598,40 @@ fn ipv6_lookups_racing_updates_see_the_old_or_the_new_route() {
         },
     );
 }
+
+/// Forwarded packets are sampled 1 in `TALKER_SAMPLE_EVERY` by source into `TALKERS`, with the
+/// frames' bytes; packets the kernel gets are not.
+#[test]
+fn forwarded_packets_are_sampled_by_source_for_the_top_talkers() {
+    use aya::maps::{MapData, PerCpuHashMap};
+    use sluice_common::{Counter, TALKER_SAMPLE_EVERY, TalkerKey, names};
+
+    let Some(mut lab) = Lab::new("forwarded_packets_are_sampled") else { return };
+    install_default_routes(&mut lab);
+    let rounds = 40;
+    let runs = TALKER_SAMPLE_EVERY * rounds;
+    let (v4, v6, local) = (udp4("10.1.3.3"), udp6("2001:db8:1:1::5"), ttl4("10.1.3.3", 1));
+    for _ in 0..runs {
+        for frame in [&v4, &v6, &local] {
+            lab.run(IN0.ifindex, &frame.bytes());
+        }
+    }
+    let map = lab.ebpf_mut().map(names::TALKERS).expect("map TALKERS is in the object");
+    let map: PerCpuHashMap<&MapData, TalkerKey, Counter> =
+        PerCpuHashMap::try_from(map).expect("TALKERS is a per-CPU hash");
+    let mut sampled = Vec::new();
+    for item in map.iter() {
+        let (key, per_cpu) = item.expect("read TALKERS");
+        let packets: u64 = per_cpu.iter().map(|c| c.packets).sum();
+        let bytes: u64 = per_cpu.iter().map(|c| c.bytes).sum();
+        sampled.push((sluice_common::addr_of(key.family, &key.addr).to_string(), packets, bytes));
+    }
+    sampled.sort();
+    assert_eq!(sampled.len(), 2, "one entry a forwarding source: {sampled:?}");
+    for ((addr, packets, bytes), (want, frame)) in sampled.iter().zip([(SRC4, &v4), (SRC6, &v6)]) {
+        assert_eq!(addr, want);
+        // 1 in N on each CPU's counter: about `rounds` over all of them (this thread may move).
+        assert!((rounds / 3..=rounds * 3).contains(packets), "{addr}: {packets} of {runs}");
+        assert_eq!(*bytes, packets * frame.bytes().len() as u64, "{addr}: the frames' bytes");
+    }
+}

@@ -18,7 +18,9 @@ use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, xdp_action},
     helpers::{bpf_ktime_get_ns, generated::bpf_xdp_adjust_head},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
+    },
     programs::XdpContext,
 };
 use common::ptr_at;
@@ -31,8 +33,9 @@ use sluice_common::{
     Counter, EcmpGroup, FAMILY_V4, FAMILY_V6, FLOW_HASH_SEED, IFACE_CACHE_ENTRIES, Iface,
     IfaceCacheEntry, IfaceKey, MAX_ECMP_GROUPS, MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4,
     MAX_ROUTES_V6, MAX_SLOTS, NEIGH_PENDING_ENTRIES, NEIGH_REQUEST_INTERVAL_NS, NEIGH_RING_BYTES,
-    NH_F_VLAN, NeighRequest, NextHop, REASON_SLOTS, Reason, Route, RouteAction, csum_fold,
-    csum_ttl_decrement, dir24, flow_hash, flow_words, iface_cache_index, iface_cache_tag, trie6,
+    NH_F_VLAN, NeighRequest, NextHop, REASON_SLOTS, Reason, Route, RouteAction, TALKER_ENTRIES,
+    TalkerKey, TalkerScratch, csum_fold, csum_ttl_decrement, dir24, flow_hash, flow_words,
+    iface_cache_index, iface_cache_tag, talker_sampled, trie6,
 };
 
 // The record of IPv4 prefixes; the lookup itself goes through DIR24_V4 and DIR8_V4.
@@ -68,6 +71,11 @@ static NEIGH_REQUESTS: RingBuf = RingBuf::with_byte_size(NEIGH_RING_BYTES, 0);
 #[map]
 static NEIGH_PENDING: LruHashMap<NeighRequest, u64> =
     LruHashMap::with_max_entries(NEIGH_PENDING_ENTRIES, 0);
+#[map]
+static TALKERS: LruPerCpuHashMap<TalkerKey, Counter> =
+    LruPerCpuHashMap::with_max_entries(TALKER_ENTRIES, 0);
+#[map]
+static TALKER_SCRATCH: PerCpuArray<TalkerScratch> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_P_IPV4: u16 = 0x0800_u16.to_be();
 const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
@@ -109,7 +117,7 @@ pub fn sluice_xdp(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     let ifindex = ctx.ingress_ifindex() as u32;
     let (slot, outcome) = classify(&ctx, ifindex, len);
-    count(slot, outcome.reason, len as u64);
+    let _ = count(slot, outcome.reason, len as u64);
     outcome.action
 }
 
@@ -239,7 +247,7 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
     let check = csum_ttl_decrement(u16::from_be_bytes(hdr.check), ttl_proto);
     hdr.ttl -= 1;
     hdr.check = check.to_be_bytes();
-    rewrite_l2(ctx, frame, &nh, action)
+    rewrite_l2(ctx, frame, &nh, action, FAMILY_V4, &src16)
 }
 
 #[inline(always)]
@@ -297,7 +305,7 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
         Err(outcome) => return outcome,
     };
     hdr.hop_limit -= 1;
-    rewrite_l2(ctx, frame, &nh, action)
+    rewrite_l2(ctx, frame, &nh, action, FAMILY_V6, &src)
 }
 
 /// The outcome the hook tables decided, or whether steer rules may apply to the packet.
@@ -466,9 +474,17 @@ fn claim_egress(nh: &NextHop) -> Result<u32, Outcome> {
 }
 
 /// Rewrites the Ethernet header (adding, removing or rewriting the 802.1Q tag as the next hop
-/// needs) of a frame whose egress is claimed.
+/// needs) of a frame whose egress is claimed, and counts it on its egress, where 1 in
+/// `TALKER_SAMPLE_EVERY` is sampled for the top talkers by its source `src` of `family`.
 #[inline(always)]
-fn rewrite_l2(ctx: &XdpContext, frame: &Frame, nh: &NextHop, action: u32) -> Outcome {
+fn rewrite_l2(
+    ctx: &XdpContext,
+    frame: &Frame,
+    nh: &NextHop,
+    action: u32,
+    family: u8,
+    src: &[u8; 16],
+) -> Outcome {
     let tagged_in = frame.l3 != EthHdr::LEN;
     let tagged_out = nh.flags & NH_F_VLAN != 0;
     let ok = match (tagged_in, tagged_out) {
@@ -488,8 +504,31 @@ fn rewrite_l2(ctx: &XdpContext, frame: &Frame, nh: &NextHop, action: u32) -> Out
         // No headroom for a tag: the frame is half rewritten and cannot go anywhere.
         return Outcome::drop(Reason::DropMalformed);
     }
-    count(nh.egress_slot, Reason::Transmitted, frame.len as u64);
+    let sent = count(nh.egress_slot, Reason::Transmitted, frame.len as u64);
+    if sent != 0 && talker_sampled(sent) {
+        sample_talker(family, src, frame.len as u64);
+    }
     Outcome { action, reason: Reason::Forwarded }
+}
+
+/// Counts a sampled packet on its source in `TALKERS` (this CPU's value: no atomics).
+#[inline(always)]
+fn sample_talker(family: u8, src: &[u8; 16], bytes: u64) {
+    let Some(scratch) = TALKER_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch entry, used only here and with preemption off.
+    let scratch = unsafe { &mut *scratch };
+    scratch.key.family = family;
+    scratch.key.addr = *src;
+    if let Some(c) = TALKERS.get_ptr_mut(&scratch.key) {
+        // SAFETY: per-CPU value, so no other writer runs concurrently on this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    } else {
+        scratch.value = Counter { packets: 1, bytes };
+        let _ = TALKERS.insert(&scratch.key, &scratch.value, 0);
+    }
 }
 
 #[inline(always)]
@@ -597,13 +636,14 @@ fn lookup_iface(ifindex: u32, vlan_id: u16) -> Option<Ingress> {
     unsafe { IFACES.get(&key) }.map(|i: &Iface| Ingress { slot: i.slot, mac: i.mac })
 }
 
+/// Counts a packet; returns how many this CPU's counter holds now (0 without the counter).
 #[inline(always)]
-fn count(slot: u32, reason: Reason, bytes: u64) {
-    if let Some(c) = COUNTERS.get_ptr_mut(reason.index(slot)) {
-        // SAFETY: per-CPU value, so no other writer runs concurrently on this CPU.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-        }
+fn count(slot: u32, reason: Reason, bytes: u64) -> u64 {
+    let Some(c) = COUNTERS.get_ptr_mut(reason.index(slot)) else { return 0 };
+    // SAFETY: per-CPU value, so no other writer runs concurrently on this CPU.
+    unsafe {
+        (*c).packets += 1;
+        (*c).bytes += bytes;
+        (*c).packets
     }
 }

@@ -79,9 +79,15 @@ pub mod names {
     pub const HOOK_CONFIG: &str = "HOOK_CONFIG";
     /// Ring buffer of [`Sample`](super::hooks::Sample)s: 1 in N packet headers.
     pub const SAMPLES: &str = "SAMPLES";
+    /// Per-CPU LRU hash [`TalkerKey`](super::TalkerKey) -> [`Counter`](super::Counter):
+    /// forwarded packets sampled 1 in [`TALKER_SAMPLE_EVERY`](super::TALKER_SAMPLE_EVERY), by
+    /// source address (the top talkers).
+    pub const TALKERS: &str = "TALKERS";
+    /// Per-CPU array of one [`TalkerScratch`](super::TalkerScratch), not pinned.
+    pub const TALKER_SCRATCH: &str = "TALKER_SCRATCH";
 
     /// Every map, in the order they are pinned.
-    pub const ALL_MAPS: [&str; 25] = [
+    pub const ALL_MAPS: [&str; 26] = [
         ROUTES_V4,
         ROUTES_V6,
         NEXTHOPS,
@@ -107,6 +113,7 @@ pub mod names {
         RULE_COUNTERS,
         HOOK_CONFIG,
         SAMPLES,
+        TALKERS,
     ];
 }
 
@@ -535,6 +542,50 @@ pub struct NeighRequest {
 }
 const _: () = assert!(size_of::<NeighRequest>() == 24);
 
+/// Forwarded packets are sampled for the top talkers 1 in this many (`1 << TALKER_SAMPLE_BITS`).
+pub const TALKER_SAMPLE_EVERY: u64 = 1 << TALKER_SAMPLE_BITS;
+/// log2 of [`TALKER_SAMPLE_EVERY`].
+pub const TALKER_SAMPLE_BITS: u32 = 6;
+/// Sources the top-talker table holds; the least recently sampled make room for new ones.
+pub const TALKER_ENTRIES: u32 = 4096;
+
+/// A source address in `TALKERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct TalkerKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// The source address (network order; IPv4 in the first four bytes, the rest zero).
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<TalkerKey>() == 20);
+
+/// Where the XDP program builds a top-talker sample (`TALKER_SCRATCH`, one a CPU, not pinned):
+/// the forwarding path leaves no room for it on the program's 512-byte stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TalkerScratch {
+    /// The key.
+    pub key: TalkerKey,
+    /// Explicit padding.
+    pub _pad: [u8; 4],
+    /// A first sample's value.
+    pub value: Counter,
+}
+const _: () = assert!(size_of::<TalkerScratch>() == 40);
+
+/// Whether the `n`th packet an egress counter counts is sampled for the top talkers: 1 in
+/// [`TALKER_SAMPLE_EVERY`]. The positions come from a multiplicative hash of `n` (Knuth's,
+/// with 2^64 / golden ratio), not every Nth packet, which traffic of a fixed period (two flows
+/// taking turns) would alias with. It costs the fast path a multiply and a compare: `n` is the
+/// per-CPU counter it increments anyway.
+#[inline(always)]
+pub const fn talker_sampled(n: u64) -> bool {
+    n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - TALKER_SAMPLE_BITS) == 0
+}
+
 /// Folds a 32-bit one's-complement sum to 16 bits.
 #[inline(always)]
 pub const fn csum_fold(mut sum: u32) -> u16 {
@@ -602,6 +653,24 @@ pub const FLOW_HASH_SEED: u32 = 0x5e1c_e5ed;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn talkers_are_sampled_one_in_n_without_favouring_a_period() {
+        let n = TALKER_SAMPLE_EVERY * 20_000;
+        let sampled = (1..=n).filter(|&i| talker_sampled(i)).count() as u64;
+        assert!(sampled.abs_diff(20_000) < 200, "{sampled} of {n}");
+        // Two, then three flows taking turns are sampled alike.
+        for period in [2, 3] {
+            let mut per_flow = [0u64; 3];
+            for i in (1..=n).filter(|&i| talker_sampled(i)) {
+                per_flow[(i % period) as usize] += 1;
+            }
+            let each = sampled / period;
+            for f in &per_flow[..period as usize] {
+                assert!(f.abs_diff(each) * 20 < each, "period {period}: {per_flow:?}");
+            }
+        }
+    }
 
     fn full_checksum(header: &[u8]) -> u16 {
         let mut sum = 0u32;

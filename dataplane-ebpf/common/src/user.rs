@@ -35,6 +35,8 @@ unsafe impl aya::Pod for crate::hooks::SteerRule {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::hooks::Sample {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::TalkerKey {}
+// SAFETY: as above.
 unsafe impl aya::Pod for crate::xmit::XmitStats {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::xmit::XmitConfig {}
