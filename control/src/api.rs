@@ -1578,12 +1578,24 @@ fn make_certificate() -> Result<(String, String, String), rcgen::Error> {
     ca.distinguished_name.push(DnType::CommonName, format!("Sluice {host} certificate authority"));
     let ca = ca.self_signed(&ca_key)?;
     let key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec![
-        host.clone(),
-        "localhost".into(),
-        "127.0.0.1".into(),
-        "::1".into(),
-    ])?;
+    // The names a client may use: the hostname, loopback, and the router's addresses now (a
+    // client that checks the certificate compares the address it dialled).
+    let mut names = vec![host.clone(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for a in nix::ifaddrs::getifaddrs().into_iter().flatten() {
+        let ip = a.address.as_ref().and_then(|s| {
+            s.as_sockaddr_in()
+                .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                .or_else(|| s.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+        });
+        if let Some(ip) = ip
+            && !ip.is_loopback()
+            && !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local())
+            && !names.contains(&ip.to_string())
+        {
+            names.push(ip.to_string());
+        }
+    }
+    let mut leaf = CertificateParams::new(names)?;
     leaf.distinguished_name.push(DnType::CommonName, host);
     let leaf = leaf.signed_by(&key, &ca, &ca_key)?;
     Ok((ca.pem(), leaf.pem(), key.serialize_pem()))

@@ -29,8 +29,16 @@ pub const RUN_DIR: &str = "/run/sluice-lab";
 /// The lab daemon's state directory (configuration store, certificate, setup token): kept
 /// across `lab down` and `lab up`, like an appliance's.
 pub const STATE_DIR: &str = "/var/lib/sluice-lab";
-/// Where the lab daemon's API listens, inside the router namespace.
-pub const API_LISTEN: &str = "127.0.0.1:8443";
+/// Where the lab daemon's API and console listen, inside the router namespace: on every address
+/// there, so that this machine reaches them over the management link.
+pub const API_LISTEN: &str = "0.0.0.0:8443";
+/// The management link between this machine and the router namespace: this machine's end (its
+/// name is PREFIX-mgmt) and the router's end, with their addresses (link-local, a /30).
+pub const MGMT_HOST_ADDR: &str = "169.254.71.1/30";
+/// The router's end of the management link: the console is at `https://169.254.71.2:8443/`.
+pub const MGMT_ROUTER_ADDR: &str = "169.254.71.2";
+/// The router's end of the management link (not a routed port: no XDP).
+pub const MGMT_ROUTER_IF: &str = "mgmt0";
 /// The name of a host's only interface, the far end of its link to the router.
 pub const HOST_IF: &str = "eth0";
 
@@ -266,6 +274,11 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<()> {
     out.ok(&format!(
         "{router_name}: net.ipv4.ip_forward=0, net.ipv6.conf.all.forwarding=0 (only XDP forwards)"
     ));
+    management_link(opts, &router).context("the management link")?;
+    out.ok(&format!(
+        "{} (this machine, {MGMT_HOST_ADDR}) <-> {MGMT_ROUTER_IF} ({MGMT_ROUTER_ADDR}): management, not routed",
+        mgmt_if(opts)
+    ));
 
     out.step(&format!("Starting `sluice daemon` in {router_name}"));
     let mut daemon = start_daemon(&router)?;
@@ -309,6 +322,8 @@ fn lab_present(opts: &LabOptions) -> bool {
 }
 
 fn down_quiet(opts: &LabOptions, out: &Out) -> anyhow::Result<()> {
+    // Goes with the router namespace; removed here too in case the namespace went first.
+    let _ = Command::new("ip").args(["link", "del", &mgmt_if(opts)]).output();
     if let Some(pid) = read_pid()? {
         stop_daemon(pid, out)?;
     }
@@ -406,6 +421,37 @@ fn preflight(out: &Out) -> anyhow::Result<()> {
             bail!("`{tool}` is not installed (scripts/setup.sh installs what the lab needs)");
         }
     }
+    Ok(())
+}
+
+/// This machine's end of the management link.
+fn mgmt_if(opts: &LabOptions) -> String {
+    format!("{}-mgmt", opts.prefix)
+}
+
+/// A veth pair from this machine into the router namespace, so that a browser here reaches the
+/// console. Deleting the router namespace deletes it.
+fn management_link(opts: &LabOptions, router: &NetNs) -> anyhow::Result<()> {
+    let host_if = mgmt_if(opts);
+    // A link left by a lab that was not taken down.
+    let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+    netns::run(Command::new("ip").args([
+        "link",
+        "add",
+        &host_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        MGMT_ROUTER_IF,
+        "netns",
+        router.name(),
+    ]))?;
+    netns::run(Command::new("ip").args(["addr", "add", MGMT_HOST_ADDR, "dev", &host_if]))?;
+    netns::run(Command::new("ip").args(["link", "set", &host_if, "up"]))?;
+    router.batch(&format!(
+        "addr add {MGMT_ROUTER_ADDR}/30 dev {MGMT_ROUTER_IF}\nlink set {MGMT_ROUTER_IF} up\n"
+    ))?;
     Ok(())
 }
 
@@ -732,10 +778,14 @@ fn print_guide(opts: &LabOptions, router: &NetNs) {
         ),
         (format!("less {}", log_path().display()), "the daemon's log".to_owned()),
         (
+            format!("https://{MGMT_ROUTER_ADDR}:8443/"),
+            format!("the web console, from a browser here (its authority: {STATE_DIR}/tls/ca.pem)"),
+        ),
+        (
             format!(
-                "nsenter --net=/run/netns/{router} curl -sk https://{API_LISTEN}/api/v1/health"
+                "curl --cacert {STATE_DIR}/tls/ca.pem https://{MGMT_ROUTER_ADDR}:8443/api/v1/health"
             ),
-            "the REST API (HTTPS, self-signed certificate)".to_owned(),
+            "the REST API".to_owned(),
         ),
         (
             format!("cat {STATE_DIR}/setup-token"),
