@@ -7,6 +7,7 @@ const banner = document.getElementById('banner');
 let csrf = sessionStorage.getItem('csrf') || '';
 let stream = null;
 let countdown = null;
+let poll = null;
 
 /** An element with attributes and children. */
 function el(tag, attrs = {}, ...children) {
@@ -196,11 +197,31 @@ async function dashboardView() {
       .filter(([, c]) => c.packets > 0)
       .map(([r, c]) => el('tr', {}, el('td', {}, i.name), el('td', {}, r), el('td', {}, c.packets), el('td', {}, c.bytes)))));
   });
-  return [el('h1', {}, 'Dashboard'), cards,
+  return [el('h1', {}, 'Dashboard'), cards, ...topTalkers(),
     el('h2', {}, 'Forwarded, passed and dropped, by reason'),
     el('div', { class: 'scroll' }, el('table', {},
       el('thead', {}, el('tr', {}, el('th', {}, 'Interface'), el('th', {}, 'Reason'), el('th', {}, 'Packets'), el('th', {}, 'Bytes'))),
       reasons))];
+}
+
+/** The sources forwarding the most, from the dataplane's samples, every 2 seconds. */
+function topTalkers() {
+  const body = el('tbody');
+  const note = el('p', { class: 'muted', id: 'talkers-note' }, 'Measuring…');
+  const refresh = async () => {
+    let top;
+    try { top = await api('GET', '/top-talkers?limit=10'); } catch (err) { note.textContent = err.message; return; }
+    note.textContent = top.window_s > 0
+      ? `Over the last ${top.window_s.toFixed(0)} s, estimated from 1 in ${top.sample_every} forwarded packets.`
+      : 'Measuring…';
+    body.replaceChildren(...top.talkers.map((t) => el('tr', {}, el('td', {}, t.address),
+      el('td', {}, `${rate(t.packets_per_s)} packets/s`), el('td', {}, `${rate(t.bits_per_s)}bit/s`))));
+    if (top.window_s > 0 && !top.talkers.length) body.append(el('tr', {}, el('td', { colspan: 3, class: 'muted' }, 'Nothing forwarded in that time.')));
+  };
+  refresh();
+  poll = setInterval(refresh, 2000);
+  return [el('h2', {}, 'Top talkers'), note, el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Top talkers' },
+    el('thead', {}, el('tr', {}, el('th', {}, 'Source'), el('th', {}, 'Packets'), el('th', {}, 'Bits'))), body))];
 }
 
 async function routesView() {
@@ -559,6 +580,7 @@ const views = {
 async function show() {
   if (stream) { stream.close(); stream = null; }
   if (countdown) { clearInterval(countdown); countdown = null; }
+  if (poll) { clearInterval(poll); poll = null; }
   const hash = views[location.hash] ? location.hash : '#/dashboard';
   if (bannerPage !== location.hash) say('');
   if (hash !== '#/setup' && hash !== '#/login') nav.hidden = false;

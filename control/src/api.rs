@@ -112,6 +112,7 @@ pub const ROUTES: &[RouteSpec] = &[
     route("POST", "/interfaces/{name}/attach", Access::Admin, "Makes an interface a routed port"),
     route("POST", "/interfaces/{name}/detach", Access::Admin, "Takes a routed port out of routing"),
     route("GET", "/counters", Access::Viewer, "The dataplane's counters"),
+    route("GET", "/top-talkers", Access::Viewer, "Sources forwarding the most, sampled (?limit=N)"),
     route("GET", "/counters/stream", Access::Viewer, "Counters every second (server-sent events)"),
     route("GET", "/routes", Access::Viewer, "The routes the dataplane holds"),
     route("GET", "/routes/static", Access::Viewer, "Static routes of the running configuration"),
@@ -264,6 +265,8 @@ pub struct Api {
     plugins: Option<std::sync::mpsc::Sender<crate::plugins::Command>>,
     /// The daemon's `--attach` ports: attached whatever the configuration says.
     fixed_ports: Vec<String>,
+    /// The top talkers' reads, for their rates.
+    talkers: Mutex<crate::show::TalkerWindow>,
 }
 
 impl std::fmt::Debug for Api {
@@ -433,6 +436,7 @@ impl Api {
             requests: AtomicU64::new(0),
             plugins: None,
             fixed_ports: Vec::new(),
+            talkers: Mutex::new(crate::show::TalkerWindow::default()),
         };
         let path = api.state_dir.join("setup-token");
         if api.store.is_set_up()? {
@@ -921,6 +925,20 @@ impl Api {
             }
             ("GET", "/counters") => ok(crate::show::stats(&self.pin).map_err(dataplane_problem)?),
             ("GET", "/counters/stream") => Ok(Answer::Stream),
+            ("GET", "/top-talkers") => {
+                let limit = match r.query.get("limit") {
+                    None => 10,
+                    Some(l) => l
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or_else(|| Problem::field("limit", "1 to 100"))?,
+                };
+                let read = crate::show::talkers(&self.pin).map_err(dataplane_problem)?;
+                let mut top = self.talkers.lock().expect("lock").update(Instant::now(), &read);
+                top.talkers.truncate(limit);
+                ok(top)
+            }
             ("GET", "/routes") => ok(crate::show::routes(&self.pin).map_err(dataplane_problem)?),
             ("GET", "/routes/static") => ok(self.store.config()?.routes),
             ("POST", "/routes/static") => {

@@ -2,7 +2,8 @@
 //! curl from inside the router namespace: every route refuses the unauthenticated, viewers
 //! where an administrator is needed and a bad CSRF token; bad input gets a 4xx problem naming
 //! the field and writes nothing; the setup token works once; logins are throttled; tokens are
-//! scoped and revocable; static routes reach the kernel, and an unconfirmed commit rolls back.
+//! scoped and revocable; static routes reach the kernel, and an unconfirmed commit rolls back;
+//! the top talkers name the source that forwards the most.
 //! Needs root, like the other namespace tests.
 
 #[allow(dead_code, reason = "shared by the namespace test crates, which use different parts")]
@@ -493,6 +494,46 @@ fn counters_stream_every_second_and_interfaces_show_the_xdp_mode() {
     let data = text.lines().find_map(|l| l.strip_prefix("data:")).expect("a data line");
     let snapshot: Value = serde_json::from_str(data.trim()).expect("JSON counters");
     assert!(snapshot["interfaces"].is_array(), "{snapshot}");
+}
+
+#[test]
+fn top_talkers_rank_the_sources_forwarding_the_most() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let (jar, csrf) = lab.admin_session();
+    let reader = lab.token(Auth::Session(&jar, &csrf), "read");
+    let top = |query: &str| {
+        lab.call("GET", &format!("/api/v1/top-talkers{query}"), Auth::Bearer(&reader), None)
+    };
+    let first = top("");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(
+        (first.body["sample_every"].as_u64(), first.body["window_s"].as_f64()),
+        (Some(64), Some(0.0))
+    );
+    let server = Subnet(3).host_v4();
+    wait_until("c1 reaches the server", Duration::from_secs(10), || {
+        (ping_briefly(lab.t.ns("c1"), &server, 2).received > 0).then_some(())
+    });
+    // 3,000 datagrams from c1 (about 47 sampled), a few echo replies from the server.
+    let target = format!("{server}:9").parse().expect("an address");
+    for _ in 0..6 {
+        lab.t.send_udp_flows("c1", target, 500);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let a = top("?limit=1");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let talkers = a.body["talkers"].as_array().expect("talkers");
+    assert_eq!(talkers.len(), 1, "?limit=1: {}", a.body);
+    assert_eq!(talkers[0]["address"], Subnet(1).host_v4(), "c1 forwards the most: {}", a.body);
+    let pps = talkers[0]["packets_per_s"].as_f64().expect("a rate");
+    let bps = talkers[0]["bits_per_s"].as_f64().expect("a rate");
+    assert!(pps > 0.0 && bps >= pps * 8.0 * 42.0, "frames of 42 bytes or more: {}", a.body);
+    assert!(a.body["window_s"].as_f64().is_some_and(|w| w > 0.5), "{}", a.body);
+    let a = top("?limit=0");
+    assert_eq!((a.status, a.body["errors"][0]["field"].as_str()), (422, Some("limit")));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The web console in a real browser: headless Chromium driven by Playwright
 //! (`web-ui/tests/console.mjs`) against a daemon in a namespace lab. The script sets the router
-//! up, logs in, sees live counters, gets a bad prefix's error beside the field, adds a static
+//! up, logs in, sees live counters and c1 (pinging the server) among the top talkers, gets a
+//! bad prefix's error beside the field, adds a static
 //! route, leaves a commit-confirm unconfirmed, uploads the `ddos-guard` plugin, stages a
 //! candidate and sees its diff, gets a bad candidate's error and restores a backup; this side
 //! checks that the route made traffic flow between the lab's hosts, that the unconfirmed one
@@ -14,7 +15,7 @@ mod common;
 
 use std::{path::PathBuf, time::Duration};
 
-use common::{Topology, ip, ping, privileged, wait_until};
+use common::{Topology, finish_ping, ip, ping, privileged, spawn_ping, wait_until};
 use sluice::{lab::Subnet, netns, plugins::sha256_hex};
 
 /// A directory removed on drop.
@@ -73,6 +74,8 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         .ip(&["link", "add", &spare, "type", "veth", "peer", "name", &format!("{spare}p")])
         .expect("a spare veth");
 
+    // Traffic for the dashboard's top talkers: c1 pings the server 200 times a second for 10 s.
+    let pinger = spawn_ping(t.ns("c1"), &Subnet(3).host_v4(), 2000, "0.005");
     let out = t
         .router
         .command("node")
@@ -81,6 +84,7 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         .env("SETUP_TOKEN", token.trim())
         .env("ARTIFACTS", &artifacts)
         .env("GATEWAY", Subnet(3).host_v4())
+        .env("CLIENT", Subnet(1).host_v4())
         .env("SERVICE", "10.99.0.0/24")
         .env("TRIAL", "10.98.0.0/24")
         .env("RESTORED", "10.97.0.0/24")
@@ -89,6 +93,7 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         .env("PLUGIN_MANIFEST", &manifest)
         .output()
         .expect("run node");
+    finish_ping(pinger);
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the console script failed:\n{text}\n{}", t.log_tail(20));
@@ -99,24 +104,7 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
     let kernel = t.router.run("ip", &["route", "show", "proto", "238"]).expect("ip route");
     assert!(kernel.contains("10.99.0.0/24") && !kernel.contains("10.98.0.0/24"), "{kernel}");
     assert!(kernel.contains("10.97.0.0/24"), "the route of the restored backup: {kernel}");
-    // The plugin uploaded in the console blocks a client that floods the server.
-    let target: std::net::SocketAddr =
-        format!("{}:9", Subnet(3).host_v4()).parse().expect("address");
-    std::thread::scope(|s| {
-        let c1 = t.ns("c1");
-        s.spawn(move || {
-            c1.enter().expect("enter c1");
-            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("socket");
-            let end = std::time::Instant::now() + Duration::from_secs(4);
-            while std::time::Instant::now() < end {
-                let _ = socket.send_to(b"flood", target);
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        });
-        wait_until("the flooding client is blocked", Duration::from_secs(10), || {
-            (t.stats().get("r-c1", "drop_filtered") > 100).then_some(())
-        });
-    });
+    the_plugin_blocks_a_client_that_floods(&t);
     for page in [
         "setup",
         "login",
@@ -137,4 +125,25 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
     ] {
         assert!(artifacts.join(format!("{page}.png")).exists(), "a screenshot of {page}");
     }
+}
+
+/// The plugin uploaded in the console blocks c1 when it floods the server.
+fn the_plugin_blocks_a_client_that_floods(t: &Topology) {
+    let target: std::net::SocketAddr =
+        format!("{}:9", Subnet(3).host_v4()).parse().expect("address");
+    std::thread::scope(|s| {
+        let c1 = t.ns("c1");
+        s.spawn(move || {
+            c1.enter().expect("enter c1");
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("socket");
+            let end = std::time::Instant::now() + Duration::from_secs(4);
+            while std::time::Instant::now() < end {
+                let _ = socket.send_to(b"flood", target);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        wait_until("the flooding client is blocked", Duration::from_secs(10), || {
+            (t.stats().get("r-c1", "drop_filtered") > 100).then_some(())
+        });
+    });
 }

@@ -1,14 +1,15 @@
 // The console in headless Chromium against a real daemon: first-run setup, login, the dashboard
-// fed by server-sent events, a bad prefix shown beside its field, a static route added (the
-// Rust side then checks traffic flows), a commit-confirm left unconfirmed that rolls back, a
-// candidate staged with its diff and discarded, a bad one refused beside the editor and a good
-// one committed, a backup downloaded and restored after a rollback (a bad file refused first).
+// fed by server-sent events with its top talkers, a bad prefix shown beside its field, a static
+// route added (the Rust side then checks traffic flows), a commit-confirm left unconfirmed that
+// rolls back, a candidate staged with its diff and discarded, a bad one refused beside the
+// editor and a good one committed, a backup downloaded and restored after a rollback (a bad file
+// refused first).
 // Screenshots of each page go to $ARTIFACTS. Run by control/tests/console.rs inside the
 // router's network namespace.
 import { readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
-const { BASE, SETUP_TOKEN, ARTIFACTS, GATEWAY, SERVICE, TRIAL, RESTORED, SPARE, PLUGIN_WASM, PLUGIN_MANIFEST } = process.env;
+const { BASE, SETUP_TOKEN, ARTIFACTS, GATEWAY, CLIENT, SERVICE, TRIAL, RESTORED, SPARE, PLUGIN_WASM, PLUGIN_MANIFEST } = process.env;
 const step = (s) => console.log(`console: ${s}`);
 
 const browser = await chromium.launch({
@@ -22,6 +23,7 @@ try {
   const shot = (name) => page.screenshot({ path: `${ARTIFACTS}/${name}.png`, fullPage: true });
   const offsite = [];
   page.on('request', (r) => { if (!r.url().startsWith(BASE)) offsite.push(r.url()); });
+  page.on('pageerror', (e) => console.log(`console: the page failed: ${e.message}`));
 
   step('first-run setup');
   await page.goto(BASE);
@@ -45,6 +47,9 @@ try {
   step('dashboard');
   await page.waitForSelector('h1:text("Dashboard")');
   await page.waitForSelector('section.card', { timeout: 15000 });
+  await page.locator('table[aria-label="Top talkers"]').getByRole('cell', { name: CLIENT, exact: true })
+    .waitFor({ timeout: 10000 });
+  await page.locator('#talkers-note').filter({ hasText: 'Over the last' }).waitFor();
   await shot('dashboard');
 
   step('a bad prefix');
