@@ -620,7 +620,7 @@ fn forwarded_packets_are_sampled_by_source_for_the_top_talkers() {
     let map: PerCpuHashMap<&MapData, TalkerKey, Counter> =
         PerCpuHashMap::try_from(map).expect("TALKERS is a per-CPU hash");
     let mut sampled = Vec::new();
-    for item in map.iter() {
+    for item in &map {
         let (key, per_cpu) = item.expect("read TALKERS");
         let packets: u64 = per_cpu.iter().map(|c| c.packets).sum();
         let bytes: u64 = per_cpu.iter().map(|c| c.bytes).sum();
