@@ -14,7 +14,7 @@ APT_PACKAGES=(
   iproute2 ethtool iputils-ping bpftool tcpdump procps util-linux bird2 curl ca-certificates
   chromium traceroute
   # The appliance image (make image, make image-test).
-  mmdebstrap qemu-system-x86 syslinux syslinux-common mtools dosfstools fdisk e2fsprogs
+  mmdebstrap qemu-system-x86 syslinux syslinux-common mtools dosfstools fdisk e2fsprogs faketime
 )
 # Node.js drives the console's browser tests (Playwright); any Node 18 or later will do.
 command -v node >/dev/null && command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)

@@ -22,7 +22,7 @@ PACKAGES=systemd-sysv,udev,dbus,linux-image-cloud-amd64,iproute2,iputils-ping,tr
 step() { printf 'image: [%s] %s\n' "$(date +%T)" "$*"; }
 [ "$(id -u)" = 0 ] || { echo "image: needs root (mmdebstrap installs packages into a tree owned by root)" >&2; exit 1; }
 [ -x "$SLUICE_BIN" ] || { echo "image: $SLUICE_BIN is missing: run make build" >&2; exit 1; }
-for tool in mmdebstrap mke2fs mkfs.vfat mcopy syslinux sfdisk qemu-img; do
+for tool in mmdebstrap mkfs.vfat mcopy syslinux sfdisk qemu-img faketime; do
     command -v "$tool" >/dev/null || { echo "image: $tool is missing: run scripts/setup.sh" >&2; exit 1; }
 done
 start=$(date +%s)
@@ -59,6 +59,12 @@ systemctl --root="$root" enable systemd-networkd.service sluice-prepare.service 
 # Nobody logs in with a password: the console is the web console (root stays locked).
 chroot "$root" passwd -l root >/dev/null
 
+# What differs between two builds of the same packages: logs, caches, file times.
+rm -f "$root"/var/cache/ldconfig/aux-cache "$root"/var/log/dpkg.log "$root"/var/log/alternatives.log \
+    "$root"/var/log/apt/*.log "$root"/var/log/bootstrap.log
+find "$root" -newermt "@$SOURCE_DATE_EPOCH" -print0 |
+    xargs -0r touch --no-dereference --date="@$SOURCE_DATE_EPOCH"
+
 kernel=$(cd "$root/boot" && ls vmlinuz-* | sort -V | tail -n1)
 initrd=initrd.img-${kernel#vmlinuz-}
 [ -f "$root/boot/$initrd" ] || { echo "image: no initrd for $kernel" >&2; exit 1; }
@@ -74,16 +80,21 @@ LABEL sluice
   INITRD /initrd.img
   APPEND root=LABEL=sluice-root ro console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0
 CFG
-mkfs.vfat -n SLUICEBOOT -i 51ce0001 -C "$work/boot.img" $((BOOT_MIB * 1024)) >/dev/null
-mcopy -i "$work/boot.img" "$root/boot/$kernel" ::/vmlinuz
-mcopy -i "$work/boot.img" "$root/boot/$initrd" ::/initrd.img
-mcopy -i "$work/boot.img" "$work/syslinux.cfg" ::/syslinux.cfg
-syslinux --install "$work/boot.img"
+# mtools and syslinux stamp files with the clock: run them at SOURCE_DATE_EPOCH.
+at_epoch() { faketime -f "@$(date -u -d "@$SOURCE_DATE_EPOCH" '+%Y-%m-%d %H:%M:%S')" "$@"; }
+at_epoch mkfs.vfat -n SLUICEBOOT -i 51ce0001 -C "$work/boot.img" $((BOOT_MIB * 1024)) >/dev/null
+at_epoch mcopy -i "$work/boot.img" "$root/boot/$kernel" ::/vmlinuz
+at_epoch mcopy -i "$work/boot.img" "$root/boot/$initrd" ::/initrd.img
+at_epoch mcopy -i "$work/boot.img" "$work/syslinux.cfg" ::/syslinux.cfg
+at_epoch syslinux --install "$work/boot.img"
 
 step "root filesystem (ext4)"
 used_mib=$(du -sm --apparent-size "$root" | cut -f1)
 root_mib=$(( (used_mib * 13 / 10 + 256 + 63) / 64 * 64 ))
-mke2fs -q -t ext4 -L sluice-root -U 51ce0000-0000-4000-8000-000000000002 \
+# The image's own mke2fs (Debian stable's: 1.47.1 and later write the files of -d in a sorted
+# order, so that the result does not depend on the order the directory lists them in).
+"$root"/usr/lib64/ld-linux-x86-64.so.2 --library-path "$root/usr/lib/x86_64-linux-gnu" \
+    "$root"/usr/sbin/mke2fs -q -t ext4 -L sluice-root -U 51ce0000-0000-4000-8000-000000000002 \
     -E root_owner=0:0,hash_seed=51ce0000-0000-4000-8000-000000000003 \
     -d "$root" "$work/root.img" "${root_mib}M"
 
