@@ -225,21 +225,25 @@ function topTalkers() {
 }
 
 async function routesView() {
-  const [dp, statics] = await Promise.all([api('GET', '/routes'), api('GET', '/routes/static')]);
+  const statics = await api('GET', '/routes/static');
   const body = el('tbody');
-  const filter = el('input', { type: 'search', name: 'filter', placeholder: 'Search prefix, next hop, interface', 'aria-label': 'Search routes' });
-  const staticSet = new Set(statics.map((r) => r.prefix));
-  const render = () => {
-    const q = filter.value.trim().toLowerCase();
-    body.replaceChildren(...dp.routes.filter((r) => !q || JSON.stringify(r).toLowerCase().includes(q)).slice(0, 500)
-      .map((r) => el('tr', {},
-        el('td', {}, r.prefix),
-        el('td', {}, r.action),
-        el('td', {}, r.nexthops.map((n) => `${n.via || ''} ${n.dev}${n.resolved ? '' : ' (unresolved)'}`).join(', ') || r.dev || ''),
-        el('td', {}, staticSet.has(r.prefix) ? 'static' : 'kernel'))));
+  const filter = el('input', { type: 'search', name: 'filter', placeholder: 'Search prefix, next hop, interface, origin', 'aria-label': 'Search routes' });
+  const count = el('p', { class: 'muted', id: 'route-count', 'aria-live': 'polite' });
+  const SHOWN = 500;
+  let pending = null;
+  const render = async () => {
+    const q = filter.value.trim();
+    let dp;
+    try { dp = await api('GET', `/routes?limit=${SHOWN}${q ? `&q=${encodeURIComponent(q)}` : ''}`); } catch (err) { say(err.message, true); return; }
+    count.textContent = `${dp.matched} of ${dp.total} routes${dp.matched > SHOWN ? `; the first ${SHOWN} shown, search to narrow` : ''}.`;
+    body.replaceChildren(...dp.routes.map((r) => el('tr', {},
+      el('td', {}, r.prefix),
+      el('td', {}, r.action),
+      el('td', {}, r.nexthops.map((n) => `${n.via || ''} ${n.dev}${n.resolved ? '' : ' (unresolved)'}`).join(', ') || r.dev || ''),
+      el('td', {}, r.origin || ''))));
   };
-  filter.addEventListener('input', render);
-  render();
+  filter.addEventListener('input', () => { clearTimeout(pending); pending = setTimeout(render, 250); });
+  await render();
   const form = el('form', { 'aria-label': 'Add a static route' },
     el('div', { class: 'row' },
       field('Prefix', 'prefix', { placeholder: '10.99.0.0/24', required: true }),
@@ -274,7 +278,7 @@ async function routesView() {
     el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Static routes' },
       el('thead', {}, el('tr', {}, ...['Prefix', 'Via', 'Interface', 'Metric', ''].map((h) => el('th', {}, h)))),
       el('tbody', {}, staticRows))),
-    el('h2', {}, `The dataplane's routes (${dp.routes.length})`), filter,
+    el('h2', {}, "The dataplane's routes"), filter, count,
     el('div', { class: 'scroll' }, el('table', { 'aria-label': "The dataplane's routes" },
       el('thead', {}, el('tr', {}, ...['Prefix', 'Action', 'Next hops', 'Origin'].map((h) => el('th', {}, h)))),
       body))];

@@ -140,6 +140,33 @@ pub const ROUTES: &[RouteSpec] = &[
     route("POST", "/config/import", Access::Admin, "Commits a configuration file"),
 ];
 
+/// A question to the daemon: which protocol installed the routes of these prefixes.
+pub type OriginQuery = (Vec<ipnet::IpNet>, std::sync::mpsc::Sender<Vec<Option<u8>>>);
+
+/// Routes returned with their origin at most (looking them up costs the daemon's loop).
+const ORIGIN_MAX: usize = 10_000;
+
+/// What a route's protocol number (`rtm_protocol`) says of where it came from.
+fn origin_name(protocol: Option<u8>) -> &'static str {
+    match protocol {
+        None => "neighbour",
+        Some(2) => "kernel",
+        Some(3) => "boot",
+        Some(4) => "static (ip route)",
+        Some(crate::apply::RTPROT_SLUICE) => "static",
+        Some(9) => "router advertisement",
+        Some(11) => "zebra (FRR)",
+        Some(12) => "bird",
+        Some(16) => "dhcp",
+        Some(42) => "babel",
+        Some(186) => "bgp (FRR)",
+        Some(187) => "is-is (FRR)",
+        Some(188) => "ospf (FRR)",
+        Some(189) => "rip (FRR)",
+        Some(_) => "other",
+    }
+}
+
 /// An RFC 9457 problem: what the API answers instead of a result.
 #[derive(Clone, Debug, Serialize)]
 pub struct Problem {
@@ -265,6 +292,8 @@ pub struct Api {
     plugins: Option<std::sync::mpsc::Sender<crate::plugins::Command>>,
     /// The daemon's `--attach` ports: attached whatever the configuration says.
     fixed_ports: Vec<String>,
+    /// Asks the daemon which protocol installed routes (its RIB knows).
+    origins: Option<tokio::sync::mpsc::UnboundedSender<OriginQuery>>,
     /// The top talkers' reads, for their rates.
     talkers: Mutex<crate::show::TalkerWindow>,
 }
@@ -436,6 +465,7 @@ impl Api {
             requests: AtomicU64::new(0),
             plugins: None,
             fixed_ports: Vec::new(),
+            origins: None,
             talkers: Mutex::new(crate::show::TalkerWindow::default()),
         };
         let path = api.state_dir.join("setup-token");
@@ -460,6 +490,72 @@ impl Api {
     pub fn with_plugins(mut self, tx: std::sync::mpsc::Sender<crate::plugins::Command>) -> Self {
         self.plugins = Some(tx);
         self
+    }
+
+    /// Where to ask which protocol installed a route.
+    #[must_use]
+    pub fn with_origins(mut self, tx: tokio::sync::mpsc::UnboundedSender<OriginQuery>) -> Self {
+        self.origins = Some(tx);
+        self
+    }
+
+    /// The protocols that installed these prefixes' routes (of the mirrored table), as the
+    /// daemon's RIB has them; `None` where it has no route (a neighbour's host route) or does not
+    /// answer in time.
+    fn origins_of(&self, prefixes: Vec<ipnet::IpNet>) -> Vec<Option<u8>> {
+        let n = prefixes.len();
+        let Some(tx) = &self.origins else { return vec![None; n] };
+        let (reply, answer) = std::sync::mpsc::channel();
+        if tx.send((prefixes, reply)).is_err() {
+            return vec![None; n];
+        }
+        answer.recv_timeout(PLUGIN_WAIT).unwrap_or_else(|_| vec![None; n])
+    }
+
+    /// `GET /routes`: the dataplane's routes, optionally searched (`q`, any text of a route)
+    /// and cut (`limit`), each with its origin when at most [`ORIGIN_MAX`] are returned.
+    fn routes(&self, r: &Request) -> Reply {
+        let all = crate::show::routes(&self.pin).map_err(dataplane_problem)?;
+        let limit = match r.query.get("limit") {
+            None => None,
+            Some(l) => Some(
+                l.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| Problem::field("limit", "1 to 1000000"))?,
+            ),
+        };
+        let q = r.query.get("q").map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
+        let mut doc = serde_json::to_value(&all).map_err(|e| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding", e.to_string())
+        })?;
+        let mut list = match doc["routes"].take() {
+            Value::Array(a) => a,
+            _ => Vec::new(),
+        };
+        let total = list.len();
+        if let Some(q) = &q {
+            list.retain(|route| route.to_string().to_lowercase().contains(q.as_str()));
+        }
+        let matched = list.len();
+        if let Some(l) = limit {
+            list.truncate(l);
+        }
+        if list.len() <= ORIGIN_MAX {
+            let prefixes: Vec<ipnet::IpNet> =
+                list.iter().filter_map(|x| x["prefix"].as_str()?.parse().ok()).collect();
+            if prefixes.len() == list.len() {
+                for (route, proto) in list.iter_mut().zip(self.origins_of(prefixes)) {
+                    let local = route["action"] == "local";
+                    route["origin"] = json!(if local { "local" } else { origin_name(proto) });
+                    route["protocol"] = json!(proto);
+                }
+            }
+        }
+        doc["routes"] = Value::Array(list);
+        doc["total"] = json!(total);
+        doc["matched"] = json!(matched);
+        ok(doc)
     }
 
     /// The ports the daemon attaches by its `--attach` option (they cannot be detached here).
@@ -939,7 +1035,7 @@ impl Api {
                 top.talkers.truncate(limit);
                 ok(top)
             }
-            ("GET", "/routes") => ok(crate::show::routes(&self.pin).map_err(dataplane_problem)?),
+            ("GET", "/routes") => self.routes(r),
             ("GET", "/routes/static") => ok(self.store.config()?.routes),
             ("POST", "/routes/static") => {
                 let route: StaticRoute = body(&r.body)?;

@@ -176,13 +176,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if let Some(c) = &config {
         c.reconcile(true).await;
     }
+    // The API's questions on where routes came from, answered from the RIB in the loop.
+    let (origin_tx, mut origin_rx) =
+        tokio::sync::mpsc::unbounded_channel::<crate::api::OriginQuery>();
     // Told when the API commits a change: applied as at a start.
     let mut applied = std::sync::Arc::new(tokio::sync::Notify::new());
     let (plugin_tx, plugin_rx) = std::sync::mpsc::channel();
     if let (Some(listen), Some(c), Some(dir)) = (opts.listen, &config, &opts.state_dir) {
         let api = crate::api::Api::new(c.store.clone(), opts.pin.clone(), dir)?
             .with_plugins(plugin_tx.clone())
-            .with_fixed_ports(opts.attach.clone());
+            .with_fixed_ports(opts.attach.clone())
+            .with_origins(origin_tx.clone());
         applied = std::sync::Arc::clone(&api.changed);
         crate::api::serve(&std::sync::Arc::new(api), listen, dir)?;
     }
@@ -313,6 +317,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 for (ifindex, addr) in requests {
                     state.ask(&mut mirror, ifindex, addr).await;
                 }
+            }
+            Some((prefixes, reply)) = origin_rx.recv() => {
+                let table = opts.table;
+                let answer = prefixes
+                    .iter()
+                    .map(|p| state.rib.best_route(table, *p).map(|r| r.protocol))
+                    .collect();
+                let _ = reply.send(answer);
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,

@@ -594,6 +594,41 @@ fn ports_attached_and_detached_through_the_api_are_routed_and_kept_in_the_config
     );
 }
 
+#[test]
+fn routes_are_searched_and_cut_on_the_router_and_say_where_they_came_from() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let (jar, csrf) = lab.admin_session();
+    let admin = Auth::Session(&jar, &csrf);
+    let gw = Subnet(3).host_v4();
+    // A routing daemon's route (BIRD's protocol number) and one of the configuration.
+    lab.t.router.ip(&["route", "add", "10.77.0.0/24", "via", &gw, "proto", "bird"]).expect("route");
+    let body = json!({"prefix": "10.78.0.0/24", "via": gw}).to_string();
+    assert_eq!(lab.call("POST", "/api/v1/routes/static", admin, Some(&body)).status, 201);
+    let find = |q: &str| {
+        wait_until(&format!("{q} in the dataplane"), Duration::from_secs(10), || {
+            let a = lab.call("GET", &format!("/api/v1/routes?q={q}&limit=5"), admin, None);
+            (a.status == 200 && a.body["matched"] == 1).then_some(a.body)
+        })
+    };
+    let bird = find("10.77.0.0");
+    assert_eq!(bird["routes"][0]["origin"], "bird", "{bird}");
+    assert_eq!(bird["routes"][0]["protocol"], 12, "{bird}");
+    let configured = find("10.78.0.0");
+    assert_eq!(configured["routes"][0]["origin"], "static", "{configured}");
+    let all = lab.call("GET", "/api/v1/routes?limit=2", admin, None).body;
+    assert_eq!(all["routes"].as_array().map(Vec::len), Some(2), "{all}");
+    assert!(all["total"].as_u64() > Some(2) && all["matched"] == all["total"], "{all}");
+    let connected = lab.call("GET", "/api/v1/routes?q=connected", admin, None).body;
+    let origins: Vec<&Value> =
+        connected["routes"].as_array().expect("routes").iter().map(|r| &r["origin"]).collect();
+    assert!(!origins.is_empty() && origins.iter().all(|o| *o == "kernel"), "{connected}");
+    let bad = lab.call("GET", "/api/v1/routes?limit=0", admin, None);
+    assert_eq!(bad.status, 422, "{}", bad.body);
+}
+
 /// A manifest signed with the tests' publisher key.
 fn signed(manifest: &Value) -> Value {
     let mut m: Manifest = serde_json::from_value(manifest.clone()).expect("a manifest");

@@ -66,6 +66,17 @@ try {
   await page.fill('input[name=prefix]', SERVICE);
   await page.click('form[aria-label="Add a static route"] button[type=submit]');
   await page.locator('table[aria-label="Static routes"]').getByRole('cell', { name: SERVICE, exact: true }).waitFor();
+  // The dataplane's table, searched on the router: the route is there, its origin static.
+  const dataplane = page.locator('table[aria-label="The dataplane\'s routes"]');
+  for (let i = 0; i < 20; i += 1) {
+    await page.fill('input[name=filter]', SERVICE);
+    await page.waitForTimeout(500);
+    if (await dataplane.getByRole('cell', { name: SERVICE, exact: true }).count()) break;
+  }
+  await dataplane.locator('tr', { hasText: SERVICE }).getByRole('cell', { name: 'static', exact: true }).waitFor();
+  await page.locator('#route-count').filter({ hasText: /^1 of \d+ routes/ }).waitFor();
+  await page.fill('input[name=filter]', '');
+  await dataplane.getByRole('cell', { name: 'kernel', exact: true }).first().waitFor();
   await shot('routes');
 
   step('commit-confirm left unconfirmed');
