@@ -423,6 +423,13 @@ async function base64Of(file) {
   return btoa(bin);
 }
 
+/** A plugin's resource use, in a line. */
+function usageText(u) {
+  if (!u) return '';
+  const mib = (b) => (b / 1048576).toFixed(1);
+  return `${u.calls} calls, ${(u.busy_us / 1000).toFixed(1)} ms in all (last ${(u.last_call_us / 1000).toFixed(2)} ms, longest ${(u.max_call_us / 1000).toFixed(2)} ms); memory ${mib(u.memory_bytes)} of ${mib(u.memory_limit_bytes)} MiB`;
+}
+
 async function pluginsView() {
   const list = await api('GET', '/plugins');
   const form = el('form', { 'aria-label': 'Add a plugin' },
@@ -453,7 +460,7 @@ async function pluginsView() {
     const logs = el('pre', { class: 'muted', hidden: true });
     return el('tr', {},
       el('td', {}, p.name), el('td', {}, p.version ?? ''), el('td', {}, (p.tables || []).join(', ')),
-      el('td', {}, state), el('td', {}, p.rules),
+      el('td', {}, state), el('td', {}, p.rules), el('td', { class: 'usage' }, usageText(p.usage)),
       el('td', {}, p.source === 'store' ? [
         editor,
         el('button', { type: 'button', class: 'secondary', onclick: async () => {
@@ -472,7 +479,7 @@ async function pluginsView() {
   });
   return [el('h1', {}, 'Plugins'), form,
     el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Plugins' },
-      el('thead', {}, el('tr', {}, ...['Name', 'Version', 'Tables', 'State', 'Rules', ''].map((h) => el('th', {}, h)))),
+      el('thead', {}, el('tr', {}, ...['Name', 'Version', 'Tables', 'State', 'Rules', 'Resource use', ''].map((h) => el('th', {}, h)))),
       el('tbody', {}, rows)))];
 }
 

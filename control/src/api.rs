@@ -630,7 +630,7 @@ impl Api {
                 let s = stored.get(&p.name);
                 json!({"name": p.name, "version": p.version, "tables": p.tables,
                        "sha256": p.sha256, "publisher": p.publisher, "source": p.source,
-                       "status": p.status, "rules": p.rules, "enabled": true,
+                       "status": p.status, "rules": p.rules, "enabled": true, "usage": p.usage,
                        "config": s.map(|s| &s.config)})
             })
             .collect();

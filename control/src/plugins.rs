@@ -498,10 +498,77 @@ impl Kv {
 }
 
 /// What a plugin's store holds.
+/// The store's limits, recording the memory the plugin holds (its high-water mark).
+struct Limits {
+    inner: StoreLimits,
+    memory_bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes = self.memory_bytes.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// What a plugin has used: calls, time in them, memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Calls of `init` and `handle`.
+    pub calls: u64,
+    /// Time spent in them, µs.
+    pub busy_us: u64,
+    /// The last call's time, µs.
+    pub last_call_us: u64,
+    /// The longest call's time, µs.
+    pub max_call_us: u64,
+    /// Linear memory the plugin grew to, bytes.
+    pub memory_bytes: u64,
+    /// Memory it may grow to (its manifest's `memory_mib`), bytes.
+    pub memory_limit_bytes: u64,
+}
+
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limits,
     log: Log,
     kv: Kv,
     kv_quota: usize,
@@ -697,13 +764,16 @@ impl PluginHost {
                 .allow_ip_name_lookup(false)
                 .build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(manifest.memory_mib << 20)
-                .instances(16)
-                .tables(16)
-                .memories(4)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limits {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(manifest.memory_mib << 20)
+                    .instances(16)
+                    .tables(16)
+                    .memories(4)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_bytes: 0,
+            },
             log: Arc::clone(&log),
             kv,
             kv_quota: manifest.kv_bytes,
@@ -718,7 +788,7 @@ impl PluginHost {
             .instantiate(&mut store)
             .map_err(|e| classify(&e, "instantiate", manifest.deadline_ms))?;
         push_log(&log, "host", format!("loaded {} {}", manifest.name, manifest.version));
-        Ok(Plugin { manifest, store, instance, log })
+        Ok(Plugin { manifest, store, instance, log, usage: Usage::default() })
     }
 }
 
@@ -806,6 +876,7 @@ pub struct Plugin {
     store: Store<HostState>,
     instance: Bindings,
     log: Log,
+    usage: Usage,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -825,18 +896,39 @@ impl Plugin {
         Arc::clone(&self.log)
     }
 
+    /// What it has used so far.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            memory_bytes: self.store.data().limits.memory_bytes as u64,
+            memory_limit_bytes: (self.manifest.memory_mib as u64) << 20,
+            ..self.usage
+        }
+    }
+
+    fn account(&mut self, started: Instant) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.usage.calls += 1;
+        self.usage.busy_us = self.usage.busy_us.saturating_add(us);
+        self.usage.last_call_us = us;
+        self.usage.max_call_us = self.usage.max_call_us.max(us);
+    }
+
     /// Calls `init` with the plugin's configuration; returns its operations, checked against
     /// its manifest.
     pub fn init(&mut self, config: &str) -> Result<Vec<HookOp>, PluginError> {
         self.store.set_epoch_deadline(deadline_ticks(self.manifest.deadline_ms));
+        let started = Instant::now();
         let r = self.instance.call_init(&mut self.store, config);
+        self.account(started);
         self.finish("init", r)
     }
 
     /// Calls `handle` with a batch of events.
     pub fn handle(&mut self, events: &[Event]) -> Result<Vec<HookOp>, PluginError> {
         self.store.set_epoch_deadline(deadline_ticks(self.manifest.deadline_ms));
+        let started = Instant::now();
         let r = self.instance.call_handle(&mut self.store, events);
+        self.account(started);
         self.finish("handle", r)
     }
 
@@ -1546,6 +1638,8 @@ pub struct PluginInfo {
     pub status: Status,
     /// Rules it holds in the hook tables.
     pub rules: usize,
+    /// What its current instance has used.
+    pub usage: Usage,
 }
 
 /// What the daemon and the API ask of the plugin thread.
@@ -1653,6 +1747,7 @@ impl PluginThread {
                     source: if self.from_store.contains(name) { "store" } else { "directory" },
                     status: s.status(),
                     rules: rules.iter().filter(|r| r.owner == *name).count(),
+                    usage: s.plugin().usage(),
                 }
             })
             .collect()

@@ -673,6 +673,11 @@ fn plugins_added_configured_disabled_and_removed_through_the_api_persist_across_
     let list = lab.call("GET", "/api/v1/plugins", admin, None).body;
     assert_eq!((list[0]["name"].as_str(), list[0]["rules"].as_u64()), (Some("acl"), Some(1)));
     assert_eq!(list[0]["status"]["state"], "running", "{list}");
+    // Its resource use: the init call so far, memory within its manifest's limit.
+    let usage = &list[0]["usage"];
+    assert!(usage["calls"].as_u64() >= Some(1), "{list}");
+    let (memory, limit) = (usage["memory_bytes"].as_u64(), usage["memory_limit_bytes"].as_u64());
+    assert!(memory > Some(0) && memory <= limit, "{list}");
     let reader = lab.token(admin, "read");
     let (ok, out) = lab.cli(&reader, &["plugin", "list"]);
     assert!(ok && out.contains("acl") && out.contains("running"), "{out}");
