@@ -143,6 +143,10 @@ pub const ROUTES: &[RouteSpec] = &[
 /// A question to the daemon: which protocol installed the routes of these prefixes.
 pub type OriginQuery = (Vec<ipnet::IpNet>, std::sync::mpsc::Sender<Vec<Option<u8>>>);
 
+/// How long a route list waits for the daemon's loop to name origins (it answers between two
+/// batches of netlink events; without an answer the origins are left out).
+const ORIGIN_WAIT: Duration = Duration::from_secs(2);
+
 /// Routes returned with their origin at most (looking them up costs the daemon's loop).
 const ORIGIN_MAX: usize = 10_000;
 
@@ -509,7 +513,7 @@ impl Api {
         if tx.send((prefixes, reply)).is_err() {
             return vec![None; n];
         }
-        answer.recv_timeout(PLUGIN_WAIT).unwrap_or_else(|_| vec![None; n])
+        answer.recv_timeout(ORIGIN_WAIT).unwrap_or_else(|_| vec![None; n])
     }
 
     /// `GET /routes`: the dataplane's routes, optionally searched (`q`, any text of a route)

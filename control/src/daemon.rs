@@ -94,8 +94,9 @@ impl Config {
     }
 
     /// Rolls back an unconfirmed commit whose deadline passed, and applies the running
-    /// configuration's static routes to the kernel (at start, and after a rollback).
-    async fn reconcile(&self, always: bool) {
+    /// configuration's static routes to the kernel (at start, and after a rollback). Whether it
+    /// looked at the running configuration (asked to, or after a rollback).
+    async fn reconcile(&self, always: bool) -> bool {
         let rolled = match self.store.rollback_expired(std::time::SystemTime::now()) {
             Ok(r) => r,
             Err(e) => {
@@ -107,13 +108,13 @@ impl Config {
             warn!(revision = r.id, "an unconfirmed commit was rolled back");
         }
         if !always && rolled.is_none() {
-            return;
+            return false;
         }
         let c = match self.store.config() {
             Ok(c) => c,
             Err(e) => {
                 error!(error = %error_chain(&e), "reading the configuration failed");
-                return;
+                return true;
             }
         };
         // Interfaces first: a static route may need an address they bring.
@@ -132,6 +133,7 @@ impl Config {
             }
             Err(e) => error!(error = %error_chain(&e), "applying the static routes failed"),
         }
+        true
     }
 }
 
@@ -200,11 +202,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         route_events: None,
         gateways: crate::hooks::Gateways::default(),
         fixed: opts.attach.clone(),
+        ports: BTreeMap::new(),
         missing: BTreeSet::new(),
     };
     std::mem::swap(&mut state.fib, &mut fib);
     if let Some(c) = &config {
-        state.reconcile_ports(&c.ports());
+        state.ports = c.ports();
+        state.reconcile_ports();
     }
     let mut mirror = connect_and_dump(&mut state, &opts).await;
     state.sync();
@@ -336,7 +340,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 if let Some(c) = &config {
                     c.reconcile(true).await;
                     sync_plugins(&c.store, &plugin_tx);
-                    if state.reconcile_ports(&c.ports()) {
+                    state.ports = c.ports();
+                    if state.reconcile_ports() {
                         let written = state.sync();
                         state.ensure_managed(&mut mirror, written).await;
                     }
@@ -344,9 +349,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             _ = confirm_check.tick(), if config.is_some() => {
                 if let Some(c) = &config {
-                    c.reconcile(false).await;
-                    // Also catches a configured port that appeared, and a rollback.
-                    if state.reconcile_ports(&c.ports()) {
+                    if c.reconcile(false).await {
+                        state.ports = c.ports();
+                    }
+                    // Also catches a configured port that appeared (no store read: the ports
+                    // are read when the configuration changes).
+                    if state.reconcile_ports() {
                         let written = state.sync();
                         state.ensure_managed(&mut mirror, written).await;
                     }
@@ -384,6 +392,9 @@ struct State {
     gateways: crate::hooks::Gateways,
     /// The ports of `--attach`: always attached, whatever the configuration says.
     fixed: Vec<String>,
+    /// The routed ports of the running configuration, with their mode (read from the store
+    /// when the configuration changes).
+    ports: BTreeMap<String, ModeRequest>,
     /// Routed ports of the configuration that are not there (reported once).
     missing: BTreeSet<String>,
 }
@@ -391,9 +402,10 @@ struct State {
 impl State {
     /// Attaches XDP to the configuration's routed ports and detaches it from ports that left
     /// it (never from `--attach` ones). Whether the set of attached ports changed.
-    fn reconcile_ports(&mut self, wanted: &BTreeMap<String, ModeRequest>) -> bool {
+    fn reconcile_ports(&mut self) -> bool {
         let mut changed = false;
-        for (name, request) in wanted {
+        let wanted = std::mem::take(&mut self.ports);
+        for (name, request) in &wanted {
             let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
                 if self.missing.insert(name.clone()) {
                     warn!(iface = %name, "a routed port of the configuration is not there (yet)");
@@ -435,6 +447,7 @@ impl State {
                 Err(e) => error!(iface = %name, error = %error_chain(&e), "detaching XDP failed"),
             }
         }
+        self.ports = wanted;
         if changed {
             self.rib.dirty.all = true;
         }

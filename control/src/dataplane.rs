@@ -360,12 +360,10 @@ impl Dataplane {
 
     /// Detaches interfaces pinned earlier that are no longer wanted.
     pub fn detach_others(&self, keep: &[String]) {
-        for iface in self.pin.pinned_links() {
-            if !keep.contains(&iface) {
-                info!(iface, "detaching XDP (neither in --attach nor in the configuration)");
-                if let Err(e) = fs::remove_file(self.pin.link(&iface)) {
-                    warn!(iface, error = %e, "unpinning link");
-                }
+        for iface in self.pin.pinned_links().into_iter().filter(|i| !keep.contains(i)) {
+            info!(iface, "neither in --attach nor in the configuration");
+            if let Err(e) = self.detach(&iface) {
+                warn!(iface, error = %e, "unpinning link");
             }
         }
     }

@@ -118,6 +118,17 @@ impl Lab {
         std::fs::read_to_string(self.state.0.join("setup-token")).expect("the setup token file")
     }
 
+    /// A lab with its first administrator's session (cookie jar, CSRF token); `None` where the
+    /// namespace tests cannot run.
+    fn with_admin() -> Option<(Self, PathBuf, String)> {
+        if !privileged() {
+            return None;
+        }
+        let lab = Self::new();
+        let (jar, csrf) = lab.admin_session();
+        Some((lab, jar, csrf))
+    }
+
     /// Sets up the first administrator and returns a session (cookie jar, CSRF token).
     fn admin_session(&self) -> (PathBuf, String) {
         let body = json!({"token": self.setup_token(), "username": "admin",
@@ -202,11 +213,7 @@ fn documented(lab: &Lab, auth: Auth<'_>) -> Vec<(String, String, String)> {
 
 #[test]
 fn every_route_refuses_the_unauthenticated_viewers_where_admin_is_needed_and_bad_csrf() {
-    if !privileged() {
-        return;
-    }
-    let lab = Lab::new();
-    let (jar, csrf) = lab.admin_session();
+    let Some((lab, jar, csrf)) = Lab::with_admin() else { return };
     let admin = Auth::Session(&jar, &csrf);
     let routes = documented(&lab, admin);
     let viewer = lab.token(admin, "read");
@@ -242,11 +249,7 @@ fn every_route_refuses_the_unauthenticated_viewers_where_admin_is_needed_and_bad
 
 #[test]
 fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
-    if !privileged() {
-        return;
-    }
-    let lab = Lab::new();
-    let (jar, csrf) = lab.admin_session();
+    let Some((lab, jar, csrf)) = Lab::with_admin() else { return };
     let admin = Auth::Session(&jar, &csrf);
     let gw = Subnet(3).host_v4();
     let good = json!({"prefix": "10.20.0.0/16", "via": gw}).to_string();
@@ -339,11 +342,7 @@ fn setup_works_once_logins_are_throttled_and_changes_are_audited() {
 
 #[test]
 fn static_routes_reach_the_kernel_and_an_unconfirmed_commit_rolls_back() {
-    if !privileged() {
-        return;
-    }
-    let lab = Lab::new();
-    let (jar, csrf) = lab.admin_session();
+    let Some((lab, jar, csrf)) = Lab::with_admin() else { return };
     let admin = Auth::Session(&jar, &csrf);
     let gw = Subnet(3).host_v4();
     let route = json!({"prefix": "10.30.0.0/16", "via": gw}).to_string();
@@ -538,11 +537,7 @@ fn top_talkers_rank_the_sources_forwarding_the_most() {
 
 #[test]
 fn ports_attached_and_detached_through_the_api_are_routed_and_kept_in_the_configuration() {
-    if !privileged() {
-        return;
-    }
-    let lab = Lab::new();
-    let (jar, csrf) = lab.admin_session();
+    let Some((lab, jar, csrf)) = Lab::with_admin() else { return };
     let admin = Auth::Session(&jar, &csrf);
     // A spare port in the router namespace: one end of a veth pair, not in --attach.
     let spare = netns::unique_name("slx");
@@ -587,20 +582,18 @@ fn ports_attached_and_detached_through_the_api_are_routed_and_kept_in_the_config
     assert!(!link.contains("prog/xdp"), "the kernel has no program on it: {link}");
     assert_eq!(lab.call("POST", &path(&spare, "detach"), admin, None).status, 404);
     let audit = lab.call("GET", "/api/v1/audit", admin, None).body.to_string();
+    assert!(audit.contains(&format!("POST /api/v1/interfaces/{spare}/attach")), "{audit}");
+    let history = lab.call("GET", "/api/v1/config/revisions", admin, None).body.to_string();
     assert!(
-        audit.contains(&format!("attach {spare}"))
-            || audit.contains(&format!("interfaces/{spare}/attach")),
-        "{audit}"
+        history.contains(&format!("attach {spare}"))
+            && history.contains(&format!("detach {spare}")),
+        "both changes are revisions: {history}"
     );
 }
 
 #[test]
 fn routes_are_searched_and_cut_on_the_router_and_say_where_they_came_from() {
-    if !privileged() {
-        return;
-    }
-    let lab = Lab::new();
-    let (jar, csrf) = lab.admin_session();
+    let Some((lab, jar, csrf)) = Lab::with_admin() else { return };
     let admin = Auth::Session(&jar, &csrf);
     let gw = Subnet(3).host_v4();
     // A routing daemon's route (BIRD's protocol number) and one of the configuration.
