@@ -622,6 +622,35 @@ fn routes_are_searched_and_cut_on_the_router_and_say_where_they_came_from() {
     assert_eq!(bad.status, 422, "{}", bad.body);
 }
 
+#[test]
+fn the_certificate_checks_out_for_the_routers_addresses() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let ca = lab.state.0.join("tls/ca.pem");
+    let ca = ca.to_str().expect("UTF-8");
+    // Dialled as one of the router's addresses (curl connects to the listening loopback but
+    // checks the certificate against the address asked for).
+    let address = lab.t.host("c1").subnet.router_v4();
+    let dialled = |host: &str| {
+        lab.t.router.run(
+            "curl",
+            &[
+                "-sS",
+                "--cacert",
+                ca,
+                "--connect-to",
+                &format!("{host}:8443:127.0.0.1:8443"),
+                &format!("https://{host}:8443/api/v1/health"),
+            ],
+        )
+    };
+    let health = dialled(&address).expect("the certificate names the router's address");
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    assert!(dialled("192.0.2.77").is_err(), "an address the router does not have is refused");
+}
+
 /// A manifest signed with the tests' publisher key.
 fn signed(manifest: &Value) -> Value {
     let mut m: Manifest = serde_json::from_value(manifest.clone()).expect("a manifest");
