@@ -879,18 +879,32 @@ impl Maps {
                 .counters
                 .get(&(slot * REASON_SLOTS + reason as u32), 0)
                 .map_err(|e| DataplaneError::Map(names::COUNTERS, e))?;
-            let mut total = Counter::default();
-            for c in values.iter() {
-                total.packets += c.packets;
-                total.bytes += c.bytes;
-            }
-            out.insert(reason, total);
+            out.insert(reason, sum_counters(values.iter()));
         }
         Ok(out)
     }
 }
 
 /// Removes everything pinned under `pin`: links first (which detaches XDP), then maps.
+/// The per-CPU values of a counter, added up.
+pub fn sum_counters<'a>(values: impl IntoIterator<Item = &'a Counter>) -> Counter {
+    values.into_iter().fold(Counter::default(), |mut t, c| {
+        t.packets += c.packets;
+        t.bytes += c.bytes;
+        t
+    })
+}
+
+/// A pinned per-CPU hash map of the dataplane (`name` in `pin`), opened for reading.
+pub fn open_per_cpu_hash<K: aya::Pod, V: aya::Pod>(
+    pin: &PinDir,
+    name: &'static str,
+) -> Result<aya::maps::PerCpuHashMap<MapData, K, V>> {
+    let map_err = |e| DataplaneError::Map(name, e);
+    let data = MapData::from_pin(pin.map(name)).map_err(map_err)?;
+    aya::maps::PerCpuHashMap::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)
+}
+
 pub fn detach_all(pin: &PinDir) -> Result<Vec<String>> {
     crate::xmit::detach(pin)?;
     let links = pin.pinned_links();

@@ -138,7 +138,6 @@ pub struct Talker {
 /// The forwarded packets sampled by source (`TALKERS`), every CPU's summed; empty when the
 /// pinned dataplane predates the map.
 pub fn talkers(pin: &PinDir) -> Result<Vec<Talker>, DataplaneError> {
-    use aya::maps::{MapData, PerCpuHashMap};
     use sluice_common::{TalkerKey, names};
     let path = pin.map(names::TALKERS);
     if !path.exists() {
@@ -147,20 +146,13 @@ pub fn talkers(pin: &PinDir) -> Result<Vec<Talker>, DataplaneError> {
         }
         return Ok(Vec::new());
     }
-    let map_err = |e| DataplaneError::Map(names::TALKERS, e);
-    let data = MapData::from_pin(&path).map_err(map_err)?;
-    let map: PerCpuHashMap<MapData, TalkerKey, Counter> =
-        PerCpuHashMap::try_from(aya::maps::Map::from_map_data(data).map_err(map_err)?)
-            .map_err(map_err)?;
+    let map: aya::maps::PerCpuHashMap<_, TalkerKey, Counter> =
+        crate::dataplane::open_per_cpu_hash(pin, names::TALKERS)?;
     let mut out = Vec::new();
     for item in &map {
         // An entry evicted while the map is walked ends the walk early: what was read stands.
         let Ok((key, per_cpu)) = item else { break };
-        let sampled = per_cpu.iter().fold(Counter::default(), |mut t, c| {
-            t.packets += c.packets;
-            t.bytes += c.bytes;
-            t
-        });
+        let sampled = crate::dataplane::sum_counters(per_cpu.iter());
         out.push(Talker { addr: sluice_common::addr_of(key.family, &key.addr), sampled });
     }
     Ok(out)

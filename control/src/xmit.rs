@@ -273,14 +273,11 @@ pub fn read(pin: &PinDir) -> Result<Egress, DataplaneError> {
     if !path.exists() {
         return Ok(Egress { counting: false, devices: BTreeMap::new() });
     }
-    let map_err = |e| DataplaneError::Map(names::XMIT_STATS, e);
-    let data = MapData::from_pin(&path).map_err(map_err)?;
     let map: PerCpuHashMap<MapData, u32, XmitStats> =
-        PerCpuHashMap::try_from(aya::maps::Map::from_map_data(data).map_err(map_err)?)
-            .map_err(map_err)?;
+        crate::dataplane::open_per_cpu_hash(pin, names::XMIT_STATS)?;
     let mut devices = BTreeMap::new();
     for item in &map {
-        let (ifindex, per_cpu) = item.map_err(map_err)?;
+        let (ifindex, per_cpu) = item.map_err(|e| DataplaneError::Map(names::XMIT_STATS, e))?;
         devices.insert(ifindex, sum_cpus(per_cpu.iter()));
     }
     Ok(Egress { counting, devices })
