@@ -994,6 +994,7 @@ impl RecordWriter {
     fn start(v4: std::os::fd::OwnedFd, v6: std::os::fd::OwnedFd) -> io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<RecordMsg>();
         let thread = std::thread::Builder::new().name("sluice-record".into()).spawn(move || {
+            lower_priority();
             for msg in rx {
                 match msg {
                     RecordMsg::Batch(batch) => {
@@ -1024,6 +1025,25 @@ impl RecordWriter {
         {
             let _ = written.recv();
         }
+    }
+}
+
+/// The nice value of the record writer: while a table loads, the kernel's LPM-trie inserts
+/// take about a third of the daemon's CPU time, and the lookup tables, which forward, must not
+/// wait behind them for a core. The record trails a little further instead.
+const RECORD_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority to [`RECORD_NICE`] (best effort).
+#[expect(unsafe_code, reason = "setpriority(2) and gettid(2) are C functions")]
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on PRIO_PROCESS with a thread id changes
+    // only that thread on Linux.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), RECORD_NICE)
+    };
+    if rc != 0 {
+        debug!(error = %io::Error::last_os_error(), "could not lower the record writer's priority");
     }
 }
 
