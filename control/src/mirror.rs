@@ -39,6 +39,8 @@ use crate::rib::{
 pub const DEFAULT_RECV_BUFFER: usize = 32 << 20;
 /// Attempts at a dump the kernel keeps interrupting before giving up for now.
 const DUMP_ATTEMPTS: usize = 5;
+/// Queued events [`Mirror::next_event`] takes after the one it waited for.
+const EVENTS_PER_WAKE: usize = 256;
 
 /// Errors of the mirror.
 #[derive(Debug, thiserror::Error)]
@@ -183,10 +185,19 @@ impl Mirror {
         Err(MirrorError::Interrupted)
     }
 
-    /// The next event from the kernel, applied to `rib`. `None` when the socket closed.
+    /// The next event from the kernel, applied to `rib`, with up to [`EVENTS_PER_WAKE`] more
+    /// already queued behind it (one wake-up of the daemon's loop per event would cost more
+    /// than the event while a table loads). `None` when the socket closed.
     pub async fn next_event(&mut self, rib: &mut Rib) -> Option<Applied> {
         let (msg, _) = self.events.next().await?;
-        Some(self.apply_event(rib, msg))
+        let first = self.apply_event(rib, msg);
+        if first == Applied::Overrun {
+            return Some(first);
+        }
+        Some(match self.drain_at_most(rib, EVENTS_PER_WAKE) {
+            Applied::Ignored => first,
+            more => more,
+        })
     }
 
     /// Applies every event already queued, without waiting. Returns whether any changed the RIB,
