@@ -34,8 +34,8 @@ use sluice_common::{
     IfaceCacheEntry, IfaceKey, MAX_ECMP_GROUPS, MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4,
     MAX_ROUTES_V6, MAX_SLOTS, NEIGH_PENDING_ENTRIES, NEIGH_REQUEST_INTERVAL_NS, NEIGH_RING_BYTES,
     NH_F_VLAN, NeighRequest, NextHop, REASON_SLOTS, Reason, Route, RouteAction, TALKER_ENTRIES,
-    TalkerKey, TalkerScratch, csum_fold, csum_ttl_decrement, dir24, flow_hash, flow_words,
-    iface_cache_index, iface_cache_tag, talker_sampled, trie6,
+    TalkerKey, TalkerScratch, csum_ttl_decrement, dir24, flow_hash, flow_words, iface_cache_index,
+    iface_cache_tag, talker_sampled, trie6,
 };
 
 // The record of IPv4 prefixes; the lookup itself goes through DIR24_V4 and DIR8_V4.
@@ -236,7 +236,7 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if total > nh.mtu as usize {
         return Outcome::pass(Reason::PassMtu);
     }
-    let action = match claim_egress(&nh) {
+    let action = match claim_egress(nh) {
         Ok(action) => action,
         Err(outcome) => return outcome,
     };
@@ -244,7 +244,7 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
     let check = csum_ttl_decrement(u16::from_be_bytes(hdr.check), ttl_proto);
     hdr.ttl -= 1;
     hdr.check = check.to_be_bytes();
-    rewrite_l2(ctx, frame, &nh, action, FAMILY_V4, &src16)
+    rewrite_l2(ctx, frame, nh, action, FAMILY_V4, &src16)
 }
 
 #[inline(always)]
@@ -258,13 +258,15 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if hdr.vcf[0] >> 4 != 6 || frame.l3 + total > frame.len {
         return Outcome::drop(Reason::DropMalformed);
     }
-    let (src, dst) = (hdr.src_addr, hdr.dst_addr);
-    if dst[0] == 0xff {
+    let (src_words, dst_words) = (addr_words(&hdr.src_addr), addr_words(&hdr.dst_addr));
+    // The first byte of an address is the low byte of its first word.
+    if dst_words[0] as u8 == 0xff {
         return Outcome::pass(Reason::PassMulticast);
     }
-    if src[0] == 0xff || is_v6_special(&src) || is_v6_special(&dst) {
+    if src_words[0] as u8 == 0xff || is_v6_special(src_words) || is_v6_special(dst_words) {
         return Outcome::pass(Reason::PassMartian);
     }
+    let (src, dst) = (addr_bytes(src_words), addr_bytes(dst_words));
     if hdr.next_hdr == IPV6_HOP_BY_HOP {
         return Outcome::pass(Reason::PassOptions);
     }
@@ -297,12 +299,12 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if total > nh.mtu as usize {
         return Outcome::pass(Reason::PassMtu);
     }
-    let action = match claim_egress(&nh) {
+    let action = match claim_egress(nh) {
         Ok(action) => action,
         Err(outcome) => return outcome,
     };
     hdr.hop_limit -= 1;
-    rewrite_l2(ctx, frame, &nh, action, FAMILY_V6, &src)
+    rewrite_l2(ctx, frame, nh, action, FAMILY_V6, &src)
 }
 
 /// The outcome the hook tables decided, or whether steer rules may apply to the packet.
@@ -319,7 +321,7 @@ fn hook_outcome(v: hooks::Verdict) -> Result<bool, Outcome> {
 /// names is still its gateway's and resolved; counted on the rule. Otherwise the route decides
 /// (an unresolved gateway is asked for first).
 #[inline(always)]
-fn steered(family: u8, dst: &[u8; 16], len: usize, hash: u32) -> Option<NextHop> {
+fn steered(family: u8, dst: &[u8; 16], len: usize, hash: u32) -> Option<&'static NextHop> {
     let (rule, member) = hooks::steer(family, dst, hash)?;
     let nh = NEXTHOPS.get(member.nexthop)?;
     if nh.family != family || nh.gateway != member.gateway || nh.ifindex == 0 {
@@ -330,7 +332,7 @@ fn steered(family: u8, dst: &[u8; 16], len: usize, hash: u32) -> Option<NextHop>
         return None;
     }
     hooks::count_rule(rule, len);
-    Some(*nh)
+    Some(nh)
 }
 
 /// Longest-prefix match in DIR-24-8: one read for prefixes up to /24, two for longer ones.
@@ -382,19 +384,32 @@ fn widen(a: [u8; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
 }
 
-/// Unspecified, loopback and link-local (fe80::/10) addresses are never forwarded.
+/// An IPv6 address as two words in memory order (little-endian loads): read whole into
+/// registers, where a copy of the byte array spills every byte to the stack.
 #[inline(always)]
-fn is_v6_special(a: &[u8; 16]) -> bool {
-    if a[0] == 0xfe && a[1] & 0xc0 == 0x80 {
+fn addr_words(a: &[u8; 16]) -> [u64; 2] {
+    // SAFETY: 16 readable bytes; an unaligned read.
+    unsafe { core::ptr::read_unaligned(a.as_ptr().cast::<[u64; 2]>()) }
+}
+
+/// The bytes of [`addr_words`]' words.
+#[inline(always)]
+fn addr_bytes(w: [u64; 2]) -> [u8; 16] {
+    // SAFETY: two u64s are 16 plain bytes, in memory order.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(w) }
+}
+
+/// Unspecified, loopback and link-local (fe80::/10) addresses (as [`addr_words`]) are never
+/// forwarded.
+#[inline(always)]
+fn is_v6_special(w: [u64; 2]) -> bool {
+    // fe80::/10: the first byte 0xfe, the top two bits of the second 0b10.
+    if w[0] & 0xc0ff == 0x80fe {
         return true;
     }
-    let mut head = 0u8;
-    let mut i = 0;
-    while i < 15 {
-        head |= a[i];
-        i += 1;
-    }
-    head == 0 && a[15] <= 1
+    // :: and ::1: every byte zero but the last, which is 0 or 1 (the top byte of the second
+    // word).
+    w[0] == 0 && w[1] & !(1 << 56) == 0
 }
 
 /// Turns a route into the next hop to use (a steer rule's, when `steer_len` says the steer tables
@@ -407,7 +422,7 @@ fn resolve(
     ttl: u8,
     family: u8,
     steer_len: Option<usize>,
-) -> Result<NextHop, Outcome> {
+) -> Result<&'static NextHop, Outcome> {
     let action = RouteAction::from_u32(route.action);
     // Steer rules override the next hop of what the routes forward, nothing else.
     if let Some(len) = steer_len
@@ -447,7 +462,6 @@ fn resolve(
     let Some(nh) = NEXTHOPS.get(id) else {
         return Err(Outcome::pass(Reason::PassOther));
     };
-    let nh = *nh;
     if nh.ifindex == 0 {
         return Err(Outcome::pass(Reason::PassNoEgress));
     }
@@ -540,11 +554,17 @@ fn sample_talker(family: u8, src: &[u8; 16], bytes: u64) {
 #[inline(always)]
 fn write_eth(ctx: &XdpContext, offset: usize, nh: &NextHop) -> Result<(), ()> {
     let p = ptr_at::<[u8; 12]>(ctx, offset)?;
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&nh.dmac);
-    macs[6..].copy_from_slice(&nh.smac);
-    // SAFETY: bounds checked by `ptr_at`.
-    unsafe { *p = macs };
+    // Byte by byte from the map value into the frame: a local array in between costs two more
+    // copies of each byte.
+    let mut i = 0;
+    while i < 6 {
+        // SAFETY: bounds checked by `ptr_at`.
+        unsafe {
+            (*p)[i] = nh.dmac[i];
+            (*p)[6 + i] = nh.smac[i];
+        }
+        i += 1;
+    }
     Ok(())
 }
 
@@ -572,18 +592,29 @@ fn adjust_head(ctx: &XdpContext, delta: i32) -> bool {
     unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) == 0 }
 }
 
-/// Verifies the checksum of a 20-byte IPv4 header (RFC 1812 5.2.2).
+/// Verifies the checksum of a 20-byte IPv4 header (RFC 1812 5.2.2). The ones' complement sum is
+/// taken over 32-bit words in host order (RFC 1071: the sum is independent of byte order and
+/// word size, once folded), and a correct header sums to 0xffff either way round.
 #[inline(always)]
 fn ipv4_checksum_ok(hdr: &Ipv4Hdr) -> bool {
-    // SAFETY: Ipv4Hdr is 20 bytes of plain data.
-    let words: &[[u8; 2]; 10] = unsafe { &*(core::ptr::from_ref(hdr).cast()) };
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 10 {
-        sum += u32::from(u16::from_be_bytes(words[i]));
-        i += 1;
-    }
-    csum_fold(sum) == 0xffff
+    let p = core::ptr::from_ref(hdr).cast::<u8>();
+    // SAFETY: Ipv4Hdr is 20 readable bytes; unaligned reads.
+    let (head, tail) = unsafe {
+        (
+            core::ptr::read_unaligned(p.cast::<[u64; 2]>()),
+            core::ptr::read_unaligned(p.add(16).cast::<u32>()),
+        )
+    };
+    let mut sum = (head[0] & 0xffff_ffff)
+        + (head[0] >> 32)
+        + (head[1] & 0xffff_ffff)
+        + (head[1] >> 32)
+        + u64::from(tail);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
 }
 
 /// Asks the control plane to resolve a neighbour, at most once per interval per destination.
