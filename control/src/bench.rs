@@ -47,6 +47,13 @@
 //! namespace until the prefix is in the dataplane's route trie (and, with one route, until it
 //! shows in `sluice routes --json`).
 //!
+//! And, steadier than rates on a shared machine, the time each XDP forwarder's program takes per
+//! packet by the kernel's own accounting: after a forwarder's rate in the last round, while it is
+//! still attached, BPF run-time statistics are turned on (`BPF_ENABLE_STATS`, off again when its
+//! descriptor closes), a fixed number of frames is sent, and the added `run_time_ns` of the
+//! program attached to `rtr_in` is divided by its added `run_cnt`. The statistics' own cost
+//! (two clock reads per run) is part of the figure; `--no-program-time` skips it.
+//!
 //! Results: a table on stdout, everything as JSON (`--json`) and a bar chart as SVG (`--plot`,
 //! by default beside the JSON).
 
@@ -149,6 +156,10 @@ pub struct BenchArgs {
     /// The `sluice` executable that runs the daemon; this one by default.
     #[arg(long, value_name = "PATH")]
     pub sluice_bin: Option<PathBuf>,
+    /// Skip the measurement of the XDP programs' time per packet from the kernel's BPF run-time
+    /// statistics (a short extra phase for each XDP forwarder after its last round).
+    #[arg(long)]
+    pub no_program_time: bool,
 }
 
 /// `--family`.
@@ -274,6 +285,11 @@ const ROUTE_POLL: Duration = Duration::from_millis(1);
 const MAP_POLL: Duration = Duration::from_micros(100);
 /// Routes sampled to estimate a table's share of more-specifics.
 const MORE_SPECIFIC_SAMPLE: usize = 20_000;
+/// Frames sent, with BPF run-time statistics on, to measure an XDP forwarder's time per packet.
+const PROGRAM_TIME_FRAMES: u64 = 500_000;
+/// What BPF run-time statistics add to each run of a program, roughly (two clock reads and a
+/// per-CPU counter update): part of every time per packet measured with them.
+const STATS_OVERHEAD: &str = "about 30 ns per run";
 /// First ifindex of the router's veths, offset by the process id so that parallel runs differ:
 /// far above what any namespace numbers its own devices, so that the flush counter, which sees
 /// every namespace's flushes, can tell this router's apart.
@@ -315,12 +331,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let Err(reason) = &bench.flush_counter {
         eprintln!("  devmap flushes not counted: {reason}");
     }
+    let stats_on = bpf_stats_enabled();
+    if stats_on {
+        eprintln!(
+            "  BPF run-time statistics are already on (kernel.bpf_stats_enabled = 1): the XDP forwarders' rates include their cost"
+        );
+    }
     let ctx = CellContext {
         exe: &exe,
         budget,
         forwarders: &forwarders,
         trials: args.route_trials,
         rounds: args.rounds,
+        program_time: !args.no_program_time,
     };
     let cells = run_phases(&ctx, &mut bench, &topo, &phases, &mut tables)?;
     let report = Report {
@@ -338,6 +361,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Ok(()) => "xdp:xdp_devmap_xmit".to_owned(),
             Err(reason) => format!("unavailable: {reason}"),
         },
+        program_time: program_time_method(!args.no_program_time, stats_on),
         tables: tables.into_values().map(|t| t.info).collect(),
         results: cells,
     };
@@ -519,6 +543,9 @@ struct CellContext<'a> {
     trials: u32,
     /// Rounds over all forwarders; each forwarder's rate is its median round.
     rounds: u32,
+    /// Whether the XDP forwarders' time per packet is measured (after the rate of the last
+    /// round; inside a round, whether this is the last one and it is measured).
+    program_time: bool,
 }
 
 /// Measures every forwarder with the table now in the router's kernel.
@@ -546,8 +573,13 @@ fn run_cell(
     // forwarder alike, and the medians keep it out of the ratios.
     let mut rounds: BTreeMap<&'static str, Vec<Measurement>> = BTreeMap::new();
     for round in 0..ctx.rounds.max(1) {
-        // Route-add latency is measured in the first round only.
-        let ctx = CellContext { trials: if round == 0 { ctx.trials } else { 0 }, ..*ctx };
+        // Route-add latency is measured in the first round only, the XDP programs' time per
+        // packet in the last.
+        let ctx = CellContext {
+            trials: if round == 0 { ctx.trials } else { 0 },
+            program_time: ctx.program_time && round + 1 == ctx.rounds.max(1),
+            ..*ctx
+        };
         for &forwarder in ctx.forwarders {
             check_interrupted()?;
             if cell.failures.contains_key(forwarder.name()) {
@@ -610,6 +642,7 @@ fn measure_forwarder(
                 let before = b.fib_results()?;
                 let mut m = b.measure(topo, ctx.budget, true)?;
                 let after = b.fib_results()?;
+                m.program_time = b.program_time(ctx, topo)?;
                 m.fib_results = Some(
                     after
                         .iter()
@@ -626,7 +659,9 @@ fn measure_forwarder(
         }
         Forwarder::Ceiling => bench.with_attached(topo, names::CEILING, |b| {
             b.warm_up(topo, || Ok("no state: the ceiling redirects every frame".into()))?;
-            b.measure(topo, ctx.budget, true)
+            let mut m = b.measure(topo, ctx.budget, true)?;
+            m.program_time = b.program_time(ctx, topo)?;
+            Ok(m)
         })?,
         Forwarder::SluiceHooks => measure_sluice(ctx, bench, topo, phase, routes, true)?.0,
         Forwarder::Sluice => {
@@ -668,6 +703,7 @@ fn measure_sluice(
     m.xdp_forwarded = forwarded(&after).zip(forwarded(&before)).map(|(a, b)| a.saturating_sub(b));
     m.xdp_mode = iface_field(&after, &topo.rtr_in, &["xdp_mode"])
         .and_then(|v| v.as_str().map(str::to_owned));
+    m.program_time = bench.program_time(ctx, topo)?;
     let route_add = (ctx.trials > 0 && !with_hooks)
         .then(|| route_add_latency(&daemon, topo, phase, ctx.trials))
         .transpose()?;
@@ -1360,8 +1396,100 @@ impl BenchPrograms {
             xdp_forwarded: None,
             xdp_mode: None,
             fib_results: None,
+            program_time: None,
         })
     }
+
+    /// With `ctx.program_time`, the time per packet of the XDP program on the router's input
+    /// (see [`Self::measure_program_time`]); a failure is reported in the result, not returned,
+    /// unless the run was interrupted.
+    fn program_time(
+        &self,
+        ctx: &CellContext<'_>,
+        topo: &Topology,
+    ) -> anyhow::Result<Option<ProgramTime>> {
+        if !ctx.program_time {
+            return Ok(None);
+        }
+        match self.measure_program_time(topo) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if INTERRUPTED.load(Ordering::Relaxed) => Err(e),
+            Err(e) => Ok(Some(ProgramTime::NotMeasured { reason: format!("{e:#}") })),
+        }
+    }
+
+    /// The kernel's own accounting of the XDP program attached to the router's input: turns
+    /// BPF run-time statistics on (`BPF_ENABLE_STATS`), sends [`PROGRAM_TIME_FRAMES`] frames
+    /// and divides the program's added run time by its added runs. The statistics are off
+    /// again when this returns, also on failure (closing the descriptor turns them off).
+    fn measure_program_time(&self, topo: &Topology) -> anyhow::Result<ProgramTime> {
+        let link: Value =
+            serde_json::from_str(&topo.router.ip(&["-j", "link", "show", "dev", &topo.rtr_in])?)?;
+        let id = xdp_prog_id(&link[0])
+            .ok_or_else(|| anyhow!("no XDP program attached to {}: {link}", topo.rtr_in))?;
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("turn BPF run-time statistics on (BPF_ENABLE_STATS)")?;
+        self.settled_count()?;
+        let (name, before) = program_run_stats(id)?;
+        let (sent, _) = self.send(topo, Budget::Frames(PROGRAM_TIME_FRAMES))?;
+        self.settled_count()?;
+        let (_, after) = program_run_stats(id)?;
+        drop(stats);
+        Ok(ProgramTime::between(name, id, sent, before, after))
+    }
+}
+
+/// The id of the XDP program attached to a device in native (driver) mode, or of its only XDP
+/// program, from its entry in `ip -j link show`.
+fn xdp_prog_id(link: &Value) -> Option<u32> {
+    // XDP_ATTACHED_DRV
+    const DRIVER: u64 = 1;
+    let xdp = link.get("xdp")?;
+    let id = |v: &Value| v["prog"]["id"].as_u64().and_then(|i| u32::try_from(i).ok());
+    let attached = xdp["attached"].as_array().map_or(&[][..], Vec::as_slice);
+    attached
+        .iter()
+        .find(|a| a["mode"].as_u64() == Some(DRIVER))
+        .and_then(id)
+        .or_else(|| id(xdp))
+        .or_else(|| match attached {
+            [only] => id(only),
+            _ => None,
+        })
+}
+
+/// A loaded program's name and run-time statistics, by id.
+fn program_run_stats(id: u32) -> anyhow::Result<(String, RunStats)> {
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .ok_or_else(|| anyhow!("program {id} is not loaded"))?;
+    let name = info.name_as_str().unwrap_or_default().to_owned();
+    let stats = RunStats {
+        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+        runs: info.run_count(),
+    };
+    Ok((name, stats))
+}
+
+/// Whether BPF run-time statistics are on (`kernel.bpf_stats_enabled`, which also shows them on
+/// while any `BPF_ENABLE_STATS` descriptor is open).
+fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+/// How the XDP programs' time per packet was measured, for the report.
+fn program_time_method(measured: bool, stats_already_on: bool) -> String {
+    if !measured {
+        return "not measured (--no-program-time)".to_owned();
+    }
+    let mut s = format!(
+        "BPF run-time statistics (BPF_ENABLE_STATS, run_time_ns / run_cnt of the program on the router's input) over {PROGRAM_TIME_FRAMES} frames after each XDP forwarder's last round, turned on for that phase only; includes the statistics' own cost, {STATS_OVERHEAD}"
+    );
+    if stats_already_on {
+        s.push_str("; kernel.bpf_stats_enabled was already 1, so the rates include that cost too");
+    }
+    s
 }
 
 /// A name for a `FIB_RESULTS` slot: `bpf_fib_lookup`'s return code, or what the forwarder did.
@@ -2020,6 +2148,10 @@ struct Measurement {
     /// For the `bpf_fib_lookup` forwarder: its outcomes during the run, by name.
     #[serde(skip_serializing_if = "Option::is_none")]
     fib_results: Option<BTreeMap<String, u64>>,
+    /// For the XDP forwarders: the time their program on `rtr_in` takes per packet, from the
+    /// kernel's BPF run-time statistics, in a short phase after the last round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    program_time: Option<ProgramTime>,
 }
 
 impl Measurement {
@@ -2068,6 +2200,7 @@ impl Measurement {
             xdp_forwarded: sum(&|m| m.xdp_forwarded),
             xdp_mode: rounds.first().and_then(|m| m.xdp_mode.clone()),
             fib_results,
+            program_time: rounds.iter().find_map(|m| m.program_time.clone()),
         }
     }
 
@@ -2104,7 +2237,83 @@ impl Measurement {
         if let Some(r) = &self.fib_results {
             let _ = write!(s, ", lookups {r:?}");
         }
+        if let Some(t) = &self.program_time {
+            let _ = write!(s, "; {}", t.describe());
+        }
         s + ")"
+    }
+}
+
+/// A program's run-time statistics (`bpf_prog_info`), counted while they are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct RunStats {
+    /// `run_time_ns`: time spent in the program, all CPUs together.
+    run_time_ns: u64,
+    /// `run_cnt`: runs of the program.
+    runs: u64,
+}
+
+/// The time an XDP forwarder's program takes per packet, or why it was not measured.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum ProgramTime {
+    Measured {
+        /// The program's name, as the kernel knows it.
+        program: String,
+        /// Its id.
+        id: u32,
+        /// Frames the generator sent in the phase.
+        frames: u64,
+        /// Runs of the program in the phase (frames the router's input had no room for never
+        /// reach it).
+        runs: u64,
+        /// Time spent in the program in the phase.
+        run_time_ns: u64,
+        /// `run_time_ns / runs`, the statistics' own cost included.
+        ns_per_packet: f64,
+    },
+    NotMeasured {
+        reason: String,
+    },
+}
+
+impl ProgramTime {
+    /// From the statistics before and after sending `frames`.
+    #[expect(clippy::cast_precision_loss, reason = "counts and nanoseconds stay far below 2^52")]
+    fn between(program: String, id: u32, frames: u64, before: RunStats, after: RunStats) -> Self {
+        let runs = after.runs.saturating_sub(before.runs);
+        let run_time_ns = after.run_time_ns.saturating_sub(before.run_time_ns);
+        if runs == 0 || run_time_ns == 0 {
+            return Self::NotMeasured {
+                reason: format!(
+                    "{program} (id {id}) counted {runs} runs and {run_time_ns} ns over {frames} frames: the statistics did not count"
+                ),
+            };
+        }
+        Self::Measured {
+            program,
+            id,
+            frames,
+            runs,
+            run_time_ns,
+            ns_per_packet: run_time_ns as f64 / runs as f64,
+        }
+    }
+
+    fn ns_per_packet(&self) -> Option<f64> {
+        match self {
+            Self::Measured { ns_per_packet, .. } => Some(*ns_per_packet),
+            Self::NotMeasured { .. } => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Measured { program, runs, ns_per_packet, .. } => format!(
+                "XDP program {ns_per_packet:.1} ns per packet over {runs} runs of {program}, statistics' own cost included"
+            ),
+            Self::NotMeasured { reason } => format!("XDP program time not measured: {reason}"),
+        }
     }
 }
 
@@ -2361,6 +2570,9 @@ struct Report {
     load_average: LoadAverages,
     /// The tracepoint devmap flushes were counted at, or why they were not.
     flush_counter: String,
+    /// How the XDP programs' time per packet (`program_time` of each XDP forwarder) was
+    /// measured, or that it was not.
+    program_time: String,
     tables: Vec<TableReport>,
     results: Vec<Cell>,
 }
@@ -2401,15 +2613,10 @@ impl Report {
         };
         let times = |r: Option<f64>| r.map_or_else(|| "-".into(), |r| format!("{r:.2}x"));
         for c in &self.results {
-            let label = format!(
-                "{} {} ({})",
-                c.family,
-                if c.table == "one" { "one route" } else { "full" },
-                c.routes
-            );
             let _ = writeln!(
                 out,
-                "{label:<24} {:>8} {:>11} {:>8} {:>8}   {:>13} {:>13} {:>10} {:>10}",
+                "{:<24} {:>8} {:>11} {:>8} {:>8}   {:>13} {:>13} {:>10} {:>10}",
+                cell_label(c),
                 mpps(c, Forwarder::Linux),
                 mpps(c, Forwarder::FibLookup),
                 mpps(c, Forwarder::Ceiling),
@@ -2419,6 +2626,85 @@ impl Report {
                 times(c.ratios.sluice_ceiling),
                 times(c.ratios.sluice_full_over_one)
             );
+        }
+    }
+
+    /// One line per cell with each XDP forwarder's program time per packet, when any was
+    /// measured, and why any was not.
+    fn program_time_table(&self, out: &mut String) {
+        const COLUMNS: [Forwarder; 4] =
+            [Forwarder::FibLookup, Forwarder::Ceiling, Forwarder::Sluice, Forwarder::SluiceHooks];
+        fn time(c: &Cell, f: Forwarder) -> Option<&ProgramTime> {
+            c.forwarders.get(f.name())?.program_time.as_ref()
+        }
+        if !self.results.iter().any(|c| COLUMNS.iter().any(|&f| time(c, f).is_some())) {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "XDP program time per packet (ns), from the kernel's BPF run-time statistics over {PROGRAM_TIME_FRAMES} frames; their own cost ({STATS_OVERHEAD}) included:"
+        );
+        let _ = writeln!(
+            out,
+            "{:<24} {:>11} {:>8} {:>8} {:>13}",
+            "ns/pkt", "fib_lookup", "ceiling", "sluice", "sluice_hooks"
+        );
+        for c in &self.results {
+            let cells = COLUMNS.map(|f| match time(c, f) {
+                Some(t) => {
+                    t.ns_per_packet().map_or_else(|| "failed".into(), |ns| format!("{ns:.1}"))
+                }
+                None => "-".into(),
+            });
+            let _ = writeln!(
+                out,
+                "{:<24} {:>11} {:>8} {:>8} {:>13}",
+                cell_label(c),
+                cells[0],
+                cells[1],
+                cells[2],
+                cells[3]
+            );
+        }
+        for c in &self.results {
+            for f in COLUMNS {
+                if let Some(ProgramTime::NotMeasured { reason }) = time(c, f) {
+                    let _ = writeln!(
+                        out,
+                        "  {} {} {}: program time not measured: {reason}",
+                        c.family,
+                        c.table,
+                        f.name()
+                    );
+                }
+            }
+        }
+    }
+
+    /// What each family's synthetic table is, and how the kernel and the dataplane took it.
+    fn table_lines(&self, out: &mut String) {
+        for t in &self.tables {
+            let secs = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1} s"));
+            let _ = writeln!(
+                out,
+                "{} table: {} prefixes over {} next hops (seed {}, mean length {:.2}, {:.0}% more-specifics), kernel install {}, removal {}",
+                t.family,
+                t.routes,
+                t.next_hops,
+                t.seed,
+                t.mean_prefix_len,
+                t.more_specific_share * 100.0,
+                secs(t.kernel_install_s),
+                secs(t.kernel_remove_s)
+            );
+            if let Some(lag) = &t.load_lag {
+                let _ = writeln!(
+                    out,
+                    "{} table: while the kernel took it, the dataplane lagged behind: {}",
+                    t.family,
+                    lag.describe()
+                );
+            }
         }
     }
 
@@ -2438,6 +2724,7 @@ impl Report {
             format_load(self.load_average.end)
         );
         self.rate_table(&mut out);
+        self.program_time_table(&mut out);
         for c in &self.results {
             if let (Some(h), Some(r)) =
                 (c.forwarders.get(Forwarder::SluiceHooks.name()), c.ratios.hooks_over_empty)
@@ -2490,29 +2777,7 @@ impl Report {
                 let _ = writeln!(out, "  {} {}: {}", c.family, c.table, flushes.join(", "));
             }
         }
-        for t in &self.tables {
-            let secs = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1} s"));
-            let _ = writeln!(
-                out,
-                "{} table: {} prefixes over {} next hops (seed {}, mean length {:.2}, {:.0}% more-specifics), kernel install {}, removal {}",
-                t.family,
-                t.routes,
-                t.next_hops,
-                t.seed,
-                t.mean_prefix_len,
-                t.more_specific_share * 100.0,
-                secs(t.kernel_install_s),
-                secs(t.kernel_remove_s)
-            );
-            if let Some(lag) = &t.load_lag {
-                let _ = writeln!(
-                    out,
-                    "{} table: while the kernel took it, the dataplane lagged behind: {}",
-                    t.family,
-                    lag.describe()
-                );
-            }
-        }
+        self.table_lines(&mut out);
         for c in &self.results {
             if let Some(d) = &c.daemon {
                 let _ = writeln!(out, "daemon start, {} {}: {}", c.family, c.table, d.describe());
@@ -2565,6 +2830,11 @@ impl Report {
             &groups,
         )
     }
+}
+
+/// A cell's label in the tables: `ipv4 one route (1)`, `ipv6 full (230000)`.
+fn cell_label(c: &Cell) -> String {
+    format!("{} {} ({})", c.family, if c.table == "one" { "one route" } else { "full" }, c.routes)
 }
 
 fn forwarder_colour(f: Forwarder) -> &'static str {
@@ -3102,6 +3372,162 @@ mod tests {
         assert!(contains_prefix(&v, "10.251.3.0/24".parse().unwrap()));
         assert!(!contains_prefix(&v, "10.251.3.0/25".parse().unwrap()));
         assert!(contains_prefix(&v, "fd00:251:0::/64".parse().unwrap()));
+    }
+
+    #[test]
+    fn program_time_is_run_time_over_runs() {
+        let before = RunStats { run_time_ns: 1_000, runs: 10 };
+        let after = RunStats { run_time_ns: 1_000 + 8_100_000, runs: 10 + 100_000 };
+        let t = ProgramTime::between("sluice_xdp".into(), 7, 500_000, before, after);
+        assert_eq!(t.ns_per_packet(), Some(81.0));
+        let ProgramTime::Measured { program, id, frames, runs, run_time_ns, .. } = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(
+            (program.as_str(), *id, *frames, *runs, *run_time_ns),
+            ("sluice_xdp", 7, 500_000, 100_000, 8_100_000)
+        );
+        assert!(t.describe().contains("81.0 ns per packet"), "{}", t.describe());
+        // Statistics that did not count (off, or the program never ran) give no figure.
+        for after in [before, RunStats { run_time_ns: 5_000, runs: 10 }] {
+            let t = ProgramTime::between("p".into(), 1, 500_000, before, after);
+            assert!(matches!(t, ProgramTime::NotMeasured { .. }), "{t:?}");
+            assert_eq!(t.ns_per_packet(), None);
+            assert_eq!(serde_json::to_value(&t).unwrap()["status"], "not_measured");
+        }
+    }
+
+    #[test]
+    fn xdp_program_ids_from_ip_link() {
+        let v: Value = serde_json::from_str(
+            r#"[{"ifindex":5,"ifname":"sbi","xdp":{"mode":1,"prog":{"id":42,"name":"sluice_xdp","tag":"ab","jited":1},"attached":[{"mode":1,"prog":{"id":42,"name":"sluice_xdp","tag":"ab","jited":1}}]}}]"#,
+        )
+        .unwrap();
+        assert_eq!(xdp_prog_id(&v[0]), Some(42));
+        // Generic and native at once: the native one.
+        let v: Value = serde_json::from_str(
+            r#"{"xdp":{"mode":4,"attached":[{"mode":2,"prog":{"id":9}},{"mode":1,"prog":{"id":11}}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(xdp_prog_id(&v), Some(11));
+        let v: Value =
+            serde_json::from_str(r#"{"xdp":{"mode":2,"attached":[{"mode":2,"prog":{"id":9}}]}}"#)
+                .unwrap();
+        assert_eq!(xdp_prog_id(&v), Some(9));
+        assert_eq!(xdp_prog_id(&serde_json::json!({"ifindex": 5, "ifname": "sbi"})), None);
+    }
+
+    fn measurement(mpps: f64, program_time: Option<ProgramTime>) -> Measurement {
+        Measurement {
+            sent: 100,
+            received: 100,
+            seconds: 1.0,
+            mpps,
+            round_mpps: vec![mpps],
+            offered_mpps: mpps,
+            devmap: None,
+            entry_drops: None,
+            xdp_forwarded: None,
+            xdp_mode: None,
+            fib_results: None,
+            program_time,
+        }
+    }
+
+    fn report(results: Vec<Cell>) -> Report {
+        Report {
+            frame_len: FRAME_LEN,
+            destinations: 4000,
+            seed: 1,
+            budget: Budget::Frames(100).describe(),
+            cpus: 2,
+            cpu_plan: CpuPlan::Shared.describe(),
+            kernel: "6.18".into(),
+            load_average: LoadAverages { start: [0.0; 3], end: [0.0; 3] },
+            flush_counter: "xdp:xdp_devmap_xmit".into(),
+            program_time: program_time_method(true, false),
+            tables: vec![],
+            results,
+        }
+    }
+
+    fn cell(forwarders: BTreeMap<&'static str, Measurement>) -> Cell {
+        Cell {
+            family: "ipv4",
+            table: "one",
+            routes: 1,
+            forwarders,
+            ratios: Ratios::default(),
+            daemon: None,
+            route_add: None,
+            failures: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn program_times_are_reported() {
+        let measured = |ns: u64| {
+            ProgramTime::between(
+                "p".into(),
+                1,
+                500_000,
+                RunStats::default(),
+                RunStats { run_time_ns: ns * 1000, runs: 1000 },
+            )
+        };
+        let failed = ProgramTime::NotMeasured { reason: "no BPF_ENABLE_STATS".into() };
+        let r = report(vec![cell(BTreeMap::from([
+            ("linux", measurement(0.8, None)),
+            ("ceiling", measurement(3.5, Some(measured(22)))),
+            ("sluice", measurement(2.7, Some(measured(81)))),
+            ("sluice_hooks", measurement(2.5, Some(failed))),
+        ]))]);
+        let text = r.text();
+        let lines: Vec<&str> = text.lines().collect();
+        let at =
+            lines.iter().position(|l| l.starts_with("XDP program time per packet (ns)")).unwrap();
+        assert!(lines[at].contains("own cost"), "the statistics' overhead is mentioned");
+        let header: Vec<&str> = lines[at + 1].split_whitespace().collect();
+        assert_eq!(header, ["ns/pkt", "fib_lookup", "ceiling", "sluice", "sluice_hooks"]);
+        let row: Vec<&str> = lines[at + 2].split_whitespace().collect();
+        assert_eq!(row, ["ipv4", "one", "route", "(1)", "-", "22.0", "81.0", "failed"]);
+        assert_eq!(
+            lines[at + 3],
+            "  ipv4 one sluice_hooks: program time not measured: no BPF_ENABLE_STATS"
+        );
+        // Each column ends where its header does.
+        for (name, value) in [("ceiling", "22.0"), ("sluice", "81.0"), ("sluice_hooks", "failed")] {
+            let end = |l: &str, w: &str| l.find(&format!(" {w}")).unwrap() + 1 + w.len();
+            assert_eq!(end(lines[at + 1], name), end(lines[at + 2], value), "{name}");
+        }
+        // The JSON keeps the figure beside the rate; without it, the field is left out.
+        let json = serde_json::to_value(&r).unwrap();
+        let sluice = &json["results"][0]["forwarders"]["sluice"];
+        assert_eq!(sluice["program_time"]["ns_per_packet"], 81.0);
+        assert_eq!(sluice["program_time"]["status"], "measured");
+        assert_eq!(sluice["mpps"], 2.7);
+        assert!(json["results"][0]["forwarders"]["linux"].get("program_time").is_none());
+        assert!(json["program_time"].as_str().unwrap().contains("BPF_ENABLE_STATS"));
+
+        // Without any program time (--no-program-time), no table.
+        let r = report(vec![cell(BTreeMap::from([("sluice", measurement(2.7, None))]))]);
+        assert!(!r.text().contains("XDP program time"));
+        assert!(program_time_method(false, false).contains("--no-program-time"));
+    }
+
+    #[test]
+    fn the_median_keeps_the_program_time() {
+        let t = ProgramTime::between(
+            "p".into(),
+            1,
+            10,
+            RunStats::default(),
+            RunStats { run_time_ns: 500, runs: 10 },
+        );
+        let rounds = [measurement(1.0, None), measurement(3.0, None), measurement(2.0, Some(t))];
+        let m = Measurement::median_of(&rounds);
+        assert!((m.mpps - 2.0).abs() < 1e-9, "the median round");
+        assert_eq!(m.program_time.and_then(|t| t.ns_per_packet()), Some(50.0));
     }
 
     #[test]
