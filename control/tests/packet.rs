@@ -206,6 +206,11 @@ fn forwarding() {
         fwd("longest prefix: 2001:db8:1:3::9 takes the /48", udp6("2001:db8:1:3::9"), nh::OUT1),
         fwd("default route 0.0.0.0/0", udp4("198.51.100.7"), nh::OUT4),
         fwd("default route ::/0", udp6("2001:db9::1"), nh::OUT4),
+        // Just outside the martian ranges: fe80::/10 ends at febf::, loopback is ::1 only.
+        fwd("IPv6 fec0::1 is not link-local: default route", udp6("fec0::1"), nh::OUT4),
+        fwd("IPv6 ::2 is neither loopback nor unspecified: default route", udp6("::2"), nh::OUT4),
+        fwd("IPv6 ::100 (a byte before the last set): default route", udp6("::100"), nh::OUT4),
+        fwd("IPv6 fe40::1 (fe00::/9, not fe80::/10): default route", udp6("fe40::1"), nh::OUT4),
     ];
     lab.check_all(&cases);
 }
