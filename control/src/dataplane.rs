@@ -484,6 +484,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         ),
         names::RULE_COUNTERS => (4, size(size_of::<Counter>()), hooks::MAX_RULE_IDS),
         names::HOOK_CONFIG => (4, size(size_of::<hooks::HookConfig>()), 1),
+        names::HOOK_SUMMARY => (4, size(size_of::<hooks::Summary>()), hooks::summary::TABLES),
         names::SAMPLES => (0, 0, hooks::SAMPLE_RING_BYTES),
         names::TALKERS => (
             size(size_of::<sluice_common::TalkerKey>()),

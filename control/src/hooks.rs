@@ -34,7 +34,7 @@ use sluice_common::{
     Counter, NextHop, addr_of,
     hooks::{
         FilterAction, FilterRule, HookConfig, MAX_RULE_IDS, MAX_STEER_MEMBERS, RateRule,
-        STEER_SLOTS, Sample, SteerMember, SteerRule,
+        STEER_SLOTS, SUMMARY_WORDS, Sample, SteerMember, SteerRule, Summary, summary, summary_mark,
     },
     names,
 };
@@ -225,6 +225,12 @@ pub trait HookMaps {
     fn nexthop_of(&self, via: IpAddr) -> Option<u32>;
     /// Writes the table summary the program reads first.
     fn set_config(&mut self, config: HookConfig) -> Result<(), HookError>;
+    /// Writes which first 16 bits of an address the rules of `table` ([`summary`]) cover.
+    /// Maps without summaries (in memory) need not keep them.
+    fn set_summary(&mut self, table: u32, value: &Summary) -> Result<(), HookError> {
+        let _ = (table, value);
+        Ok(())
+    }
     /// A rule's counter, summed over the CPUs.
     fn counter(&self, rule: u32) -> Result<Counter, HookError>;
     /// Zeroes a rule's counter (a new rule must not inherit an old one's counts).
@@ -261,6 +267,8 @@ pub struct HookTables<M: HookMaps> {
     sampling: BTreeMap<String, u32>,
     next_rule: u32,
     free_rules: Vec<u32>,
+    /// The summaries last written, by table (`None`: not written yet).
+    summaries: Option<Vec<Summary>>,
 }
 
 /// One write, and what undoes it.
@@ -282,6 +290,7 @@ impl<M: HookMaps> HookTables<M> {
             sampling: BTreeMap::new(),
             next_rule: 1,
             free_rules: Vec::new(),
+            summaries: None,
         }
     }
 
@@ -660,8 +669,52 @@ impl<M: HookMaps> HookTables<M> {
         let _ = self.write_config();
     }
 
-    /// The summary the program reads: rules per table, and the densest sampling asked for.
+    /// Which first 16 bits of an address each table's rules cover (see [`Summary`]).
+    fn summaries(&self) -> Vec<Summary> {
+        let mut out = vec![[0u64; SUMMARY_WORDS]; summary::TABLES as usize];
+        let mut mark = |table: u32, prefix: &IpNet| {
+            let (first, len) = match prefix {
+                IpNet::V4(n) => (n.addr().octets(), n.prefix_len()),
+                IpNet::V6(n) => {
+                    let o = n.addr().octets();
+                    ([o[0], o[1], 0, 0], n.prefix_len())
+                }
+            };
+            summary_mark(&mut out[table as usize], [first[0], first[1]], len);
+        };
+        for (dir, prefix) in self.filters.keys() {
+            let table = match (dir, prefix) {
+                (Direction::Src, IpNet::V4(_)) => summary::FILTER_SRC_V4,
+                (Direction::Dst, IpNet::V4(_)) => summary::FILTER_DST_V4,
+                (Direction::Src, IpNet::V6(_)) => summary::FILTER_SRC_V6,
+                (Direction::Dst, IpNet::V6(_)) => summary::FILTER_DST_V6,
+            };
+            mark(table, prefix);
+        }
+        for prefix in self.rates.keys() {
+            let v4 = matches!(prefix, IpNet::V4(_));
+            mark(if v4 { summary::RATE_V4 } else { summary::RATE_V6 }, prefix);
+        }
+        for prefix in self.steers.keys() {
+            let v4 = matches!(prefix, IpNet::V4(_));
+            mark(if v4 { summary::STEER_V4 } else { summary::STEER_V6 }, prefix);
+        }
+        out
+    }
+
+    /// The summary the program reads: rules per table, the densest sampling asked for, and
+    /// (written first, the tables that changed only) which addresses each table's rules cover.
     fn write_config(&mut self) -> Result<(), HookError> {
+        let summaries = self.summaries();
+        for (table, value) in summaries.iter().enumerate() {
+            if self.summaries.as_ref().is_none_or(|old| old[table] != *value) {
+                if let Err(e) = self.maps.set_summary(table as u32, value) {
+                    self.summaries = None;
+                    return Err(e);
+                }
+            }
+        }
+        self.summaries = Some(summaries);
         let count = |d: Direction, v4: bool| {
             self.filters
                 .keys()
@@ -804,6 +857,7 @@ pub struct AyaHookMaps {
     steer_v4: LpmTrie<MapData, [u8; 4], SteerRule>,
     steer_v6: LpmTrie<MapData, [u8; 16], SteerRule>,
     config: Array<MapData, HookConfig>,
+    summary: Array<MapData, Summary>,
     counters: PerCpuArray<MapData, Counter>,
     gateways: Gateways,
 }
@@ -859,6 +913,7 @@ impl AyaHookMaps {
             steer_v4: typed!(names::STEER_V4),
             steer_v6: typed!(names::STEER_V6),
             config: typed!(names::HOOK_CONFIG),
+            summary: typed!(names::HOOK_SUMMARY),
             counters: typed!(names::RULE_COUNTERS),
             gateways: Gateways::default(),
         })
@@ -1006,6 +1061,10 @@ impl HookMaps for AyaHookMaps {
 
     fn set_config(&mut self, config: HookConfig) -> Result<(), HookError> {
         self.config.set(0, config, 0).map_err(map_err(names::HOOK_CONFIG))
+    }
+
+    fn set_summary(&mut self, table: u32, value: &Summary) -> Result<(), HookError> {
+        self.summary.set(table, *value, 0).map_err(map_err(names::HOOK_SUMMARY))
     }
 
     fn counter(&self, rule: u32) -> Result<Counter, HookError> {
@@ -1235,6 +1294,8 @@ pub fn drain_samples(ring: &mut RingBuf<MapData>) -> Vec<SampledPacket> {
 mod tests {
     use std::collections::BTreeSet;
 
+    use sluice_common::hooks::summary_covers;
+
     use super::*;
 
     /// Maps in memory, with a switch that makes one write fail.
@@ -1243,6 +1304,9 @@ mod tests {
         maps: MemoryHookMaps,
         fail_at: Option<usize>,
         writes: usize,
+        /// Summaries written, by table, and how many writes.
+        summaries: BTreeMap<u32, Summary>,
+        summary_writes: usize,
     }
 
     impl Memory {
@@ -1289,6 +1353,11 @@ mod tests {
         fn set_config(&mut self, config: HookConfig) -> Result<(), HookError> {
             self.maps.set_config(config)
         }
+        fn set_summary(&mut self, table: u32, value: &Summary) -> Result<(), HookError> {
+            self.summary_writes += 1;
+            self.summaries.insert(table, *value);
+            Ok(())
+        }
         fn counter(&self, rule: u32) -> Result<Counter, HookError> {
             self.maps.counter(rule)
         }
@@ -1303,6 +1372,45 @@ mod tests {
 
     fn drop_src(p: &str) -> HookOp {
         HookOp::SetFilter { direction: Direction::Src, prefix: net(p), action: Action::Drop }
+    }
+
+    #[test]
+    fn summaries_mark_what_each_tables_rules_cover_and_only_changes_are_written() {
+        let marked = |t: &HookTables<Memory>, table: u32| {
+            (0..1u32 << 16)
+                .filter(|&i| summary_covers(&t.maps.summaries[&table], i))
+                .collect::<Vec<_>>()
+        };
+        let mut t = HookTables::new(Memory::default());
+        t.apply(
+            "a",
+            &[
+                drop_src("198.51.100.0/24"),
+                HookOp::SetRateLimit { prefix: net("2001:db8::/32"), rate_pps: 10, burst: 20 },
+            ],
+        )
+        .unwrap();
+        assert_eq!(t.maps.summary_writes, summary::TABLES as usize, "all tables, the first time");
+        assert_eq!(marked(&t, summary::FILTER_SRC_V4), [198 << 8 | 51]);
+        assert_eq!(marked(&t, summary::RATE_V6), [0x2001]);
+        for table in [summary::FILTER_DST_V4, summary::FILTER_SRC_V6, summary::STEER_V4] {
+            assert!(marked(&t, table).is_empty(), "table {table}");
+        }
+        let dst = HookOp::SetFilter {
+            direction: Direction::Dst,
+            prefix: net("10.0.0.0/8"),
+            action: Action::Count,
+        };
+        t.apply("a", &[dst]).unwrap();
+        assert_eq!(t.maps.summary_writes, summary::TABLES as usize + 1, "only the table changed");
+        assert_eq!(marked(&t, summary::FILTER_DST_V4), (10 << 8..11 << 8).collect::<Vec<_>>());
+        t.apply(
+            "a",
+            &[HookOp::RemoveFilter { direction: Direction::Src, prefix: net("198.51.100.0/24") }],
+        )
+        .unwrap();
+        assert!(marked(&t, summary::FILTER_SRC_V4).is_empty(), "a removed rule leaves no mark");
+        assert_eq!(marked(&t, summary::RATE_V6), [0x2001]);
     }
 
     #[test]

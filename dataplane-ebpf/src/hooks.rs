@@ -14,12 +14,15 @@ use sluice_common::{
     hooks::{
         Bucket, FilterAction, FilterRule, HookConfig, MAX_FILTER_RULES, MAX_RATE_RULES,
         MAX_RULE_IDS, MAX_STEER_RULES, RATE_STATE_ENTRIES, RateKey, RateRule, SAMPLE_RING_BYTES,
-        Sample, SteerMember, SteerRule, take_token,
+        Sample, SteerMember, SteerRule, Summary, summary, summary_covers, summary_index,
+        take_token,
     },
 };
 
 #[map]
 static HOOK_CONFIG: Array<HookConfig> = Array::with_max_entries(1, 0);
+#[map]
+static HOOK_SUMMARY: Array<Summary> = Array::with_max_entries(summary::TABLES, 0);
 #[map]
 static FILTER_SRC_V4: LpmTrie<[u8; 4], FilterRule> = LpmTrie::with_max_entries(MAX_FILTER_RULES, 0);
 #[map]
@@ -83,21 +86,27 @@ pub fn ingress(p: &Packet<'_>, ports: impl FnOnce() -> u32) -> Verdict {
     } else {
         (cfg.filter_src_v6, cfg.filter_dst_v6, cfg.rate_v6, cfg.steer_v6)
     };
-    if src_rules != 0 {
+    let (src_table, dst_table, rate_table) = if v4 {
+        (summary::FILTER_SRC_V4, summary::FILTER_DST_V4, summary::RATE_V4)
+    } else {
+        (summary::FILTER_SRC_V6, summary::FILTER_DST_V6, summary::RATE_V6)
+    };
+    let (src_index, dst_index) = (summary_index(p.src), summary_index(p.dst));
+    if src_rules != 0 && covered(src_table, src_index) {
         let rule =
             if v4 { lookup_v4(&FILTER_SRC_V4, p.src) } else { lookup_v6(&FILTER_SRC_V6, p.src) };
         if let Some(v) = rule.and_then(|r| filter(r, p.len)) {
             return v;
         }
     }
-    if dst_rules != 0 {
+    if dst_rules != 0 && covered(dst_table, dst_index) {
         let rule =
             if v4 { lookup_v4(&FILTER_DST_V4, p.dst) } else { lookup_v6(&FILTER_DST_V6, p.dst) };
         if let Some(v) = rule.and_then(|r| filter(r, p.len)) {
             return v;
         }
     }
-    if rate_rules != 0 {
+    if rate_rules != 0 && covered(rate_table, src_index) {
         let rule = if v4 { lookup_v4(&RATE_V4, p.src) } else { lookup_v6(&RATE_V6, p.src) };
         if let Some(rule) = rule
             && !admit(&rule, p)
@@ -114,12 +123,23 @@ pub fn ingress(p: &Packet<'_>, ports: impl FnOnce() -> u32) -> Verdict {
 /// rule covers `dst`, or none of its gateways is a known next hop.
 #[inline(always)]
 pub fn steer(family: u8, dst: &[u8; 16], hash: u32) -> Option<(u32, &'static SteerMember)> {
+    let table = if family == FAMILY_V4 { summary::STEER_V4 } else { summary::STEER_V6 };
+    if !covered(table, summary_index(dst)) {
+        return None;
+    }
     let rule = if family == FAMILY_V4 {
         STEER_V4.get(Key::new(32, [dst[0], dst[1], dst[2], dst[3]]))
     } else {
         STEER_V6.get(Key::new(128, *dst))
     }?;
     Some((rule.rule, rule.pick(hash)?))
+}
+
+/// Whether a rule of `table` may cover an address with these first 16 bits (see [`Summary`]).
+/// Without the summary, every address may.
+#[inline(always)]
+fn covered(table: u32, index: u32) -> bool {
+    HOOK_SUMMARY.get(table).is_none_or(|s| summary_covers(s, index))
 }
 
 #[inline(always)]

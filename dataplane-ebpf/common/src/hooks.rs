@@ -5,7 +5,9 @@
 //! (`control/src/hooks.rs`) on behalf of plugins, never by plugins themselves.
 //!
 //! Empty tables cost one array read per packet: [`HookConfig`] says which tables hold anything,
-//! and the program consults only those.
+//! and the program consults only those. A table that holds rules is looked up only for addresses
+//! whose first 16 bits its [`Summary`] marks: rules on a few prefixes cost the rest of the
+//! traffic one bit test, not a walk of the kernel's LPM trie.
 
 /// Rules per filter table (one table per family and direction).
 pub const MAX_FILTER_RULES: u32 = 1 << 16;
@@ -23,6 +25,50 @@ pub const MAX_STEER_MEMBERS: usize = 8;
 pub const STEER_SLOTS: usize = 32;
 /// Bytes of the sample ring buffer.
 pub const SAMPLE_RING_BYTES: u32 = 1 << 18;
+
+/// Words of a [`Summary`]: one bit per value of an address's first 16 bits.
+pub const SUMMARY_WORDS: usize = (1 << 16) / 64;
+/// Value of `HOOK_SUMMARY`, one per table ([`summary`]): bit `i` set when a rule of the table
+/// covers an address whose first 16 bits are `i` (a rule shorter than /16 marks every value it
+/// covers). A clear bit means no rule can match, so the table is not looked up.
+pub type Summary = [u64; SUMMARY_WORDS];
+
+/// The tables' positions in `HOOK_SUMMARY`.
+pub mod summary {
+    pub const FILTER_SRC_V4: u32 = 0;
+    pub const FILTER_DST_V4: u32 = 1;
+    pub const FILTER_SRC_V6: u32 = 2;
+    pub const FILTER_DST_V6: u32 = 3;
+    pub const RATE_V4: u32 = 4;
+    pub const RATE_V6: u32 = 5;
+    pub const STEER_V4: u32 = 6;
+    pub const STEER_V6: u32 = 7;
+    /// Entries of `HOOK_SUMMARY`.
+    pub const TABLES: u32 = 8;
+}
+
+/// The first 16 bits of an address (IPv4 or IPv6, network order), as a [`Summary`] index.
+#[inline(always)]
+pub const fn summary_index(addr: &[u8; 16]) -> u32 {
+    (addr[0] as u32) << 8 | addr[1] as u32
+}
+
+/// Whether `summary` marks `index` (masked to 16 bits).
+#[inline(always)]
+pub const fn summary_covers(summary: &Summary, index: u32) -> bool {
+    let index = index & 0xffff;
+    summary[(index / 64) as usize] >> (index % 64) & 1 != 0
+}
+
+/// Marks in `summary` what a prefix of `len` bits whose first two bytes are `first` covers.
+pub fn summary_mark(summary: &mut Summary, first: [u8; 2], len: u8) {
+    let index = u32::from(u16::from_be_bytes(first));
+    let span = if len >= 16 { 1 } else { 1u32 << (16 - len) };
+    let start = index & !(span - 1);
+    for i in start..start + span {
+        summary[(i / 64) as usize] |= 1 << (i % 64);
+    }
+}
 
 /// What a filter rule does with a matching packet.
 #[repr(u32)]
@@ -238,6 +284,32 @@ const _: () = assert!(size_of::<Sample>() == 48);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_marks_the_16_bit_values_a_prefix_covers() {
+        let mut s = [0u64; SUMMARY_WORDS];
+        summary_mark(&mut s, [198, 51], 24);
+        let marked = |s: &Summary| (0..1u32 << 16).filter(|&i| summary_covers(s, i)).count();
+        assert_eq!(marked(&s), 1);
+        assert!(summary_covers(&s, 198 << 8 | 51));
+        summary_mark(&mut s, [10, 0], 8);
+        assert_eq!(marked(&s), 257, "a /8 marks its 256 /16s");
+        assert!(summary_covers(&s, 10 << 8) && summary_covers(&s, 10 << 8 | 255));
+        assert!(!summary_covers(&s, 9 << 8 | 255) && !summary_covers(&s, 11 << 8));
+        let mut v6 = [0u64; SUMMARY_WORDS];
+        summary_mark(&mut v6, [0x20, 0x01], 32);
+        summary_mark(&mut v6, [0xfc, 0x00], 7);
+        let mut addr = [0u8; 16];
+        addr[..2].copy_from_slice(&[0x20, 0x01]);
+        assert!(summary_covers(&v6, summary_index(&addr)));
+        addr[..2].copy_from_slice(&[0xfd, 0x12]);
+        assert!(summary_covers(&v6, summary_index(&addr)), "fc00::/7 covers fd12::");
+        addr[..2].copy_from_slice(&[0xfe, 0x00]);
+        assert!(!summary_covers(&v6, summary_index(&addr)));
+        let mut all = [0u64; SUMMARY_WORDS];
+        summary_mark(&mut all, [0, 0], 0);
+        assert!(all.iter().all(|w| *w == u64::MAX), "a default rule marks everything");
+    }
 
     #[test]
     fn buckets_hold_a_burst_and_refill_at_the_rate() {

@@ -77,6 +77,9 @@ pub mod names {
     pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
     /// One [`HookConfig`](super::hooks::HookConfig): which hook tables hold anything.
     pub const HOOK_CONFIG: &str = "HOOK_CONFIG";
+    /// Array of [`Summary`](super::hooks::Summary), one per hook table
+    /// ([`summary`](super::hooks::summary)): which first 16 bits of an address its rules cover.
+    pub const HOOK_SUMMARY: &str = "HOOK_SUMMARY";
     /// Ring buffer of [`Sample`](super::hooks::Sample)s: 1 in N packet headers.
     pub const SAMPLES: &str = "SAMPLES";
     /// Per-CPU LRU hash [`TalkerKey`](super::TalkerKey) -> [`Counter`](super::Counter):
@@ -87,7 +90,7 @@ pub mod names {
     pub const TALKER_SCRATCH: &str = "TALKER_SCRATCH";
 
     /// Every map, in the order they are pinned.
-    pub const ALL_MAPS: [&str; 26] = [
+    pub const ALL_MAPS: [&str; 27] = [
         ROUTES_V4,
         ROUTES_V6,
         NEXTHOPS,
@@ -112,6 +115,7 @@ pub mod names {
         RATE_STATE,
         RULE_COUNTERS,
         HOOK_CONFIG,
+        HOOK_SUMMARY,
         SAMPLES,
         TALKERS,
     ];
