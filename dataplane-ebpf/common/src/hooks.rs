@@ -291,11 +291,11 @@ mod tests {
         summary_mark(&mut s, [198, 51], 24);
         let marked = |s: &Summary| (0..1u32 << 16).filter(|&i| summary_covers(s, i)).count();
         assert_eq!(marked(&s), 1);
-        assert!(summary_covers(&s, 198 << 8 | 51));
+        assert!(summary_covers(&s, 0xc633));
         summary_mark(&mut s, [10, 0], 8);
         assert_eq!(marked(&s), 257, "a /8 marks its 256 /16s");
-        assert!(summary_covers(&s, 10 << 8) && summary_covers(&s, 10 << 8 | 255));
-        assert!(!summary_covers(&s, 9 << 8 | 255) && !summary_covers(&s, 11 << 8));
+        assert!(summary_covers(&s, 0x0a00) && summary_covers(&s, 0x0aff));
+        assert!(!summary_covers(&s, 0x09ff) && !summary_covers(&s, 0x0b00));
         let mut v6 = [0u64; SUMMARY_WORDS];
         summary_mark(&mut v6, [0x20, 0x01], 32);
         summary_mark(&mut v6, [0xfc, 0x00], 7);
