@@ -886,7 +886,6 @@ impl Maps {
     }
 }
 
-/// Removes everything pinned under `pin`: links first (which detaches XDP), then maps.
 /// The per-CPU values of a counter, added up.
 pub fn sum_counters<'a>(values: impl IntoIterator<Item = &'a Counter>) -> Counter {
     values.into_iter().fold(Counter::default(), |mut t, c| {
@@ -906,6 +905,7 @@ pub fn open_per_cpu_hash<K: aya::Pod, V: aya::Pod>(
     aya::maps::PerCpuHashMap::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)
 }
 
+/// Removes everything pinned under `pin`: links first (which detaches XDP), then maps.
 pub fn detach_all(pin: &PinDir) -> Result<Vec<String>> {
     crate::xmit::detach(pin)?;
     let links = pin.pinned_links();

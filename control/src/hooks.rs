@@ -1069,10 +1069,7 @@ impl HookMaps for AyaHookMaps {
 
     fn counter(&self, rule: u32) -> Result<Counter, HookError> {
         let per_cpu = self.counters.get(&rule, 0).map_err(map_err(names::RULE_COUNTERS))?;
-        Ok(per_cpu.iter().fold(Counter::default(), |a, c| Counter {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-        }))
+        Ok(crate::dataplane::sum_counters(per_cpu.iter()))
     }
 
     fn reset_counter(&mut self, rule: u32) -> Result<(), HookError> {

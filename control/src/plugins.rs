@@ -497,7 +497,6 @@ impl Kv {
     }
 }
 
-/// What a plugin's store holds.
 /// The store's limits, recording the memory the plugin holds (its high-water mark).
 struct Limits {
     inner: StoreLimits,
@@ -565,6 +564,7 @@ pub struct Usage {
     pub memory_limit_bytes: u64,
 }
 
+/// What a plugin's store holds.
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
