@@ -152,22 +152,25 @@ const ORIGIN_MAX: usize = 10_000;
 
 /// What a route's protocol number (`rtm_protocol`) says of where it came from.
 fn origin_name(protocol: Option<u8>) -> &'static str {
-    match protocol {
-        None => "neighbour",
-        Some(2) => "kernel",
-        Some(3) => "boot",
-        Some(4) => "static (ip route)",
-        Some(crate::apply::RTPROT_SLUICE) => "static",
-        Some(9) => "router advertisement",
-        Some(11) => "zebra (FRR)",
-        Some(12) => "bird",
-        Some(16) => "dhcp",
-        Some(42) => "babel",
-        Some(186) => "bgp (FRR)",
-        Some(187) => "is-is (FRR)",
-        Some(188) => "ospf (FRR)",
-        Some(189) => "rip (FRR)",
-        Some(_) => "other",
+    use netlink_packet_route::route::RouteProtocol as P;
+    let Some(p) = protocol else { return "neighbour" };
+    if p == crate::apply::RTPROT_SLUICE {
+        return "static";
+    }
+    match P::from(p) {
+        P::Kernel => "kernel",
+        P::Boot => "boot",
+        P::Static => "static (ip route)",
+        P::Ra => "router advertisement",
+        P::Zebra => "zebra (FRR)",
+        P::Bird => "bird",
+        P::Dhcp => "dhcp",
+        P::Babel => "babel",
+        P::Bgp => "bgp (FRR)",
+        P::Isis => "is-is (FRR)",
+        P::Ospf => "ospf (FRR)",
+        P::Rip => "rip (FRR)",
+        _ => "other",
     }
 }
 
