@@ -34,8 +34,8 @@ use sluice_common::{
     IfaceCacheEntry, IfaceKey, MAX_ECMP_GROUPS, MAX_IFACES, MAX_NEXTHOPS, MAX_ROUTES_V4,
     MAX_ROUTES_V6, MAX_SLOTS, NEIGH_PENDING_ENTRIES, NEIGH_REQUEST_INTERVAL_NS, NEIGH_RING_BYTES,
     NH_F_VLAN, NeighRequest, NextHop, REASON_SLOTS, Reason, Route, RouteAction, TALKER_ENTRIES,
-    TalkerKey, TalkerScratch, csum_ttl_decrement, dir24, flow_hash, flow_words, iface_cache_index,
-    iface_cache_tag, talker_sampled, trie6,
+    TalkerKey, TalkerScratch, csum_fold, csum_ttl_decrement, dir24, flow_hash, flow_words,
+    iface_cache_index, iface_cache_tag, talker_sampled, trie6,
 };
 
 // The record of IPv4 prefixes; the lookup itself goes through DIR24_V4 and DIR8_V4.
@@ -379,9 +379,8 @@ fn entry_at(table: &Array<dir24::Chunk>, index: u32) -> Option<u32> {
 /// array filled by `copy_from_slice` costs a call to a byte-at-a-time `memset`.
 #[inline(always)]
 fn widen(a: [u8; 4]) -> [u8; 16] {
-    let words = [u64::from(u32::from_le_bytes(a)), 0];
-    // SAFETY: two u64s are 16 plain bytes; little-endian, so `a` comes first in order.
-    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
+    // Little-endian words: the low bytes of the first come first in memory.
+    addr_bytes([u64::from(u32::from_le_bytes(a)), 0])
 }
 
 /// An IPv6 address as two words in memory order (little-endian loads): read whole into
@@ -610,11 +609,10 @@ fn ipv4_checksum_ok(hdr: &Ipv4Hdr) -> bool {
         + (head[1] & 0xffff_ffff)
         + (head[1] >> 32)
         + u64::from(tail);
+    // Five 32-bit words: two end-around folds bring the sum into 32 bits.
     sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum == 0xffff
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    csum_fold(sum as u32) == 0xffff
 }
 
 /// Asks the control plane to resolve a neighbour, at most once per interval per destination.
