@@ -673,14 +673,11 @@ impl<M: HookMaps> HookTables<M> {
     fn summaries(&self) -> Vec<Summary> {
         let mut out = vec![[0u64; SUMMARY_WORDS]; summary::TABLES as usize];
         let mut mark = |table: u32, prefix: &IpNet| {
-            let (first, len) = match prefix {
-                IpNet::V4(n) => (n.addr().octets(), n.prefix_len()),
-                IpNet::V6(n) => {
-                    let o = n.addr().octets();
-                    ([o[0], o[1], 0, 0], n.prefix_len())
-                }
+            let first = match prefix.addr() {
+                IpAddr::V4(a) => [a.octets()[0], a.octets()[1]],
+                IpAddr::V6(a) => [a.octets()[0], a.octets()[1]],
             };
-            summary_mark(&mut out[table as usize], [first[0], first[1]], len);
+            summary_mark(&mut out[table as usize], first, prefix.prefix_len());
         };
         for (dir, prefix) in self.filters.keys() {
             let table = match (dir, prefix) {

@@ -466,11 +466,7 @@ fn cli_routes_and_users(lab: &Lab, admin: Auth<'_>, gw: &str) {
 
 #[test]
 fn counters_stream_every_second_and_interfaces_show_the_xdp_mode() {
-    if !privileged() {
-        return;
-    }
-    let lab = Lab::new();
-    let (jar, csrf) = lab.admin_session();
+    let Some((lab, jar, csrf)) = Lab::with_admin() else { return };
     let reader = lab.token(Auth::Session(&jar, &csrf), "read");
     let ifaces = lab.call("GET", "/api/v1/interfaces", Auth::Bearer(&reader), None).body;
     let attached: Vec<&Value> =
@@ -497,11 +493,7 @@ fn counters_stream_every_second_and_interfaces_show_the_xdp_mode() {
 
 #[test]
 fn top_talkers_rank_the_sources_forwarding_the_most() {
-    if !privileged() {
-        return;
-    }
-    let lab = Lab::new();
-    let (jar, csrf) = lab.admin_session();
+    let Some((lab, jar, csrf)) = Lab::with_admin() else { return };
     let reader = lab.token(Auth::Session(&jar, &csrf), "read");
     let top = |query: &str| {
         lab.call("GET", &format!("/api/v1/top-talkers{query}"), Auth::Bearer(&reader), None)
