@@ -226,6 +226,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             prefixes = u.prefixes,
             groups = u.groups,
             groups_max = u.groups_max,
+            results = u.results,
             rejected = u.rejected,
             mib = u.shared_bytes >> 20,
             "IPv4 lookup tables (DIR-24-8)"

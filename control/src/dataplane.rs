@@ -498,8 +498,8 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         names::NEIGH_REQUESTS => (0, 0, NEIGH_RING_BYTES),
         names::NEIGH_PENDING => (size(size_of::<NeighRequest>()), 8, NEIGH_PENDING_ENTRIES),
         names::TRIE_V6 => (4, size(size_of::<dir24::Chunk>()), trie6::ENTRIES / dir24::CHUNK),
-        names::DIR24_V4 => {
-            (4, size(size_of::<dir24::Chunk>()), dir24::TBL24_ENTRIES / dir24::CHUNK)
+        names::TBL24_V4 => {
+            (4, size(size_of::<dir24::Chunk>()), dir24::TBL24_MAP_WORDS / dir24::CHUNK)
         }
         names::DIR8_V4 => (
             4,
@@ -584,7 +584,7 @@ fn map_shared(map: Map, name: &'static str, entries: u32) -> Result<MappedArray>
 fn map_lookup_tables(
     get: &mut impl FnMut(&'static str) -> Result<Map>,
 ) -> Result<(MappedArray, MappedArray, MappedArray)> {
-    let tbl24 = map_shared(get(names::DIR24_V4)?, names::DIR24_V4, dir24::TBL24_ENTRIES)?;
+    let tbl24 = map_shared(get(names::TBL24_V4)?, names::TBL24_V4, dir24::TBL24_MAP_WORDS)?;
     let tbl8 =
         map_shared(get(names::DIR8_V4)?, names::DIR8_V4, dir24::MAX_GROUPS * dir24::GROUP_ENTRIES)?;
     let trie = map_shared(get(names::TRIE_V6)?, names::TRIE_V6, trie6::ENTRIES)?;

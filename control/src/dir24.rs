@@ -24,8 +24,9 @@ use ipnet::Ipv4Net;
 use sluice_common::{
     Route,
     dir24::{
-        GROUP_ENTRIES, MAX_GROUPS, TBL24_ENTRIES, decode, encode, group_entry, group_pointer,
-        is_group,
+        GROUP_ENTRIES, MAX_GROUPS, RESULTS, TBL24_ENTRIES, TBL24_MAP_WORDS, TBL24_WORDS, decode,
+        encode, group_entry, group_pointer, is_group, short_entry, short_group,
+        short_group_pointer, short_is_group, with_short_entry,
     },
 };
 
@@ -75,6 +76,87 @@ pub enum Dir24Error {
     /// The route's target does not fit an entry.
     #[error("route target {0} does not fit a DIR-24-8 entry")]
     Unencodable(u32),
+    /// Every result the first level can name is taken (as many distinct next hops and groups).
+    #[error("the lookup table is full: all {RESULTS} results of its first level are in use")]
+    ResultsFull,
+}
+
+/// The first level as the rest of the structure sees it: one `u32` entry per /24, a route or a
+/// group pointer. Stored as 16 bits per /24 (see [`sluice_common::dir24`]): a group pointer
+/// directly, a route as the index of its result. A result, once named, keeps its index for the
+/// life of the table (results are distinct routes, bounded by the next hops and groups in use),
+/// so a reader that found an index always finds the route it stood for.
+#[derive(Debug)]
+struct Tbl24<C: Cells> {
+    cells: C,
+    /// Route entry -> its result's index.
+    index: HashMap<u32, u32>,
+    /// The next index to hand out.
+    next: u32,
+}
+
+impl<C: Cells> Tbl24<C> {
+    /// The first level over `cells`, taking over the results they already name.
+    fn new(cells: C) -> Self {
+        assert_eq!(cells.len(), TBL24_MAP_WORDS as usize);
+        let mut index = HashMap::new();
+        let mut next = 1;
+        for i in 1..RESULTS {
+            let value = cells.get((TBL24_WORDS + i) as usize);
+            if value != 0 {
+                index.entry(value).or_insert(i);
+                next = i + 1;
+            }
+        }
+        Self { cells, index, next }
+    }
+
+    fn get(&self, slot: usize) -> u32 {
+        let short = short_entry(self.cells.get(slot / 2), slot as u32);
+        if short_is_group(short) {
+            group_pointer(short_group(short))
+        } else if short == 0 {
+            0
+        } else {
+            self.cells.get((TBL24_WORDS + short) as usize)
+        }
+    }
+
+    /// The index of the result for route entry `value`, written to the results if new.
+    fn intern(&mut self, value: u32) -> Result<u32, Dir24Error> {
+        if value == 0 {
+            return Ok(0);
+        }
+        if let Some(&i) = self.index.get(&value) {
+            return Ok(i);
+        }
+        if self.next >= RESULTS {
+            return Err(Dir24Error::ResultsFull);
+        }
+        let i = self.next;
+        self.cells.set((TBL24_WORDS + i) as usize, value);
+        self.index.insert(value, i);
+        self.next += 1;
+        Ok(i)
+    }
+
+    /// Writes the entry of `slot`: one store of the word it shares with its neighbour (this
+    /// process is the only writer, so the neighbour's half is what it wrote last). A route's
+    /// result is named when the route is set ([`Dir24::set`]), before any entry needs it.
+    fn set(&mut self, slot: usize, value: u32) {
+        let short = if is_group(value) {
+            short_group_pointer(group_entry(value))
+        } else {
+            self.intern(value).expect("a route's result is named when the route is set")
+        };
+        let word = self.cells.get(slot / 2);
+        self.cells.set(slot / 2, with_short_entry(word, slot as u32, short));
+    }
+
+    /// Results named.
+    fn results(&self) -> usize {
+        self.index.len()
+    }
 }
 
 /// Memory the structure uses, for reporting.
@@ -86,16 +168,18 @@ pub struct Usage {
     pub groups: u32,
     /// Second-level groups available.
     pub groups_max: u32,
+    /// Distinct routes the first level names.
+    pub results: usize,
     /// Routes left out at adoption because the groups were full.
     pub rejected: usize,
     /// Bytes of the shared tables (first level plus the groups in use).
     pub shared_bytes: u64,
 }
 
-/// DIR-24-8 over two cell arrays (`tbl24`: 2^24 entries, `tbl8`: `MAX_GROUPS` × 256).
+/// DIR-24-8 over two cell arrays (`tbl24`: [`TBL24_MAP_WORDS`], `tbl8`: `MAX_GROUPS` × 256).
 #[derive(Debug)]
 pub struct Dir24<C: Cells> {
-    tbl24: C,
+    tbl24: Tbl24<C>,
     tbl8: C,
     /// Per first-level slot: the encoded answer of the ≤ /24 prefixes, and its length + 1 (0: none).
     /// Per first-level slot holding a group: the answer of the ≤ /24 prefixes (elsewhere it is
@@ -122,11 +206,11 @@ fn mask(addr: u32, len: u8) -> u32 {
 impl<C: Cells> Dir24<C> {
     /// A structure over zeroed cells.
     pub fn new(tbl24: C, tbl8: C) -> Self {
-        assert_eq!(tbl24.len(), TBL24_ENTRIES as usize);
         assert_eq!(tbl8.len(), (MAX_GROUPS * GROUP_ENTRIES) as usize);
+        let tbl24 = Tbl24::new(tbl24);
         Self {
             group_base: HashMap::new(),
-            base_depth: vec![0; tbl24.len()],
+            base_depth: vec![0; TBL24_ENTRIES as usize],
             group_depth: vec![0; tbl8.len()],
             tbl24,
             tbl8,
@@ -147,15 +231,17 @@ impl<C: Cells> Dir24<C> {
         tbl8: C,
         routes: impl IntoIterator<Item = (Ipv4Net, Route)>,
     ) -> Result<Self, Dir24Error> {
+        let tbl24 = Tbl24::new(tbl24);
         let mut live_groups = HashMap::new();
-        for slot in 0..tbl24.len() {
+        for slot in 0..TBL24_ENTRIES as usize {
             let e = tbl24.get(slot);
             if is_group(e) {
                 live_groups.insert(slot as u32, group_entry(e));
             }
         }
         // Build the image in plain memory, then copy it over what differs.
-        let mut image = Dir24::new(VecCells::new(tbl24.len()), VecCells::new(tbl8.len()));
+        let mut image =
+            Dir24::new(VecCells::new(TBL24_MAP_WORDS as usize), VecCells::new(tbl8.len()));
         for (net, route) in routes {
             // What does not fit is left out (and logged by the caller through `usage`), so
             // that everything else still forwards.
@@ -163,7 +249,11 @@ impl<C: Cells> Dir24<C> {
                 image.rejected += 1;
             }
         }
-        let mut placed = Self::new(tbl24, tbl8);
+        let mut placed = Self::new(tbl24.cells, tbl8);
+        // Every route the image names gets its result first, so writing entries cannot fail.
+        for &value in image.tbl24.index.keys() {
+            placed.tbl24.intern(value)?;
+        }
         placed.prefixes = std::mem::take(&mut image.prefixes);
         placed.rejected = image.rejected;
         placed.group_base = std::mem::take(&mut image.group_base);
@@ -172,7 +262,7 @@ impl<C: Cells> Dir24<C> {
         // Each group of the image goes to the id the live table already uses for that /24, so
         // the first level does not change for it; new ones get ids no live slot points to.
         let mut slot_group = HashMap::new();
-        for slot in 0..placed.tbl24.len() {
+        for slot in 0..TBL24_ENTRIES as usize {
             let e = image.tbl24.get(slot);
             if !is_group(e) {
                 continue;
@@ -193,7 +283,7 @@ impl<C: Cells> Dir24<C> {
             slot_group.insert(slot, to);
             placed.groups_in_use += 1;
         }
-        for slot in 0..placed.tbl24.len() {
+        for slot in 0..TBL24_ENTRIES as usize {
             let want =
                 slot_group.get(&slot).map_or_else(|| image.tbl24.get(slot), |g| group_pointer(*g));
             if placed.tbl24.get(slot) != want {
@@ -259,8 +349,9 @@ impl<C: Cells> Dir24<C> {
             prefixes: self.prefixes.iter().map(HashMap::len).sum(),
             groups: self.groups_in_use,
             groups_max: MAX_GROUPS,
+            results: self.tbl24.results(),
             rejected: self.rejected,
-            shared_bytes: u64::from(TBL24_ENTRIES) * 4
+            shared_bytes: u64::from(TBL24_MAP_WORDS) * 4
                 + u64::from(self.groups_in_use) * u64::from(GROUP_ENTRIES) * 4,
         }
     }
@@ -273,6 +364,7 @@ impl<C: Cells> Dir24<C> {
             // Already written (a route set again after adoption, or unchanged).
             return Ok(());
         }
+        self.tbl24.intern(value)?;
         if len > 24 {
             let slot = (addr >> 8) as usize;
             self.ensure_group(slot)?;
@@ -398,7 +490,7 @@ pub(crate) mod tests {
 
     fn small() -> Dir24<VecCells> {
         Dir24::new(
-            VecCells::new(TBL24_ENTRIES as usize),
+            VecCells::new(TBL24_MAP_WORDS as usize),
             VecCells::new((MAX_GROUPS * GROUP_ENTRIES) as usize),
         )
     }
@@ -513,15 +605,16 @@ pub(crate) mod tests {
             first.set(*n, *r).unwrap();
         }
         let g1 = group_entry(first.tbl24.get(0xc0_0002));
-        let snapshot24: Vec<u32> = (0..first.tbl24.len()).map(|i| first.tbl24.get(i)).collect();
+        let snapshot24: Vec<u32> =
+            (0..TBL24_ENTRIES as usize).map(|i| first.tbl24.get(i)).collect();
         // A new process adopts the same cells and the same routes, plus one change.
         let Dir24 { tbl24, tbl8, .. } = first;
         let mut changed = routes.clone();
         changed[3].1 = route(4);
-        let adopted = Dir24::adopt(tbl24, tbl8, changed.clone()).unwrap();
+        let adopted = Dir24::adopt(tbl24.cells, tbl8, changed.clone()).unwrap();
         assert_eq!(group_entry(adopted.tbl24.get(0xc0_0002)), g1, "the live group keeps its id");
         let differing =
-            (0..adopted.tbl24.len()).filter(|i| adopted.tbl24.get(*i) != snapshot24[*i]).count();
+            (0..TBL24_ENTRIES as usize).filter(|i| adopted.tbl24.get(*i) != snapshot24[*i]).count();
         assert_eq!(differing, 0, "first level unchanged (the change is inside a group)");
         let table: BTreeMap<_, _> = changed.into_iter().collect();
         for a in ["192.0.2.1", "192.0.2.70", "198.51.100.7", "198.51.100.8", "8.8.8.8"] {
@@ -529,6 +622,67 @@ pub(crate) mod tests {
             assert_eq!(adopted.lookup(a), reference(&table, a), "{a}");
         }
         assert_eq!(adopted.usage().groups, 2);
+    }
+
+    #[test]
+    fn adopting_the_same_table_writes_no_word() {
+        let routes: Vec<(Ipv4Net, Route)> = vec![
+            ("0.0.0.0/0".parse().unwrap(), route(9)),
+            ("10.0.0.0/8".parse().unwrap(), route(1)),
+            ("10.1.2.0/24".parse().unwrap(), route(2)),
+            ("10.1.2.64/26".parse().unwrap(), route(3)),
+        ];
+        let mut first = small();
+        for (n, r) in &routes {
+            first.set(*n, *r).unwrap();
+        }
+        let words = |d: &Dir24<VecCells>| -> Vec<u32> {
+            (0..TBL24_MAP_WORDS as usize).map(|i| d.tbl24.cells.get(i)).collect()
+        };
+        let before = words(&first);
+        let results = first.usage().results;
+        let Dir24 { tbl24, tbl8, .. } = first;
+        let adopted = Dir24::adopt(tbl24.cells, tbl8, routes.clone()).unwrap();
+        let after = words(&adopted);
+        let changed = (0..before.len()).filter(|&i| before[i] != after[i]).count();
+        assert_eq!(changed, 0, "no first-level word or result rewritten");
+        assert_eq!(adopted.usage().results, results, "the live table's results are taken over");
+    }
+
+    #[test]
+    fn first_level_entries_name_shared_results() {
+        let mut d = small();
+        let net = |i: u32| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap();
+        for i in 0..1000 {
+            d.set(net(i), route(1 + i % 3)).unwrap();
+        }
+        assert_eq!(d.usage().results, 3, "three distinct routes, three results");
+        for i in [0, 1, 2, 500, 999] {
+            assert_eq!(d.lookup(net(i).network()), Some(route(1 + i % 3)), "{}", net(i));
+        }
+        // Neighbouring /24s share a word: changing one leaves the other.
+        d.set(net(4), route(7)).unwrap();
+        assert_eq!(d.lookup(net(4).network()), Some(route(7)));
+        assert_eq!(d.lookup(net(5).network()), Some(route(3)));
+        d.remove(net(5));
+        assert_eq!(d.lookup(net(5).network()), None);
+        assert_eq!(d.lookup(net(4).network()), Some(route(7)));
+    }
+
+    #[test]
+    fn running_out_of_results_refuses_the_route_and_keeps_the_others() {
+        let mut d = small();
+        let net = |i: u32| Ipv4Net::new(Ipv4Addr::from(0x0b00_0000 + (i << 8)), 24).unwrap();
+        for i in 1..RESULTS {
+            d.set(net(i), route(i)).unwrap();
+        }
+        assert_eq!(d.set(net(0), route(RESULTS)), Err(Dir24Error::ResultsFull));
+        assert_eq!(d.lookup(net(0).network()), None);
+        assert_eq!(d.get(net(0)), None, "nothing half-written");
+        assert_eq!(d.lookup(net(1).network()), Some(route(1)));
+        // A route whose result exists still fits.
+        d.set(net(0), route(5)).unwrap();
+        assert_eq!(d.lookup(net(0).network()), Some(route(5)));
     }
 
     #[test]

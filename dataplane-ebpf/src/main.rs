@@ -38,15 +38,15 @@ use sluice_common::{
     iface_cache_index, iface_cache_tag, talker_sampled, trie6,
 };
 
-// The record of IPv4 prefixes; the lookup itself goes through DIR24_V4 and DIR8_V4.
+// The record of IPv4 prefixes; the lookup itself goes through TBL24_V4 and DIR8_V4.
 #[map]
 static ROUTES_V4: LpmTrie<[u8; 4], Route> = LpmTrie::with_max_entries(MAX_ROUTES_V4, 0);
 #[map]
 static TRIE_V6: Array<dir24::Chunk> =
     Array::with_max_entries(trie6::ENTRIES / dir24::CHUNK, BPF_F_MMAPABLE);
 #[map]
-static DIR24_V4: Array<dir24::Chunk> =
-    Array::with_max_entries(dir24::TBL24_ENTRIES / dir24::CHUNK, BPF_F_MMAPABLE);
+static TBL24_V4: Array<dir24::Chunk> =
+    Array::with_max_entries(dir24::TBL24_MAP_WORDS / dir24::CHUNK, BPF_F_MMAPABLE);
 #[map]
 static DIR8_V4: Array<dir24::Chunk> = Array::with_max_entries(
     dir24::MAX_GROUPS * dir24::GROUP_ENTRIES / dir24::CHUNK,
@@ -335,15 +335,18 @@ fn steered(family: u8, dst: &[u8; 16], len: usize, hash: u32) -> Option<&'static
     Some(nh)
 }
 
-/// Longest-prefix match in DIR-24-8: one read for prefixes up to /24, two for longer ones.
+/// Longest-prefix match in DIR-24-8: the /24's 16-bit entry, then its result (a few hot cache
+/// lines) or, for a /24 holding longer prefixes, its second-level entry.
 #[inline(always)]
 fn lookup_v4(dst: [u8; 4]) -> Option<Route> {
     let addr = u32::from_be_bytes(dst);
-    let mut entry = entry_at(&DIR24_V4, addr >> 8)?;
-    if dir24::is_group(entry) {
-        entry =
-            entry_at(&DIR8_V4, dir24::group_entry(entry) * dir24::GROUP_ENTRIES + (addr & 0xff))?;
-    }
+    let slot = addr >> 8;
+    let short = dir24::short_entry(entry_at(&TBL24_V4, slot / 2)?, slot);
+    let entry = if dir24::short_is_group(short) {
+        entry_at(&DIR8_V4, dir24::short_group(short) * dir24::GROUP_ENTRIES + (addr & 0xff))?
+    } else {
+        entry_at(&TBL24_V4, dir24::TBL24_WORDS + short)?
+    };
     dir24::decode(entry)
 }
 

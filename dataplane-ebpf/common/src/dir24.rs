@@ -1,7 +1,16 @@
-//! The entries of the IPv4 DIR-24-8 tables (`DIR24_V4`, `DIR8_V4`), shared by the XDP program,
+//! The entries of the IPv4 DIR-24-8 tables (`TBL24_V4`, `DIR8_V4`), shared by the XDP program,
 //! which reads them, and the control plane, which writes them.
 //!
-//! An entry is one `u32`, so it is read and written atomically:
+//! The first level keeps one 16-bit entry per /24, two to a word, so that its 2^24 entries take
+//! 32 MiB rather than 64 and lookups all over it touch half as many pages. A 16-bit entry is
+//! - 0: no route;
+//! - bit 15 set: a pointer to the group of second-level entries whose id is in the low 15 bits;
+//! - otherwise: the index of a result, a full entry (below) kept after the first level in the same
+//!   map. Tables name few distinct results (one per next hop or ECMP group in use), so the
+//!   results stay in a few cache lines.
+//!
+//! A full entry (a result, or a second-level entry) is one `u32`, so it is read and written
+//! atomically:
 //! - 0: no route;
 //! - bit 31 set: a pointer to a group of [`GROUP_ENTRIES`] second-level entries (the group id in
 //!   the low 24 bits), for a /24 that holds longer prefixes;
@@ -15,6 +24,15 @@ pub const TBL24_ENTRIES: u32 = 1 << 24;
 pub const GROUP_ENTRIES: u32 = 256;
 /// Second-level groups: /24s that can hold prefixes longer than /24 at the same time.
 pub const MAX_GROUPS: u32 = 1 << 14;
+/// Words of the first level's 16-bit entries.
+pub const TBL24_WORDS: u32 = TBL24_ENTRIES / 2;
+/// Results the first level can name; index 0 stands for "no route".
+pub const RESULTS: u32 = 1 << 15;
+/// Words of the `TBL24_V4` map: the first level, then the results.
+pub const TBL24_MAP_WORDS: u32 = TBL24_WORDS + RESULTS;
+
+const SHORT_GROUP_BIT: u32 = 1 << 15;
+const _: () = assert!(MAX_GROUPS <= SHORT_GROUP_BIT);
 /// Entries per map value. A BPF array stores each value in a slot rounded up to 8 bytes, so the
 /// tables keep 16 entries (one cache line) per value; mapped into userspace they are one flat
 /// array of `u32`.
@@ -42,6 +60,37 @@ pub const fn group_entry(entry: u32) -> u32 {
 #[inline(always)]
 pub const fn group_pointer(group: u32) -> u32 {
     GROUP_BIT | group
+}
+
+/// The 16-bit first-level entry of `slot`, from the word that holds it.
+#[inline(always)]
+pub const fn short_entry(word: u32, slot: u32) -> u32 {
+    (word >> ((slot & 1) * 16)) & 0xffff
+}
+
+/// The word `word` with the 16-bit entry of `slot` replaced by `short`.
+#[inline(always)]
+pub const fn with_short_entry(word: u32, slot: u32, short: u32) -> u32 {
+    let shift = (slot & 1) * 16;
+    (word & !(0xffff << shift)) | (short << shift)
+}
+
+/// Whether a 16-bit first-level entry points to a group.
+#[inline(always)]
+pub const fn short_is_group(short: u32) -> bool {
+    short & SHORT_GROUP_BIT != 0
+}
+
+/// The 16-bit first-level entry pointing to group `group`.
+#[inline(always)]
+pub const fn short_group_pointer(group: u32) -> u32 {
+    SHORT_GROUP_BIT | group
+}
+
+/// The group a 16-bit first-level entry points to.
+#[inline(always)]
+pub const fn short_group(short: u32) -> u32 {
+    short & !SHORT_GROUP_BIT
 }
 
 /// Encodes a route; `None` when its target does not fit 28 bits or its action is unknown.
@@ -83,5 +132,17 @@ mod tests {
         assert_eq!(group_entry(g), MAX_GROUPS - 1);
         assert_eq!(decode(g), None);
         assert_eq!(decode(0), None);
+    }
+
+    #[test]
+    fn short_entries_share_a_word_without_touching_each_other() {
+        let word = with_short_entry(with_short_entry(0, 6, 0x1234), 7, short_group_pointer(5));
+        assert_eq!(short_entry(word, 6), 0x1234);
+        assert!(!short_is_group(short_entry(word, 6)));
+        assert!(short_is_group(short_entry(word, 7)));
+        assert_eq!(short_group(short_entry(word, 7)), 5);
+        let word = with_short_entry(word, 6, 0x7fff);
+        assert_eq!((short_entry(word, 6), short_group(short_entry(word, 7))), (0x7fff, 5));
+        assert_eq!(short_group(short_group_pointer(MAX_GROUPS - 1)), MAX_GROUPS - 1);
     }
 }

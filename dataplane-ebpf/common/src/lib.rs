@@ -23,7 +23,7 @@ pub mod names {
     pub const PROGRAM: &str = "sluice_xdp";
     /// LPM trie of IPv4 routes: `Key<[u8; 4]>` -> [`Route`](super::Route). The record of the
     /// IPv4 prefixes (for `sluice routes` and adoption); the XDP program looks IPv4 up in
-    /// `DIR24_V4` / `DIR8_V4`.
+    /// `TBL24_V4` / `DIR8_V4`.
     pub const ROUTES_V4: &str = "ROUTES_V4";
     /// LPM trie of IPv6 routes: `Key<[u8; 16]>` -> [`Route`](super::Route). The record of the
     /// IPv6 prefixes; the XDP program looks IPv6 up in `TRIE_V6`.
@@ -42,8 +42,9 @@ pub mod names {
     pub const NEIGH_REQUESTS: &str = "NEIGH_REQUESTS";
     /// LRU hash that rate-limits [`NeighRequest`](super::NeighRequest)s per destination.
     pub const NEIGH_PENDING: &str = "NEIGH_PENDING";
-    /// IPv4 DIR-24-8 first level: one `u32` entry per /24 (see [`dir24`](super::dir24)).
-    pub const DIR24_V4: &str = "DIR24_V4";
+    /// IPv4 DIR-24-8 first level: one 16-bit entry per /24, then the results they name (see
+    /// [`dir24`](super::dir24)).
+    pub const TBL24_V4: &str = "TBL24_V4";
     /// IPv4 DIR-24-8 second level: groups of 256 entries.
     pub const DIR8_V4: &str = "DIR8_V4";
     /// IPv6 multibit trie (see [`trie6`](super::trie6)).
@@ -100,7 +101,7 @@ pub mod names {
         COUNTERS,
         NEIGH_REQUESTS,
         NEIGH_PENDING,
-        DIR24_V4,
+        TBL24_V4,
         DIR8_V4,
         TRIE_V6,
         IFACE_CACHE,
