@@ -354,18 +354,20 @@ fn lookup_v4(dst: [u8; 4]) -> Option<Route> {
 /// two bytes, until an entry is not a pointer to a node.
 #[inline(always)]
 fn lookup_v6(dst: &[u8; 16]) -> Option<Route> {
-    let mut entry = entry_at(&TRIE_V6, u32::from(u16::from_be_bytes([dst[0], dst[1]])))?;
-    // One nibble per level after the first two bytes.
-    let mut i = 4;
+    let [w0, w1] = addr_words(dst);
+    // The address as two big-endian words, so each nibble is a shift away.
+    let (hi, lo) = (u64::from_be(w0), u64::from_be(w1));
+    let mut entry = entry_at(&TRIE_V6, (hi >> 48) as u32)?;
+    // One nibble per level after the first two bytes; a node is one map value.
+    let mut i = 4u32;
     while i < 32 {
         if !dir24::is_group(entry) {
             break;
         }
-        let byte = dst[(i / 2) & 15];
-        let nibble = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
-        let node = dir24::group_entry(entry);
-        let index = trie6::ROOT_ENTRIES + node * trie6::NODE_ENTRIES + u32::from(nibble);
-        entry = entry_at(&TRIE_V6, index)?;
+        let word = if i < 16 { hi } else { lo };
+        let nibble = ((word >> (60 - 4 * (i & 15))) & 0xf) as usize;
+        let node = TRIE_V6.get(trie6::ROOT_ENTRIES / dir24::CHUNK + dir24::group_entry(entry))?;
+        entry = node[nibble];
         i += 1;
     }
     dir24::decode(entry)

@@ -17,3 +17,7 @@ pub const MAX_NODES: u32 = 1 << 20;
 pub const ENTRIES: u32 = ROOT_ENTRIES + MAX_NODES * NODE_ENTRIES;
 
 const _: () = assert!(ENTRIES.is_multiple_of(crate::dir24::CHUNK));
+// A node is exactly one map value, and the nodes start at a value boundary.
+const _: () = assert!(
+    NODE_ENTRIES == crate::dir24::CHUNK && ROOT_ENTRIES.is_multiple_of(crate::dir24::CHUNK)
+);
