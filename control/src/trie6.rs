@@ -8,13 +8,20 @@
 //! points to it is published, and a node that falls out of use retired for [`GROUP_GRACE`] before
 //! it is reused.
 
-use std::{collections::HashMap, net::Ipv6Addr, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv6Addr,
+    time::Instant,
+};
 
 use ipnet::Ipv6Net;
 use sluice_common::{
     Route,
     dir24::{decode, encode, group_entry, group_pointer, is_group},
-    trie6::{ENTRIES, MAX_NODES, NODE_ENTRIES, ROOT_ENTRIES, STRIDE},
+    trie6::{
+        COMPACT_AT, COMPACT_BIT, COMPACT_MAX_LEN, COMPACT_PAIRS, ENTRIES, MAX_NODES, NODE_ENTRIES,
+        ROOT_ENTRIES, STRIDE, compact_lookup, is_compact,
+    },
 };
 
 use crate::dir24::{Cells, Dir24Error, GROUP_GRACE, VecCells};
@@ -33,6 +40,8 @@ pub struct Usage {
     pub prefixes: usize,
     /// Nodes in use.
     pub nodes: u32,
+    /// Of them, compact nodes (a /32's few longer prefixes in one node).
+    pub compact: u32,
     /// Nodes available.
     pub nodes_max: u32,
     /// Routes left out at adoption because the nodes were full.
@@ -51,6 +60,8 @@ pub struct Trie6<C: Cells> {
     /// Per pointer entry: the answer the node below inherits.
     inherited: HashMap<usize, u32>,
     prefixes: Vec<HashMap<u128, u32>>,
+    /// Per /32, its longer prefixes: (address, length) -> entry.
+    below32: HashMap<u128, BTreeMap<(u128, u8), u32>>,
     /// Nodes for the levels above bit [`DEEP_FROM`] are taken from the bottom of the table up,
     /// the others from the top down (see [`Trie6::alloc_node`]).
     next_upper: u32,
@@ -59,6 +70,7 @@ pub struct Trie6<C: Cells> {
     free_deep: Vec<u32>,
     retired: Vec<(u32, Instant)>,
     nodes_in_use: u32,
+    compact: u32,
     /// Routes that did not fit when the trie was adopted.
     rejected: usize,
 }
@@ -70,6 +82,18 @@ fn mask(a: u128, len: u8) -> u128 {
 /// The index, within a level covering bits `start..end`, of address `a`.
 fn index(a: u128, start: u8, end: u8) -> usize {
     ((a >> (128 - u32::from(end))) & ((1u128 << (end - start)) - 1)) as usize
+}
+
+/// A pointer to the compact node `node`.
+fn compact_pointer(node: u32) -> u32 {
+    group_pointer(node) | COMPACT_BIT
+}
+
+/// Whether a /32's longer prefixes fit a compact node.
+fn compactable(list: &BTreeMap<(u128, u8), u32>) -> bool {
+    !list.is_empty()
+        && list.len() <= COMPACT_PAIRS as usize
+        && list.keys().all(|&(_, len)| len <= COMPACT_MAX_LEN)
 }
 
 fn node_base(node: u32) -> usize {
@@ -85,12 +109,14 @@ impl<C: Cells> Trie6<C> {
             cells,
             inherited: HashMap::new(),
             prefixes: vec![HashMap::new(); 129],
+            below32: HashMap::new(),
             next_upper: 0,
             next_deep: MAX_NODES,
             free_upper: Vec::new(),
             free_deep: Vec::new(),
             retired: Vec::new(),
             nodes_in_use: 0,
+            compact: 0,
             rejected: 0,
         }
     }
@@ -113,6 +139,7 @@ impl<C: Cells> Trie6<C> {
         collect_nodes(&cells, 0, ROOT_ENTRIES as usize, &mut live_nodes);
         let mut placed = Self::new(cells);
         placed.prefixes = std::mem::take(&mut image.prefixes);
+        placed.below32 = std::mem::take(&mut image.below32);
         placed.rejected = image.rejected;
         placed.make_room_around(&live_nodes);
         let mut reused = std::collections::HashSet::new();
@@ -138,9 +165,13 @@ impl<C: Cells> Trie6<C> {
             let (src, dst) = (from + i, to + i);
             let want = image.cells.get(src);
             self.depth[dst] = image.depth[src];
-            if is_group(want) {
+            if is_group(want) && is_compact(want) {
+                self.place_compact(image, src, dst, reused)?;
+            } else if is_group(want) {
                 let live = self.cells.get(dst);
-                let node = if is_group(live) && !reused.contains(&group_entry(live)) {
+                // A live compact node is never rewritten as an expanded one in place.
+                let reusable = is_group(live) && !is_compact(live);
+                let node = if reusable && !reused.contains(&group_entry(live)) {
                     group_entry(live)
                 } else {
                     self.alloc_node(child_start >= DEEP_FROM)?
@@ -164,6 +195,39 @@ impl<C: Cells> Trie6<C> {
             } else if self.cells.get(dst) != want {
                 self.cells.set(dst, want);
             }
+        }
+        Ok(())
+    }
+
+    /// Copies the compact node of `image`'s entry `src` to entry `dst`: the live compact node
+    /// there is kept when it holds the same words, as a compact node is never rewritten.
+    fn place_compact(
+        &mut self,
+        image: &Trie6<VecCells>,
+        src: usize,
+        dst: usize,
+        reused: &mut std::collections::HashSet<u32>,
+    ) -> Result<(), Dir24Error> {
+        let want = node_base(group_entry(image.cells.get(src)));
+        let live = self.cells.get(dst);
+        let same = is_group(live)
+            && is_compact(live)
+            && !reused.contains(&group_entry(live))
+            && (0..NODE_ENTRIES as usize).all(|i| {
+                self.cells.get(node_base(group_entry(live)) + i) == image.cells.get(want + i)
+            });
+        let node = if same { group_entry(live) } else { self.alloc_node(true)? };
+        if !same {
+            for i in 0..NODE_ENTRIES as usize {
+                self.cells.set(node_base(node) + i, image.cells.get(want + i));
+            }
+        }
+        reused.insert(node);
+        self.nodes_in_use += 1;
+        self.compact += 1;
+        self.inherited.insert(dst, image.inherited.get(&src).copied().unwrap_or(0));
+        if live != compact_pointer(node) {
+            self.cells.set(dst, compact_pointer(node));
         }
         Ok(())
     }
@@ -225,7 +289,13 @@ impl<C: Cells> Trie6<C> {
         let mut e = self.cells.get(index(a, 0, ROOT_BITS));
         let mut start = ROOT_BITS;
         while is_group(e) && start < 128 {
-            e = self.cells.get(node_base(group_entry(e)) + index(a, start, start + STRIDE));
+            let base = node_base(group_entry(e));
+            if is_compact(e) {
+                let node: [u32; 16] = std::array::from_fn(|i| self.cells.get(base + i));
+                e = compact_lookup(&node, index(a, COMPACT_AT, COMPACT_MAX_LEN) as u32);
+                break;
+            }
+            e = self.cells.get(base + index(a, start, start + STRIDE));
             start += STRIDE;
         }
         decode(e)
@@ -236,6 +306,7 @@ impl<C: Cells> Trie6<C> {
         Usage {
             prefixes: self.prefixes.iter().map(HashMap::len).sum(),
             nodes: self.nodes_in_use,
+            compact: self.compact,
             nodes_max: MAX_NODES,
             rejected: self.rejected,
             shared_bytes: (u64::from(ROOT_ENTRIES)
@@ -252,10 +323,155 @@ impl<C: Cells> Trie6<C> {
             // Already written (a route set again after adoption, or unchanged).
             return Ok(());
         }
-        let (base, start, end) = self.level_for(a, len, true)?;
+        if len > COMPACT_AT {
+            let entry = self.entry32(a, true)?;
+            let n32 = mask(a, COMPACT_AT);
+            let before = self.below32.entry(n32).or_default().insert((a, len), value);
+            let was_compact = is_group(self.cells.get(entry)) && is_compact(self.cells.get(entry));
+            if was_compact || compactable(&self.below32[&n32]) {
+                if let Err(e) = self.sync32(entry, n32) {
+                    let list = self.below32.get_mut(&n32).expect("inserted above");
+                    match before {
+                        Some(v) => list.insert((a, len), v),
+                        None => list.remove(&(a, len)),
+                    };
+                    return Err(e);
+                }
+                self.prefixes[usize::from(len)].insert(a, value);
+                return Ok(());
+            }
+        }
+        let (base, start, end) = match self.level_for(a, len, true) {
+            Ok(level) => level,
+            Err(e) => {
+                self.forget_below32(a, len);
+                return Err(e);
+            }
+        };
         self.prefixes[usize::from(len)].insert(a, value);
         self.write(base, start, end, a, len, value, len + 1, &|d| d <= len + 1);
         Ok(())
+    }
+
+    /// Takes a prefix longer than /32 out of its /32's list (a set that did not fit).
+    fn forget_below32(&mut self, a: u128, len: u8) {
+        let n32 = mask(a, COMPACT_AT);
+        if let Some(list) = self.below32.get_mut(&n32) {
+            list.remove(&(a, len));
+            if list.is_empty() {
+                self.below32.remove(&n32);
+            }
+        }
+    }
+
+    /// The entry of the /32 covering `a`, making the nodes above it when `create`.
+    fn entry32(&mut self, a: u128, create: bool) -> Result<usize, Dir24Error> {
+        let (base, start, end) = self.level_for(a, COMPACT_AT, create)?;
+        Ok(base + index(a, start, end))
+    }
+
+    /// Gives the /32 at `entry` the representation its longer prefixes call for: none (the
+    /// entry answers itself), a compact node when they fit one, else expanded nodes. A compact
+    /// node or expanded nodes replacing another form are written completely, then the entry is
+    /// swapped and the old nodes retired. Leaves an expanded /32 that stays expanded to the
+    /// caller, which changes it in place.
+    fn sync32(&mut self, entry: usize, n32: u128) -> Result<(), Dir24Error> {
+        let list = self.below32.get(&n32).cloned().unwrap_or_default();
+        let old = self.cells.get(entry);
+        let inherited =
+            if is_group(old) { self.inherited.get(&entry).copied().unwrap_or(0) } else { old };
+        let new = if list.is_empty() {
+            self.below32.remove(&n32);
+            inherited
+        } else if compactable(&list) {
+            compact_pointer(self.build_compact(&list, inherited)?)
+        } else if is_group(old) && !is_compact(old) {
+            return Ok(());
+        } else {
+            group_pointer(self.build_expanded(&list, inherited, self.depth[entry])?)
+        };
+        self.cells.set(entry, new);
+        if is_group(new) {
+            self.inherited.insert(entry, inherited);
+        } else {
+            self.inherited.remove(&entry);
+        }
+        self.retire_below(old);
+        Ok(())
+    }
+
+    /// Writes a compact node holding `list` (at most [`COMPACT_PAIRS`] prefixes under one /32).
+    fn build_compact(
+        &mut self,
+        list: &BTreeMap<(u128, u8), u32>,
+        inherited: u32,
+    ) -> Result<u32, Dir24Error> {
+        let node = self.alloc_node(true)?;
+        let mut words = [0u32; NODE_ENTRIES as usize];
+        words[0] = list.len() as u32;
+        words[1] = inherited;
+        let mut pairs: Vec<(u8, u128, u32)> = list.iter().map(|(&(a, l), &v)| (l, a, v)).collect();
+        pairs.sort_by_key(|p| std::cmp::Reverse(p.0));
+        for (j, (len, a, value)) in pairs.into_iter().enumerate() {
+            let bits = index(a, COMPACT_AT, COMPACT_MAX_LEN) as u32;
+            words[2 + 2 * j] = bits << 8 | u32::from(len - COMPACT_AT);
+            words[3 + 2 * j] = value;
+        }
+        self.write_compact(node, &words);
+        Ok(node)
+    }
+
+    fn write_compact(&mut self, node: u32, words: &[u32; NODE_ENTRIES as usize]) {
+        let base = node_base(node);
+        for (i, &w) in words.iter().enumerate() {
+            self.cells.set(base + i, w);
+        }
+        self.nodes_in_use += 1;
+        self.compact += 1;
+    }
+
+    /// Writes the expanded nodes of a /32's longer prefixes below a new node, not yet linked.
+    fn build_expanded(
+        &mut self,
+        list: &BTreeMap<(u128, u8), u32>,
+        inherited: u32,
+        depth: u8,
+    ) -> Result<u32, Dir24Error> {
+        let node = self.alloc_node(true)?;
+        let base = node_base(node);
+        for i in base..base + NODE_ENTRIES as usize {
+            self.depth[i] = depth;
+            self.cells.set(i, inherited);
+        }
+        self.nodes_in_use += 1;
+        for (&(a, len), &value) in list {
+            let (b, start, end) =
+                self.level_from((base, COMPACT_AT, COMPACT_AT + STRIDE), a, len, true)?;
+            self.write(b, start, end, a, len, value, len + 1, &|d| d <= len + 1);
+        }
+        Ok(node)
+    }
+
+    /// Retires what a replaced /32 entry pointed to: its compact node, or all its nodes.
+    fn retire_below(&mut self, old: u32) {
+        if !is_group(old) {
+            return;
+        }
+        let node = group_entry(old);
+        let mut nodes = vec![node];
+        if is_compact(old) {
+            self.compact -= 1;
+        } else {
+            collect_nodes(&self.cells, node_base(node), NODE_ENTRIES as usize, &mut nodes);
+        }
+        let now = Instant::now();
+        for n in nodes {
+            for i in node_base(n)..node_base(n) + NODE_ENTRIES as usize {
+                self.inherited.remove(&i);
+            }
+            self.retired.push((n, now));
+            self.nodes_in_use -= 1;
+        }
     }
 
     /// Removes the route for `net`; addresses it covered fall back to the next shorter prefix.
@@ -263,6 +479,20 @@ impl<C: Cells> Trie6<C> {
         let (a, len) = (u128::from(net.network()), net.prefix_len());
         if self.prefixes[usize::from(len)].remove(&a).is_none() {
             return;
+        }
+        if len > COMPACT_AT {
+            let n32 = mask(a, COMPACT_AT);
+            self.forget_below32(a, len);
+            let Ok(entry) = self.entry32(a, false) else { return };
+            let e = self.cells.get(entry);
+            let list = self.below32.get(&n32);
+            if (is_group(e) && is_compact(e)) || list.is_none_or(compactable) {
+                if let Err(error) = self.sync32(entry, n32) {
+                    tracing::warn!(%error, "an IPv6 /32 could not be rewritten after a removal");
+                }
+                self.collapse_path(a, COMPACT_AT + 1);
+                return;
+            }
         }
         let (value, depth) = (0..len)
             .rev()
@@ -276,7 +506,18 @@ impl<C: Cells> Trie6<C> {
     /// The level a prefix of `len` is written at: its node's first entry and bit range. Creates
     /// the nodes on the way when `create`.
     fn level_for(&mut self, a: u128, len: u8, create: bool) -> Result<(usize, u8, u8), Dir24Error> {
-        let (mut base, mut start, mut end) = (0usize, 0u8, ROOT_BITS);
+        self.level_from((0, 0, ROOT_BITS), a, len, create)
+    }
+
+    /// [`Trie6::level_for`] from a level other than the root: (first entry, bit range).
+    fn level_from(
+        &mut self,
+        from: (usize, u8, u8),
+        a: u128,
+        len: u8,
+        create: bool,
+    ) -> Result<(usize, u8, u8), Dir24Error> {
+        let (mut base, mut start, mut end) = from;
         while len > end {
             let entry = base + index(a, start, end);
             let node = if is_group(self.cells.get(entry)) {
@@ -341,7 +582,25 @@ impl<C: Cells> Trie6<C> {
         }
         self.depth[entry] = depth;
         let e = self.cells.get(entry);
-        if is_group(e) {
+        if is_group(e) && is_compact(e) {
+            // A compact node is rewritten elsewhere with the new inherited answer.
+            self.inherited.insert(entry, value);
+            let old = node_base(group_entry(e));
+            let mut words: [u32; NODE_ENTRIES as usize] =
+                std::array::from_fn(|i| self.cells.get(old + i));
+            if words[1] == value {
+                return;
+            }
+            words[1] = value;
+            match self.alloc_node(true) {
+                Ok(node) => {
+                    self.write_compact(node, &words);
+                    self.cells.set(entry, compact_pointer(node));
+                    self.retire_below(e);
+                }
+                Err(error) => tracing::warn!(%error, "an IPv6 compact node could not be rewritten"),
+            }
+        } else if is_group(e) {
             // The node below inherits: its entries that came from above follow.
             self.inherited.insert(entry, value);
             let base = node_base(group_entry(e));
@@ -363,7 +622,8 @@ impl<C: Cells> Trie6<C> {
         while len > end {
             let entry = base + index(a, start, end);
             let e = self.cells.get(entry);
-            if !is_group(e) {
+            // A compact node holds what is below it: it is not a node of this path.
+            if !is_group(e) || is_compact(e) {
                 break;
             }
             path.push((entry, end));
@@ -393,7 +653,9 @@ fn collect_nodes<C: Cells>(cells: &C, base: usize, count: usize, out: &mut Vec<u
         if is_group(e) {
             let node = group_entry(e);
             out.push(node);
-            collect_nodes(cells, node_base(node), NODE_ENTRIES as usize, out);
+            if !is_compact(e) {
+                collect_nodes(cells, node_base(node), NODE_ENTRIES as usize, out);
+            }
         }
     }
 }
@@ -471,16 +733,84 @@ mod tests {
     }
 
     #[test]
-    fn a_slash_48_costs_nine_reads_and_nodes_are_shared() {
+    fn a_slash_32s_few_longer_prefixes_share_one_compact_node() {
         let mut t = trie();
         t.set("2001:db8:1::/48".parse().unwrap(), route(1)).unwrap();
-        assert_eq!(t.usage().nodes, 8, "one node for each nibble from bit 16 to bit 48");
+        let u = t.usage();
+        assert_eq!((u.nodes, u.compact), (5, 1), "four nodes from bit 16 to 32, then one compact");
         t.set("2001:db8:2::/48".parse().unwrap(), route(2)).unwrap();
-        assert_eq!(t.usage().nodes, 8, "a sibling /48 is another entry of the same node");
+        let u = t.usage();
+        assert_eq!((u.nodes, u.compact), (5, 1), "a sibling /48 joins the /32's compact node");
         t.set("2001:db9:1::/48".parse().unwrap(), route(3)).unwrap();
-        assert_eq!(t.usage().nodes, 12, "a /48 under another /32 shares the nodes above bit 32");
+        let u = t.usage();
+        assert_eq!((u.nodes, u.compact), (6, 2), "another /32 shares the nodes above bit 32");
         assert_eq!(t.lookup("2001:db8:2::9".parse().unwrap()), Some(route(2)));
         assert_eq!(t.lookup("2001:db8:3::9".parse().unwrap()), None);
+    }
+
+    /// A /32 goes from compact to expanded and back as its longer prefixes come and go, and
+    /// answers like a reference throughout; changes above it reach inside its compact node.
+    #[test]
+    fn a_slash_32_turns_compact_expanded_and_compact_again() {
+        let mut t = trie();
+        let mut table: BTreeMap<Ipv6Net, Route> = BTreeMap::new();
+        let probes: Vec<Ipv6Addr> = [
+            "2001:db8::",
+            "2001:db8:1::5",
+            "2001:db8:1:8000::1",
+            "2001:db8:7::",
+            "2001:db8:ff00::",
+            "2001:db8:1:2:3::4",
+            "2001:db9::1",
+            "2001:db0::1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let check = |t: &Trie6<VecCells>, table: &BTreeMap<Ipv6Net, Route>, what: &str| {
+            for &a in &probes {
+                assert_eq!(t.lookup(a), reference(table, a), "{what}: {a}");
+            }
+        };
+        let set = |t: &mut Trie6<VecCells>, table: &mut BTreeMap<Ipv6Net, Route>, n: &str, r| {
+            let net: Ipv6Net = n.parse().unwrap();
+            t.set(net, route(r)).unwrap();
+            table.insert(net, route(r));
+        };
+        set(&mut t, &mut table, "2001:db0::/29", 9);
+        for (i, n) in
+            ["2001:db8:1::/48", "2001:db8::/40", "2001:db8:1:8000::/49"].iter().enumerate()
+        {
+            set(&mut t, &mut table, n, i as u32 + 1);
+        }
+        check(&t, &table, "compact");
+        assert_eq!(t.usage().compact, 1);
+        // A /64 does not fit a compact node: the /32 is expanded.
+        set(&mut t, &mut table, "2001:db8:1:2::/64", 5);
+        check(&t, &table, "expanded");
+        assert_eq!(t.usage().compact, 0);
+        // The /29 above changes: the expanded nodes inherit it; then, compact again, the
+        // compact node does.
+        set(&mut t, &mut table, "2001:db0::/29", 10);
+        check(&t, &table, "expanded, new /29");
+        t.remove("2001:db8:1:2::/64".parse().unwrap());
+        table.remove(&"2001:db8:1:2::/64".parse().unwrap());
+        check(&t, &table, "compact again");
+        assert_eq!(t.usage().compact, 1);
+        set(&mut t, &mut table, "2001:db0::/29", 11);
+        check(&t, &table, "compact, new /29");
+        // Eight prefixes are one too many.
+        for i in 0..5 {
+            set(&mut t, &mut table, &format!("2001:db8:{:x}::/48", 0x10 + i), 20 + i);
+        }
+        check(&t, &table, "eight prefixes");
+        assert_eq!(t.usage().compact, 0);
+        for net in table.keys().copied().collect::<Vec<_>>() {
+            t.remove(net);
+            table.remove(&net);
+            check(&t, &table, "removing");
+        }
+        assert_eq!((t.usage().nodes, t.usage().compact), (0, 0), "every node returns");
     }
 
     #[test]
@@ -488,15 +818,16 @@ mod tests {
         let mut t = trie();
         for i in 0..50u128 {
             // Each under a /32 of its own, sharing the nodes above bit 24 and some above bit 32.
+            // /64s: longer than a compact node holds, so expanded below the /32.
             let a = 0x2001u128 << 112 | (0x0db8 + i) << 96 | 0x11 << 80;
-            t.set(Ipv6Net::new(Ipv6Addr::from(a), 48).unwrap(), route(1)).unwrap();
+            t.set(Ipv6Net::new(Ipv6Addr::from(a), 64).unwrap(), route(1)).unwrap();
         }
         let mut upper = Vec::new();
         collect_nodes(&t.cells, 0, ROOT_ENTRIES as usize, &mut upper);
         let (shallow, deep): (Vec<u32>, Vec<u32>) = upper.iter().partition(|&&n| n < MAX_NODES / 2);
         assert!(shallow.iter().all(|&n| n < 100), "upper nodes from the bottom: {shallow:?}");
-        assert!(deep.iter().all(|&n| n >= MAX_NODES - 300), "deep nodes from the top: {deep:?}");
-        // The four deep nodes of the last /48 were made together: consecutive ids.
+        assert!(deep.iter().all(|&n| n >= MAX_NODES - 500), "deep nodes from the top: {deep:?}");
+        // The eight deep nodes of the last /64 were made together: consecutive ids.
         let a: Ipv6Addr = "2001:de9:11::".parse().unwrap();
         let (mut e, mut start, mut path) =
             (t.cells.get(index(u128::from(a), 0, ROOT_BITS)), ROOT_BITS, Vec::new());
@@ -508,10 +839,10 @@ mod tests {
             start += STRIDE;
         }
         let deep_path: Vec<u32> = path[4..].to_vec();
-        assert_eq!(deep_path.len(), 4);
+        assert_eq!(deep_path.len(), 8);
         assert!(deep_path.windows(2).all(|w| w[0].abs_diff(w[1]) == 1), "{deep_path:?}");
         // Adopted again, the live nodes keep their places and new ones go between the ends.
-        let routes: Vec<(Ipv6Net, Route)> = vec![("2001:de9:11::/48".parse().unwrap(), route(2))];
+        let routes: Vec<(Ipv6Net, Route)> = vec![("2001:de9:11::/64".parse().unwrap(), route(2))];
         let mut adopted = Trie6::adopt(t.cells, routes).unwrap();
         assert!(adopted.next_upper <= adopted.next_deep);
         let n = adopted.alloc_node(true).unwrap();

@@ -364,9 +364,14 @@ fn lookup_v6(dst: &[u8; 16]) -> Option<Route> {
         if !dir24::is_group(entry) {
             break;
         }
+        let node = TRIE_V6.get(trie6::ROOT_ENTRIES / dir24::CHUNK + dir24::group_entry(entry))?;
+        if trie6::is_compact(entry) {
+            // A /32's longer prefixes in one cache line: address bits 32..56.
+            entry = trie6::compact_lookup(node, ((hi >> 8) & 0x00ff_ffff) as u32);
+            break;
+        }
         let word = if i < 16 { hi } else { lo };
         let nibble = ((word >> (60 - 4 * (i & 15))) & 0xf) as usize;
-        let node = TRIE_V6.get(trie6::ROOT_ENTRIES / dir24::CHUNK + dir24::group_entry(entry))?;
         entry = node[nibble];
         i += 1;
     }
