@@ -9,7 +9,7 @@
 //! it is reused.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::Ipv6Addr,
     time::Instant,
 };
@@ -68,7 +68,8 @@ pub struct Trie6<C: Cells> {
     next_deep: u32,
     free_upper: Vec<u32>,
     free_deep: Vec<u32>,
-    retired: Vec<(u32, Instant)>,
+    /// Released nodes in the order they were released, waiting out the grace period.
+    retired: VecDeque<(u32, Instant)>,
     nodes_in_use: u32,
     compact: u32,
     /// Routes that did not fit when the trie was adopted.
@@ -114,7 +115,7 @@ impl<C: Cells> Trie6<C> {
             next_deep: MAX_NODES,
             free_upper: Vec::new(),
             free_deep: Vec::new(),
-            retired: Vec::new(),
+            retired: VecDeque::new(),
             nodes_in_use: 0,
             compact: 0,
             rejected: 0,
@@ -146,7 +147,7 @@ impl<C: Cells> Trie6<C> {
         placed.place(&image, 0, 0, ROOT_ENTRIES as usize, ROOT_BITS, &mut reused)?;
         let now = Instant::now();
         for n in live_nodes.into_iter().filter(|n| !reused.contains(n)) {
-            placed.retired.push((n, now));
+            placed.retired.push_back((n, now));
         }
         Ok(placed)
     }
@@ -240,10 +241,11 @@ impl<C: Cells> Trie6<C> {
     /// (4 KiB pages), not instructions: each page fewer per lookup counts.
     fn alloc_node(&mut self, deep: bool) -> Result<u32, Dir24Error> {
         let now = Instant::now();
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            self.retired.drain(..).partition(|(_, t)| now.duration_since(*t) >= GROUP_GRACE);
-        self.retired = waiting;
-        for (n, _) in ready {
+        while let Some(&(n, at)) = self.retired.front() {
+            if now.duration_since(at) < GROUP_GRACE {
+                break;
+            }
+            self.retired.pop_front();
             if n < self.next_upper { self.free_upper.push(n) } else { self.free_deep.push(n) }
         }
         let own = if deep { self.free_deep.pop() } else { self.free_upper.pop() };
@@ -469,7 +471,7 @@ impl<C: Cells> Trie6<C> {
             for i in node_base(n)..node_base(n) + NODE_ENTRIES as usize {
                 self.inherited.remove(&i);
             }
-            self.retired.push((n, now));
+            self.retired.push_back((n, now));
             self.nodes_in_use -= 1;
         }
     }
@@ -640,7 +642,7 @@ impl<C: Cells> Trie6<C> {
                 break;
             }
             self.cells.set(entry, self.inherited.remove(&entry).unwrap_or(0));
-            self.retired.push((node, Instant::now()));
+            self.retired.push_back((node, Instant::now()));
             self.nodes_in_use -= 1;
         }
     }
@@ -777,7 +779,7 @@ mod tests {
             t.set(net, route(r)).unwrap();
             table.insert(net, route(r));
         };
-        set(&mut t, &mut table, "2001:db0::/29", 9);
+        set(&mut t, &mut table, "2001:db8::/29", 9);
         for (i, n) in
             ["2001:db8:1::/48", "2001:db8::/40", "2001:db8:1:8000::/49"].iter().enumerate()
         {
@@ -791,13 +793,13 @@ mod tests {
         assert_eq!(t.usage().compact, 0);
         // The /29 above changes: the expanded nodes inherit it; then, compact again, the
         // compact node does.
-        set(&mut t, &mut table, "2001:db0::/29", 10);
+        set(&mut t, &mut table, "2001:db8::/29", 10);
         check(&t, &table, "expanded, new /29");
         t.remove("2001:db8:1:2::/64".parse().unwrap());
         table.remove(&"2001:db8:1:2::/64".parse().unwrap());
         check(&t, &table, "compact again");
         assert_eq!(t.usage().compact, 1);
-        set(&mut t, &mut table, "2001:db0::/29", 11);
+        set(&mut t, &mut table, "2001:db8::/29", 11);
         check(&t, &table, "compact, new /29");
         // Eight prefixes are one too many.
         for i in 0..5 {
