@@ -236,6 +236,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         info!(
             prefixes = u.prefixes,
             nodes = u.nodes,
+            compact = u.compact,
             nodes_max = u.nodes_max,
             rejected = u.rejected,
             mib = u.shared_bytes >> 20,

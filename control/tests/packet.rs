@@ -584,8 +584,8 @@ fn lookups_racing_updates_see_the_old_or_the_new_route() {
     );
 }
 
-/// The same race for IPv6: the trie's nodes below the /48 are created and collapsed again and
-/// again while lookups run.
+/// The same race for IPv6: the /32 above goes from a compact node (the /48 alone) to expanded
+/// nodes (with the /65, too long for a compact node) and back again and again while lookups run.
 #[test]
 fn ipv6_lookups_racing_updates_see_the_old_or_the_new_route() {
     let covering: ipnet::Ipv6Net = "2001:db8:20::/48".parse().expect("prefix");

@@ -351,7 +351,8 @@ fn lookup_v4(dst: [u8; 4]) -> Option<Route> {
 }
 
 /// Longest-prefix match in the multibit trie: one read per 4 bits of the address after the first
-/// two bytes, until an entry is not a pointer to a node.
+/// two bytes, until an entry is not a pointer to a node, or points to a /32's compact node, whose
+/// prefixes are matched against the address's bits 32..56.
 #[inline(always)]
 fn lookup_v6(dst: &[u8; 16]) -> Option<Route> {
     let [w0, w1] = addr_words(dst);
