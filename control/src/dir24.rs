@@ -111,8 +111,13 @@ impl<C: Cells> Tbl24<C> {
         Self { cells, index, next }
     }
 
+    /// The 16-bit entry of `slot`.
+    fn get_short(&self, slot: usize) -> u32 {
+        short_entry(self.cells.get(slot / 2), slot as u32)
+    }
+
     fn get(&self, slot: usize) -> u32 {
-        let short = short_entry(self.cells.get(slot / 2), slot as u32);
+        let short = self.get_short(slot);
         if short_is_group(short) {
             group_pointer(short_group(short))
         } else if short == 0 {
@@ -144,11 +149,20 @@ impl<C: Cells> Tbl24<C> {
     /// process is the only writer, so the neighbour's half is what it wrote last). A route's
     /// result is named when the route is set ([`Dir24::set`]), before any entry needs it.
     fn set(&mut self, slot: usize, value: u32) {
-        let short = if is_group(value) {
+        let short = self.short(value);
+        self.set_short(slot, short);
+    }
+
+    /// The 16-bit entry standing for `value` (a group pointer or a route already named).
+    fn short(&mut self, value: u32) -> u32 {
+        if is_group(value) {
             short_group_pointer(group_entry(value))
         } else {
             self.intern(value).expect("a route's result is named when the route is set")
-        };
+        }
+    }
+
+    fn set_short(&self, slot: usize, short: u32) {
         let word = self.cells.get(slot / 2);
         self.cells.set(slot / 2, with_short_entry(word, slot as u32, short));
     }
@@ -408,23 +422,25 @@ impl<C: Cells> Dir24<C> {
         if len <= 24 {
             let first = (addr >> 8) as usize;
             let count = 1usize << (24 - len);
+            // Named once for all the slots (a short prefix covers thousands).
+            let short = self.tbl24.short(value);
             for slot in first..first + count {
                 if !replace(self.base_depth[slot]) {
                     continue;
                 }
                 self.base_depth[slot] = depth;
-                let e = self.tbl24.get(slot);
-                if is_group(e) {
+                let e = self.tbl24.get_short(slot);
+                if short_is_group(e) {
                     self.group_base.insert(slot, value);
-                    let g = group_entry(e) as usize * 256;
+                    let g = short_group(e) as usize * 256;
                     for i in g..g + 256 {
                         if self.group_depth[i] <= 25 && replace(self.group_depth[i]) {
                             self.group_depth[i] = depth;
                             self.tbl8.set(i, value);
                         }
                     }
-                } else if e != value {
-                    self.tbl24.set(slot, value);
+                } else if e != short {
+                    self.tbl24.set_short(slot, short);
                 }
             }
         } else {
