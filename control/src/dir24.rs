@@ -248,9 +248,9 @@ impl<C: Cells> Dir24<C> {
         let tbl24 = Tbl24::new(tbl24);
         let mut live_groups = HashMap::new();
         for slot in 0..TBL24_ENTRIES as usize {
-            let e = tbl24.get(slot);
-            if is_group(e) {
-                live_groups.insert(slot as u32, group_entry(e));
+            let e = tbl24.get_short(slot);
+            if short_is_group(e) {
+                live_groups.insert(slot as u32, short_group(e));
             }
         }
         // Build the image in plain memory, then copy it over what differs.
@@ -264,9 +264,11 @@ impl<C: Cells> Dir24<C> {
             }
         }
         let mut placed = Self::new(tbl24.cells, tbl8);
-        // Every route the image names gets its result first, so writing entries cannot fail.
-        for &value in image.tbl24.index.keys() {
-            placed.tbl24.intern(value)?;
+        // Every route the image names gets its result first, so writing entries cannot fail;
+        // `translate` turns the image's 16-bit entries into the live table's.
+        let mut translate = vec![0u32; RESULTS as usize];
+        for (&value, &i) in &image.tbl24.index {
+            translate[i as usize] = placed.tbl24.intern(value)?;
         }
         placed.prefixes = std::mem::take(&mut image.prefixes);
         placed.rejected = image.rejected;
@@ -277,11 +279,11 @@ impl<C: Cells> Dir24<C> {
         // the first level does not change for it; new ones get ids no live slot points to.
         let mut slot_group = HashMap::new();
         for slot in 0..TBL24_ENTRIES as usize {
-            let e = image.tbl24.get(slot);
-            if !is_group(e) {
+            let e = image.tbl24.get_short(slot);
+            if !short_is_group(e) {
                 continue;
             }
-            let from = group_entry(e) as usize * 256;
+            let from = short_group(e) as usize * 256;
             let to = match live_groups.get(&(slot as u32)) {
                 Some(&g) => g,
                 None => placed.alloc_group()?,
@@ -298,10 +300,14 @@ impl<C: Cells> Dir24<C> {
             placed.groups_in_use += 1;
         }
         for slot in 0..TBL24_ENTRIES as usize {
-            let want =
-                slot_group.get(&slot).map_or_else(|| image.tbl24.get(slot), |g| group_pointer(*g));
-            if placed.tbl24.get(slot) != want {
-                placed.tbl24.set(slot, want);
+            let e = image.tbl24.get_short(slot);
+            let want = if short_is_group(e) {
+                short_group_pointer(slot_group[&slot])
+            } else {
+                translate[e as usize]
+            };
+            if placed.tbl24.get_short(slot) != want {
+                placed.tbl24.set_short(slot, want);
             }
         }
         // Live groups no slot points to any more wait out the grace period.
