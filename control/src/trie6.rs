@@ -328,18 +328,15 @@ impl<C: Cells> Trie6<C> {
             // Already written (a route set again after adoption, or unchanged).
             return Ok(());
         }
+        let mut before = None;
         if len > COMPACT_AT {
             let entry = self.entry32(a, true)?;
             let n32 = mask(a, COMPACT_AT);
-            let before = self.below32.entry(n32).or_default().insert((a, len), value);
+            before = self.below32.entry(n32).or_default().insert((a, len), value);
             let was_compact = is_group(self.cells.get(entry)) && is_compact(self.cells.get(entry));
             if was_compact || compactable(&self.below32[&n32]) {
                 if let Err(e) = self.sync32(entry, n32) {
-                    let list = self.below32.get_mut(&n32).expect("inserted above");
-                    match before {
-                        Some(v) => list.insert((a, len), v),
-                        None => list.remove(&(a, len)),
-                    };
+                    self.restore_below32(a, len, before);
                     return Err(e);
                 }
                 self.prefixes[usize::from(len)].insert(a, value);
@@ -349,7 +346,9 @@ impl<C: Cells> Trie6<C> {
         let (base, start, end) = match self.level_for(a, len, true) {
             Ok(level) => level,
             Err(e) => {
-                self.forget_below32(a, len);
+                if len > COMPACT_AT {
+                    self.restore_below32(a, len, before);
+                }
                 return Err(e);
             }
         };
@@ -358,15 +357,23 @@ impl<C: Cells> Trie6<C> {
         Ok(())
     }
 
-    /// Takes a prefix longer than /32 out of its /32's list (a set that did not fit).
-    fn forget_below32(&mut self, a: u128, len: u8) {
+    /// Puts back what a /32's list held for a prefix longer than /32 (`None`: nothing) after a
+    /// set that did not fit.
+    fn restore_below32(&mut self, a: u128, len: u8, before: Option<u32>) {
         let n32 = mask(a, COMPACT_AT);
-        if let Some(list) = self.below32.get_mut(&n32) {
-            list.remove(&(a, len));
-            if list.is_empty() {
-                self.below32.remove(&n32);
-            }
+        let list = self.below32.entry(n32).or_default();
+        match before {
+            Some(v) => list.insert((a, len), v),
+            None => list.remove(&(a, len)),
+        };
+        if list.is_empty() {
+            self.below32.remove(&n32);
         }
+    }
+
+    /// Takes a prefix longer than /32 out of its /32's list.
+    fn forget_below32(&mut self, a: u128, len: u8) {
+        self.restore_below32(a, len, None);
     }
 
     /// The entry of the /32 covering `a`, making the nodes above it when `create`.
