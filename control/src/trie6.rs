@@ -169,7 +169,7 @@ impl<C: Cells> Trie6<C> {
             let (src, dst) = (from + i, to + i);
             let want = image.cells.get(src);
             self.depth[dst] = image.depth[src];
-            if is_group(want) && is_compact(want) {
+            if is_compact(want) {
                 self.place_compact(image, src, dst, reused)?;
             } else if is_group(want) {
                 let live = self.cells.get(dst);
@@ -214,8 +214,7 @@ impl<C: Cells> Trie6<C> {
     ) -> Result<(), Dir24Error> {
         let want = node_base(group_entry(image.cells.get(src)));
         let live = self.cells.get(dst);
-        let same = is_group(live)
-            && is_compact(live)
+        let same = is_compact(live)
             && !reused.contains(&group_entry(live))
             && (0..NODE_ENTRIES as usize).all(|i| {
                 self.cells.get(node_base(group_entry(live)) + i) == image.cells.get(want + i)
@@ -328,13 +327,14 @@ impl<C: Cells> Trie6<C> {
             // Already written (a route set again after adoption, or unchanged).
             return Ok(());
         }
-        let mut before = None;
+        let (mut before, mut from) = (None, (0, 0, ROOT_BITS));
         if len > COMPACT_AT {
-            let entry = self.entry32(a, true)?;
+            // The path down to the /32 is walked once, here; the write below goes on from it.
+            from = self.level_for(a, COMPACT_AT, true)?;
+            let entry = from.0 + index(a, from.1, from.2);
             let n32 = mask(a, COMPACT_AT);
             before = self.below32.entry(n32).or_default().insert((a, len), value);
-            let was_compact = is_group(self.cells.get(entry)) && is_compact(self.cells.get(entry));
-            if was_compact || compactable(&self.below32[&n32]) {
+            if is_compact(self.cells.get(entry)) || compactable(&self.below32[&n32]) {
                 if let Err(e) = self.sync32(entry, n32) {
                     self.restore_below32(a, len, before);
                     return Err(e);
@@ -343,7 +343,7 @@ impl<C: Cells> Trie6<C> {
                 return Ok(());
             }
         }
-        let (base, start, end) = match self.level_for(a, len, true) {
+        let (base, start, end) = match self.level_from(from, a, len, true) {
             Ok(level) => level,
             Err(e) => {
                 if len > COMPACT_AT {
@@ -376,32 +376,34 @@ impl<C: Cells> Trie6<C> {
         self.restore_below32(a, len, None);
     }
 
-    /// The entry of the /32 covering `a`, making the nodes above it when `create`.
-    fn entry32(&mut self, a: u128, create: bool) -> Result<usize, Dir24Error> {
-        let (base, start, end) = self.level_for(a, COMPACT_AT, create)?;
-        Ok(base + index(a, start, end))
-    }
-
     /// Gives the /32 at `entry` the representation its longer prefixes call for: none (the
     /// entry answers itself), a compact node when they fit one, else expanded nodes. A compact
     /// node or expanded nodes replacing another form are written completely, then the entry is
     /// swapped and the old nodes retired. Leaves an expanded /32 that stays expanded to the
     /// caller, which changes it in place.
     fn sync32(&mut self, entry: usize, n32: u128) -> Result<(), Dir24Error> {
-        let list = self.below32.get(&n32).cloned().unwrap_or_default();
         let old = self.cells.get(entry);
+        if is_group(old)
+            && !is_compact(old)
+            && self.below32.get(&n32).is_some_and(|l| !compactable(l))
+        {
+            return Ok(());
+        }
         let inherited =
             if is_group(old) { self.inherited.get(&entry).copied().unwrap_or(0) } else { old };
+        // Out of the map while the nodes are built from it, back in after.
+        let list = self.below32.remove(&n32).unwrap_or_default();
         let new = if list.is_empty() {
-            self.below32.remove(&n32);
-            inherited
+            Ok(inherited)
         } else if compactable(&list) {
-            compact_pointer(self.build_compact(&list, inherited)?)
-        } else if is_group(old) && !is_compact(old) {
-            return Ok(());
+            self.build_compact(&list, inherited).map(compact_pointer)
         } else {
-            group_pointer(self.build_expanded(&list, inherited, self.depth[entry])?)
+            self.build_expanded(&list, inherited, self.depth[entry]).map(group_pointer)
         };
+        if !list.is_empty() {
+            self.below32.insert(n32, list);
+        }
+        let new = new?;
         self.cells.set(entry, new);
         if is_group(new) {
             self.inherited.insert(entry, inherited);
@@ -418,7 +420,6 @@ impl<C: Cells> Trie6<C> {
         list: &BTreeMap<(u128, u8), u32>,
         inherited: u32,
     ) -> Result<u32, Dir24Error> {
-        let node = self.alloc_node(true)?;
         let mut words = [0u32; NODE_ENTRIES as usize];
         words[0] = list.len() as u32;
         words[1] = inherited;
@@ -429,17 +430,19 @@ impl<C: Cells> Trie6<C> {
             words[2 + 2 * j] = bits << 8 | u32::from(len - COMPACT_AT);
             words[3 + 2 * j] = value;
         }
-        self.write_compact(node, &words);
-        Ok(node)
+        self.new_compact(&words)
     }
 
-    fn write_compact(&mut self, node: u32, words: &[u32; NODE_ENTRIES as usize]) {
+    /// Writes `words` into a free node, counted as a compact node, and returns it (unlinked).
+    fn new_compact(&mut self, words: &[u32; NODE_ENTRIES as usize]) -> Result<u32, Dir24Error> {
+        let node = self.alloc_node(true)?;
         let base = node_base(node);
         for (i, &w) in words.iter().enumerate() {
             self.cells.set(base + i, w);
         }
         self.nodes_in_use += 1;
         self.compact += 1;
+        Ok(node)
     }
 
     /// Writes the expanded nodes of a /32's longer prefixes below a new node, not yet linked.
@@ -449,13 +452,8 @@ impl<C: Cells> Trie6<C> {
         inherited: u32,
         depth: u8,
     ) -> Result<u32, Dir24Error> {
-        let node = self.alloc_node(true)?;
+        let node = self.filled_node(true, inherited, depth)?;
         let base = node_base(node);
-        for i in base..base + NODE_ENTRIES as usize {
-            self.depth[i] = depth;
-            self.cells.set(i, inherited);
-        }
-        self.nodes_in_use += 1;
         for (&(a, len), &value) in list {
             let (b, start, end) =
                 self.level_from((base, COMPACT_AT, COMPACT_AT + STRIDE), a, len, true)?;
@@ -492,13 +490,16 @@ impl<C: Cells> Trie6<C> {
         if self.prefixes[usize::from(len)].remove(&a).is_none() {
             return;
         }
+        let mut from = (0, 0, ROOT_BITS);
         if len > COMPACT_AT {
             let n32 = mask(a, COMPACT_AT);
             self.forget_below32(a, len);
-            let Ok(entry) = self.entry32(a, false) else { return };
+            let Ok(level) = self.level_for(a, COMPACT_AT, false) else { return };
+            from = level;
+            let entry = from.0 + index(a, from.1, from.2);
             let e = self.cells.get(entry);
             let list = self.below32.get(&n32);
-            if (is_group(e) && is_compact(e)) || list.is_none_or(compactable) {
+            if is_compact(e) || list.is_none_or(compactable) {
                 if let Err(error) = self.sync32(entry, n32) {
                     tracing::warn!(%error, "an IPv6 /32 could not be rewritten after a removal");
                 }
@@ -510,7 +511,7 @@ impl<C: Cells> Trie6<C> {
             .rev()
             .find_map(|l| self.prefixes[usize::from(l)].get(&mask(a, l)).map(|v| (*v, l + 1)))
             .unwrap_or((0, 0));
-        let Ok((base, start, end)) = self.level_for(a, len, false) else { return };
+        let Ok((base, start, end)) = self.level_from(from, a, len, false) else { return };
         self.write(base, start, end, a, len, value, depth, &|d| d == len + 1);
         self.collapse_path(a, len);
     }
@@ -548,15 +549,21 @@ impl<C: Cells> Trie6<C> {
 
     /// Gives an entry a node, filled with the entry's answer before it is published.
     fn add_node(&mut self, entry: usize, deep: bool) -> Result<u32, Dir24Error> {
+        let value = self.cells.get(entry);
+        let node = self.filled_node(deep, value, self.depth[entry])?;
+        self.inherited.insert(entry, value);
+        self.cells.set(entry, group_pointer(node));
+        Ok(node)
+    }
+
+    /// A free node whose entries all answer `value` (of `depth`), not linked yet.
+    fn filled_node(&mut self, deep: bool, value: u32, depth: u8) -> Result<u32, Dir24Error> {
         let node = self.alloc_node(deep)?;
-        let (value, depth) = (self.cells.get(entry), self.depth[entry]);
         let base = node_base(node);
         for i in base..base + NODE_ENTRIES as usize {
             self.depth[i] = depth;
             self.cells.set(i, value);
         }
-        self.inherited.insert(entry, value);
-        self.cells.set(entry, group_pointer(node));
         self.nodes_in_use += 1;
         Ok(node)
     }
@@ -594,7 +601,7 @@ impl<C: Cells> Trie6<C> {
         }
         self.depth[entry] = depth;
         let e = self.cells.get(entry);
-        if is_group(e) && is_compact(e) {
+        if is_compact(e) {
             // A compact node is rewritten elsewhere with the new inherited answer.
             self.inherited.insert(entry, value);
             let old = node_base(group_entry(e));
@@ -604,9 +611,8 @@ impl<C: Cells> Trie6<C> {
                 return;
             }
             words[1] = value;
-            match self.alloc_node(true) {
+            match self.new_compact(&words) {
                 Ok(node) => {
-                    self.write_compact(node, &words);
                     self.cells.set(entry, compact_pointer(node));
                     self.retire_below(e);
                 }

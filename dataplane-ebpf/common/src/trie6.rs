@@ -47,10 +47,10 @@ pub const COMPACT_MAX_LEN: u8 = 56;
 /// The level whose entries may point to compact nodes: the entry of a /32.
 pub const COMPACT_AT: u8 = 32;
 
-/// Whether a pointer entry points to a compact node.
+/// Whether an entry points to a compact node (a route entry may have bit 30 set: its action).
 #[inline(always)]
 pub const fn is_compact(entry: u32) -> bool {
-    entry & COMPACT_BIT != 0
+    crate::dir24::is_group(entry) && entry & COMPACT_BIT != 0
 }
 
 /// The answer of a compact node (its 16 words) for the address bits 32..56 `bits`.
@@ -93,5 +93,17 @@ mod tests {
         assert_eq!(compact_lookup(&node, 0x00ab_0000), 10);
         node[0] = 0;
         assert_eq!(compact_lookup(&node, 0x00aa_bb12), 10, "no prefixes: the inherited answer");
+    }
+
+    #[test]
+    fn only_pointers_are_compact() {
+        use crate::{Route, RouteAction, dir24};
+        let pointer = dir24::group_pointer(7) | COMPACT_BIT;
+        assert!(is_compact(pointer));
+        assert!(!is_compact(dir24::group_pointer(7)));
+        // A blackhole route's action (5) sets bit 30 of its entry.
+        let route = Route { action: RouteAction::Blackhole as u32, target: 0 };
+        let blackhole = dir24::encode(route).unwrap();
+        assert!(blackhole & COMPACT_BIT != 0 && !is_compact(blackhole));
     }
 }
