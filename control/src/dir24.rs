@@ -220,8 +220,12 @@ fn mask(addr: u32, len: u8) -> u32 {
 impl<C: Cells> Dir24<C> {
     /// A structure over zeroed cells.
     pub fn new(tbl24: C, tbl8: C) -> Self {
+        Self::over(Tbl24::new(tbl24), tbl8)
+    }
+
+    /// A structure over a first level already taken over.
+    fn over(tbl24: Tbl24<C>, tbl8: C) -> Self {
         assert_eq!(tbl8.len(), (MAX_GROUPS * GROUP_ENTRIES) as usize);
-        let tbl24 = Tbl24::new(tbl24);
         Self {
             group_base: HashMap::new(),
             base_depth: vec![0; TBL24_ENTRIES as usize],
@@ -263,7 +267,7 @@ impl<C: Cells> Dir24<C> {
                 image.rejected += 1;
             }
         }
-        let mut placed = Self::new(tbl24.cells, tbl8);
+        let mut placed = Self::over(tbl24, tbl8);
         // Every route the image names gets its result first, so writing entries cannot fail;
         // `translate` turns the image's 16-bit entries into the live table's.
         let mut translate = vec![0u32; RESULTS as usize];
@@ -384,8 +388,10 @@ impl<C: Cells> Dir24<C> {
             // Already written (a route set again after adoption, or unchanged).
             return Ok(());
         }
-        self.tbl24.intern(value)?;
-        if len > 24 {
+        if len <= 24 {
+            // Only first-level entries name results: a longer prefix lives in its group.
+            self.tbl24.intern(value)?;
+        } else {
             let slot = (addr >> 8) as usize;
             self.ensure_group(slot)?;
         }
@@ -517,6 +523,15 @@ pub(crate) mod tests {
         )
     }
 
+    /// A structure holding `routes`, set one by one.
+    fn filled(routes: &[(Ipv4Net, Route)]) -> Dir24<VecCells> {
+        let mut d = small();
+        for (n, r) in routes {
+            d.set(*n, *r).unwrap();
+        }
+        d
+    }
+
     /// The reference: longest prefix match by brute force over the held prefixes.
     fn reference(table: &BTreeMap<Ipv4Net, Route>, addr: Ipv4Addr) -> Option<Route> {
         table
@@ -622,10 +637,7 @@ pub(crate) mod tests {
             ("192.0.2.64/26".parse().unwrap(), route(2)),
             ("198.51.100.7/32".parse().unwrap(), route(3)),
         ];
-        let mut first = small();
-        for (n, r) in &routes {
-            first.set(*n, *r).unwrap();
-        }
+        let first = filled(&routes);
         let g1 = group_entry(first.tbl24.get(0xc0_0002));
         let snapshot24: Vec<u32> =
             (0..TBL24_ENTRIES as usize).map(|i| first.tbl24.get(i)).collect();
@@ -654,10 +666,7 @@ pub(crate) mod tests {
             ("10.1.2.0/24".parse().unwrap(), route(2)),
             ("10.1.2.64/26".parse().unwrap(), route(3)),
         ];
-        let mut first = small();
-        for (n, r) in &routes {
-            first.set(*n, *r).unwrap();
-        }
+        let first = filled(&routes);
         let words = |d: &Dir24<VecCells>| -> Vec<u32> {
             (0..TBL24_MAP_WORDS as usize).map(|i| d.tbl24.cells.get(i)).collect()
         };
@@ -679,6 +688,10 @@ pub(crate) mod tests {
             d.set(net(i), route(1 + i % 3)).unwrap();
         }
         assert_eq!(d.usage().results, 3, "three distinct routes, three results");
+        // A prefix longer than /24 lives in a group and names no result.
+        d.set("10.0.0.128/25".parse().unwrap(), route(50)).unwrap();
+        assert_eq!(d.usage().results, 3, "a /25's route is not a first-level result");
+        assert_eq!(d.lookup("10.0.0.129".parse().unwrap()), Some(route(50)));
         for i in [0, 1, 2, 500, 999] {
             assert_eq!(d.lookup(net(i).network()), Some(route(1 + i % 3)), "{}", net(i));
         }
