@@ -83,8 +83,9 @@ use sluice_common::{
     FAMILY_V4, FAMILY_V6, Route,
     bench::{
         CeilingConfig, FIB_RESULT_SLOTS, FIB_SLOT_NO_DEVMAP, FIB_SLOT_NOT_FORWARDABLE,
-        FIB_SLOT_OTHER_RESULT, FLUSH_SLOT_GENERATOR, FLUSH_SLOT_ROUTER, FRAME_LEN, FlushConfig,
-        FlushStats, GenConfig, GenDest, MAX_GEN_DESTS, UDP_PORT, flush_record, names, offsets,
+        FIB_SLOT_OTHER_RESULT, FLUSH_SLOT_GENERATOR, FLUSH_SLOT_ROUTER, FlushConfig, FlushStats,
+        GEN_PATTERN, GEN_SIZES, GenConfig, GenDest, MAX_FRAME_LEN, MAX_GEN_DESTS, TEMPLATE_LEN,
+        UDP_PORT, flush_record, names, offsets,
     },
 };
 
@@ -116,6 +117,11 @@ pub struct BenchArgs {
     /// Distinct destination addresses, drawn at random from the full table's prefixes.
     #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_GEN_DESTS)))]
     pub destinations: u32,
+    /// Size of the generated frames in bytes, Ethernet header to the end of the payload without
+    /// the FCS (64 to 1514), or `imix`: in every 12 frames, 7 of 64 bytes, 4 of 590 and 1 of 1514
+    /// (the simple IMIX of 40-, 576- and 1500-byte IP packets), 360 bytes on average.
+    #[arg(long, value_name = "BYTES|imix", default_value = "64", value_parser = parse_frame_size)]
+    pub frame_size: FrameSize,
     /// Address families to measure.
     #[arg(long, value_enum, default_value_t = FamilyChoice::Both)]
     pub family: FamilyChoice,
@@ -218,6 +224,83 @@ impl Forwarder {
     }
 }
 
+/// The simple IMIX in the order the generator sends it: 7 frames of 64 bytes (40-byte IP packets,
+/// padded to the Ethernet minimum), 4 of 590 (576-byte IP packets) and 1 of 1514 (1500 bytes),
+/// interleaved.
+const IMIX: [u16; 12] = [64, 590, 64, 64, 590, 64, 1514, 64, 590, 64, 64, 590];
+
+/// `--frame-size`: one size for every frame, or the IMIX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameSize {
+    /// Every frame this many bytes.
+    Fixed(u16),
+    /// [`IMIX`].
+    Imix,
+}
+
+impl FrameSize {
+    /// The frame length of each step of the generator's pattern.
+    fn steps(self) -> Vec<u16> {
+        match self {
+            Self::Fixed(len) => vec![len],
+            Self::Imix => IMIX.to_vec(),
+        }
+    }
+
+    /// The distinct lengths (the generator's size slots, in order of first use) and, per step,
+    /// its slot.
+    fn slots(self) -> (Vec<u16>, Vec<u8>) {
+        let mut lens: Vec<u16> = Vec::new();
+        let pattern = self
+            .steps()
+            .into_iter()
+            .map(|len| {
+                let slot = lens.iter().position(|&l| l == len).unwrap_or_else(|| {
+                    lens.push(len);
+                    lens.len() - 1
+                });
+                slot as u8
+            })
+            .collect();
+        (lens, pattern)
+    }
+
+    /// The mean frame length the generator sends.
+    fn mean_len(self) -> f64 {
+        let steps = self.steps();
+        steps.iter().map(|&l| f64::from(l)).sum::<f64>() / steps.len() as f64
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Fixed(len) => format!("{len}-byte"),
+            Self::Imix => "IMIX (7 x 64, 4 x 590, 1 x 1514 bytes)".into(),
+        }
+    }
+
+    /// `--frame-size` as given.
+    fn arg(self) -> String {
+        match self {
+            Self::Fixed(len) => len.to_string(),
+            Self::Imix => "imix".into(),
+        }
+    }
+}
+
+fn parse_frame_size(s: &str) -> Result<FrameSize, String> {
+    if s.eq_ignore_ascii_case("imix") {
+        return Ok(FrameSize::Imix);
+    }
+    let len: usize =
+        s.parse().map_err(|_| format!("{s:?} is neither a length in bytes nor imix"))?;
+    if !(TEMPLATE_LEN..=MAX_FRAME_LEN).contains(&len) {
+        return Err(format!(
+            "frames are {TEMPLATE_LEN} to {MAX_FRAME_LEN} bytes (Ethernet header to the end of the payload, no FCS), not {len}"
+        ));
+    }
+    Ok(FrameSize::Fixed(len as u16))
+}
+
 /// `--table-size`: the full table's routes per family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableSizes {
@@ -313,10 +396,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut forwarders = args.forwarders.clone();
     forwarders.sort();
     forwarders.dedup();
+    let (lens, _) = args.frame_size.slots();
+    ensure!(
+        args.destinations as usize * lens.len() <= MAX_GEN_DESTS as usize,
+        "--destinations {} with {} frame sizes: at most {MAX_GEN_DESTS} destinations and sizes together",
+        args.destinations,
+        lens.len()
+    );
     let phases = phases(args.family, args.tables);
     let load_start = load_average();
     eprintln!(
-        "sluice bench: {FRAME_LEN}-byte UDP frames to {} destinations, {}; {}; load average {}",
+        "sluice bench: {} UDP frames to {} destinations, {}; {}; load average {}",
+        args.frame_size.describe(),
         args.destinations,
         budget.describe(),
         phases.iter().map(|p| p.describe()).collect::<Vec<_>>().join(", "),
@@ -327,7 +418,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut topo = Topology::build(args.next_hops).context("build the veth chain")?;
     topo.cpus = if args.shared_cpu { CpuPlan::Shared } else { topo.split_cpus()? };
     eprintln!("  {}", topo.cpus.describe());
-    let mut bench = BenchPrograms::load(&topo)?;
+    let mut bench = BenchPrograms::load(&topo, args.frame_size)?;
     if let Err(reason) = &bench.flush_counter {
         eprintln!("  devmap flushes not counted: {reason}");
     }
@@ -347,7 +438,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let cells = run_phases(&ctx, &mut bench, &topo, &phases, &mut tables)?;
     let report = Report {
-        frame_len: FRAME_LEN,
+        frame_size: args.frame_size.arg(),
+        frame_len: match args.frame_size {
+            FrameSize::Fixed(len) => Some(usize::from(len)),
+            FrameSize::Imix => None,
+        },
+        mean_frame_len: args.frame_size.mean_len(),
         destinations: args.destinations,
         seed: args.seed,
         budget: budget.describe(),
@@ -1110,14 +1206,17 @@ impl Topology {
 #[derive(Debug)]
 struct BenchPrograms {
     ebpf: Ebpf,
-    /// The frame of destination 0, given to the test run as its initial packet.
-    first_frame: [u8; FRAME_LEN],
+    /// The sizes of the frames the generator sends.
+    frame_size: FrameSize,
+    /// The longest frame, to destination 0, given to the test run as its initial packet: the
+    /// generator trims it to each step's size.
+    first_frame: Vec<u8>,
     /// Whether devmap flushes are counted, or why not.
     flush_counter: Result<(), String>,
 }
 
 impl BenchPrograms {
-    fn load(topo: &Topology) -> anyhow::Result<Self> {
+    fn load(topo: &Topology, frame_size: FrameSize) -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("load the benchmark programs")?;
         for name in [names::GENERATOR, names::SINK, names::CEILING, names::FIB_FORWARDER] {
             let prog: &mut Xdp = ebpf
@@ -1147,58 +1246,82 @@ impl BenchPrograms {
             ebpf.map_mut(names::CEILING_CONFIG).ok_or_else(|| anyhow!("no ceiling config"))?;
         Array::<_, CeilingConfig>::try_from(map)?.set(0, ceiling, 0)?;
         let flush_counter = attach_flush_counter(&mut ebpf, topo).map_err(|e| format!("{e:#}"));
-        Ok(Self { ebpf, first_frame: [0; FRAME_LEN], flush_counter })
+        Ok(Self { ebpf, frame_size, first_frame: Vec::new(), flush_counter })
     }
 
-    /// Fills the template and destination maps for `family`, and checks one generated frame
-    /// against the frame built here.
+    /// Fills the templates and the destination map for `family`, and checks the frame generated
+    /// for each size against the frame built here.
     fn configure(
         &mut self,
         family: Family,
         topo: &Topology,
         destinations: &[IpAddr],
     ) -> anyhow::Result<()> {
+        ensure!(!destinations.is_empty(), "no destinations");
         let gen_addr = family.links().1[0];
-        let template = frame_template(gen_addr, topo.gen_mac, topo.rtr_in_mac);
-        let dests: Vec<GenDest> = destinations.iter().map(|d| gen_dest(&template, *d)).collect();
-        ensure!(!dests.is_empty(), "no destinations");
-        let mut table: Array<_, GenDest> = Array::try_from(self.map_mut(names::GEN_DESTS)?)?;
-        for (i, d) in (0u32..).zip(&dests) {
-            table.set(i, d, 0)?;
-        }
+        let (lens, pattern) = self.frame_size.slots();
+        ensure!(lens.len() <= GEN_SIZES && pattern.len() <= GEN_PATTERN, "too many frame sizes");
         let mut config = GenConfig {
-            frame: template,
             destinations: 1,
             family: family.code(),
+            sizes: lens.len() as u8,
             ..GenConfig::default()
         };
-        let mut cfg: Array<_, GenConfig> = Array::try_from(self.map_mut(names::GEN_CONFIG)?)?;
-        cfg.set(0, config, 0)?;
-        self.first_frame = apply_dest(&template, family, &dests[0]);
+        // Per size, the frame to destination 0.
+        let mut expected = Vec::new();
+        let mut table: Array<_, GenDest> = Array::try_from(self.map_mut(names::GEN_DESTS)?)?;
+        for (slot, &len) in lens.iter().enumerate() {
+            let template = frame_template(gen_addr, topo.gen_mac, topo.rtr_in_mac, len.into());
+            config.frames[slot].copy_from_slice(&template[..TEMPLATE_LEN]);
+            config.lens[slot] = len;
+            for (i, d) in destinations.iter().enumerate() {
+                let dest = gen_dest(&template, *d);
+                if i == 0 {
+                    expected.push(apply_dest(&template, family, &dest));
+                }
+                table.set((i * lens.len() + slot) as u32, dest, 0)?;
+            }
+        }
+        self.first_frame =
+            expected.iter().max_by_key(|f| f.len()).cloned().expect("at least one size");
 
-        // One plain (not live) run with a single destination: the program must write exactly
-        // the frame userspace expects.
-        let mut out = [0u8; FRAME_LEN];
-        let result = self.program(names::GENERATOR)?.test_run(TestRunOptions {
-            data_in: Some(&[0u8; FRAME_LEN]),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })?;
-        ensure!(
-            result.return_value == 3,
-            "{} returned {} instead of XDP_TX",
-            names::GENERATOR,
-            result.return_value
-        );
-        ensure!(
-            out == self.first_frame,
-            "{} wrote\n  {}\ninstead of\n  {}",
-            names::GENERATOR,
-            hex(&out),
-            hex(&self.first_frame)
-        );
+        // One plain (not live) run per size with a single destination, from the initial frame
+        // with its template bytes zeroed: the program must trim it and write exactly the frame
+        // userspace expects.
+        let mut data_in = self.first_frame.clone();
+        data_in[..TEMPLATE_LEN].fill(0);
+        config.pattern_len = 1;
+        for (slot, want) in expected.iter().enumerate() {
+            config.pattern[0] = slot as u8;
+            let mut cfg: Array<_, GenConfig> = Array::try_from(self.map_mut(names::GEN_CONFIG)?)?;
+            cfg.set(0, config, 0)?;
+            let mut out = vec![0u8; data_in.len()];
+            let result = self.program(names::GENERATOR)?.test_run(TestRunOptions {
+                data_in: Some(&data_in),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })?;
+            ensure!(
+                result.return_value == 3,
+                "{} returned {} instead of XDP_TX",
+                names::GENERATOR,
+                result.return_value
+            );
+            out.truncate(result.data_size_out as usize);
+            ensure!(
+                out == *want,
+                "{} wrote a {}-byte frame\n  {}\ninstead of a {}-byte\n  {}",
+                names::GENERATOR,
+                out.len(),
+                hex(&out[..TEMPLATE_LEN.min(out.len())]),
+                want.len(),
+                hex(&want[..TEMPLATE_LEN])
+            );
+        }
 
-        config.destinations = dests.len() as u32;
+        config.destinations = destinations.len() as u32;
+        config.pattern_len = pattern.len() as u8;
+        config.pattern[..pattern.len()].copy_from_slice(&pattern);
         let mut cfg: Array<_, GenConfig> = Array::try_from(self.map_mut(names::GEN_CONFIG)?)?;
         cfg.set(0, config, 0)?;
         Ok(())
@@ -1240,10 +1363,13 @@ impl BenchPrograms {
         Ok(prog.try_into()?)
     }
 
-    /// Frames the sink has counted, all CPUs together.
-    fn sink_count(&self) -> anyhow::Result<u64> {
-        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(names::SINK_COUNT)?)?;
-        Ok(counts.get(&0, 0)?.iter().sum())
+    /// Frames and bytes the sink has counted, all CPUs together.
+    fn sink_count(&self) -> anyhow::Result<(u64, u64)> {
+        let sum = |name| -> anyhow::Result<u64> {
+            let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(name)?)?;
+            Ok(counts.get(&0, 0)?.iter().sum())
+        };
+        Ok((sum(names::SINK_COUNT)?, sum(names::SINK_BYTES)?))
     }
 
     /// The devmap flushes of `slot` counted so far, all CPUs together; `None` without the
@@ -1282,11 +1408,11 @@ impl BenchPrograms {
         let prog = self.program(names::GENERATOR)?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         // The kernel resolves ingress_ifindex in the caller's network namespace.
-        let ctx: Vec<u8> = [0, FRAME_LEN as u32, 0, topo.gen_ifindex, 0, 0]
+        let ctx: Vec<u8> = [0, self.first_frame.len() as u32, 0, topo.gen_ifindex, 0, 0]
             .iter()
             .flat_map(|w| w.to_ne_bytes())
             .collect();
-        let frame = self.first_frame;
+        let frame = &self.first_frame;
         topo.pin_napi(topo.cpus)?;
         in_netns(&topo.source, || {
             if let CpuPlan::Split { other, .. } = topo.cpus {
@@ -1303,7 +1429,7 @@ impl BenchPrograms {
                     Budget::Time(_) => GEN_CHUNK / 4,
                 };
                 prog.test_run(TestRunOptions {
-                    data_in: Some(&frame),
+                    data_in: Some(frame),
                     ctx_in: Some(&ctx),
                     repeat: chunk as u32,
                     attrs: TestRunAttrs::new().xdp_live_frames(GEN_BATCH),
@@ -1316,8 +1442,9 @@ impl BenchPrograms {
         })
     }
 
-    /// Waits until the sink count stops moving (frames still queued in the chain) and returns it.
-    fn settled_count(&self) -> anyhow::Result<u64> {
+    /// Waits until the sink count stops moving (frames still queued in the chain) and returns it:
+    /// frames and bytes.
+    fn settled_count(&self) -> anyhow::Result<(u64, u64)> {
         let mut last = self.sink_count()?;
         for _ in 0..50 {
             check_interrupted()?;
@@ -1341,10 +1468,10 @@ impl BenchPrograms {
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + WARMUP_TIMEOUT;
         loop {
-            let before = self.settled_count()?;
+            let (before, _) = self.settled_count()?;
             let gen_before = self.flush_stats(FLUSH_SLOT_GENERATOR)?;
             let (sent, _) = self.send(topo, Budget::Frames(WARMUP_FRAMES))?;
-            let received = self.settled_count()? - before;
+            let received = self.settled_count()?.0 - before;
             // With the router on a CPU of its own, the generator offers more than it takes and
             // the surplus is dropped at the router's input, as at a NIC's full ring: what the
             // router accepted must come out.
@@ -1375,11 +1502,12 @@ impl BenchPrograms {
         budget: Budget,
         flushes: bool,
     ) -> anyhow::Result<Measurement> {
-        let before = self.settled_count()?;
+        let (before, bytes_before) = self.settled_count()?;
         let router_before = if flushes { self.flush_stats(FLUSH_SLOT_ROUTER)? } else { None };
         let gen_before = self.flush_stats(FLUSH_SLOT_GENERATOR)?;
         let (sent, elapsed) = self.send(topo, budget)?;
-        let received = self.settled_count()? - before;
+        let (after, bytes_after) = self.settled_count()?;
+        let (received, received_bytes) = (after - before, bytes_after - bytes_before);
         let router_after = if flushes { self.flush_stats(FLUSH_SLOT_ROUTER)? } else { None };
         let gen_after = self.flush_stats(FLUSH_SLOT_GENERATOR)?;
         let seconds = elapsed.as_secs_f64();
@@ -1387,8 +1515,10 @@ impl BenchPrograms {
         Ok(Measurement {
             sent,
             received,
+            received_bytes,
             seconds,
             mpps,
+            gbps: per_second(received_bytes, seconds) * 8.0 / 1e9,
             round_mpps: vec![mpps],
             offered_mpps: per_second(sent, seconds) / 1e6,
             devmap: router_before.zip(router_after).map(|(b, a)| FlushDelta::between(&b, &a)),
@@ -2124,10 +2254,15 @@ struct Measurement {
     sent: u64,
     /// Frames the sink counted.
     received: u64,
+    /// Their bytes, Ethernet header to the end of the payload.
+    received_bytes: u64,
     /// How long the generator ran.
     seconds: f64,
     /// The median round's `received / seconds`, in millions.
     mpps: f64,
+    /// `mpps` in Gbit/s of frames (Ethernet header to the end of the payload; no preamble,
+    /// FCS or gap): at the mean size of the frames received.
+    gbps: f64,
     /// Every round's rate, in the order measured.
     round_mpps: Vec<f64>,
     /// `sent / seconds`, in millions.
@@ -2164,8 +2299,11 @@ impl Measurement {
         let sum = |f: &dyn Fn(&Self) -> Option<u64>| -> Option<u64> {
             rounds.iter().map(f).sum::<Option<u64>>()
         };
-        let (sent, received) =
+        let (sent, received): (u64, u64) =
             (rounds.iter().map(|m| m.sent).sum(), rounds.iter().map(|m| m.received).sum());
+        let received_bytes: u64 = rounds.iter().map(|m| m.received_bytes).sum();
+        let mpps = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
+        let mean_bytes = if received == 0 { 0.0 } else { received_bytes as f64 / received as f64 };
         let seconds: f64 = rounds.iter().map(|m| m.seconds).sum();
         let devmap = rounds.iter().map(|m| m.devmap).collect::<Option<Vec<_>>>().map(|d| {
             let flushes = d.iter().map(|f| f.flushes).sum::<u64>();
@@ -2191,8 +2329,10 @@ impl Measurement {
         Self {
             sent,
             received,
+            received_bytes,
             seconds,
-            mpps: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+            mpps,
+            gbps: mpps * mean_bytes * 8.0 / 1e3,
             round_mpps,
             offered_mpps: per_second(sent, seconds) / 1e6,
             devmap,
@@ -2559,7 +2699,13 @@ struct LoadAverages {
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
 struct Report {
-    frame_len: usize,
+    /// `--frame-size` as given: a length in bytes or `imix`.
+    frame_size: String,
+    /// The length of every frame, when all are the same size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frame_len: Option<usize>,
+    /// The mean length of the frames sent.
+    mean_frame_len: f64,
     destinations: u32,
     seed: u64,
     budget: String,
@@ -2625,6 +2771,38 @@ impl Report {
                 times(c.ratios.sluice_fib_lookup),
                 times(c.ratios.sluice_ceiling),
                 times(c.ratios.sluice_full_over_one)
+            );
+        }
+    }
+
+    /// "64-byte" or "IMIX (...)", as `--frame-size` reads in prose.
+    fn frames(&self) -> String {
+        match self.frame_len {
+            Some(len) => format!("{len}-byte"),
+            None => format!("{} ({:.0} bytes on average)", self.frame_size, self.mean_frame_len),
+        }
+    }
+
+    /// One line per cell: each forwarder's rate in Gbit/s of frames.
+    fn gbps_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>8} {:>11} {:>8} {:>8} {:>13}   (Gbit/s of frames, no FCS, preamble or gap)",
+            "Gbit/s", "linux", "fib_lookup", "ceiling", "sluice", "sluice_hooks"
+        );
+        let gbps = |c: &Cell, f: Forwarder| {
+            c.forwarders.get(f.name()).map_or_else(|| "-".into(), |m| format!("{:.2}", m.gbps))
+        };
+        for c in &self.results {
+            let _ = writeln!(
+                out,
+                "{:<24} {:>8} {:>11} {:>8} {:>8} {:>13}",
+                cell_label(c),
+                gbps(c, Forwarder::Linux),
+                gbps(c, Forwarder::FibLookup),
+                gbps(c, Forwarder::Ceiling),
+                gbps(c, Forwarder::Sluice),
+                gbps(c, Forwarder::SluiceHooks)
             );
         }
     }
@@ -2713,8 +2891,8 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "forwarding {}-byte UDP frames to {} destinations on one veth chain ({}), {} CPUs ({}), Linux {}; load average {} at the start, {} at the end",
-            self.frame_len,
+            "forwarding {} UDP frames to {} destinations on one veth chain ({}), {} CPUs ({}), Linux {}; load average {} at the start, {} at the end",
+            self.frames(),
             self.destinations,
             self.budget,
             self.cpus,
@@ -2724,6 +2902,9 @@ impl Report {
             format_load(self.load_average.end)
         );
         self.rate_table(&mut out);
+        if self.frame_len != Some(TEMPLATE_LEN) {
+            self.gbps_table(&mut out);
+        }
         self.program_time_table(&mut out);
         for c in &self.results {
             if let (Some(h), Some(r)) =
@@ -2819,8 +3000,9 @@ impl Report {
             .collect();
         bar_chart(
             &format!(
-                "Forwarding rate, {}-byte UDP, {} destinations (Mpps)",
-                self.frame_len, self.destinations
+                "Forwarding rate, {} UDP, {} destinations (Mpps)",
+                self.frames(),
+                self.destinations
             ),
             &format!(
                 "one veth chain, {} CPUs, Linux {}, load average {:.2} at the start",
@@ -3005,16 +3187,19 @@ fn format_tick(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-/// The frame every destination shares: Ethernet, IPv4 or IPv6 (by `src`), UDP to the discard port
-/// and a recognisable payload, with the destination address and the checksums zero.
-fn frame_template(src: IpAddr, src_mac: [u8; 6], dst_mac: [u8; 6]) -> [u8; FRAME_LEN] {
-    let mut f = [0u8; FRAME_LEN];
+/// The frame of `len` bytes every destination shares: Ethernet, IPv4 or IPv6 (by `src`), UDP to
+/// the discard port and a recognisable payload, with the destination address and the checksums
+/// zero. The payload's bytes depend only on their place in the frame, so a shorter frame's payload
+/// is the start of a longer one's (the generator trims one initial frame to every size).
+fn frame_template(src: IpAddr, src_mac: [u8; 6], dst_mac: [u8; 6], len: usize) -> Vec<u8> {
+    assert!((TEMPLATE_LEN..=MAX_FRAME_LEN).contains(&len), "frame length {len}");
+    let mut f = vec![0u8; len];
     f[0..6].copy_from_slice(&dst_mac);
     f[6..12].copy_from_slice(&src_mac);
     let udp = match src {
         IpAddr::V4(src) => {
             f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-            let total = (FRAME_LEN - 14) as u16;
+            let total = (len - 14) as u16;
             // Version 4, IHL 5; DSCP 0; total length; id 0; DF; TTL 64; UDP.
             f[14..24].copy_from_slice(&[
                 0x45,
@@ -3033,7 +3218,7 @@ fn frame_template(src: IpAddr, src_mac: [u8; 6], dst_mac: [u8; 6]) -> [u8; FRAME
         }
         IpAddr::V6(src) => {
             f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-            let payload = (FRAME_LEN - 14 - 40) as u16;
+            let payload = (len - 14 - 40) as u16;
             f[14] = 0x60;
             f[18..20].copy_from_slice(&payload.to_be_bytes());
             f[20] = 17;
@@ -3042,7 +3227,7 @@ fn frame_template(src: IpAddr, src_mac: [u8; 6], dst_mac: [u8; 6]) -> [u8; FRAME
             14 + 40
         }
     };
-    let udp_len = (FRAME_LEN - udp) as u16;
+    let udp_len = (len - udp) as u16;
     f[udp..udp + 2].copy_from_slice(&UDP_PORT.to_be_bytes());
     f[udp + 2..udp + 4].copy_from_slice(&UDP_PORT.to_be_bytes());
     f[udp + 4..udp + 6].copy_from_slice(&udp_len.to_be_bytes());
@@ -3053,7 +3238,7 @@ fn frame_template(src: IpAddr, src_mac: [u8; 6], dst_mac: [u8; 6]) -> [u8; FRAME
 }
 
 /// The generator's entry for `dst`: the address and the checksums of the template carrying it.
-fn gen_dest(template: &[u8; FRAME_LEN], dst: IpAddr) -> GenDest {
+fn gen_dest(template: &[u8], dst: IpAddr) -> GenDest {
     let mut d = GenDest::default();
     match dst {
         IpAddr::V4(a) => d.addr[..4].copy_from_slice(&a.octets()),
@@ -3072,7 +3257,7 @@ fn gen_dest(template: &[u8; FRAME_LEN], dst: IpAddr) -> GenDest {
         Family::V4 => (&f[26..30], &f[30..34]),
         Family::V6 => (&f[22..38], &f[38..54]),
     };
-    let udp_len = ((FRAME_LEN - udp) as u32).to_be_bytes();
+    let udp_len = ((f.len() - udp) as u32).to_be_bytes();
     // RFC 768 / RFC 8200 8.1: the pseudo-header (addresses, protocol, UDP length) and the
     // datagram. A computed 0 is sent as 0xffff.
     let sum = checksum(&[src, dst, &[0, 17], &udp_len, &f[udp..]]);
@@ -3081,8 +3266,8 @@ fn gen_dest(template: &[u8; FRAME_LEN], dst: IpAddr) -> GenDest {
 }
 
 /// The frame the generator writes for destination `d`: what `sluice_gen` does, in userspace.
-fn apply_dest(template: &[u8; FRAME_LEN], family: Family, d: &GenDest) -> [u8; FRAME_LEN] {
-    let mut f = *template;
+fn apply_dest(template: &[u8], family: Family, d: &GenDest) -> Vec<u8> {
+    let mut f = template.to_vec();
     match family {
         Family::V4 => {
             f[offsets::V4_CHECK..offsets::V4_CHECK + 2].copy_from_slice(&d.ip_check);
@@ -3198,39 +3383,92 @@ mod tests {
     const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
-    fn frame(family: Family, dst: IpAddr) -> [u8; FRAME_LEN] {
-        let template = frame_template(family.links().1[0], MAC_A, MAC_B);
+    fn frame(family: Family, dst: IpAddr, len: usize) -> Vec<u8> {
+        let template = frame_template(family.links().1[0], MAC_A, MAC_B, len);
         apply_dest(&template, family, &gen_dest(&template, dst))
     }
 
     #[test]
     fn ipv4_frames_carry_valid_checksums() {
         let table = Table::generate(Family::V4, 1000, 5, 2);
-        for dst in table.destinations(50, 5) {
-            let f = frame(Family::V4, dst);
-            assert_eq!(&f[0..6], &MAC_B, "destination MAC");
-            assert_eq!(checksum(&[&f[14..34]]), 0, "IPv4 header checksum to {dst}");
-            assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize, FRAME_LEN - 14, "total length");
-            let udp_len = ((FRAME_LEN - 34) as u32).to_be_bytes();
-            assert_eq!(checksum(&[&f[26..34], &[0, 17], &udp_len, &f[34..]]), 0, "UDP checksum");
-            assert_eq!(IpAddr::from(<[u8; 4]>::try_from(&f[30..34]).unwrap()), dst);
+        for len in [64, 65, 590, 1514] {
+            for dst in table.destinations(50, 5) {
+                let f = frame(Family::V4, dst, len);
+                assert_eq!(f.len(), len);
+                assert_eq!(&f[0..6], &MAC_B, "destination MAC");
+                assert_eq!(checksum(&[&f[14..34]]), 0, "IPv4 header checksum to {dst}");
+                assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize, len - 14, "total length");
+                let udp_len = ((len - 34) as u32).to_be_bytes();
+                assert_eq!(u16::from_be_bytes([f[38], f[39]]) as usize, len - 34, "UDP length");
+                assert_eq!(
+                    checksum(&[&f[26..34], &[0, 17], &udp_len, &f[34..]]),
+                    0,
+                    "UDP checksum, {len} bytes"
+                );
+                assert_eq!(IpAddr::from(<[u8; 4]>::try_from(&f[30..34]).unwrap()), dst);
+            }
         }
     }
 
     #[test]
     fn ipv6_frames_carry_valid_checksums() {
         let table = Table::generate(Family::V6, 1000, 5, 2);
-        for dst in table.destinations(50, 5) {
-            let f = frame(Family::V6, dst);
-            assert_eq!(
-                u16::from_be_bytes([f[18], f[19]]) as usize,
-                FRAME_LEN - 54,
-                "payload length"
-            );
-            let udp_len = ((FRAME_LEN - 54) as u32).to_be_bytes();
-            assert_eq!(checksum(&[&f[22..54], &[0, 17], &udp_len, &f[54..]]), 0, "UDP checksum");
-            assert_eq!(IpAddr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()), dst);
+        for len in [64, 65, 590, 1514] {
+            for dst in table.destinations(50, 5) {
+                let f = frame(Family::V6, dst, len);
+                assert_eq!(f.len(), len);
+                assert_eq!(u16::from_be_bytes([f[18], f[19]]) as usize, len - 54, "payload length");
+                assert_eq!(u16::from_be_bytes([f[58], f[59]]) as usize, len - 54, "UDP length");
+                let udp_len = ((len - 54) as u32).to_be_bytes();
+                assert_eq!(
+                    checksum(&[&f[22..54], &[0, 17], &udp_len, &f[54..]]),
+                    0,
+                    "UDP checksum, {len} bytes"
+                );
+                assert_eq!(IpAddr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()), dst);
+            }
         }
+    }
+
+    /// The generator trims its one initial frame to every size and writes only the template:
+    /// each size's frame must be the longest one's bytes past the template.
+    #[test]
+    fn shorter_frames_are_the_start_of_the_longest_past_the_template() {
+        for family in [Family::V4, Family::V6] {
+            let src = family.links().1[0];
+            let longest = frame_template(src, MAC_A, MAC_B, MAX_FRAME_LEN);
+            for len in [TEMPLATE_LEN, 590, 1000] {
+                let f = frame_template(src, MAC_A, MAC_B, len);
+                assert_eq!(f[TEMPLATE_LEN..], longest[TEMPLATE_LEN..len], "{family:?} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn frame_sizes_parse() {
+        assert_eq!(parse_frame_size("64"), Ok(FrameSize::Fixed(64)));
+        assert_eq!(parse_frame_size("1514"), Ok(FrameSize::Fixed(1514)));
+        assert_eq!(parse_frame_size("IMIX"), Ok(FrameSize::Imix));
+        for bad in ["63", "1515", "0", "jumbo", ""] {
+            assert!(parse_frame_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(FrameSize::Fixed(128).slots(), (vec![128], vec![0]));
+        assert!((FrameSize::Fixed(128).mean_len() - 128.0).abs() < 1e-9);
+    }
+
+    /// The simple IMIX: 7, 4 and 1 of every 12 frames, about 360 bytes on average, within the
+    /// generator's slots and pattern.
+    #[test]
+    fn imix_is_seven_four_one() {
+        let (lens, pattern) = FrameSize::Imix.slots();
+        assert_eq!(lens, [64, 590, 1514]);
+        assert!(lens.len() <= GEN_SIZES && pattern.len() <= GEN_PATTERN);
+        let mut counts = [0; 3];
+        for &slot in &pattern {
+            counts[usize::from(slot)] += 1;
+        }
+        assert_eq!(counts, [7, 4, 1]);
+        assert!((FrameSize::Imix.mean_len() - 4322.0 / 12.0).abs() < 1e-9);
     }
 
     #[test]
@@ -3421,8 +3659,10 @@ mod tests {
         Measurement {
             sent: 100,
             received: 100,
+            received_bytes: 6400,
             seconds: 1.0,
             mpps,
+            gbps: mpps * 64.0 * 8.0 / 1e3,
             round_mpps: vec![mpps],
             offered_mpps: mpps,
             devmap: None,
@@ -3436,7 +3676,9 @@ mod tests {
 
     fn report(results: Vec<Cell>) -> Report {
         Report {
-            frame_len: FRAME_LEN,
+            frame_size: "64".into(),
+            frame_len: Some(64),
+            mean_frame_len: 64.0,
             destinations: 4000,
             seed: 1,
             budget: Budget::Frames(100).describe(),

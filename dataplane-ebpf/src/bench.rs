@@ -1,12 +1,14 @@
 //! The programs of `sluice bench`: the traffic generator, the sink, the two reference forwarders
 //! Sluice is measured against, and a counter of devmap flushes.
 //!
-//! `sluice_gen` runs under `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`: every run writes
-//! the whole frame from the template (the kernel recycles pages with what the receivers wrote into
-//! them), patches in the next destination of a per-CPU round robin, and returns `XDP_TX`, which
+//! `sluice_gen` runs under `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`: every run trims
+//! the frame to the size of its step in the configured pattern (64 bytes, or IMIX), writes the
+//! whole header from that size's template (the kernel recycles pages with what the receivers wrote
+//! into them), patches in the next destination of a per-CPU round robin, and returns `XDP_TX`, which
 //! live-frames mode turns into a redirect out of the test run's ingress interface (Linux 5.18, "bpf:
 //! Add "live packet" mode for XDP in `BPF_PROG_RUN`"). `sluice_sink` sits on the far end of the
-//! chain and counts the generated frames that arrive, per CPU, before dropping everything.
+//! chain and counts the generated frames that arrive and their bytes, per CPU, before dropping
+//! everything.
 //!
 //! The reference forwarders run on the router's ingress veth in place of Sluice:
 //! - `sluice_ceiling` rewrites the Ethernet addresses from `CEILING_CONFIG` and redirects every
@@ -30,7 +32,7 @@ mod common;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::generated::bpf_fib_lookup as fib_lookup,
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_tail},
     macros::{map, tracepoint, xdp},
     maps::{Array, DevMapHash, PerCpuArray},
     programs::{TracePointContext, XdpContext},
@@ -44,9 +46,9 @@ use sluice_common::{
     FAMILY_V4, FAMILY_V6,
     bench::{
         CeilingConfig, FIB_RESULT_SLOTS, FIB_SLOT_NO_DEVMAP, FIB_SLOT_NOT_FORWARDABLE,
-        FIB_SLOT_OTHER_RESULT, FLUSH_SLOT_GENERATOR, FLUSH_SLOT_ROUTER, FLUSH_SLOTS, FRAME_LEN,
-        FlushConfig, FlushStats, GenConfig, GenDest, MAX_GEN_DESTS, UDP_PORT, flush_record,
-        offsets,
+        FIB_SLOT_OTHER_RESULT, FLUSH_SLOT_GENERATOR, FLUSH_SLOT_ROUTER, FLUSH_SLOTS, FlushConfig,
+        FlushStats, GEN_PATTERN, GEN_SIZES, GenConfig, GenDest, MAX_GEN_DESTS, TEMPLATE_LEN,
+        UDP_PORT, flush_record, offsets,
     },
     csum_ttl_decrement,
 };
@@ -67,6 +69,8 @@ static GEN_DESTS: Array<GenDest> = Array::with_max_entries(MAX_GEN_DESTS, 0);
 static GEN_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SINK_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CEILING_CONFIG: Array<CeilingConfig> = Array::with_max_entries(1, 0);
 #[map]
@@ -90,25 +94,43 @@ pub fn sluice_gen(ctx: XdpContext) -> u32 {
 fn try_gen(ctx: &XdpContext) -> Result<(), ()> {
     let config = GEN_CONFIG.get(0).ok_or(())?;
     let n = config.destinations;
-    if n == 0 || n > MAX_GEN_DESTS {
+    let steps = u32::from(config.pattern_len);
+    let sizes = u32::from(config.sizes);
+    if n == 0 || n > MAX_GEN_DESTS || steps == 0 || steps > GEN_PATTERN as u32 || sizes == 0 {
         return Err(());
     }
     let cursor = GEN_CURSOR.get_ptr_mut(0).ok_or(())?;
     // SAFETY: a per-CPU value, so no other writer runs concurrently on this CPU.
-    let index = unsafe {
-        let i = *cursor % n;
-        *cursor = i + 1;
-        i
+    let run = unsafe {
+        let c = *cursor;
+        *cursor = c.wrapping_add(1);
+        c
     };
-    let dest = GEN_DESTS.get(index).ok_or(())?;
-    let words = ptr_at::<[u64; FRAME_LEN / 8]>(ctx, 0)?;
-    // SAFETY: `ptr_at` checked that the frame lies inside the packet. Live-frames mode puts packet
-    // data 8-aligned in its pages (`struct xdp_page_head` plus XDP_PACKET_HEADROOM), and
-    // `GenConfig` is 8-aligned with the frame first, so the copy is eight 64-bit moves rather than
-    // sixty-four byte moves.
+    // The verifier loses the bounds of a remainder, and the compiler drops a mask it knows to
+    // be redundant: the remainder is made opaque to it so that the mask (the count is a power
+    // of two) bounds the index where the verifier looks.
+    let step = core::hint::black_box(run % steps) as usize & (GEN_PATTERN - 1);
+    let slot = usize::from(config.pattern[step]);
+    if slot >= sizes as usize {
+        return Err(());
+    }
+    let slot = slot & (GEN_SIZES - 1);
+    let len = i64::from(config.lens[slot]);
+    let have = (ctx.data_end() - ctx.data()) as i64;
+    // Live frames start every run at the initial frame's length: trim to this step's size.
+    // SAFETY: the helper only moves the end of the frame within its buffer.
+    if len != have && unsafe { bpf_xdp_adjust_tail(ctx.ctx, (len - have) as i32) } != 0 {
+        return Err(());
+    }
+    let dest = GEN_DESTS.get((run % n) * sizes + slot as u32).ok_or(())?;
+    let words = ptr_at::<[u64; TEMPLATE_LEN / 8]>(ctx, 0)?;
+    // SAFETY: `ptr_at` checked that the template's bytes lie inside the packet. Live-frames mode
+    // puts packet data 8-aligned in its pages (`struct xdp_page_head` plus XDP_PACKET_HEADROOM),
+    // and `GenConfig` is 8-aligned with the templates first, each a multiple of 8 bytes, so the
+    // copy is eight 64-bit moves rather than sixty-four byte moves.
     let frame = unsafe {
-        core::ptr::copy_nonoverlapping((&raw const config.frame).cast(), words, 1);
-        &mut *words.cast::<[u8; FRAME_LEN]>()
+        core::ptr::copy_nonoverlapping((&raw const config.frames[slot]).cast(), words, 1);
+        &mut *words.cast::<[u8; TEMPLATE_LEN]>()
     };
     if config.family == FAMILY_V4 {
         frame[offsets::V4_CHECK..offsets::V4_CHECK + 2].copy_from_slice(&dest.ip_check);
@@ -126,10 +148,13 @@ fn try_gen(ctx: &XdpContext) -> Result<(), ()> {
 #[xdp]
 pub fn sluice_sink(ctx: XdpContext) -> u32 {
     if is_generated(&ctx)
-        && let Some(count) = SINK_COUNT.get_ptr_mut(0)
+        && let (Some(count), Some(bytes)) = (SINK_COUNT.get_ptr_mut(0), SINK_BYTES.get_ptr_mut(0))
     {
-        // SAFETY: a per-CPU value, so no other writer runs concurrently on this CPU.
-        unsafe { *count += 1 };
+        // SAFETY: per-CPU values, so no other writer runs concurrently on this CPU.
+        unsafe {
+            *count += 1;
+            *bytes += (ctx.data_end() - ctx.data()) as u64;
+        }
     }
     xdp_action::XDP_DROP
 }

@@ -5,8 +5,12 @@
 //!
 //! The generator runs under `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`. The kernel
 //! recycles its page-pool pages with whatever the receivers wrote into them (the router rewrites
-//! MACs and TTL), so the generator writes the whole frame from [`GenConfig::frame`] on every run and
-//! then patches in one destination from `GEN_DESTS`, whose checksums userspace precomputed.
+//! MACs and TTL), so the generator writes the whole header from a template of [`GenConfig`] on
+//! every run and then patches in one destination from `GEN_DESTS`, whose checksums userspace
+//! precomputed. Frames of several sizes (IMIX) come from one initial frame of the largest size:
+//! the generator trims each run's frame to the size its place in [`GenConfig::pattern`] gives,
+//! and the bytes past the template are the payload of that initial frame, the same in every
+//! size, so the precomputed checksums hold.
 
 /// Names of the benchmark's programs and maps, as they appear in the eBPF object.
 pub mod names {
@@ -22,6 +26,8 @@ pub mod names {
     pub const GEN_CURSOR: &str = "GEN_CURSOR";
     /// Per-CPU `u64`: generated frames (UDP to [`UDP_PORT`](super::UDP_PORT)) the sink received.
     pub const SINK_COUNT: &str = "SINK_COUNT";
+    /// Per-CPU `u64`: the bytes of those frames (Ethernet header to the end of the payload).
+    pub const SINK_BYTES: &str = "SINK_BYTES";
     /// XDP program on the router's ingress: rewrites the MACs from `CEILING_CONFIG` and redirects
     /// through `BENCH_DEVMAP`, with no lookup at all.
     pub const CEILING: &str = "sluice_ceiling";
@@ -47,8 +53,17 @@ pub mod names {
     pub const FLUSH_STATS: &str = "FLUSH_STATS";
 }
 
-/// Length of every generated frame: the minimum Ethernet frame without its FCS.
-pub const FRAME_LEN: usize = 64;
+/// Bytes of a frame the generator writes from its template on every run: the headers and the
+/// start of the payload. Also the shortest frame it sends (the minimum Ethernet frame without its
+/// FCS).
+pub const TEMPLATE_LEN: usize = 64;
+/// The longest frame the generator sends: 1500 bytes of IP in an Ethernet frame without its FCS.
+pub const MAX_FRAME_LEN: usize = 1514;
+/// Frame sizes the generator can mix ([`GenConfig::lens`]).
+pub const GEN_SIZES: usize = 4;
+/// Steps of the generator's size pattern ([`GenConfig::pattern`]).
+pub const GEN_PATTERN: usize = 16;
+const _: () = assert!(GEN_SIZES.is_power_of_two() && GEN_PATTERN.is_power_of_two());
 /// UDP source and destination port of generated frames (discard); the sink counts only these.
 pub const UDP_PORT: u16 = 9;
 /// Capacity of `GEN_DESTS`.
@@ -77,29 +92,52 @@ pub mod offsets {
     /// UDP checksum behind an IPv6 header.
     pub const V6_UDP_CHECK: usize = 14 + 40 + 6;
 }
-const _: () = assert!(offsets::V6_UDP_CHECK + 2 <= FRAME_LEN);
+const _: () = assert!(offsets::V6_UDP_CHECK + 2 <= TEMPLATE_LEN);
 
-/// The value of `GEN_CONFIG[0]`. 8-aligned so that the generator copies the frame in 64-bit words.
+/// The value of `GEN_CONFIG[0]`. 8-aligned so that the generator copies a template in 64-bit
+/// words.
+///
+/// Run `c` of the generator (a per-CPU count) sends a frame of size slot
+/// `s = pattern[c % pattern_len]`: `lens[s]` bytes, the first [`TEMPLATE_LEN`] of them
+/// `frames[s]`, carrying the destination of `GEN_DESTS[(c % destinations) * sizes + s]`.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GenConfig {
-    /// The whole frame (Ethernet, IPv4 or IPv6, UDP, payload) with the destination address and
-    /// the checksums zero; wire order.
-    pub frame: [u8; FRAME_LEN],
-    /// Entries of `GEN_DESTS` in use, 1..=[`MAX_GEN_DESTS`] (host order). 0 stops the generator:
-    /// it drops every frame.
+    /// Per size slot, the start of the frame (Ethernet, IPv4 or IPv6, UDP, payload) with the
+    /// destination address and the checksums zero; wire order.
+    pub frames: [[u8; TEMPLATE_LEN]; GEN_SIZES],
+    /// Destinations in `GEN_DESTS`, each with an entry per size slot in use: 1..=[`MAX_GEN_DESTS`]
+    /// entries in all (host order). 0 stops the generator: it drops every frame.
     pub destinations: u32,
     /// [`FAMILY_V4`](crate::FAMILY_V4) or [`FAMILY_V6`](crate::FAMILY_V6): which fields to patch.
     pub family: u8,
+    /// Steps of `pattern` in use, 1..=[`GEN_PATTERN`].
+    pub pattern_len: u8,
+    /// Size slots in use, 1..=[`GEN_SIZES`]: the entries of `GEN_DESTS` per destination.
+    pub sizes: u8,
     /// Explicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// Per size slot, the frame length in bytes, [`TEMPLATE_LEN`]..=[`MAX_FRAME_LEN`] (host
+    /// order), no longer than the frame the test run starts from.
+    pub lens: [u16; GEN_SIZES],
+    /// The size slot of each step, each below [`GEN_SIZES`].
+    pub pattern: [u8; GEN_PATTERN],
 }
-const _: () = assert!(size_of::<GenConfig>() == FRAME_LEN + 8);
-const _: () = assert!(FRAME_LEN.is_multiple_of(8) && align_of::<GenConfig>() == 8);
+const _: () = assert!(size_of::<GenConfig>() == TEMPLATE_LEN * GEN_SIZES + 8 + 8 + GEN_PATTERN);
+const _: () = assert!(TEMPLATE_LEN.is_multiple_of(8) && align_of::<GenConfig>() == 8);
 
 impl Default for GenConfig {
     fn default() -> Self {
-        Self { frame: [0; FRAME_LEN], destinations: 0, family: 0, _pad: [0; 3] }
+        Self {
+            frames: [[0; TEMPLATE_LEN]; GEN_SIZES],
+            destinations: 0,
+            family: 0,
+            pattern_len: 0,
+            sizes: 0,
+            _pad: 0,
+            lens: [0; GEN_SIZES],
+            pattern: [0; GEN_PATTERN],
+        }
     }
 }
 
