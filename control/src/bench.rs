@@ -1111,7 +1111,8 @@ impl Topology {
             !(0..p.len).any(|l| prefixes.contains(&p.ancestor(l)))
         };
         // (routes the kernel acknowledged, when it was known)
-        let progress = std::sync::Mutex::new((0usize, Instant::now()));
+        let load_start = Instant::now();
+        let progress = std::sync::Mutex::new((0usize, load_start));
         let done = AtomicBool::new(false);
         let hops = NextHops {
             oif: self.rtr_out_ifindex,
@@ -1119,7 +1120,7 @@ impl Topology {
             protocol: RTPROT_BGP,
         };
         let (written, lags) = thread::scope(|s| {
-            let sampler = s.spawn(|| -> anyhow::Result<Vec<Duration>> {
+            let sampler = s.spawn(|| -> anyhow::Result<Vec<(Duration, Duration)>> {
                 let view = crate::dataplane::LookupView::open(&PinDir::new(&daemon.pin_dir))?;
                 let mut lags = Vec::new();
                 loop {
@@ -1145,7 +1146,7 @@ impl Topology {
                         );
                         thread::sleep(Duration::from_millis(1));
                     }
-                    lags.push(at.elapsed());
+                    lags.push((at.duration_since(load_start), at.elapsed()));
                     if finished {
                         break;
                     }
@@ -1169,15 +1170,18 @@ impl Topology {
         });
         written?;
         let lags = lags??;
-        let Some(&last) = lags.last() else { bail!("no route of the table could be sampled") };
-        let mut sorted = lags.clone();
+        let Some(&(_, last)) = lags.last() else { bail!("no route of the table could be sampled") };
+        let (max_at, max) = lags.iter().copied().max_by_key(|&(_, lag)| lag).expect("not empty");
+        let mut sorted: Vec<Duration> = lags.iter().map(|&(_, lag)| lag).collect();
         sorted.sort_unstable();
         Ok(Some(LoadLag {
             samples: sorted.len(),
             median_ms: ms(percentile(&sorted, 50)),
             p99_ms: ms(percentile(&sorted, 99)),
-            max_ms: ms(*sorted.last().expect("not empty")),
+            max_ms: ms(max),
+            max_at_s: max_at.as_secs_f64(),
             last_ms: ms(last),
+            series: lags.iter().map(|&(at, lag)| [at.as_secs_f64(), ms(lag)]).collect(),
         }))
     }
 
@@ -2658,15 +2662,26 @@ struct LoadLag {
     median_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// When the kernel had acknowledged the route of the longest lag, in seconds from the start
+    /// of the load.
+    max_at_s: f64,
     /// For the table's last route: after the kernel had all of it.
     last_ms: f64,
+    /// Every sample: [seconds from the start of the load to the kernel's acknowledgement,
+    /// lag in ms].
+    series: Vec<[f64; 2]>,
 }
 
 impl LoadLag {
     fn describe(&self) -> String {
         format!(
-            "median {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} samples; complete {:.0} ms after the kernel",
-            self.median_ms, self.p99_ms, self.max_ms, self.samples, self.last_ms
+            "median {:.0} ms, p99 {:.0} ms, max {:.0} ms ({:.1} s into the load) over {} samples; complete {:.0} ms after the kernel",
+            self.median_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.max_at_s,
+            self.samples,
+            self.last_ms
         )
     }
 }

@@ -65,10 +65,17 @@ impl FibState {
     }
 
     fn insert_route(&mut self, prefix: IpNet, route: Route) {
-        match prefix {
-            IpNet::V4(p) => self.routes_v4.insert(p.trunc(), route),
-            IpNet::V6(p) => self.routes_v6.insert(p.trunc(), route),
-        };
+        self.replace_route(prefix, Some(route));
+    }
+
+    /// Sets (`Some`) or removes (`None`) the route of `prefix`; returns the one it replaced.
+    fn replace_route(&mut self, prefix: IpNet, route: Option<Route>) -> Option<Route> {
+        match (prefix, route) {
+            (IpNet::V4(p), Some(r)) => self.routes_v4.insert(p.trunc(), r),
+            (IpNet::V6(p), Some(r)) => self.routes_v6.insert(p.trunc(), r),
+            (IpNet::V4(p), None) => self.routes_v4.remove(&p.trunc()),
+            (IpNet::V6(p), None) => self.routes_v6.remove(&p.trunc()),
+        }
     }
 
     fn has_route(&self, prefix: IpNet) -> bool {
@@ -416,31 +423,27 @@ impl Compiler {
         neighbours.sort_unstable();
         let mut queue: Vec<IpNet> = prefixes.into_iter().collect();
         queue.sort_by_key(|p| (p.prefix_len(), *p));
-        let mut seen: BTreeSet<IpNet> = queue.iter().copied().collect();
+        // The prefixes queued, made when a host route is first queued (the queue's own prefixes
+        // are distinct): most batches have none, and a table's load queues a million prefixes.
+        let mut seen: Option<BTreeSet<IpNet>> = None;
         let mut i = 0;
         while i < queue.len() {
             let p = queue[i];
             i += 1;
             let new = self.desired(rib, &egress, fib, p);
-            let old = match p {
-                IpNet::V4(n) => fib.routes_v4.get(&n).copied(),
-                IpNet::V6(n) => fib.routes_v6.get(&n).copied(),
-            };
+            // Written at once (one search of the map instead of a read and a write): setting
+            // the route it holds, or removing one it does not, changes nothing.
+            let old = fib.replace_route(p, new);
             if new == old {
                 continue;
             }
             if let Some(r) = new {
                 self.add_ref(r, fib);
-                fib.insert_route(p, r);
                 route_ops.push(match p {
                     IpNet::V4(n) => Op::SetRouteV4(n, r),
                     IpNet::V6(n) => Op::SetRouteV6(n, r),
                 });
             } else {
-                match p {
-                    IpNet::V4(n) => fib.routes_v4.remove(&n),
-                    IpNet::V6(n) => fib.routes_v6.remove(&n),
-                };
                 route_ops.push(match p {
                     IpNet::V4(n) => Op::DelRouteV4(n),
                     IpNet::V6(n) => Op::DelRouteV6(n),
@@ -453,6 +456,7 @@ impl Compiler {
                 let from = neighbours.partition_point(|a| *a < p.network());
                 for a in neighbours[from..].iter().take_while(|a| p.contains(*a)) {
                     let host = IpNet::from(*a);
+                    let seen = seen.get_or_insert_with(|| queue.iter().copied().collect());
                     if seen.insert(host) {
                         queue.push(host);
                     }

@@ -385,6 +385,27 @@ impl Routes {
         v4.chain(v6)
     }
 
+    /// The route of `table` for exactly `prefix` with the lowest metric, the first of
+    /// [`Self::of_prefix`]: one descent of the table's map where a range bounded on both sides
+    /// makes two (a full table's load asks this for every route).
+    pub fn lowest_metric(&self, table: u32, prefix: IpNet) -> Option<RouteRef<'_>> {
+        let t = self.tables.get(&table)?;
+        match prefix {
+            IpNet::V4(n) => {
+                let from = V4Key { addr: u32::from(n.addr()), len: n.prefix_len(), metric: 0 };
+                let (k, s) = t.v4.range(from..).next()?;
+                (k.addr == from.addr && k.len == from.len)
+                    .then(|| self.view(unpack_v4(table, k), *s))
+            }
+            IpNet::V6(n) => {
+                let from = V6Key { addr: n.addr().octets(), len: n.prefix_len(), metric: 0 };
+                let (k, s) = t.v6.range(from..).next()?;
+                (k.addr == from.addr && k.len == from.len)
+                    .then(|| self.view(unpack_v6(table, k), *s))
+            }
+        }
+    }
+
     /// How many routes.
     pub fn len(&self) -> usize {
         self.len
@@ -585,7 +606,7 @@ impl Rib {
 
     /// The route of `table` for exactly `prefix` that the kernel uses: the lowest metric.
     pub fn best_route(&self, table: u32, prefix: IpNet) -> Option<RouteRef<'_>> {
-        self.routes.of_prefix(table, prefix).next()
+        self.routes.lowest_metric(table, prefix)
     }
 
     /// Looks a neighbour up.
