@@ -10,7 +10,7 @@ ifneq ($(filter-out nightly,$(EBPF_TOOLCHAIN)),)
 export SLUICE_EBPF_TOOLCHAIN = $(EBPF_TOOLCHAIN)
 endif
 
-.PHONY: setup build test test-unit lab lab-down bench lint fmt clean plugins bench-plugins bench-api image image-test
+.PHONY: setup build test test-unit lab lab-down bench bench-imix lint fmt clean plugins bench-plugins bench-api image image-test
 
 setup:
 	@bash scripts/setup.sh
@@ -54,6 +54,11 @@ lab-down:
 bench: build
 	@mkdir -p artifacts
 	$(SLUICE) bench --json artifacts/bench.json --plot artifacts/bench.svg $(BENCH_ARGS)
+
+# The same matrix with IMIX frames (7 x 64, 4 x 590, 1 x 1514 bytes), rates also in Gbit/s.
+bench-imix: build
+	@mkdir -p artifacts
+	$(SLUICE) bench --frame-size imix --json artifacts/bench-imix.json --plot artifacts/bench-imix.svg $(BENCH_ARGS)
 
 # The REST API: latency of GET /api/v1/counters at 1,000 requests/s (BENCH_API_ARGS to change).
 bench-api: build
