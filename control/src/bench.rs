@@ -2676,12 +2676,7 @@ impl LoadLag {
     fn describe(&self) -> String {
         format!(
             "median {:.0} ms, p99 {:.0} ms, max {:.0} ms ({:.1} s into the load) over {} samples; complete {:.0} ms after the kernel",
-            self.median_ms,
-            self.p99_ms,
-            self.max_ms,
-            self.max_at_s,
-            self.samples,
-            self.last_ms
+            self.median_ms, self.p99_ms, self.max_ms, self.max_at_s, self.samples, self.last_ms
         )
     }
 }

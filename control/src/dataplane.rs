@@ -1035,17 +1035,26 @@ impl RecordWriter {
 const RECORD_NICE: libc::c_int = 10;
 
 /// Lowers the calling thread's scheduling priority to [`RECORD_NICE`] (best effort).
-#[expect(unsafe_code, reason = "setpriority(2) and gettid(2) are C functions")]
 fn lower_priority() {
+    if let Err(e) = set_thread_nice(RECORD_NICE) {
+        debug!(error = %e, "could not lower the record writer's priority");
+    }
+}
+
+/// Sets the nice value of the calling thread (on Linux each thread has its own); threads it
+/// starts afterwards inherit it.
+///
+/// # Errors
+/// The kernel's refusal, e.g. raising the priority without `CAP_SYS_NICE`.
+#[expect(unsafe_code, reason = "setpriority(2) and gettid(2) are C functions")]
+pub fn set_thread_nice(nice: libc::c_int) -> io::Result<()> {
     // SAFETY: gettid has no preconditions; setpriority on PRIO_PROCESS with a thread id changes
     // only that thread on Linux.
     let rc = unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), RECORD_NICE)
+        libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), nice)
     };
-    if rc != 0 {
-        debug!(error = %io::Error::last_os_error(), "could not lower the record writer's priority");
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 impl Drop for RecordWriter {

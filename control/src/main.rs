@@ -57,6 +57,16 @@ enum Command {
         /// Serve the REST API over HTTPS here (needs --state-dir), e.g. 127.0.0.1:8443.
         #[arg(long, value_name = "ADDR:PORT", requires = "state_dir")]
         listen: Option<std::net::SocketAddr>,
+        /// Nice value of the daemon's threads, -20 to 19. Below 0 the mirror keeps pace with a
+        /// routing daemon loading a full table on the same cores (the route record's writer and
+        /// the plugins run at their own, lower priorities); 0 leaves the daemon as started.
+        #[arg(
+            long,
+            default_value_t = -5,
+            allow_negative_numbers = true,
+            value_parser = clap::value_parser!(i32).range(-20..=19)
+        )]
+        nice: i32,
     },
     /// Show the dataplane's counters per interface and reason.
     Stats {
@@ -272,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_unsigned_plugins,
             state_dir,
             listen,
+            nice,
         } => {
             let keys: Vec<String> = match &trusted_keys {
                 Some(p) => std::fs::read_to_string(p)
@@ -289,6 +300,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "nothing to forward between: name interfaces with --attach, or give a \
                      --state-dir whose configuration has routed ports"
                 );
+            }
+            // Before the runtime's threads start, so that they inherit it.
+            if nice != 0
+                && let Err(e) = dataplane::set_thread_nice(nice)
+            {
+                tracing::warn!(nice, error = %e, "could not set the daemon's priority");
             }
             // Two workers: the netlink socket is read and decoded on one while the other takes
             // the changes into the dataplane (a full table arriving is a million messages).

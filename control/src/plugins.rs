@@ -54,6 +54,9 @@ use bindings::{
 pub const TICK: Duration = Duration::from_millis(2);
 /// Log lines kept per plugin.
 const LOG_LINES: usize = 1000;
+/// The nice value of the plugin thread: that of a process started plainly, whatever priority the
+/// daemon's own threads run at (`sluice daemon --nice`).
+const PLUGIN_NICE: libc::c_int = 0;
 /// Restarts back off from this, doubling, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_mins(5);
@@ -1794,6 +1797,10 @@ pub fn run(
     }
     let mut t = PluginThread { manager, from_store: std::collections::BTreeSet::new() };
     let spawned = thread::Builder::new().name("sluice-plugins".into()).spawn(move || {
+        // Third-party code: not at the priority the daemon may have given its own threads.
+        if let Err(e) = crate::dataplane::set_thread_nice(PLUGIN_NICE) {
+            tracing::debug!(error = %e, "could not set the plugin thread's priority");
+        }
         let mut ticks = 0u32;
         let mut gateways_seen = feed.gateways.version();
         let mut commands = Some(commands);

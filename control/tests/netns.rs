@@ -449,3 +449,47 @@ fn daemon_killed_mid_traffic_keeps_forwarding_and_restart_adopts_state() {
     );
     t.assert_daemon_alive();
 }
+
+/// The nice value and name of each thread of process `pid`.
+fn thread_priorities(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's threads") {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) =
+            (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("stat")))
+        else {
+            continue; // ended meanwhile
+        };
+        // proc_pid_stat(5): after "pid (comm) ", state is field 3 and nice field 19.
+        let rest = &stat[stat.rfind(')').expect("comm in parentheses") + 2..];
+        let nice = rest.split_whitespace().nth(16).expect("field 19").parse().unwrap();
+        out.push((comm.trim_end().to_owned(), nice));
+    }
+    out
+}
+
+/// A routing daemon loading a full table competes with the mirror for the same cores: the
+/// daemon's threads run at nice -5 by default (the route record's writer, started for large
+/// batches, and the plugins at their own, lower priorities).
+#[test]
+fn the_mirror_runs_above_normal_priority() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1)]);
+    t.start_daemon();
+    let pid = t.daemon_pid().expect("started");
+    let threads = wait_until("the runtime's two workers", Duration::from_secs(10), || {
+        let threads = thread_priorities(pid);
+        (threads.iter().filter(|(name, _)| name == "tokio-rt-worker").count() >= 2)
+            .then_some(threads)
+    });
+    for (name, nice) in &threads {
+        let want = match name.as_str() {
+            "sluice-record" => 10,
+            "sluice-plugins" => 0,
+            _ => -5,
+        };
+        assert_eq!(*nice, want, "thread {name} of the daemon: {threads:?}");
+    }
+}
