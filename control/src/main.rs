@@ -62,7 +62,7 @@ enum Command {
         /// the plugins run at their own, lower priorities); 0 leaves the daemon as started.
         #[arg(
             long,
-            default_value_t = -5,
+            default_value_t = -10,
             allow_negative_numbers = true,
             value_parser = clap::value_parser!(i32).range(-20..=19)
         )]

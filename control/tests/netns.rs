@@ -469,7 +469,7 @@ fn thread_priorities(pid: u32) -> Vec<(String, i32)> {
 }
 
 /// A routing daemon loading a full table competes with the mirror for the same cores: the
-/// daemon's threads run at nice -5 by default (the route record's writer, started for large
+/// daemon's threads run at nice -10 by default (the route record's writer, started for large
 /// batches, and the plugins at their own, lower priorities).
 #[test]
 fn the_mirror_runs_above_normal_priority() {
@@ -488,7 +488,7 @@ fn the_mirror_runs_above_normal_priority() {
         let want = match name.as_str() {
             "sluice-record" => 10,
             "sluice-plugins" => 0,
-            _ => -5,
+            _ => -10,
         };
         assert_eq!(*nice, want, "thread {name} of the daemon: {threads:?}");
     }
