@@ -73,7 +73,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key, xdp::DevMapHash},
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, xdp::DevMapHash},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, TracePoint, Xdp, XdpMode},
 };
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -364,7 +364,7 @@ const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
 const ROUTE_TIMEOUT_FULL: Duration = Duration::from_secs(30);
 /// Interval between polls of `sluice routes --json`.
 const ROUTE_POLL: Duration = Duration::from_millis(1);
-/// Interval between reads of the pinned route trie.
+/// Interval between reads of the lookup tables (route-add latency) or the pinned route trie.
 const MAP_POLL: Duration = Duration::from_micros(100);
 /// Routes sampled to estimate a table's share of more-specifics.
 const MORE_SPECIFIC_SAMPLE: usize = 20_000;
@@ -2023,12 +2023,14 @@ impl Drop for SignalGuard {
     }
 }
 
-/// Times `ip route add` in the router namespace until the prefix is in the pinned route trie
-/// (read directly, polled every [`MAP_POLL`]) and, with one route, until it shows in
+/// Times `ip route add` in the router namespace until the daemon's lookup tables, which forward
+/// (mapped here, polled every [`MAP_POLL`]), answer for the prefix with its route and, with one
+/// route, until it shows in
 /// `sluice routes --json` (polled every [`ROUTE_POLL`]; each call has its own cost, reported
-/// beside). With a full table that listing is too large to poll. The probe routes point at a
-/// next hop of their own, so the trie's answer for them changes even where the default route
-/// already covered them. Each probe is deleted, and its deletion awaited, before the next.
+/// beside; it reads the route record, which a background writer keeps after a large load).
+/// With a full table that listing is too large to poll. The probe routes point at a next hop of
+/// their own, so the tables' answer for them changes even where the default route already
+/// covered them. Each probe is deleted, and its deletion awaited, before the next.
 fn route_add_latency(
     daemon: &Daemon<'_>,
     topo: &Topology,
@@ -2037,7 +2039,7 @@ fn route_add_latency(
 ) -> anyhow::Result<RouteLatency> {
     let family = phase.family;
     let gateway = family.gateway(topo.next_hops).to_string();
-    let trie = RouteTrie::open(&daemon.pin_dir, family)?;
+    let tables = crate::dataplane::LookupView::open(&PinDir::new(&daemon.pin_dir))?;
     let with_cli = phase.table == TableKind::One;
     let timeout = if with_cli { ROUTE_TIMEOUT } else { ROUTE_TIMEOUT_FULL };
     let (mut in_map, mut in_cli, mut ip_calls, mut calls) = (vec![], vec![], vec![], vec![]);
@@ -2045,11 +2047,11 @@ fn route_add_latency(
         check_interrupted()?;
         let prefix = family.probe_route(i);
         let net: ipnet::IpNet = prefix.parse()?;
-        let baseline = trie.lookup(net)?;
+        let baseline = tables.lookup(net.addr());
         let start = Instant::now();
         topo.router.ip(&["route", "add", &prefix, "via", &gateway, "dev", &topo.rtr_out])?;
         ip_calls.push(start.elapsed());
-        let probe = Probe { daemon, trie: &trie, net, baseline, start, timeout };
+        let probe = Probe { daemon, tables: &tables, net, baseline, start, timeout };
         let outcome = probe.await_added(with_cli, &mut calls);
         topo.router.ip(&["route", "del", &prefix])?;
         let gone = probe.await_removed();
@@ -2076,16 +2078,16 @@ fn route_add_latency(
 /// One route-add latency trial.
 struct Probe<'a> {
     daemon: &'a Daemon<'a>,
-    trie: &'a RouteTrie,
+    tables: &'a crate::dataplane::LookupView,
     net: ipnet::IpNet,
-    /// What the trie answered for the prefix before it was added.
+    /// What the lookup tables answered for the prefix before it was added.
     baseline: Option<Route>,
     start: Instant,
     timeout: Duration,
 }
 
 impl Probe<'_> {
-    /// Waits until the trie's answer for the prefix changes, then (`with_cli`) until
+    /// Waits until the lookup tables' answer for the prefix changes, then (`with_cli`) until
     /// `sluice routes --json` shows it, and returns both delays since the start, or why one did
     /// not come within the timeout. Records the duration of every CLI call in `calls`.
     fn await_added(
@@ -2094,7 +2096,7 @@ impl Probe<'_> {
         calls: &mut Vec<Duration>,
     ) -> anyhow::Result<Result<(Duration, Option<Duration>), String>> {
         let net = self.net;
-        while self.trie.lookup(net)? == self.baseline {
+        while self.tables.lookup(net.addr()) == self.baseline {
             check_interrupted()?;
             if self.start.elapsed() > self.timeout {
                 return Ok(Err(format!(
@@ -2140,10 +2142,10 @@ impl Probe<'_> {
         }
     }
 
-    /// Waits until the trie answers for the prefix as it did before it was added.
+    /// Waits until the lookup tables answer for the prefix as they did before it was added.
     fn await_removed(&self) -> anyhow::Result<Result<(), String>> {
         let since = Instant::now();
-        while self.trie.lookup(self.net)? != self.baseline {
+        while self.tables.lookup(self.net.addr()) != self.baseline {
             check_interrupted()?;
             if since.elapsed() > self.timeout {
                 return Ok(Err(format!(
@@ -2177,22 +2179,6 @@ impl RouteTrie {
             Family::V4 => Self::V4(map.try_into()?),
             Family::V6 => Self::V6(map.try_into()?),
         })
-    }
-
-    /// The route a lookup of `net` (at its own prefix length) finds: the longest route covering
-    /// it, or `None`.
-    fn lookup(&self, net: ipnet::IpNet) -> anyhow::Result<Option<Route>> {
-        let len = u32::from(net.prefix_len());
-        let found = match (self, net) {
-            (Self::V4(t), ipnet::IpNet::V4(n)) => t.get(&Key::new(len, n.network().octets()), 0),
-            (Self::V6(t), ipnet::IpNet::V6(n)) => t.get(&Key::new(len, n.network().octets()), 0),
-            _ => bail!("{net} is not of the trie's family"),
-        };
-        match found {
-            Ok(route) => Ok(Some(route)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("look a prefix up in the route trie"),
-        }
     }
 
     /// Entries in the trie (one system call each).
@@ -2497,7 +2483,7 @@ impl FlushDelta {
 enum RouteLatency {
     Measured {
         trials: u32,
-        /// Until the prefix is in the pinned route trie.
+        /// Until the lookup tables, which forward, answer for the prefix with its route.
         dataplane: Percentiles,
         /// Until the prefix shows in `sluice routes --json` (one-route cells only).
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -2518,7 +2504,7 @@ impl RouteLatency {
         match self {
             Self::Measured { trials, dataplane, cli, cli_call_median_ms, ip_call_median_ms } => {
                 let mut s = format!(
-                    "-> trie median {:.2} ms, p99 {:.2} ms ({trials} trials, `ip route add` takes {ip_call_median_ms:.1} ms of it)",
+                    "-> lookup tables median {:.2} ms, p99 {:.2} ms ({trials} trials, `ip route add` takes {ip_call_median_ms:.1} ms of it)",
                     dataplane.median_ms, dataplane.p99_ms
                 );
                 if let (Some(cli), Some(call)) = (cli, cli_call_median_ms) {
