@@ -2565,8 +2565,8 @@ impl DaemonLoad {
             v.map_or_else(|| "?".into(), |v| format!("{:.0} MiB", v as f64 / 1024.0))
         };
         format!(
-            "{} routes in the dataplane after {} (written when it logged ready, {} routes; interfaces after {:.2} s; the count of its trie reached {} entries after {}, a count taking {}), RSS {} (peak {}; {} its own, {} mapped tables and executable)",
-            self.routes,
+            "{} in the dataplane after {} (written when it logged ready, {} routes; interfaces after {:.2} s; the count of its trie reached {} entries after {}, a count taking {}), RSS {} (peak {}; {} its own, {} mapped tables and executable)",
+            if self.routes == 1 { "1 route".to_owned() } else { format!("{} routes", self.routes) },
             s(self.all_written_s),
             self.ready_routes.map_or_else(|| "?".into(), |n| n.to_string()),
             self.attached_s,
