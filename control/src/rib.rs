@@ -363,47 +363,28 @@ impl Routes {
         })
     }
 
-    /// The routes of one table for one prefix, by metric.
+    /// The routes of one table for one prefix, by metric. The range is open-ended and stops at
+    /// the first other prefix: its one bound is searched for where a closed range searches for
+    /// two (the compiler asks for the first of these for every route of a full table's load).
     pub fn of_prefix(&self, table: u32, prefix: IpNet) -> impl Iterator<Item = RouteRef<'_>> {
         let t = self.tables.get(&table);
         let (v4, v6) = match prefix {
             IpNet::V4(n) => {
                 let (addr, len) = (u32::from(n.addr()), n.prefix_len());
                 let from = V4Key { addr, len, metric: 0 };
-                let to = V4Key { addr, len, metric: u32::MAX };
-                (t.map(|t| t.v4.range(from..=to)), None)
+                let same = move |(k, _): &(&V4Key, _)| k.addr == addr && k.len == len;
+                (t.map(|t| t.v4.range(from..).take_while(same)), None)
             }
             IpNet::V6(n) => {
                 let (addr, len) = (n.addr().octets(), n.prefix_len());
                 let from = V6Key { addr, len, metric: 0 };
-                let to = V6Key { addr, len, metric: u32::MAX };
-                (None, t.map(|t| t.v6.range(from..=to)))
+                let same = move |(k, _): &(&V6Key, _)| k.addr == addr && k.len == len;
+                (None, t.map(|t| t.v6.range(from..).take_while(same)))
             }
         };
         let v4 = v4.into_iter().flatten().map(move |(k, s)| self.view(unpack_v4(table, k), *s));
         let v6 = v6.into_iter().flatten().map(move |(k, s)| self.view(unpack_v6(table, k), *s));
         v4.chain(v6)
-    }
-
-    /// The route of `table` for exactly `prefix` with the lowest metric, the first of
-    /// [`Self::of_prefix`]: one descent of the table's map where a range bounded on both sides
-    /// makes two (a full table's load asks this for every route).
-    pub fn lowest_metric(&self, table: u32, prefix: IpNet) -> Option<RouteRef<'_>> {
-        let t = self.tables.get(&table)?;
-        match prefix {
-            IpNet::V4(n) => {
-                let from = V4Key { addr: u32::from(n.addr()), len: n.prefix_len(), metric: 0 };
-                let (k, s) = t.v4.range(from..).next()?;
-                (k.addr == from.addr && k.len == from.len)
-                    .then(|| self.view(unpack_v4(table, k), *s))
-            }
-            IpNet::V6(n) => {
-                let from = V6Key { addr: n.addr().octets(), len: n.prefix_len(), metric: 0 };
-                let (k, s) = t.v6.range(from..).next()?;
-                (k.addr == from.addr && k.len == from.len)
-                    .then(|| self.view(unpack_v6(table, k), *s))
-            }
-        }
     }
 
     /// How many routes.
@@ -606,7 +587,7 @@ impl Rib {
 
     /// The route of `table` for exactly `prefix` that the kernel uses: the lowest metric.
     pub fn best_route(&self, table: u32, prefix: IpNet) -> Option<RouteRef<'_>> {
-        self.routes.lowest_metric(table, prefix)
+        self.routes.of_prefix(table, prefix).next()
     }
 
     /// Looks a neighbour up.
@@ -740,6 +721,12 @@ mod tests {
                 routes.of_prefix(table, prefix).next().map(|r| r.to_route()).as_ref(),
                 best.map(|(_, r)| r)
             );
+            let all: Vec<Route> = routes.of_prefix(table, prefix).map(|r| r.to_route()).collect();
+            let want: Vec<&Route> = reference
+                .range(probe..=RouteKey { metric: u32::MAX, ..probe })
+                .map(|(_, r)| r)
+                .collect();
+            assert_eq!(all.iter().collect::<Vec<_>>(), want, "every route of {prefix}, by metric");
             assert_eq!(routes.get(&key).map(|r| r.to_route()).as_ref(), reference.get(&key));
         }
         assert_eq!(routes.len(), reference.len());
