@@ -84,8 +84,8 @@ use sluice_common::{
     bench::{
         CeilingConfig, FIB_RESULT_SLOTS, FIB_SLOT_NO_DEVMAP, FIB_SLOT_NOT_FORWARDABLE,
         FIB_SLOT_OTHER_RESULT, FLUSH_SLOT_GENERATOR, FLUSH_SLOT_ROUTER, FlushConfig, FlushStats,
-        GEN_PATTERN, GEN_SIZES, GenConfig, GenDest, MAX_FRAME_LEN, MAX_GEN_DESTS, TEMPLATE_LEN,
-        UDP_PORT, flush_record, names, offsets,
+        GEN_PATTERN, GEN_SIZES, GenConfig, GenDest, MAX_FRAME_LEN, MAX_GEN_DESTS, SinkCount,
+        TEMPLATE_LEN, UDP_PORT, flush_record, names, offsets,
     },
 };
 
@@ -1369,11 +1369,9 @@ impl BenchPrograms {
 
     /// Frames and bytes the sink has counted, all CPUs together.
     fn sink_count(&self) -> anyhow::Result<(u64, u64)> {
-        let sum = |name| -> anyhow::Result<u64> {
-            let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(name)?)?;
-            Ok(counts.get(&0, 0)?.iter().sum())
-        };
-        Ok((sum(names::SINK_COUNT)?, sum(names::SINK_BYTES)?))
+        let counts: PerCpuArray<_, SinkCount> =
+            PerCpuArray::try_from(self.map(names::SINK_COUNT)?)?;
+        Ok(counts.get(&0, 0)?.iter().fold((0, 0), |(f, b), c| (f + c.frames, b + c.bytes)))
     }
 
     /// The devmap flushes of `slot` counted so far, all CPUs together; `None` without the
@@ -1522,7 +1520,7 @@ impl BenchPrograms {
             received_bytes,
             seconds,
             mpps,
-            gbps: per_second(received_bytes, seconds) * 8.0 / 1e9,
+            gbps: gbps(mpps, received, received_bytes),
             round_mpps: vec![mpps],
             offered_mpps: per_second(sent, seconds) / 1e6,
             devmap: router_before.zip(router_after).map(|(b, a)| FlushDelta::between(&b, &a)),
@@ -2293,7 +2291,6 @@ impl Measurement {
             (rounds.iter().map(|m| m.sent).sum(), rounds.iter().map(|m| m.received).sum());
         let received_bytes: u64 = rounds.iter().map(|m| m.received_bytes).sum();
         let mpps = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
-        let mean_bytes = if received == 0 { 0.0 } else { received_bytes as f64 / received as f64 };
         let seconds: f64 = rounds.iter().map(|m| m.seconds).sum();
         let devmap = rounds.iter().map(|m| m.devmap).collect::<Option<Vec<_>>>().map(|d| {
             let flushes = d.iter().map(|f| f.flushes).sum::<u64>();
@@ -2322,7 +2319,7 @@ impl Measurement {
             received_bytes,
             seconds,
             mpps,
-            gbps: mpps * mean_bytes * 8.0 / 1e3,
+            gbps: gbps(mpps, received, received_bytes),
             round_mpps,
             offered_mpps: per_second(sent, seconds) / 1e6,
             devmap,
@@ -2372,6 +2369,11 @@ impl Measurement {
         }
         s + ")"
     }
+}
+
+/// `mpps` in Gbit/s at the mean size of `frames` frames of `bytes` bytes in all.
+fn gbps(mpps: f64, frames: u64, bytes: u64) -> f64 {
+    if frames == 0 { 0.0 } else { mpps * (bytes as f64 / frames as f64) * 8.0 / 1e3 }
 }
 
 /// A program's run-time statistics (`bpf_prog_info`), counted while they are on.

@@ -47,8 +47,8 @@ use sluice_common::{
     bench::{
         CeilingConfig, FIB_RESULT_SLOTS, FIB_SLOT_NO_DEVMAP, FIB_SLOT_NOT_FORWARDABLE,
         FIB_SLOT_OTHER_RESULT, FLUSH_SLOT_GENERATOR, FLUSH_SLOT_ROUTER, FLUSH_SLOTS, FlushConfig,
-        FlushStats, GEN_PATTERN, GEN_SIZES, GenConfig, GenDest, MAX_GEN_DESTS, TEMPLATE_LEN,
-        UDP_PORT, flush_record, offsets,
+        FlushStats, GEN_PATTERN, GEN_SIZES, GenConfig, GenDest, MAX_GEN_DESTS, SinkCount,
+        TEMPLATE_LEN, UDP_PORT, flush_record, offsets,
     },
     csum_ttl_decrement,
 };
@@ -68,9 +68,7 @@ static GEN_DESTS: Array<GenDest> = Array::with_max_entries(MAX_GEN_DESTS, 0);
 #[map]
 static GEN_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-static SINK_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static SINK_COUNT: PerCpuArray<SinkCount> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CEILING_CONFIG: Array<CeilingConfig> = Array::with_max_entries(1, 0);
 #[map]
@@ -148,12 +146,12 @@ fn try_gen(ctx: &XdpContext) -> Result<(), ()> {
 #[xdp]
 pub fn sluice_sink(ctx: XdpContext) -> u32 {
     if is_generated(&ctx)
-        && let (Some(count), Some(bytes)) = (SINK_COUNT.get_ptr_mut(0), SINK_BYTES.get_ptr_mut(0))
+        && let Some(count) = SINK_COUNT.get_ptr_mut(0)
     {
-        // SAFETY: per-CPU values, so no other writer runs concurrently on this CPU.
+        // SAFETY: a per-CPU value, so no other writer runs concurrently on this CPU.
         unsafe {
-            *count += 1;
-            *bytes += (ctx.data_end() - ctx.data()) as u64;
+            (*count).frames += 1;
+            (*count).bytes += (ctx.data_end() - ctx.data()) as u64;
         }
     }
     xdp_action::XDP_DROP

@@ -24,10 +24,9 @@ pub mod names {
     pub const GEN_DESTS: &str = "GEN_DESTS";
     /// Per-CPU `u32`: the generator's running destination index.
     pub const GEN_CURSOR: &str = "GEN_CURSOR";
-    /// Per-CPU `u64`: generated frames (UDP to [`UDP_PORT`](super::UDP_PORT)) the sink received.
+    /// Per-CPU [`SinkCount`](super::SinkCount): generated frames (UDP to
+    /// [`UDP_PORT`](super::UDP_PORT)) the sink received, and their bytes.
     pub const SINK_COUNT: &str = "SINK_COUNT";
-    /// Per-CPU `u64`: the bytes of those frames (Ethernet header to the end of the payload).
-    pub const SINK_BYTES: &str = "SINK_BYTES";
     /// XDP program on the router's ingress: rewrites the MACs from `CEILING_CONFIG` and redirects
     /// through `BENCH_DEVMAP`, with no lookup at all.
     pub const CEILING: &str = "sluice_ceiling";
@@ -141,6 +140,17 @@ impl Default for GenConfig {
     }
 }
 
+/// The value of `SINK_COUNT[0]` on one CPU: one lookup per frame counts both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SinkCount {
+    /// Generated frames received.
+    pub frames: u64,
+    /// Their bytes, Ethernet header to the end of the payload.
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<SinkCount>() == 16);
+
 /// One destination of the generator: the address and the checksums of the frame that carries it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -242,7 +252,7 @@ const _: () = assert!(size_of::<FlushStats>() == 32);
 #[cfg(feature = "user")]
 #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
 mod pod {
-    use super::{CeilingConfig, FlushConfig, FlushStats, GenConfig, GenDest};
+    use super::{CeilingConfig, FlushConfig, FlushStats, GenConfig, GenDest, SinkCount};
 
     // SAFETY: `#[repr(C)]`, `Copy`, only integers and byte arrays with explicit padding (the size
     // asserts above hold that), so every bit pattern is valid.
@@ -255,4 +265,6 @@ mod pod {
     unsafe impl aya::Pod for FlushConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlushStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SinkCount {}
 }
