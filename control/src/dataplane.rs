@@ -348,13 +348,13 @@ impl Dataplane {
     /// keeps).
     pub fn detach(&self, iface: &str) -> Result<()> {
         let path = self.pin.link(iface);
-        match fs::remove_file(&path) {
+        match crate::link::detach_pinned(&path) {
             Ok(()) => {
                 info!(iface, "detached XDP");
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(DataplaneError::Io { what: "removing", path, source }),
+            Err(source) => Err(DataplaneError::Io { what: "detaching", path, source }),
         }
     }
 
@@ -905,14 +905,15 @@ pub fn open_per_cpu_hash<K: aya::Pod, V: aya::Pod>(
     aya::maps::PerCpuHashMap::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)
 }
 
-/// Removes everything pinned under `pin`: links first (which detaches XDP), then maps.
+/// Removes everything pinned under `pin`: links first (detaching XDP before it returns), then
+/// maps.
 pub fn detach_all(pin: &PinDir) -> Result<Vec<String>> {
     crate::xmit::detach(pin)?;
     let links = pin.pinned_links();
     for iface in &links {
         let path = pin.link(iface);
-        fs::remove_file(&path).map_err(|source| DataplaneError::Io {
-            what: "removing",
+        crate::link::detach_pinned(&path).map_err(|source| DataplaneError::Io {
+            what: "detaching",
             path,
             source,
         })?;

@@ -16,6 +16,7 @@ pub mod fib;
 pub mod heap;
 pub mod hooks;
 pub mod lab;
+pub mod link;
 pub mod mirror;
 pub mod netns;
 pub mod plugins;

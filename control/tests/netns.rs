@@ -493,3 +493,37 @@ fn the_mirror_runs_above_normal_priority() {
         assert_eq!(*nice, want, "thread {name} of the daemon: {threads:?}");
     }
 }
+
+#[test]
+fn detach_frees_the_interfaces_before_it_returns() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    t.start_daemon();
+    t.kill_daemon();
+    let link = t.router.ip(&["-d", "link", "show", "dev", "r-c1"]).expect("ip link");
+    assert!(link.contains("prog/xdp"), "the pinned link keeps XDP attached after kill -9: {link}");
+    // Another XDP program, loaded beforehand, attached the moment detach returns: the kernel
+    // refuses (EBUSY) while any link is on the interface, even one it is about to release.
+    let attached = thread::scope(|s| {
+        s.spawn(|| {
+            t.router.enter().expect("enter the router namespace");
+            let mut ebpf = aya::Ebpf::load(sluice::EBPF_OBJECT).expect("load the dataplane object");
+            let prog: &mut aya::programs::Xdp =
+                ebpf.program_mut("sluice_xdp").expect("the program").try_into().expect("XDP");
+            prog.load().expect("load sluice_xdp");
+            let pin = sluice::dataplane::PinDir::new(&t.pin_dir);
+            let detached = sluice::dataplane::detach_all(&pin).expect("detach");
+            let id = prog.attach("r-c1", aya::programs::XdpMode::Driver);
+            (detached, id.map(|id| prog.detach(id)).map_err(|e| format!("{e:#}")))
+        })
+        .join()
+        .expect("the thread in the router namespace")
+    });
+    let (mut detached, result) = attached;
+    detached.sort();
+    assert_eq!(detached, ["r-c1", "r-srv"], "the interfaces detach reports");
+    result.expect("attach right after detach").expect("detach the second program");
+    assert!(!common::pinned(&t.pin_dir), "detach removes the pins");
+}
