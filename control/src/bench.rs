@@ -522,7 +522,10 @@ fn run_phases(
                 // how far the dataplane lags behind the kernel is sampled.
                 let daemon = if ctx.forwarders.contains(&Forwarder::Sluice) {
                     let ifaces = [topo.rtr_in.as_str(), topo.rtr_out.as_str()];
-                    Some(Daemon::start(ctx.exe, &topo.router, &ifaces, DAEMON_READY_TIMEOUT)?)
+                    let mut d =
+                        Daemon::start(ctx.exe, &topo.router, &ifaces, DAEMON_READY_TIMEOUT)?;
+                    d.wait_forwarding(DAEMON_READY_TIMEOUT)?;
+                    Some(d)
                 } else {
                     None
                 };
@@ -1121,19 +1124,28 @@ impl Topology {
         };
         let (written, lags) = thread::scope(|s| {
             let sampler = s.spawn(|| -> anyhow::Result<Vec<(Duration, Duration)>> {
+                // The instrument must not wait for a core behind the daemon (nice -10) and the
+                // writer: it sleeps between its polls, a few microseconds of work each.
+                crate::dataplane::set_thread_nice(SAMPLER_NICE)
+                    .context("raise the lag sampler's priority")?;
                 let view = crate::dataplane::LookupView::open(&PinDir::new(&daemon.pin_dir))?;
                 let mut lags = Vec::new();
+                // Each acknowledgement is sampled once: sampled again while the writer waits
+                // for the next one, a route long in the dataplane would count the kernel's time
+                // for the next batch as the dataplane's lag.
+                let mut sampled = None;
                 loop {
                     let finished = done.load(Ordering::Acquire);
                     let (acked, at) = *progress.lock().expect("not poisoned");
                     let newest = (acked.saturating_sub(4096)..acked).rev().find(|&i| uncovered(i));
-                    let Some(i) = newest else {
+                    let (Some(i), false) = (newest, sampled == Some(acked)) else {
                         if finished {
                             break;
                         }
-                        thread::sleep(Duration::from_millis(5));
+                        thread::sleep(Duration::from_millis(1));
                         continue;
                     };
+                    sampled = Some(acked);
                     // No other route covers this one (and the default route is gone): its
                     // address finds a route in the lookup tables once it is there.
                     let addr = table.routes[i].prefix.address(table.family);
@@ -1807,6 +1819,30 @@ impl<'a> Daemon<'a> {
         }
     }
 
+    /// The line the daemon logged when its first sync was written ("ready: forwarding"), if it
+    /// has.
+    fn ready_line(&self) -> Option<String> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        log.lines().find(|l| l.contains("ready: forwarding")).map(str::to_owned)
+    }
+
+    /// Waits until the daemon has logged that it forwards with the kernel's state written: what
+    /// follows (a table loading) is then mirrored by the running daemon, not by its start.
+    fn wait_forwarding(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = self.started + timeout;
+        while self.ready_line().is_none() {
+            check_interrupted()?;
+            self.check_alive().context("before it logged ready")?;
+            ensure!(
+                Instant::now() < deadline,
+                "sluice daemon did not log ready in {timeout:?}:\n{}",
+                self.log_tail()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// Waits until the daemon has carried the kernel's table into the dataplane: its pinned route
     /// trie of `family` holds at least `routes` entries (polled by counting them), and it has
     /// logged that it is ready. Then reads its resident memory.
@@ -1825,8 +1861,7 @@ impl<'a> Daemon<'a> {
             check_interrupted()?;
             self.check_alive()?;
             if logged.is_none()
-                && let Ok(log) = std::fs::read_to_string(&self.log)
-                && let Some(line) = log.lines().find(|l| l.contains("ready: forwarding"))
+                && let Some(line) = self.ready_line()
             {
                 logged = Some(self.started.elapsed());
                 let field = match family {
@@ -2639,11 +2674,15 @@ struct TableReport {
     load_lag: Option<LoadLag>,
 }
 
+/// Priority of the thread sampling the dataplane's lag: above the daemon's default (-10).
+const SAMPLER_NICE: libc::c_int = -20;
+
 /// The dataplane's lag behind the kernel while the kernel takes a full table: for the newest
 /// route the kernel had acknowledged (one no other route of the table covers), how long until
-/// the daemon's lookup tables (mapped by the benchmark) answered for it, sampled one route
-/// after the other. The kernel's acknowledgement time is known to a batch of 1024 routes: the
-/// lag is understated by at most that batch's time (a few milliseconds).
+/// the daemon's lookup tables (mapped by the benchmark) answered for it, sampled once per
+/// acknowledged batch of 1024 routes (the newest batch when sampling one took longer). The
+/// kernel's acknowledgement time is known to a batch: the lag is understated by at most that
+/// batch's time (a few milliseconds).
 #[derive(Debug, Serialize)]
 struct LoadLag {
     samples: usize,

@@ -16,6 +16,11 @@ use serde_json::Value;
 
 /// Runs `sluice bench` with small tables and few frames, plus `args`, and returns its JSON.
 fn bench(name: &str, args: &[&str]) -> Value {
+    bench_tables(name, "one", args)
+}
+
+/// [`bench`] with the tables `tables` (`one`, `full` or `both`).
+fn bench_tables(name: &str, tables: &str, args: &[&str]) -> Value {
     let dir = std::env::temp_dir().join(format!("sluice-bench-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json: PathBuf = dir.join("bench.json");
@@ -23,7 +28,7 @@ fn bench(name: &str, args: &[&str]) -> Value {
         .args([
             "bench",
             "--tables",
-            "one",
+            tables,
             "--table-size",
             "2000",
             "--packets",
@@ -108,5 +113,32 @@ fn imix_sends_seven_four_one() {
         // arrives keeps the mix: 64 bytes only would be 64, 1514 only 1514.
         let got = bytes as f64 / frames as f64;
         assert!((got - mean).abs() < 0.05 * mean, "{label}: frames of {got:.1} bytes on average");
+    }
+}
+
+#[test]
+fn the_load_lag_is_sampled_once_per_acknowledged_batch() {
+    if !privileged() {
+        return;
+    }
+    let report = bench_tables("lag", "full", &["--family", "both", "--forwarders", "sluice"]);
+    let tables = report["tables"].as_array().expect("tables");
+    assert_eq!(tables.len(), 2, "both families: {report}");
+    for t in tables {
+        let (family, routes) = (&t["family"], t["routes"].as_u64().unwrap());
+        assert_eq!(routes, 2000, "{family}: the table size asked for");
+        let lag = &t["load_lag"];
+        let samples = lag["samples"].as_u64().unwrap_or_else(|| panic!("{family}: {t}"));
+        // The writer's batches of 1024 routes, plus the end of the load: a route already in
+        // the dataplane is not sampled again while the kernel takes the next batch.
+        assert!((1..=3).contains(&samples), "{family}: {samples} samples of 2 batches: {lag}");
+        let series = lag["series"].as_array().expect("series");
+        assert_eq!(series.len() as u64, samples, "{family}: every sample kept");
+        for point in series {
+            let (at, ms) = (point[0].as_f64().unwrap(), point[1].as_f64().unwrap());
+            assert!(at >= 0.0 && (0.0..10_000.0).contains(&ms), "{family}: sample {point}");
+        }
+        let max = lag["max_ms"].as_f64().unwrap();
+        assert!(lag["median_ms"].as_f64().unwrap() <= max, "{family}: {lag}");
     }
 }
