@@ -114,6 +114,12 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/counters", Access::Viewer, "The dataplane's counters"),
     route("GET", "/top-talkers", Access::Viewer, "Sources forwarding the most, sampled (?limit=N)"),
     route("GET", "/counters/stream", Access::Viewer, "Counters every second (server-sent events)"),
+    route(
+        "GET",
+        "/lookup-tables",
+        Access::Viewer,
+        "What the lookup tables hold and the memory they use (read from the tables)",
+    ),
     route("GET", "/routes", Access::Viewer, "The routes the dataplane holds"),
     route("GET", "/routes/static", Access::Viewer, "Static routes of the running configuration"),
     route("POST", "/routes/static", Access::Admin, "Adds a static route (committed at once)"),
@@ -1028,6 +1034,11 @@ impl Api {
             }
             ("GET", "/counters") => ok(crate::show::stats(&self.pin).map_err(dataplane_problem)?),
             ("GET", "/counters/stream") => Ok(Answer::Stream),
+            ("GET", "/lookup-tables") => {
+                let view =
+                    crate::dataplane::LookupView::open(&self.pin).map_err(dataplane_problem)?;
+                ok(view.usage())
+            }
             ("GET", "/top-talkers") => {
                 let limit = match r.query.get("limit") {
                     None => 10,

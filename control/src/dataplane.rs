@@ -1067,8 +1067,18 @@ impl Drop for RecordWriter {
     }
 }
 
-/// The pinned lookup tables, mapped for reading: what the XDP program finds for an address.
-/// For tools that check the dataplane from outside (the benchmark).
+/// What the lookup tables hold and the memory they use ([`LookupView::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LookupUsage {
+    /// The IPv4 DIR-24-8.
+    pub ipv4: crate::dir24::Scanned,
+    /// The IPv6 trie.
+    pub ipv6: crate::trie6::Scanned,
+}
+
+/// The pinned lookup tables, mapped for reading: what the XDP program finds for an address, and
+/// what the tables hold. For tools that check the dataplane from outside (the benchmark,
+/// `sluice stats`).
 #[derive(Debug)]
 pub struct LookupView {
     v4: Dir24<MappedArray>,
@@ -1080,6 +1090,12 @@ impl LookupView {
     pub fn open(pin: &PinDir) -> Result<Self> {
         let (tbl24, tbl8, trie) = map_lookup_tables(&mut |name| open_pinned(pin, name))?;
         Ok(Self { v4: Dir24::new(tbl24, tbl8), v6: Trie6::new(trie) })
+    }
+
+    /// What the tables hold, read from them (a scan of the IPv4 first level and a walk of the
+    /// IPv6 trie: tens of milliseconds).
+    pub fn usage(&self) -> LookupUsage {
+        LookupUsage { ipv4: self.v4.scan(), ipv6: self.v6.scan() }
     }
 
     /// The route the XDP program would find for `addr`.

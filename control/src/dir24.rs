@@ -190,6 +190,21 @@ pub struct Usage {
     pub shared_bytes: u64,
 }
 
+/// What the IPv4 lookup tables hold, as read from them ([`Dir24::scan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Scanned {
+    /// Second-level groups the first level points to (a /24 holding longer prefixes each).
+    pub groups: u32,
+    /// Second-level groups available.
+    pub groups_max: u32,
+    /// Distinct routes the first level names.
+    pub results: u32,
+    /// Distinct routes it can name.
+    pub results_max: u32,
+    /// Bytes in use: the first level with its results, and the groups.
+    pub bytes: u64,
+}
+
 /// DIR-24-8 over two cell arrays (`tbl24`: [`TBL24_MAP_WORDS`], `tbl8`: `MAX_GROUPS` × 256).
 #[derive(Debug)]
 pub struct Dir24<C: Cells> {
@@ -365,6 +380,33 @@ impl<C: Cells> Dir24<C> {
             e = self.tbl8.get((group_entry(e) * GROUP_ENTRIES + (a & 0xff)) as usize);
         }
         decode(e)
+    }
+
+    /// What the tables use, read from the cells alone (in a process other than their writer,
+    /// which knows it without a scan: [`Dir24::usage`]): the groups the first level points to and
+    /// the results it names. Reads the whole first level (32 MiB).
+    pub fn scan(&self) -> Scanned {
+        let mut group = vec![false; MAX_GROUPS as usize];
+        let mut result = vec![false; RESULTS as usize];
+        for slot in 0..TBL24_ENTRIES as usize {
+            let short = self.tbl24.get_short(slot);
+            if short_is_group(short) {
+                if let Some(g) = group.get_mut(short_group(short) as usize) {
+                    *g = true;
+                }
+            } else if let Some(r) = result.get_mut(short as usize) {
+                *r = short != 0;
+            }
+        }
+        let groups = group.iter().filter(|&&g| g).count() as u32;
+        Scanned {
+            groups,
+            groups_max: MAX_GROUPS,
+            results: result.iter().filter(|&&r| r).count() as u32,
+            results_max: RESULTS - 1,
+            bytes: u64::from(TBL24_MAP_WORDS) * 4
+                + u64::from(groups) * u64::from(GROUP_ENTRIES) * 4,
+        }
     }
 
     /// Memory in use.
@@ -589,6 +631,13 @@ pub(crate) mod tests {
                     assert_eq!(d.lookup(a), reference(&table, a), "step {step}, {a}");
                 }
             }
+            if step % 1000 == 999 {
+                // What another process reads from the tables is what the writer counts.
+                let (scanned, usage) = (d.scan(), d.usage());
+                assert_eq!(scanned.groups, usage.groups, "step {step}");
+                assert_eq!(scanned.bytes, usage.shared_bytes, "step {step}");
+                assert!(scanned.results as usize <= usage.results, "step {step}");
+            }
         }
         // Every prefix's own addresses, first and last.
         for net in table.keys() {
@@ -602,6 +651,7 @@ pub(crate) mod tests {
         }
         assert_eq!(d.usage().groups, 0);
         assert_eq!(d.usage().prefixes, 0);
+        assert_eq!((d.scan().groups, d.scan().results), (0, 0), "nothing left to find");
         for _ in 0..1000 {
             assert_eq!(d.lookup(Ipv4Addr::from(rng.next() as u32)), None);
         }

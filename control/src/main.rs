@@ -68,7 +68,7 @@ enum Command {
         )]
         nice: i32,
     },
-    /// Show the dataplane's counters per interface and reason.
+    /// Show the dataplane's counters per interface and reason, and what its lookup tables hold.
     Stats {
         /// Print JSON.
         #[arg(long)]
@@ -414,7 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn stats(pin: &PinDir, json: bool, watch: Option<f64>) -> anyhow::Result<()> {
     let Some(secs) = watch else {
-        let s = show::stats(pin)?;
+        let s = show::with_lookup_tables(show::stats(pin)?, pin);
         if json {
             println!("{}", serde_json::to_string_pretty(&s)?);
         } else {

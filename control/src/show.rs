@@ -92,6 +92,19 @@ pub struct Stats {
     pub interfaces: Vec<InterfaceStats>,
     /// Traffic from interfaces the dataplane does not serve (slot 0).
     pub unknown: BTreeMap<&'static str, CounterJson>,
+    /// What the lookup tables hold and the memory they use, when asked for
+    /// ([`with_lookup_tables`]: a scan of the tables).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookup_tables: Option<crate::dataplane::LookupUsage>,
+}
+
+/// Adds the lookup tables' use to `stats` (left out, with a warning, when they cannot be read).
+pub fn with_lookup_tables(mut stats: Stats, pin: &PinDir) -> Stats {
+    match crate::dataplane::LookupView::open(pin) {
+        Ok(view) => stats.lookup_tables = Some(view.usage()),
+        Err(e) => tracing::warn!(error = %e, "the lookup tables could not be read"),
+    }
+    stats
 }
 
 fn counters_json(c: &BTreeMap<Reason, Counter>) -> BTreeMap<&'static str, CounterJson> {
@@ -123,7 +136,7 @@ pub fn stats(pin: &PinDir) -> Result<Stats, DataplaneError> {
         });
     }
     interfaces.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Stats { interfaces, unknown: counters_json(&p.counters(0)?) })
+    Ok(Stats { interfaces, unknown: counters_json(&p.counters(0)?), lookup_tables: None })
 }
 
 /// What the top-talker samples of one source add up to.
@@ -270,6 +283,24 @@ pub fn stats_text(s: &Stats) -> String {
     }
     if s.interfaces.is_empty() {
         out.push_str("no interfaces attached\n");
+    }
+    if let Some(t) = &s.lookup_tables {
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let (v4, v6) = (&t.ipv4, &t.ipv6);
+        let _ = writeln!(
+            out,
+            "lookup tables: IPv4 {:.1} MiB ({} of {} groups, {} of {} results), \
+             IPv6 {:.1} MiB ({} of {} nodes, {} compact)",
+            mib(v4.bytes),
+            v4.groups,
+            v4.groups_max,
+            v4.results,
+            v4.results_max,
+            mib(v6.bytes),
+            v6.nodes,
+            v6.nodes_max,
+            v6.compact
+        );
     }
     out
 }

@@ -53,6 +53,19 @@ pub struct Usage {
     pub shared_bytes: u64,
 }
 
+/// What the IPv6 trie holds, as read from it ([`Trie6::scan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Scanned {
+    /// Nodes reachable from the first level.
+    pub nodes: u32,
+    /// Of them, compact nodes.
+    pub compact: u32,
+    /// Nodes available.
+    pub nodes_max: u32,
+    /// Bytes in use: the first level and the nodes.
+    pub bytes: u64,
+}
+
 /// The trie over a cell array of [`ENTRIES`] entries.
 #[derive(Debug)]
 pub struct Trie6<C: Cells> {
@@ -303,6 +316,34 @@ impl<C: Cells> Trie6<C> {
             start += STRIDE;
         }
         decode(e)
+    }
+
+    /// What the trie uses, read from the cells alone (in a process other than its writer, which
+    /// knows it without a walk: [`Trie6::usage`]): the nodes reachable from the first level.
+    /// The walk stops at [`MAX_NODES`] nodes, however the table changes under it.
+    pub fn scan(&self) -> Scanned {
+        let (mut nodes, mut compact) = (0u32, 0u32);
+        let mut stack = vec![(0usize, ROOT_ENTRIES as usize)];
+        while let Some((base, count)) = stack.pop() {
+            for i in base..base + count {
+                let e = self.cells.get(i);
+                if !is_group(e) || nodes == MAX_NODES {
+                    continue;
+                }
+                nodes += 1;
+                if is_compact(e) {
+                    compact += 1;
+                } else {
+                    stack.push((node_base(group_entry(e)), NODE_ENTRIES as usize));
+                }
+            }
+        }
+        Scanned {
+            nodes,
+            compact,
+            nodes_max: MAX_NODES,
+            bytes: (u64::from(ROOT_ENTRIES) + u64::from(nodes) * u64::from(NODE_ENTRIES)) * 4,
+        }
     }
 
     /// Memory in use.
@@ -731,6 +772,9 @@ mod tests {
                 table.insert(net, route(1 + step % 1000));
             }
             if step % 50 == 0 {
+                let (scanned, usage) = (t.scan(), t.usage());
+                assert_eq!((scanned.nodes, scanned.compact), (usage.nodes, usage.compact));
+                assert_eq!(scanned.bytes, usage.shared_bytes, "step {step}");
                 for net in table.keys() {
                     for a in [net.network(), net.broadcast()] {
                         assert_eq!(t.lookup(a), reference(&table, a), "step {step}: {net} at {a}");

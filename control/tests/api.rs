@@ -474,6 +474,10 @@ fn counters_stream_every_second_and_interfaces_show_the_xdp_mode() {
     assert!(!attached.is_empty(), "attached interfaces show their XDP mode: {ifaces}");
     let counters = lab.call("GET", "/api/v1/counters", Auth::Bearer(&reader), None);
     assert_eq!(counters.status, 200, "{}", counters.body);
+    let tables = lab.call("GET", "/api/v1/lookup-tables", Auth::Bearer(&reader), None);
+    assert_eq!(tables.status, 200, "{}", tables.body);
+    assert_eq!(tables.body["ipv4"]["groups_max"], 16_384, "{}", tables.body);
+    assert!(tables.body["ipv6"]["bytes"].as_u64().is_some_and(|b| b > 0), "{}", tables.body);
     // curl ends the endless stream after 3.5 s (exit status 28): at least three events.
     let out = lab
         .t

@@ -527,3 +527,57 @@ fn detach_frees_the_interfaces_before_it_returns() {
     result.expect("attach right after detach").expect("detach the second program");
     assert!(!common::pinned(&t.pin_dir), "detach removes the pins");
 }
+
+#[test]
+fn stats_say_what_the_lookup_tables_hold() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    t.start_daemon();
+    let tables = |t: &Topology| -> serde_json::Value {
+        let text = t.sluice(&["stats", "--json"]);
+        let stats: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+        stats["lookup_tables"].clone()
+    };
+    let count = |v: &serde_json::Value, path: [&str; 2]| {
+        v[path[0]][path[1]].as_u64().unwrap_or_else(|| panic!("{path:?} in {v}"))
+    };
+    let before = tables(&t);
+    assert_eq!(count(&before, ["ipv4", "groups_max"]), 16_384, "{before}");
+    assert!(count(&before, ["ipv4", "bytes"]) >= 32 << 20, "the first level: {before}");
+    // A /25 takes a second-level group of its own; a /48 and a /64 under one /32 take IPv6
+    // nodes, the /64 too long for a compact node.
+    let srv = Subnet(3);
+    ip(&t.router, &["route", "add", "10.97.0.128/25", "via", &srv.host_v4()]);
+    ip(&t.router, &["-6", "route", "add", "2001:db8:97::/48", "via", &srv.host_v6()]);
+    ip(&t.router, &["-6", "route", "add", "2001:db8:97:1::/64", "via", &srv.host_v6()]);
+    t.wait_route("2001:db8:97:1::/64", "present", |r| r.is_some());
+    t.wait_route("10.97.0.128/25", "present", |r| r.is_some());
+    let after = tables(&t);
+    assert_eq!(
+        count(&after, ["ipv4", "groups"]),
+        count(&before, ["ipv4", "groups"]) + 1,
+        "one group for the /25: {before} -> {after}"
+    );
+    assert_eq!(
+        count(&after, ["ipv4", "bytes"]),
+        count(&before, ["ipv4", "bytes"]) + 1024,
+        "a group is 256 entries of 4 bytes: {before} -> {after}"
+    );
+    assert!(
+        count(&after, ["ipv6", "nodes"]) > count(&before, ["ipv6", "nodes"]),
+        "nodes for the /48 and the /64: {before} -> {after}"
+    );
+    let text = t.sluice(&["stats"]);
+    assert!(text.contains("lookup tables: IPv4 "), "{text}");
+    for prefix in ["10.97.0.128/25", "2001:db8:97:1::/64", "2001:db8:97::/48"] {
+        ip(&t.router, &["route", "del", prefix]);
+    }
+    t.wait_route("2001:db8:97::/48", "absent", |r| r.is_none());
+    t.wait_route("10.97.0.128/25", "absent", |r| r.is_none());
+    // A group and nodes are released once no prefix needs them.
+    let last = tables(&t);
+    assert_eq!(last["ipv4"]["groups"], before["ipv4"]["groups"], "{last}");
+    assert_eq!(last["ipv6"]["nodes"], before["ipv6"]["nodes"], "{last}");
+}
