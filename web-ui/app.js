@@ -244,6 +244,12 @@ async function routesView() {
   };
   filter.addEventListener('input', () => { clearTimeout(pending); pending = setTimeout(render, 250); });
   await render();
+  const tables = el('p', { class: 'muted', id: 'lookup-tables' });
+  api('GET', '/lookup-tables').then((t) => {
+    const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+    tables.textContent = `Lookup tables: IPv4 ${mib(t.ipv4.bytes)} (${t.ipv4.groups} of ${t.ipv4.groups_max} groups of longer prefixes, `
+      + `${t.ipv4.results} of ${t.ipv4.results_max} distinct routes), IPv6 ${mib(t.ipv6.bytes)} (${t.ipv6.nodes} of ${t.ipv6.nodes_max} nodes).`;
+  }, (err) => { tables.textContent = `Lookup tables: ${err.message}`; });
   const form = el('form', { 'aria-label': 'Add a static route' },
     el('div', { class: 'row' },
       field('Prefix', 'prefix', { placeholder: '10.99.0.0/24', required: true }),
@@ -278,7 +284,7 @@ async function routesView() {
     el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Static routes' },
       el('thead', {}, el('tr', {}, ...['Prefix', 'Via', 'Interface', 'Metric', ''].map((h) => el('th', {}, h)))),
       el('tbody', {}, staticRows))),
-    el('h2', {}, "The dataplane's routes"), filter, count,
+    el('h2', {}, "The dataplane's routes"), filter, count, tables,
     el('div', { class: 'scroll' }, el('table', { 'aria-label': "The dataplane's routes" },
       el('thead', {}, el('tr', {}, ...['Prefix', 'Action', 'Next hops', 'Origin'].map((h) => el('th', {}, h)))),
       body))];

@@ -75,6 +75,7 @@ try {
   }
   await dataplane.locator('tr', { hasText: SERVICE }).getByRole('cell', { name: 'static', exact: true }).waitFor();
   await page.locator('#route-count').filter({ hasText: /^1 of \d+ routes/ }).waitFor();
+  await page.locator('#lookup-tables').filter({ hasText: /^Lookup tables: IPv4 \d+\.\d MiB \(\d+ of 16384 groups/ }).waitFor();
   await page.fill('input[name=filter]', '');
   await dataplane.getByRole('cell', { name: 'kernel', exact: true }).first().waitFor();
   await shot('routes');
