@@ -2,8 +2,6 @@
 //! call writes thousands of entries. A full table's route record is a million entries, and one
 //! call each costs seconds.
 
-#![expect(unsafe_code, reason = "the bpf(2) system call with a hand-built attribute block")]
-
 use std::{
     io,
     os::fd::{AsRawFd as _, BorrowedFd},
@@ -85,14 +83,9 @@ fn call(
         map_fd: fd.as_raw_fd().cast_unsigned(),
         ..BatchAttr::default()
     };
-    // SAFETY: `attr` is a valid `bpf_attr` prefix for the batch commands; the key and value
-    // pointers cover `count` entries of the map's key and value sizes (the caller's slices of
-    // the map's own key and value types), which the kernel only reads.
-    let r = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(&mut attr), size_of::<BatchAttr>())
-    };
-    if r < 0 {
-        return Err(Partial { done: attr.count as usize, error: io::Error::last_os_error() });
-    }
+    // The key and value pointers cover `count` entries of the map's key and value sizes (the
+    // caller's slices of the map's own key and value types), which the kernel only reads.
+    crate::sys::bpf(cmd, &mut attr)
+        .map_err(|error| Partial { done: attr.count as usize, error })?;
     Ok(())
 }

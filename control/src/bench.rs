@@ -1137,8 +1137,10 @@ impl Topology {
                 loop {
                     let finished = done.load(Ordering::Acquire);
                     let (acked, at) = *progress.lock().expect("not poisoned");
-                    let newest = (acked.saturating_sub(4096)..acked).rev().find(|&i| uncovered(i));
-                    let (Some(i), false) = (newest, sampled == Some(acked)) else {
+                    let newest = (sampled != Some(acked))
+                        .then(|| (acked.saturating_sub(4096)..acked).rev().find(|&i| uncovered(i)))
+                        .flatten();
+                    let Some(i) = newest else {
                         if finished {
                             break;
                         }

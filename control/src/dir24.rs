@@ -228,6 +228,12 @@ pub struct Dir24<C: Cells> {
     rejected: usize,
 }
 
+/// Bytes of the shared tables with `groups` groups in use: the first level with its results,
+/// and the groups.
+fn shared_bytes(groups: u32) -> u64 {
+    u64::from(TBL24_MAP_WORDS) * 4 + u64::from(groups) * u64::from(GROUP_ENTRIES) * 4
+}
+
 fn mask(addr: u32, len: u8) -> u32 {
     if len == 0 { 0 } else { addr & (u32::MAX << (32 - u32::from(len))) }
 }
@@ -390,12 +396,14 @@ impl<C: Cells> Dir24<C> {
         let mut result = vec![false; RESULTS as usize];
         for slot in 0..TBL24_ENTRIES as usize {
             let short = self.tbl24.get_short(slot);
-            if short_is_group(short) {
-                if let Some(g) = group.get_mut(short_group(short) as usize) {
-                    *g = true;
-                }
-            } else if let Some(r) = result.get_mut(short as usize) {
-                *r = short != 0;
+            // 0 is no route; an index out of range (a torn or foreign table) is not counted.
+            let seen = if short_is_group(short) {
+                group.get_mut(short_group(short) as usize)
+            } else {
+                result.get_mut(short as usize).filter(|_| short != 0)
+            };
+            if let Some(seen) = seen {
+                *seen = true;
             }
         }
         let groups = group.iter().filter(|&&g| g).count() as u32;
@@ -404,8 +412,7 @@ impl<C: Cells> Dir24<C> {
             groups_max: MAX_GROUPS,
             results: result.iter().filter(|&&r| r).count() as u32,
             results_max: RESULTS - 1,
-            bytes: u64::from(TBL24_MAP_WORDS) * 4
-                + u64::from(groups) * u64::from(GROUP_ENTRIES) * 4,
+            bytes: shared_bytes(groups),
         }
     }
 
@@ -417,8 +424,7 @@ impl<C: Cells> Dir24<C> {
             groups_max: MAX_GROUPS,
             results: self.tbl24.results(),
             rejected: self.rejected,
-            shared_bytes: u64::from(TBL24_MAP_WORDS) * 4
-                + u64::from(self.groups_in_use) * u64::from(GROUP_ENTRIES) * 4,
+            shared_bytes: shared_bytes(self.groups_in_use),
         }
     }
 

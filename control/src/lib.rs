@@ -24,6 +24,7 @@ pub mod provision;
 pub mod rib;
 pub mod shared_mem;
 pub mod show;
+pub(crate) mod sys;
 pub mod table;
 pub mod trie6;
 pub mod xmit;

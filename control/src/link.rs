@@ -6,7 +6,7 @@
 //! interface fails with `EBUSY`. `BPF_LINK_DETACH` (Linux 5.9+) detaches the program before the
 //! call returns; the pin is then removed as before.
 
-#![expect(unsafe_code, reason = "the bpf(2) system call with a hand-built attribute block")]
+#![expect(unsafe_code, reason = "taking ownership of the file descriptor bpf(2) returns")]
 
 use std::{
     ffi::CString,
@@ -17,6 +17,8 @@ use std::{
     },
     path::Path,
 };
+
+use crate::sys::bpf;
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
@@ -35,13 +37,6 @@ struct ObjAttr {
 #[derive(Default)]
 struct LinkDetachAttr {
     link_fd: u32,
-}
-
-fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid prefix of `bpf_attr` for `cmd` (the callers pair each command
-    // with its member), and any pointer in it outlives the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<A>()) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
 /// Detaches the link pinned at `path` and removes the pin. A missing pin is `NotFound`.

@@ -92,6 +92,11 @@ pub struct Trie6<C: Cells> {
     rejected: usize,
 }
 
+/// Bytes of the shared table with `nodes` nodes in use: the first level and the nodes.
+fn shared_bytes(nodes: u32) -> u64 {
+    (u64::from(ROOT_ENTRIES) + u64::from(nodes) * u64::from(NODE_ENTRIES)) * 4
+}
+
 fn mask(a: u128, len: u8) -> u128 {
     if len == 0 { 0 } else { a & (u128::MAX << (128 - u32::from(len))) }
 }
@@ -338,12 +343,7 @@ impl<C: Cells> Trie6<C> {
                 }
             }
         }
-        Scanned {
-            nodes,
-            compact,
-            nodes_max: MAX_NODES,
-            bytes: (u64::from(ROOT_ENTRIES) + u64::from(nodes) * u64::from(NODE_ENTRIES)) * 4,
-        }
+        Scanned { nodes, compact, nodes_max: MAX_NODES, bytes: shared_bytes(nodes) }
     }
 
     /// Memory in use.
@@ -354,9 +354,7 @@ impl<C: Cells> Trie6<C> {
             compact: self.compact,
             nodes_max: MAX_NODES,
             rejected: self.rejected,
-            shared_bytes: (u64::from(ROOT_ENTRIES)
-                + u64::from(self.nodes_in_use) * u64::from(NODE_ENTRIES))
-                * 4,
+            shared_bytes: shared_bytes(self.nodes_in_use),
         }
     }
 
