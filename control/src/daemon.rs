@@ -20,8 +20,9 @@ use crate::{
     rib::Rib,
 };
 
-/// How long changes are gathered before the FIB is recompiled: bursts (a link going down takes
-/// its routes and neighbours with it) become one update.
+/// How long after one recompile of the FIB the next one waits, gathering changes: bursts (a link
+/// going down takes its routes and neighbours with it, a table loading) become few updates. A
+/// change that comes later than that is compiled at once, with whatever else is queued.
 const SETTLE: Duration = Duration::from_millis(2);
 /// Events taken at most before a recompile: bounds the dataplane's lag while a table loads.
 const DRAIN_MAX: usize = 8192;
@@ -280,7 +281,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut ring = ring;
-    let mut dirty_since: Option<Instant> = None;
+    // When the FIB is next recompiled, if something changed; and when it last was.
+    let mut compile_at: Option<Instant> = None;
+    let mut last_compile: Option<Instant> = None;
     let mut sweep = tokio::time::interval(NEIGH_RETRY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut confirm_check = tokio::time::interval(Duration::from_secs(1));
@@ -289,25 +292,27 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         // Checked against the clock here too: while events keep coming (a table loading), this
         // task never waits, so the runtime's timers do not advance and a sleep would not end.
         let settle = async {
-            match dirty_since {
-                Some(t) if t.elapsed() >= SETTLE => {}
-                Some(t) => tokio::time::sleep_until((t + SETTLE).into()).await,
+            match compile_at {
+                Some(t) if Instant::now() >= t => {}
+                Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             event = mirror.next_event(&mut state.rib) => match event {
-                Some(Applied::Changed) => { dirty_since.get_or_insert_with(Instant::now); }
+                Some(Applied::Changed) => {
+                    compile_at.get_or_insert_with(|| compile_deadline(Instant::now(), last_compile));
+                }
                 Some(Applied::Ignored) => {}
                 Some(Applied::Overrun) => {
                     warn!("netlink receive buffer overran: resynchronising");
                     mirror = connect_and_dump(&mut state, &opts).await;
-                    dirty_since.get_or_insert_with(Instant::now);
+                    compile_at.get_or_insert_with(|| Instant::now() + SETTLE);
                 }
                 None => {
                     warn!("netlink socket closed: reconnecting");
                     mirror = connect_and_dump(&mut state, &opts).await;
-                    dirty_since.get_or_insert_with(Instant::now);
+                    compile_at.get_or_insert_with(|| Instant::now() + SETTLE);
                 }
             },
             () = settle => {
@@ -315,8 +320,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     warn!("netlink receive buffer overran: resynchronising");
                     mirror = connect_and_dump(&mut state, &opts).await;
                 }
-                dirty_since = None;
+                compile_at = None;
                 let written = state.sync();
+                last_compile = Some(Instant::now());
                 state.ensure_managed(&mut mirror, written).await;
             }
             requests = read_requests(ring.as_mut()) => {
@@ -637,6 +643,13 @@ fn parse_request(b: &[u8]) -> Option<(u32, IpAddr)> {
     Some((ifindex, sluice_common::addr_of(b[4], &addr)))
 }
 
+/// When a change that came at `now` is compiled: at once if the last recompile was at least
+/// [`SETTLE`] ago (a lone change: an operator's `ip route add`, a BGP update), else [`SETTLE`]
+/// after it (changes that keep coming, compiled in batches).
+fn compile_deadline(now: Instant, last_compile: Option<Instant>) -> Instant {
+    last_compile.map_or(now, |t| now.max(t + SETTLE))
+}
+
 #[cfg(test)]
 mod tests {
     use sluice_common::FAMILY_V4;
@@ -653,5 +666,18 @@ mod tests {
         b[4] = sluice_common::FAMILY_V6;
         assert_eq!(parse_request(&b), Some((7, "a00:9::".parse().unwrap())));
         assert_eq!(parse_request(&b[..10]), None);
+    }
+
+    #[test]
+    fn a_lone_change_is_compiled_at_once_and_a_burst_is_gathered() {
+        let now = Instant::now() + SETTLE * 10;
+        // The first change, or one that comes after the last recompile's settling time: no wait.
+        assert_eq!(compile_deadline(now, None), now);
+        assert_eq!(compile_deadline(now, Some(now - SETTLE)), now);
+        assert_eq!(compile_deadline(now, Some(now - SETTLE * 5)), now);
+        // Changes right after a recompile (a burst, a table loading): gathered until the
+        // settling time after it ends.
+        assert_eq!(compile_deadline(now, Some(now)), now + SETTLE);
+        assert_eq!(compile_deadline(now, Some(now - SETTLE / 2)), now + SETTLE / 2);
     }
 }
