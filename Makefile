@@ -48,7 +48,8 @@ lab: build
 lab-down:
 	@if [ -x $(SLUICE) ]; then $(SLUICE) lab down; else echo "no lab binary built"; fi
 
-# The forwarding matrix in one run: Linux, bpf_fib_lookup, the XDP ceiling and Sluice; one route
+# The forwarding matrix in one run: Linux, bpf_fib_lookup, the XDP ceiling (also as it is after
+# reading the destination address) and Sluice; one route
 # and a synthetic full table (1M IPv4, 230k IPv6 prefixes); IPv4 and IPv6. Writes the JSON and
 # its bar chart. Pass options through BENCH_ARGS, e.g. BENCH_ARGS="--table-size 20000".
 bench: build

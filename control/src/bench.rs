@@ -14,6 +14,9 @@
 //!   kernel's FIB, TTL decrement, MACs from the lookup, redirect through a devmap;
 //! - **ceiling**: `sluice_ceiling`, which rewrites the MACs from a map and redirects through a
 //!   devmap without looking at the packet: the best any XDP router can do on this chain;
+//! - **`ceiling_read`**: `sluice_ceiling_read`, the ceiling after it reads the Ethernet type and the
+//!   destination address, the least a router reads: the frame arrives cold, written on the
+//!   generator's CPU, and this read waits for it where the ceiling's writes do not;
 //! - **sluice**: the daemon (this binary, `sluice daemon`) with kernel forwarding off.
 //!
 //! The tables: **one route** (the default route via the sink) and a **full table**, a synthetic
@@ -129,12 +132,12 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = TableChoice::Both)]
     pub tables: TableChoice,
     /// Forwarders to measure (comma-separated); they always run in the order linux, fib-lookup,
-    /// ceiling, sluice, sluice-hooks.
+    /// ceiling, ceiling-read, sluice, sluice-hooks.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "linux,fib-lookup,ceiling,sluice,sluice-hooks"
+        default_value = "linux,fib-lookup,ceiling,ceiling-read,sluice,sluice-hooks"
     )]
     pub forwarders: Vec<Forwarder>,
     /// Routes in the full table: one number for both families, or the IPv4 and the IPv6 size.
@@ -200,6 +203,9 @@ pub enum Forwarder {
     FibLookup,
     /// XDP without any lookup: rewrite the MACs and redirect.
     Ceiling,
+    /// The ceiling after reading the Ethernet type and the destination address, as any router must:
+    /// what the first read of a frame costs.
+    CeilingRead,
     /// The Sluice daemon and its dataplane.
     Sluice,
     /// Sluice with rules in its hook tables (filters on both addresses and a rate rule, none
@@ -209,8 +215,14 @@ pub enum Forwarder {
 
 impl Forwarder {
     /// Every forwarder, in the order of the measurements (and of the report).
-    pub const ALL: [Self; 5] =
-        [Self::Linux, Self::FibLookup, Self::Ceiling, Self::Sluice, Self::SluiceHooks];
+    pub const ALL: [Self; 6] = [
+        Self::Linux,
+        Self::FibLookup,
+        Self::Ceiling,
+        Self::CeilingRead,
+        Self::Sluice,
+        Self::SluiceHooks,
+    ];
 
     /// The name in the report and the JSON.
     pub const fn name(self) -> &'static str {
@@ -218,6 +230,7 @@ impl Forwarder {
             Self::Linux => "linux",
             Self::FibLookup => "fib_lookup",
             Self::Ceiling => "ceiling",
+            Self::CeilingRead => "ceiling_read",
             Self::Sluice => "sluice",
             Self::SluiceHooks => "sluice_hooks",
         }
@@ -708,6 +721,7 @@ fn run_cell(
     cell.ratios.sluice_linux = ratio(sluice, cell.forwarders.get("linux"));
     cell.ratios.sluice_fib_lookup = ratio(sluice, cell.forwarders.get("fib_lookup"));
     cell.ratios.sluice_ceiling = ratio(sluice, cell.forwarders.get("ceiling"));
+    cell.ratios.sluice_ceiling_read = ratio(sluice, cell.forwarders.get("ceiling_read"));
     cell.ratios.hooks_over_empty = ratio(cell.forwarders.get("sluice_hooks"), sluice);
     Ok(cell)
 }
@@ -756,12 +770,16 @@ fn measure_forwarder(
             topo.set_forwarding(false)?;
             m?
         }
-        Forwarder::Ceiling => bench.with_attached(topo, names::CEILING, |b| {
-            b.warm_up(topo, || Ok("no state: the ceiling redirects every frame".into()))?;
-            let mut m = b.measure(topo, ctx.budget, true)?;
-            m.program_time = b.program_time(ctx, topo)?;
-            Ok(m)
-        })?,
+        Forwarder::Ceiling | Forwarder::CeilingRead => {
+            let program =
+                if forwarder == Forwarder::Ceiling { names::CEILING } else { names::CEILING_READ };
+            bench.with_attached(topo, program, |b| {
+                b.warm_up(topo, || Ok("no state: the ceiling redirects every frame".into()))?;
+                let mut m = b.measure(topo, ctx.budget, true)?;
+                m.program_time = b.program_time(ctx, topo)?;
+                Ok(m)
+            })?
+        }
         Forwarder::SluiceHooks => measure_sluice(ctx, bench, topo, phase, routes, true)?.0,
         Forwarder::Sluice => {
             let (m, daemon, route_add) = measure_sluice(ctx, bench, topo, phase, routes, false)?;
@@ -1236,7 +1254,13 @@ struct BenchPrograms {
 impl BenchPrograms {
     fn load(topo: &Topology, frame_size: FrameSize) -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("load the benchmark programs")?;
-        for name in [names::GENERATOR, names::SINK, names::CEILING, names::FIB_FORWARDER] {
+        for name in [
+            names::GENERATOR,
+            names::SINK,
+            names::CEILING,
+            names::CEILING_READ,
+            names::FIB_FORWARDER,
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -2626,6 +2650,8 @@ struct Ratios {
     sluice_linux: Option<f64>,
     sluice_fib_lookup: Option<f64>,
     sluice_ceiling: Option<f64>,
+    /// Sluice over the ceiling that reads the destination address.
+    sluice_ceiling_read: Option<f64>,
     /// Sluice with the full table over Sluice with one route (full-table cells).
     #[serde(skip_serializing_if = "Option::is_none")]
     sluice_full_over_one: Option<f64>,
@@ -2782,15 +2808,17 @@ impl Report {
     fn rate_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "{:<24} {:>8} {:>11} {:>8} {:>8}   {:>13} {:>13} {:>10} {:>10}",
+            "{:<24} {:>8} {:>11} {:>8} {:>13} {:>8}   {:>13} {:>12} {:>9} {:>14} {:>9}",
             "Mpps",
             "linux",
             "fib_lookup",
             "ceiling",
+            "ceiling_read",
             "sluice",
             "sluice/linux",
             "/fib_lookup",
             "/ceiling",
+            "/ceiling_read",
             "full/one"
         );
         let mpps = |c: &Cell, f: Forwarder| {
@@ -2800,15 +2828,17 @@ impl Report {
         for c in &self.results {
             let _ = writeln!(
                 out,
-                "{:<24} {:>8} {:>11} {:>8} {:>8}   {:>13} {:>13} {:>10} {:>10}",
+                "{:<24} {:>8} {:>11} {:>8} {:>13} {:>8}   {:>13} {:>12} {:>9} {:>14} {:>9}",
                 cell_label(c),
                 mpps(c, Forwarder::Linux),
                 mpps(c, Forwarder::FibLookup),
                 mpps(c, Forwarder::Ceiling),
+                mpps(c, Forwarder::CeilingRead),
                 mpps(c, Forwarder::Sluice),
                 times(c.ratios.sluice_linux),
                 times(c.ratios.sluice_fib_lookup),
                 times(c.ratios.sluice_ceiling),
+                times(c.ratios.sluice_ceiling_read),
                 times(c.ratios.sluice_full_over_one)
             );
         }
@@ -2826,8 +2856,8 @@ impl Report {
     fn gbps_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "{:<24} {:>8} {:>11} {:>8} {:>8} {:>13}   (Gbit/s of frames, no FCS, preamble or gap)",
-            "Gbit/s", "linux", "fib_lookup", "ceiling", "sluice", "sluice_hooks"
+            "{:<24} {:>8} {:>11} {:>8} {:>13} {:>8} {:>13}   (Gbit/s of frames, no FCS, preamble or gap)",
+            "Gbit/s", "linux", "fib_lookup", "ceiling", "ceiling_read", "sluice", "sluice_hooks"
         );
         let gbps = |c: &Cell, f: Forwarder| {
             c.forwarders.get(f.name()).map_or_else(|| "-".into(), |m| format!("{:.2}", m.gbps))
@@ -2835,11 +2865,12 @@ impl Report {
         for c in &self.results {
             let _ = writeln!(
                 out,
-                "{:<24} {:>8} {:>11} {:>8} {:>8} {:>13}",
+                "{:<24} {:>8} {:>11} {:>8} {:>13} {:>8} {:>13}",
                 cell_label(c),
                 gbps(c, Forwarder::Linux),
                 gbps(c, Forwarder::FibLookup),
                 gbps(c, Forwarder::Ceiling),
+                gbps(c, Forwarder::CeilingRead),
                 gbps(c, Forwarder::Sluice),
                 gbps(c, Forwarder::SluiceHooks)
             );
@@ -2849,8 +2880,13 @@ impl Report {
     /// One line per cell with each XDP forwarder's program time per packet, when any was
     /// measured, and why any was not.
     fn program_time_table(&self, out: &mut String) {
-        const COLUMNS: [Forwarder; 4] =
-            [Forwarder::FibLookup, Forwarder::Ceiling, Forwarder::Sluice, Forwarder::SluiceHooks];
+        const COLUMNS: [Forwarder; 5] = [
+            Forwarder::FibLookup,
+            Forwarder::Ceiling,
+            Forwarder::CeilingRead,
+            Forwarder::Sluice,
+            Forwarder::SluiceHooks,
+        ];
         fn time(c: &Cell, f: Forwarder) -> Option<&ProgramTime> {
             c.forwarders.get(f.name())?.program_time.as_ref()
         }
@@ -2863,8 +2899,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<24} {:>11} {:>8} {:>8} {:>13}",
-            "ns/pkt", "fib_lookup", "ceiling", "sluice", "sluice_hooks"
+            "{:<24} {:>11} {:>8} {:>13} {:>8} {:>13}",
+            "ns/pkt", "fib_lookup", "ceiling", "ceiling_read", "sluice", "sluice_hooks"
         );
         for c in &self.results {
             let cells = COLUMNS.map(|f| match time(c, f) {
@@ -2875,12 +2911,13 @@ impl Report {
             });
             let _ = writeln!(
                 out,
-                "{:<24} {:>11} {:>8} {:>8} {:>13}",
+                "{:<24} {:>11} {:>8} {:>13} {:>8} {:>13}",
                 cell_label(c),
                 cells[0],
                 cells[1],
                 cells[2],
-                cells[3]
+                cells[3],
+                cells[4]
             );
         }
         for c in &self.results {
@@ -3063,6 +3100,7 @@ fn forwarder_colour(f: Forwarder) -> &'static str {
         Forwarder::Linux => "#9d9d9d",
         Forwarder::FibLookup => "#4c78a8",
         Forwarder::Ceiling => "#54a24b",
+        Forwarder::CeilingRead => "#88d27a",
         Forwarder::Sluice => "#e45756",
         Forwarder::SluiceHooks => "#f58518",
     }

@@ -670,14 +670,17 @@ mod tests {
 
     #[test]
     fn a_lone_change_is_compiled_at_once_and_a_burst_is_gathered() {
-        let now = Instant::now() + SETTLE * 10;
-        // The first change, or one that comes after the last recompile's settling time: no wait.
-        assert_eq!(compile_deadline(now, None), now);
-        assert_eq!(compile_deadline(now, Some(now - SETTLE)), now);
-        assert_eq!(compile_deadline(now, Some(now - SETTLE * 5)), now);
+        let compiled = Instant::now();
+        // The first change, or one that comes the settling time or longer after the last
+        // recompile: no wait.
+        assert_eq!(compile_deadline(compiled, None), compiled);
+        let later = compiled + SETTLE;
+        assert_eq!(compile_deadline(later, Some(compiled)), later);
+        let much_later = compiled + SETTLE * 5;
+        assert_eq!(compile_deadline(much_later, Some(compiled)), much_later);
         // Changes right after a recompile (a burst, a table loading): gathered until the
         // settling time after it ends.
-        assert_eq!(compile_deadline(now, Some(now)), now + SETTLE);
-        assert_eq!(compile_deadline(now, Some(now - SETTLE / 2)), now + SETTLE / 2);
+        assert_eq!(compile_deadline(compiled, Some(compiled)), compiled + SETTLE);
+        assert_eq!(compile_deadline(compiled + SETTLE / 2, Some(compiled)), compiled + SETTLE);
     }
 }

@@ -76,12 +76,23 @@ fn fixed_size_frames_arrive_whole_through_every_forwarder() {
     }
     let report = bench(
         "fixed",
-        &["--family", "both", "--frame-size", "1000", "--forwarders", "linux,ceiling,sluice"],
+        &[
+            "--family",
+            "both",
+            "--frame-size",
+            "1000",
+            "--forwarders",
+            "linux,ceiling,ceiling-read,sluice",
+        ],
     );
     assert_eq!(report["frame_size"], "1000");
     assert_eq!(report["frame_len"], 1000);
     let cells = received(&report);
-    assert_eq!(cells.len(), 6, "two families, three forwarders: {cells:?}");
+    assert_eq!(cells.len(), 8, "two families, four forwarders: {cells:?}");
+    for cell in report["results"].as_array().unwrap() {
+        let ratio = cell["ratios"]["sluice_ceiling_read"].as_f64();
+        assert!(ratio.is_some_and(|r| r > 0.0), "Sluice over the reading ceiling: {cell}");
+    }
     for (label, frames, bytes, mpps, gbps) in cells {
         assert!(frames > 0, "{label}: nothing reached the sink");
         assert_eq!(bytes, frames * 1000, "{label}: every frame 1000 bytes");

@@ -14,6 +14,9 @@
 //! - `sluice_ceiling` rewrites the Ethernet addresses from `CEILING_CONFIG` and redirects every
 //!   frame through `BENCH_DEVMAP`. No parsing, no lookup: the most any XDP router can do on this
 //!   chain.
+//! - `sluice_ceiling_read` is the ceiling that first reads the EtherType and the destination
+//!   address (passing the frame to the kernel if the address is unspecified): the least any
+//!   router reads, and what a first read of a frame costs.
 //! - `sluice_fib_fwd` is the kernel's `samples/bpf/xdp_fwd_kern.c` (and xdp-tools' xdp-forward)
 //!   in Rust: `bpf_fib_lookup` in the kernel's own FIB and neighbour table, TTL or hop-limit
 //!   decrement (with the IPv4 checksum update), the MACs from the lookup, a redirect through
@@ -185,6 +188,40 @@ pub fn sluice_ceiling(ctx: XdpContext) -> u32 {
     let Some(config) = CEILING_CONFIG.get(0) else { return xdp_action::XDP_PASS };
     let Ok(eth) = ptr_at::<EthHdr>(&ctx, 0) else { return xdp_action::XDP_PASS };
     // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    unsafe {
+        (*eth).dst_addr = config.dst_mac;
+        (*eth).src_addr = config.src_mac;
+    }
+    BENCH_DEVMAP.redirect(config.ifindex, u64::from(xdp_action::XDP_PASS)).unwrap_or_else(|a| a)
+}
+
+/// The ceiling, but it first reads what any router must: the EtherType and the destination
+/// address. A frame arrives cold (its bytes were written on another CPU, or by a NIC), and this
+/// read is the first that waits for them; the plain ceiling only writes to the frame.
+#[xdp]
+pub fn sluice_ceiling_read(ctx: XdpContext) -> u32 {
+    let Some(config) = CEILING_CONFIG.get(0) else { return xdp_action::XDP_PASS };
+    let Ok(eth) = ptr_at::<EthHdr>(&ctx, 0) else { return xdp_action::XDP_PASS };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let ether_type = unsafe { (*eth).ether_type };
+    // An unspecified or unknown destination goes to the kernel: the branch needs the address.
+    let routable = if ether_type == ETH_P_IPV4 {
+        // SAFETY (both arms): `ptr_at` checks that the header lies inside the packet.
+        ptr_at::<Ipv4Hdr>(&ctx, EthHdr::LEN).is_ok_and(|ip| unsafe { (*ip).dst_addr } != [0; 4])
+    } else if ether_type == ETH_P_IPV6 {
+        ptr_at::<Ipv6Hdr>(&ctx, EthHdr::LEN).is_ok_and(|ip| {
+            // As two words: a byte array compared whole becomes a call the verifier refuses.
+            let w =
+                unsafe { core::ptr::read_unaligned((*ip).dst_addr.as_ptr().cast::<[u64; 2]>()) };
+            w != [0; 2]
+        })
+    } else {
+        false
+    };
+    if !routable {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: as above.
     unsafe {
         (*eth).dst_addr = config.dst_mac;
         (*eth).src_addr = config.src_mac;

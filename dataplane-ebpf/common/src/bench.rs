@@ -30,6 +30,9 @@ pub mod names {
     /// XDP program on the router's ingress: rewrites the MACs from `CEILING_CONFIG` and redirects
     /// through `BENCH_DEVMAP`, with no lookup at all.
     pub const CEILING: &str = "sluice_ceiling";
+    /// XDP program on the router's ingress: [`CEILING`] after reading the Ethernet type and the
+    /// destination address.
+    pub const CEILING_READ: &str = "sluice_ceiling_read";
     /// XDP program on the router's ingress: `bpf_fib_lookup`, TTL / hop limit decrement, MAC
     /// rewrite from the lookup and redirect through `BENCH_DEVMAP` (the kernel's `xdp_fwd` sample).
     pub const FIB_FORWARDER: &str = "sluice_fib_fwd";
