@@ -3798,6 +3798,7 @@ mod tests {
         let r = report(vec![cell(BTreeMap::from([
             ("linux", measurement(0.8, None)),
             ("ceiling", measurement(3.5, Some(measured(22)))),
+            ("ceiling_read", measurement(3.2, Some(measured(64)))),
             ("sluice", measurement(2.7, Some(measured(81)))),
             ("sluice_hooks", measurement(2.5, Some(failed))),
         ]))]);
@@ -3807,15 +3808,23 @@ mod tests {
             lines.iter().position(|l| l.starts_with("XDP program time per packet (ns)")).unwrap();
         assert!(lines[at].contains("own cost"), "the statistics' overhead is mentioned");
         let header: Vec<&str> = lines[at + 1].split_whitespace().collect();
-        assert_eq!(header, ["ns/pkt", "fib_lookup", "ceiling", "sluice", "sluice_hooks"]);
+        assert_eq!(
+            header,
+            ["ns/pkt", "fib_lookup", "ceiling", "ceiling_read", "sluice", "sluice_hooks"]
+        );
         let row: Vec<&str> = lines[at + 2].split_whitespace().collect();
-        assert_eq!(row, ["ipv4", "one", "route", "(1)", "-", "22.0", "81.0", "failed"]);
+        assert_eq!(row, ["ipv4", "one", "route", "(1)", "-", "22.0", "64.0", "81.0", "failed"]);
         assert_eq!(
             lines[at + 3],
             "  ipv4 one sluice_hooks: program time not measured: no BPF_ENABLE_STATS"
         );
         // Each column ends where its header does.
-        for (name, value) in [("ceiling", "22.0"), ("sluice", "81.0"), ("sluice_hooks", "failed")] {
+        for (name, value) in [
+            ("ceiling", "22.0"),
+            ("ceiling_read", "64.0"),
+            ("sluice", "81.0"),
+            ("sluice_hooks", "failed"),
+        ] {
             let end = |l: &str, w: &str| l.find(&format!(" {w}")).unwrap() + 1 + w.len();
             assert_eq!(end(lines[at + 1], name), end(lines[at + 2], value), "{name}");
         }
