@@ -205,6 +205,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         fixed: opts.attach.clone(),
         ports: BTreeMap::new(),
         missing: BTreeSet::new(),
+        last_sync: None,
     };
     std::mem::swap(&mut state.fib, &mut fib);
     if let Some(c) = &config {
@@ -281,9 +282,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut ring = ring;
-    // When the FIB is next recompiled, if something changed; and when it last was.
+    // When the FIB is next recompiled, if something changed.
     let mut compile_at: Option<Instant> = None;
-    let mut last_compile: Option<Instant> = None;
     let mut sweep = tokio::time::interval(NEIGH_RETRY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut confirm_check = tokio::time::interval(Duration::from_secs(1));
@@ -299,22 +299,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            event = mirror.next_event(&mut state.rib) => match event {
-                Some(Applied::Changed) => {
-                    compile_at.get_or_insert_with(|| compile_deadline(Instant::now(), last_compile));
+            event = mirror.next_event(&mut state.rib) => {
+                let changed = match event {
+                    Some(Applied::Changed) => true,
+                    Some(Applied::Ignored) => false,
+                    Some(Applied::Overrun) => {
+                        warn!("netlink receive buffer overran: resynchronising");
+                        mirror = connect_and_dump(&mut state, &opts).await;
+                        true
+                    }
+                    None => {
+                        warn!("netlink socket closed: reconnecting");
+                        mirror = connect_and_dump(&mut state, &opts).await;
+                        true
+                    }
+                };
+                if changed {
+                    let due = compile_deadline(Instant::now(), state.last_sync);
+                    compile_at.get_or_insert(due);
                 }
-                Some(Applied::Ignored) => {}
-                Some(Applied::Overrun) => {
-                    warn!("netlink receive buffer overran: resynchronising");
-                    mirror = connect_and_dump(&mut state, &opts).await;
-                    compile_at.get_or_insert_with(|| Instant::now() + SETTLE);
-                }
-                None => {
-                    warn!("netlink socket closed: reconnecting");
-                    mirror = connect_and_dump(&mut state, &opts).await;
-                    compile_at.get_or_insert_with(|| Instant::now() + SETTLE);
-                }
-            },
+            }
             () = settle => {
                 if mirror.drain_at_most(&mut state.rib, DRAIN_MAX) == Applied::Overrun {
                     warn!("netlink receive buffer overran: resynchronising");
@@ -322,7 +326,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 }
                 compile_at = None;
                 let written = state.sync();
-                last_compile = Some(Instant::now());
                 state.ensure_managed(&mut mirror, written).await;
             }
             requests = read_requests(ring.as_mut()) => {
@@ -405,6 +408,8 @@ struct State {
     ports: BTreeMap<String, ModeRequest>,
     /// Routed ports of the configuration that are not there (reported once).
     missing: BTreeSet<String>,
+    /// When the FIB was last recompiled.
+    last_sync: Option<Instant>,
 }
 
 impl State {
@@ -462,10 +467,17 @@ impl State {
         changed
     }
 
-    /// Compiles the RIB and writes the difference into the maps.
     /// Compiles what changed in the RIB and writes it into the maps. Returns the neighbours of
-    /// the next hops it wrote.
+    /// the next hops it wrote. When it ended is kept: the next changes wait [`SETTLE`] after it
+    /// ([`compile_deadline`]).
     fn sync(&mut self) -> Vec<(u32, IpAddr)> {
+        let neighbours = self.recompile();
+        self.last_sync = Some(Instant::now());
+        neighbours
+    }
+
+    /// The work of [`State::sync`].
+    fn recompile(&mut self) -> Vec<(u32, IpAddr)> {
         let started = Instant::now();
         let ops = self.compiler.update(&mut self.rib, &self.attached, &mut self.fib);
         if self.compiler.overflow > 0 {
