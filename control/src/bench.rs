@@ -2806,41 +2806,43 @@ impl Report {
 
     /// One line per cell: each forwarder's rate and Sluice's ratios.
     fn rate_table(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "{:<24} {:>8} {:>11} {:>8} {:>13} {:>8}   {:>13} {:>12} {:>9} {:>14} {:>9}",
-            "Mpps",
-            "linux",
-            "fib_lookup",
-            "ceiling",
-            "ceiling_read",
-            "sluice",
-            "sluice/linux",
-            "/fib_lookup",
-            "/ceiling",
-            "/ceiling_read",
-            "full/one"
-        );
-        let mpps = |c: &Cell, f: Forwarder| {
-            c.forwarders.get(f.name()).map_or_else(|| "-".into(), |m| format!("{:.2}", m.mpps))
+        const COLUMNS: [Forwarder; 5] = [
+            Forwarder::Linux,
+            Forwarder::FibLookup,
+            Forwarder::Ceiling,
+            Forwarder::CeilingRead,
+            Forwarder::Sluice,
+        ];
+        let ratios = |r: &Ratios| {
+            [
+                ("sluice/linux", r.sluice_linux),
+                ("/fib_lookup", r.sluice_fib_lookup),
+                ("/ceiling", r.sluice_ceiling),
+                ("/ceiling_read", r.sluice_ceiling_read),
+                ("full/one", r.sluice_full_over_one),
+            ]
         };
-        let times = |r: Option<f64>| r.map_or_else(|| "-".into(), |r| format!("{r:.2}x"));
+        let _ = write!(out, "{:<24}", "Mpps");
+        push_columns(out, COLUMNS.map(|f| (f.name(), f.name().to_owned())));
+        out.push_str("  ");
+        push_columns(out, ratios(&Ratios::default()).map(|(h, _)| (h, h.to_owned())));
+        out.push('\n');
         for c in &self.results {
-            let _ = writeln!(
+            let _ = write!(out, "{:<24}", cell_label(c));
+            push_columns(
                 out,
-                "{:<24} {:>8} {:>11} {:>8} {:>13} {:>8}   {:>13} {:>12} {:>9} {:>14} {:>9}",
-                cell_label(c),
-                mpps(c, Forwarder::Linux),
-                mpps(c, Forwarder::FibLookup),
-                mpps(c, Forwarder::Ceiling),
-                mpps(c, Forwarder::CeilingRead),
-                mpps(c, Forwarder::Sluice),
-                times(c.ratios.sluice_linux),
-                times(c.ratios.sluice_fib_lookup),
-                times(c.ratios.sluice_ceiling),
-                times(c.ratios.sluice_ceiling_read),
-                times(c.ratios.sluice_full_over_one)
+                COLUMNS.map(|f| {
+                    let mpps = c.forwarders.get(f.name()).map(|m| format!("{:.2}", m.mpps));
+                    (f.name(), mpps.unwrap_or_else(|| "-".into()))
+                }),
             );
+            out.push_str("  ");
+            push_columns(
+                out,
+                ratios(&c.ratios)
+                    .map(|(h, r)| (h, r.map_or_else(|| "-".into(), |r| format!("{r:.2}x")))),
+            );
+            out.push('\n');
         }
     }
 
@@ -2854,26 +2856,19 @@ impl Report {
 
     /// One line per cell: each forwarder's rate in Gbit/s of frames.
     fn gbps_table(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "{:<24} {:>8} {:>11} {:>8} {:>13} {:>8} {:>13}   (Gbit/s of frames, no FCS, preamble or gap)",
-            "Gbit/s", "linux", "fib_lookup", "ceiling", "ceiling_read", "sluice", "sluice_hooks"
-        );
-        let gbps = |c: &Cell, f: Forwarder| {
-            c.forwarders.get(f.name()).map_or_else(|| "-".into(), |m| format!("{:.2}", m.gbps))
-        };
+        let _ = write!(out, "{:<24}", "Gbit/s");
+        push_columns(out, Forwarder::ALL.map(|f| (f.name(), f.name().to_owned())));
+        out.push_str("   (Gbit/s of frames, no FCS, preamble or gap)\n");
         for c in &self.results {
-            let _ = writeln!(
+            let _ = write!(out, "{:<24}", cell_label(c));
+            push_columns(
                 out,
-                "{:<24} {:>8} {:>11} {:>8} {:>13} {:>8} {:>13}",
-                cell_label(c),
-                gbps(c, Forwarder::Linux),
-                gbps(c, Forwarder::FibLookup),
-                gbps(c, Forwarder::Ceiling),
-                gbps(c, Forwarder::CeilingRead),
-                gbps(c, Forwarder::Sluice),
-                gbps(c, Forwarder::SluiceHooks)
+                Forwarder::ALL.map(|f| {
+                    let gbps = c.forwarders.get(f.name()).map(|m| format!("{:.2}", m.gbps));
+                    (f.name(), gbps.unwrap_or_else(|| "-".into()))
+                }),
             );
+            out.push('\n');
         }
     }
 
@@ -2897,28 +2892,24 @@ impl Report {
             out,
             "XDP program time per packet (ns), from the kernel's BPF run-time statistics over {PROGRAM_TIME_FRAMES} frames; their own cost ({STATS_OVERHEAD}) included:"
         );
-        let _ = writeln!(
-            out,
-            "{:<24} {:>11} {:>8} {:>13} {:>8} {:>13}",
-            "ns/pkt", "fib_lookup", "ceiling", "ceiling_read", "sluice", "sluice_hooks"
-        );
+        let _ = write!(out, "{:<24}", "ns/pkt");
+        push_columns(out, COLUMNS.map(|f| (f.name(), f.name().to_owned())));
+        out.push('\n');
         for c in &self.results {
-            let cells = COLUMNS.map(|f| match time(c, f) {
-                Some(t) => {
-                    t.ns_per_packet().map_or_else(|| "failed".into(), |ns| format!("{ns:.1}"))
-                }
-                None => "-".into(),
-            });
-            let _ = writeln!(
+            let _ = write!(out, "{:<24}", cell_label(c));
+            push_columns(
                 out,
-                "{:<24} {:>11} {:>8} {:>13} {:>8} {:>13}",
-                cell_label(c),
-                cells[0],
-                cells[1],
-                cells[2],
-                cells[3],
-                cells[4]
+                COLUMNS.map(|f| {
+                    let text = match time(c, f) {
+                        Some(t) => t
+                            .ns_per_packet()
+                            .map_or_else(|| "failed".into(), |ns| format!("{ns:.1}")),
+                        None => "-".into(),
+                    };
+                    (f.name(), text)
+                }),
             );
+            out.push('\n');
         }
         for c in &self.results {
             for f in COLUMNS {
@@ -3087,6 +3078,16 @@ impl Report {
             &series,
             &groups,
         )
+    }
+}
+
+/// Cells of a report table after its label column, each right-aligned in a column one wider
+/// than its header and at least 8 wide: `(header, text)`, the header line passing the header as
+/// its text. Every column ends where its header does.
+fn push_columns(out: &mut String, cells: impl IntoIterator<Item = (&'static str, String)>) {
+    for (header, text) in cells {
+        let width = (header.len() + 1).max(8);
+        let _ = write!(out, " {text:>width$}");
     }
 }
 
