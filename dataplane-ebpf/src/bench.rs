@@ -14,7 +14,7 @@
 //! - `sluice_ceiling` rewrites the Ethernet addresses from `CEILING_CONFIG` and redirects every
 //!   frame through `BENCH_DEVMAP`. No parsing, no lookup: the most any XDP router can do on this
 //!   chain.
-//! - `sluice_ceiling_read` is the ceiling that first reads the EtherType and the destination
+//! - `sluice_ceiling_read` is the ceiling that first reads the Ethernet type and the destination
 //!   address (passing the frame to the kernel if the address is unspecified): the least any
 //!   router reads, and what a first read of a frame costs.
 //! - `sluice_fib_fwd` is the kernel's `samples/bpf/xdp_fwd_kern.c` (and xdp-tools' xdp-forward)
@@ -185,9 +185,16 @@ fn is_generated(ctx: &XdpContext) -> bool {
 
 #[xdp]
 pub fn sluice_ceiling(ctx: XdpContext) -> u32 {
-    let Some(config) = CEILING_CONFIG.get(0) else { return xdp_action::XDP_PASS };
     let Ok(eth) = ptr_at::<EthHdr>(&ctx, 0) else { return xdp_action::XDP_PASS };
-    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    ceiling_send(eth)
+}
+
+/// The ceiling's whole work on a frame whose Ethernet header is at `eth`: the MACs from
+/// `CEILING_CONFIG`, written without reading the frame, and the redirect.
+#[inline(always)]
+fn ceiling_send(eth: *mut EthHdr) -> u32 {
+    let Some(config) = CEILING_CONFIG.get(0) else { return xdp_action::XDP_PASS };
+    // SAFETY: the caller's `ptr_at` checked that the header lies inside the packet.
     unsafe {
         (*eth).dst_addr = config.dst_mac;
         (*eth).src_addr = config.src_mac;
@@ -195,12 +202,11 @@ pub fn sluice_ceiling(ctx: XdpContext) -> u32 {
     BENCH_DEVMAP.redirect(config.ifindex, u64::from(xdp_action::XDP_PASS)).unwrap_or_else(|a| a)
 }
 
-/// The ceiling, but it first reads what any router must: the EtherType and the destination
+/// The ceiling, but it first reads what any router must: the Ethernet type and the destination
 /// address. A frame arrives cold (its bytes were written on another CPU, or by a NIC), and this
 /// read is the first that waits for them; the plain ceiling only writes to the frame.
 #[xdp]
 pub fn sluice_ceiling_read(ctx: XdpContext) -> u32 {
-    let Some(config) = CEILING_CONFIG.get(0) else { return xdp_action::XDP_PASS };
     let Ok(eth) = ptr_at::<EthHdr>(&ctx, 0) else { return xdp_action::XDP_PASS };
     // SAFETY: `ptr_at` checked that the header lies inside the packet.
     let ether_type = unsafe { (*eth).ether_type };
@@ -221,12 +227,7 @@ pub fn sluice_ceiling_read(ctx: XdpContext) -> u32 {
     if !routable {
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: as above.
-    unsafe {
-        (*eth).dst_addr = config.dst_mac;
-        (*eth).src_addr = config.src_mac;
-    }
-    BENCH_DEVMAP.redirect(config.ifindex, u64::from(xdp_action::XDP_PASS)).unwrap_or_else(|a| a)
+    ceiling_send(eth)
 }
 
 #[xdp]
