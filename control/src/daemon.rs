@@ -257,7 +257,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let kv = match &opts.state_dir {
                     Some(dir) => {
                         let path = dir.join("plugin-kv");
-                        Some(sled::open(&path).with_context(|| {
+                        let config = sled::Config::new().path(&path);
+                        Some(sluice_store::open_db(&config).with_context(|| {
                             format!("opening the plugins' key-value stores in {}", path.display())
                         })?)
                     }

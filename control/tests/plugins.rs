@@ -333,7 +333,9 @@ fn a_plugins_key_value_store_outlives_its_instances_and_the_host_within_its_quot
         action: Action::Count,
     };
     let host_with_kv = || {
-        let db = sled::open(&dir).expect("the key-value database opens");
+        // As the daemon opens it: a restarted host finds the lock its predecessor just gave up.
+        let db = sluice_store::open_db(&sled::Config::new().path(&dir))
+            .expect("the key-value database opens");
         PluginHost::new(Trust::unsigned_allowed()).expect("the engine starts").with_kv(db)
     };
     {

@@ -315,6 +315,47 @@ pub struct Pending {
     pub deadline_ms: u64,
 }
 
+/// How long [`open_db`] waits for a database's lock.
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens a sled database, waiting up to [`LOCK_WAIT`] for its lock.
+///
+/// sled locks the database's file while it is open, and a handle dropped in this process gives
+/// the lock up only when sled's flushing thread has stopped, a moment later: opening the database
+/// again right away would fail. A lock still held after the wait is another holder's (another
+/// daemon on the same state directory), and the error says so.
+///
+/// # Errors
+/// sled's, or an [`std::io::ErrorKind::WouldBlock`] error naming the database that is in use.
+pub fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
+    open_waiting(config, LOCK_WAIT)
+}
+
+fn open_waiting(config: &sled::Config, wait: Duration) -> sled::Result<sled::Db> {
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match config.open() {
+            // sled 0.34 reports a held lock as an `Other` error with this text.
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                if start.elapsed() >= wait {
+                    return Err(sled::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        format!(
+                            "the database is in use by another process (waited {} ms for its \
+                             lock; is another daemon running on the same directory?): {e}",
+                            wait.as_millis()
+                        ),
+                    )));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -378,7 +419,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled's default cache is 1 GiB, more than a small appliance has (and more than the
         // configuration needs): 64 MiB.
-        let db = sled::Config::new().path(dir).cache_capacity(64 << 20).open()?;
+        let db = open_db(&sled::Config::new().path(dir).cache_capacity(64 << 20))?;
         let tree = db.open_tree("config")?;
         let store = Self { db, tree };
         store.migrate()?;

@@ -1,7 +1,7 @@
 //! The store against its promises: revisions, diffs, commit-confirm across a reopen, rollback,
 //! export and import, validation that writes nothing, and crash safety: a writer killed with
 //! SIGKILL at random moments, again and again, never loses a change it acknowledged, and the
-//! store always opens.
+//! store always opens, also right after it was closed in the same process.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -270,4 +270,26 @@ fn an_older_store_is_migrated_and_a_newer_one_refused() {
     }
     let err = Store::open(&d.0).unwrap_err();
     assert!(matches!(err, StoreError::TooNew { found: 99 }), "{err}");
+}
+
+#[test]
+fn a_store_reopens_at_once_after_it_is_closed_and_one_in_use_is_refused_with_a_reason() {
+    let d = dir("reopen");
+    // sled gives its lock up only when its flushing thread has written what was left and
+    // stopped, a moment after the last handle is dropped; a reopen right away (a daemon's part
+    // restarted in place) waits for it instead of failing, and finds everything written.
+    let config = sled::Config::new().path(&d.0);
+    for i in 0..40u32 {
+        let db = sluice_store::open_db(&config).unwrap_or_else(|e| panic!("reopen {i}: {e:?}"));
+        assert_eq!(db.len(), i as usize);
+        db.insert(i.to_be_bytes(), b"unflushed").unwrap();
+    }
+    drop(config);
+    let held = Store::open(&d.0).unwrap();
+    let start = Instant::now();
+    let err = Store::open(&d.0).unwrap_err();
+    let waited = start.elapsed();
+    assert!(format!("{err:?}").contains("in use by another process"), "{err:?}");
+    assert!(waited >= sluice_store::LOCK_WAIT, "gave up after {waited:?}");
+    drop(held);
 }
