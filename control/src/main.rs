@@ -546,9 +546,8 @@ fn hooks(pin: &PinDir, json: bool) -> anyhow::Result<()> {
 }
 
 fn config(state_dir: &std::path::Path, cmd: ConfigCmd) -> anyhow::Result<()> {
-    let store = sluice_store::Store::open(&state_dir.join("db")).with_context(|| {
-        format!("opening the store in {} (is a daemon using it?)", state_dir.display())
-    })?;
+    let store = sluice_store::Store::open(&state_dir.join("db"))
+        .with_context(|| format!("opening the store in {}", state_dir.display()))?;
     match cmd {
         ConfigCmd::Export => println!("{}", store.export()?),
         ConfigCmd::Import { file, message } => {

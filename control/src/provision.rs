@@ -346,9 +346,8 @@ pub fn management(state_dir: &Path) -> anyhow::Result<Management> {
 }
 
 fn apply(state_dir: &Path, seed: &Seed, outcome: &mut Outcome) -> anyhow::Result<()> {
-    let store = Store::open(&state_dir.join("db")).with_context(|| {
-        format!("opening the store in {} (is a daemon using it?)", state_dir.display())
-    })?;
+    let store = Store::open(&state_dir.join("db"))
+        .with_context(|| format!("opening the store in {}", state_dir.display()))?;
     let author = Author {
         who: "cloud-init".into(),
         from: "seed".into(),
