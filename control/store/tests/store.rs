@@ -284,7 +284,6 @@ fn a_store_reopens_at_once_after_it_is_closed_and_one_in_use_is_refused_with_a_r
         assert_eq!(db.len(), i as usize);
         db.insert(i.to_be_bytes(), b"unflushed").unwrap();
     }
-    drop(config);
     let held = Store::open(&d.0).unwrap();
     let start = Instant::now();
     let err = Store::open(&d.0).unwrap_err();
