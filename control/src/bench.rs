@@ -774,7 +774,9 @@ fn measure_forwarder(
             let program =
                 if forwarder == Forwarder::Ceiling { names::CEILING } else { names::CEILING_READ };
             bench.with_attached(topo, program, |b| {
-                b.warm_up(topo, || Ok("no state: the ceiling redirects every frame".into()))?;
+                b.warm_up(topo, || {
+                    Ok(format!("no state: {program} redirects every frame it can route"))
+                })?;
                 let mut m = b.measure(topo, ctx.budget, true)?;
                 m.program_time = b.program_time(ctx, topo)?;
                 Ok(m)
