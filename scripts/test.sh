@@ -5,14 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-cargo build --release --locked -p sluice --all-targets
+cargo build --release --locked -p sluice -p sluice-core -p sluice-dataplane -p sluice-testbed --all-targets
 # The plugins the host's tests run (components for wasm32-wasip2).
 (cd plugins && cargo build --release --locked --target wasm32-wasip2)
 if [ "$(id -u)" != 0 ]; then
   echo "test: not root: the packet and namespace tiers will report themselves as not run" >&2
 fi
 status=0
-cargo nextest run --release --locked -p sluice -p sluice-common -p sluice-store --no-fail-fast \
+cargo nextest run --release --locked -p sluice -p sluice-core -p sluice-dataplane -p sluice-testbed \
+  -p sluice-common -p sluice-store --no-fail-fast \
   --test-threads "${SLUICE_TEST_THREADS:-2}" -E 'not binary_id(sluice::image)' "$@" || status=$?
 # The appliance image, booted under qemu on its own: its emulated CPUs would take the cores the
 # timing-sensitive namespace tests need. (Only for a whole run: arguments select tests.)

@@ -40,7 +40,7 @@ use warp::{
     hyper::body::Bytes,
 };
 
-use crate::dataplane::PinDir;
+use sluice_dataplane::PinDir;
 
 /// Largest request body.
 pub const BODY_LIMIT: usize = 64 << 10;
@@ -160,7 +160,7 @@ const ORIGIN_MAX: usize = 10_000;
 fn origin_name(protocol: Option<u8>) -> &'static str {
     use netlink_packet_route::route::RouteProtocol as P;
     let Some(p) = protocol else { return "neighbour" };
-    if p == crate::apply::RTPROT_SLUICE {
+    if p == sluice_dataplane::apply::RTPROT_SLUICE {
         return "static";
     }
     match P::from(p) {
@@ -1036,7 +1036,7 @@ impl Api {
             ("GET", "/counters/stream") => Ok(Answer::Stream),
             ("GET", "/lookup-tables") => {
                 let view =
-                    crate::dataplane::LookupView::open(&self.pin).map_err(dataplane_problem)?;
+                    sluice_dataplane::LookupView::open(&self.pin).map_err(dataplane_problem)?;
                 ok(view.usage())
             }
             ("GET", "/top-talkers") => {
@@ -1384,7 +1384,7 @@ fn scope_name(r: Role) -> &'static str {
 }
 
 #[expect(clippy::needless_pass_by_value, reason = "used as map_err(dataplane_problem)")]
-fn dataplane_problem(e: crate::dataplane::DataplaneError) -> Problem {
+fn dataplane_problem(e: sluice_dataplane::DataplaneError) -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dataplane", e.to_string())
 }
 

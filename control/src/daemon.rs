@@ -13,11 +13,13 @@ use sluice_common::{IfaceKey, XdpAttachMode};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{debug, error, info, warn};
 
-use crate::{
-    dataplane::{Dataplane, ModeRequest, PinDir, error_chain},
+use sluice_core::{
     fib::{Compiler, FibState, Op, neighbour_of},
-    mirror::{Applied, Mirror},
     rib::Rib,
+};
+use sluice_dataplane::{
+    Dataplane, ModeRequest, PinDir, error_chain,
+    mirror::{Applied, Mirror},
 };
 
 /// How long after one recompile of the FIB the next one waits, gathering changes: bursts (a link
@@ -119,7 +121,7 @@ impl Config {
             }
         };
         // Interfaces first: a static route may need an address they bring.
-        match crate::apply::apply_interfaces(&self.handle, &c.interfaces).await {
+        match sluice_dataplane::apply::apply_interfaces(&self.handle, &c.interfaces).await {
             Ok(a) => {
                 if !a.missing.is_empty() {
                     warn!(missing = ?a.missing, "interfaces of the configuration are not there");
@@ -128,7 +130,7 @@ impl Config {
             }
             Err(e) => error!(error = %error_chain(&e), "applying the interface settings failed"),
         }
-        match crate::apply::apply_routes(&self.handle, &c.routes).await {
+        match sluice_dataplane::apply::apply_routes(&self.handle, &c.routes).await {
             Ok(a) => {
                 info!(set = a.set.len(), removed = a.removed.len(), "static routes applied");
             }
@@ -201,7 +203,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         rib: Rib::default(),
         asked: HashMap::new(),
         route_events: None,
-        gateways: crate::hooks::Gateways::default(),
+        gateways: sluice_dataplane::hooks::Gateways::default(),
         fixed: opts.attach.clone(),
         ports: BTreeMap::new(),
         missing: BTreeSet::new(),
@@ -401,7 +403,7 @@ struct State {
     /// Route changes for the plugins, when they run.
     route_events: Option<std::sync::mpsc::Sender<Vec<crate::plugins::RouteChange>>>,
     /// The next hops by gateway, for the plugins' steer rules.
-    gateways: crate::hooks::Gateways,
+    gateways: sluice_dataplane::hooks::Gateways,
     /// The ports of `--attach`: always attached, whatever the configuration says.
     fixed: Vec<String>,
     /// The routed ports of the running configuration, with their mode (read from the store
@@ -542,7 +544,7 @@ impl State {
             .collect();
         if ops.len() > LARGE_BATCH {
             drop(ops);
-            crate::heap::release_free_memory();
+            sluice_dataplane::heap::release_free_memory();
         }
         neighbours
     }
@@ -601,9 +603,9 @@ async fn connect_and_dump(state: &mut State, opts: &Options) -> Mirror {
                 "kernel state dumped"
             );
             if mirror.drain(&mut rib) == Applied::Overrun {
-                return Err(crate::mirror::MirrorError::Interrupted);
+                return Err(sluice_dataplane::mirror::MirrorError::Interrupted);
             }
-            Ok::<_, crate::mirror::MirrorError>((mirror, rib))
+            Ok::<_, sluice_dataplane::mirror::MirrorError>((mirror, rib))
         };
         match attempt.await {
             Ok((mirror, rib)) => {
@@ -611,7 +613,7 @@ async fn connect_and_dump(state: &mut State, opts: &Options) -> Mirror {
                 return mirror;
             }
             Err(e) => {
-                if matches!(e, crate::mirror::MirrorError::Overrun(_)) {
+                if matches!(e, sluice_dataplane::mirror::MirrorError::Overrun(_)) {
                     warn!(error = %error_chain(&e), "changes outran the dump; dumping again");
                 } else {
                     error!(error = %error_chain(&e), "mirroring the kernel failed; retrying");

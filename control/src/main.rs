@@ -7,11 +7,9 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice::{
-    bench, daemon,
-    dataplane::{self, DEFAULT_PIN_DIR, ModeRequest, PinDir},
-    lab, rib, show,
-};
+use sluice::{daemon, show};
+use sluice_core::rib;
+use sluice_dataplane::{self as dataplane, DEFAULT_PIN_DIR, ModeRequest, PinDir};
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "Sluice: an XDP router appliance")]
@@ -38,7 +36,7 @@ enum Command {
         #[arg(long, default_value_t = rib::TABLE_MAIN)]
         table: u32,
         /// Receive buffer of the netlink event socket in bytes; an overrun costs a full resync.
-        #[arg(long, value_name = "BYTES", default_value_t = sluice::mirror::DEFAULT_RECV_BUFFER)]
+        #[arg(long, value_name = "BYTES", default_value_t = dataplane::mirror::DEFAULT_RECV_BUFFER)]
         netlink_recv_buffer: usize,
         /// Run the plugins of this directory: NAME.json (manifest), NAME.wasm and, optionally,
         /// NAME.config.json for each.
@@ -91,23 +89,6 @@ enum Command {
     },
     /// Detach XDP from every interface and remove the pinned maps.
     Detach,
-    /// Benchmark forwarding, Linux against Sluice on one veth chain, and route-add latency.
-    Bench(bench::BenchArgs),
-    /// Benchmark the REST API: latency at a steady rate on `GET /api/v1/counters` (and wrk's
-    /// highest rate, if wrk is installed), against a daemon in a namespace of its own.
-    BenchApi(sluice::bench_api::BenchApiArgs),
-    /// Benchmark the plugin host: compile, instantiate, and event-to-tables latency.
-    BenchPlugins {
-        /// Where `make plugins` put the components.
-        #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
-        dir: PathBuf,
-        /// Rounds of each measurement.
-        #[arg(long, default_value_t = 2000)]
-        rounds: usize,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
     /// The configuration: through a running daemon's API, or, with `--state-dir`, the store
     /// itself while no daemon holds it (backups, restores, first-boot provisioning).
     Config {
@@ -155,11 +136,6 @@ enum Command {
         /// Check the seed only: print what is wrong, apply nothing.
         #[arg(long, requires = "seed")]
         check: bool,
-    },
-    /// A demo topology in network namespaces with the router forwarding.
-    Lab {
-        #[command(subcommand)]
-        cmd: LabCmd,
     },
 }
 
@@ -231,14 +207,6 @@ enum PluginCmd {
     },
     #[command(flatten)]
     Api(sluice::client::PluginApiCmd),
-}
-
-#[derive(Debug, Subcommand)]
-enum LabCmd {
-    /// Create the lab, start the daemon in it and show traffic crossing.
-    Up(lab::LabOptions),
-    /// Stop the lab's daemon and remove the lab.
-    Down(lab::LabOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -363,7 +331,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sluice::client::config(&api, action)
         }
         Command::Route { api, cmd: RouteTop::Static { cmd } } => sluice::client::route(&api, cmd),
-        Command::BenchApi(args) => sluice::bench_api::run(&args).map(drop),
         Command::User { api, cmd } => sluice::client::user(&api, cmd),
         Command::Plugin { api, cmd: PluginCmd::Api(cmd) } => sluice::client::plugin(&api, cmd),
         Command::Detach => {
@@ -378,28 +345,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench(args) => bench::run(&args),
-        Command::BenchPlugins { dir, rounds, json } => {
-            let r = sluice::plugins::bench(&dir, rounds.max(1))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "plugin host, {} rounds: compile {:.1} ms; instantiate p50 {:.1} us, p99 {:.1} us; \
-                     init (10 rules, applied) p50 {:.1} us, p99 {:.1} us; \
-                     10 events -> operations applied p50 {:.1} us, p99 {:.1} us",
-                    r.rounds,
-                    r.compile_ms,
-                    r.instantiate_us.0,
-                    r.instantiate_us.1,
-                    r.init_us.0,
-                    r.init_us.1,
-                    r.event_to_tables_us.0,
-                    r.event_to_tables_us.1
-                );
-            }
-            Ok(())
-        }
         Command::Plugin { cmd: PluginCmd::Run { wasm, manifest, config, events }, .. } => {
             plugin_run(&wasm, manifest.as_deref(), &config, events.as_deref())
         }
@@ -407,8 +352,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin { cmd: PluginCmd::Sign { key, manifest }, .. } => {
             plugin_sign(&key, &manifest)
         }
-        Command::Lab { cmd: LabCmd::Up(opts) } => lab::up(&opts),
-        Command::Lab { cmd: LabCmd::Down(opts) } => lab::down(&opts),
     }
 }
 
@@ -525,7 +468,7 @@ fn plugin_sign(key: &std::path::Path, manifest: &std::path::Path) -> anyhow::Res
 }
 
 fn hooks(pin: &PinDir, json: bool) -> anyhow::Result<()> {
-    let (rules, every) = sluice::hooks::pinned_rules(pin)?;
+    let (rules, every) = dataplane::hooks::pinned_rules(pin)?;
     if json {
         let v = serde_json::json!({ "rules": rules, "sample_every": every });
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -35,7 +35,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::hooks::{self, HookError, HookMaps, HookOp, HookTables};
+use sluice_dataplane::hooks::{self, HookError, HookMaps, HookOp, HookTables};
 
 /// The host side of the contract, generated from `plugins/wit`.
 mod bindings {
@@ -406,8 +406,8 @@ pub type RouteLookup = Arc<dyn Queries>;
 /// The pinned dataplane, asked directly: the lookup tables mapped read-only, the next hops and
 /// interfaces read from their maps.
 struct PinnedQueries {
-    pin: crate::dataplane::PinDir,
-    view: Mutex<(crate::dataplane::LookupView, crate::dataplane::Maps)>,
+    pin: sluice_dataplane::PinDir,
+    view: Mutex<(sluice_dataplane::LookupView, sluice_dataplane::Maps)>,
 }
 
 impl Queries for PinnedQueries {
@@ -430,7 +430,9 @@ impl Queries for PinnedQueries {
         };
         let next_hops = ids
             .into_iter()
-            .filter_map(|id| maps.nexthop(id).ok().and_then(|nh| crate::fib::neighbour_of(&nh)))
+            .filter_map(|id| {
+                maps.nexthop(id).ok().and_then(|nh| sluice_core::fib::neighbour_of(&nh))
+            })
             .collect();
         Some(RouteInfo { action: action.name().to_owned(), next_hops })
     }
@@ -452,9 +454,9 @@ impl Queries for PinnedQueries {
 }
 
 /// Queries answered from the dataplane pinned under `pin`.
-pub fn pinned_queries(pin: &crate::dataplane::PinDir) -> anyhow::Result<RouteLookup> {
-    let view = crate::dataplane::LookupView::open(pin)?;
-    let maps = crate::dataplane::Maps::open(pin)?;
+pub fn pinned_queries(pin: &sluice_dataplane::PinDir) -> anyhow::Result<RouteLookup> {
+    let view = sluice_dataplane::LookupView::open(pin)?;
+    let maps = sluice_dataplane::Maps::open(pin)?;
     Ok(Arc::new(PinnedQueries { pin: pin.clone(), view: Mutex::new((view, maps)) }))
 }
 
@@ -1249,87 +1251,6 @@ pub fn sha256_hex(wasm: &[u8]) -> String {
 
 pub use wit::{Counter as CounterEvent, Event, FlowSample, RouteChange};
 
-/// What `sluice bench-plugins` measured.
-#[derive(Debug, Serialize)]
-pub struct BenchReport {
-    /// Compiling `static-acl` once, ms.
-    pub compile_ms: f64,
-    /// Instantiating a compiled plugin in a fresh store (pooling allocator): p50, p99, µs.
-    pub instantiate_us: (f64, f64),
-    /// `init` of `static-acl` with 10 rules, applied to the tables: p50, p99, µs.
-    pub init_us: (f64, f64),
-    /// A batch of 10 events handed to a plugin and its operations applied to the (in-memory)
-    /// tables: p50, p99, µs.
-    pub event_to_tables_us: (f64, f64),
-    /// Rounds of each measurement.
-    pub rounds: usize,
-}
-
-/// Measures the plugin host with the components built by `make plugins` in `dir`:
-/// `static_acl.wasm` and `hostile.wasm` (well behaved: it returns one rule per call).
-pub fn bench(dir: &std::path::Path, rounds: usize) -> Result<BenchReport, PluginError> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read(&path).map_err(|e| {
-            PluginError::Load(format!(
-                "{}: {e} (build the plugins with `make plugins`)",
-                path.display()
-            ))
-        })
-    };
-    let (acl, behaving) = (read("static_acl.wasm")?, read("hostile.wasm")?);
-    let manifest = |name: &str, wasm: &[u8]| Manifest::new(name, "0.1.0", &[Table::Filter], wasm);
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let percentiles = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        let at = |p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
-        (at(50), at(99))
-    };
-    let host = PluginHost::new(Trust::unsigned_allowed())?;
-    let started = Instant::now();
-    let compiled = host.compile(manifest("static-acl", &acl), &acl)?;
-    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-
-    let config = serde_json::json!({
-        "rules": (0..10).map(|i| serde_json::json!({
-            "direction": "src", "prefix": format!("192.0.{i}.0/24"), "action": "drop"
-        })).collect::<Vec<_>>()
-    })
-    .to_string();
-    let mut tables = HookTables::new(hooks::MemoryHookMaps::default());
-    let (mut instantiate, mut init) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let mut p = host.instantiate(&compiled, None)?;
-        instantiate.push(us(t.elapsed()));
-        let t = Instant::now();
-        let ops = p.init(&config)?;
-        tables.replace_owner("static-acl", &ops)?;
-        init.push(us(t.elapsed()));
-    }
-
-    let mut manager = Manager::new(host, tables, None);
-    manager.add(manifest("behaving", &behaving), &behaving, "behave")?;
-    let events: Vec<Event> = (0..10)
-        .map(|i| Event::Route(RouteChange { prefix: format!("198.18.{i}.0/24"), added: true }))
-        .collect();
-    let mut handle = Vec::new();
-    for _ in 0..rounds {
-        let t = Instant::now();
-        if let Some((_, e)) = manager.dispatch(&events).pop() {
-            return Err(e);
-        }
-        handle.push(us(t.elapsed()));
-    }
-    Ok(BenchReport {
-        compile_ms,
-        instantiate_us: percentiles(instantiate),
-        init_us: percentiles(init),
-        event_to_tables_us: percentiles(handle),
-        rounds,
-    })
-}
-
 /// An event as the local harness reads it from a JSON file (`sluice plugin run --events`):
 /// `{"route": {"prefix": "192.0.2.0/24", "added": true}}`, `{"timer": 1700000000000}`,
 /// `{"sample": {"ifindex": 2, "len": 64, "proto": 17, "src": "192.0.2.1", "dst": "198.51.100.1",
@@ -1479,7 +1400,7 @@ pub struct Feed {
     /// Route changes from the daemon's recompiles.
     pub routes: std::sync::mpsc::Receiver<Vec<RouteChange>>,
     /// The pinned dataplane, for counter snapshots.
-    pub pin: crate::dataplane::PinDir,
+    pub pin: sluice_dataplane::PinDir,
     /// The dataplane's next hops by gateway, which steer rules are resolved through.
     pub gateways: hooks::Gateways,
     /// Where the plugins' key-value stores are kept (none: in memory).
@@ -1525,7 +1446,7 @@ fn gather_events(feed: &mut Feed, ticks: u32) -> Vec<Event> {
 }
 
 /// The dataplane's counters as events: every non-zero (interface, reason).
-fn counter_snapshot(pin: &crate::dataplane::PinDir) -> Option<Event> {
+fn counter_snapshot(pin: &sluice_dataplane::PinDir) -> Option<Event> {
     let stats = crate::show::stats(pin).ok()?;
     let counters = stats
         .interfaces
@@ -1798,7 +1719,7 @@ pub fn run(
     let mut t = PluginThread { manager, from_store: std::collections::BTreeSet::new() };
     let spawned = thread::Builder::new().name("sluice-plugins".into()).spawn(move || {
         // Third-party code: not at the priority the daemon may have given its own threads.
-        if let Err(e) = crate::dataplane::set_thread_nice(PLUGIN_NICE) {
+        if let Err(e) = sluice_dataplane::set_thread_nice(PLUGIN_NICE) {
             tracing::debug!(error = %e, "could not set the plugin thread's priority");
         }
         let mut ticks = 0u32;

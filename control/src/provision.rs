@@ -424,12 +424,21 @@ fn apply(state_dir: &Path, seed: &Seed, outcome: &mut Outcome) -> anyhow::Result
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::{
+        path::PathBuf,
+        sync::atomic::{AtomicU32, Ordering},
+    };
 
     use super::*;
 
+    /// A name no other test of this run uses.
+    fn unique_name(prefix: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
     fn seed_dir(meta: &str, user: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(crate::netns::unique_name("sluice-seed-"));
+        let dir = std::env::temp_dir().join(unique_name("sluice-seed-"));
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("meta-data"), meta).expect("meta-data");
         std::fs::write(dir.join("user-data"), user).expect("user-data");
@@ -459,7 +468,7 @@ sluice:
     #[test]
     fn a_seed_is_applied_once_and_keeps_the_management_settings() {
         let seed = seed_dir("instance-id: i-1\nlocal-hostname: ignored\n", GOOD);
-        let state = std::env::temp_dir().join(crate::netns::unique_name("sluice-state-"));
+        let state = std::env::temp_dir().join(unique_name("sluice-state-"));
         let net = state.join("network");
         let first = provision(&state, Some(&seed), Some(&net)).expect("applied");
         assert!(first.applied, "{first:?}");
@@ -509,7 +518,7 @@ sluice:
       - {prefix: 10.9.0.1/16, via: 10.71.2.2}
 ";
         let seed = seed_dir("instance-id: i-2\n", bad);
-        let state = std::env::temp_dir().join(crate::netns::unique_name("sluice-state-"));
+        let state = std::env::temp_dir().join(unique_name("sluice-state-"));
         let err = provision(&state, Some(&seed), None).expect_err("refused").to_string();
         for needle in [
             "sluice.admin.username",

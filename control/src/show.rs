@@ -1,6 +1,6 @@
 //! `sluice stats` and `sluice routes`: what the pinned dataplane holds and counts, as text for
 //! people and as JSON for scripts. Besides the per-reason counters of the XDP program, `stats`
-//! shows what each egress device's transmit took and dropped (see [`crate::xmit`]).
+//! shows what each egress device's transmit took and dropped (see [`sluice_dataplane::xmit`]).
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
 
@@ -9,11 +9,8 @@ use sluice_common::{
     Counter, FAMILY_V4, Iface, NextHop, Reason, Route, RouteAction, XdpAttachMode,
 };
 
-use crate::{
-    dataplane::{DataplaneError, Maps, PinDir},
-    fib::FibState,
-    xmit,
-};
+use sluice_core::fib::FibState;
+use sluice_dataplane::{DataplaneError, Maps, PinDir, xmit};
 
 /// Counters of one interface.
 #[derive(Debug, Clone, Serialize)]
@@ -95,12 +92,12 @@ pub struct Stats {
     /// What the lookup tables hold and the memory they use, when asked for
     /// ([`with_lookup_tables`]: a scan of the tables).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lookup_tables: Option<crate::dataplane::LookupUsage>,
+    pub lookup_tables: Option<sluice_dataplane::LookupUsage>,
 }
 
 /// Adds the lookup tables' use to `stats` (left out, with a warning, when they cannot be read).
 pub fn with_lookup_tables(mut stats: Stats, pin: &PinDir) -> Stats {
-    match crate::dataplane::LookupView::open(pin) {
+    match sluice_dataplane::LookupView::open(pin) {
         Ok(view) => stats.lookup_tables = Some(view.usage()),
         Err(e) => tracing::warn!(error = %e, "the lookup tables could not be read"),
     }
@@ -160,12 +157,12 @@ pub fn talkers(pin: &PinDir) -> Result<Vec<Talker>, DataplaneError> {
         return Ok(Vec::new());
     }
     let map: aya::maps::PerCpuHashMap<_, TalkerKey, Counter> =
-        crate::dataplane::open_per_cpu_hash(pin, names::TALKERS)?;
+        sluice_dataplane::open_per_cpu_hash(pin, names::TALKERS)?;
     let mut out = Vec::new();
     for item in &map {
         // An entry evicted while the map is walked ends the walk early: what was read stands.
         let Ok((key, per_cpu)) = item else { break };
-        let sampled = crate::dataplane::sum_counters(per_cpu.iter());
+        let sampled = sluice_dataplane::sum_counters(per_cpu.iter());
         out.push(Talker { addr: sluice_common::addr_of(key.family, &key.addr), sampled });
     }
     Ok(out)

@@ -16,11 +16,8 @@ use std::{
 
 use common::{SLUICE, Topology, ping_briefly, privileged, wait_until};
 use serde_json::{Value, json};
-use sluice::{
-    lab::Subnet,
-    netns,
-    plugins::{Manifest, Table},
-};
+use sluice::plugins::{Manifest, Table};
+use sluice_testbed::{lab::Subnet, netns};
 
 const BASE: &str = "https://127.0.0.1:8443";
 

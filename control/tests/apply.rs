@@ -5,11 +5,9 @@
 #[allow(dead_code, reason = "shared by the namespace test crates, which use different parts")]
 mod common;
 
-use sluice::{
-    apply::{RTPROT_SLUICE, apply_interfaces, apply_routes},
-    netns::{self, NetNs},
-};
+use sluice_dataplane::apply::{RTPROT_SLUICE, apply_interfaces, apply_routes};
 use sluice_store::StaticRoute;
+use sluice_testbed::netns::{self, NetNs};
 
 fn route(prefix: &str, via: Option<&str>, dev: Option<&str>, metric: u32) -> StaticRoute {
     StaticRoute {
@@ -42,7 +40,7 @@ fn in_ns<T: Send, F: Future<Output = T>>(
 }
 
 /// Applies `routes` in `ns`.
-fn apply(ns: &NetNs, routes: &[StaticRoute]) -> sluice::apply::Applied {
+fn apply(ns: &NetNs, routes: &[StaticRoute]) -> sluice_dataplane::apply::Applied {
     in_ns(ns, |h| async move { apply_routes(&h, routes).await.expect("applied") })
 }
 
@@ -166,7 +164,7 @@ fn the_daemon_applies_the_stored_static_routes_and_the_dataplane_carries_them() 
     }
     let state = std::env::temp_dir().join(netns::unique_name("sluice-state-"));
     let _cleanup = Remove(state.clone());
-    let server = sluice::lab::Subnet(3).host_v4();
+    let server = sluice_testbed::lab::Subnet(3).host_v4();
     {
         let store = sluice_store::Store::open(&state.join("db")).expect("store");
         let mut config = sluice_store::Config::default();

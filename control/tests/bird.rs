@@ -29,7 +29,7 @@ use std::{
 };
 
 use common::{RouteJson, SETTLE, Topology, ip, ping, ping_briefly, privileged, wait_until};
-use sluice::{
+use sluice_testbed::{
     lab::{HOST_IF, Subnet},
     netns::{self, NetNs},
 };

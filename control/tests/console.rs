@@ -16,7 +16,8 @@ mod common;
 use std::{path::PathBuf, time::Duration};
 
 use common::{Topology, finish_ping, ip, ping, privileged, spawn_ping, wait_until};
-use sluice::{lab::Subnet, netns, plugins::sha256_hex};
+use sluice::plugins::sha256_hex;
+use sluice_testbed::{lab::Subnet, netns};
 
 /// A directory removed on drop.
 struct Remove(PathBuf);

@@ -15,11 +15,8 @@ use std::{
 };
 
 use common::{Stats, Topology, ip, ping, ping_briefly, privileged, wait_until};
-use sluice::{
-    lab::Subnet,
-    netns,
-    plugins::{Manifest, sha256_hex},
-};
+use sluice::plugins::{Manifest, sha256_hex};
+use sluice_testbed::{lab::Subnet, netns};
 
 /// A directory with the plugin, its manifest and configuration; removed on drop.
 struct PluginDir(PathBuf);

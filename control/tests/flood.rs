@@ -30,7 +30,8 @@ use std::{
 use common::{RouteJson, Topology, privileged};
 use ipnet::IpNet;
 use serde_json::Value;
-use sluice::{dataplane::PinDir, lab::Subnet, netns::NetNs};
+use sluice_dataplane::PinDir;
+use sluice_testbed::{lab::Subnet, netns::NetNs};
 
 /// The receive buffer the flood test gives the daemon's event socket (the kernel doubles it):
 /// a few dozen route events fill it.

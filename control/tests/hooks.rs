@@ -3,23 +3,16 @@
 //! 1-in-N sampling into the ring buffer, written through the control plane's writer
 //! (`sluice::hooks`) as a plugin host would. Same lab and requirements as `packet.rs`.
 
-#[path = "packet/frame.rs"]
-#[allow(dead_code, reason = "shared with packet.rs, which uses all of it")]
-mod frame;
-#[path = "packet/lab.rs"]
-#[allow(dead_code, reason = "shared with packet.rs, which uses all of it")]
-mod lab;
+use sluice_testbed::{fixture as lab, frame};
 
 use std::{net::IpAddr, thread, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use frame::{Frame, Ipv4, Ipv6, L4, ip4, ip6};
 use lab::{Case, HOST_MAC, IN0, Lab, ROUTER_MAC, nh, route, routed};
-use sluice::{
-    fib::Op,
-    hooks::{Action, AyaHookMaps, Direction, HookOp, HookTables, drain_samples},
-};
 use sluice_common::{Reason, RouteAction, names};
+use sluice_core::fib::Op;
+use sluice_dataplane::hooks::{Action, AyaHookMaps, Direction, HookOp, HookTables, drain_samples};
 
 fn from4(src: &str, dst: &str) -> Frame {
     Frame::v4(ROUTER_MAC, HOST_MAC, Ipv4::new(ip4(src), ip4(dst), L4::udp(40000, 53)))

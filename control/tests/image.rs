@@ -21,7 +21,7 @@ use std::{
 
 use common::{ping, privileged, wait_until};
 use serde_json::{Value, json};
-use sluice::netns::{self, NetNs};
+use sluice_testbed::netns::{self, NetNs};
 
 const PASSWORD: &str = "correct horse battery";
 /// How long a boot to a ready console may take under TCG on a busy machine.

@@ -14,7 +14,7 @@ use std::{net::SocketAddr, thread, time::Duration};
 use common::{
     Topology, finish_ping, ip, mac_of, ping, ping_briefly, privileged, spawn_ping, wait_until,
 };
-use sluice::lab::{HOST_IF, Subnet};
+use sluice_testbed::lab::{HOST_IF, Subnet};
 
 /// Echo requests per measured ping run.
 const PINGS: u32 = 20;
@@ -509,12 +509,13 @@ fn detach_frees_the_interfaces_before_it_returns() {
     let attached = thread::scope(|s| {
         s.spawn(|| {
             t.router.enter().expect("enter the router namespace");
-            let mut ebpf = aya::Ebpf::load(sluice::EBPF_OBJECT).expect("load the dataplane object");
+            let mut ebpf =
+                aya::Ebpf::load(sluice_dataplane::EBPF_OBJECT).expect("load the dataplane object");
             let prog: &mut aya::programs::Xdp =
                 ebpf.program_mut("sluice_xdp").expect("the program").try_into().expect("XDP");
             prog.load().expect("load sluice_xdp");
-            let pin = sluice::dataplane::PinDir::new(&t.pin_dir);
-            let detached = sluice::dataplane::detach_all(&pin).expect("detach");
+            let pin = sluice_dataplane::PinDir::new(&t.pin_dir);
+            let detached = sluice_dataplane::detach_all(&pin).expect("detach");
             let id = prog.attach("r-c1", aya::programs::XdpMode::Driver);
             (detached, id.map(|id| prog.detach(id)).map_err(|e| format!("{e:#}")))
         })

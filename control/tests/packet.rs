@@ -1,7 +1,7 @@
 //! Packet tests of the XDP program through `BPF_PROG_TEST_RUN`: tables of
 //! `{description, input frame, verdict, output frame, counters, neighbour requests}` run against
-//! the real object (`sluice::EBPF_OBJECT`) with its maps filled for the topology described in
-//! `packet/lab.rs`. Every row checks the verdict, the exact frame that comes back, that exactly
+//! the real object (`sluice_dataplane::EBPF_OBJECT`) with its maps filled for the topology described in
+//! `sluice_testbed::fixture`. Every row checks the verdict, the exact frame that comes back, that exactly
 //! the expected counters grew (by one packet and the frame's length; all others unchanged), and
 //! the neighbour requests in the ring buffer.
 //!
@@ -10,10 +10,7 @@
 //!
 //! Run: `cargo test -p sluice --test packet` as root (or `cargo nextest run -p sluice --test packet`).
 
-#[path = "packet/frame.rs"]
-mod frame;
-#[path = "packet/lab.rs"]
-mod lab;
+use sluice_testbed::{fixture as lab, frame};
 
 use std::time::{Duration, Instant};
 
@@ -25,10 +22,10 @@ use lab::{
     BROADCAST_MAC, Case, ECMP_MEMBERS, HOST_MAC, IN0, IN0_V100, Lab, OTHER_MAC, Port, ROUTER_MAC,
     SMALL_MTU, UNKNOWN, VLAN_IN, ecmp_group, group, nh, route, routed,
 };
-use sluice::fib::Op;
 use sluice_common::{
     FAMILY_V4, FAMILY_V6, FLOW_HASH_SEED, Reason, RouteAction, flow_hash, flow_words,
 };
+use sluice_core::fib::Op;
 
 /// The host behind `in0` that sends everything.
 const SRC4: &str = "192.0.2.10";

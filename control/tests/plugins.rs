@@ -7,13 +7,11 @@
 
 use std::{path::PathBuf, thread, time::Duration};
 
-use sluice::{
-    hooks::{Action, Direction, HookOp, HookTables, MemoryHookMaps},
-    plugins::{
-        Event, FailurePolicy, Manager, Manifest, PluginError, PluginHost, RouteChange, Status,
-        Table, Trust,
-    },
+use sluice::plugins::{
+    Event, FailurePolicy, Manager, Manifest, PluginError, PluginHost, RouteChange, Status, Table,
+    Trust,
 };
+use sluice_dataplane::hooks::{Action, Direction, HookOp, HookTables, MemoryHookMaps};
 
 /// A component built by `make plugins`.
 fn component(name: &str) -> Vec<u8> {

@@ -31,7 +31,7 @@ use std::{
 };
 
 use common::{SETTLE, Topology, ip, mac_of, ping, privileged};
-use sluice::{
+use sluice_testbed::{
     lab::{HOST_IF, Subnet},
     netns::NetNs,
 };

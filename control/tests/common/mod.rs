@@ -9,7 +9,6 @@
 use std::{
     collections::BTreeMap,
     fmt, fs,
-    io::Write as _,
     net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -19,7 +18,7 @@ use std::{
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use sluice::{
+use sluice_testbed::{
     lab::{self, Subnet},
     netns::{self, NetNs},
 };
@@ -30,33 +29,7 @@ pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 /// How long a change may take to reach the dataplane, or a neighbour to be resolved.
 pub const SETTLE: Duration = Duration::from_secs(10);
 
-/// Whether the namespace tests can run here: root and a mounted bpffs. Where they cannot, a test
-/// returns early after saying why, except with `CI=true`, where it fails.
-pub fn privileged() -> bool {
-    let problem =
-        if fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok()
-            != Some(0)
-        {
-            Some("not running as root (network namespaces, XDP and bpffs need it)".to_owned())
-        } else if !nix::sys::statfs::statfs("/sys/fs/bpf")
-            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
-        {
-            Some("bpffs is not mounted on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".to_owned())
-        } else {
-            None
-        };
-    match problem {
-        None => true,
-        Some(p) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("namespace test cannot run: {p}; with CI=true it must")
-        }
-        Some(p) => {
-            // Straight to stderr, past the test harness's capture, so the notice is seen.
-            let _ = writeln!(std::io::stderr(), "NOTICE: namespace test not run: {p}");
-            false
-        }
-    }
-}
+pub use sluice_testbed::privileged;
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {

@@ -11,7 +11,7 @@ use std::{
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
-use crate::dir24::Cells;
+use sluice_core::dir24::Cells;
 
 /// A `u32` array map, mapped shared and writable.
 #[derive(Debug)]

@@ -41,7 +41,10 @@ use aya::{
 use sluice_common::xmit::{MAX_XMIT_DEVICES, XmitConfig, XmitStats, names};
 use tracing::{info, warn};
 
-use crate::dataplane::{DataplaneError, PinDir, error_chain};
+use crate::{
+    error::{DataplaneError, error_chain},
+    pin::PinDir,
+};
 
 /// Where the kernel describes its own types.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -274,7 +277,7 @@ pub fn read(pin: &PinDir) -> Result<Egress, DataplaneError> {
         return Ok(Egress { counting: false, devices: BTreeMap::new() });
     }
     let map: PerCpuHashMap<MapData, u32, XmitStats> =
-        crate::dataplane::open_per_cpu_hash(pin, names::XMIT_STATS)?;
+        crate::pin::open_per_cpu_hash(pin, names::XMIT_STATS)?;
     let mut devices = BTreeMap::new();
     for item in &map {
         let (ifindex, per_cpu) = item.map_err(|e| DataplaneError::Map(names::XMIT_STATS, e))?;

@@ -1,20 +1,20 @@
-//! Namespace tests of `sluice bench`'s traffic: the generator sends the frame sizes asked for
+//! Namespace tests of `sluice-bench`'s traffic: the generator sends the frame sizes asked for
 //! (64 bytes, any length up to 1514, or the IMIX), every forwarder carries them to the sink, and
 //! the report counts frames and bytes. Small runs (a small table, few frames): the rates are not
 //! asserted, only what was sent and counted.
 //!
 //! Needs root and bpffs; without them a test says why and returns, except with `CI=true`, where it
-//! fails. Run: `sudo -E cargo test -p sluice --release --test bench -- --nocapture`.
-
-#[expect(dead_code, reason = "each test file uses a part of the shared helpers")]
-mod common;
+//! fails. Run: `sudo -E cargo test -p sluice-testbed --release --test bench -- --nocapture`.
 
 use std::{path::PathBuf, process::Command};
 
-use common::{SLUICE, privileged};
+use sluice_testbed::privileged;
+
+/// The benchmark binary; it starts the `sluice` built beside it.
+const SLUICE_BENCH: &str = env!("CARGO_BIN_EXE_sluice-bench");
 use serde_json::Value;
 
-/// Runs `sluice bench` with small tables and few frames, plus `args`, and returns its JSON.
+/// Runs `sluice-bench` with small tables and few frames, plus `args`, and returns its JSON.
 fn bench(name: &str, args: &[&str]) -> Value {
     bench_tables(name, "one", args)
 }
@@ -24,9 +24,8 @@ fn bench_tables(name: &str, tables: &str, args: &[&str]) -> Value {
     let dir = std::env::temp_dir().join(format!("sluice-bench-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json: PathBuf = dir.join("bench.json");
-    let out = Command::new(SLUICE)
+    let out = Command::new(SLUICE_BENCH)
         .args([
-            "bench",
             "--tables",
             tables,
             "--table-size",
@@ -43,9 +42,9 @@ fn bench_tables(name: &str, tables: &str, args: &[&str]) -> Value {
         .arg(&json)
         .args(args)
         .output()
-        .expect("run sluice bench");
+        .expect("run sluice-bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "sluice bench {args:?} failed:\n{stderr}");
+    assert!(out.status.success(), "sluice-bench {args:?} failed:\n{stderr}");
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("{stderr}");

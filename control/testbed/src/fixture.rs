@@ -27,18 +27,18 @@ use aya::{
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
 use ipnet::{Ipv4Net, Ipv6Net};
-use sluice::{
-    dataplane::Maps,
-    fib::Op,
-    netns::{NetNs, unique_name},
-};
 use sluice_common::{
     EcmpGroup, FAMILY_V4, FAMILY_V6, IF_F_UP, Iface, IfaceKey, MAX_ECMP_MEMBERS, MAX_SLOTS,
     NH_F_RESOLVED, NH_F_VLAN, NeighRequest, NextHop, Reason, Route, RouteAction, XdpAttachMode,
     names,
 };
+use sluice_core::fib::Op;
+use sluice_dataplane::Maps;
 
-use super::frame::{Frame, Mac, diff, hex, ip6};
+use crate::{
+    frame::{Frame, Mac, diff, hex, ip6},
+    netns::{NetNs, unique_name},
+};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -460,7 +460,8 @@ impl Lab {
         // DEVMAP entries and the ctx_in ingress ifindex are resolved in the caller's namespace.
         ns.enter().expect("enter the test network namespace");
 
-        let mut ebpf = EbpfLoader::new().load(sluice::EBPF_OBJECT).expect("load the eBPF object");
+        let mut ebpf =
+            EbpfLoader::new().load(sluice_dataplane::EBPF_OBJECT).expect("load the eBPF object");
         let program: &mut Xdp = ebpf
             .program_mut(names::PROGRAM)
             .expect("program sluice_xdp")

@@ -93,16 +93,17 @@ use sluice_common::{
 };
 
 use self::table::{Family, NextHops, RTPROT_BGP, RouteOp, Table};
+use sluice::plugins::hex;
+use sluice_dataplane::PinDir;
+
 use crate::{
-    dataplane::PinDir,
     netns::{self, NetNs},
-    plugins::hex,
     table,
 };
 
-/// The benchmark's programs, built by `build.rs` from `dataplane-ebpf/src/bench.rs`.
-static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-bench-xdp"));
+/// The benchmark's programs, built from `dataplane-ebpf/src/bench.rs` with the forwarding program
+/// (see `build.rs`).
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SLUICE_BENCH_XDP"));
 
 /// Options of `sluice bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -404,7 +405,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let exe = match &args.sluice_bin {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("locate the sluice executable")?,
+        None => crate::sluice_exe()?,
     };
     let mut forwarders = args.forwarders.clone();
     forwarders.sort();
@@ -833,7 +834,7 @@ fn measure_sluice(
 /// Puts rules in the daemon's hook tables that match none of the traffic: each packet then goes
 /// through the source and destination filter lookups and the rate limiter's.
 fn install_idle_hook_rules(daemon: &Daemon<'_>, family: Family) -> anyhow::Result<()> {
-    use crate::hooks::{Action, AyaHookMaps, Direction, HookOp, HookTables};
+    use sluice_dataplane::hooks::{Action, AyaHookMaps, Direction, HookOp, HookTables};
     // Documentation prefixes: neither the generator nor the table's destinations use them.
     let (a, b): (ipnet::IpNet, ipnet::IpNet) = match family {
         Family::V4 => ("198.51.100.0/24".parse()?, "203.0.113.0/24".parse()?),
@@ -1146,9 +1147,9 @@ impl Topology {
             let sampler = s.spawn(|| -> anyhow::Result<Vec<(Duration, Duration)>> {
                 // The instrument must not wait for a core behind the daemon (nice -10) and the
                 // writer: it sleeps between its polls, a few microseconds of work each.
-                crate::dataplane::set_thread_nice(SAMPLER_NICE)
+                sluice_dataplane::set_thread_nice(SAMPLER_NICE)
                     .context("raise the lag sampler's priority")?;
-                let view = crate::dataplane::LookupView::open(&PinDir::new(&daemon.pin_dir))?;
+                let view = sluice_dataplane::LookupView::open(&PinDir::new(&daemon.pin_dir))?;
                 let mut lags = Vec::new();
                 // Each acknowledgement is sampled once: sampled again while the writer waits
                 // for the next one, a route long in the dataplane would count the kernel's time
@@ -2100,7 +2101,7 @@ fn route_add_latency(
 ) -> anyhow::Result<RouteLatency> {
     let family = phase.family;
     let gateway = family.gateway(topo.next_hops).to_string();
-    let tables = crate::dataplane::LookupView::open(&PinDir::new(&daemon.pin_dir))?;
+    let tables = sluice_dataplane::LookupView::open(&PinDir::new(&daemon.pin_dir))?;
     let with_cli = phase.table == TableKind::One;
     let timeout = if with_cli { ROUTE_TIMEOUT } else { ROUTE_TIMEOUT_FULL };
     let (mut in_map, mut in_cli, mut ip_calls, mut calls) = (vec![], vec![], vec![], vec![]);
@@ -2139,7 +2140,7 @@ fn route_add_latency(
 /// One route-add latency trial.
 struct Probe<'a> {
     daemon: &'a Daemon<'a>,
-    tables: &'a crate::dataplane::LookupView,
+    tables: &'a sluice_dataplane::LookupView,
     net: ipnet::IpNet,
     /// What the lookup tables answered for the prefix before it was added.
     baseline: Option<Route>,

@@ -84,7 +84,7 @@ impl ApiLab {
         let state = std::env::temp_dir().join(format!("sluice-bench-api-{name}"));
         std::fs::create_dir_all(&state)?;
         let pin = PathBuf::from("/sys/fs/bpf").join(format!("sluice-bench-api-{name}"));
-        let exe = std::env::current_exe()?;
+        let exe = crate::sluice_exe()?;
         let log = std::fs::File::create(state.join("daemon.log"))?;
         let daemon = router
             .command(exe.to_str().context("a UTF-8 path")?)

@@ -1,5 +1,7 @@
 //! Builds the XDP programs (`dataplane-ebpf`) for bpfel-unknown-none and leaves the objects in
-//! `OUT_DIR`, from where `src/lib.rs` embeds them in the binary. The nightly toolchain used for the
+//! `OUT_DIR`, from where `src/lib.rs` embeds the forwarding program. The directory is handed on to
+//! dependents' build scripts (`DEP_SLUICE_XDP_OUT_DIR`): the testbed embeds the benchmark
+//! programs of the same build, and the product never holds them. The nightly toolchain used for the
 //! eBPF build is `SLUICE_EBPF_TOOLCHAIN` (set by the Makefile from scripts/setup.sh), or `nightly`.
 use anyhow::{Context as _, anyhow};
 
@@ -25,5 +27,8 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         toolchain,
-    )
+    )?;
+    let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
+    println!("cargo::metadata=OUT_DIR={out_dir}");
+    Ok(())
 }

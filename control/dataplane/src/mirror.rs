@@ -31,7 +31,7 @@ use rtnetlink::{
 };
 use tracing::{debug, warn};
 
-use crate::rib::{
+use sluice_core::rib::{
     self, Address, Dirty, Link, Neighbour, Rib, RouteKind, RouteNextHop, TABLE_LOCAL,
 };
 
@@ -520,7 +520,7 @@ mod tests {
     use netlink_packet_route::route::{RouteHeader, RouteNextHop as NlNextHop, RouteProtocol};
 
     use super::*;
-    use crate::rib::TABLE_MAIN;
+    use sluice_core::rib::TABLE_MAIN;
 
     fn route_msg(prefix: &str, attrs: Vec<RouteAttribute>, kind: RouteType) -> RouteMessage {
         let net: ipnet::IpNet = prefix.parse().unwrap();

@@ -397,11 +397,11 @@ fn stop_daemon(pid: i32, out: &Out) -> anyhow::Result<()> {
 fn default_pin_dir() -> PathBuf {
     std::env::var_os("SLUICE_PIN_DIR")
         .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(crate::dataplane::DEFAULT_PIN_DIR), PathBuf::from)
+        .map_or_else(|| PathBuf::from(sluice_dataplane::DEFAULT_PIN_DIR), PathBuf::from)
 }
 
 fn current_exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("find the sluice executable")
+    crate::sluice_exe()
 }
 
 fn preflight(out: &Out) -> anyhow::Result<()> {
@@ -758,8 +758,7 @@ fn watch_counters(seconds: u64, daemon: &mut Child) -> anyhow::Result<()> {
 }
 
 fn print_guide(opts: &LabOptions, router: &NetNs) {
-    let exe =
-        std::env::current_exe().map_or_else(|_| "sluice".to_owned(), |p| p.display().to_string());
+    let exe = crate::sluice_exe().map_or_else(|_| "sluice".to_owned(), |p| p.display().to_string());
     let c1 = format!("nsenter --net=/run/netns/{}", ns_name(opts, "c1"));
     let srv = ns_name(opts, "srv");
     let router = router.name();

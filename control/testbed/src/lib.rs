@@ -1,0 +1,96 @@
+//! Sluice's test bench, not shipped: what the integration tests, the lab and the benchmarks
+//! share. Nothing in the product depends on it.
+//!
+//! - [`netns`]: named network namespaces, removed on drop.
+//! - [`lab`]: the demo topology of `make lab` (`sluice-lab`), and the subnets and namespaces the
+//!   integration tests build their topologies from.
+//! - [`fixture`]: the packet tests' namespace with the XDP program loaded and its maps filled,
+//!   and the runner of their tables through `BPF_PROG_TEST_RUN`.
+//! - [`frame`]: Ethernet, IPv4 and IPv6 frames built and checked byte by byte.
+//! - [`table`]: synthetic Internet-like routing tables, installed over rtnetlink.
+//! - [`bench`], [`bench_api`], [`bench_plugins`]: `make bench` (`sluice-bench`), `make bench-api`
+//!   (`sluice-bench-api`) and `make bench-plugins` (`sluice-bench-plugins`).
+
+use std::path::PathBuf;
+
+use std::io::Write as _;
+
+use anyhow::Context as _;
+
+pub mod bench;
+pub mod bench_api;
+pub mod bench_plugins;
+pub mod fixture;
+pub mod frame;
+pub mod lab;
+pub mod netns;
+pub mod table;
+
+/// Whether the namespace tests can run here: root and a mounted bpffs. Where they cannot, a test
+/// returns early after saying why, except with `CI=true`, where it fails.
+pub fn privileged() -> bool {
+    let problem =
+        if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok()
+            != Some(0)
+        {
+            Some("not running as root (network namespaces, XDP and bpffs need it)".to_owned())
+        } else if !nix::sys::statfs::statfs("/sys/fs/bpf")
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        {
+            Some("bpffs is not mounted on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".to_owned())
+        } else {
+            None
+        };
+    match problem {
+        None => true,
+        Some(p) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("namespace test cannot run: {p}; with CI=true it must")
+        }
+        Some(p) => {
+            // Straight to stderr, past the test harness's capture, so the notice is seen.
+            let _ = writeln!(std::io::stderr().lock(), "NOTICE: namespace test not run: {p}");
+            false
+        }
+    }
+}
+
+/// The `sluice` executable the lab and the benchmarks start: `SLUICE_BIN` if set, else the one
+/// built beside the running program (`target/release/sluice` for `target/release/sluice-lab`,
+/// and for a test in `target/release/deps/`).
+pub fn sluice_exe() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SLUICE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let me = std::env::current_exe().context("locate the running executable")?;
+    let dir = me.parent().context("the running executable has no directory")?;
+    let candidates = [dir.join("sluice"), dir.parent().unwrap_or(dir).join("sluice")];
+    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
+        format!(
+            "no sluice executable beside {} (build it with `make build`, or set SLUICE_BIN)",
+            me.display()
+        )
+    })
+}
+
+/// The testbed binaries' `main`: logs to stderr (`SLUICE_LOG`, default `info`), runs `body`, and
+/// turns an error into a message (with a hint when it lacks root) and exit status 1.
+pub fn main_of(name: &str, body: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match body() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e:#}");
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!("{name}: hint: the lab and the benchmarks need root");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
