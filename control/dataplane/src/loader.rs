@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, MapError, RingBuf},
+    maps::{MapData, MapError, RingBuf},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -56,18 +56,6 @@ pub struct Dataplane {
     maps: Maps,
     neigh_requests: Option<RingBuf<MapData>>,
     forwarding_written: Option<Instant>,
-}
-
-pub(crate) fn typed<T: TryFrom<Map, Error = MapError>>(
-    get: &mut impl FnMut(&'static str) -> Result<Map>,
-    name: &'static str,
-) -> Result<T> {
-    T::try_from(get(name)?).map_err(|e| DataplaneError::Map(name, e))
-}
-
-pub(crate) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
-    ebpf.take_map(name)
-        .ok_or(DataplaneError::Map(name, MapError::InvalidName { name: name.to_owned() }))
 }
 
 impl Dataplane {

@@ -25,10 +25,7 @@ use crate::{
     shared_mem::MappedArray,
 };
 
-use crate::{
-    loader::{take_map, typed},
-    record::*,
-};
+use crate::record::*;
 
 /// Typed handles to the maps the control plane reads and writes: taken from a loaded object by
 /// the daemon, or opened from their pins by `sluice stats`, `sluice routes` and the tests.

@@ -239,3 +239,17 @@ pub fn open_per_cpu_hash<K: aya::Pod, V: aya::Pod>(
     let data = MapData::from_pin(pin.map(name)).map_err(map_err)?;
     aya::maps::PerCpuHashMap::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)
 }
+
+/// Takes map `name` from `get` as its typed handle.
+pub(crate) fn typed<T: TryFrom<Map, Error = MapError>>(
+    get: &mut impl FnMut(&'static str) -> Result<Map>,
+    name: &'static str,
+) -> Result<T> {
+    T::try_from(get(name)?).map_err(|e| DataplaneError::Map(name, e))
+}
+
+/// Takes map `name` out of a loaded object.
+pub(crate) fn take_map(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map> {
+    ebpf.take_map(name)
+        .ok_or(DataplaneError::Map(name, MapError::InvalidName { name: name.to_owned() }))
+}
