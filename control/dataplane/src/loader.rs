@@ -31,7 +31,7 @@ use sluice_core::{
 
 use crate::{
     error::{DataplaneError, Result, error_chain},
-    pin::*,
+    pin::{PinDir, check_pinned_layout, take_map},
 };
 
 use crate::maps::Maps;

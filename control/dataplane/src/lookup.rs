@@ -4,7 +4,11 @@ use sluice_common::Route;
 
 use sluice_core::{dir24::Dir24, trie6::Trie6};
 
-use crate::{error::Result, pin::*, shared_mem::MappedArray};
+use crate::{
+    error::Result,
+    pin::{PinDir, map_lookup_tables, open_pinned},
+    shared_mem::MappedArray,
+};
 
 /// What the lookup tables hold and the memory they use ([`LookupView::usage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -21,11 +21,14 @@ use sluice_core::{
 
 use crate::{
     error::{DataplaneError, Result},
-    pin::*,
+    pin::{
+        PinDir, READ_ONLY, ignore_missing, map_lookup_tables, net_v4, net_v6, open_pinned,
+        sum_counters, take_map, typed,
+    },
     shared_mem::MappedArray,
 };
 
-use crate::record::*;
+use crate::record::{RECORD_IN_BACKGROUND, RecordWriter, write_record};
 
 /// Typed handles to the maps the control plane reads and writes: taken from a loaded object by
 /// the daemon, or opened from their pins by `sluice stats`, `sluice routes` and the tests.

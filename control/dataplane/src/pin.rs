@@ -179,7 +179,6 @@ pub(crate) fn key_v6(net: Ipv6Net) -> Key<[u8; 16]> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
 
-#[expect(clippy::trivially_copy_pass_by_ref, reason = "matches net_v6 and the iterator items")]
 pub fn net_v4(k: &Key<[u8; 4]>) -> Ipv4Net {
     // The kernel's LPM trie rejects prefix lengths over the key size, so this cannot fail.
     Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len().min(32) as u8).unwrap_or_default()

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use crate::{
     batch,
     error::{DataplaneError, Result, error_chain},
-    pin::*,
+    pin::{key_v4, key_v6},
 };
 
 /// Batches at least this large are written to the record in the background.

@@ -11,9 +11,12 @@
 //! - [`bench`], [`bench_api`], [`bench_plugins`]: `make bench` (`sluice-bench`), `make bench-api`
 //!   (`sluice-bench-api`) and `make bench-plugins` (`sluice-bench-plugins`).
 
-use std::path::PathBuf;
+#![expect(
+    clippy::return_self_not_must_use,
+    reason = "the frame and fixture builders are used in chains, never for their side effects"
+)]
 
-use std::io::Write as _;
+use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
 
