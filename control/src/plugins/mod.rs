@@ -22,12 +22,11 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
     StoreLimitsBuilder, Strategy,
@@ -36,6 +35,17 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use sluice_dataplane::hooks::{self, HookError, HookMaps, HookOp, HookTables};
+
+mod error;
+mod manifest;
+mod queries;
+mod util;
+
+pub use error::PluginError;
+pub use manifest::{FailurePolicy, Manifest, Table, Trust, public_key};
+use manifest::{MAX_MEMORY, check_manifest};
+pub use queries::{InterfaceInfo, Queries, RouteInfo, RouteLookup, pinned_queries};
+pub use util::{hex, now_ms, sha256_hex, unhex};
 
 /// The host side of the contract, generated from `plugins/wit`.
 mod bindings {
@@ -62,285 +72,6 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_mins(5);
 /// Plugins at most at once (pooling allocator slots).
 const MAX_PLUGINS: u32 = 64;
-/// Largest memory any plugin may ask for.
-const MAX_MEMORY: usize = 256 << 20;
-
-/// A hook table a plugin may write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Table {
-    /// The prefix filter.
-    Filter,
-    /// The per-source rate limiter.
-    RateLimit,
-    /// Header sampling.
-    Sample,
-    /// Next-hop overrides by destination.
-    Steer,
-}
-
-impl Table {
-    /// Its name in manifests (and in what a publisher signs).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Filter => "filter",
-            Self::RateLimit => "rate-limit",
-            Self::Sample => "sample",
-            Self::Steer => "steer",
-        }
-    }
-}
-
-/// What happens to a plugin's rules when it is quarantined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailurePolicy {
-    /// Its rules are removed: traffic flows as if it were not there.
-    #[default]
-    FailOpen,
-    /// Its rules stay: what it blocked stays blocked.
-    FailClosed,
-}
-
-/// What a plugin declares about itself; the operator accepts it when adding the plugin.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// Name, unique on the router: `[a-z0-9-]`, 1 to 64 characters.
-    pub name: String,
-    /// The plugin's version.
-    pub version: String,
-    /// The tables it may write.
-    pub tables: Vec<Table>,
-    /// Most operations one call may return.
-    #[serde(default = "default_max_ops")]
-    pub max_ops_per_call: usize,
-    /// Memory cap, MiB.
-    #[serde(default = "default_memory_mib")]
-    pub memory_mib: usize,
-    /// Longest a call may run, milliseconds.
-    #[serde(default = "default_deadline_ms")]
-    pub deadline_ms: u64,
-    /// Quota of its key-value store, bytes.
-    #[serde(default = "default_kv_bytes")]
-    pub kv_bytes: usize,
-    /// What happens to its rules when it fails.
-    #[serde(default)]
-    pub failure_policy: FailurePolicy,
-    /// SHA-256 of the component, hex: the component must match it.
-    pub sha256: String,
-    /// The publisher's ed25519 public key, hex (32 bytes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publisher: Option<String>,
-    /// The publisher's signature of [`Manifest::signed_message`], hex (64 bytes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
-}
-
-impl Manifest {
-    /// A manifest with the default quotas, fail-open, unsigned.
-    pub fn new(name: &str, version: &str, tables: &[Table], wasm: &[u8]) -> Self {
-        Self {
-            name: name.to_owned(),
-            version: version.to_owned(),
-            tables: tables.to_vec(),
-            max_ops_per_call: default_max_ops(),
-            memory_mib: default_memory_mib(),
-            deadline_ms: default_deadline_ms(),
-            kv_bytes: default_kv_bytes(),
-            failure_policy: FailurePolicy::FailOpen,
-            sha256: sha256_hex(wasm),
-            publisher: None,
-            signature: None,
-        }
-    }
-
-    /// What a publisher signs: the plugin's name, version, component hash and the tables it
-    /// may write (the quotas are the operator's to set).
-    pub fn signed_message(&self) -> Vec<u8> {
-        let mut tables: Vec<&str> = self.tables.iter().map(|t| t.name()).collect();
-        tables.sort_unstable();
-        format!(
-            "sluice-plugin/1\n{}\n{}\n{}\n{}\n",
-            self.name,
-            self.version,
-            self.sha256.to_ascii_lowercase(),
-            tables.join(",")
-        )
-        .into_bytes()
-    }
-
-    /// Signs the manifest with a publisher's secret key (32-byte seed).
-    pub fn sign(&mut self, seed: &[u8; 32]) {
-        use ed25519_dalek::Signer as _;
-        let key = ed25519_dalek::SigningKey::from_bytes(seed);
-        self.publisher = Some(public_key(seed));
-        self.signature = Some(hex(&key.sign(&self.signed_message()).to_bytes()));
-    }
-}
-
-/// The publishers an operator trusts, and whether unsigned plugins may run at all.
-#[derive(Clone, Debug, Default)]
-pub struct Trust {
-    keys: Vec<ed25519_dalek::VerifyingKey>,
-    allow_unsigned: bool,
-}
-
-impl Trust {
-    /// Trusts these publisher keys (hex); `allow_unsigned` lets unsigned plugins run too.
-    pub fn new(keys: &[String], allow_unsigned: bool) -> Result<Self, PluginError> {
-        let keys = keys
-            .iter()
-            .map(|k| {
-                let bytes: [u8; 32] =
-                    unhex(k.trim()).and_then(|b| b.try_into().ok()).ok_or_else(|| {
-                        PluginError::Signature(format!("{k:?} is not a 32-byte hex key"))
-                    })?;
-                ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-                    .map_err(|e| PluginError::Signature(format!("key {k}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { keys, allow_unsigned })
-    }
-
-    /// Unsigned plugins allowed, no publisher trusted (local development, the harness).
-    pub fn unsigned_allowed() -> Self {
-        Self { keys: Vec::new(), allow_unsigned: true }
-    }
-
-    /// Whether a manifest may run: signed by a trusted publisher, or unsigned where allowed.
-    pub fn check(&self, m: &Manifest) -> Result<(), PluginError> {
-        use ed25519_dalek::Verifier as _;
-        let (Some(publisher), Some(signature)) = (&m.publisher, &m.signature) else {
-            if m.publisher.is_some() || m.signature.is_some() {
-                return Err(PluginError::Signature("a publisher key needs its signature".into()));
-            }
-            return if self.allow_unsigned {
-                Ok(())
-            } else {
-                Err(PluginError::Signature(
-                    "unsigned, and unsigned plugins are not allowed here".into(),
-                ))
-            };
-        };
-        let key = self
-            .keys
-            .iter()
-            .find(|k| hex(k.as_bytes()).eq_ignore_ascii_case(publisher))
-            .ok_or_else(|| {
-                PluginError::Signature(format!("publisher {publisher} is not trusted"))
-            })?;
-        let sig: [u8; 64] = unhex(signature)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| PluginError::Signature("the signature is not 64 bytes of hex".into()))?;
-        key.verify(&m.signed_message(), &ed25519_dalek::Signature::from_bytes(&sig))
-            .map_err(|_| PluginError::Signature("the signature does not match the manifest".into()))
-    }
-}
-
-/// The public key (hex) of a publisher's secret key (32-byte seed).
-pub fn public_key(seed: &[u8; 32]) -> String {
-    hex(ed25519_dalek::SigningKey::from_bytes(seed).verifying_key().as_bytes())
-}
-
-/// Bytes from hexadecimal, or `None`.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
-const fn default_max_ops() -> usize {
-    10_000
-}
-const fn default_memory_mib() -> usize {
-    32
-}
-const fn default_deadline_ms() -> u64 {
-    100
-}
-const fn default_kv_bytes() -> usize {
-    1 << 20
-}
-
-/// Why a plugin failed, or was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginError {
-    /// The manifest is unusable.
-    #[error("manifest: {0}")]
-    Manifest(String),
-    /// The manifest's signature is missing where it must be, or wrong, or from an untrusted
-    /// publisher.
-    #[error("signature: {0}")]
-    Signature(String),
-    /// The component is not the one the manifest names.
-    #[error("the component's SHA-256 is {found}, the manifest says {expected}")]
-    Hash {
-        /// From the manifest.
-        expected: String,
-        /// Of the bytes given.
-        found: String,
-    },
-    /// wasmtime refused the component (not a component, not of this contract, ...).
-    #[error("loading the component: {0}")]
-    Load(String),
-    /// The plugin trapped.
-    #[error("trapped in {call}: {message}")]
-    Trap {
-        /// `init` or `handle`.
-        call: &'static str,
-        /// The trap.
-        message: String,
-    },
-    /// The plugin ran past its deadline.
-    #[error("ran past its deadline of {deadline_ms} ms in {call}")]
-    Timeout {
-        /// `init` or `handle`.
-        call: &'static str,
-        /// The manifest's deadline.
-        deadline_ms: u64,
-    },
-    /// The plugin returned an error of its own.
-    #[error("{call} returned an error: {message}")]
-    Guest {
-        /// `init` or `handle`.
-        call: &'static str,
-        /// Its message.
-        message: String,
-    },
-    /// The plugin returned more operations than its manifest allows.
-    #[error("returned {count} operations, its manifest allows {max}")]
-    TooManyOps {
-        /// Returned.
-        count: usize,
-        /// Allowed.
-        max: usize,
-    },
-    /// An operation writes a table the manifest does not declare.
-    #[error("operation {index} writes table {table:?}, which its manifest does not declare")]
-    Undeclared {
-        /// Position in the result.
-        index: usize,
-        /// The table.
-        table: Table,
-    },
-    /// An operation's prefix or address does not parse.
-    #[error("operation {index}: {message}")]
-    Invalid {
-        /// Position in the result.
-        index: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// The hook tables refused the batch (conflicts, host bits, bounds...).
-    #[error("the hook tables refused its operations: {0}")]
-    Tables(#[from] HookError),
-    /// The plugin is quarantined.
-    #[error("quarantined: {0}")]
-    Quarantined(String),
-}
-
 /// One line of a plugin's log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LogLine {
@@ -355,109 +86,12 @@ pub struct LogLine {
 /// A plugin's log, shared with whoever shows it.
 pub type Log = Arc<Mutex<VecDeque<LogLine>>>;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 fn push_log(log: &Log, level: &'static str, message: String) {
     let mut l = log.lock().expect("log lock");
     if l.len() == LOG_LINES {
         l.pop_front();
     }
     l.push_back(LogLine { at_ms: now_ms(), level, message });
-}
-
-/// What the dataplane does with packets to an address (`lookup-route`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RouteInfo {
-    /// The route's action (`forward`, `ecmp`, `connected`...).
-    pub action: String,
-    /// Its gateways.
-    pub next_hops: Vec<IpAddr>,
-}
-
-/// An interface the dataplane serves (`interfaces`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct InterfaceInfo {
-    /// Name.
-    pub name: String,
-    /// ifindex.
-    pub ifindex: u32,
-    /// XDP mode in use.
-    pub xdp_mode: String,
-    /// Up.
-    pub up: bool,
-    /// MTU.
-    pub mtu: u32,
-}
-
-/// The read-only questions a plugin may ask about the dataplane.
-pub trait Queries: Send + Sync {
-    /// The route the dataplane uses for `addr`.
-    fn route(&self, addr: IpAddr) -> Option<RouteInfo>;
-    /// The interfaces it serves.
-    fn interfaces(&self) -> Vec<InterfaceInfo>;
-}
-
-/// Answers a plugin's queries (none: every query answers nothing).
-pub type RouteLookup = Arc<dyn Queries>;
-
-/// The pinned dataplane, asked directly: the lookup tables mapped read-only, the next hops and
-/// interfaces read from their maps.
-struct PinnedQueries {
-    pin: sluice_dataplane::PinDir,
-    view: Mutex<(sluice_dataplane::LookupView, sluice_dataplane::Maps)>,
-}
-
-impl Queries for PinnedQueries {
-    fn route(&self, addr: IpAddr) -> Option<RouteInfo> {
-        use sluice_common::RouteAction;
-        let view = self.view.lock().ok()?;
-        let (lookup, maps) = &*view;
-        let route = lookup.lookup(addr)?;
-        let action = RouteAction::from_u32(route.action)?;
-        let ids: Vec<u32> = match action {
-            RouteAction::Forward => vec![route.target],
-            RouteAction::Ecmp => {
-                let g = maps.group(route.target).ok()?;
-                let mut m = g.members[..(g.count as usize).min(g.members.len())].to_vec();
-                m.sort_unstable();
-                m.dedup();
-                m
-            }
-            _ => Vec::new(),
-        };
-        let next_hops = ids
-            .into_iter()
-            .filter_map(|id| {
-                maps.nexthop(id).ok().and_then(|nh| sluice_core::fib::neighbour_of(&nh))
-            })
-            .collect();
-        Some(RouteInfo { action: action.name().to_owned(), next_hops })
-    }
-
-    fn interfaces(&self) -> Vec<InterfaceInfo> {
-        let Ok(stats) = crate::show::stats(&self.pin) else { return Vec::new() };
-        stats
-            .interfaces
-            .into_iter()
-            .map(|i| InterfaceInfo {
-                name: i.name,
-                ifindex: i.ifindex,
-                xdp_mode: i.xdp_mode.to_owned(),
-                up: i.up,
-                mtu: i.mtu,
-            })
-            .collect()
-    }
-}
-
-/// Queries answered from the dataplane pinned under `pin`.
-pub fn pinned_queries(pin: &sluice_dataplane::PinDir) -> anyhow::Result<RouteLookup> {
-    let view = sluice_dataplane::LookupView::open(pin)?;
-    let maps = sluice_dataplane::Maps::open(pin)?;
-    Ok(Arc::new(PinnedQueries { pin: pin.clone(), view: Mutex::new((view, maps)) }))
 }
 
 /// A plugin's key-value store: a sled tree of its own when the router has a state directory
@@ -816,38 +450,6 @@ impl Drop for PluginHost {
 
 fn deadline_ticks(ms: u64) -> u64 {
     (ms.saturating_mul(1000) / TICK.as_micros() as u64).max(1) + 1
-}
-
-/// Lowercase hexadecimal.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn check_manifest(m: &Manifest) -> Result<(), PluginError> {
-    let bad = |s: String| Err(PluginError::Manifest(s));
-    if m.name.is_empty()
-        || m.name.len() > 64
-        || !m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return bad(format!("name {:?}: 1 to 64 of a-z, 0-9 and -", m.name));
-    }
-    if m.memory_mib == 0 || m.memory_mib << 20 > MAX_MEMORY {
-        return bad(format!("memory_mib {}: 1 to {}", m.memory_mib, MAX_MEMORY >> 20));
-    }
-    if m.deadline_ms == 0 || m.deadline_ms > 10_000 {
-        return bad(format!("deadline_ms {}: 1 to 10000", m.deadline_ms));
-    }
-    if m.max_ops_per_call == 0 || m.max_ops_per_call > 100_000 {
-        return bad(format!("max_ops_per_call {}: 1 to 100000", m.max_ops_per_call));
-    }
-    if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return bad("sha256: 64 hexadecimal digits".into());
-    }
-    Ok(())
 }
 
 /// A trap as the error it is: a deadline (epoch interruption) or anything else.
@@ -1242,11 +844,6 @@ fn quarantine<S: TableSink>(sink: &mut S, name: &str, s: &mut Supervised, e: &Pl
         push_log(&s.plugin.log, "host", format!("removing its rules failed: {err}"));
     }
     s.quarantine = Some((e.to_string(), Instant::now() + backoff));
-}
-
-/// The SHA-256 of a component, as manifests carry it.
-pub fn sha256_hex(wasm: &[u8]) -> String {
-    hex(&Sha256::digest(wasm))
 }
 
 pub use wit::{Counter as CounterEvent, Event, FlowSample, RouteChange};
