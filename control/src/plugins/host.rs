@@ -1,0 +1,227 @@
+//! The engine every plugin runs in: Cranelift with the pooling allocator and epoch
+//! interruption, a ticker thread advancing the epoch, the linker with the contract's bindings
+//! (generated from `plugins/wit`) and WASI, and the compiling and instantiating of components.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    Strategy,
+    component::{Component, Linker, ResourceTable},
+};
+use wasmtime_wasi::WasiCtx;
+
+use super::{
+    Log, Manifest, Plugin, PluginError, RouteLookup, Trust, Usage,
+    instance::{HostState, Kv, Limits, classify, deadline_ticks, push_log},
+    manifest::{MAX_MEMORY, check_manifest},
+    sha256_hex,
+};
+
+/// The host side of the contract, generated from `plugins/wit`.
+pub(super) mod bindings {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../plugins/wit",
+    });
+}
+
+use bindings::{Plugin as Bindings, PluginPre as BindingsPre};
+
+pub use bindings::sluice::plugin::types::{
+    Counter as CounterEvent, Event, FlowSample, RouteChange,
+};
+
+/// How often the engine's epoch advances: the resolution of call deadlines.
+pub const TICK: Duration = Duration::from_millis(2);
+
+/// Plugins at most at once (pooling allocator slots).
+const MAX_PLUGINS: u32 = 64;
+
+/// The engine every plugin runs in, and its epoch ticker.
+pub struct PluginHost {
+    trust: Trust,
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    stop: Arc<AtomicBool>,
+    kv: Option<sled::Db>,
+}
+
+impl PluginHost {
+    /// Makes the engine (Cranelift, pooling allocator, epoch interruption) and starts the
+    /// ticker. Only plugins `trust` accepts are loaded.
+    pub fn new(trust: Trust) -> Result<Self, PluginError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_PLUGINS)
+            .total_core_instances(MAX_PLUGINS * 4)
+            .total_memories(MAX_PLUGINS * 2)
+            .total_tables(MAX_PLUGINS * 4)
+            .total_stacks(MAX_PLUGINS)
+            .max_memory_size(MAX_MEMORY);
+        let mut config = Config::new();
+        config
+            .strategy(Strategy::Cranelift)
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            // Deep recursion ends in a trap, not in the host's stack.
+            .max_wasm_stack(512 << 10)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        Bindings::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, ticker_stop) = (engine.weak(), Arc::clone(&stop));
+        thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    thread::sleep(TICK);
+                    match ticker_engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| PluginError::Load(format!("epoch ticker: {e}")))?;
+        Ok(Self { trust, engine, linker: Arc::new(linker), stop, kv: None })
+    }
+
+    /// Keeps the plugins' key-value stores in `db`, one tree per plugin name, instead of in
+    /// memory.
+    #[must_use]
+    pub fn with_kv(mut self, db: sled::Db) -> Self {
+        self.kv = Some(db);
+        self
+    }
+
+    /// Deletes a plugin's key-value store (the plugin is removed for good).
+    pub fn forget_kv(&self, name: &str) -> Result<(), PluginError> {
+        if let Some(db) = &self.kv {
+            db.drop_tree(kv_tree(name)).map_err(|e| PluginError::Load(format!("store: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Loads a plugin: checks the manifest and the component's hash, compiles and instantiates
+    /// it in a store of its own. `init` is not called yet.
+    pub fn load(
+        &self,
+        manifest: Manifest,
+        wasm: &[u8],
+        routes: Option<RouteLookup>,
+    ) -> Result<Plugin, PluginError> {
+        let compiled = self.compile(manifest, wasm)?;
+        self.instantiate(&compiled, routes)
+    }
+
+    /// Checks the manifest and the component's hash, and compiles it (the slow part: a
+    /// restart or a second instance reuses it).
+    pub fn compile(&self, manifest: Manifest, wasm: &[u8]) -> Result<Compiled, PluginError> {
+        check_manifest(&manifest)?;
+        self.trust.check(&manifest)?;
+        let found = sha256_hex(wasm);
+        if !found.eq_ignore_ascii_case(&manifest.sha256) {
+            return Err(PluginError::Hash { expected: manifest.sha256.clone(), found });
+        }
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        let pre = BindingsPre::new(pre).map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        Ok(Compiled { manifest, pre })
+    }
+
+    /// A fresh instance of a compiled plugin, in a store of its own.
+    pub fn instantiate(
+        &self,
+        compiled: &Compiled,
+        routes: Option<RouteLookup>,
+    ) -> Result<Plugin, PluginError> {
+        let manifest = compiled.manifest.clone();
+        let log: Log = Arc::new(Mutex::new(VecDeque::new()));
+        let kv = match &self.kv {
+            Some(db) => Kv::Sled(
+                db.open_tree(kv_tree(&manifest.name))
+                    .map_err(|e| PluginError::Load(format!("its key-value store: {e}")))?,
+            ),
+            None => Kv::Memory(BTreeMap::new()),
+        };
+        let state = HostState {
+            // Nothing granted: no preopened directories, environment, arguments, network,
+            // stdin; what the plugin prints is dropped (it has `log`).
+            wasi: WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
+            table: ResourceTable::new(),
+            limits: Limits {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(manifest.memory_mib << 20)
+                    .instances(16)
+                    .tables(16)
+                    .memories(4)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_bytes: 0,
+            },
+            log: Arc::clone(&log),
+            kv,
+            kv_quota: manifest.kv_bytes,
+            routes,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(manifest.deadline_ms));
+        let instance = compiled
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&e, "instantiate", manifest.deadline_ms))?;
+        push_log(&log, "host", format!("loaded {} {}", manifest.name, manifest.version));
+        Ok(Plugin { manifest, store, instance, log, usage: Usage::default() })
+    }
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The sled tree of a plugin's key-value store.
+fn kv_tree(name: &str) -> String {
+    format!("kv/{name}")
+}
+
+/// A plugin compiled and linked, ready to be instantiated again and again.
+#[derive(Clone)]
+pub struct Compiled {
+    pub(super) manifest: Manifest,
+    pre: BindingsPre<HostState>,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled").field("manifest", &self.manifest).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,44 @@
+//! The plugin host: third-party WebAssembly components (the `sluice:plugin` contract in
+//! `plugins/wit`) run sandboxed in wasmtime and return operations on the hook tables, which the
+//! host validates and applies. A plugin never touches a map, a file or the network.
+//!
+//! - One engine for every plugin: Cranelift, the pooling allocator, epoch interruption (a
+//!   ticker thread advances the epoch every [`TICK`]).
+//! - A `Store` per plugin, its memory capped by `StoreLimits`, every call bounded by the
+//!   manifest's deadline. WASI is linked only for what a component's standard library imports,
+//!   with nothing granted: no directories, environment, arguments or network.
+//! - What a plugin returns is checked before anything is applied: tables its manifest declares,
+//!   at most its operations per call, prefixes that parse; then the hook tables' writer
+//!   validates and applies the batch all or nothing.
+//! - A trap, a timeout or invalid output quarantines the plugin with its reason; its failure
+//!   policy decides whether its rules stay (fail-closed) or go (fail-open); it is restarted
+//!   after a back-off that doubles with each failure.
+//!
+//! Its parts: [`Manifest`] and [`Trust`] (`manifest`) say what a plugin may do and who vouches
+//! for it; the [`PluginHost`] (`host`) owns the engine and compiles components; a [`Plugin`]
+//! (`instance`) is one instance in a store of its own, and its calls; the [`Manager`]
+//! (`supervisor`) hands out events, quarantines and restarts; [`harness()`] runs a plugin without a
+//! router (`sluice plugin run`); [`run()`] (`thread`) is the daemon's plugin thread.
+
+mod error;
+mod harness;
+mod host;
+mod instance;
+mod manifest;
+mod queries;
+mod supervisor;
+mod thread;
+mod util;
+
+pub use error::PluginError;
+pub use harness::{HarnessCall, HarnessRun, ScriptedCounter, ScriptedEvent, harness};
+pub use host::{Compiled, CounterEvent, Event, FlowSample, PluginHost, RouteChange, TICK};
+pub use instance::{Log, LogLine, Plugin, Usage};
+pub use manifest::{FailurePolicy, Manifest, Table, Trust, public_key};
+pub use queries::{InterfaceInfo, Queries, RouteInfo, RouteLookup, pinned_queries};
+pub use supervisor::{Manager, Status, Supervised, TableSink};
+pub use thread::{
+    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, MAX_ROUTE_EVENTS, PluginInfo, Wanted, run,
+    wanted_from_store,
+};
+pub use util::{hex, now_ms, sha256_hex, unhex};
