@@ -87,8 +87,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Detach XDP from every interface and remove the pinned maps.
-    Detach,
+    /// Detach XDP from every interface and remove the pinned maps (refused while a daemon holds
+    /// the pin directory; it waits a few seconds for one that is stopping).
+    Detach {
+        /// Detach even while a daemon holds the pin directory (it keeps running, forwarding
+        /// nothing until it is restarted).
+        #[arg(long)]
+        force: bool,
+    },
     /// The configuration: through a running daemon's API, or, with `--state-dir`, the store
     /// itself while no daemon holds it (backups, restores, first-boot provisioning).
     Config {
@@ -333,8 +339,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route { api, cmd: RouteTop::Static { cmd } } => sluice::client::route(&api, cmd),
         Command::User { api, cmd } => sluice::client::user(&api, cmd),
         Command::Plugin { api, cmd: PluginCmd::Api(cmd) } => sluice::client::plugin(&api, cmd),
-        Command::Detach => {
-            let links = dataplane::detach_all(&pin)?;
+        Command::Detach { force } => {
+            let links = dataplane::detach_all(&pin, force)?;
             if links.is_empty() {
                 println!(
                     "nothing attached; removed anything pinned under {}",

@@ -515,7 +515,7 @@ fn detach_frees_the_interfaces_before_it_returns() {
                 ebpf.program_mut("sluice_xdp").expect("the program").try_into().expect("XDP");
             prog.load().expect("load sluice_xdp");
             let pin = sluice_dataplane::PinDir::new(&t.pin_dir);
-            let detached = sluice_dataplane::detach_all(&pin).expect("detach");
+            let detached = sluice_dataplane::detach_all(&pin, false).expect("detach");
             let id = prog.attach("r-c1", aya::programs::XdpMode::Driver);
             (detached, id.map(|id| prog.detach(id)).map_err(|e| format!("{e:#}")))
         })
@@ -581,4 +581,57 @@ fn stats_say_what_the_lookup_tables_hold() {
     let last = tables(&t);
     assert_eq!(last["ipv4"]["groups"], before["ipv4"]["groups"], "{last}");
     assert_eq!(last["ipv6"]["nodes"], before["ipv6"]["nodes"], "{last}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_pin_directory_is_refused_and_the_first_keeps_forwarding() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    t.start_daemon();
+    let srv = t.host("srv").subnet.host_v4();
+    t.wait_ping("c1", &srv);
+    let first = t.daemon_pid().expect("the first daemon runs");
+
+    // A second daemon on the same pin directory, attached to the same ports: refused before it
+    // touches anything, naming the holder.
+    let started = std::time::Instant::now();
+    let out = t
+        .router
+        .command(common::SLUICE)
+        .arg("--pin-dir")
+        .arg(&t.pin_dir)
+        .args(["daemon", "--attach", "r-c1", "--attach", "r-srv"])
+        .output()
+        .expect("run a second daemon");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second daemon must not run:\n{stderr}");
+    assert!(stderr.contains(&format!("pid {first}")), "the refusal names the holder:\n{stderr}");
+    assert!(took < Duration::from_secs(1), "refused in {took:?}, not at once");
+
+    // `sluice detach` refuses too (after waiting for a daemon that would be stopping).
+    let detach = t
+        .router
+        .command(common::SLUICE)
+        .arg("--pin-dir")
+        .arg(&t.pin_dir)
+        .arg("detach")
+        .output()
+        .expect("run sluice detach");
+    let detach_err = String::from_utf8_lossy(&detach.stderr);
+    assert!(!detach.status.success(), "detach must refuse while the daemon runs:\n{detach_err}");
+    assert!(detach_err.contains(&format!("pid {first}")), "{detach_err}");
+
+    // The first daemon is untouched: alive, and its port still forwards every echo.
+    t.assert_daemon_alive();
+    let after = ping(t.ns("c1"), &srv, PINGS, "0.01");
+    assert_eq!(after.received, u64::from(PINGS), "forwarding after the refused start: {after:?}");
+    eprintln!(
+        "second daemon refused in {} ms (holder pid {first}); detach refused; {}/{PINGS} echoes \
+         crossed afterwards",
+        took.as_millis(),
+        after.received
+    );
 }

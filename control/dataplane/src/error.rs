@@ -62,6 +62,18 @@ pub enum DataplaneError {
     /// The interface does not exist.
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
+    /// Another process (a daemon, or a `detach`) holds the pin directory.
+    #[error(
+        "{pin} is held by another Sluice process{}: two daemons on one pin directory would \
+         overwrite each other's tables; stop it first, or give this one another --pin-dir",
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The pin directory.
+        pin: PathBuf,
+        /// The holder's process id, when the kernel tells it.
+        holder: Option<u32>,
+    },
     /// Attaching XDP failed in every allowed mode.
     #[error("attaching XDP to {iface} failed: {reason}")]
     Attach {

@@ -8,7 +8,7 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -31,7 +31,7 @@ use sluice_core::{
 
 use crate::{
     error::{DataplaneError, Result, error_chain},
-    pin::{PinDir, check_pinned_layout, take_map},
+    pin::{PinDir, PinLock, check_pinned_layout, take_map},
 };
 
 use crate::maps::Maps;
@@ -56,11 +56,14 @@ pub struct Dataplane {
     maps: Maps,
     neigh_requests: Option<RingBuf<MapData>>,
     forwarding_written: Option<Instant>,
+    /// This daemon's hold on the pin directory, for as long as the dataplane is loaded.
+    _lock: PinLock,
 }
 
 impl Dataplane {
     /// Loads the program, reusing the maps pinned under `pin` or creating and pinning them.
     pub fn load(pin: &PinDir) -> Result<Self> {
+        let lock = pin.lock()?;
         pin.create()?;
         check_pinned_layout(pin)?;
         let paths: Vec<(&str, PathBuf)> =
@@ -90,6 +93,7 @@ impl Dataplane {
             maps,
             neigh_requests: Some(neigh_requests),
             forwarding_written: None,
+            _lock: lock,
         })
     }
 
@@ -280,9 +284,24 @@ impl Dataplane {
     }
 }
 
+/// How long `detach` waits for a daemon that holds the pin directory to exit.
+pub const DETACH_WAIT: Duration = Duration::from_secs(3);
+
 /// Removes everything pinned under `pin`: links first (detaching XDP before it returns), then
 /// maps.
-pub fn detach_all(pin: &PinDir) -> Result<Vec<String>> {
+///
+/// While a daemon holds the pin directory this waits up to [`DETACH_WAIT`] for it to go (one
+/// that is stopping), then refuses with [`DataplaneError::InUse`]; `force` detaches regardless
+/// (the daemon keeps running, without a dataplane).
+pub fn detach_all(pin: &PinDir, force: bool) -> Result<Vec<String>> {
+    if !pin.root().exists() {
+        return Ok(Vec::new());
+    }
+    let _lock = match pin.lock_waiting(DETACH_WAIT) {
+        Ok(lock) => Some(lock),
+        Err(DataplaneError::InUse { .. }) if force => None,
+        Err(e) => return Err(e),
+    };
     crate::xmit::detach(pin)?;
     let links = pin.pinned_links();
     for iface in &links {

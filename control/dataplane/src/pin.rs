@@ -2,13 +2,20 @@
 //! layouts, opening pinned maps, and the key conversions every map writer shares.
 
 use std::{
-    fs,
+    fs, io,
     net::{Ipv4Addr, Ipv6Addr},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{Map, MapData, MapError, lpm_trie::Key};
 use ipnet::{Ipv4Net, Ipv6Net};
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
+};
 use sluice_common::{
     Counter, EcmpGroup, Iface, IfaceCacheEntry, IfaceKey, MAX_SLOTS, NextHop, REASON_SLOTS, Route,
     dir24, names, trie6,
@@ -79,6 +86,60 @@ impl PinDir {
         }
         Ok(())
     }
+}
+
+/// A pin directory held by one process: an exclusive `flock(2)` on the directory itself, released
+/// when this is dropped or the process ends (also by `SIGKILL`, so a killed daemon never leaves
+/// it held). Two daemons on one pin directory would each rewrite the lookup tables from their own
+/// view and misforward; the second is refused instead.
+#[derive(Debug)]
+pub struct PinLock {
+    _dir: Flock<fs::File>,
+}
+
+impl PinDir {
+    /// Takes the pin directory for this process, creating its root if missing, or fails at once
+    /// with [`DataplaneError::InUse`] naming the holder.
+    pub fn lock(&self) -> Result<PinLock> {
+        self.lock_waiting(Duration::ZERO)
+    }
+
+    /// Like [`PinDir::lock`], retrying for up to `wait` while another process holds it (one
+    /// that is stopping releases it when it exits).
+    pub fn lock_waiting(&self, wait: Duration) -> Result<PinLock> {
+        let io_err = |what, source| DataplaneError::Io { what, path: self.root.clone(), source };
+        fs::create_dir_all(&self.root).map_err(|e| io_err("creating", e))?;
+        let mut dir = fs::File::open(&self.root).map_err(|e| io_err("opening", e))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+                Ok(held) => return Ok(PinLock { _dir: held }),
+                Err((file, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                    dir = file;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err((file, Errno::EWOULDBLOCK)) => {
+                    let holder = file.metadata().ok().and_then(|m| lock_holder(&m));
+                    return Err(DataplaneError::InUse { pin: self.root.clone(), holder });
+                }
+                Err((_, e)) => return Err(io_err("locking", io::Error::from(e))),
+            }
+        }
+    }
+}
+
+/// The process holding a `flock` on the file `meta` describes, from `/proc/locks` (whose lines
+/// name the device as `MAJOR:MINOR` in hex and the inode in decimal).
+fn lock_holder(meta: &fs::Metadata) -> Option<u32> {
+    let dev = meta.dev();
+    let id = format!("{:02x}:{:02x}:{}", libc::major(dev), libc::minor(dev), meta.ino());
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().filter(|f| *f != "->").collect();
+        (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str()))
+            .then(|| fields.get(4)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// Key size, value size and capacity of every map, as this build defines them. The kernel does
