@@ -217,6 +217,9 @@ enum PluginCmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Daemon { .. }) {
+        quiet_on_closed_pipe();
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -231,6 +234,17 @@ fn main() -> std::process::ExitCode {
             }
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets a closed standard output end the command the way it ends `cat` (`sluice routes | head`):
+/// by `SIGPIPE`, instead of a panic in `println!`. Not for the daemon, whose sockets must see
+/// `EPIPE` as an error rather than die of it.
+fn quiet_on_closed_pipe() {
+    #[expect(unsafe_code, reason = "signal(2) is a C function")]
+    // SAFETY: restores the default disposition before any thread starts; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

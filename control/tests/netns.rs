@@ -635,3 +635,34 @@ fn a_second_daemon_on_the_same_pin_directory_is_refused_and_the_first_keeps_forw
         after.received
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1)]);
+    t.start_daemon();
+    for args in [&["routes"][..], &["routes", "--json"], &["stats"], &["hooks"]] {
+        // `sluice routes | head -0`: the reader is gone before the first line is written.
+        let mut child = std::process::Command::new(common::SLUICE)
+            .arg("--pin-dir")
+            .arg(&t.pin_dir)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for sluice");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let by_sigpipe =
+            std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(libc::SIGPIPE);
+        assert!(
+            out.status.success() || by_sigpipe,
+            "sluice {args:?} into a closed pipe: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "sluice {args:?} panicked:\n{stderr}");
+    }
+}
