@@ -1,4 +1,4 @@
-//! `sluice-bench`: the forwarding benchmark of `make bench` (Linux, bpf_fib_lookup, the ceiling
+//! `sluice-bench`: the forwarding benchmark of `make bench` (Linux, `bpf_fib_lookup`, the ceiling
 //! and Sluice on one veth chain; one route and a full table; IPv4 and IPv6) and route-change
 //! latency.
 
