@@ -1,7 +1,7 @@
-//! Hand-written frame builders for the packet tests: Ethernet with an optional 802.1Q tag, IPv4
-//! (options allowed), IPv6, UDP, TCP and ICMP echo. Every checksum is computed from scratch over
-//! the whole header, so an expected frame never shares code with the incremental update
-//! (`csum_ttl_decrement`) the dataplane uses.
+//! Hand-written frame builders for the packet tests and the benchmark's generator: Ethernet with
+//! an optional 802.1Q tag, IPv4 (options allowed), IPv6, UDP, TCP and ICMP echo. Every checksum is
+//! computed from scratch over the whole header, so an expected frame never shares code with the
+//! incremental update (`csum_ttl_decrement`) the dataplane uses.
 
 pub type Mac = [u8; 6];
 

@@ -26,7 +26,7 @@ use sluice_common::bench::{
 
 use super::{
     args::FrameSize,
-    frames::{apply_dest, frame_template, gen_dest},
+    frames,
     interrupt::check_interrupted,
     measurement::{FlushDelta, Measurement, gbps, per_second},
     topology::{CpuPlan, Topology, in_netns, pin_to},
@@ -138,16 +138,15 @@ impl BenchPrograms {
         let mut expected = Vec::new();
         let mut table: Array<_, GenDest> = Array::try_from(self.map_mut(names::GEN_DESTS)?)?;
         for (slot, &len) in lens.iter().enumerate() {
-            let template = frame_template(gen_addr, topo.gen_mac, topo.rtr_in_mac, len.into());
-            config.frames[slot].copy_from_slice(&template[..TEMPLATE_LEN]);
+            let to = |dst| frames::frame(gen_addr, dst, topo.gen_mac, topo.rtr_in_mac, len.into());
+            let first = to(destinations[0]);
+            config.frames[slot].copy_from_slice(&frames::template(&first, family)[..TEMPLATE_LEN]);
             config.lens[slot] = len;
-            for (i, d) in destinations.iter().enumerate() {
-                let dest = gen_dest(&template, *d);
-                if i == 0 {
-                    expected.push(apply_dest(&template, family, &dest));
-                }
+            for (i, &d) in destinations.iter().enumerate() {
+                let dest = frames::gen_dest(&to(d), family);
                 table.set((i * lens.len() + slot) as u32, dest, 0)?;
             }
+            expected.push(first);
         }
         self.first_frame =
             expected.iter().max_by_key(|f| f.len()).cloned().expect("at least one size");
