@@ -20,8 +20,9 @@
 //! - **sluice**: the daemon (`sluice daemon`, the product's binary) with kernel forwarding off.
 //!
 //! The tables: **one route** (the default route via the sink) and a **full table**, a synthetic
-//! copy of today's default-free zone ([`table`](crate::table): 1,000,000 IPv4 or 230,000 IPv6 prefixes by
-//! default, spread over a few sink-side next hops), put into the router's kernel over rtnetlink.
+//! copy of today's default-free zone ([`table`](crate::table): 1,000,000 IPv4 or 230,000 IPv6
+//! prefixes by default, spread over a few sink-side next hops), put into the router's kernel over
+//! rtnetlink.
 //! Linux and `bpf_fib_lookup` read it there; the daemon mirrors it into its maps. Both tables are
 //! measured with the same frames: destinations drawn at random from the full table's prefixes.
 //! Each family's one-route cell runs first; the full tables come last, IPv6 before IPv4, so that
