@@ -324,6 +324,7 @@ impl Case {
     }
 
     /// Expects this neighbour request too.
+    #[must_use]
     pub fn with_neigh(mut self, ifindex: u32, family: u8, addr: &[u8]) -> Self {
         let mut request = NeighRequest { ifindex, family, ..NeighRequest::default() };
         request.addr[..addr.len()].copy_from_slice(addr);

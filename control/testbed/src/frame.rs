@@ -1,7 +1,7 @@
-//! Hand-written frame builders for the packet tests: Ethernet with an optional 802.1Q tag, IPv4
-//! (options allowed), IPv6, UDP, TCP and ICMP echo. Every checksum is computed from scratch over
-//! the whole header, so an expected frame never shares code with the incremental update
-//! (`csum_ttl_decrement`) the dataplane uses.
+//! Hand-written frame builders for the packet tests and the benchmark's generator: Ethernet with
+//! an optional 802.1Q tag, IPv4 (options allowed), IPv6, UDP, TCP and ICMP echo. Every checksum is
+//! computed from scratch over the whole header, so an expected frame never shares code with the
+//! incremental update (`csum_ttl_decrement`) the dataplane uses.
 
 pub type Mac = [u8; 6];
 
@@ -279,17 +279,20 @@ impl Frame {
         Self { dst, src, tci: None, body: Body::Other { ether_type, bytes }, padding: 0 }
     }
 
+    #[must_use]
     pub fn tagged(mut self, tci: u16) -> Self {
         self.tci = Some(tci);
         self
     }
 
+    #[must_use]
     pub fn padded(mut self, padding: usize) -> Self {
         self.padding = padding;
         self
     }
 
     /// Changes the IPv4 packet inside.
+    #[must_use]
     pub fn map4(mut self, edit: impl FnOnce(&mut Ipv4)) -> Self {
         match &mut self.body {
             Body::V4(ip) => edit(ip),
@@ -299,6 +302,7 @@ impl Frame {
     }
 
     /// Changes the IPv6 packet inside.
+    #[must_use]
     pub fn map6(mut self, edit: impl FnOnce(&mut Ipv6)) -> Self {
         match &mut self.body {
             Body::V6(ip) => edit(ip),
@@ -332,6 +336,7 @@ impl Frame {
     }
 
     /// The frame a router sends for this one: new addresses and tag, TTL or hop limit one less.
+    #[must_use]
     pub fn routed(&self, dst: Mac, src: Mac, tci: Option<u16>) -> Self {
         let mut out = self.clone();
         out.dst = dst;

@@ -6,7 +6,8 @@
 //!   integration tests build their topologies from.
 //! - [`fixture`]: the packet tests' namespace with the XDP program loaded and its maps filled,
 //!   and the runner of their tables through `BPF_PROG_TEST_RUN`.
-//! - [`frame`]: Ethernet, IPv4 and IPv6 frames built and checked byte by byte.
+//! - [`frame`]: Ethernet, IPv4 and IPv6 frames built and checked byte by byte, for the packet
+//!   tests and the benchmark's generator.
 //! - [`table`]: synthetic Internet-like routing tables, installed over rtnetlink.
 //! - [`bench`], [`bench_api`], [`bench_plugins`]: `make bench` (`sluice-bench`), `make bench-api`
 //!   (`sluice-bench-api`) and `make bench-plugins` (`sluice-bench-plugins`).
