@@ -12,11 +12,6 @@
 //! - [`bench`], [`bench_api`], [`bench_plugins`]: `make bench` (`sluice-bench`), `make bench-api`
 //!   (`sluice-bench-api`) and `make bench-plugins` (`sluice-bench-plugins`).
 
-#![expect(
-    clippy::return_self_not_must_use,
-    reason = "the frame and fixture builders are used in chains, never for their side effects"
-)]
-
 use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;

@@ -65,7 +65,8 @@ pub struct BenchArgs {
     /// single-CPU machine would, instead of giving the router's receive path a CPU of its own.
     #[arg(long)]
     pub shared_cpu: bool,
-    /// The `sluice` executable that runs the daemon; this one by default.
+    /// The `sluice` executable that runs the daemon; by default `SLUICE_BIN`, else the one built
+    /// beside `sluice-bench`.
     #[arg(long, value_name = "PATH")]
     pub sluice_bin: Option<PathBuf>,
     /// Skip the measurement of the XDP programs' time per packet from the kernel's BPF run-time
