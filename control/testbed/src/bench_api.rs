@@ -1,4 +1,4 @@
-//! `sluice bench-api`: the REST API's latency under a steady load. A daemon runs in a router
+//! `sluice-bench-api`: the REST API's latency under a steady load. A daemon runs in a router
 //! namespace of its own (one host linked to it), with a fresh state directory; the benchmark sets
 //! it up through the API (setup token, login, a read token), then requests
 //! `GET /api/v1/counters` at a fixed rate over keep-alive HTTPS connections and reports latency
@@ -21,7 +21,7 @@ use crate::{
     netns::{self, NetNs},
 };
 
-/// Options of `sluice bench-api`.
+/// Options of `sluice-bench-api`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchApiArgs {
     /// Requests per second, in all.
@@ -213,7 +213,7 @@ fn load(
     Ok((latencies, failed))
 }
 
-/// Runs `sluice bench-api`.
+/// Runs `sluice-bench-api`.
 pub fn run(args: &BenchApiArgs) -> anyhow::Result<ApiFigures> {
     if args.rate == 0 || args.connections == 0 {
         bail!("--rate and --connections must be at least 1");

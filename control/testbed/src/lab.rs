@@ -1,4 +1,4 @@
-//! `sluice lab up|down`: a router lab in network namespaces on this machine. Two clients and a
+//! `sluice-lab up|down`: a router lab in network namespaces on this machine. Two clients and a
 //! server, each on its own subnet, sit behind a router namespace whose kernel forwarding is off
 //! and whose interfaces `sluice daemon` serves, so every packet that crosses was forwarded by XDP.
 //!
@@ -42,7 +42,7 @@ pub const MGMT_ROUTER_IF: &str = "mgmt0";
 /// The name of a host's only interface, the far end of its link to the router.
 pub const HOST_IF: &str = "eth0";
 
-/// Options of `sluice lab up` and `sluice lab down`.
+/// Options of `sluice-lab up` and `sluice-lab down`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabOptions {
     /// Prefix of the namespaces' names: PREFIX-c1, PREFIX-c2, PREFIX-srv and PREFIX-router.
@@ -489,7 +489,7 @@ fn check_alive(daemon: &mut Child) -> anyhow::Result<()> {
     if let Some(status) = daemon.try_wait()? {
         let _ = fs::remove_file(pid_path());
         bail!(
-            "the daemon exited ({status}); last lines of {}:\n{}\n(`sluice lab down` removes the namespaces)",
+            "the daemon exited ({status}); last lines of {}:\n{}\n(`sluice-lab down` removes the namespaces)",
             log_path().display(),
             log_tail(30)
         );
@@ -799,5 +799,7 @@ fn print_guide(opts: &LabOptions, router: &NetNs) {
         println!("  {command:<width$}   # {what}");
     }
     println!("Stop it:");
-    println!("  {:<width$}   # or: {exe} lab down", "make lab-down");
+    let lab = std::env::current_exe()
+        .map_or_else(|_| "sluice-lab".to_owned(), |p| p.display().to_string());
+    println!("  {:<width$}   # or: {lab} down", "make lab-down");
 }

@@ -1,4 +1,4 @@
-//! A synthetic Internet routing table for `sluice bench`, and a fast way to put one into a
+//! A synthetic Internet routing table for `sluice-bench`, and a fast way to put one into a
 //! kernel's FIB.
 //!
 //! No full BGP table ships in a Debian package that we know of, so the benchmark makes one: the

@@ -7,7 +7,7 @@ use sluice_common::bench::{MAX_FRAME_LEN, MAX_GEN_DESTS, TEMPLATE_LEN};
 
 use crate::table::Family;
 
-/// Options of `sluice bench`.
+/// Options of `sluice-bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Frames the generator sends in each round of a measurement.

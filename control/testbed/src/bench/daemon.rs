@@ -309,7 +309,7 @@ fn terminate(child: &mut Child) -> anyhow::Result<()> {
 impl Drop for Daemon<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            eprintln!("sluice bench: cleaning up the daemon: {e:#}");
+            eprintln!("sluice-bench: cleaning up the daemon: {e:#}");
         }
     }
 }

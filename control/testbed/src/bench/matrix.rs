@@ -55,7 +55,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let phases = phases(args.family, args.tables);
     let load_start = load_average();
     eprintln!(
-        "sluice bench: {} UDP frames to {} destinations, {}; {}; load average {}",
+        "sluice-bench: {} UDP frames to {} destinations, {}; {}; load average {}",
         args.frame_size.describe(),
         args.destinations,
         budget.describe(),

@@ -1,4 +1,4 @@
-//! `sluice bench`: the forwarding benchmark of the README. Several forwarders carry the same
+//! `sluice-bench`: the forwarding benchmark of the README. Several forwarders carry the same
 //! traffic through the same veth chain in one run, with one route and with a full Internet table,
 //! for IPv4 and IPv6, so that their ratios mean something even where absolute rates drift between
 //! runs and machines.
