@@ -1,7 +1,8 @@
 //! The CLI's side of the REST API: `sluice plugin add|list|...`, `sluice route static ...`,
 //! `sluice user ...` and `sluice config ...` (without `--state-dir`) talk to a running daemon
 //! over HTTPS with an API token, checking its certificate against the router's authority
-//! (`STATE/tls/ca.pem`).
+//! (`STATE/tls/ca.pem`). Request bodies are the server's own models ([`crate::api::models`]),
+//! and so are the answers read here, problems included.
 
 use std::{
     fmt::Write as _,
@@ -11,7 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use sluice_store::Role;
+
+use crate::api::{Problem, models};
 
 /// Where the API is and how to reach it.
 #[derive(Debug, Clone, clap::Args)]
@@ -88,9 +93,29 @@ impl Client {
         })
     }
 
-    /// Calls `method path` with an optional JSON body; the answer's JSON, or the problem it
-    /// reports as an error (with every field at fault).
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    /// Calls `method path` without a body; the answer as `T` (`Value` for any JSON), or the
+    /// problem it reports as an error (with every field at fault).
+    pub fn call<T: DeserializeOwned>(&self, method: &str, path: &str) -> anyhow::Result<T> {
+        self.run(method, path, String::new())
+    }
+
+    /// Calls `method path` with a JSON body (a model of [`crate::api::models`]); as [`Self::call`].
+    pub fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_string(body).context("encoding the request")?;
+        self.run(method, path, body)
+    }
+
+    fn run<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: String,
+    ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let request = ureq::http::Request::builder()
@@ -98,7 +123,6 @@ impl Client {
             .uri(&url)
             .header("Authorization", auth)
             .header("Content-Type", "application/json");
-        let body = body.map(Value::to_string).unwrap_or_default();
         let request = request.body(body).context("building the request")?;
         let mut response = self.agent.run(request).with_context(|| format!("{method} {url}"))?;
         let status = response.status();
@@ -108,22 +132,18 @@ impl Client {
             .limit(64 << 20)
             .read_to_string()
             .with_context(|| format!("reading the answer to {method} {url}"))?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
-            return Ok(value);
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            return serde_json::from_value(value)
+                .with_context(|| format!("the answer to {method} {url}"));
         }
-        let mut message = format!(
-            "{method} {path}: {} {}",
-            status.as_u16(),
-            value["detail"].as_str().unwrap_or_else(|| status.canonical_reason().unwrap_or(""))
-        );
-        for e in value["errors"].as_array().into_iter().flatten() {
-            let _ = write!(
-                message,
-                "\n  {}: {}",
-                e["field"].as_str().unwrap_or("?"),
-                e["message"].as_str().unwrap_or("?")
-            );
+        let problem = serde_json::from_str::<Problem>(&text).ok();
+        let detail = problem
+            .as_ref()
+            .map_or_else(|| status.canonical_reason().unwrap_or(""), |p| p.detail.as_str());
+        let mut message = format!("{method} {path}: {} {detail}", status.as_u16());
+        for e in problem.iter().flat_map(|p| &p.errors) {
+            let _ = write!(message, "\n  {}: {}", e.field, e.message);
         }
         bail!(message)
     }
@@ -190,10 +210,10 @@ pub enum RouteCmd {
     /// Add a static route (committed at once).
     Add {
         /// Destination prefix.
-        prefix: String,
+        prefix: ipnet::IpNet,
         /// Gateway.
         #[arg(long)]
-        via: Option<String>,
+        via: Option<std::net::IpAddr>,
         /// Output interface.
         #[arg(long)]
         dev: Option<String>,
@@ -207,7 +227,7 @@ pub enum RouteCmd {
     /// Remove a static route.
     Remove {
         /// Destination prefix.
-        prefix: String,
+        prefix: ipnet::IpNet,
         /// Only the route with this metric.
         #[arg(long)]
         metric: Option<u32>,
@@ -224,8 +244,8 @@ pub enum UserCmd {
         /// Login name.
         name: String,
         /// `admin` or `viewer`.
-        #[arg(long, default_value = "viewer")]
-        role: String,
+        #[arg(long, default_value = "viewer", value_parser = role)]
+        role: Role,
     },
     /// Remove a user and its tokens.
     Remove {
@@ -260,6 +280,12 @@ fn read_json(source: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{source}: not JSON"))
 }
 
+/// A role by its name in the API (`admin`, `viewer`).
+fn role(name: &str) -> Result<Role, String> {
+    serde_json::from_value(Value::String(name.to_owned()))
+        .map_err(|_| format!("{name:?} is not admin or viewer"))
+}
+
 fn print(v: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -277,66 +303,57 @@ pub fn plugin(args: &ApiArgs, cmd: PluginApiCmd) -> anyhow::Result<()> {
                     .with_context(|| format!("reading {}", manifest.display()))?,
             )
             .with_context(|| format!("{}: not JSON", manifest.display()))?;
-            let config = config.as_deref().map(read_json).transpose()?.unwrap_or_else(|| json!({}));
-            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
-            let body = json!({"manifest": manifest, "wasm_base64": b64, "config": config,
-                              "enabled": !disabled});
-            print(&c.call("POST", "/plugins", Some(&body))?)
+            let body = models::NewPlugin {
+                manifest,
+                wasm_base64: base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    bytes,
+                ),
+                config: config.as_deref().map(read_json).transpose()?,
+                enabled: !disabled,
+            };
+            print(&c.send("POST", "/plugins", &body)?)
         }
         PluginApiCmd::List { json } => {
-            let list = c.call("GET", "/plugins", None)?;
             if json {
-                return print(&list);
+                return print(&c.call("GET", "/plugins")?);
             }
-            for p in list.as_array().into_iter().flatten() {
-                let tables: Vec<&str> = p["tables"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                let reason = p["status"]["reason"].as_str().map(|r| format!(" ({r})"));
+            let list: Vec<models::PluginEntry> = c.call("GET", "/plugins")?;
+            for p in list {
+                let tables: Vec<&str> =
+                    p.tables.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let reason = p.status["reason"].as_str().map(|r| format!(" ({r})"));
                 println!(
                     "{:<20} {:<10} {:<12}{} tables {} rules {} from {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["version"].as_str().unwrap_or("?"),
-                    p["status"]["state"].as_str().unwrap_or("?"),
+                    p.name,
+                    p.version.as_str().unwrap_or("?"),
+                    p.status["state"].as_str().unwrap_or("?"),
                     reason.unwrap_or_default(),
                     tables.join(","),
-                    p["rules"],
-                    p["source"].as_str().unwrap_or("?"),
+                    p.rules,
+                    p.source,
                 );
             }
             Ok(())
         }
-        PluginApiCmd::Remove { name } => {
-            print(&c.call("DELETE", &format!("/plugins/{name}"), None)?)
-        }
+        PluginApiCmd::Remove { name } => print(&c.call("DELETE", &format!("/plugins/{name}"))?),
         PluginApiCmd::Config { name, file } => {
             let config = read_json(&file)?;
-            print(&c.call("PUT", &format!("/plugins/{name}/config"), Some(&config))?)
+            print(&c.send("PUT", &format!("/plugins/{name}/config"), &config)?)
         }
         PluginApiCmd::Enable { name } => {
-            print(&c.call("PATCH", &format!("/plugins/{name}"), Some(&json!({"enabled": true})))?)
+            let body = models::PluginPatch { enabled: true };
+            print(&c.send("PATCH", &format!("/plugins/{name}"), &body)?)
         }
-        PluginApiCmd::Disable { name } => print(&c.call(
-            "PATCH",
-            &format!("/plugins/{name}"),
-            Some(&json!({"enabled": false})),
-        )?),
+        PluginApiCmd::Disable { name } => {
+            let body = models::PluginPatch { enabled: false };
+            print(&c.send("PATCH", &format!("/plugins/{name}"), &body)?)
+        }
         PluginApiCmd::Logs { name } => {
-            for l in c
-                .call("GET", &format!("/plugins/{name}/logs"), None)?
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                println!(
-                    "{} {:<5} {}",
-                    l["at_ms"],
-                    l["level"].as_str().unwrap_or("?"),
-                    l["message"].as_str().unwrap_or("")
-                );
+            let log: Vec<models::PluginLogLine> =
+                c.call("GET", &format!("/plugins/{name}/logs"))?;
+            for l in log {
+                println!("{} {:<5} {}", l.at_ms, l.level, l.message);
             }
             Ok(())
         }
@@ -347,24 +364,18 @@ pub fn plugin(args: &ApiArgs, cmd: PluginApiCmd) -> anyhow::Result<()> {
 pub fn route(args: &ApiArgs, cmd: RouteCmd) -> anyhow::Result<()> {
     let c = Client::new(args)?;
     match cmd {
-        RouteCmd::List => print(&c.call("GET", "/routes/static", None)?),
+        RouteCmd::List => print(&c.call("GET", "/routes/static")?),
         RouteCmd::Add { prefix, via, dev, metric, confirm } => {
-            let mut body = json!({"prefix": prefix, "metric": metric});
-            if let Some(v) = via {
-                body["via"] = json!(v);
-            }
-            if let Some(d) = dev {
-                body["dev"] = json!(d);
-            }
+            let body = models::StaticRoute { prefix, via, dev, metric };
             let path = match confirm {
                 Some(s) => format!("/routes/static?confirm_seconds={s}"),
                 None => "/routes/static".to_owned(),
             };
-            print(&c.call("POST", &path, Some(&body))?)
+            print(&c.send("POST", &path, &body)?)
         }
         RouteCmd::Remove { prefix, metric } => {
-            let body = json!({"prefix": prefix, "metric": metric});
-            print(&c.call("DELETE", "/routes/static", Some(&body))?)
+            let body = models::RouteKey { prefix, metric };
+            print(&c.send("DELETE", "/routes/static", &body)?)
         }
     }
 }
@@ -373,7 +384,7 @@ pub fn route(args: &ApiArgs, cmd: RouteCmd) -> anyhow::Result<()> {
 pub fn user(args: &ApiArgs, cmd: UserCmd) -> anyhow::Result<()> {
     let c = Client::new(args)?;
     match cmd {
-        UserCmd::List => print(&c.call("GET", "/users", None)?),
+        UserCmd::List => print(&c.call("GET", "/users")?),
         UserCmd::Add { name, role } => {
             let password = if let Ok(p) = std::env::var("SLUICE_PASSWORD") {
                 p
@@ -382,10 +393,10 @@ pub fn user(args: &ApiArgs, cmd: UserCmd) -> anyhow::Result<()> {
                 std::io::stdin().read_line(&mut line).context("reading the password")?;
                 line.trim_end_matches(['\r', '\n']).to_owned()
             };
-            let body = json!({"name": name, "password": password, "role": role});
-            print(&c.call("POST", "/users", Some(&body))?)
+            let body = models::NewUser { name, password, role };
+            print(&c.send("POST", "/users", &body)?)
         }
-        UserCmd::Remove { name } => print(&c.call("DELETE", &format!("/users/{name}"), None)?),
+        UserCmd::Remove { name } => print(&c.call("DELETE", &format!("/users/{name}"))?),
     }
 }
 
@@ -393,32 +404,28 @@ pub fn user(args: &ApiArgs, cmd: UserCmd) -> anyhow::Result<()> {
 pub fn config(args: &ApiArgs, action: ConfigAction<'_>) -> anyhow::Result<()> {
     let c = Client::new(args)?;
     match action {
-        ConfigAction::Export => print(&c.call("GET", "/config/export", None)?),
+        ConfigAction::Export => print(&c.call("GET", "/config/export")?),
         ConfigAction::Import(file, message) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let path = format!("/config/import?message={}", urlencode(message));
-            let url_body: Value = serde_json::from_str(&text)
+            // The file as `sluice config export` writes it: the server reads it whole.
+            let file_body: Value = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not JSON", file.display()))?;
-            print(&c.call("POST", &path, Some(&url_body))?)
+            print(&c.send("POST", &path, &file_body)?)
         }
         ConfigAction::History => {
-            for r in c.call("GET", "/config/revisions", None)?.as_array().into_iter().flatten() {
-                println!(
-                    "{:>5}  {}  {}@{}  {}",
-                    r["id"],
-                    r["at_ms"],
-                    r["author"]["who"].as_str().unwrap_or("?"),
-                    r["author"]["from"].as_str().unwrap_or("?"),
-                    r["author"]["message"].as_str().unwrap_or("")
-                );
+            let history: Vec<models::RevisionInfo> = c.call("GET", "/config/revisions")?;
+            for r in history {
+                let a = r.author;
+                println!("{}  {}  {}@{}  {}", r.id, r.at_ms, a.who, a.from, a.message);
             }
             Ok(())
         }
-        ConfigAction::Confirm => print(&c.call("POST", "/config/confirm", None)?),
+        ConfigAction::Confirm => print(&c.call("POST", "/config/confirm")?),
         ConfigAction::Rollback(revision, message) => {
-            let body = json!({"revision": revision, "message": message});
-            print(&c.call("POST", "/config/rollback", Some(&body))?)
+            let body = models::Rollback { revision, message: message.to_owned() };
+            print(&c.send("POST", "/config/rollback", &body)?)
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `sluice-core` (the pure logic), and keeps its configuration in `sluice-store`.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod console;
 pub mod daemon;

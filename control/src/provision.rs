@@ -14,9 +14,9 @@ use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, path::Path};
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use sluice_store::{Author, Config, Role, Store, Token, User};
+use sluice_store::{Author, Config, Role, Store};
 
-use crate::api::{hash_password, password_problem, sha256, username_problem, write_private};
+use crate::auth::{Password, password_problem, username_problem, write_private};
 
 /// The management interface: the appliance's first NIC.
 pub const DEFAULT_MANAGEMENT: &str = "eth0";
@@ -191,9 +191,10 @@ pub fn read_seed(dir: &Path) -> anyhow::Result<Seed> {
         yaml_serde::from_str(&user_text)
             .with_context(|| format!("{}: not a valid cloud-config", user_path.display()))?
     };
-    let instance_id = meta
-        .instance_id
-        .unwrap_or_else(|| format!("sha256:{}", sha256(&format!("{meta_text}\0{user_text}"))));
+    let instance_id = meta.instance_id.unwrap_or_else(|| {
+        let both = format!("{meta_text}\0{user_text}");
+        format!("sha256:{}", crate::plugins::sha256_hex(both.as_bytes()))
+    });
     let seed = Seed {
         instance_id,
         hostname: user.hostname.or(meta.local_hostname),
@@ -238,7 +239,7 @@ impl Seed {
                     }
                 }
                 (None, Some(h)) => {
-                    if argon2::PasswordHash::new(h).is_err() || !h.starts_with("$argon2") {
+                    if !crate::auth::is_password_hash(h) {
                         p.push("sluice.admin.password_hash: not an argon2 PHC string".into());
                     }
                 }
@@ -364,19 +365,13 @@ fn apply(state_dir: &Path, seed: &Seed, outcome: &mut Outcome) -> anyhow::Result
         ));
     }
     if let Some(a) = &seed.sluice.admin {
-        let password_hash = match (&a.password, &a.password_hash) {
-            (Some(pw), _) => hash_password(pw),
-            (None, Some(h)) => h.clone(),
+        let password = match (&a.password, &a.password_hash) {
+            (Some(pw), _) => Password::Clear(pw),
+            (None, Some(h)) => Password::Hash(h),
             // Token only: a password nobody knows; the token's holder can set one.
-            (None, None) => hash_password(&crate::api::random_hex(32)),
+            (None, None) => Password::Unknown,
         };
-        let user = User {
-            name: a.username.clone(),
-            role: Role::Admin,
-            password_hash,
-            created_ms: crate::plugins::now_ms(),
-        };
-        if store.create_first_admin(&user)? {
+        if crate::auth::create_first_admin(&store, &a.username, password)? {
             outcome.done.push(format!("administrator {} created: no setup token", a.username));
         } else {
             outcome.done.push(format!(
@@ -385,15 +380,7 @@ fn apply(state_dir: &Path, seed: &Seed, outcome: &mut Outcome) -> anyhow::Result
             ));
         }
         if let Some(secret) = &a.api_token {
-            let hash = sha256(secret);
-            store.put_token(&Token {
-                id: hash[..12].to_owned(),
-                name: "cloud-init".into(),
-                scope: Role::Admin,
-                owner: a.username.clone(),
-                hash,
-                created_ms: crate::plugins::now_ms(),
-            })?;
+            crate::auth::add_token(&store, &a.username, "cloud-init", Role::Admin, secret)?;
             outcome.done.push(format!("API token cloud-init added for {}", a.username));
         }
     }
@@ -479,7 +466,8 @@ sluice:
             let c = store.config().expect("config");
             assert_eq!(c.routes.len(), 1);
             assert_eq!(c.interfaces["eth1"].addresses[0].to_string(), "10.71.1.1/24");
-            let t = store.token_by_hash(&sha256("sluice_0123456789abcdef0123456789abcdef"));
+            let t = store
+                .token_by_hash(&crate::auth::token_hash("sluice_0123456789abcdef0123456789abcdef"));
             assert_eq!(t.expect("lookup").expect("the token").owner, "ops");
         }
         let unit = std::fs::read_to_string(net.join("10-sluice-management.network")).expect("unit");

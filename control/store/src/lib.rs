@@ -125,7 +125,7 @@ pub struct Config {
 }
 
 /// A field of a configuration that is wrong, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     /// Path of the field (`routes[2].prefix`).
     pub field: String,

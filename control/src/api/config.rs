@@ -1,0 +1,135 @@
+//! The configuration: the running revision, the candidate staged, diffed and committed (with
+//! commit-confirm), the revision history, rollback, export and import. Every commit tells the
+//! daemon, which applies the running configuration.
+
+use std::time::Duration;
+
+use sluice_store::StoreError;
+
+use super::{
+    Api, Problem,
+    http::{Answer, Call, Reply, ok},
+    models,
+};
+
+/// The longest and shortest wait for a confirmation, seconds.
+const CONFIRM_SECONDS: std::ops::RangeInclusive<u64> = 10..=3600;
+
+/// Commits a whole configuration the API changed in one item (a route, an interface), asking
+/// for a confirmation when the request has `?confirm_seconds=N`.
+pub(super) fn commit_change(
+    api: &Api,
+    call: &Call<'_>,
+    config: &models::Config,
+    message: String,
+) -> Result<(), Problem> {
+    let confirm = match call.query("confirm_seconds") {
+        Some(s) => match s.parse::<u64>() {
+            Ok(s) if CONFIRM_SECONDS.contains(&s) => Some(Duration::from_secs(s)),
+            _ => return Err(Problem::field("confirm_seconds", "10 to 3600")),
+        },
+        None => None,
+    };
+    let author = call.caller().author(message);
+    api.store.commit_change(config, &author, confirm).map_err(Problem::of_item)?;
+    api.changed.notify_one();
+    Ok(())
+}
+
+/// `GET /config`.
+pub(super) fn running(api: &Api, _: &Call<'_>) -> Reply {
+    ok(models::Running {
+        revision: api.store.running()?.map(|r| r.id),
+        config: api.store.config()?,
+        pending_confirm: api.store.pending_confirm()?,
+    })
+}
+
+/// `GET /config/candidate`.
+pub(super) fn candidate(api: &Api, _: &Call<'_>) -> Reply {
+    ok(api.store.candidate()?)
+}
+
+/// `PUT /config/candidate`: a valid configuration, staged; the diff it makes.
+pub(super) fn stage(api: &Api, call: &Call<'_>) -> Reply {
+    let config: models::Config = call.body()?;
+    let errors = config.validate();
+    if !errors.is_empty() {
+        return Err(StoreError::Invalid(errors).into());
+    }
+    api.store.stage(&config)?;
+    ok(models::Staged { diff: api.store.diff()? })
+}
+
+/// `DELETE /config/candidate`.
+pub(super) fn discard(api: &Api, _: &Call<'_>) -> Reply {
+    api.store.discard()?;
+    ok(models::Discarded { discarded: true })
+}
+
+/// `GET /config/diff`.
+pub(super) fn diff(api: &Api, _: &Call<'_>) -> Reply {
+    ok(api.store.diff()?)
+}
+
+/// `POST /config/commit`: the candidate, to be confirmed within `confirm_seconds` if given.
+pub(super) fn commit(api: &Api, call: &Call<'_>) -> Reply {
+    let b: models::Commit = call.body()?;
+    let author = call.caller().author(b.message);
+    let rev = match b.confirm_seconds {
+        Some(s) if !CONFIRM_SECONDS.contains(&s) => {
+            return Err(Problem::field("confirm_seconds", "10 to 3600"));
+        }
+        Some(s) => api.store.commit_confirmed(&author, Duration::from_secs(s))?,
+        None => api.store.commit(&author)?,
+    };
+    api.changed.notify_one();
+    ok(models::Committed { revision: rev.id, pending_confirm: api.store.pending_confirm()? })
+}
+
+/// `POST /config/confirm`.
+pub(super) fn confirm(api: &Api, _: &Call<'_>) -> Reply {
+    if !api.store.confirm()? {
+        return Err(Problem::conflict("nothing-pending", "no commit waits for its confirmation"));
+    }
+    ok(models::Confirmed { confirmed: true })
+}
+
+/// `POST /config/rollback`: an earlier revision committed again.
+pub(super) fn rollback(api: &Api, call: &Call<'_>) -> Reply {
+    let b: models::Rollback = call.body()?;
+    let rev = api.store.rollback_to(b.revision, &call.caller().author(b.message))?;
+    api.changed.notify_one();
+    ok(models::RevisionRef { revision: rev.id })
+}
+
+/// `GET /config/revisions`.
+pub(super) fn revisions(api: &Api, _: &Call<'_>) -> Reply {
+    let history = api.store.history()?.into_iter();
+    ok(history
+        .map(|(id, at_ms, author)| models::RevisionInfo { id, at_ms, author })
+        .collect::<Vec<_>>())
+}
+
+/// `GET /config/revisions/{id}`.
+pub(super) fn revision(api: &Api, call: &Call<'_>) -> Reply {
+    let id = call.param();
+    let id: u64 =
+        id.parse().map_err(|_| Problem::field("id", format!("{id:?} is not a number")))?;
+    ok(api.store.revision(id)?)
+}
+
+/// `GET /config/export`: the running configuration as a file.
+pub(super) fn export(api: &Api, _: &Call<'_>) -> Reply {
+    Ok(Answer::Text("application/json", api.store.export()?))
+}
+
+/// `POST /config/import?message=M`: a configuration file, committed.
+pub(super) fn import(api: &Api, call: &Call<'_>) -> Reply {
+    let text =
+        std::str::from_utf8(&call.request.body).map_err(|_| Problem::field("body", "not UTF-8"))?;
+    let message = call.query("message").unwrap_or("import");
+    let rev = api.store.import(text, &call.caller().author(message))?;
+    api.changed.notify_one();
+    ok(models::RevisionRef { revision: rev.id })
+}

@@ -1,0 +1,63 @@
+//! The counters for machines: Prometheus text at `/metrics`, and server-sent events every
+//! second for the console.
+
+use std::{fmt::Write as _, sync::atomic::Ordering, time::Duration};
+
+use futures::StreamExt as _;
+use sluice_dataplane::PinDir;
+
+use super::Api;
+
+impl Api {
+    /// The Prometheus text of the counters and the API's own.
+    pub(super) fn metrics(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP sluice_packets_total Packets by interface and outcome.");
+        let _ = writeln!(out, "# TYPE sluice_packets_total counter");
+        let stats = crate::show::stats(&self.pin).ok();
+        let mut bytes = String::new();
+        for i in stats.iter().flat_map(|s| &s.interfaces) {
+            for (reason, c) in &i.counters {
+                let labels = format!("interface=\"{}\",reason=\"{reason}\"", i.name);
+                let _ = writeln!(out, "sluice_packets_total{{{labels}}} {}", c.packets);
+                let _ = writeln!(bytes, "sluice_bytes_total{{{labels}}} {}", c.bytes);
+            }
+        }
+        let _ = writeln!(out, "# HELP sluice_bytes_total Bytes by interface and outcome.");
+        let _ = writeln!(out, "# TYPE sluice_bytes_total counter");
+        out.push_str(&bytes);
+        if let Ok(routes) = crate::show::routes(&self.pin) {
+            let _ = writeln!(out, "# HELP sluice_routes Routes the dataplane holds.");
+            let _ = writeln!(out, "# TYPE sluice_routes gauge");
+            let v4 = routes.routes.iter().filter(|r| r.prefix.addr().is_ipv4()).count();
+            let _ = writeln!(out, "sluice_routes{{family=\"ipv4\"}} {v4}");
+            let _ = writeln!(out, "sluice_routes{{family=\"ipv6\"}} {}", routes.routes.len() - v4);
+        }
+        let _ = writeln!(out, "# HELP sluice_api_requests_total Requests the API answered.");
+        let _ = writeln!(out, "# TYPE sluice_api_requests_total counter");
+        let _ =
+            writeln!(out, "sluice_api_requests_total {}", self.requests.load(Ordering::Relaxed));
+        out
+    }
+}
+
+/// The counters every second, as server-sent events.
+pub(super) fn counter_events(
+    pin: PinDir,
+) -> impl futures::Stream<Item = Result<warp::sse::Event, std::convert::Infallible>> {
+    let ticks = tokio_stream_interval(Duration::from_secs(1));
+    ticks.map(move |()| {
+        let data = crate::show::stats(&pin)
+            .ok()
+            .and_then(|s| serde_json::to_string(&s).ok())
+            .unwrap_or_else(|| "{}".into());
+        Ok(warp::sse::Event::default().event("counters").data(data))
+    })
+}
+
+fn tokio_stream_interval(period: Duration) -> impl futures::Stream<Item = ()> {
+    futures::stream::unfold(tokio::time::interval(period), |mut i| async move {
+        i.tick().await;
+        Some(((), i))
+    })
+}

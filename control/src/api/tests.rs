@@ -1,0 +1,201 @@
+//! The API driven through its warp filter, without a socket or a dataplane.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use serde_json::{Value, json};
+use sluice_dataplane::PinDir;
+use sluice_store::Store;
+use warp::{
+    http::{Method, header},
+    hyper::body::Bytes,
+};
+
+use super::{
+    Api, BODY_LIMIT, ROUTES, RouteSpec, filter,
+    http::{Answer, Request},
+};
+use crate::auth::random_hex;
+
+/// An API over a store in a fresh directory, with no dataplane; removed on drop.
+struct Scratch {
+    dir: PathBuf,
+    api: Arc<Api>,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-api-unit-{}-{}",
+            std::process::id(),
+            random_hex(6)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("db")).unwrap();
+        let api = Api::new(store, PinDir::new(dir.join("no-pins")), &dir).unwrap();
+        Self { dir, api: Arc::new(api) }
+    }
+
+    /// Sets up the first administrator and logs in: (cookie, CSRF token).
+    async fn admin(&self) -> (String, String) {
+        let f = filter(&self.api);
+        let token = std::fs::read_to_string(self.dir.join("setup-token")).unwrap();
+        let setup = json!({"token": token, "username": "root",
+                           "password": "a long enough one"});
+        let res =
+            warp::test::request().method("POST").path("/api/v1/setup").json(&setup).reply(&f).await;
+        assert_eq!(res.status(), 201, "{:?}", res.body());
+        let res = warp::test::request()
+            .method("POST")
+            .path("/api/v1/login")
+            .json(&json!({"username": "root", "password": "a long enough one"}))
+            .reply(&f)
+            .await;
+        assert_eq!(res.status(), 200, "{:?}", res.body());
+        let cookie = res.headers()[header::SET_COOKIE].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let body: Value = serde_json::from_slice(res.body()).unwrap();
+        (cookie, body["csrf_token"].as_str().unwrap().to_owned())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The type of a problem answer, `None` for a success.
+fn problem_type(res: &warp::http::Response<Bytes>) -> Option<String> {
+    if res.status().is_success() {
+        return None;
+    }
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/problem+json");
+    let p: Value = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(p["status"], res.status().as_u16(), "{p}");
+    Some(p["type"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_listed_route_is_served_and_no_other() {
+    let s = Scratch::new();
+    let (cookie, csrf) = s.admin().await;
+    let f = filter(&s.api);
+    // Logout last: it ends the session the others use.
+    let mut specs: Vec<&RouteSpec> = ROUTES.iter().collect();
+    specs.sort_by_key(|r| r.path == "/logout");
+    for spec in specs {
+        let path = format!("/api/v1{}", spec.path).replace("{name}", "nobody").replace("{id}", "1");
+        if spec.path == "/counters/stream" {
+            // An endless body: the handler's answer is the stream.
+            let req = Request {
+                method: Method::GET,
+                path: spec.path.to_owned(),
+                query: HashMap::new(),
+                bearer: None,
+                cookie: Some(cookie.split_once('=').unwrap().1.to_owned()),
+                csrf: None,
+                from: "test".into(),
+                body: Bytes::new(),
+            };
+            assert!(matches!(s.api.handle(&req), Ok(Answer::Stream)));
+            continue;
+        }
+        let res = warp::test::request()
+            .method(spec.method)
+            .path(&path)
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .body("{}")
+            .reply(&f)
+            .await;
+        // Handlers may refuse `{}` or a missing name, but the router knows the route.
+        let kind = problem_type(&res);
+        assert!(
+            !matches!(
+                kind.as_deref(),
+                Some(
+                    "urn:sluice:problem:not-found"
+                        | "urn:sluice:problem:method"
+                        | "urn:sluice:problem:not-implemented"
+                        | "urn:sluice:problem:unauthenticated"
+                        | "urn:sluice:problem:csrf"
+                        | "urn:sluice:problem:forbidden"
+                )
+            ),
+            "{} {path}: {kind:?} {:?}",
+            spec.method,
+            res.body()
+        );
+    }
+    for (method, path, kind) in [
+        ("GET", "/api/v1/nothing", "not-found"),
+        ("GET", "/api/v2/health", "not-found"),
+        ("PUT", "/api/v1/health", "method"),
+        ("GET", "/api/v1/users/root/more", "not-found"),
+    ] {
+        let res = warp::test::request().method(method).path(path).reply(&f).await;
+        let want = format!("urn:sluice:problem:{kind}");
+        assert_eq!(problem_type(&res).as_deref(), Some(want.as_str()), "{method} {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_need_their_csrf_token_and_bodies_their_limit() {
+    let s = Scratch::new();
+    let (cookie, csrf) = s.admin().await;
+    let f = filter(&s.api);
+    let user = json!({"name": "vera", "password": "long enough too", "role": "viewer"});
+    let post = |csrf: Option<&str>, body: Vec<u8>| {
+        let mut r = warp::test::request()
+            .method("POST")
+            .path("/api/v1/users")
+            .header("cookie", &cookie)
+            .body(body);
+        if let Some(c) = csrf {
+            r = r.header("x-csrf-token", c);
+        }
+        r
+    };
+    let body = serde_json::to_vec(&user).unwrap();
+    let res = post(None, body.clone()).reply(&f).await;
+    assert_eq!(problem_type(&res).as_deref(), Some("urn:sluice:problem:csrf"));
+    let res = post(Some(&csrf[1..]), body.clone()).reply(&f).await;
+    assert_eq!(problem_type(&res).as_deref(), Some("urn:sluice:problem:csrf"));
+    let res = post(Some(&csrf), vec![b' '; BODY_LIMIT + 1]).reply(&f).await;
+    assert_eq!(res.status(), 413);
+    assert!(s.api.store.user("vera").unwrap().is_none(), "nothing written");
+    let res = post(Some(&csrf), body.clone()).reply(&f).await;
+    assert_eq!(res.status(), 201, "{:?}", res.body());
+    let res = post(Some(&csrf), body).reply(&f).await;
+    assert_eq!(problem_type(&res).as_deref(), Some("urn:sluice:problem:exists"));
+    // A viewer may not make users.
+    let res = warp::test::request()
+        .method("POST")
+        .path("/api/v1/login")
+        .json(&json!({"username": "vera", "password": "long enough too"}))
+        .reply(&f)
+        .await;
+    let vera = res.headers()[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap();
+    let vera_csrf = serde_json::from_slice::<Value>(res.body()).unwrap()["csrf_token"].clone();
+    let other = json!({"name": "walt", "password": "long enough three", "role": "admin"});
+    let res = warp::test::request()
+        .method("POST")
+        .path("/api/v1/users")
+        .header("cookie", vera)
+        .header("x-csrf-token", vera_csrf.as_str().unwrap())
+        .json(&other)
+        .reply(&f)
+        .await;
+    assert_eq!(problem_type(&res).as_deref(), Some("urn:sluice:problem:forbidden"));
+    assert!(s.api.store.user("walt").unwrap().is_none());
+    // Every attempt at a change is audited with its outcome (but for the body refused
+    // before anyone was known), newest first.
+    let log = s.api.store.audit_log(20).unwrap();
+    let users: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|e| e.action == "POST /api/v1/users")
+        .map(|e| (e.who.as_str(), e.outcome.get(..3).unwrap_or(&e.outcome)))
+        .collect();
+    let want = [("vera", "403"), ("root", "409"), ("root", "ok"), ("root", "403"), ("root", "403")];
+    assert_eq!(users, want, "{log:?}");
+}
