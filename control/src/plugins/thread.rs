@@ -239,10 +239,7 @@ impl PluginThread {
                 let _ = reply.send(self.list());
             }
             Command::Logs(name, reply) => {
-                let log =
-                    self.manager.plugins().get(&name).map(|s| {
-                        s.plugin().log().lock().expect("log lock").iter().cloned().collect()
-                    });
+                let log = self.manager.plugins().get(&name).map(|s| s.plugin().log_lines());
                 let _ = reply.send(log);
             }
         }
