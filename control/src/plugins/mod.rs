@@ -17,13 +17,15 @@
 //! - Nothing a plugin sends or returns can make the host panic: its text is cut at character
 //!   boundaries and its numbers checked. Should the host panic anyway while serving one plugin
 //!   (running it, answering its host calls, checking its output), that plugin alone is
-//!   quarantined with the panic's message.
+//!   quarantined with the panic's message; should the plugin thread die, the daemon starts it
+//!   again after a back-off.
 //!
 //! Its parts: [`Manifest`] and [`Trust`] (`manifest`) say what a plugin may do and who vouches
 //! for it; the [`PluginHost`] (`host`) owns the engine and compiles components; a [`Plugin`]
 //! (`instance`) is one instance in a store of its own, and its calls; the [`Manager`]
 //! (`supervisor`) hands out events, quarantines and restarts; [`harness()`] runs a plugin without a
-//! router (`sluice plugin run`); [`run()`] (`thread`) is the daemon's plugin thread.
+//! router (`sluice plugin run`); [`run()`] (`thread`) starts the daemon's plugin thread, which
+//! the daemon keeps running through its [`PluginThread`].
 
 mod error;
 mod harness;
@@ -43,7 +45,7 @@ pub use manifest::{FailurePolicy, Manifest, Table, Trust, public_key};
 pub use queries::{InterfaceInfo, Queries, RouteInfo, RouteLookup, pinned_queries};
 pub use supervisor::{Manager, Status, Supervised, TableSink};
 pub use thread::{
-    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, MAX_ROUTE_EVENTS, PluginInfo, Wanted, run,
-    wanted_from_store,
+    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, MAX_ROUTE_EVENTS, PluginInfo, PluginThread,
+    Wanted, run, wanted_from_store,
 };
 pub use util::{hex, now_ms, sha256_hex, unhex};
