@@ -250,6 +250,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     // Plugins run from the directory, and from the store (the API adds them there).
     let plugins_on = opts.plugins.is_some() || config.is_some();
+    let mut plugin_thread = None;
     if plugins_on {
         match state.dp.take_hooks() {
             Ok((maps, samples)) => {
@@ -274,7 +275,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     kv,
                 };
                 let dir = opts.plugins.as_deref();
-                crate::plugins::run(dir, opts.trust.clone(), maps, feed, plugin_rx);
+                plugin_thread =
+                    Some(crate::plugins::run(dir, opts.trust.clone(), maps, feed, plugin_rx));
                 if let Some(c) = &config {
                     sync_plugins(&c.store, &plugin_tx);
                 }
@@ -291,6 +293,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut confirm_check = tokio::time::interval(Duration::from_secs(1));
     confirm_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut plugin_watch = tokio::time::interval(Duration::from_secs(1));
+    plugin_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Checked against the clock here too: while events keep coming (a table loading), this
         // task never waits, so the runtime's timers do not advance and a sleep would not end.
@@ -359,6 +363,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         let written = state.sync();
                         state.ensure_managed(&mut mirror, written).await;
                     }
+                }
+            }
+            // The plugin thread, started again if it died; its store plugins told again.
+            _ = plugin_watch.tick(), if plugin_thread.is_some() => {
+                if plugin_thread.as_mut().is_some_and(crate::plugins::PluginThread::watch)
+                    && let Some(c) = &config
+                {
+                    sync_plugins(&c.store, &plugin_tx);
                 }
             }
             _ = confirm_check.tick(), if config.is_some() => {

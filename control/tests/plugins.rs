@@ -2,14 +2,20 @@
 //! `make test` runs first): the `static-acl` example, and a hostile plugin that misbehaves in
 //! the way its configuration names. Each misbehaviour is contained: the plugin is quarantined
 //! with a clear reason, its failure policy decides what becomes of its rules, the host and the
-//! other plugins go on. No root needed: the hook tables are in memory here (the packet tests
+//! other plugins go on; so is a panic of the host itself while it serves one plugin. No root needed: the hook tables are in memory here (the packet tests
 //! cover the real maps).
 
-use std::{path::PathBuf, thread, time::Duration};
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use sluice::plugins::{
-    Event, FailurePolicy, Manager, Manifest, PluginError, PluginHost, RouteChange, Status, Table,
-    Trust,
+    Event, FailurePolicy, InterfaceInfo, Manager, Manifest, PluginError, PluginHost, Queries,
+    RouteChange, RouteInfo, RouteLookup, Status, Table, Trust,
 };
 use sluice_dataplane::hooks::{Action, Direction, HookOp, HookTables, MemoryHookMaps};
 
@@ -146,7 +152,7 @@ fn contained(mode: &str, policy: FailurePolicy) -> (PluginError, Vec<HookOp>) {
 #[test]
 fn an_endless_loop_times_out() {
     let (err, rules) = contained("spin", FailurePolicy::FailOpen);
-    assert!(matches!(err, PluginError::Timeout { call: "handle", deadline_ms: 50 }), "{err}");
+    assert!(matches!(err, PluginError::Timeout { call: "handle", deadline_ms: 50, .. }), "{err}");
     assert!(rules.is_empty(), "fail-open: its rules are gone");
 }
 
@@ -360,4 +366,197 @@ fn a_plugins_key_value_store_outlives_its_instances_and_the_host_within_its_quot
     assert_eq!(count_rule(&m), [counted(1)]);
     drop(m);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The hostile plugin's message in its `panic` mode.
+const GUEST_PANIC: &str = "hostile: panicking as configured";
+
+/// Rounds of traffic in the tests where a hostile plugin runs beside a good one.
+const ROUNDS: u8 = 50;
+
+/// Round `n` of traffic: between two timers a second apart, 200 samples (1 in 10) from
+/// 198.18.N.1, about 2000 packets/s, over `ddos-guard`'s limit.
+fn flood_round(n: u8) -> Vec<Event> {
+    let at = u64::from(n) * 2000;
+    let sample = Event::Sample(sluice::plugins::FlowSample {
+        ifindex: 2,
+        len: 64,
+        proto: 17,
+        src: format!("198.18.{n}.1"),
+        dst: "198.51.100.1".into(),
+        sport: 1234,
+        dport: 53,
+    });
+    let mut batch = vec![Event::Timer(at)];
+    batch.extend(std::iter::repeat_n(sample, 200));
+    batch.push(Event::Timer(at + 1000));
+    batch
+}
+
+/// What a hostile plugin did beside a good one.
+struct Beside {
+    m: Manager<HookTables<MemoryHookMaps>>,
+    /// The round of its first failure, and how long its failing call and that round's
+    /// dispatch took.
+    first_failure: Option<(u8, PluginError, Duration, Duration)>,
+    /// Events the good plugin was handed.
+    good_events: usize,
+}
+
+/// Runs the hostile plugin as `bad` in `mode` beside `ddos-guard` as `good`, for [`ROUNDS`]
+/// rounds of traffic. Whatever `bad` does, `good` takes every batch and blocks every flooding
+/// source, and no other plugin fails.
+fn beside_a_good_one(mode: &str, policy: FailurePolicy, queries: Option<RouteLookup>) -> Beside {
+    let host = PluginHost::new(Trust::unsigned_allowed()).expect("the engine starts");
+    let mut m = Manager::new(host, HookTables::new(MemoryHookMaps::default()), queries);
+    let guard = component("ddos_guard");
+    m.add(
+        manifest("good", &guard, &[Table::Filter, Table::Sample]),
+        &guard,
+        r#"{"max_pps": 1000, "sample_every": 10, "block_ms": 3600000}"#,
+    )
+    .expect("the good one starts");
+    let wasm = component("hostile");
+    let mut bad = manifest("bad", &wasm, &[Table::Filter]);
+    bad.failure_policy = policy;
+    m.add(bad, &wasm, mode).expect("init works in this mode");
+
+    let mut first_failure = None;
+    let mut good_events = 0;
+    for n in 0..ROUNDS {
+        let batch = flood_round(n);
+        let started = Instant::now();
+        let failed = m.dispatch(&batch);
+        let took = started.elapsed();
+        if m.plugins()["good"].status() == Status::Running {
+            good_events += batch.len();
+        }
+        for (name, err) in failed {
+            assert_eq!(name, "bad", "round {n}: {err}");
+            let call = Duration::from_micros(m.plugins()["bad"].plugin().usage().last_call_us);
+            first_failure.get_or_insert((n, err, call, took));
+        }
+    }
+    let good = &m.plugins()["good"];
+    assert_eq!(good.status(), Status::Running);
+    assert_eq!(good.plugin().usage().calls, u64::from(ROUNDS) + 1, "init and every batch");
+    let blocks = rules_of(&m, "good");
+    assert_eq!(blocks.len(), usize::from(ROUNDS), "every flooding source blocked: {blocks:?}");
+    assert!(blocks.contains(&drop_src(&format!("198.18.{}.1/32", ROUNDS - 1))));
+    Beside { m, first_failure, good_events }
+}
+
+#[test]
+fn a_log_line_with_a_character_across_the_limit_is_cut_and_stops_no_one() {
+    // 5000 bytes with a 3-byte character across byte 4096, logged in init and in each call:
+    // once the end of every plugin on the router, again at each start as the plugin stayed
+    // stored.
+    let b = beside_a_good_one("log-multibyte", FailurePolicy::FailOpen, None);
+    assert!(b.first_failure.is_none(), "a long line is no failure");
+    assert_eq!(b.m.plugins()["bad"].status(), Status::Running);
+    let lines = b.m.plugins()["bad"].plugin().log_lines();
+    let long: Vec<&str> =
+        lines.iter().filter(|l| l.level == "info").map(|l| l.message.as_str()).collect();
+    assert_eq!(long.len(), usize::from(ROUNDS) + 1, "init's line and one a call");
+    for line in &long {
+        assert!(line.len() <= 4096 && line.ends_with('…'), "cut: {} bytes", line.len());
+        assert!(line.trim_end_matches('…').bytes().all(|b| b == b'a'), "before the character");
+    }
+    println!(
+        "log-multibyte beside ddos-guard: no failure; its {} lines of 5000 bytes kept as {} \
+         bytes; the good plugin took {} events in {ROUNDS} batches and blocked {} sources",
+        long.len(),
+        long[0].len(),
+        b.good_events,
+        rules_of(&b.m, "good").len()
+    );
+}
+
+#[test]
+fn a_guest_panic_quarantines_it_with_the_panic_message() {
+    let b = beside_a_good_one("panic", FailurePolicy::FailClosed, None);
+    let (round, err, call, took) = b.first_failure.expect("it failed");
+    assert_eq!(round, 0, "on its first call");
+    assert!(matches!(err, PluginError::Trap { call: "handle", .. }), "{err}");
+    let reason = match b.m.plugins()["bad"].status() {
+        Status::Quarantined { reason, failures: 1, .. } => reason,
+        other => panic!("{other:?}"),
+    };
+    assert!(reason.starts_with("trapped in handle: wasm trap: wasm `unreachable`"), "{reason}");
+    assert!(reason.contains("it last logged \"panicked at"), "{reason}");
+    assert!(reason.contains(GUEST_PANIC), "{reason}");
+    assert_eq!(rules_of(&b.m, "bad"), [drop_src("203.0.113.0/24")], "fail-closed keeps");
+    println!(
+        "guest panic beside ddos-guard: quarantined after a call of {:.2} ms (the round's \
+         dispatch, both plugins: {:.2} ms) with reason {reason:?}; the good plugin took {} \
+         events in {ROUNDS} batches and blocked {} sources",
+        call.as_secs_f64() * 1e3,
+        took.as_secs_f64() * 1e3,
+        b.good_events,
+        rules_of(&b.m, "good").len()
+    );
+}
+
+/// A dataplane whose route lookup has a bug: it panics on 10.77.0.9 (what `queries` asks).
+struct PanickingQueries;
+
+impl Queries for PanickingQueries {
+    fn route(&self, addr: IpAddr) -> Option<RouteInfo> {
+        assert_ne!(addr.to_string(), "10.77.0.9", "a bug of the route lookup");
+        None
+    }
+    fn interfaces(&self) -> Vec<InterfaceInfo> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_panic_of_the_host_serving_one_plugin_quarantines_that_plugin_only() {
+    let mut b =
+        beside_a_good_one("queries", FailurePolicy::FailOpen, Some(Arc::new(PanickingQueries)));
+    let (round, err, call, took) = b.first_failure.expect("it failed");
+    assert_eq!(round, 0);
+    assert!(matches!(err, PluginError::Panic { call: "handle", .. }), "{err}");
+    let Status::Quarantined { reason, .. } = b.m.plugins()["bad"].status() else {
+        panic!("not quarantined")
+    };
+    assert!(reason.contains("a bug of the route lookup"), "the panic's message: {reason}");
+    assert!(rules_of(&b.m, "bad").is_empty(), "fail-open");
+
+    // After its back-off a fresh instance replaces the one the panic left mid-call.
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(b.m.restart_due(), ["bad"]);
+    let failed = b.m.dispatch(&flood_round(ROUNDS));
+    assert_eq!(failed.len(), 1, "the bug is still there: {failed:?}");
+    assert!(matches!(b.m.plugins()["bad"].status(), Status::Quarantined { failures: 2, .. }));
+    assert_eq!(rules_of(&b.m, "good").len(), usize::from(ROUNDS) + 1, "the good one goes on");
+    println!(
+        "host panic serving one plugin: quarantined after a call of {:.2} ms (the round's \
+         dispatch, both plugins: {:.2} ms) with reason {reason:?}; the good plugin took {} \
+         events in {ROUNDS} batches",
+        call.as_secs_f64() * 1e3,
+        took.as_secs_f64() * 1e3,
+        b.good_events
+    );
+}
+
+#[test]
+fn the_local_harness_reports_what_stopped_the_host_before() {
+    let wasm = component("hostile");
+    let batches = vec![flood_round(0)];
+    let run = |mode: &str| {
+        sluice::plugins::harness(
+            manifest("hostile", &wasm, &[Table::Filter]),
+            &wasm,
+            mode,
+            &batches,
+        )
+        .expect("runs")
+    };
+    let multibyte = run("log-multibyte");
+    assert!(multibyte.calls.iter().all(|c| c.error.is_none()), "{:?}", multibyte.calls);
+    assert!(multibyte.log.iter().any(|l| l.message.len() <= 4096 && l.message.ends_with('…')));
+    let panicked = run("panic");
+    let error = panicked.calls[1].error.as_deref().expect("handle failed");
+    assert!(error.contains(GUEST_PANIC), "{error}");
 }

@@ -141,6 +141,6 @@ pub fn harness(
         ok = step("handle", plugin.handle(events));
     }
     let rules = tables.rules(None)?;
-    let log = plugin.log().lock().expect("log lock").iter().cloned().collect();
+    let log = plugin.log_lines();
     Ok(HarnessRun { calls, rules, log })
 }

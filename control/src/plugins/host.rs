@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    panic::{self, AssertUnwindSafe},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -20,10 +21,12 @@ use wasmtime::{
 use wasmtime_wasi::WasiCtx;
 
 use super::{
-    Log, Manifest, Plugin, PluginError, RouteLookup, Trust, Usage,
+    LastLog, Log, Manifest, Plugin, PluginError, RouteLookup, Trust, Usage,
+    error::MAX_REASON,
     instance::{HostState, Kv, Limits, classify, deadline_ticks, push_log},
     manifest::{MAX_MEMORY, check_manifest},
     sha256_hex,
+    util::{clip_marked, panic_message},
 };
 
 /// The host side of the contract, generated from `plugins/wit`.
@@ -128,6 +131,12 @@ impl PluginHost {
     /// Checks the manifest and the component's hash, and compiles it (the slow part: a
     /// restart or a second instance reuses it).
     pub fn compile(&self, manifest: Manifest, wasm: &[u8]) -> Result<Compiled, PluginError> {
+        // Unwind safety: the engine is shared between threads by design, and what a panic
+        // leaves half-built is dropped here.
+        guarded("compile", || self.compile_unguarded(manifest, wasm))
+    }
+
+    fn compile_unguarded(&self, manifest: Manifest, wasm: &[u8]) -> Result<Compiled, PluginError> {
         check_manifest(&manifest)?;
         self.trust.check(&manifest)?;
         let found = sha256_hex(wasm);
@@ -146,6 +155,15 @@ impl PluginHost {
 
     /// A fresh instance of a compiled plugin, in a store of its own.
     pub fn instantiate(
+        &self,
+        compiled: &Compiled,
+        routes: Option<RouteLookup>,
+    ) -> Result<Plugin, PluginError> {
+        // Unwind safety: the store is new, and dropped with whatever a panic left in it.
+        guarded("instantiate", || self.instantiate_unguarded(compiled, routes))
+    }
+
+    fn instantiate_unguarded(
         &self,
         compiled: &Compiled,
         routes: Option<RouteLookup>,
@@ -179,6 +197,7 @@ impl PluginHost {
                 memory_bytes: 0,
             },
             log: Arc::clone(&log),
+            said: VecDeque::new(),
             kv,
             kv_quota: manifest.kv_bytes,
             routes,
@@ -192,8 +211,19 @@ impl PluginHost {
             .instantiate(&mut store)
             .map_err(|e| classify(&e, "instantiate", manifest.deadline_ms))?;
         push_log(&log, "host", format!("loaded {} {}", manifest.name, manifest.version));
-        Ok(Plugin { manifest, store, instance, log, usage: Usage::default() })
+        Ok(Plugin { manifest, store, instance, log, usage: Usage::default(), broken: None })
     }
+}
+
+/// `f`, where a panic is a failure of this plugin's `call` rather than the host's end.
+fn guarded<T>(
+    call: &'static str,
+    f: impl FnOnce() -> Result<T, PluginError>,
+) -> Result<T, PluginError> {
+    panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = clip_marked(&panic_message(&*payload), MAX_REASON);
+        Err(PluginError::Panic { call, message, last_log: LastLog::default() })
+    })
 }
 
 impl std::fmt::Debug for PluginHost {

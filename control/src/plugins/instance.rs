@@ -6,7 +6,8 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     net::IpAddr,
-    sync::{Arc, Mutex},
+    panic::{self, AssertUnwindSafe},
+    sync::{Arc, Mutex, PoisonError},
     time::Instant,
 };
 
@@ -18,16 +19,22 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use sluice_dataplane::hooks::{self, HookOp};
 
 use super::{
-    Event, Manifest, PluginError, RouteLookup, TICK, Table,
+    Event, LastLog, Manifest, PluginError, RouteLookup, TICK, Table,
+    error::MAX_REASON,
     host::bindings::{
         Plugin as Bindings,
         sluice::plugin::{host as wit_host, types as wit},
     },
     now_ms,
+    util::{clip_marked, panic_message},
 };
 
 /// Log lines kept per plugin.
 const LOG_LINES: usize = 1000;
+/// Longest log message kept, bytes; a longer one is cut (at a character boundary) and marked.
+pub(super) const MAX_LOG_MESSAGE: usize = 4096;
+/// Longest piece of a plugin's text (a prefix, an address, a key) quoted in a message, bytes.
+const MAX_QUOTED: usize = 256;
 
 /// One line of a plugin's log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -44,7 +51,8 @@ pub struct LogLine {
 pub type Log = Arc<Mutex<VecDeque<LogLine>>>;
 
 pub(super) fn push_log(log: &Log, level: &'static str, message: String) {
-    let mut l = log.lock().expect("log lock");
+    // A panic elsewhere while the lock was held leaves the lines as they were: still a log.
+    let mut l = log.lock().unwrap_or_else(PoisonError::into_inner);
     if l.len() == LOG_LINES {
         l.pop_front();
     }
@@ -75,6 +83,8 @@ pub struct Plugin {
     pub(super) instance: Bindings,
     pub(super) log: Log,
     pub(super) usage: Usage,
+    /// Why it may not be entered again: the host panicked in one of its calls.
+    pub(super) broken: Option<String>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -92,6 +102,11 @@ impl Plugin {
     /// Its log.
     pub fn log(&self) -> Log {
         Arc::clone(&self.log)
+    }
+
+    /// Its log's lines, oldest first.
+    pub fn log_lines(&self) -> Vec<LogLine> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect()
     }
 
     /// What it has used so far.
@@ -114,103 +129,145 @@ impl Plugin {
     /// Calls `init` with the plugin's configuration; returns its operations, checked against
     /// its manifest.
     pub fn init(&mut self, config: &str) -> Result<Vec<HookOp>, PluginError> {
-        self.store.set_epoch_deadline(deadline_ticks(self.manifest.deadline_ms));
-        let started = Instant::now();
-        let r = self.instance.call_init(&mut self.store, config);
-        self.account(started);
-        self.finish("init", r)
+        self.call("init", |instance, store| instance.call_init(store, config))
     }
 
     /// Calls `handle` with a batch of events.
     pub fn handle(&mut self, events: &[Event]) -> Result<Vec<HookOp>, PluginError> {
-        self.store.set_epoch_deadline(deadline_ticks(self.manifest.deadline_ms));
-        let started = Instant::now();
-        let r = self.instance.call_handle(&mut self.store, events);
-        self.account(started);
-        self.finish("handle", r)
+        self.call("handle", |instance, store| instance.call_handle(store, events))
     }
 
-    fn finish(
+    /// One call under the manifest's deadline, its result checked; a panic of the host while
+    /// serving it (in wasmtime, a host function, the checking) is this plugin's failure only.
+    fn call(
         &mut self,
         call: &'static str,
-        r: wasmtime::Result<Result<Vec<wit::Op>, String>>,
+        enter: impl FnOnce(
+            &Bindings,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<Vec<wit::Op>, String>>,
     ) -> Result<Vec<HookOp>, PluginError> {
-        let ops = match r {
-            Ok(Ok(ops)) => ops,
-            Ok(Err(message)) => return Err(PluginError::Guest { call, message }),
-            Err(e) => return Err(classify(&e, call, self.manifest.deadline_ms)),
-        };
-        if ops.len() > self.manifest.max_ops_per_call {
-            return Err(PluginError::TooManyOps {
-                count: ops.len(),
-                max: self.manifest.max_ops_per_call,
-            });
+        if let Some(reason) = &self.broken {
+            return Err(PluginError::Quarantined(reason.clone()));
         }
-        ops.into_iter().enumerate().map(|(i, op)| self.convert(i, op)).collect()
+        self.store.set_epoch_deadline(deadline_ticks(self.manifest.deadline_ms));
+        self.store.data_mut().said.clear();
+        let started = Instant::now();
+        // Unwind safety: after a panic the store may be left mid-call, so the instance is
+        // marked broken below and never entered again (the supervisor starts a fresh one);
+        // the log's lock is taken poisoned or not; nothing else outlives the call.
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            let r = enter(&self.instance, &mut self.store);
+            finish(&self.manifest, call, r)
+        }));
+        self.account(started);
+        let said: Vec<String> = self.store.data_mut().said.drain(..).collect();
+        match result {
+            Ok(Ok(ops)) => Ok(ops),
+            Ok(Err(e)) => Err(e.with_last_log(said)),
+            Err(payload) => {
+                let message = clip_marked(&panic_message(&*payload), MAX_REASON);
+                let e = PluginError::Panic { call, message, last_log: LastLog::default() }
+                    .with_last_log(said);
+                self.broken = Some(e.to_string());
+                Err(e)
+            }
+        }
     }
+}
 
-    /// A contract operation as a hook table operation, if its manifest allows its table.
-    fn convert(&self, index: usize, op: wit::Op) -> Result<HookOp, PluginError> {
-        let prefix = |s: &str| -> Result<IpNet, PluginError> {
-            s.parse().map_err(|_| PluginError::Invalid {
-                index,
-                message: format!("{s:?} is not a prefix (like 192.0.2.0/24 or 2001:db8::/32)"),
-            })
-        };
-        let direction = |d: wit::Direction| match d {
-            wit::Direction::Src => hooks::Direction::Src,
-            wit::Direction::Dst => hooks::Direction::Dst,
-        };
-        let (table, op) = match op {
-            wit::Op::SetFilter(r) => (
-                Table::Filter,
-                HookOp::SetFilter {
-                    direction: direction(r.direction),
-                    prefix: prefix(&r.prefix)?,
-                    action: match r.action {
-                        wit::Action::Drop => hooks::Action::Drop,
-                        wit::Action::Pass => hooks::Action::Pass,
-                        wit::Action::Count => hooks::Action::Count,
-                    },
-                },
-            ),
-            wit::Op::RemoveFilter((d, p)) => (
-                Table::Filter,
-                HookOp::RemoveFilter { direction: direction(d), prefix: prefix(&p)? },
-            ),
-            wit::Op::SetRateLimit(r) => (
-                Table::RateLimit,
-                HookOp::SetRateLimit {
-                    prefix: prefix(&r.prefix)?,
-                    rate_pps: r.rate_pps,
-                    burst: r.burst,
-                },
-            ),
-            wit::Op::RemoveRateLimit(p) => {
-                (Table::RateLimit, HookOp::RemoveRateLimit { prefix: prefix(&p)? })
-            }
-            wit::Op::SetSampling(every) => (Table::Sample, HookOp::SetSampling { every }),
-            wit::Op::SetSteer(r) => {
-                let next_hops = r
-                    .next_hops
-                    .iter()
-                    .map(|h| {
-                        let via = h.via.parse().map_err(|_| PluginError::Invalid {
-                            index,
-                            message: format!("{:?} is not an IP address", h.via),
-                        })?;
-                        Ok(hooks::SteerHop { via, weight: h.weight })
-                    })
-                    .collect::<Result<_, PluginError>>()?;
-                (Table::Steer, HookOp::SetSteer { prefix: prefix(&r.prefix)?, next_hops })
-            }
-            wit::Op::RemoveSteer(p) => (Table::Steer, HookOp::RemoveSteer { prefix: prefix(&p)? }),
-        };
-        if !self.manifest.tables.contains(&table) {
-            return Err(PluginError::Undeclared { index, table });
+/// What a call returned, checked against the manifest: the guest's error, a trap, or its
+/// operations as hook table operations.
+fn finish(
+    manifest: &Manifest,
+    call: &'static str,
+    r: wasmtime::Result<Result<Vec<wit::Op>, String>>,
+) -> Result<Vec<HookOp>, PluginError> {
+    let ops = match r {
+        Ok(Ok(ops)) => ops,
+        Ok(Err(message)) => {
+            return Err(PluginError::Guest { call, message: clip_marked(&message, MAX_REASON) });
         }
-        Ok(op)
+        Err(e) => return Err(classify(&e, call, manifest.deadline_ms)),
+    };
+    check_ops(manifest, ops)
+}
+
+/// A plugin's operations as hook table operations: at most its manifest's number, each on a
+/// table its manifest declares, every prefix and address parsed. What the tables hold against
+/// them (host bits, bounds, another plugin's rules) is the tables' to say.
+pub(super) fn check_ops(
+    manifest: &Manifest,
+    ops: Vec<wit::Op>,
+) -> Result<Vec<HookOp>, PluginError> {
+    if ops.len() > manifest.max_ops_per_call {
+        return Err(PluginError::TooManyOps { count: ops.len(), max: manifest.max_ops_per_call });
     }
+    ops.into_iter().enumerate().map(|(i, op)| convert(manifest, i, op)).collect()
+}
+
+/// A contract operation as a hook table operation, if its manifest allows its table.
+fn convert(manifest: &Manifest, index: usize, op: wit::Op) -> Result<HookOp, PluginError> {
+    // What the plugin wrote is quoted cut to size: a reason stays a sentence.
+    let quoted = |s: &str| format!("{:?}", clip_marked(s, MAX_QUOTED));
+    let prefix = |s: &str| -> Result<IpNet, PluginError> {
+        s.parse().map_err(|_| PluginError::Invalid {
+            index,
+            message: format!("{} is not a prefix (like 192.0.2.0/24 or 2001:db8::/32)", quoted(s)),
+        })
+    };
+    let direction = |d: wit::Direction| match d {
+        wit::Direction::Src => hooks::Direction::Src,
+        wit::Direction::Dst => hooks::Direction::Dst,
+    };
+    let (table, op) = match op {
+        wit::Op::SetFilter(r) => (
+            Table::Filter,
+            HookOp::SetFilter {
+                direction: direction(r.direction),
+                prefix: prefix(&r.prefix)?,
+                action: match r.action {
+                    wit::Action::Drop => hooks::Action::Drop,
+                    wit::Action::Pass => hooks::Action::Pass,
+                    wit::Action::Count => hooks::Action::Count,
+                },
+            },
+        ),
+        wit::Op::RemoveFilter((d, p)) => {
+            (Table::Filter, HookOp::RemoveFilter { direction: direction(d), prefix: prefix(&p)? })
+        }
+        wit::Op::SetRateLimit(r) => (
+            Table::RateLimit,
+            HookOp::SetRateLimit {
+                prefix: prefix(&r.prefix)?,
+                rate_pps: r.rate_pps,
+                burst: r.burst,
+            },
+        ),
+        wit::Op::RemoveRateLimit(p) => {
+            (Table::RateLimit, HookOp::RemoveRateLimit { prefix: prefix(&p)? })
+        }
+        wit::Op::SetSampling(every) => (Table::Sample, HookOp::SetSampling { every }),
+        wit::Op::SetSteer(r) => {
+            let next_hops = r
+                .next_hops
+                .iter()
+                .map(|h| {
+                    let via = h.via.parse().map_err(|_| PluginError::Invalid {
+                        index,
+                        message: format!("{} is not an IP address", quoted(&h.via)),
+                    })?;
+                    Ok(hooks::SteerHop { via, weight: h.weight })
+                })
+                .collect::<Result<_, PluginError>>()?;
+            (Table::Steer, HookOp::SetSteer { prefix: prefix(&r.prefix)?, next_hops })
+        }
+        wit::Op::RemoveSteer(p) => (Table::Steer, HookOp::RemoveSteer { prefix: prefix(&p)? }),
+    };
+    if !manifest.tables.contains(&table) {
+        return Err(PluginError::Undeclared { index, table });
+    }
+    Ok(op)
 }
 
 pub(super) fn deadline_ticks(ms: u64) -> u64 {
@@ -220,13 +277,13 @@ pub(super) fn deadline_ticks(ms: u64) -> u64 {
 /// A trap as the error it is: a deadline (epoch interruption) or anything else.
 pub(super) fn classify(e: &wasmtime::Error, call: &'static str, deadline_ms: u64) -> PluginError {
     if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
-        return PluginError::Timeout { call, deadline_ms };
+        return PluginError::Timeout { call, deadline_ms, last_log: LastLog::default() };
     }
     let message = match e.downcast_ref::<wasmtime::Trap>() {
         Some(t) => t.to_string(),
-        None => format!("{e:#}"),
+        None => clip_marked(&format!("{e:#}"), MAX_REASON),
     };
-    PluginError::Trap { call, message }
+    PluginError::Trap { call, message, last_log: LastLog::default() }
 }
 
 /// What a plugin's store holds.
@@ -235,6 +292,9 @@ pub(super) struct HostState {
     pub(super) table: ResourceTable,
     pub(super) limits: Limits,
     pub(super) log: Log,
+    /// What the plugin logged in the current call, its last [`LastLog::LINES`] lines: quoted
+    /// if the call fails.
+    pub(super) said: VecDeque<String>,
     pub(super) kv: Kv,
     pub(super) kv_quota: usize,
     pub(super) routes: Option<RouteLookup>,
@@ -256,9 +316,11 @@ impl wit_host::Host for HostState {
             wit_host::Level::Warn => "warn",
             wit_host::Level::Error => "error",
         };
-        let mut message = message;
-        message.truncate(4096);
-        push_log(&self.log, level, message);
+        if self.said.len() == LastLog::LINES {
+            self.said.pop_front();
+        }
+        self.said.push_back(clip_marked(&message, MAX_REASON));
+        push_log(&self.log, level, clip_marked(&message, MAX_LOG_MESSAGE));
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -292,6 +354,7 @@ impl wit_host::Host for HostState {
         match self.kv.get(&key) {
             Ok(v) => v,
             Err(e) => {
+                let key = clip_marked(&key, MAX_QUOTED);
                 push_log(&self.log, "host", format!("kv-get {key:?}: {e}"));
                 None
             }
@@ -300,7 +363,7 @@ impl wit_host::Host for HostState {
 
     fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
         let used = self.kv.used_except(&key)?;
-        if used + key.len() + value.len() > self.kv_quota {
+        if used.saturating_add(key.len()).saturating_add(value.len()) > self.kv_quota {
             return Err(format!("over the quota of {} bytes", self.kv_quota));
         }
         self.kv.set(key, value)
@@ -328,12 +391,13 @@ impl Kv {
     /// Bytes of keys and values held, but for `except`'s.
     fn used_except(&self, except: &str) -> Result<usize, String> {
         match self {
-            Self::Memory(m) => {
-                Ok(m.iter().filter(|(k, _)| *k != except).map(|(k, v)| k.len() + v.len()).sum())
-            }
-            Self::Sled(t) => t.iter().try_fold(0, |n, item| {
+            Self::Memory(m) => Ok(m
+                .iter()
+                .filter(|(k, _)| *k != except)
+                .fold(0, |n: usize, (k, v)| n.saturating_add(k.len() + v.len()))),
+            Self::Sled(t) => t.iter().try_fold(0, |n: usize, item| {
                 let (k, v) = item.map_err(|e| format!("store: {e}"))?;
-                Ok(if &*k == except.as_bytes() { n } else { n + k.len() + v.len() })
+                Ok(if &*k == except.as_bytes() { n } else { n.saturating_add(k.len() + v.len()) })
             }),
         }
     }
@@ -396,5 +460,252 @@ impl wasmtime::ResourceLimiter for Limits {
 
     fn memories(&self) -> usize {
         self.inner.memories()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The host-call boundary fed what a hostile plugin could send: text with multi-byte
+    //! characters across every limit, huge lengths, bytes that are not UTF-8 made into text,
+    //! prefixes and addresses that almost parse, numbers at their extremes. Nothing may panic.
+
+    use std::{net::IpAddr, sync::Arc};
+
+    use sluice_dataplane::hooks::{HookTables, MemoryHookMaps};
+    use wasmtime::StoreLimitsBuilder;
+    use wit_host::Host as _;
+
+    use super::*;
+    use crate::plugins::{InterfaceInfo, Queries, RouteInfo};
+
+    /// A dataplane that answers every query.
+    struct Answers;
+
+    impl Queries for Answers {
+        fn route(&self, addr: IpAddr) -> Option<RouteInfo> {
+            Some(RouteInfo { action: "forward".into(), next_hops: vec![addr] })
+        }
+        fn interfaces(&self) -> Vec<InterfaceInfo> {
+            vec![InterfaceInfo {
+                name: "eth1".into(),
+                ifindex: 2,
+                xdp_mode: "native".into(),
+                up: true,
+                mtu: 1500,
+            }]
+        }
+    }
+
+    fn host_state(routes: Option<RouteLookup>) -> HostState {
+        HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: Limits { inner: StoreLimitsBuilder::new().build(), memory_bytes: 0 },
+            log: Arc::new(Mutex::new(VecDeque::new())),
+            said: VecDeque::new(),
+            kv: Kv::Memory(BTreeMap::new()),
+            kv_quota: 1 << 20,
+            routes,
+        }
+    }
+
+    /// xorshift64*: the same inputs on every run, so that a failure can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Characters of every UTF-8 length, and those prefixes and addresses are made of.
+    const PIECES: &[&str] = &[
+        "a",
+        "0",
+        "1",
+        "9",
+        "25",
+        "255",
+        "256",
+        "/",
+        "//",
+        ".",
+        ":",
+        "::",
+        "%",
+        "-",
+        "+",
+        " ",
+        "é",
+        "€",
+        "𝄞",
+        "\u{0}",
+        "\n",
+        "\u{7f}",
+        "\u{feff}",
+        "\u{202e}",
+        "٣",
+        "０",
+        "x",
+        "/33",
+        "/129",
+        "/-1",
+        "/99999999999999999999",
+        "192.0.2.0/24",
+        "2001:db8::/32",
+        "::ffff:",
+        "fe80::1%eth0",
+        "0x10",
+        "[::1]",
+        "1.2.3.4",
+        "ffff:",
+    ];
+
+    /// The texts fed to every host call.
+    fn texts() -> Vec<String> {
+        let mut rng = Rng(0x5eed_0f51_u64);
+        let mut out: Vec<String> = Vec::new();
+        // A multi-byte character across every byte around the log's limit and the reasons'.
+        for limit in [MAX_LOG_MESSAGE, MAX_REASON, MAX_QUOTED] {
+            for ch in ['é', '€', '𝄞'] {
+                for at in limit - 4..=limit + 1 {
+                    out.push(format!("{}{ch}{}", "a".repeat(at), "b".repeat(5000 - at)));
+                }
+            }
+        }
+        // Huge.
+        out.push("€".repeat(1 << 20));
+        out.push(format!("{}/8", "1".repeat(1 << 20)));
+        out.push(format!("10.0.0.0/{}", "9".repeat(1 << 16)));
+        out.push("\u{0}".repeat(1 << 16));
+        out.push(String::new());
+        // Bytes that are not UTF-8, as text (the component model lets only UTF-8 through).
+        for _ in 0..500 {
+            let bytes: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
+            out.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        // Almost prefixes and addresses.
+        for _ in 0..20_000 {
+            out.push((0..rng.below(12)).map(|_| PIECES[rng.below(PIECES.len())]).collect());
+        }
+        out
+    }
+
+    fn ops_on(text: &str, rng: &mut Rng) -> Vec<wit::Op> {
+        let direction = if rng.next() & 1 == 0 { wit::Direction::Src } else { wit::Direction::Dst };
+        let number = |rng: &mut Rng| match rng.below(4) {
+            0 => 0,
+            1 => u32::MAX,
+            _ => rng.next() as u32,
+        };
+        let hops = (0..rng.below(20))
+            .map(|i| wit::SteerHop {
+                via: if i % 2 == 0 { text.to_owned() } else { format!("10.0.0.{i}") },
+                weight: [0, 1, 1000, 1001, u16::MAX][rng.below(5)],
+            })
+            .collect();
+        vec![
+            wit::Op::SetFilter(wit::FilterRule {
+                direction,
+                prefix: text.to_owned(),
+                action: wit::Action::Drop,
+            }),
+            wit::Op::RemoveFilter((direction, text.to_owned())),
+            wit::Op::SetRateLimit(wit::RateLimit {
+                prefix: text.to_owned(),
+                rate_pps: number(rng),
+                burst: number(rng),
+            }),
+            wit::Op::RemoveRateLimit(text.to_owned()),
+            wit::Op::SetSampling(number(rng)),
+            wit::Op::SetSteer(wit::SteerRule { prefix: text.to_owned(), next_hops: hops }),
+            wit::Op::RemoveSteer(text.to_owned()),
+        ]
+    }
+
+    #[test]
+    fn nothing_a_plugin_sends_or_returns_makes_the_host_panic() {
+        let manifest = Manifest {
+            tables: vec![Table::Filter, Table::RateLimit, Table::Sample, Table::Steer],
+            kv_bytes: 1 << 20,
+            ..Manifest::new("fuzzed", "0.1.0", &[], b"")
+        };
+        let mut tables = HookTables::new(MemoryHookMaps::default());
+        let mut rng = Rng(7);
+        let texts = texts();
+        let (mut accepted, mut refused) = (0usize, 0usize);
+        for routes in [None, Some(Arc::new(Answers) as RouteLookup)] {
+            let mut host = host_state(routes);
+            for text in &texts {
+                // Each input on its own, so that a panic names it.
+                let fed = panic::catch_unwind(AssertUnwindSafe(|| {
+                    host.log(wit_host::Level::Error, text.clone());
+                    let _ = host.kv_set(text.clone(), text.as_bytes().to_vec());
+                    let _ = host.kv_get(text.clone());
+                    let _ = host.lookup_route(text.clone());
+                    let _ = host.interfaces();
+                    for op in ops_on(text, &mut rng) {
+                        match check_ops(&manifest, vec![op]) {
+                            Ok(ops) => match tables.apply("fuzzed", &ops) {
+                                Ok(()) => accepted += 1,
+                                Err(e) => {
+                                    refused += 1;
+                                    let _ = e.to_string();
+                                }
+                            },
+                            Err(e) => {
+                                refused += 1;
+                                let reason = e.to_string();
+                                // Quoted escaped: a control character is up to 6 bytes.
+                                assert!(reason.len() < 7 * MAX_QUOTED, "a sentence: {reason}");
+                            }
+                        }
+                    }
+                }));
+                let shown = clip_marked(text, 80);
+                assert!(fed.is_ok(), "the host panicked on {shown:?} ({} bytes)", text.len());
+            }
+            let log = host.log.lock().expect("log");
+            assert!(log.iter().all(|l| l.message.len() <= MAX_LOG_MESSAGE), "log lines cut");
+            assert!(host.said.len() <= LastLog::LINES);
+            assert!(host.said.iter().all(|l| l.len() <= MAX_REASON));
+        }
+        println!(
+            "host-call boundary: {} texts, {} operations accepted and {} refused, no panic",
+            texts.len(),
+            accepted,
+            refused
+        );
+    }
+
+    #[test]
+    fn a_multi_byte_character_across_the_log_limit_is_cut_before_it() {
+        let mut host = host_state(None);
+        for ch in ['é', '€', '𝄞'] {
+            // The character starts at the last byte kept: the bug that stopped every plugin.
+            let message = format!("{}{ch}{}", "a".repeat(4095), "b".repeat(900));
+            host.log(wit_host::Level::Info, message.clone());
+            let log = host.log.lock().expect("log");
+            let line = &log.back().expect("a line").message;
+            assert!(line.len() <= MAX_LOG_MESSAGE && line.ends_with('…'), "{}", line.len());
+            assert!(message.starts_with(line.trim_end_matches('…')));
+        }
+    }
+
+    #[test]
+    fn a_quota_is_never_passed_whatever_the_sizes() {
+        let mut host = host_state(None);
+        host.kv_quota = 100;
+        assert!(host.kv_set("k".into(), vec![0; 99]).is_ok());
+        assert!(host.kv_set("k".into(), vec![0; 100]).is_err());
+        assert!(host.kv_set("€".repeat(40), vec![0; 1]).is_err(), "keys count too");
+        host.kv_quota = usize::MAX;
+        assert!(host.kv_set("j".into(), vec![0; 10]).is_ok(), "no overflow at the top");
     }
 }

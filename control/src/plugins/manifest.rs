@@ -147,7 +147,8 @@ pub(super) fn check_manifest(m: &Manifest) -> Result<(), PluginError> {
     {
         return bad(format!("name {:?}: 1 to 64 of a-z, 0-9 and -", m.name));
     }
-    if m.memory_mib == 0 || m.memory_mib << 20 > MAX_MEMORY {
+    // Compared in MiB: shifted into bytes, a huge value would lose its high bits and pass.
+    if m.memory_mib == 0 || m.memory_mib > MAX_MEMORY >> 20 {
         return bad(format!("memory_mib {}: 1 to {}", m.memory_mib, MAX_MEMORY >> 20));
     }
     if m.deadline_ms == 0 || m.deadline_ms > 10_000 {

@@ -10,15 +10,22 @@
 //! - What a plugin returns is checked before anything is applied: tables its manifest declares,
 //!   at most its operations per call, prefixes that parse; then the hook tables' writer
 //!   validates and applies the batch all or nothing.
-//! - A trap, a timeout or invalid output quarantines the plugin with its reason; its failure
-//!   policy decides whether its rules stay (fail-closed) or go (fail-open); it is restarted
-//!   after a back-off that doubles with each failure.
+//! - A trap, a timeout or invalid output quarantines the plugin with its reason (and the lines
+//!   it logged last in that call: a Rust plugin's panic message); its failure policy decides
+//!   whether its rules stay (fail-closed) or go (fail-open); it is restarted after a back-off
+//!   that doubles with each failure.
+//! - Nothing a plugin sends or returns can make the host panic: its text is cut at character
+//!   boundaries and its numbers checked. Should the host panic anyway while serving one plugin
+//!   (running it, answering its host calls, checking its output), that plugin alone is
+//!   quarantined with the panic's message; should the plugin thread die, the daemon starts it
+//!   again after a back-off.
 //!
 //! Its parts: [`Manifest`] and [`Trust`] (`manifest`) say what a plugin may do and who vouches
 //! for it; the [`PluginHost`] (`host`) owns the engine and compiles components; a [`Plugin`]
 //! (`instance`) is one instance in a store of its own, and its calls; the [`Manager`]
 //! (`supervisor`) hands out events, quarantines and restarts; [`harness()`] runs a plugin without a
-//! router (`sluice plugin run`); [`run()`] (`thread`) is the daemon's plugin thread.
+//! router (`sluice plugin run`); [`run()`] (`thread`) starts the daemon's plugin thread, which
+//! the daemon keeps running through its [`PluginThread`].
 
 mod error;
 mod harness;
@@ -30,7 +37,7 @@ mod supervisor;
 mod thread;
 mod util;
 
-pub use error::PluginError;
+pub use error::{LastLog, PluginError};
 pub use harness::{HarnessCall, HarnessRun, ScriptedCounter, ScriptedEvent, harness};
 pub use host::{Compiled, CounterEvent, Event, FlowSample, PluginHost, RouteChange, TICK};
 pub use instance::{Log, LogLine, Plugin, Usage};
@@ -38,7 +45,7 @@ pub use manifest::{FailurePolicy, Manifest, Table, Trust, public_key};
 pub use queries::{InterfaceInfo, Queries, RouteInfo, RouteLookup, pinned_queries};
 pub use supervisor::{Manager, Status, Supervised, TableSink};
 pub use thread::{
-    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, MAX_ROUTE_EVENTS, PluginInfo, Wanted, run,
-    wanted_from_store,
+    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, MAX_ROUTE_EVENTS, PluginInfo, PluginThread,
+    Wanted, run, wanted_from_store,
 };
 pub use util::{hex, now_ms, sha256_hex, unhex};

@@ -230,7 +230,7 @@ impl<S: TableSink> Manager<S> {
 /// Stops a failed plugin: quarantined with its reason, its rules removed or kept as its policy
 /// says, its restart pushed back.
 fn quarantine<S: TableSink>(sink: &mut S, name: &str, s: &mut Supervised, e: &PluginError) {
-    s.failures += 1;
+    s.failures = s.failures.saturating_add(1);
     let backoff = FIRST_BACKOFF.saturating_mul(1 << (s.failures - 1).min(16)).min(MAX_BACKOFF);
     push_log(
         &s.plugin.log,

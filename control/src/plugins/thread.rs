@@ -1,10 +1,16 @@
 //! The daemon's plugin thread: the plugins of a directory and of the configuration store,
 //! the commands of the daemon and the API, and once an interval the events gathered from the
-//! dataplane (route changes, counters, samples, the timer) handed to the supervisor.
+//! dataplane (route changes, counters, samples, the timer) handed to the supervisor. A plugin's
+//! failure, a panic of the host while serving it included, is the supervisor's to contain; should
+//! the thread die anyway, its owner starts it again after a back-off ([`PluginThread::watch`]).
 
 use std::{
-    sync::Arc,
-    thread,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, PoisonError,
+        mpsc::{Receiver, RecvTimeoutError},
+    },
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -14,7 +20,7 @@ use sluice_dataplane::hooks::{self, HookTables};
 
 use super::{
     CounterEvent, Event, FlowSample, LogLine, Manager, Manifest, PluginHost, RouteChange, Status,
-    Table, Trust, Usage, now_ms, pinned_queries,
+    Table, Trust, Usage, now_ms, pinned_queries, util::panic_message,
 };
 
 /// The nice value of the plugin thread: that of a process started plainly, whatever priority the
@@ -33,7 +39,7 @@ pub struct Feed {
     /// The sampled headers.
     pub samples: aya::maps::RingBuf<aya::maps::MapData>,
     /// Route changes from the daemon's recompiles.
-    pub routes: std::sync::mpsc::Receiver<Vec<RouteChange>>,
+    pub routes: Receiver<Vec<RouteChange>>,
     /// The pinned dataplane, for counter snapshots.
     pub pin: sluice_dataplane::PinDir,
     /// The dataplane's next hops by gateway, which steer rules are resolved through.
@@ -99,8 +105,8 @@ fn counter_snapshot(pin: &sluice_dataplane::PinDir) -> Option<Event> {
 }
 
 /// Starts the plugins of a directory.
-fn start_dir(manager: &mut Manager<HookTables<hooks::AyaHookMaps>>, dir: &std::path::Path) {
-    let mut manifests: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
+fn start_dir(manager: &mut Manager<HookTables<hooks::AyaHookMaps>>, dir: &Path) {
+    let mut manifests: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -222,13 +228,13 @@ pub enum Command {
 }
 
 /// The plugin thread's state beside its manager.
-struct PluginThread {
+struct Worker {
     manager: Manager<HookTables<hooks::AyaHookMaps>>,
     /// The plugins started from the store (the others come from the directory).
     from_store: std::collections::BTreeSet<String>,
 }
 
-impl PluginThread {
+impl Worker {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Put(w, reply) => {
@@ -239,10 +245,7 @@ impl PluginThread {
                 let _ = reply.send(self.list());
             }
             Command::Logs(name, reply) => {
-                let log =
-                    self.manager.plugins().get(&name).map(|s| {
-                        s.plugin().log().lock().expect("log lock").iter().cloned().collect()
-                    });
+                let log = self.manager.plugins().get(&name).map(|s| s.plugin().log_lines());
                 let _ = reply.send(log);
             }
         }
@@ -313,24 +316,195 @@ impl PluginThread {
     }
 }
 
+/// What the plugin thread works with, kept by its owner's [`PluginThread`] across the thread's
+/// restarts (a thread that panics loses what it owns).
+struct Resources {
+    dir: Option<PathBuf>,
+    trust: Trust,
+    /// The hook maps the daemon took out of its dataplane, for the first start; a restart
+    /// opens the pinned ones.
+    maps: Option<hooks::AyaHookMaps>,
+    feed: Feed,
+    /// None once every sender is gone.
+    commands: Option<Receiver<Command>>,
+}
+
 /// Starts the plugin thread: the plugins of `dir` (for each `NAME.json` manifest, `NAME.wasm`
 /// and the optional `NAME.config.json`), then whatever [`Command`]s bring (the store's plugins).
 /// The hook tables are emptied first (a plugin rewrites its rules as it starts). A plugin that
 /// cannot start is logged and left out; the others run. Every [`EVENT_INTERVAL`] each plugin
-/// gets the sampled headers and a timer.
+/// gets the sampled headers and a timer. The owner keeps the returned [`PluginThread`] and
+/// calls [`PluginThread::watch`] now and then, which starts the thread again if it died.
 pub fn run(
-    dir: Option<&std::path::Path>,
+    dir: Option<&Path>,
     trust: Trust,
-    mut maps: hooks::AyaHookMaps,
-    mut feed: Feed,
-    commands: std::sync::mpsc::Receiver<Command>,
-) {
+    maps: hooks::AyaHookMaps,
+    feed: Feed,
+    commands: Receiver<Command>,
+) -> PluginThread {
+    let resources = Arc::new(Mutex::new(Resources {
+        dir: dir.map(Path::to_owned),
+        trust,
+        maps: Some(maps),
+        feed,
+        commands: Some(commands),
+    }));
+    PluginThread(Restarting::start(
+        "sluice-plugins",
+        Arc::new(move || {
+            // A predecessor that panicked poisoned the lock; what it guards is whole: the
+            // feed's queues and the command channel, which a panic does not leave half-done.
+            let mut r = resources.lock().unwrap_or_else(PoisonError::into_inner);
+            serve(&mut r);
+        }),
+        THREAD_BACKOFF,
+    ))
+}
+
+/// The plugin thread as its owner (the daemon) holds it.
+#[derive(Debug)]
+pub struct PluginThread(Restarting);
+
+impl PluginThread {
+    /// If the thread died (a panic outside any one plugin's work, which a plugin's own failure
+    /// never is), logs why and, once its back-off has passed, starts it again: its plugins
+    /// start afresh, those of the plugin directory included. Returns whether it started it
+    /// again: the owner then sends the store's plugins again ([`Command::Sync`]).
+    pub fn watch(&mut self) -> bool {
+        self.0.watch()
+    }
+
+    /// Times the thread was started again.
+    pub fn restarts(&self) -> u32 {
+        self.0.restarts
+    }
+}
+
+/// Back-off before the plugin thread is started again, doubling with each death in a row, and
+/// its cap.
+const THREAD_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_mins(1));
+/// A thread that ran this long before it died starts its back-off afresh.
+const THREAD_STABLE: Duration = Duration::from_mins(5);
+
+/// A thread meant to run for the process's life, started again after a back-off whenever it
+/// ends.
+struct Restarting {
+    name: &'static str,
+    body: Arc<dyn Fn() + Send + Sync>,
+    thread: Option<JoinHandle<()>>,
+    started: Instant,
+    /// Deaths in a row (the back-off doubles with them).
+    deaths: u32,
+    restarts: u32,
+    /// When to start it again, while it is dead.
+    retry_at: Option<Instant>,
+    backoff: (Duration, Duration),
+}
+
+impl std::fmt::Debug for Restarting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restarting")
+            .field("name", &self.name)
+            .field("deaths", &self.deaths)
+            .field("restarts", &self.restarts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Restarting {
+    fn start(
+        name: &'static str,
+        body: Arc<dyn Fn() + Send + Sync>,
+        backoff: (Duration, Duration),
+    ) -> Self {
+        let mut r = Self {
+            name,
+            body,
+            thread: None,
+            started: Instant::now(),
+            deaths: 0,
+            restarts: 0,
+            retry_at: Some(Instant::now()),
+            backoff,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) -> bool {
+        let body = Arc::clone(&self.body);
+        match thread::Builder::new().name(self.name.into()).spawn(move || body()) {
+            Ok(t) => {
+                self.thread = Some(t);
+                self.started = Instant::now();
+                self.retry_at = None;
+                true
+            }
+            Err(e) => {
+                self.died(&format!("it could not be started: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Records a death and when to start again.
+    fn died(&mut self, why: &str) {
+        if self.started.elapsed() >= THREAD_STABLE {
+            self.deaths = 0;
+        }
+        self.deaths = self.deaths.saturating_add(1);
+        let (first, max) = self.backoff;
+        let backoff = first.saturating_mul(1 << (self.deaths - 1).min(16)).min(max);
+        tracing::error!(
+            thread = self.name,
+            reason = why,
+            deaths = self.deaths,
+            restart_in_ms = backoff.as_millis() as u64,
+            "the plugin thread died; starting it again after a back-off"
+        );
+        self.retry_at = Some(Instant::now() + backoff);
+    }
+
+    fn watch(&mut self) -> bool {
+        if let Some(t) = self.thread.take_if(|t| t.is_finished()) {
+            let why = match t.join() {
+                Ok(()) => "it ended".to_owned(),
+                Err(payload) => format!("it panicked: {}", panic_message(&*payload)),
+            };
+            self.died(&why);
+        }
+        if self.thread.is_some() || self.retry_at.is_none_or(|at| Instant::now() < at) {
+            return false;
+        }
+        if !self.spawn() {
+            return false;
+        }
+        self.restarts += 1;
+        tracing::info!(thread = self.name, restarts = self.restarts, "the plugin thread restarted");
+        true
+    }
+}
+
+/// The plugin thread's work, from emptying the hook tables on: returns only when it cannot
+/// start.
+fn serve(r: &mut Resources) {
+    let maps = match r.maps.take() {
+        Some(maps) => Ok(maps),
+        None => hooks::AyaHookMaps::open(&r.feed.pin),
+    };
+    let mut maps = match maps {
+        Ok(maps) => maps,
+        Err(e) => {
+            tracing::error!(error = %e, "the hook tables are unusable: no plugins");
+            return;
+        }
+    };
     if let Err(e) = maps.clear() {
         tracing::error!(error = %e, "emptying the hook tables failed: no plugins");
         return;
     }
-    let host = match PluginHost::new(trust) {
-        Ok(h) => match feed.kv.take() {
+    let host = match PluginHost::new(r.trust.clone()) {
+        Ok(h) => match r.feed.kv.clone() {
             Some(db) => h.with_kv(db),
             None => h,
         },
@@ -339,8 +513,8 @@ pub fn run(
             return;
         }
     };
-    maps.set_gateways(feed.gateways.clone());
-    let queries = match pinned_queries(&feed.pin) {
+    maps.set_gateways(r.feed.gateways.clone());
+    let queries = match pinned_queries(&r.feed.pin) {
         Ok(q) => Some(q),
         Err(e) => {
             tracing::warn!(error = %e, "plugins' route and interface queries will answer nothing");
@@ -348,51 +522,91 @@ pub fn run(
         }
     };
     let mut manager = Manager::new(host, HookTables::new(maps), queries);
-    if let Some(dir) = dir {
+    if let Some(dir) = &r.dir {
         start_dir(&mut manager, dir);
     }
-    let mut t = PluginThread { manager, from_store: std::collections::BTreeSet::new() };
-    let spawned = thread::Builder::new().name("sluice-plugins".into()).spawn(move || {
-        // Third-party code: not at the priority the daemon may have given its own threads.
-        if let Err(e) = sluice_dataplane::set_thread_nice(PLUGIN_NICE) {
-            tracing::debug!(error = %e, "could not set the plugin thread's priority");
-        }
-        let mut ticks = 0u32;
-        let mut gateways_seen = feed.gateways.version();
-        let mut commands = Some(commands);
+    let mut t = Worker { manager, from_store: std::collections::BTreeSet::new() };
+    // Third-party code: not at the priority the daemon may have given its own threads.
+    if let Err(e) = sluice_dataplane::set_thread_nice(PLUGIN_NICE) {
+        tracing::debug!(error = %e, "could not set the plugin thread's priority");
+    }
+    let mut ticks = 0u32;
+    let mut gateways_seen = r.feed.gateways.version();
+    loop {
+        // Commands are taken as they come; events once an interval.
+        let due = Instant::now() + EVENT_INTERVAL;
         loop {
-            // Commands are taken as they come; events once an interval.
-            let due = Instant::now() + EVENT_INTERVAL;
-            loop {
-                let left = due.saturating_duration_since(Instant::now());
-                let Some(rx) = &commands else {
-                    thread::sleep(left);
-                    break;
-                };
-                match rx.recv_timeout(left) {
-                    Ok(cmd) => t.command(cmd),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => commands = None,
-                }
-            }
-            ticks = ticks.wrapping_add(1);
-            let version = feed.gateways.version();
-            if version != gateways_seen {
-                gateways_seen = version;
-                if let Err(e) = t.manager.sink_mut().refresh_steering() {
-                    tracing::error!(error = %e, "rewriting the steer rules failed");
-                }
-            }
-            let events = gather_events(&mut feed, ticks);
-            for (name, e) in t.manager.dispatch(&events) {
-                tracing::warn!(plugin = name, error = %e, "plugin quarantined");
-            }
-            for name in t.manager.restart_due() {
-                tracing::info!(plugin = name, "plugin restarted");
+            let left = due.saturating_duration_since(Instant::now());
+            let Some(rx) = &r.commands else {
+                thread::sleep(left);
+                break;
+            };
+            match rx.recv_timeout(left) {
+                Ok(cmd) => t.command(cmd),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => r.commands = None,
             }
         }
-    });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "the plugin thread did not start");
+        ticks = ticks.wrapping_add(1);
+        let version = r.feed.gateways.version();
+        if version != gateways_seen {
+            gateways_seen = version;
+            if let Err(e) = t.manager.sink_mut().refresh_steering() {
+                tracing::error!(error = %e, "rewriting the steer rules failed");
+            }
+        }
+        let events = gather_events(&mut r.feed, ticks);
+        for (name, e) in t.manager.dispatch(&events) {
+            tracing::warn!(plugin = name, error = %e, "plugin quarantined");
+        }
+        for name in t.manager.restart_due() {
+            tracing::info!(plugin = name, "plugin restarted");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn a_thread_that_dies_is_started_again_after_a_back_off_that_doubles() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let body_runs = Arc::clone(&runs);
+        // Panics in its first two runs, then lives.
+        let body = Arc::new(move || {
+            assert!(body_runs.fetch_add(1, Ordering::SeqCst) >= 2, "a bug of the plugin thread");
+            thread::sleep(Duration::from_secs(5));
+        });
+        let backoff = (Duration::from_millis(50), Duration::from_millis(80));
+        let started = Instant::now();
+        let mut r = Restarting::start("restart-test", body, backoff);
+        let mut restarted_at = Vec::new();
+        while restarted_at.len() < 2 && started.elapsed() < Duration::from_secs(5) {
+            if r.watch() {
+                restarted_at.push(started.elapsed());
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(r.restarts, 2, "started again twice: {r:?}");
+        while runs.load(Ordering::SeqCst) < 3 && started.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "the third run lives");
+        assert!(restarted_at[0] >= backoff.0, "not before its first back-off: {restarted_at:?}");
+        assert!(
+            restarted_at[1].saturating_sub(restarted_at[0]) >= backoff.1,
+            "the second back-off doubled (to its cap): {restarted_at:?}"
+        );
+        for _ in 0..20 {
+            assert!(!r.watch(), "a living thread is left alone");
+            thread::sleep(Duration::from_millis(5));
+        }
+        println!(
+            "plugin thread: died twice, started again after {:?} and {:?}",
+            restarted_at[0], restarted_at[1]
+        );
     }
 }

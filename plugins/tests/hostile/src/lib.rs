@@ -7,14 +7,16 @@
 //! instance when the store does) and writes a count rule on 198.18.0.N/32 for call N, after
 //! checking that a value over its quota is refused; `queries` asks where 10.77.0.9 goes and
 //! writes a count rule on each gateway's /32, and one on 198.18.N.0/24 for the N interfaces the
-//! dataplane serves; anything else behaves.
+//! dataplane serves; `log-multibyte` logs, in `init` and in `handle`, a 5000-byte line with a
+//! 3-byte character across byte 4096 (where the host cuts a log line) and otherwise behaves;
+//! `panic` panics in `handle` (its SDK logs the message before the trap); anything else behaves.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sluice_plugin_sdk::{Action, Direction, Event, Guest, Op, filter, host, rate_limit};
 
 static MODE: AtomicU32 = AtomicU32::new(0);
-const MODES: [&str; 11] = [
+const MODES: [&str; 13] = [
     "spin",
     "slow-init",
     "trap",
@@ -26,7 +28,19 @@ const MODES: [&str; 11] = [
     "echo-events",
     "kv-count",
     "queries",
+    "log-multibyte",
+    "panic",
 ];
+
+/// The message `panic` panics with.
+const PANIC: &str = "hostile: panicking as configured";
+
+/// 5000 bytes, a '€' (3 bytes) on bytes 4095 to 4097.
+fn multibyte_line() -> String {
+    let line = format!("{}€{}", "a".repeat(4095), "b".repeat(5000 - 4098));
+    debug_assert!(line.len() == 5000 && !line.is_char_boundary(4096));
+    line
+}
 
 fn mode() -> &'static str {
     let m = MODE.load(Ordering::Relaxed) as usize;
@@ -44,6 +58,9 @@ impl Guest for Hostile {
     fn init(config: String) -> Result<Vec<Op>, String> {
         let m = MODES.iter().position(|m| *m == config).map_or(0, |i| i + 1);
         MODE.store(m as u32, Ordering::Relaxed);
+        if mode() == "log-multibyte" {
+            host::log(host::Level::Info, &multibyte_line());
+        }
         if mode() == "slow-init" {
             loop {
                 std::hint::black_box(());
@@ -91,6 +108,11 @@ impl Guest for Hostile {
                 ops.push(filter(Direction::Src, &format!("198.18.{n}.0/24"), Action::Count));
                 Ok(ops)
             }
+            "log-multibyte" => {
+                host::log(host::Level::Info, &multibyte_line());
+                Ok(vec![filter(Direction::Src, "198.51.100.0/24", Action::Drop)])
+            }
+            "panic" => panic!("{PANIC}"),
             "spin" => loop {
                 std::hint::black_box(());
             },
