@@ -41,7 +41,7 @@ test-core:
 
 # The example and test plugins, as components for wasm32-wasip2 (plugins/target/wasm32-wasip2/release).
 plugins: setup
-	cd plugins && $(CARGO) build --release --locked --target wasm32-wasip2
+	cd plugins && $(CARGO) build --release --locked --target wasm32-wasip2 --target-dir target
 
 # The appliance image: vm-images/out/sluice.qcow2 and sluice.raw (Debian stable by mmdebstrap,
 # its cloud kernel, sluice as a service). Needs root and the Debian mirror.

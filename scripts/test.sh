@@ -12,7 +12,7 @@ trap 'rm -rf "$nobpf"' EXIT
 for tool in cargo rustc rustup; do ln -s "$(command -v $tool)" "$nobpf/$tool"; done
 env PATH="$nobpf:/usr/bin:/bin" RUSTUP_TOOLCHAIN=stable cargo test --release --locked -q -p sluice-core
 # The plugins the host's tests run (components for wasm32-wasip2).
-(cd plugins && cargo build --release --locked --target wasm32-wasip2)
+(cd plugins && cargo build --release --locked --target wasm32-wasip2 --target-dir target)
 if [ "$(id -u)" != 0 ]; then
   echo "test: not root: the packet and namespace tiers will report themselves as not run" >&2
 fi

@@ -12,7 +12,7 @@ repo=$(dirname "$here")
 SUITE=${SUITE:-trixie}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-SLUICE_BIN=${SLUICE_BIN:-$repo/target/release/sluice}
+SLUICE_BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/sluice}
 OUT=${OUT:-$here/out}
 BOOT_MIB=${BOOT_MIB:-96}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}
