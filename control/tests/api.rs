@@ -93,8 +93,11 @@ impl Lab {
             }
         }
         if let Some(b) = body {
+            // From a file: a plugin upload is larger than one argument may be (128 KiB).
+            let file = self.state.0.join(netns::unique_name("body-"));
+            std::fs::write(&file, b).expect("write the request body");
             args.extend(["-H".into(), "Content-Type: application/json".into()]);
-            args.extend(["--data-binary".into(), b.to_owned()]);
+            args.extend(["--data-binary".into(), format!("@{}", file.display())]);
         }
         args.push(url);
         let curl_args: Vec<&str> = args.iter().map(String::as_str).collect();

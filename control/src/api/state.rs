@@ -64,8 +64,21 @@ impl Api {
         if api.store.is_set_up()? {
             let _ = std::fs::remove_file(&path);
         } else {
-            let token = random_hex(32);
-            write_private(&path, token.as_bytes())?;
+            // A token already on disk and not spent is kept: the console and the log of an
+            // earlier start showed it, and a restart (by systemd, after a failure) must not
+            // make what the operator was shown wrong.
+            let kept = std::fs::read_to_string(&path)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+            let token = match kept {
+                Some(token) => token,
+                None => {
+                    let token = random_hex(32);
+                    write_private(&path, token.as_bytes())?;
+                    token
+                }
+            };
             warn!(
                 token = %token,
                 file = %path.display(),

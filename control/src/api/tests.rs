@@ -199,3 +199,22 @@ async fn sessions_need_their_csrf_token_and_bodies_their_limit() {
     let want = [("vera", "403"), ("root", "409"), ("root", "ok"), ("root", "403"), ("root", "403")];
     assert_eq!(users, want, "{log:?}");
 }
+
+#[test]
+fn a_restart_before_set_up_keeps_the_setup_token_the_operator_was_shown() {
+    let first = Scratch::new();
+    let shown = std::fs::read_to_string(first.dir.join("setup-token")).unwrap();
+    let dir = first.dir.clone();
+    // The daemon restarts (the store reopened, a new API over the same state directory).
+    let Scratch { api, .. } = &first;
+    let store = api.store.clone();
+    let again = Api::new(store, PinDir::new(dir.join("no-pins")), &dir).unwrap();
+    let kept = again.setup_token.lock().unwrap().clone();
+    assert_eq!(kept.as_deref(), Some(shown.as_str()), "the token shown before the restart");
+    // A damaged token file is replaced by a fresh token.
+    std::fs::write(dir.join("setup-token"), "not a token").unwrap();
+    let fresh = Api::new(again.store.clone(), PinDir::new(dir.join("no-pins")), &dir).unwrap();
+    let token = fresh.setup_token.lock().unwrap().clone().unwrap();
+    assert_ne!(token, shown);
+    assert_eq!(std::fs::read_to_string(dir.join("setup-token")).unwrap(), token);
+}
