@@ -10,3 +10,16 @@ pub mod daemon;
 pub mod plugins;
 pub mod provision;
 pub mod show;
+
+/// Logs to standard error at the level `SLUICE_LOG` sets (an `EnvFilter`, `info` by default),
+/// in colour only on a terminal: the daemon, the CLI and the testbed's binaries alike.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

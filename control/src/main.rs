@@ -250,14 +250,7 @@ fn quiet_on_closed_pipe() {
 
 #[expect(clippy::too_many_lines, reason = "one arm a subcommand")]
 fn run(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    sluice::init_logging();
     let pin = PinDir::new(&cli.pin_dir);
     match cli.command {
         Command::Daemon {

@@ -38,6 +38,15 @@ pub enum DataplaneError {
     /// A map operation failed.
     #[error("map {0}")]
     Map(&'static str, #[source] MapError),
+    /// The kernel's BTF could not be read or lacks a field a program needs.
+    #[error("kernel BTF: {0}")]
+    Btf(String),
+    /// The eBPF object lacks a program or a map this build expects.
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// Reading a pinned link failed.
+    #[error("{0}")]
+    Link(&'static str, #[source] aya::programs::links::LinkError),
     /// A batched write to the route record failed.
     #[error("batched write to map {0}")]
     Record(&'static str, #[source] io::Error),

@@ -31,10 +31,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapError, MapInfo, MapType, PerCpuHashMap},
+    maps::{Array, MapData, MapInfo, MapType, PerCpuHashMap},
     programs::{
-        ProgramError, RawTracePoint,
-        links::{FdLink, LinkError, PinnedLink},
+        RawTracePoint,
+        links::{FdLink, PinnedLink},
         loaded_programs,
     },
 };
@@ -50,37 +50,6 @@ use crate::{
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// The daemon's network namespace.
 const OWN_NETNS: &str = "/proc/self/ns/net";
-
-/// Why egress accounting could not be set up. Never fatal: forwarding goes on without it.
-#[derive(Debug, thiserror::Error)]
-pub enum XmitError {
-    /// The kernel's BTF could not be read or lacks a field the program needs.
-    #[error("kernel BTF ({VMLINUX_BTF}): {0}")]
-    Btf(String),
-    /// A file operation failed.
-    #[error("{what} {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The object lacks the program or a map (built without `dataplane-ebpf/src/xmit.rs`).
-    #[error("the eBPF object has no {0}")]
-    Missing(&'static str),
-    /// Loading or attaching the program failed.
-    #[error("{0}")]
-    Program(&'static str, #[source] ProgramError),
-    /// Reading a pinned link failed.
-    #[error("{0}")]
-    Link(&'static str, #[source] LinkError),
-    /// A map operation failed.
-    #[error("map {0}")]
-    Map(&'static str, #[source] MapError),
-}
 
 /// Where the link of `tracepoint` is pinned.
 pub fn link_path(pin: &PinDir, tracepoint: &str) -> PathBuf {
@@ -155,16 +124,17 @@ pub fn attach(ebpf: &mut Ebpf, pin: &PinDir) {
     }
 }
 
-fn configure(ebpf: &mut Ebpf, pin: &PinDir) -> Result<(), XmitError> {
+fn configure(ebpf: &mut Ebpf, pin: &PinDir) -> Result<(), DataplaneError> {
     let devmap = pin.map(sluice_common::names::DEVMAP);
     let devmap_id = MapInfo::from_pin(&devmap)
-        .map_err(|e| XmitError::Map(sluice_common::names::DEVMAP, e))?
+        .map_err(|e| DataplaneError::Map(sluice_common::names::DEVMAP, e))?
         .id();
     let config = kernel_config(devmap_id)?;
-    let map = ebpf.map_mut(names::XMIT_CONFIG).ok_or(XmitError::Missing(names::XMIT_CONFIG))?;
+    let map =
+        ebpf.map_mut(names::XMIT_CONFIG).ok_or(DataplaneError::Missing(names::XMIT_CONFIG))?;
     let mut config_map: Array<&mut MapData, XmitConfig> =
-        Array::try_from(map).map_err(|e| XmitError::Map(names::XMIT_CONFIG, e))?;
-    config_map.set(0, config, 0).map_err(|e| XmitError::Map(names::XMIT_CONFIG, e))
+        Array::try_from(map).map_err(|e| DataplaneError::Map(names::XMIT_CONFIG, e))?;
+    config_map.set(0, config, 0).map_err(|e| DataplaneError::Map(names::XMIT_CONFIG, e))
 }
 
 fn attach_one(
@@ -172,13 +142,13 @@ fn attach_one(
     pin: &PinDir,
     name: &'static str,
     tracepoint: &'static str,
-) -> Result<&'static str, XmitError> {
+) -> Result<&'static str, DataplaneError> {
     let program: &mut RawTracePoint = ebpf
         .program_mut(name)
-        .ok_or(XmitError::Missing(name))?
+        .ok_or(DataplaneError::Missing(name))?
         .try_into()
-        .map_err(|e| XmitError::Program("program type", e))?;
-    program.load().map_err(|e| XmitError::Program("verifying the program", e))?;
+        .map_err(|e| DataplaneError::Program("program type".to_owned(), e))?;
+    program.load().map_err(|e| DataplaneError::Program("verifying the program".to_owned(), e))?;
 
     let path = link_path(pin, tracepoint);
     if path.exists() {
@@ -193,19 +163,24 @@ fn attach_one(
         }
     }
     let dir = tracepoints_dir(pin);
-    fs::create_dir_all(&dir).map_err(|source| XmitError::Io {
+    fs::create_dir_all(&dir).map_err(|source| DataplaneError::Io {
         what: "creating",
         path: dir.clone(),
         source,
     })?;
-    let id = program.attach(tracepoint).map_err(|e| XmitError::Program("attaching", e))?;
-    let link =
-        FdLink::from(program.take_link(id).map_err(|e| XmitError::Program("taking the link", e))?);
+    let id = program
+        .attach(tracepoint)
+        .map_err(|e| DataplaneError::Program("attaching".to_owned(), e))?;
+    let link = FdLink::from(
+        program
+            .take_link(id)
+            .map_err(|e| DataplaneError::Program("taking the link".to_owned(), e))?,
+    );
     // Pinned under a temporary name and renamed over the old pin: the old link goes only once
     // the new one counts. (No dot in the name: bpffs reserves names with dots.)
     let fresh = dir.join(format!("{tracepoint}-new"));
     let _ = fs::remove_file(&fresh);
-    link.pin(&fresh).map_err(|e| XmitError::Io {
+    link.pin(&fresh).map_err(|e| DataplaneError::Io {
         what: "pinning the link at",
         path: fresh.clone(),
         source: io::Error::other(e),
@@ -213,19 +188,21 @@ fn attach_one(
     let replaced = path.exists();
     fs::rename(&fresh, &path).map_err(|source| {
         let _ = fs::remove_file(&fresh);
-        XmitError::Io { what: "renaming the link to", path: path.clone(), source }
+        DataplaneError::Io { what: "renaming the link to", path: path.clone(), source }
     })?;
     Ok(if replaced { "replaced the pinned link" } else { "attached" })
 }
 
 /// Whether the link pinned at `path` runs the same instructions as `program` on the same maps.
-fn same_program(program: &RawTracePoint, path: &Path) -> Result<bool, XmitError> {
+fn same_program(program: &RawTracePoint, path: &Path) -> Result<bool, DataplaneError> {
     let link = FdLink::from(
-        PinnedLink::from_pin(path).map_err(|e| XmitError::Link("opening the pinned link", e))?,
+        PinnedLink::from_pin(path)
+            .map_err(|e| DataplaneError::Link("opening the pinned link", e))?,
     );
     let pinned_id =
-        link.info().map_err(|e| XmitError::Link("reading the pinned link", e))?.program_id();
-    let ours = program.info().map_err(|e| XmitError::Program("reading the program", e))?;
+        link.info().map_err(|e| DataplaneError::Link("reading the pinned link", e))?.program_id();
+    let ours =
+        program.info().map_err(|e| DataplaneError::Program("reading the program".to_owned(), e))?;
     let Some(pinned) = loaded_programs().filter_map(Result::ok).find(|p| p.id() == pinned_id)
     else {
         return Ok(false);
@@ -303,26 +280,26 @@ pub fn frames_per_flush(s: &XmitStats) -> f64 {
 }
 
 /// The configuration the programs need on this kernel, for the daemon's namespace and device map.
-fn kernel_config(devmap_id: u32) -> Result<XmitConfig, XmitError> {
-    let netns = fs::metadata(OWN_NETNS).map_err(|source| XmitError::Io {
+fn kernel_config(devmap_id: u32) -> Result<XmitConfig, DataplaneError> {
+    let netns = fs::metadata(OWN_NETNS).map_err(|source| DataplaneError::Io {
         what: "stat",
         path: OWN_NETNS.into(),
         source,
     })?;
     // The kernel keeps it as an `unsigned int`.
-    let netns_inum = u32::try_from(netns.ino()).map_err(|e| XmitError::Io {
+    let netns_inum = u32::try_from(netns.ino()).map_err(|e| DataplaneError::Io {
         what: "a 32-bit inode number for",
         path: OWN_NETNS.into(),
         source: io::Error::other(e),
     })?;
-    let data = fs::read(VMLINUX_BTF).map_err(|source| XmitError::Io {
+    let data = fs::read(VMLINUX_BTF).map_err(|source| DataplaneError::Io {
         what: "reading",
         path: VMLINUX_BTF.into(),
         source,
     })?;
-    let btf = Btf::parse(&data).map_err(XmitError::Btf)?;
+    let btf = Btf::parse(&data).map_err(DataplaneError::Btf)?;
     let offset = |strukt: &str, path: &[&str]| {
-        btf.offset_of(strukt, path).map_err(|e| XmitError::Btf(format!("{strukt}: {e}")))
+        btf.offset_of(strukt, path).map_err(|e| DataplaneError::Btf(format!("{strukt}: {e}")))
     };
     Ok(XmitConfig {
         netns_inum,

@@ -74,14 +74,7 @@ pub fn sluice_exe() -> anyhow::Result<PathBuf> {
 /// The testbed binaries' `main`: logs to stderr (`SLUICE_LOG`, default `info`), runs `body`, and
 /// turns an error into a message (with a hint when it lacks root) and exit status 1.
 pub fn main_of(name: &str, body: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    sluice::init_logging();
     match body() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
