@@ -71,13 +71,12 @@ impl Api {
                 .ok()
                 .map(|t| t.trim().to_owned())
                 .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()));
-            let token = match kept {
-                Some(token) => token,
-                None => {
-                    let token = random_hex(32);
-                    write_private(&path, token.as_bytes())?;
-                    token
-                }
+            let token = if let Some(token) = kept {
+                token
+            } else {
+                let token = random_hex(32);
+                write_private(&path, token.as_bytes())?;
+                token
             };
             warn!(
                 token = %token,
