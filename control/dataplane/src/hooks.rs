@@ -15,7 +15,7 @@ use sluice_common::{
     names,
 };
 
-use crate::pin::ignore_missing;
+use crate::pin::{ignore_missing, key_v4, key_v6};
 
 // The pure half of the hook tables, so that users of this crate find every hook type here.
 pub use sluice_core::hooks::*;
@@ -97,14 +97,6 @@ impl AyaHookMaps {
     }
 }
 
-fn v4_key(p: ipnet::Ipv4Net) -> Key<[u8; 4]> {
-    Key::new(u32::from(p.prefix_len()), p.network().octets())
-}
-
-fn v6_key(p: ipnet::Ipv6Net) -> Key<[u8; 16]> {
-    Key::new(u32::from(p.prefix_len()), p.network().octets())
-}
-
 impl AyaHookMaps {
     /// Empties every hook table (a starting daemon: what its plugins wrote before is written
     /// again as they start, and nothing of a plugin that is gone may stay).
@@ -161,11 +153,11 @@ impl HookMaps for AyaHookMaps {
         match prefix {
             IpNet::V4(p) => {
                 let (map, name) = self.filter_v4(dir);
-                map.insert(&v4_key(p), rule, 0).map_err(map_err(name))
+                map.insert(&key_v4(p), rule, 0).map_err(map_err(name))
             }
             IpNet::V6(p) => {
                 let (map, name) = self.filter_v6(dir);
-                map.insert(&v6_key(p), rule, 0).map_err(map_err(name))
+                map.insert(&key_v6(p), rule, 0).map_err(map_err(name))
             }
         }
     }
@@ -174,11 +166,11 @@ impl HookMaps for AyaHookMaps {
         match prefix {
             IpNet::V4(p) => {
                 let (map, name) = self.filter_v4(dir);
-                ignore_missing(map.remove(&v4_key(p))).map_err(map_err(name))
+                ignore_missing(map.remove(&key_v4(p))).map_err(map_err(name))
             }
             IpNet::V6(p) => {
                 let (map, name) = self.filter_v6(dir);
-                ignore_missing(map.remove(&v6_key(p))).map_err(map_err(name))
+                ignore_missing(map.remove(&key_v6(p))).map_err(map_err(name))
             }
         }
     }
@@ -186,10 +178,10 @@ impl HookMaps for AyaHookMaps {
     fn set_rate(&mut self, prefix: IpNet, rule: RateRule) -> Result<(), HookError> {
         match prefix {
             IpNet::V4(p) => {
-                self.rate_v4.insert(&v4_key(p), rule, 0).map_err(map_err(names::RATE_V4))
+                self.rate_v4.insert(&key_v4(p), rule, 0).map_err(map_err(names::RATE_V4))
             }
             IpNet::V6(p) => {
-                self.rate_v6.insert(&v6_key(p), rule, 0).map_err(map_err(names::RATE_V6))
+                self.rate_v6.insert(&key_v6(p), rule, 0).map_err(map_err(names::RATE_V6))
             }
         }
     }
@@ -197,10 +189,10 @@ impl HookMaps for AyaHookMaps {
     fn del_rate(&mut self, prefix: IpNet) -> Result<(), HookError> {
         match prefix {
             IpNet::V4(p) => {
-                ignore_missing(self.rate_v4.remove(&v4_key(p))).map_err(map_err(names::RATE_V4))
+                ignore_missing(self.rate_v4.remove(&key_v4(p))).map_err(map_err(names::RATE_V4))
             }
             IpNet::V6(p) => {
-                ignore_missing(self.rate_v6.remove(&v6_key(p))).map_err(map_err(names::RATE_V6))
+                ignore_missing(self.rate_v6.remove(&key_v6(p))).map_err(map_err(names::RATE_V6))
             }
         }
     }
@@ -208,10 +200,10 @@ impl HookMaps for AyaHookMaps {
     fn set_steer(&mut self, prefix: IpNet, rule: &SteerRule) -> Result<(), HookError> {
         match prefix {
             IpNet::V4(p) => {
-                self.steer_v4.insert(&v4_key(p), rule, 0).map_err(map_err(names::STEER_V4))
+                self.steer_v4.insert(&key_v4(p), rule, 0).map_err(map_err(names::STEER_V4))
             }
             IpNet::V6(p) => {
-                self.steer_v6.insert(&v6_key(p), rule, 0).map_err(map_err(names::STEER_V6))
+                self.steer_v6.insert(&key_v6(p), rule, 0).map_err(map_err(names::STEER_V6))
             }
         }
     }
@@ -219,10 +211,10 @@ impl HookMaps for AyaHookMaps {
     fn del_steer(&mut self, prefix: IpNet) -> Result<(), HookError> {
         match prefix {
             IpNet::V4(p) => {
-                ignore_missing(self.steer_v4.remove(&v4_key(p))).map_err(map_err(names::STEER_V4))
+                ignore_missing(self.steer_v4.remove(&key_v4(p))).map_err(map_err(names::STEER_V4))
             }
             IpNet::V6(p) => {
-                ignore_missing(self.steer_v6.remove(&v6_key(p))).map_err(map_err(names::STEER_V6))
+                ignore_missing(self.steer_v6.remove(&key_v6(p))).map_err(map_err(names::STEER_V6))
             }
         }
     }
