@@ -389,11 +389,6 @@ impl std::fmt::Debug for Lab {
     }
 }
 
-/// Whether this process runs under CI, where nothing may be skipped.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 /// What the tests need from the machine: the capabilities to make namespaces, load XDP programs
 /// and fill DEVMAPs, a kernel whose `BPF_PROG_TEST_RUN` takes an `xdp_md` with an ingress ifindex
 /// (5.15, commit 47316f4a3053 "bpf: Support input `xdp_md` context in `BPF_PROG_TEST_RUN`"), and
@@ -435,8 +430,7 @@ impl Lab {
     /// Under CI (`CI=true`) a missing requirement fails the test instead.
     pub fn new(test: &str) -> Option<Self> {
         if let Some(why) = missing_requirement() {
-            assert!(!in_ci(), "{test}: cannot run the XDP packet tests under CI: {why}");
-            eprintln!("notice: skipping {test}: {why}");
+            crate::cannot_run(&format!("{test} (XDP packet test)"), &why);
             return None;
         }
         Some(Self::build())

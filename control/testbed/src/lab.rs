@@ -330,7 +330,7 @@ fn down_quiet(opts: &LabOptions, out: &Out) -> anyhow::Result<()> {
     let _ = fs::remove_file(pid_path());
     // Unpins the links (which detaches the program) and the maps of the default pin directory.
     let detach =
-        Command::new(current_exe()?).arg("detach").output().context("run `sluice detach`")?;
+        Command::new(crate::sluice_exe()?).arg("detach").output().context("run `sluice detach`")?;
     if detach.status.success() {
         out.ok("dataplane detached and unpinned");
     } else {
@@ -400,10 +400,6 @@ fn default_pin_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from(sluice_dataplane::DEFAULT_PIN_DIR), PathBuf::from)
 }
 
-fn current_exe() -> anyhow::Result<PathBuf> {
-    crate::sluice_exe()
-}
-
 fn preflight(out: &Out) -> anyhow::Result<()> {
     if fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok() != Some(0) {
         bail!("the lab needs root (network namespaces, XDP, bpffs)");
@@ -462,7 +458,7 @@ fn start_daemon(router: &NetNs) -> anyhow::Result<Child> {
     // nsenter (not `ip netns exec`, which hides bpffs) execs setsid, which execs the daemon in a
     // session of its own, so the pid stays the daemon's and the terminal's signals miss it.
     let mut cmd = router.command("setsid");
-    cmd.arg(current_exe()?).arg("daemon");
+    cmd.arg(crate::sluice_exe()?).arg("daemon");
     for (role, _) in HOSTS {
         cmd.arg("--attach").arg(router_if(role));
     }
@@ -499,7 +495,7 @@ fn check_alive(daemon: &mut Child) -> anyhow::Result<()> {
 
 /// Runs `sluice ARGS...` (this executable) and returns its standard output.
 fn sluice(args: &[&str]) -> anyhow::Result<String> {
-    netns::run(Command::new(current_exe()?).args(args))
+    netns::run(Command::new(crate::sluice_exe()?).args(args))
 }
 
 fn sluice_json(args: &[&str]) -> anyhow::Result<Value> {

@@ -25,32 +25,37 @@ pub mod lab;
 pub mod netns;
 pub mod table;
 
+/// Whether this process runs under CI (`CI` set, and not to `false` or `0`), where a privileged
+/// test that cannot run fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A test that cannot run here: fails under CI, else says why on stderr (past the harness's
+/// capture, so the notice is seen) and lets the test return.
+pub fn cannot_run(what: &str, why: &str) {
+    assert!(!in_ci(), "{what} cannot run: {why}; under CI it must");
+    let _ = writeln!(std::io::stderr().lock(), "NOTICE: {what} not run: {why}");
+}
+
 /// Whether the namespace tests can run here: root and a mounted bpffs. Where they cannot, a test
-/// returns early after saying why, except with `CI=true`, where it fails.
+/// returns early after saying why, except under CI, where it fails.
 pub fn privileged() -> bool {
     let problem =
         if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok()
             != Some(0)
         {
-            Some("not running as root (network namespaces, XDP and bpffs need it)".to_owned())
+            Some("not running as root (network namespaces, XDP and bpffs need it)")
         } else if !nix::sys::statfs::statfs("/sys/fs/bpf")
             .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
         {
-            Some("bpffs is not mounted on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".to_owned())
+            Some("bpffs is not mounted on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")
         } else {
             None
         };
-    match problem {
-        None => true,
-        Some(p) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("namespace test cannot run: {p}; with CI=true it must")
-        }
-        Some(p) => {
-            // Straight to stderr, past the test harness's capture, so the notice is seen.
-            let _ = writeln!(std::io::stderr().lock(), "NOTICE: namespace test not run: {p}");
-            false
-        }
-    }
+    let Some(p) = problem else { return true };
+    cannot_run("namespace test", p);
+    false
 }
 
 /// The `sluice` executable the lab and the benchmarks start: `SLUICE_BIN` if set, else the one
