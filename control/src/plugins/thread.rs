@@ -373,11 +373,6 @@ impl PluginThread {
     pub fn watch(&mut self) -> bool {
         self.0.watch()
     }
-
-    /// Times the thread was started again.
-    pub fn restarts(&self) -> u32 {
-        self.0.restarts
-    }
 }
 
 /// Back-off before the plugin thread is started again, doubling with each death in a row, and
