@@ -21,20 +21,18 @@ use aya::{
     },
 };
 use sluice_common::{XdpAttachMode, names};
-use tracing::{debug, info, warn};
-
 use sluice_core::{
-    dir24::{self as lookup},
+    dir24 as lookup,
     fib::{FibState, Op},
     trie6::Trie6,
 };
+use tracing::{debug, info, warn};
 
 use crate::{
     error::{DataplaneError, Result, error_chain},
+    maps::Maps,
     pin::{PinDir, PinLock, check_pinned_layout, take_map},
 };
-
-use crate::maps::Maps;
 
 /// How to attach XDP to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -1,7 +1,6 @@
 //! The pinned lookup tables, mapped for reading.
 
 use sluice_common::Route;
-
 use sluice_core::{dir24::Dir24, trie6::Trie6};
 
 use crate::{

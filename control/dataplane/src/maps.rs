@@ -12,7 +12,6 @@ use sluice_common::{
     Counter, EcmpGroup, Iface, IfaceCacheEntry, IfaceKey, MAX_SLOTS, NextHop, REASON_SLOTS, Reason,
     Route, RouteAction, iface_cache_index, iface_cache_tag, names,
 };
-
 use sluice_core::{
     dir24::{self as lookup, Dir24},
     fib::{FibState, Op},
@@ -25,10 +24,9 @@ use crate::{
         PinDir, READ_ONLY, ignore_missing, map_lookup_tables, net_v4, net_v6, open_pinned,
         sum_counters, take_map, typed,
     },
+    record::{RECORD_IN_BACKGROUND, RecordWriter, write_record},
     shared_mem::MappedArray,
 };
-
-use crate::record::{RECORD_IN_BACKGROUND, RecordWriter, write_record};
 
 /// Typed handles to the maps the control plane reads and writes: taken from a loaded object by
 /// the daemon, or opened from their pins by `sluice stats`, `sluice routes` and the tests.
