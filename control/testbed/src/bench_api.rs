@@ -8,17 +8,15 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{
-    lab::{self, Subnet},
-    netns::{self, NetNs},
+    api_lab::{ApiLab, LISTEN, in_namespace},
+    netns::NetNs,
 };
 
 /// Options of `sluice-bench-api`.
@@ -55,118 +53,15 @@ pub struct ApiFigures {
     pub wrk: Option<String>,
 }
 
-/// A daemon serving the API in a namespace of its own, removed on drop.
-struct ApiLab {
-    daemon: Child,
-    state: PathBuf,
-    router: NetNs,
-    _host: NetNs,
-    pin: PathBuf,
-}
-
-impl Drop for ApiLab {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        let _ = std::fs::remove_dir_all(&self.state);
-        let _ = std::fs::remove_dir_all(&self.pin);
+/// Sets the lab's router up and returns a read token (inside its namespace).
+fn read_token(lab: &ApiLab) -> anyhow::Result<String> {
+    let session = lab.setup_admin()?;
+    let body = json!({"name": "bench", "scope": "read"});
+    let a = lab.raw()?.json(None, "POST", "/api/v1/tokens", &session.headers(), Some(&body))?;
+    if a.status != 201 {
+        bail!("POST /tokens: {} {}", a.status, a.text());
     }
-}
-
-const LISTEN: &str = "127.0.0.1:8443";
-
-impl ApiLab {
-    fn start() -> anyhow::Result<Self> {
-        let name = netns::unique_name("sba");
-        let router = lab::router_namespace(&format!("{name}r"))?;
-        let host = lab::host_namespace(&format!("{name}h"))?;
-        lab::connect(&router, "r-h", &host, Subnet(1))?;
-        let state = std::env::temp_dir().join(format!("sluice-bench-api-{name}"));
-        std::fs::create_dir_all(&state)?;
-        let pin = PathBuf::from("/sys/fs/bpf").join(format!("sluice-bench-api-{name}"));
-        let exe = crate::sluice_exe()?;
-        let log = std::fs::File::create(state.join("daemon.log"))?;
-        let daemon = router
-            .command(exe.to_str().context("a UTF-8 path")?)
-            .arg("--pin-dir")
-            .arg(&pin)
-            .args(["daemon", "--attach", "r-h", "--listen", LISTEN, "--state-dir"])
-            .arg(&state)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the daemon")?;
-        let lab = Self { daemon, state, router, _host: host, pin };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !lab.state.join("tls/ca.pem").exists() || !lab.state.join("setup-token").exists() {
-            if Instant::now() > deadline {
-                bail!(
-                    "the daemon did not start its API; see {}",
-                    lab.state.join("daemon.log").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(lab)
-    }
-
-    /// An agent trusting the lab's certificate authority, from inside its namespace.
-    fn agent(&self) -> anyhow::Result<ureq::Agent> {
-        let pem = std::fs::read(self.state.join("tls/ca.pem"))?;
-        let cert = ureq::tls::Certificate::from_pem(&pem)?;
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
-            .build();
-        let config =
-            ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build();
-        Ok(ureq::Agent::new_with_config(config))
-    }
-
-    /// Sets the router up and returns a read token.
-    fn read_token(&self) -> anyhow::Result<String> {
-        let setup = std::fs::read_to_string(self.state.join("setup-token"))?;
-        let agent = self.agent()?;
-        let url = |p: &str| format!("https://{LISTEN}/api/v1{p}");
-        let post = |path: &str,
-                    body: &Value,
-                    headers: &[(&str, &str)]|
-         -> anyhow::Result<(Value, Option<String>)> {
-            let mut req = agent.post(url(path)).header("Content-Type", "application/json");
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            let mut resp = req.send(body.to_string())?;
-            let cookie = resp
-                .headers()
-                .get("set-cookie")
-                .and_then(|c| c.to_str().ok())
-                .and_then(|c| c.split(';').next())
-                .map(str::to_owned);
-            let status = resp.status();
-            let v: Value = serde_json::from_str(&resp.body_mut().read_to_string()?)?;
-            if !status.is_success() {
-                bail!("POST {path}: {status} {v}");
-            }
-            Ok((v, cookie))
-        };
-        let password = "bench password, long enough";
-        post(
-            "/setup",
-            &json!({"token": setup.trim(), "username": "bench", "password": password}),
-            &[],
-        )?;
-        let (login, cookie) =
-            post("/login", &json!({"username": "bench", "password": password}), &[])?;
-        let csrf = login["csrf_token"].as_str().context("a CSRF token")?.to_owned();
-        let cookie = cookie.context("a session cookie")?;
-        let (token, _) = post(
-            "/tokens",
-            &json!({"name": "bench", "scope": "read"}),
-            &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
-        )?;
-        Ok(token["token"].as_str().context("a token")?.to_owned())
-    }
+    Ok(a.json()["token"].as_str().context("a token")?.to_owned())
 }
 
 /// The value at quantile `per_mille`/1000 of sorted samples.
@@ -218,9 +113,9 @@ pub fn run(args: &BenchApiArgs) -> anyhow::Result<ApiFigures> {
     if args.rate == 0 || args.connections == 0 {
         bail!("--rate and --connections must be at least 1");
     }
-    let lab = ApiLab::start()?;
+    let lab = ApiLab::start("sba", &[])?;
     let ns_name = lab.router.name().to_owned();
-    let token = in_namespace(&ns_name, || lab.read_token())?;
+    let token = in_namespace(&ns_name, || read_token(&lab))?;
     eprintln!(
         "bench-api: GET /api/v1/counters at {} requests/s over {} connections for {} s",
         args.rate, args.connections, args.seconds
@@ -289,17 +184,6 @@ pub fn run(args: &BenchApiArgs) -> anyhow::Result<ApiFigures> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(figures)
-}
-
-/// Runs `f` on this thread inside network namespace `name`, then returns to where it was.
-fn in_namespace<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let here =
-        std::fs::File::open("/proc/thread-self/ns/net").context("this thread's namespace")?;
-    NetNs::existing(name).enter()?;
-    let out = f();
-    nix::sched::setns(&here, nix::sched::CloneFlags::CLONE_NEWNET)
-        .context("returning to the original namespace")?;
-    out
 }
 
 fn which(program: &str) -> Option<PathBuf> {

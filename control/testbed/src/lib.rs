@@ -9,6 +9,8 @@
 //! - [`frame`]: Ethernet, IPv4 and IPv6 frames built and checked byte by byte, for the packet
 //!   tests and the benchmark's generator.
 //! - [`table`]: synthetic Internet-like routing tables, installed over rtnetlink.
+//! - [`api_lab`]: a daemon serving the API in a namespace of its own, and a raw HTTPS client
+//!   that controls every byte it sends, for `make bench-api` and the hostile-client tests.
 //! - [`bench`], [`bench_api`], [`bench_plugins`]: `make bench` (`sluice-bench`), `make bench-api`
 //!   (`sluice-bench-api`) and `make bench-plugins` (`sluice-bench-plugins`).
 
@@ -16,6 +18,7 @@ use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
 
+pub mod api_lab;
 pub mod bench;
 pub mod bench_api;
 pub mod bench_plugins;
