@@ -1,33 +1,36 @@
-//! The API as one warp filter: a request is read (its body bounded), handed to the router on a
-//! blocking thread, and its answer or problem written back; `/metrics` beside it, and the
+//! The API as one warp filter: a request is let in (route, caller, role, the body's type and
+//! declared length) before its body is read, the body read (bounded in size and time), the
+//! request handed to its handler on a blocking thread, and its answer or problem written back; `/metrics` beside it, and the
 //! console's pages under everything else.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use futures::StreamExt as _;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use sluice_dataplane::PinDir;
 use sluice_store::FieldError;
 use warp::{
     Filter as _, Reply as _,
-    http::{Method, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     hyper::body::Bytes,
 };
 
 use super::{
     Api, Problem, SESSION_COOKIE,
-    session::{Caller, session_cookie},
+    session::{Caller, Credential, session_cookie},
 };
 
 /// Largest request body.
 pub const BODY_LIMIT: usize = 64 << 10;
 /// Largest body of `POST /plugins` (a component, in base64).
 pub const PLUGIN_BODY_LIMIT: usize = 32 << 20;
+/// Largest configuration staged or imported (10,000 static routes take about 1 MiB).
+pub const CONFIG_BODY_LIMIT: usize = 16 << 20;
 
 /// A request as the router sees it.
 pub(super) struct Request {
@@ -134,11 +137,7 @@ async fn read_body(
         while warp::Buf::has_remaining(&chunk) {
             let part = warp::Buf::chunk(&chunk);
             if body.len() + part.len() > limit {
-                return Err(Problem::fields(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is over {limit} bytes"),
-                    vec![FieldError { field: "body".into(), message: "too large".into() }],
-                ));
+                return Err(too_large(limit));
             }
             body.extend_from_slice(part);
             let n = part.len();
@@ -163,9 +162,8 @@ pub fn filter(
         .and(warp::path::tail())
         .and(warp::method())
         .and(warp::query::<HashMap<String, String>>())
-        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::headers_cloned())
         .and(warp::cookie::optional::<String>(SESSION_COOKIE))
-        .and(warp::header::optional::<String>("x-csrf-token"))
         .and(warp::addr::remote())
         .and(warp::body::stream())
         .and(with_api.clone())
@@ -173,48 +171,39 @@ pub fn filter(
             |tail: warp::path::Tail,
              method: Method,
              query,
-             auth: Option<String>,
+             headers: HeaderMap,
              cookie,
-             csrf,
              from: Option<SocketAddr>,
              stream,
              api: Arc<Api>| async move {
                 api.requests.fetch_add(1, Ordering::Relaxed);
-                let limit = if method == Method::POST && tail.as_str() == "plugins" {
-                    PLUGIN_BODY_LIMIT
-                } else {
-                    BODY_LIMIT
-                };
-                let body = match read_body(Box::pin(stream), limit).await {
-                    Ok(b) => b,
-                    Err(p) => return p.response(),
-                };
                 let req = Request {
                     method,
                     path: format!("/{}", tail.as_str()),
                     query,
-                    bearer: auth.and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned)),
+                    bearer: bearer(&headers),
                     cookie,
-                    csrf,
+                    csrf: headers
+                        .get("x-csrf-token")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
                     from: from.map_or_else(|| "unknown".into(), |a| a.ip().to_string()),
-                    body,
+                    body: Bytes::new(),
                 };
-                let pin = api.pin.clone();
-                let answer = tokio::task::spawn_blocking(move || api.handle(&req))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "panic", e.to_string()))
-                    });
-                respond(answer, pin)
+                let mut response = answer(api, req, &headers, Box::pin(stream)).await;
+                // Nothing the API answers is to be kept by a cache: credentials, state.
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+                response
             },
         );
     let metrics = warp::path("metrics")
         .and(warp::path::end())
-        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::headers_cloned())
         .and(with_api)
-        .then(|auth: Option<String>, api: Arc<Api>| async move {
-            let secret = auth.and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned));
-            let known = match secret {
+        .then(|headers: HeaderMap, api: Arc<Api>| async move {
+            let known = match bearer(&headers) {
                 Some(s) => tokio::task::spawn_blocking({
                     let api = Arc::clone(&api);
                     move || api.knows_token(&s)
@@ -239,7 +228,138 @@ pub fn filter(
     v1.or(metrics).unify().or(crate::console::filter()).unify().or(not_found).unify()
 }
 
-fn respond(answer: Reply, pin: PinDir) -> warp::reply::Response {
+/// Bodies over [`BODY_LIMIT`] read at once, at most; more wait for none: 503.
+pub const LARGE_BODIES: usize = 2;
+
+/// Answers one request of `/api/v1`: lets it in or not before reading its body (route,
+/// caller, role; the body's type and declared length), reads the body within a deadline,
+/// then calls its handler.
+async fn answer(
+    api: Arc<Api>,
+    req: Request,
+    headers: &HeaderMap,
+    stream: impl futures::Stream<Item = Result<impl warp::Buf, warp::Error>> + Unpin,
+) -> warp::reply::Response {
+    let admitting = Arc::clone(&api);
+    let (admitted, mut req) =
+        match tokio::task::spawn_blocking(move || (admitting.admit(&req), req)).await {
+            Ok((Ok(a), req)) => (a, req),
+            Ok((Err(p), _)) => return p.response(),
+            Err(e) => return Problem::internal(&e).response(),
+        };
+    let declared = match content_length(headers) {
+        Ok(l) => l,
+        Err(p) => return p.response(),
+    };
+    let has_body = declared.map_or(headers.contains_key(header::TRANSFER_ENCODING), |l| l > 0);
+    if has_body && !is_json(headers) {
+        return Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "media-type",
+            "the body must be JSON (Content-Type: application/json)",
+        )
+        .response();
+    }
+    let limit = admitted.spec.body_limit;
+    if declared.is_some_and(|l| l > limit as u64) {
+        return too_large(limit).response();
+    }
+    let _large = if has_body && limit > BODY_LIMIT {
+        match LargeBody::take(&api) {
+            Some(slot) => Some(slot),
+            None => {
+                return Problem::busy("other large uploads are being received: try again")
+                    .response();
+            }
+        }
+    } else {
+        None
+    };
+    if has_body {
+        // Time enough for the body at a slow management link's pace, not forever.
+        let expected = declared.unwrap_or(limit as u64);
+        let deadline = BODY_MIN_TIME + Duration::from_secs(expected / BODY_MIN_RATE);
+        req.body = match tokio::time::timeout(deadline, read_body(stream, limit)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(p)) => return p.response(),
+            Err(_) => {
+                let detail = format!("the body did not arrive within {} s", deadline.as_secs());
+                return Problem::new(StatusCode::REQUEST_TIMEOUT, "body-timeout", detail)
+                    .response();
+            }
+        };
+    }
+    let credential = admitted.caller.as_ref().map(Caller::credential);
+    let handling = Arc::clone(&api);
+    let outcome = tokio::task::spawn_blocking(move || handling.dispatch(&admitted, &req))
+        .await
+        .unwrap_or_else(|e| Err(Problem::internal(&e)));
+    respond(outcome, api, credential)
+}
+
+/// Shortest time a body is given to arrive.
+const BODY_MIN_TIME: Duration = Duration::from_secs(10);
+/// Slowest pace a body may arrive at beyond that, bytes per second.
+const BODY_MIN_RATE: u64 = 256 << 10;
+
+/// A place among the [`LARGE_BODIES`] read at once, given back on drop.
+struct LargeBody(Arc<Api>);
+
+impl LargeBody {
+    fn take(api: &Arc<Api>) -> Option<Self> {
+        let n = api.large_bodies.fetch_add(1, Ordering::AcqRel);
+        if n >= LARGE_BODIES {
+            api.large_bodies.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(Arc::clone(api)))
+    }
+}
+
+impl Drop for LargeBody {
+    fn drop(&mut self) {
+        self.0.large_bodies.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The secret of `Authorization: Bearer SECRET` (the scheme in any case, RFC 9110).
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, secret) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim().to_owned())
+}
+
+/// Whether the body is declared JSON (`application/json`, parameters allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The declared `Content-Length`, if any.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+                Problem::new(StatusCode::BAD_REQUEST, "body", "Content-Length is not a number")
+            })
+        })
+        .transpose()
+}
+
+/// A 413 naming the limit.
+fn too_large(limit: usize) -> Problem {
+    Problem::fields(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is over {limit} bytes"),
+        vec![FieldError { field: "body".into(), message: "too large".into() }],
+    )
+}
+
+fn respond(answer: Reply, api: Arc<Api>, credential: Option<Credential>) -> warp::reply::Response {
     match answer {
         Ok(Answer::Json(status, v)) => {
             warp::reply::with_status(warp::reply::json(&v), status).into_response()
@@ -252,8 +372,12 @@ fn respond(answer: Reply, pin: PinDir) -> warp::reply::Response {
                 .into_response()
         }
         Ok(Answer::Stream) => {
-            warp::sse::reply(warp::sse::keep_alive().stream(super::metrics::counter_events(pin)))
-                .into_response()
+            // The stream ends within a tick of its credential ending (logout, a password or
+            // role change, revocation, expiry).
+            let events = super::metrics::counter_events(api.pin.clone()).take_while(move |_| {
+                std::future::ready(credential.as_ref().is_none_or(|c| api.still_valid(c)))
+            });
+            warp::sse::reply(warp::sse::keep_alive().stream(events)).into_response()
         }
         Err(p) => p.response(),
     }

@@ -8,14 +8,18 @@
 //!   (printed in the log, written to `STATE/setup-token`) lets one be made (`POST /setup`).
 //! - Users log in for a session cookie (`HttpOnly`, `Secure`, `SameSite=Strict`) and a CSRF token that
 //!   every state-changing request must echo in `X-CSRF-Token`; API tokens (`Authorization:
-//!   Bearer`) are scoped read or admin, shown once and stored as SHA-256 hashes. Passwords are
-//!   argon2 hashes; failed logins are throttled per user and per source.
+//!   Bearer`) are scoped read or admin, shown once and stored as SHA-256 hashes, and may expire.
+//!   Passwords are argon2 hashes, checked a few at a time; failed logins are throttled per
+//!   (user, source) and per source, never per user alone.
+//! - Before any body is read, the route is found, the caller authenticated and its role
+//!   checked, the body's type (JSON) and declared length (the route's limit) checked.
 //! - Errors are RFC 9457 problem+json, naming the fields at fault; a request that fails writes
-//!   nothing. Every change is in the audit log.
+//!   nothing. Every change and login is in the audit log; failed logins in a log of their own;
+//!   anonymous requests refused on public routes are counted.
 //!
 //! The parts: [`models`] (request and answer bodies, shared with the CLI client), `problem`
 //! (errors as HTTP), `router` (route, access, audit, `OpenAPI`), `session` (logins, cookies,
-//! CSRF, throttling), `http` (the warp filter), `tls` (certificate, HTTPS), and the handlers by
+//! CSRF, tokens' expiry), `throttle` (failed logins), `http` (the warp filter), `tls` (certificate, HTTPS), and the handlers by
 //! area: `users`, `tokens`, `interfaces`, `routes`, `config`, `plugins`, `status`, `metrics`,
 //! `diagnostics`. A handler translates a request, calls the store or the library below (users
 //! and tokens are made by [`crate::auth`]), and translates the answer.
@@ -33,6 +37,7 @@ mod routes;
 mod session;
 mod state;
 mod status;
+mod throttle;
 mod tls;
 mod tokens;
 mod users;
@@ -40,11 +45,12 @@ mod users;
 #[cfg(test)]
 mod tests;
 
-pub use http::{BODY_LIMIT, PLUGIN_BODY_LIMIT, filter};
+pub use http::{BODY_LIMIT, CONFIG_BODY_LIMIT, PLUGIN_BODY_LIMIT, filter};
 pub use problem::Problem;
 pub use router::openapi;
-pub use session::{SESSION_COOKIE, lockout, same_secret};
+pub use session::{SESSION_COOKIE, same_secret};
 pub use state::{Api, OriginQuery};
+pub use throttle::{lockout, source_of};
 pub use tls::{ensure_certificate, serve};
 
 use Access::{Admin, Public, Viewer};
@@ -76,6 +82,9 @@ pub struct RouteSpec {
     pub access: Access,
     /// What it does.
     pub summary: &'static str,
+    /// Largest request body, bytes: a larger `Content-Length` is refused before any of it is
+    /// read (and after the caller is checked).
+    pub body_limit: usize,
     /// What answers it.
     handler: Handler,
 }
@@ -87,7 +96,14 @@ const fn route(
     handler: Handler,
     summary: &'static str,
 ) -> RouteSpec {
-    RouteSpec { method, path, access, summary, handler }
+    RouteSpec { method, path, access, summary, body_limit: BODY_LIMIT, handler }
+}
+
+impl RouteSpec {
+    /// The route with a larger body limit.
+    const fn limit(self, body_limit: usize) -> Self {
+        Self { body_limit, ..self }
+    }
 }
 
 /// Every route of the API.
@@ -111,7 +127,20 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/tokens", Viewer, tokens::list, "API tokens (an administrator sees all)"),
     route("POST", "/tokens", Viewer, tokens::create, "Creates an API token, shown once"),
     route("DELETE", "/tokens/{id}", Viewer, tokens::revoke, "Revokes an API token"),
-    route("GET", "/audit", Admin, users::audit, "The audit log, newest first (?limit=N)"),
+    route(
+        "GET",
+        "/audit",
+        Admin,
+        users::audit,
+        "An audit log, newest first (?limit=N&log=changes|failures)",
+    ),
+    route(
+        "GET",
+        "/audit/refused",
+        Admin,
+        users::refused,
+        "Anonymous requests to public routes refused, counted by route and status",
+    ),
     route(
         "GET",
         "/interfaces",
@@ -179,7 +208,8 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     route("GET", "/config", Viewer, config::running, "The running configuration and its revision"),
     route("GET", "/config/candidate", Viewer, config::candidate, "The candidate configuration"),
-    route("PUT", "/config/candidate", Admin, config::stage, "Stages a candidate configuration"),
+    route("PUT", "/config/candidate", Admin, config::stage, "Stages a candidate configuration")
+        .limit(CONFIG_BODY_LIMIT),
     route("DELETE", "/config/candidate", Admin, config::discard, "Discards the candidate"),
     route(
         "GET",
@@ -207,7 +237,8 @@ pub const ROUTES: &[RouteSpec] = &[
         plugins::list,
         "Plugins: manifest, state, reason if quarantined",
     ),
-    route("POST", "/plugins", Admin, plugins::add, "Adds a plugin, or a new version of one"),
+    route("POST", "/plugins", Admin, plugins::add, "Adds a plugin, or a new version of one")
+        .limit(PLUGIN_BODY_LIMIT),
     route("PATCH", "/plugins/{name}", Admin, plugins::enable, "Enables or disables a plugin"),
     route(
         "DELETE",
@@ -238,5 +269,6 @@ pub const ROUTES: &[RouteSpec] = &[
         diagnostics::traceroute,
         "Traces the path to an address",
     ),
-    route("POST", "/config/import", Admin, config::import, "Commits a configuration file"),
+    route("POST", "/config/import", Admin, config::import, "Commits a configuration file")
+        .limit(CONFIG_BODY_LIMIT),
 ];

@@ -67,6 +67,10 @@ pub struct NewToken {
     pub name: String,
     /// `read` or `admin`.
     pub scope: String,
+    /// Days until it expires (none: when revoked; a token made by a token expires with it at
+    /// the latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
 }
 
 /// `POST /interfaces/{name}/attach` (the body may be empty): the XDP mode, if not the
@@ -233,6 +237,12 @@ pub struct TokenInfo {
     pub owner: String,
     /// When made, ms since the Unix epoch.
     pub created_ms: u64,
+    /// When it expires, ms since the Unix epoch (none: when revoked).
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+    /// The token that made it, which it ends with.
+    #[serde(default)]
+    pub parent: Option<String>,
 }
 
 /// `POST /tokens`: the token, with its secret shown this once.
@@ -246,8 +256,22 @@ pub struct MintedToken {
     pub scope: String,
     /// The secret, for `Authorization: Bearer`.
     pub token: String,
+    /// When it expires, ms since the Unix epoch (none: when revoked).
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
     /// That it is shown once.
     pub note: String,
+}
+
+/// Anonymous requests to a public route refused (`GET /audit/refused`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Refused {
+    /// `METHOD /path`.
+    pub route: String,
+    /// The status they were answered.
+    pub status: u16,
+    /// How many since the daemon started.
+    pub count: u64,
 }
 
 /// `DELETE /tokens/{id}`.

@@ -9,7 +9,7 @@ use warp::{
     http::{StatusCode, header},
 };
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, LoginError};
 
 /// An RFC 9457 problem: what the API answers instead of a result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,7 +26,7 @@ pub struct Problem {
     /// The fields at fault.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
-    /// Seconds to wait (429).
+    /// Seconds to wait (429, 503).
     #[serde(skip)]
     pub retry_after: Option<u64>,
 }
@@ -74,6 +74,16 @@ impl Problem {
     /// A 503: a part of the router the request needs does not answer.
     pub fn unavailable(slug: &str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, slug, detail)
+    }
+
+    /// A 503 to retry in a second: the router is doing as much of this as it will at once.
+    pub fn busy(detail: impl Into<String>) -> Self {
+        Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", detail) }
+    }
+
+    /// A 500: a handler that panicked or could not be run.
+    pub fn internal(e: &dyn std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
     }
 
     /// A 401.
@@ -173,7 +183,18 @@ impl From<AuthError> for Problem {
             AuthError::UserExists(_) => Self::conflict("exists", detail),
             AuthError::NoUser(_) => Self::not_found("no-user", detail),
             AuthError::DeleteSelf => Self::conflict("self", detail),
+            AuthError::LastAdmin(_) => Self::conflict("last-admin", detail),
+            AuthError::TokenRefused(_) => Self::new(StatusCode::FORBIDDEN, "token-scope", detail),
             AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<LoginError> for Problem {
+    fn from(e: LoginError) -> Self {
+        match e {
+            LoginError::Busy => Self::busy(e.to_string()),
+            LoginError::Store(e) => e.into(),
         }
     }
 }

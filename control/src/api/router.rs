@@ -1,5 +1,5 @@
-//! What [`ROUTES`] drives: finding a request's route, checking who may call it, calling its
-//! handler and writing the audit log; and the `OpenAPI` document of the table.
+//! What [`ROUTES`] drives: finding a request's route, checking who may call it (before its
+//! body is read), calling its handler and writing the audit log; and the `OpenAPI` document of the table.
 
 use serde_json::{Value, json};
 use sluice_store::Role;
@@ -8,6 +8,7 @@ use warp::http::{Method, StatusCode};
 use super::{
     Access, Api, Problem, ROUTES, RouteSpec, SESSION_COOKIE,
     http::{Call, Reply, Request},
+    session::Caller,
 };
 
 /// The route of `ROUTES` a request names, with its parameters.
@@ -46,15 +47,23 @@ pub(super) fn find_route(
     })
 }
 
+/// A request let in: its route, the route's parameters, and the caller (none on a public
+/// route).
+pub(super) struct Admitted {
+    pub spec: &'static RouteSpec,
+    params: Vec<String>,
+    pub caller: Option<Caller>,
+}
+
 impl Api {
-    /// Answers one request: finds its route, authenticates the caller where the route is not
-    /// public, checks its role, calls the handler, and audits every attempt at a change.
-    pub(super) fn handle(&self, r: &Request) -> Reply {
+    /// Lets a request in, or not, before its body is read: finds its route, authenticates the
+    /// caller where the route is not public, and checks its role.
+    pub(super) fn admit(&self, r: &Request) -> Result<Admitted, Problem> {
         let (spec, params) = find_route(&r.method, &r.path)?;
         let caller = match spec.access {
             Access::Public => None,
             access => {
-                let c = self.caller(r)?;
+                let c = self.caller(r).inspect_err(|p| self.count_refused(spec, p.status))?;
                 if access == Access::Admin && c.role != Role::Admin {
                     let p = Problem::new(
                         StatusCode::FORBIDDEN,
@@ -71,15 +80,30 @@ impl Api {
                 Some(c)
             }
         };
-        let call = Call::new(r, &params, caller.as_ref());
-        let outcome = (spec.handler)(self, &call);
-        // A login audits itself, naming the user it was for.
-        if spec.method != "GET" && spec.path != "/login" {
-            let who = caller.as_ref().map_or("anonymous", |c| c.who.as_str());
-            let action = format!("{} /api/v1{}", spec.method, r.path);
+        Ok(Admitted { spec, params, caller })
+    }
+
+    /// Calls the handler of a request let in (its body read), and audits every attempt at a
+    /// change by a known caller; anonymous requests refused are counted.
+    pub(super) fn dispatch(&self, a: &Admitted, r: &Request) -> Reply {
+        let call = Call::new(r, &a.params, a.caller.as_ref());
+        let outcome = (a.spec.handler)(self, &call);
+        if let (None, Err(p)) = (&a.caller, &outcome) {
+            self.count_refused(a.spec, p.status);
+        } else if a.spec.method != "GET" && a.spec.path != "/login" {
+            // A login audits itself, naming the user it was for.
+            let who = a.caller.as_ref().map_or("anonymous", |c| c.who.as_str());
+            let action = format!("{} /api/v1{}", a.spec.method, r.path);
             self.audit(who, &r.from, action, outcome.as_ref().map(drop));
         }
         outcome
+    }
+
+    /// Answers one request whose body is read: [`Self::admit`], then [`Self::dispatch`].
+    #[cfg(test)]
+    pub(super) fn handle(&self, r: &Request) -> Reply {
+        let admitted = self.admit(r)?;
+        self.dispatch(&admitted, r)
     }
 }
 

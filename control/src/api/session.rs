@@ -1,5 +1,6 @@
-//! Who is calling: logins and their sessions (cookie and CSRF token), API tokens, and the
-//! throttle on failed logins (per user and per source).
+//! Who is calling: logins and their sessions (cookie and CSRF token), API tokens (with their
+//! expiry), and whether a credential still holds (for streams). Failed logins go through the
+//! [`Throttle`].
 
 use std::{
     collections::HashMap,
@@ -7,13 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice_store::{Author, Role};
+use sluice_store::{AuditLog, Author, Role, Token};
 use warp::http::{Method, StatusCode};
 
 use super::{
     Api, Problem,
     http::{Call, Reply, Request, ok, with_session},
     models,
+    throttle::Throttle,
 };
 use crate::auth::{self, random_hex};
 
@@ -21,10 +23,8 @@ use crate::auth::{self, random_hex};
 pub const SESSION_COOKIE: &str = "sluice_session";
 /// How long a session lasts.
 const SESSION_TTL: Duration = Duration::from_hours(12);
-/// Failed logins allowed before the throttle starts.
-const FREE_FAILURES: u32 = 5;
-/// Longest wait the throttle imposes.
-const MAX_LOCKOUT: Duration = Duration::from_mins(15);
+/// Sessions one user may hold at once; a new login beyond ends the oldest.
+const SESSIONS_PER_USER: usize = 32;
 
 /// A user's session.
 #[derive(Clone, Debug)]
@@ -32,35 +32,65 @@ struct Session {
     user: String,
     role: Role,
     csrf: String,
+    started: Instant,
     expires: Instant,
 }
 
-/// Failed logins of one user or source.
-#[derive(Clone, Copy, Debug, Default)]
-struct Failures {
-    count: u32,
-    until: Option<Instant>,
-}
-
-/// The sessions, and the failed logins that throttle new ones.
+/// The sessions, and the throttle on failed logins.
 #[derive(Debug, Default)]
 pub(super) struct Sessions {
     sessions: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<String, Failures>>,
+    pub(super) throttle: Throttle,
 }
 
 impl Sessions {
     /// A session that has not ended.
     fn get(&self, id: &str) -> Option<Session> {
-        let mut sessions = self.sessions.lock().expect("lock");
-        sessions.retain(|_, s| s.expires > Instant::now());
-        sessions.get(id).cloned()
+        let sessions = self.sessions.lock().expect("lock");
+        sessions.get(id).filter(|s| s.expires > Instant::now()).cloned()
     }
 
-    /// Ends every session of a user.
-    pub(super) fn end_user(&self, user: &str) {
-        self.sessions.lock().expect("lock").retain(|_, s| s.user != user);
+    /// Starts a session; ends the ones that expired, and the user's oldest beyond
+    /// [`SESSIONS_PER_USER`].
+    fn start(&self, id: String, session: Session) {
+        let mut sessions = self.sessions.lock().expect("lock");
+        let now = Instant::now();
+        sessions.retain(|_, s| s.expires > now);
+        let mut mine: Vec<(Instant, String)> = sessions
+            .iter()
+            .filter(|(_, s)| s.user == session.user)
+            .map(|(id, s)| (s.started, id.clone()))
+            .collect();
+        if mine.len() >= SESSIONS_PER_USER {
+            mine.sort();
+            for (_, id) in &mine[..=mine.len() - SESSIONS_PER_USER] {
+                sessions.remove(id);
+            }
+        }
+        sessions.insert(id, session);
     }
+
+    /// Ends every session of a user but `keep` (the one that asked for the change).
+    pub(super) fn end_user(&self, user: &str, keep: Option<&str>) {
+        self.sessions
+            .lock()
+            .expect("lock")
+            .retain(|id, s| s.user != user || keep == Some(id.as_str()));
+    }
+
+    /// Ends one session.
+    fn end(&self, id: &str) {
+        self.sessions.lock().expect("lock").remove(id);
+    }
+}
+
+/// What a caller authenticated with, to check again later (a stream, each second).
+#[derive(Clone, Debug)]
+pub(super) enum Credential {
+    /// A session, by id.
+    Session(String),
+    /// A token, by the hash of its secret.
+    Token(String),
 }
 
 /// Who is calling, once authenticated.
@@ -72,13 +102,26 @@ pub(super) struct Caller {
     pub user: String,
     /// What it may do now.
     pub role: Role,
+    /// What its user may do now (a token may do less).
+    pub user_role: Role,
     /// The remote address.
     pub from: String,
     /// Its session, when not a token.
     pub session: Option<String>,
+    /// Its token, when not a session.
+    pub token: Option<Token>,
 }
 
 impl Caller {
+    /// What it authenticated with.
+    pub(super) fn credential(&self) -> Credential {
+        match (&self.session, &self.token) {
+            (_, Some(t)) => Credential::Token(t.hash.clone()),
+            (Some(id), None) => Credential::Session(id.clone()),
+            (None, None) => Credential::Session(String::new()),
+        }
+    }
+
     /// The author of a change the caller makes.
     pub(super) fn author(&self, message: impl Into<String>) -> Author {
         Author { who: self.who.clone(), from: self.from.clone(), message: message.into() }
@@ -89,12 +132,6 @@ impl Caller {
 pub fn same_secret(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The wait a throttle imposes after `count` failures in a row.
-pub fn lockout(count: u32) -> Option<Duration> {
-    let over = count.checked_sub(FREE_FAILURES)?;
-    Some(Duration::from_secs(1u64 << over.min(20)).min(MAX_LOCKOUT))
 }
 
 /// The `Set-Cookie` value of a session (an empty id ends it).
@@ -114,20 +151,15 @@ impl Api {
     /// state-changing request).
     pub(super) fn caller(&self, r: &Request) -> Result<Caller, Problem> {
         if let Some(secret) = &r.bearer {
-            let token = self
-                .store
-                .token_by_hash(&auth::token_hash(secret))?
-                .ok_or_else(|| Problem::unauthenticated("unknown or revoked token"))?;
-            let owner = self
-                .store
-                .user(&token.owner)?
-                .ok_or_else(|| Problem::unauthenticated("the token's owner no longer exists"))?;
+            let (token, owner) = self.token_of(&auth::token_hash(secret))?;
             return Ok(Caller {
                 who: format!("{}:token:{}", owner.name, token.id),
                 user: owner.name,
                 role: token.scope.min(owner.role),
+                user_role: owner.role,
                 from: r.from.clone(),
                 session: None,
+                token: Some(token),
             });
         }
         let Some(id) = &r.cookie else {
@@ -162,63 +194,84 @@ impl Api {
             who: user.name.clone(),
             user: user.name,
             role: user.role.min(session.role),
+            user_role: user.role,
             from: r.from.clone(),
             session: Some(id.clone()),
+            token: None,
         })
     }
 
-    /// Whether an API token of this secret exists (`/metrics`).
+    /// The token of this hash and its owner, if the token is neither revoked nor expired and
+    /// its owner exists.
+    fn token_of(&self, hash: &str) -> Result<(Token, sluice_store::User), Problem> {
+        let token = self
+            .store
+            .token_by_hash(hash)?
+            .ok_or_else(|| Problem::unauthenticated("unknown or revoked token"))?;
+        if token.expired(crate::plugins::now_ms()) {
+            return Err(Problem::unauthenticated("the token has expired"));
+        }
+        let owner = self
+            .store
+            .user(&token.owner)?
+            .ok_or_else(|| Problem::unauthenticated("the token's owner no longer exists"))?;
+        Ok((token, owner))
+    }
+
+    /// Whether an API token of this secret works (`/metrics`).
     pub(super) fn knows_token(&self, secret: &str) -> bool {
-        self.store.token_by_hash(&auth::token_hash(secret)).ok().flatten().is_some()
+        self.token_of(&auth::token_hash(secret)).is_ok()
+    }
+
+    /// Whether a credential still holds: the session has not ended, the token is neither
+    /// revoked nor expired.
+    pub(super) fn still_valid(&self, credential: &Credential) -> bool {
+        match credential {
+            Credential::Session(id) => self
+                .sessions
+                .get(id)
+                .is_some_and(|s| self.store.user(&s.user).ok().flatten().is_some()),
+            Credential::Token(hash) => self.token_of(hash).is_ok(),
+        }
     }
 }
 
-/// `POST /login`: a session for a right name and password, unless the user or the source failed
-/// too often lately.
+/// `POST /login`: a session for a right name and password, unless this user from this source,
+/// or this source, failed too often lately. The attempt counts before the password is checked.
 pub(super) fn login(api: &Api, call: &Call<'_>) -> Reply {
     let r = call.request;
     let b: models::Login = call.body()?;
-    let keys = [format!("user:{}", b.username), format!("from:{}", r.from)];
+    // A name that cannot exist is neither looked up nor kept in the throttle's table.
+    let name = auth::username_problem(&b.username).is_none().then_some(b.username.as_str());
+    let throttle = &api.sessions.throttle;
     let now = Instant::now();
-    let wait = {
-        let f = api.sessions.failures.lock().expect("lock");
-        keys.iter().filter_map(|k| f.get(k)?.until).filter(|u| *u > now).max()
-    };
-    if let Some(until) = wait {
+    if let Some(wait) = throttle.wait(name, &r.from, now) {
         let mut p = Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "throttled",
             "too many failed logins: wait before trying again",
         );
-        p.retry_after = Some((until - now).as_secs().max(1));
+        p.retry_after = Some(wait.as_secs().max(1));
         return Err(p);
     }
-    let user = auth::check_login(&api.store, &b.username, &b.password)?;
-    let mut f = api.sessions.failures.lock().expect("lock");
-    let Some(user) = user else {
-        for k in &keys {
-            let e = f.entry(k.clone()).or_default();
-            e.count += 1;
-            e.until = lockout(e.count).map(|d| now + d);
-        }
-        drop(f);
+    throttle.failed(name, &r.from, now);
+    let Some(user) = auth::check_login(&api.store, &b.username, &b.password)? else {
         let p = Problem::new(StatusCode::UNAUTHORIZED, "login", "wrong user name or password");
-        api.audit(&b.username, &r.from, "POST /api/v1/login".into(), Err(&p));
+        let who = name.unwrap_or("(not a user name)");
+        api.audit_to(AuditLog::Failures, who, &r.from, "POST /api/v1/login".into(), Err(&p));
         return Err(p);
     };
-    for k in &keys {
-        f.remove(k);
-    }
-    drop(f);
+    throttle.succeeded(&user.name, &r.from);
     let id = random_hex(32);
     let csrf = random_hex(32);
     let session = Session {
         user: user.name.clone(),
         role: user.role,
         csrf: csrf.clone(),
+        started: now,
         expires: now + SESSION_TTL,
     };
-    api.sessions.sessions.lock().expect("lock").insert(id.clone(), session);
+    api.sessions.start(id.clone(), session);
     let answer = models::LoggedIn { name: user.name.clone(), role: user.role, csrf_token: csrf };
     api.audit(&user.name, &r.from, "POST /api/v1/login".into(), Ok(()));
     with_session(answer, id)
@@ -227,7 +280,7 @@ pub(super) fn login(api: &Api, call: &Call<'_>) -> Reply {
 /// `POST /logout`: ends the session (the cookie too).
 pub(super) fn logout(api: &Api, call: &Call<'_>) -> Reply {
     if let Some(id) = &call.caller().session {
-        api.sessions.sessions.lock().expect("lock").remove(id);
+        api.sessions.end(id);
     }
     with_session(models::LoggedOut { logged_out: true }, String::new())
 }
@@ -245,13 +298,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_compare_whole_and_the_throttle_grows_to_a_cap() {
+    fn secrets_compare_whole() {
         assert!(same_secret("abc", "abc"));
         assert!(!same_secret("abc", "abd"));
         assert!(!same_secret("abc", "abcd"));
-        assert_eq!(lockout(FREE_FAILURES - 1), None);
-        assert_eq!(lockout(FREE_FAILURES), Some(Duration::from_secs(1)));
-        assert_eq!(lockout(FREE_FAILURES + 3), Some(Duration::from_secs(8)));
-        assert_eq!(lockout(FREE_FAILURES + 40), Some(MAX_LOCKOUT));
+    }
+
+    #[test]
+    fn a_user_holds_a_bounded_number_of_sessions_and_changes_end_them() {
+        let s = Sessions::default();
+        let now = Instant::now();
+        let session = |user: &str, i: u64| Session {
+            user: user.into(),
+            role: Role::Admin,
+            csrf: String::new(),
+            started: now + Duration::from_millis(i),
+            expires: now + SESSION_TTL,
+        };
+        for i in 0..40 {
+            s.start(format!("a{i}"), session("ann", i));
+        }
+        s.start("b".into(), session("bob", 0));
+        assert!(s.get("a0").is_none() && s.get("a39").is_some());
+        assert_eq!(s.sessions.lock().unwrap().len(), SESSIONS_PER_USER + 1);
+        s.end_user("ann", Some("a39"));
+        assert!(s.get("a38").is_none() && s.get("a39").is_some() && s.get("b").is_some());
+        s.end_user("ann", None);
+        assert!(s.get("a39").is_none());
     }
 }

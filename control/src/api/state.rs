@@ -2,12 +2,16 @@
 //! thread, route origins); and the audit log every change goes to.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize},
+    },
 };
 
 use sluice_dataplane::PinDir;
-use sluice_store::{AuditEntry, Store};
+use sluice_store::{AuditEntry, AuditLog, Store};
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -36,6 +40,11 @@ pub struct Api {
     pub(super) origins: Option<tokio::sync::mpsc::UnboundedSender<OriginQuery>>,
     /// The top talkers' reads, for their rates.
     pub(super) talkers: Mutex<crate::show::TalkerWindow>,
+    /// Anonymous requests to public routes refused, by route and status: counted, not logged
+    /// one by one (anyone can send them).
+    pub(super) refused: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
+    /// Large request bodies being read now ([`super::http::LARGE_BODIES`] at most).
+    pub(super) large_bodies: AtomicUsize,
 }
 
 impl std::fmt::Debug for Api {
@@ -59,6 +68,8 @@ impl Api {
             fixed_ports: Vec::new(),
             origins: None,
             talkers: Mutex::new(crate::show::TalkerWindow::default()),
+            refused: Mutex::new(BTreeMap::new()),
+            large_bodies: AtomicUsize::new(0),
         };
         let path = api.state_dir.join("setup-token");
         if api.store.is_set_up()? {
@@ -111,9 +122,27 @@ impl Api {
     }
 
     /// Writes an attempt and its outcome (`ok`, or the problem's status and detail) to the
-    /// audit log.
+    /// audit log of changes.
     pub(super) fn audit(
         &self,
+        who: &str,
+        from: &str,
+        action: String,
+        outcome: Result<(), &Problem>,
+    ) {
+        self.audit_to(AuditLog::Changes, who, from, action, outcome);
+    }
+
+    /// Counts an anonymous request to a public route that was refused.
+    pub(super) fn count_refused(&self, spec: &super::RouteSpec, status: u16) {
+        let key = (spec.method, spec.path, status);
+        *self.refused.lock().expect("lock").entry(key).or_default() += 1;
+    }
+
+    /// Writes an attempt and its outcome to one of the audit logs.
+    pub(super) fn audit_to(
+        &self,
+        log: AuditLog,
         who: &str,
         from: &str,
         action: String,
@@ -131,7 +160,7 @@ impl Api {
             action,
             outcome,
         };
-        if let Err(e) = self.store.audit(entry) {
+        if let Err(e) = self.store.audit_to(log, entry) {
             warn!(error = %e, "writing the audit log failed");
         }
     }

@@ -11,7 +11,7 @@ use warp::{
 };
 
 use super::{
-    Api, BODY_LIMIT, ROUTES, RouteSpec, filter,
+    Api, BODY_LIMIT, PLUGIN_BODY_LIMIT, ROUTES, RouteSpec, filter,
     http::{Answer, Request},
 };
 use crate::auth::random_hex;
@@ -105,6 +105,7 @@ async fn every_listed_route_is_served_and_no_other() {
             .path(&path)
             .header("cookie", &cookie)
             .header("x-csrf-token", &csrf)
+            .header("content-type", "application/json")
             .body("{}")
             .reply(&f)
             .await;
@@ -150,6 +151,7 @@ async fn sessions_need_their_csrf_token_and_bodies_their_limit() {
             .method("POST")
             .path("/api/v1/users")
             .header("cookie", &cookie)
+            .header("content-type", "application/json")
             .body(body);
         if let Some(c) = csrf {
             r = r.header("x-csrf-token", c);
@@ -198,6 +200,65 @@ async fn sessions_need_their_csrf_token_and_bodies_their_limit() {
         .collect();
     let want = [("vera", "403"), ("root", "409"), ("root", "ok"), ("root", "403"), ("root", "403")];
     assert_eq!(users, want, "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_are_json_and_checked_before_they_are_read_and_nothing_is_cached() {
+    let s = Scratch::new();
+    let (cookie, csrf) = s.admin().await;
+    let f = filter(&s.api);
+    // A login from a form (text/plain: a cross-site form may send it) is refused.
+    let res = warp::test::request()
+        .method("POST")
+        .path("/api/v1/login")
+        .header("content-type", "text/plain")
+        .body(r#"{"username": "root", "password": "correct horse battery"}"#)
+        .reply(&f)
+        .await;
+    assert_eq!(res.status(), 415, "{:?}", res.body());
+    // An anonymous upload is refused for who sends it, not for its size; an administrator's
+    // too large one from its declared length.
+    let big = vec![b' '; PLUGIN_BODY_LIMIT + 1];
+    let res = warp::test::request()
+        .method("POST")
+        .path("/api/v1/plugins")
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .reply(&f)
+        .await;
+    assert_eq!(res.status(), 401);
+    let res = warp::test::request()
+        .method("POST")
+        .path("/api/v1/plugins")
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .header("content-type", "application/json")
+        .body(big)
+        .reply(&f)
+        .await;
+    assert_eq!(res.status(), 413);
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+    // The bearer scheme in any case.
+    let body = json!({"name": "ci", "scope": "read"});
+    let res = warp::test::request()
+        .method("POST")
+        .path("/api/v1/tokens")
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&body)
+        .reply(&f)
+        .await;
+    assert_eq!(res.status(), 201);
+    let token = serde_json::from_slice::<Value>(res.body()).unwrap()["token"].clone();
+    let res = warp::test::request()
+        .path("/api/v1/me")
+        .header("authorization", format!("bEaReR  {}", token.as_str().unwrap()))
+        .reply(&f)
+        .await;
+    assert_eq!(res.status(), 200, "{:?}", res.body());
+    // Anonymous refusals are counted, not logged.
+    let refused = s.api.refused.lock().unwrap().clone();
+    assert_eq!(refused.get(&("POST", "/plugins", 401)), Some(&1), "{refused:?}");
 }
 
 #[test]

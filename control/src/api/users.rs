@@ -1,7 +1,7 @@
 //! Users: the first administrator (with the setup token), then users made, changed and
 //! deleted by administrators; and the audit log of what they all did.
 
-use sluice_store::Role;
+use sluice_store::{AuditLog, Role};
 use tracing::info;
 use warp::http::StatusCode;
 
@@ -46,23 +46,54 @@ pub(super) fn create(api: &Api, call: &Call<'_>) -> Reply {
     created(models::UserRef { name: user.name, role: user.role })
 }
 
-/// `PATCH /users/{name}`.
+/// `PATCH /users/{name}`: a new password ends the user's other sessions (the caller's own,
+/// when it changes its own password, goes on); a new role ends them all.
 pub(super) fn update(api: &Api, call: &Call<'_>) -> Reply {
     let p: models::UserPatch = call.body()?;
-    let user = auth::update_user(&api.store, call.param(), p.password.as_deref(), p.role)?;
+    let name = call.param();
+    let before = api.store.user(name)?;
+    let user = auth::update_user(&api.store, name, p.password.as_deref(), p.role)?;
+    if before.is_some_and(|b| b.role != user.role) {
+        api.sessions.end_user(name, None);
+    } else if p.password.is_some() {
+        let c = call.caller();
+        let keep = c.session.as_deref().filter(|_| c.user == name);
+        api.sessions.end_user(name, keep);
+    }
     ok(models::UserRef { name: user.name, role: user.role })
 }
 
-/// `DELETE /users/{name}`: its sessions end too.
+/// `DELETE /users/{name}`: its sessions and tokens end too.
 pub(super) fn delete(api: &Api, call: &Call<'_>) -> Reply {
     let name = call.param();
     auth::delete_user(&api.store, name, &call.caller().user)?;
-    api.sessions.end_user(name);
+    api.sessions.end_user(name, None);
     ok(models::Deleted { deleted: name.to_owned() })
 }
 
-/// `GET /audit?limit=N` (100 by default).
+/// `GET /audit?limit=N&log=changes|failures` (100 of the changes by default).
 pub(super) fn audit(api: &Api, call: &Call<'_>) -> Reply {
     let limit = call.query("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-    ok(api.store.audit_log(limit)?)
+    let log = match call.query("log").unwrap_or("changes") {
+        "changes" => AuditLog::Changes,
+        "failures" => AuditLog::Failures,
+        other => {
+            return Err(Problem::field("log", format!("{other:?} is not changes or failures")));
+        }
+    };
+    ok(api.store.audit_entries(log, limit)?)
+}
+
+/// `GET /audit/refused`: anonymous requests to public routes refused since the start, by route
+/// and status (counted, not logged).
+pub(super) fn refused(api: &Api, _: &Call<'_>) -> Reply {
+    let counts = api.refused.lock().expect("lock").clone();
+    ok(counts
+        .into_iter()
+        .map(|((method, path, status), count)| models::Refused {
+            route: format!("{method} /api/v1{path}"),
+            status,
+            count,
+        })
+        .collect::<Vec<_>>())
 }

@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 mod auth;
-pub use auth::{AUDIT_KEEP, AuditEntry, Role, Token, User};
+pub use auth::{
+    AUDIT_KEEP, AUDIT_MAX_AGE_MS, AuditEntry, AuditLog, FAILURES_KEEP, FAILURES_MAX_AGE_MS, Role,
+    Token, User,
+};
 
 /// The schema this version writes.
 pub const SCHEMA_VERSION: u32 = 1;
