@@ -145,8 +145,9 @@ static VERIFY: LazyLock<mpsc::SyncSender<Check>> = LazyLock::new(|| {
         std::thread::Builder::new()
             .name(format!("sluice-verify-{i}"))
             .spawn(move || {
-                // Made once and kept: the memory of every check this thread makes.
-                let mut memory: Vec<Block> = Vec::new();
+                // Made once and kept: the memory of every check this thread makes (the
+                // default parameters' at once, so that a flood of logins adds nothing).
+                let mut memory = vec![Block::default(); Params::DEFAULT.block_count()];
                 loop {
                     let check = rx.lock().expect("the queue").recv();
                     let Ok(check) = check else { return };
@@ -169,6 +170,11 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Starts the verifier threads with their memory (otherwise the first logins do).
+pub fn start_verifiers() {
+    LazyLock::force(&VERIFY);
 }
 
 /// Checks `password` against `hash` on a verifier thread; `Busy` at once when all are.

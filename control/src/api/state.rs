@@ -56,6 +56,7 @@ impl std::fmt::Debug for Api {
 impl Api {
     /// The API over a store; makes the setup token when no administrator exists yet.
     pub fn new(store: Store, pin: PinDir, state_dir: &Path) -> anyhow::Result<Self> {
+        crate::auth::start_verifiers();
         let api = Self {
             store,
             pin,
