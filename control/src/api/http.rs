@@ -240,25 +240,26 @@ async fn answer(
     headers: &HeaderMap,
     stream: impl futures::Stream<Item = Result<impl warp::Buf, warp::Error>> + Unpin,
 ) -> warp::reply::Response {
-    let admitting = Arc::clone(&api);
-    let (admitted, mut req) =
-        match tokio::task::spawn_blocking(move || (admitting.admit(&req), req)).await {
-            Ok((Ok(a), req)) => (a, req),
-            Ok((Err(p), _)) => return p.response(),
-            Err(e) => return Problem::internal(&e).response(),
-        };
     let declared = match content_length(headers) {
         Ok(l) => l,
         Err(p) => return p.response(),
     };
+    let mut stream = stream;
+    let admitting = Arc::clone(&api);
+    let (admitted, mut req) =
+        match tokio::task::spawn_blocking(move || (admitting.admit(&req), req)).await {
+            Ok((Ok(a), req)) => (a, req),
+            Ok((Err(p), _)) => return refuse(&p, declared, &mut stream).await,
+            Err(e) => return Problem::internal(&e).response(),
+        };
     let has_body = declared.map_or(headers.contains_key(header::TRANSFER_ENCODING), |l| l > 0);
     if has_body && !is_json(headers) {
-        return Problem::new(
+        let p = Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "media-type",
             "the body must be JSON (Content-Type: application/json)",
-        )
-        .response();
+        );
+        return refuse(&p, declared, &mut stream).await;
     }
     let limit = admitted.spec.body_limit;
     if declared.is_some_and(|l| l > limit as u64) {
@@ -295,6 +296,20 @@ async fn answer(
         .await
         .unwrap_or_else(|e| Err(Problem::internal(&e)));
     respond(outcome, api, credential)
+}
+
+/// A refusal before the body was read. A small body is read first and dropped (within a second):
+/// a connection closed with unread data is reset, and the reset can destroy the answer before
+/// the client reads it. A large one is not read: its sender sees the connection close.
+async fn refuse(
+    p: &Problem,
+    declared: Option<u64>,
+    stream: &mut (impl futures::Stream<Item = Result<impl warp::Buf, warp::Error>> + Unpin),
+) -> warp::reply::Response {
+    if declared.is_some_and(|l| l > 0 && l <= BODY_LIMIT as u64) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), read_body(stream, BODY_LIMIT)).await;
+    }
+    p.response()
 }
 
 /// Shortest time a body is given to arrive.
