@@ -106,13 +106,24 @@ impl ApiLab {
         matches!(self.daemon.try_wait(), Ok(None))
     }
 
-    /// The daemon's resident memory, KiB (`VmRSS`).
+    /// The daemon's resident memory, KiB (`VmRSS`): with the pages of the dataplane's maps it
+    /// has touched (mapped, shared with the kernel).
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The daemon's own resident memory, KiB (`RssAnon`: heap, stacks; not the maps' pages,
+    /// which grow as the dataplane's tables are first touched, whatever the API does).
+    pub fn anon_kib(&self) -> u64 {
+        self.status_kib("RssAnon:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()));
         status
             .ok()
             .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+                let line = s.lines().find(|l| l.starts_with(field))?.to_owned();
                 line.split_whitespace().nth(1)?.parse().ok()
             })
             .unwrap_or(0)
