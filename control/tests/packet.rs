@@ -152,6 +152,7 @@ fn forwarding() {
     let fragment = with_l4(L4::Raw { proto: IPPROTO_UDP, bytes: payload(64) })
         .map4(|ip| ip.frag = IP_MF | 0x000a);
     let padded = with_l4(L4::Udp { sport: 1, dport: 2, payload: vec![1, 2] }).padded(16);
+    let padded6 = udp6("2001:db8:1:1::5").padded(9);
     // DSCP EF and ECN ECT(1), traffic class and flow label: untouched by forwarding.
     let tos = udp4("10.1.3.3").map4(|ip| ip.tos = 0xb9);
     let flow6 = udp6("2001:db8:1:1::5").map6(|ip| {
@@ -174,6 +175,12 @@ fn forwarding() {
 
     let fwd =
         |name: &str, input: Frame, id: u32| Case::forward(name, IN0, &input, &routed(&input, id));
+    // What Linux does too: the frame leaves as long as its IP packet.
+    let cut = |name: &str, input: Frame, id: u32| {
+        let unpadded = input.clone().padded(0);
+        let sent = unpadded.bytes().len() as u64;
+        Case::forward(name, IN0, &input, &routed(&unpadded, id)).transmitting(sent)
+    };
     #[rustfmt::skip]
     let cases = vec![
         Case::forward_bytes("IPv4 UDP, golden bytes: MACs, TTL 64 -> 63, checksum", IN0, golden_in, golden_out, 3),
@@ -186,7 +193,8 @@ fn forwarding() {
         fwd("IPv4 checksum becomes 0x0000 after the decrement", with_checksum("10.1.3.3", 0, true), nh::OUT1),
         fwd("IPv4 checksum was 0x0000 before the decrement", with_checksum("10.1.3.3", 0, false), nh::OUT1),
         fwd("IPv4 fragment (MF, offset 80) is forwarded", fragment, nh::OUT1),
-        fwd("IPv4 with Ethernet padding: padding kept", padded, nh::OUT1),
+        cut("IPv4 with Ethernet padding: cut to the IP length", padded, nh::OUT1),
+        cut("IPv6 with Ethernet padding: cut to the IP length", padded6, nh::OUT1),
         fwd("IPv4 header only (20 bytes, protocol 253): ends the frame", bare4, nh::OUT1),
         fwd("IPv6 header only (next header 59): ends the frame", bare6, nh::OUT1),
         fwd("IPv4 1500 bytes at MTU 1500", sized4("10.1.3.3", 1500), nh::OUT1),
@@ -397,6 +405,12 @@ fn vlan() {
     let tag = |f: Frame| f.tagged(VLAN_IN);
     let fwd =
         |name: &str, input: Frame, id: u32| Case::forward(name, IN0, &input, &routed(&input, id));
+    // What Linux does too: the frame leaves as long as its IP packet.
+    let cut = |name: &str, input: Frame, id: u32| {
+        let unpadded = input.clone().padded(0);
+        let sent = unpadded.bytes().len() as u64;
+        Case::forward(name, IN0, &input, &routed(&unpadded, id)).transmitting(sent)
+    };
     let fwd100 = |name: &str, input: Frame, id: u32| {
         Case::forward(name, IN0_V100, &input, &routed(&input, id))
     };

@@ -16,7 +16,10 @@ mod xmit;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, xdp_action},
-    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_adjust_head},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    },
     macros::{map, xdp},
     maps::{
         Array, DevMapHash, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
@@ -101,6 +104,7 @@ impl Outcome {
 }
 
 /// The L2 facts the L3 handlers need to finish the frame.
+#[derive(Clone, Copy)]
 struct Frame {
     /// Offset of the L3 header: 14, or 18 behind an 802.1Q tag.
     l3: usize,
@@ -244,7 +248,10 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
     let check = csum_ttl_decrement(u16::from_be_bytes(hdr.check), ttl_proto);
     hdr.ttl -= 1;
     hdr.check = check.to_be_bytes();
-    rewrite_l2(ctx, frame, nh, action, FAMILY_V4, &src16)
+    let Some(frame) = trim_to(ctx, frame, total) else {
+        return Outcome::drop(Reason::DropMalformed);
+    };
+    rewrite_l2(ctx, &frame, nh, action, FAMILY_V4, &src16)
 }
 
 #[inline(always)]
@@ -304,7 +311,25 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
         Err(outcome) => return outcome,
     };
     hdr.hop_limit -= 1;
-    rewrite_l2(ctx, frame, nh, action, FAMILY_V6, &src)
+    let Some(frame) = trim_to(ctx, frame, total) else {
+        return Outcome::drop(Reason::DropMalformed);
+    };
+    rewrite_l2(ctx, &frame, nh, action, FAMILY_V6, &src)
+}
+
+/// The frame cut to its IP packet's length (`total`), as Linux trims a packet to its IP length
+/// before forwarding it: Ethernet padding, or bytes a lying length left out, are not sent on.
+/// `None` if the cut failed (the frame is already rewritten and cannot go on).
+#[inline(always)]
+fn trim_to(ctx: &XdpContext, frame: &Frame, total: usize) -> Option<Frame> {
+    let excess = frame.len - (frame.l3 + total);
+    if excess != 0 {
+        // SAFETY: a helper call on the live context; the packet pointers are re-read afterwards.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(excess as i32)) } != 0 {
+            return None;
+        }
+    }
+    Some(Frame { len: frame.len - excess, ..*frame })
 }
 
 /// The outcome the hook tables decided, or whether steer rules may apply to the packet.

@@ -254,8 +254,12 @@ pub struct Case {
     pub verdict: u32,
     /// The exact frame expected back from the kernel.
     pub output: Vec<u8>,
-    /// Counters expected to grow by one packet and `input.len()` bytes; all others must not move.
+    /// Counters expected to grow by one packet and `input.len()` bytes (`transmitted` bytes for
+    /// the transmitted counter, when set); all others must not move.
     pub counters: Vec<(u32, Reason)>,
+    /// Bytes the transmitted counter counts, when not the input's length: a frame cut to its
+    /// IP length counts what is sent.
+    pub transmitted: Option<u64>,
     /// Neighbour requests expected in `NEIGH_REQUESTS`, in order; none other may appear.
     pub neigh: Vec<NeighRequest>,
 }
@@ -282,6 +286,7 @@ impl Case {
             output,
             counters: vec![(port.slot, Reason::Forwarded), (egress_slot, Reason::Transmitted)],
             neigh: Vec::new(),
+            transmitted: None,
         }
     }
 
@@ -320,11 +325,19 @@ impl Case {
             verdict,
             counters: vec![(port.slot, reason)],
             neigh: Vec::new(),
+            transmitted: None,
         }
     }
 
     /// Expects this neighbour request too.
     #[must_use]
+    /// The transmitted counter counts `bytes`.
+    #[must_use]
+    pub const fn transmitting(mut self, bytes: u64) -> Self {
+        self.transmitted = Some(bytes);
+        self
+    }
+
     pub fn with_neigh(mut self, ifindex: u32, family: u8, addr: &[u8]) -> Self {
         let mut request = NeighRequest { ifindex, family, ..NeighRequest::default() };
         request.addr[..addr.len()].copy_from_slice(addr);
@@ -664,7 +677,9 @@ impl Lab {
         let every = (0..MAX_SLOTS).flat_map(|slot| Reason::ALL.map(|r| (slot, r)));
         for ((slot, reason), (now, before)) in every.zip(after.iter().zip(&self.snapshot)) {
             let delta = (now.0 - before.0, now.1 - before.1);
-            let expected = if case.counters.contains(&(slot, reason)) { (1, len) } else { (0, 0) };
+            let bytes = case.transmitted.filter(|_| reason == Reason::Transmitted).unwrap_or(len);
+            let expected =
+                if case.counters.contains(&(slot, reason)) { (1, bytes) } else { (0, 0) };
             if delta != expected {
                 errors.push(format!(
                     "counter slot {slot} {}: expected +{} packets +{} bytes, got +{} +{}",
