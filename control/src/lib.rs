@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod console;
 pub mod daemon;
+pub mod listener;
 pub mod plugins;
 pub mod provision;
 pub mod show;
