@@ -53,8 +53,10 @@ pub struct Options {
     pub trust: crate::plugins::Trust,
     /// Where the configuration store lives (`DIR/db`); none: no stored configuration.
     pub state_dir: Option<std::path::PathBuf>,
-    /// Where the REST API listens (needs `state_dir`).
-    pub listen: Option<std::net::SocketAddr>,
+    /// Where the REST API listens (needs `state_dir`); none: no API.
+    pub listen: Vec<crate::listener::Listen>,
+    /// What a connection to the API may cost, and for how long.
+    pub api_limits: crate::listener::Limits,
 }
 
 /// The configuration store and the netlink handle its static routes are applied with.
@@ -89,6 +91,7 @@ impl Config {
     }
 
     fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
+        crate::state_dir::ensure(dir)?;
         let store = sluice_store::Store::open(&dir.join("db"))
             .with_context(|| format!("opening the configuration store in {}", dir.display()))?;
         let (conn, handle, _) = rtnetlink::new_connection().context("rtnetlink")?;
@@ -187,13 +190,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Told when the API commits a change: applied as at a start.
     let mut applied = std::sync::Arc::new(tokio::sync::Notify::new());
     let (plugin_tx, plugin_rx) = std::sync::mpsc::channel();
-    if let (Some(listen), Some(c), Some(dir)) = (opts.listen, &config, &opts.state_dir) {
+    if let (false, Some(c), Some(dir)) = (opts.listen.is_empty(), &config, &opts.state_dir) {
         let api = crate::api::Api::new(c.store.clone(), opts.pin.clone(), dir)?
             .with_plugins(plugin_tx.clone())
             .with_fixed_ports(opts.attach.clone())
             .with_origins(origin_tx.clone());
         applied = std::sync::Arc::clone(&api.changed);
-        crate::api::serve(&std::sync::Arc::new(api), listen, dir)?;
+        crate::api::serve(&std::sync::Arc::new(api), &opts.listen, opts.api_limits, dir)?;
     }
     let mut state = State {
         dp,

@@ -7,9 +7,11 @@ pub mod auth;
 pub mod client;
 pub mod console;
 pub mod daemon;
+pub mod listener;
 pub mod plugins;
 pub mod provision;
 pub mod show;
+pub mod state_dir;
 
 /// Logs to standard error at the level `SLUICE_LOG` sets (an `EnvFilter`, `info` by default),
 /// in colour only on a terminal: the daemon, the CLI and the testbed's binaries alike.

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice::{daemon, show};
+use sluice::{daemon, listener::Limits, show};
 use sluice_core::rib;
 use sluice_dataplane::{self as dataplane, DEFAULT_PIN_DIR, ModeRequest, PinDir};
 
@@ -52,9 +52,29 @@ enum Command {
         /// start, and an unconfirmed commit is rolled back when its deadline passes.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
-        /// Serve the REST API over HTTPS here (needs --state-dir), e.g. 127.0.0.1:8443.
-        #[arg(long, value_name = "ADDR:PORT", requires = "state_dir")]
-        listen: Option<std::net::SocketAddr>,
+        /// Serve the REST API over HTTPS here (needs --state-dir), e.g. 127.0.0.1:8443; repeat
+        /// for more addresses. `ADDR:PORT%INTERFACE` answers only connections that arrive
+        /// through that interface (e.g. `[::]:443%eth0`: every address of eth0).
+        #[arg(long, value_name = "ADDR:PORT[%IF]", requires = "state_dir")]
+        listen: Vec<sluice::listener::Listen>,
+        /// Connections to the API open at once, all sources together; beyond, closed at once.
+        #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+        api_max_connections: usize,
+        /// Connections to the API open at once from one source (an IPv4 address, an IPv6 /64).
+        #[arg(long, value_name = "N", default_value_t = Limits::default().max_per_source)]
+        api_max_connections_per_source: usize,
+        /// Seconds a connection to the API has to complete its TLS handshake.
+        #[arg(long, value_name = "SECS", default_value_t = Limits::default().handshake_timeout.as_secs_f64())]
+        api_handshake_timeout: f64,
+        /// Seconds a client has to send a request's head, from its first byte (HTTP/1).
+        #[arg(long, value_name = "SECS", default_value_t = Limits::default().header_timeout.as_secs_f64())]
+        api_header_timeout: f64,
+        /// Seconds a connection to the API may stay without a byte either way.
+        #[arg(long, value_name = "SECS", default_value_t = Limits::default().idle_timeout.as_secs_f64())]
+        api_idle_timeout: f64,
+        /// Concurrent streams of an HTTP/2 connection to the API.
+        #[arg(long, value_name = "N", default_value_t = Limits::default().max_streams)]
+        api_max_streams: u32,
         /// Nice value of the daemon's threads, -20 to 19. Below 0 the mirror keeps pace with a
         /// routing daemon loading a full table on the same cores (the route record's writer and
         /// the plugins run at their own, lower priorities); 0 leaves the daemon as started.
@@ -263,8 +283,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_unsigned_plugins,
             state_dir,
             listen,
+            api_max_connections,
+            api_max_connections_per_source,
+            api_handshake_timeout,
+            api_header_timeout,
+            api_idle_timeout,
+            api_max_streams,
             nice,
         } => {
+            let secs = |name: &str, s: f64| {
+                Duration::try_from_secs_f64(s)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .with_context(|| format!("--{name} {s}: a positive number of seconds"))
+            };
+            let api_limits = Limits {
+                max_connections: api_max_connections.max(1),
+                max_per_source: api_max_connections_per_source.max(1),
+                handshake_timeout: secs("api-handshake-timeout", api_handshake_timeout)?,
+                header_timeout: secs("api-header-timeout", api_header_timeout)?,
+                idle_timeout: secs("api-idle-timeout", api_idle_timeout)?,
+                max_streams: api_max_streams.max(1),
+            };
             let keys: Vec<String> = match &trusted_keys {
                 Some(p) => std::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?
@@ -304,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 trust,
                 state_dir,
                 listen,
+                api_limits,
             }))
         }
         Command::Stats { json, watch } => stats(&pin, json, watch),
@@ -502,6 +543,7 @@ fn hooks(pin: &PinDir, json: bool) -> anyhow::Result<()> {
 }
 
 fn config(state_dir: &std::path::Path, cmd: ConfigCmd) -> anyhow::Result<()> {
+    sluice::state_dir::ensure(state_dir)?;
     let store = sluice_store::Store::open(&state_dir.join("db"))
         .with_context(|| format!("opening the store in {}", state_dir.display()))?;
     match cmd {

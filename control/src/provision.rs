@@ -298,8 +298,7 @@ pub fn provision(
     seed: Option<&Path>,
     network_dir: Option<&Path>,
 ) -> anyhow::Result<Outcome> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
+    crate::state_dir::ensure(state_dir)?;
     let mut outcome = Outcome::default();
     if let Some(dir) = seed {
         let seed = read_seed(dir)?;

@@ -37,6 +37,26 @@ impl Api {
         let _ = writeln!(out, "# TYPE sluice_api_requests_total counter");
         let _ =
             writeln!(out, "sluice_api_requests_total {}", self.requests.load(Ordering::Relaxed));
+        let l = &crate::listener::STATS;
+        let _ = writeln!(out, "# HELP sluice_api_connections Connections to the API open now.");
+        let _ = writeln!(out, "# TYPE sluice_api_connections gauge");
+        let _ = writeln!(out, "sluice_api_connections {}", l.open.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP sluice_api_connections_closed_total Connections to the API refused or closed \
+             early, by reason."
+        );
+        let _ = writeln!(out, "# TYPE sluice_api_connections_closed_total counter");
+        for (reason, n) in [
+            ("global_cap", &l.refused_total),
+            ("source_cap", &l.refused_per_source),
+            ("handshake_timeout", &l.handshake_timeouts),
+            ("idle_timeout", &l.idle_closed),
+            ("accept_error", &l.accept_errors),
+        ] {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "sluice_api_connections_closed_total{{reason=\"{reason}\"}} {n}");
+        }
         out
     }
 }

@@ -328,10 +328,49 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// again right away would fail. A lock still held after the wait is another holder's (another
 /// daemon on the same state directory), and the error says so.
 ///
+/// The database holds password and token hashes: its directory is created 0700 (with any
+/// missing parent, such as the state directory) and its files are made 0600 once open, whatever
+/// the umask (sled creates them with the process's); a directory found wider is narrowed, with a
+/// log line.
+///
 /// # Errors
 /// sled's, or an [`std::io::ErrorKind::WouldBlock`] error naming the database that is in use.
 pub fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
-    open_waiting(config, LOCK_WAIT)
+    use std::os::unix::fs::DirBuilderExt as _;
+    /// Narrows `dir` to 0700 and what it holds to 0700 (directories) and 0600 (files).
+    fn make_private(dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut pending = vec![dir.to_owned()];
+        while let Some(d) = pending.pop() {
+            for entry in std::fs::read_dir(&d)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                let want = if kind.is_dir() {
+                    pending.push(entry.path());
+                    0o700
+                } else if kind.is_file() {
+                    0o600
+                } else {
+                    continue;
+                };
+                let mode = entry.metadata()?.permissions().mode() & 0o777;
+                if mode & !want != 0 {
+                    std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(want))?;
+                }
+            }
+        }
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & !0o700 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            tracing::warn!(db = %dir.display(), was = format!("{mode:o}"), "the database was open to others: narrowed to 0700, its files to 0600");
+        }
+        Ok(())
+    }
+    let dir = config.get_path();
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+    let db = open_waiting(config, LOCK_WAIT)?;
+    make_private(&dir)?;
+    Ok(db)
 }
 
 fn open_waiting(config: &sled::Config, wait: Duration) -> sled::Result<sled::Db> {
