@@ -164,7 +164,13 @@ pub fn filter(
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
         .and(warp::cookie::optional::<String>(SESSION_COOKIE))
-        .and(warp::addr::remote())
+        // The accept loop puts the client's address in the request's extensions:
+        // `warp::service` does not give it to `warp::addr::remote()`.
+        .and(warp::addr::remote().and(warp::ext::optional::<crate::listener::Peer>()).map(
+            |direct: Option<SocketAddr>, peer: Option<crate::listener::Peer>| {
+                direct.or(peer.map(|p| p.0))
+            },
+        ))
         .and(warp::body::stream())
         .and(with_api.clone())
         .then(
