@@ -47,7 +47,7 @@ fn flood(lab: &ApiLab, logins: u32, sources: u32) -> Flood {
     let ns = lab.ns().to_owned();
     let mut f = Flood {
         rss_before_mib: lab.rss_kib() as f64 / 1024.0,
-        anon_before_mib: lab.anon_kib() as f64 / 1024.0,
+        anon_before_mib: lab.settled_anon_kib() as f64 / 1024.0,
         ..Flood::default()
     };
     let done = AtomicBool::new(false);
@@ -176,7 +176,7 @@ fn the_owner_logs_in_from_elsewhere_after_ten_failures_from_one_source() {
 #[test]
 fn an_anonymous_upload_is_refused_within_a_second_of_its_headers() {
     let Some(lab) = lab("hau") else { return };
-    let before = lab.anon_kib();
+    let before = lab.settled_anon_kib();
     in_namespace(lab.ns(), || {
         let raw = lab.raw()?;
         let uploads: Vec<anyhow::Result<(u16, f64)>> = std::thread::scope(|s| {

@@ -269,7 +269,7 @@ async fn answer(
     }
     let limit = admitted.spec.body_limit;
     if declared.is_some_and(|l| l > limit as u64) {
-        return too_large(limit).response();
+        return refuse(&too_large(limit), declared, &mut stream).await;
     }
     let _large = if has_body && limit > BODY_LIMIT {
         match LargeBody::take(&api) {
@@ -304,16 +304,21 @@ async fn answer(
     respond(outcome, api, credential)
 }
 
-/// A refusal before the body was read. A small body is read first and dropped (within a second):
-/// a connection closed with unread data is reset, and the reset can destroy the answer before
-/// the client reads it. A large one is not read: its sender sees the connection close.
+/// Bodies up to this size are drained when refused unread.
+const DRAIN_LIMIT: u64 = 1 << 20;
+
+/// A refusal decided before the body was read. A body of at most [`DRAIN_LIMIT`] is then read
+/// and dropped as it comes (for a second at most, nothing kept), as a lingering close does: a
+/// connection closed with unread data is reset, and the reset can destroy the answer before the
+/// client reads it. A larger one is not read: its sender sees the connection close.
 async fn refuse(
     p: &Problem,
     declared: Option<u64>,
     stream: &mut (impl futures::Stream<Item = Result<impl warp::Buf, warp::Error>> + Unpin),
 ) -> warp::reply::Response {
-    if declared.is_some_and(|l| l > 0 && l <= BODY_LIMIT as u64) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), read_body(stream, BODY_LIMIT)).await;
+    if declared.is_some_and(|l| l > 0 && l <= DRAIN_LIMIT) {
+        let drain = async { while let Some(Ok(_chunk)) = stream.next().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     }
     p.response()
 }

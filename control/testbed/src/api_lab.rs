@@ -118,6 +118,21 @@ impl ApiLab {
         self.status_kib("RssAnon:")
     }
 
+    /// [`Self::anon_kib`] once the daemon's start-up is over: two reads half a second apart
+    /// within 1 MiB of each other (5 s at most).
+    pub fn settled_anon_kib(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = self.anon_kib();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.anon_kib();
+            if now.abs_diff(last) < 1024 || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()));
         status
