@@ -8,7 +8,7 @@
 //! anyone else (the kernel, `ip route`, BIRD) are never touched.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -143,6 +143,9 @@ async fn ours(handle: &Handle) -> Result<BTreeMap<(IpNet, u32), RouteMessage>, A
 pub async fn apply_routes(handle: &Handle, routes: &[StaticRoute]) -> Result<Applied, ApplyError> {
     let mut applied = Applied::default();
     let existing = ours(handle).await?;
+    // By key: a configuration of many routes is not searched once per route of the kernel.
+    let wanted: BTreeSet<(IpNet, u32)> =
+        routes.iter().map(|r| (r.prefix, kernel_metric(r))).collect();
     for r in routes {
         let oif = match &r.dev {
             Some(dev) => Some(
@@ -157,7 +160,7 @@ pub async fn apply_routes(handle: &Handle, routes: &[StaticRoute]) -> Result<App
         applied.set.push(format!("{} metric {}", r.prefix, r.metric));
     }
     for ((prefix, metric), m) in existing {
-        if routes.iter().any(|r| r.prefix == prefix && kernel_metric(r) == metric) {
+        if wanted.contains(&(prefix, metric)) {
             continue;
         }
         handle.route().del(m).execute().await.map_err(|source| ApplyError::Netlink {

@@ -706,11 +706,15 @@ impl Store {
     /// Restores a configuration exported before: validated whole (its new plugin entries
     /// included: [`Store::plugin_problems`]), committed as a new revision.
     pub fn import(&self, text: &str, author: &Author) -> Result<Revision, StoreError> {
-        let config = parse_config(text)?;
-        let errors = self.plugin_problems(&config)?;
+        self.import_config(&parse_config(text)?, author)
+    }
+
+    /// [`Store::import`] of a configuration file already read ([`parse_config`]).
+    pub fn import_config(&self, config: &Config, author: &Author) -> Result<Revision, StoreError> {
+        let errors = self.plugin_problems(config)?;
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
         }
-        self.commit_config(&config, author, None, None)
+        self.commit_config(config, author, None, None)
     }
 }
