@@ -318,17 +318,17 @@ fn plugin_integrity(lab: &mut ApiLab, keys: &Path) {
         "{list}"
     );
     let replacements = 4u8;
-    let mut last = wasm.clone();
+    let mut newest = wasm.clone();
     for n in 1..=replacements {
-        last = variant(&wasm, n);
-        let m = manifest("acl", &last, Some(&TRUSTED));
-        let a = admin.call("POST", "/api/v1/plugins", Some(&upload(&m, &last, &drop_c1, true)));
+        newest = variant(&wasm, n);
+        let m = manifest("acl", &newest, Some(&TRUSTED));
+        let a = admin.call("POST", "/api/v1/plugins", Some(&upload(&m, &newest, &drop_c1, true)));
         assert_eq!(a.status, 201, "{}", a.text());
     }
     let replaced = stored(&lab.state);
     assert_eq!(replaced.0, usize::from(replacements) + 1, "the replaced ones are kept a while");
     let list = admin.plugins();
-    assert_eq!(list[0]["sha256"].as_str(), Some(sha256_hex(&last).as_str()), "{list}");
+    assert_eq!(list[0]["sha256"].as_str(), Some(sha256_hex(&newest).as_str()), "{list}");
     assert_eq!(list[0]["status"]["state"], "running", "{list}");
     let gw = Subnet(1).host_v4();
     for k in 0..sluice_store::COMPONENT_REVISIONS {
@@ -347,25 +347,25 @@ fn plugin_integrity(lab: &mut ApiLab, keys: &Path) {
         collected.0,
         collected.1
     );
-    assert_eq!(collected, (1, last.len() as u64), "only the running component is left");
+    assert_eq!(collected, (1, newest.len() as u64), "only the running component is left");
 
     // Imported or staged plugin entries are checked as uploads; nothing is written.
     let running = admin.call("GET", "/api/v1/config", None).json()["config"].clone();
     let revisions = admin.revisions();
-    let last_sha = sha256_hex(&last);
+    let newest_sha = sha256_hex(&newest);
     let entry = |m: Value, sha: &str| json!({"wasm_sha256": sha, "manifest": m, "config": drop_c1, "enabled": true});
-    let untrusted = manifest("stranger", &last, Some(&STRANGER));
-    let mut mismatched = manifest("mismatched", &last, Some(&TRUSTED));
+    let untrusted = manifest("stranger", &newest, Some(&STRANGER));
+    let mut mismatched = manifest("mismatched", &newest, Some(&TRUSTED));
     mismatched.sha256 = sha256_hex(&wasm);
     let entries = [
-        ("ghost", entry(Value::Null, &last_sha), "plugins.ghost.manifest"),
+        ("ghost", entry(Value::Null, &newest_sha), "plugins.ghost.manifest"),
         (
             "absent",
             entry(json!(manifest("absent", &wasm, Some(&TRUSTED))), &sha256_hex(&wasm)),
             "plugins.absent.wasm_sha256",
         ),
-        ("mismatched", entry(json!(mismatched), &last_sha), "plugins.mismatched.manifest.sha256"),
-        ("stranger", entry(json!(untrusted), &last_sha), "plugins.stranger.manifest.signature"),
+        ("mismatched", entry(json!(mismatched), &newest_sha), "plugins.mismatched.manifest.sha256"),
+        ("stranger", entry(json!(untrusted), &newest_sha), "plugins.stranger.manifest.signature"),
     ];
     for (name, e, field) in &entries {
         let mut config = running.clone();
@@ -392,7 +392,7 @@ fn plugin_integrity(lab: &mut ApiLab, keys: &Path) {
         c.plugins.insert(
             "ghost".into(),
             sluice_store::Plugin {
-                wasm_sha256: last_sha.clone(),
+                wasm_sha256: newest_sha.clone(),
                 manifest: Value::Null,
                 config: json!({}),
                 enabled: true,
@@ -416,7 +416,7 @@ fn plugin_integrity(lab: &mut ApiLab, keys: &Path) {
         start.0,
         start.1
     );
-    assert_eq!(start, (1, last.len() as u64), "the leftover is collected at start");
+    assert_eq!(start, (1, newest.len() as u64), "the leftover is collected at start");
     let list = admin.plugins();
     assert!(list.as_array().is_some_and(|l| l.iter().any(|p| p["name"] == "ghost")), "{list}");
     let a = admin.call("DELETE", "/api/v1/plugins/ghost", None);
@@ -496,7 +496,7 @@ fn round_trip(lab: &ApiLab) {
     };
     assert_eq!(a.status, 200, "import: {}", a.text());
     let t = Instant::now();
-    let deadline = Duration::from_secs(60);
+    let deadline = Duration::from_mins(1);
     while kernel_routes(lab) < n {
         assert!(
             t.elapsed() < deadline,

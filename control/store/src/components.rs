@@ -162,7 +162,7 @@ impl Store {
                 continue;
             }
             let mut err = |field: &str, message: String| {
-                errors.push(FieldError { field: format!("plugins.{name}{field}"), message })
+                errors.push(FieldError { field: format!("plugins.{name}{field}"), message });
             };
             if !self.has_component(&p.wasm_sha256)? {
                 err(

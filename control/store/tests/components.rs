@@ -75,7 +75,7 @@ fn a_component_is_stored_with_its_commit_and_collected_once_no_kept_revision_nam
     // A commit refused (one waits for its confirmation) stores nothing.
     let mut routed = config.clone();
     routed.routes.push(route(1));
-    store.commit_change(&routed, &author("to confirm"), Some(Duration::from_secs(60))).unwrap();
+    store.commit_change(&routed, &author("to confirm"), Some(Duration::from_mins(1))).unwrap();
     let (sha2, wasm2) = component(2, 50_000);
     let replaced = with_plugin(routed.clone(), "acl", &sha2);
     let refused = store.commit_with_component(&replaced, &author("acl 2"), &sha2, &wasm2);
@@ -196,8 +196,7 @@ fn plugin_entries_staged_or_imported_name_a_stored_component_and_a_matching_mani
 fn ten_thousand_static_routes_are_exported_and_imported_back() {
     let d = dir("big-export");
     let store = Store::open(&d.0).unwrap();
-    let mut c = Config::default();
-    c.routes = (0..10_000).map(route).collect();
+    let c = Config { routes: (0..10_000).map(route).collect(), ..Config::default() };
     let t = Instant::now();
     store.commit_change(&c, &author("10,000 routes"), None).unwrap();
     let committed = t.elapsed();
