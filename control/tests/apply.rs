@@ -74,8 +74,13 @@ fn static_routes_reach_the_kernel_and_only_sluice_routes_are_reconciled() {
     assert!(ours(&ns, "-4").contains("10.77.0.0/16 via 192.0.2.254"), "{}", ours(&ns, "-4"));
     assert!(ours(&ns, "-6").contains("2001:db8:77::/48 via 2001:db8:a::fe"), "{}", ours(&ns, "-6"));
 
-    // Applying again changes nothing; a new set replaces the old one.
-    assert!(apply(&ns, &first).removed.is_empty());
+    // Applying again changes nothing (and sends nothing); a new gateway is set; a new set
+    // replaces the old one.
+    let again = apply(&ns, &first);
+    assert!(again.removed.is_empty() && again.set.is_empty(), "{again:?}");
+    let moved = [route("10.77.0.0/16", Some("192.0.2.253"), None, 0), first[1].clone()];
+    assert_eq!(apply(&ns, &moved).set, ["10.77.0.0/16 metric 0"]);
+    assert!(ours(&ns, "-4").contains("10.77.0.0/16 via 192.0.2.253"), "{}", ours(&ns, "-4"));
     let second = [route("10.78.0.0/16", None, Some("va"), 5)];
     let done = apply(&ns, &second);
     assert_eq!(done.removed.len(), 2, "{done:?}");

@@ -16,7 +16,7 @@ use std::{
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use sluice_testbed::{
-    api_lab::{ADMIN, ApiLab, RawClient, Session, head, in_namespace, read_answer},
+    api_lab::{ADMIN, ApiLab, Session, head, in_namespace, read_answer},
     privileged,
 };
 
@@ -24,6 +24,8 @@ fn lab(prefix: &str) -> Option<ApiLab> {
     privileged().then(|| ApiLab::start(prefix, &[]).expect("a daemon serving its API"))
 }
 
+/// Loopback source `n`, as the raw client's `from`.
+#[expect(clippy::unnecessary_wraps, reason = "the raw client's `from` is optional")]
 fn source(n: u32) -> Option<IpAddr> {
     Some(IpAddr::from([127, 0, (n >> 8) as u8, n as u8]))
 }

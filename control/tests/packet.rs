@@ -405,12 +405,6 @@ fn vlan() {
     let tag = |f: Frame| f.tagged(VLAN_IN);
     let fwd =
         |name: &str, input: Frame, id: u32| Case::forward(name, IN0, &input, &routed(&input, id));
-    // What Linux does too: the frame leaves as long as its IP packet.
-    let cut = |name: &str, input: Frame, id: u32| {
-        let unpadded = input.clone().padded(0);
-        let sent = unpadded.bytes().len() as u64;
-        Case::forward(name, IN0, &input, &routed(&unpadded, id)).transmitting(sent)
-    };
     let fwd100 = |name: &str, input: Frame, id: u32| {
         Case::forward(name, IN0_V100, &input, &routed(&input, id))
     };

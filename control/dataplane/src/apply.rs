@@ -8,7 +8,7 @@
 //! anyone else (the kernel, `ip route`, BIRD) are never touched.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -51,7 +51,7 @@ pub enum ApplyError {
 /// What [`apply_routes`] changed.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Applied {
-    /// Routes added or replaced.
+    /// Routes added or replaced (not those already in the kernel as they should be).
     pub set: Vec<String>,
     /// Sluice routes removed.
     pub removed: Vec<String>,
@@ -138,11 +138,32 @@ async fn ours(handle: &Handle) -> Result<BTreeMap<(IpNet, u32), RouteMessage>, A
     Ok(out)
 }
 
-/// Makes the kernel's Sluice routes exactly `routes`: adds or replaces each, removes the Sluice
-/// routes that are not among them. Others' routes are left alone.
+/// Whether the kernel's route `m` already is `route` (through `oif`, when it names an
+/// interface): the same gateway, and the same interface where the configuration names one.
+/// Where it names none the kernel chose the interface that reaches the gateway, which is the
+/// one it would choose again.
+fn is_already(m: &RouteMessage, route: &StaticRoute, oif: Option<u32>) -> bool {
+    let gateway = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+        _ => None,
+    });
+    let kernel_oif = m
+        .attributes
+        .iter()
+        .find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None });
+    gateway == route.via && (oif.is_none() || kernel_oif == oif)
+}
+
+/// Makes the kernel's Sluice routes exactly `routes`: adds or replaces each that is not there
+/// as it should be, removes the Sluice routes that are not among them. Others' routes are left
+/// alone. A configuration of many routes applied again costs one dump, not a request per route.
 pub async fn apply_routes(handle: &Handle, routes: &[StaticRoute]) -> Result<Applied, ApplyError> {
     let mut applied = Applied::default();
     let existing = ours(handle).await?;
+    // By key: a configuration of many routes is not searched once per route of the kernel.
+    let wanted: BTreeSet<(IpNet, u32)> =
+        routes.iter().map(|r| (r.prefix, kernel_metric(r))).collect();
     for r in routes {
         let oif = match &r.dev {
             Some(dev) => Some(
@@ -151,13 +172,16 @@ pub async fn apply_routes(handle: &Handle, routes: &[StaticRoute]) -> Result<App
             ),
             None => None,
         };
+        if existing.get(&(r.prefix, kernel_metric(r))).is_some_and(|m| is_already(m, r, oif)) {
+            continue;
+        }
         handle.route().add(message(r, oif)).replace().execute().await.map_err(|source| {
             ApplyError::Netlink { what: format!("setting the route to {}", r.prefix), source }
         })?;
         applied.set.push(format!("{} metric {}", r.prefix, r.metric));
     }
     for ((prefix, metric), m) in existing {
-        if routes.iter().any(|r| r.prefix == prefix && kernel_metric(r) == metric) {
+        if wanted.contains(&(prefix, metric)) {
             continue;
         }
         handle.route().del(m).execute().await.map_err(|source| ApplyError::Netlink {

@@ -2,15 +2,17 @@
 //! commit-confirm), the revision history, rollback, export and import. Every commit tells the
 //! daemon, which applies the running configuration.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use sluice_store::StoreError;
+use sluice_store::{FieldError, StoreError};
 
 use super::{
     Api, Problem,
     http::{Answer, Call, Reply, ok},
     models,
+    plugins::{Fields, manifest_of},
 };
+use crate::plugins::Wanted;
 
 /// The longest and shortest wait for a confirmation, seconds.
 const CONFIRM_SECONDS: std::ops::RangeInclusive<u64> = 10..=3600;
@@ -50,13 +52,49 @@ pub(super) fn candidate(api: &Api, _: &Call<'_>) -> Reply {
     ok(api.store.candidate()?)
 }
 
-/// `PUT /config/candidate`: a valid configuration, staged; the diff it makes.
-pub(super) fn stage(api: &Api, call: &Call<'_>) -> Reply {
-    let config: models::Config = call.body()?;
-    let errors = config.validate();
+/// Checks a whole configuration before it is staged or imported: its fields, then each plugin
+/// entry new or changed against the running configuration as `POST /plugins` checks an upload
+/// (a stored component and a manifest that matches it, then the plugin thread's checks and a
+/// trial `init` with the entry's configuration). Entries unchanged since they were committed
+/// are not judged again.
+fn check_whole(api: &Api, config: &models::Config) -> Result<(), Problem> {
+    let mut errors = config.validate();
+    if errors.is_empty() {
+        errors = api.store.plugin_problems(config)?;
+    }
     if !errors.is_empty() {
         return Err(StoreError::Invalid(errors).into());
     }
+    let running = api.store.config()?;
+    let mut wanted = Vec::new();
+    for (name, p) in &config.plugins {
+        if running.plugins.get(name) == Some(p) {
+            continue;
+        }
+        match manifest_of(name, p) {
+            Ok(manifest) => wanted.push((name, manifest, p)),
+            Err(problem) => errors.extend(problem.errors),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(StoreError::Invalid(errors).into());
+    }
+    for (name, manifest, p) in wanted {
+        let Some(wasm) = api.store.wasm(&p.wasm_sha256)? else {
+            let field = format!("plugins.{name}.wasm_sha256");
+            let message = "the component is no longer stored".to_owned();
+            return Err(StoreError::Invalid(vec![FieldError { field, message }]).into());
+        };
+        let w = Wanted { manifest, wasm: Arc::new(wasm), config: p.config.to_string() };
+        api.check_plugin(w, &Fields::Entry(name.clone()))?;
+    }
+    Ok(())
+}
+
+/// `PUT /config/candidate`: a valid configuration, staged; the diff it makes.
+pub(super) fn stage(api: &Api, call: &Call<'_>) -> Reply {
+    let config: models::Config = call.body()?;
+    check_whole(api, &config)?;
     api.store.stage(&config)?;
     ok(models::Staged { diff: api.store.diff()? })
 }
@@ -129,7 +167,9 @@ pub(super) fn import(api: &Api, call: &Call<'_>) -> Reply {
     let text =
         std::str::from_utf8(&call.request.body).map_err(|_| Problem::field("body", "not UTF-8"))?;
     let message = call.query("message").unwrap_or("import");
-    let rev = api.store.import(text, &call.caller().author(message))?;
+    let config = sluice_store::parse_config(text)?;
+    check_whole(api, &config)?;
+    let rev = api.store.import_config(&config, &call.caller().author(message))?;
     api.changed.notify_one();
     ok(models::RevisionRef { revision: rev.id })
 }

@@ -1,5 +1,11 @@
 //! Plugins: added (component and manifest), enabled, disabled, configured and removed through
-//! the configuration, started by the daemon's plugin thread, whose refusal is the caller's 422.
+//! the configuration, started by the daemon's plugin thread.
+//!
+//! Every change goes in this order: the plugin is checked whole by the plugin thread without
+//! being started (manifest, publisher signature, the component's hash, a trial `init` with its
+//! configuration), and its refusal is the caller's 422, naming the field at fault; then the
+//! configuration is committed, an upload's component in the same transaction (a refused upload
+//! or commit leaves nothing stored); only then is the plugin started.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,7 +18,7 @@ use super::{
     models,
     session::Caller,
 };
-use crate::plugins::{Command, Wanted};
+use crate::plugins::{Command, Manifest, PluginError, Wanted};
 
 /// How long the API waits for the plugin thread (a compile and an `init`).
 const PLUGIN_WAIT: Duration = Duration::from_secs(30);
@@ -30,9 +36,24 @@ impl Api {
         answer.recv_timeout(PLUGIN_WAIT).map_err(|_| unavailable("the plugin host did not answer"))
     }
 
-    /// Starts (or restarts) a plugin with the plugin thread: the refusal is the caller's 422.
-    fn start_plugin(&self, w: Wanted) -> Result<(), Problem> {
-        self.ask_plugins(|reply| Command::Put(w, reply))?.map_err(|m| Problem::field("plugin", m))
+    /// Checks a plugin with the plugin thread, starting nothing: the refusal is the caller's
+    /// 422, naming the field at fault as `at` calls it.
+    pub(super) fn check_plugin(&self, w: Wanted, at: &Fields) -> Result<(), Problem> {
+        self.ask_plugins(|reply| Command::Check(w, reply))?
+            .map_err(|e| Problem::field(&at.of(&e), e.to_string()))
+    }
+
+    /// Starts (or restarts) a plugin whose configuration was committed. It was checked before
+    /// the commit: a refusal now (the plugin directory took its name meanwhile, the hook tables
+    /// refused its rules) is logged, and the plugin is listed as not started.
+    fn start_committed(&self, w: Wanted) {
+        let name = w.manifest.name.clone();
+        let why = match self.ask_plugins(|reply| Command::Put(w, reply)) {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(p) => p.detail,
+        };
+        tracing::error!(plugin = name, error = why, "a committed plugin did not start");
     }
 
     /// The stored plugin `name`, ready to run with `config`.
@@ -47,8 +68,9 @@ impl Api {
             .plugins
             .remove(name)
             .ok_or_else(|| Problem::not_found("no-plugin", format!("no plugin {name:?}")))?;
-        let manifest = serde_json::from_value(p.manifest.clone())
-            .map_err(|e| Problem::field("manifest", format!("the stored manifest: {e}")))?;
+        let manifest = serde_json::from_value(p.manifest.clone()).map_err(|e| {
+            Problem::field("manifest", format!("the stored manifest: {e}; remove the plugin"))
+        })?;
         let wasm = self
             .store
             .wasm(&p.wasm_sha256)?
@@ -74,6 +96,39 @@ impl Api {
         self.changed.notify_one();
         Ok(())
     }
+}
+
+/// How the fields of a plugin are named in a request: `POST /plugins` names its own, a
+/// configuration names those of its entry `plugins.NAME`.
+pub(super) enum Fields {
+    /// `POST /plugins`, `PATCH` and `PUT /plugins/NAME/config`.
+    Upload,
+    /// The entry of this name in a configuration.
+    Entry(String),
+}
+
+impl Fields {
+    /// The field a plugin host's refusal is about.
+    fn of(&self, e: &PluginError) -> String {
+        let (upload, entry) = match e {
+            PluginError::Manifest(_) => ("manifest", "manifest"),
+            PluginError::Signature(_) => ("manifest.signature", "manifest.signature"),
+            PluginError::Hash { .. } => ("manifest.sha256", "manifest.sha256"),
+            PluginError::Load(_) => ("wasm_base64", "wasm_sha256"),
+            // What is left is the trial `init`'s refusal of the configuration.
+            _ => ("config", "config"),
+        };
+        match self {
+            Self::Upload => upload.to_owned(),
+            Self::Entry(name) => format!("plugins.{name}.{entry}"),
+        }
+    }
+}
+
+/// The manifest of a plugin entry, as the plugin host reads it.
+pub(super) fn manifest_of(name: &str, p: &Plugin) -> Result<Manifest, Problem> {
+    serde_json::from_value(p.manifest.clone())
+        .map_err(|e| Problem::field(&format!("plugins.{name}.manifest"), e.to_string()))
 }
 
 /// What the plugin host reports, as JSON.
@@ -121,12 +176,12 @@ pub(super) fn list(api: &Api, _: &Call<'_>) -> Reply {
 }
 
 /// `POST /plugins`: a component and its manifest (which must name the component's SHA-256),
-/// stored and, unless disabled, started; committed once the plugin thread took it.
+/// checked, committed with its component and, unless disabled, started.
 pub(super) fn add(api: &Api, call: &Call<'_>) -> Reply {
     let b: models::NewPlugin = call.body()?;
     let wasm = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &b.wasm_base64)
         .map_err(|e| Problem::field("wasm_base64", format!("not base64: {e}")))?;
-    let manifest: crate::plugins::Manifest = serde_json::from_value(b.manifest.clone())
+    let manifest: Manifest = serde_json::from_value(b.manifest.clone())
         .map_err(|e| Problem::field("manifest", e.to_string()))?;
     let name = manifest.name.clone();
     let sha = crate::plugins::sha256_hex(&wasm);
@@ -137,16 +192,18 @@ pub(super) fn add(api: &Api, call: &Call<'_>) -> Reply {
         ));
     }
     let config = b.config.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
-    let wasm = Arc::new(wasm);
+    let w = Wanted { manifest, wasm: Arc::new(wasm), config: config.to_string() };
+    api.check_plugin(w.clone(), &Fields::Upload)?;
+    let p = Plugin { wasm_sha256: sha.clone(), manifest: b.manifest, config, enabled: b.enabled };
+    let mut running = api.store.config()?;
+    running.plugins.insert(name.clone(), p);
+    let author = call.caller().author(format!("add plugin {name}"));
+    api.store.commit_with_component(&running, &author, &sha, &w.wasm)?;
+    api.changed.notify_one();
     if b.enabled {
-        let w = Wanted { manifest, wasm: Arc::clone(&wasm), config: config.to_string() };
-        api.start_plugin(w)?;
+        api.start_committed(w);
     }
-    api.store.put_wasm(&sha, &wasm)?;
-    let p = Plugin { wasm_sha256: sha, manifest: b.manifest, config, enabled: b.enabled };
-    let added = models::PluginAdded { name, sha256: p.wasm_sha256.clone(), enabled: p.enabled };
-    api.commit_plugin(&added.name, Some(p), call.caller(), format!("add plugin {}", added.name))?;
-    created(added)
+    created(models::PluginAdded { name, sha256: sha, enabled: b.enabled })
 }
 
 /// `PATCH /plugins/{name}`: enabled (started) or disabled.
@@ -154,19 +211,26 @@ pub(super) fn enable(api: &Api, call: &Call<'_>) -> Reply {
     let name = call.param();
     let b: models::PluginPatch = call.body()?;
     let (mut p, w) = api.stored_plugin(name, None)?;
-    if b.enabled && !p.enabled {
-        api.start_plugin(w)?;
+    let start = b.enabled && !p.enabled;
+    if start {
+        api.check_plugin(w.clone(), &Fields::Upload)?;
     }
     p.enabled = b.enabled;
     let verb = if b.enabled { "enable" } else { "disable" };
     api.commit_plugin(name, Some(p), call.caller(), format!("{verb} plugin {name}"))?;
+    if start {
+        api.start_committed(w);
+    }
     ok(models::PluginEnabled { name: name.to_owned(), enabled: b.enabled })
 }
 
-/// `DELETE /plugins/{name}`: its rules and its store go too.
+/// `DELETE /plugins/{name}`: its rules and its store go too. Any entry of the configuration
+/// can be removed, one whose manifest or component is unusable (an older version's) included.
 pub(super) fn remove(api: &Api, call: &Call<'_>) -> Reply {
     let name = call.param();
-    api.stored_plugin(name, None)?;
+    if !api.store.config()?.plugins.contains_key(name) {
+        return Err(Problem::not_found("no-plugin", format!("no plugin {name:?}")));
+    }
     api.commit_plugin(name, None, call.caller(), format!("remove plugin {name}"))?;
     ok(models::Removed { removed: name.to_owned() })
 }
@@ -177,11 +241,13 @@ pub(super) fn configure(api: &Api, call: &Call<'_>) -> Reply {
     let name = call.param();
     let config: Value = call.body()?;
     let (mut p, w) = api.stored_plugin(name, Some(&config))?;
-    if p.enabled {
-        api.start_plugin(w)?;
-    }
+    api.check_plugin(w.clone(), &Fields::Upload)?;
     p.config = config;
+    let enabled = p.enabled;
     api.commit_plugin(name, Some(p), call.caller(), format!("configure plugin {name}"))?;
+    if enabled {
+        api.start_committed(w);
+    }
     ok(models::PluginConfigured { name: name.to_owned(), configured: true })
 }
 

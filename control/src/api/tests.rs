@@ -279,3 +279,60 @@ fn a_restart_before_set_up_keeps_the_setup_token_the_operator_was_shown() {
     assert_ne!(token, shown);
     assert_eq!(std::fs::read_to_string(dir.join("setup-token")).unwrap(), token);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_plugin_entry_of_an_older_store_is_removed_and_an_import_of_one_refused() {
+    let s = Scratch::new();
+    let (cookie, csrf) = s.admin().await;
+    let f = filter(&s.api);
+    // What an older version let in: an imported entry without a manifest.
+    let sha = "ab".repeat(32);
+    let mut old = sluice_store::Config::default();
+    old.plugins.insert(
+        "ghost".into(),
+        sluice_store::Plugin {
+            wasm_sha256: sha.clone(),
+            manifest: Value::Null,
+            config: json!({}),
+            enabled: true,
+        },
+    );
+    let author = sluice_store::Author::default();
+    s.api.store.commit_change(&old, &author, None).unwrap();
+    let send = |method: &str, path: &str, body: String| {
+        warp::test::request()
+            .method(method)
+            .path(path)
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    // Imported again (as a new entry, over an empty configuration), it is refused whole.
+    s.api.store.commit_change(&sluice_store::Config::default(), &author, None).unwrap();
+    let revisions = s.api.store.history().unwrap().len();
+    let text = serde_json::to_string_pretty(&old).unwrap();
+    let res = send("POST", "/api/v1/config/import", text.clone()).reply(&f).await;
+    assert_eq!(res.status(), 422, "{:?}", res.body());
+    let p: Value = serde_json::from_slice(res.body()).unwrap();
+    let fields: Vec<&str> =
+        p["errors"].as_array().unwrap().iter().filter_map(|e| e["field"].as_str()).collect();
+    assert!(fields.contains(&"plugins.ghost.manifest"), "{p}");
+    assert!(fields.contains(&"plugins.ghost.wasm_sha256"), "{p}");
+    let res = send("PUT", "/api/v1/config/candidate", text).reply(&f).await;
+    assert_eq!(res.status(), 422, "{:?}", res.body());
+    assert_eq!(s.api.store.history().unwrap().len(), revisions, "nothing committed");
+    assert!(s.api.store.candidate().unwrap().plugins.is_empty(), "nothing staged");
+
+    // Already in the running configuration, it is listed and removed.
+    s.api.store.commit_change(&old, &author, None).unwrap();
+    let res = send("GET", "/api/v1/plugins", String::new()).reply(&f).await;
+    let list: Value = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(list[0]["name"], "ghost", "{list}");
+    let res = send("DELETE", "/api/v1/plugins/ghost", String::new()).reply(&f).await;
+    assert_eq!(res.status(), 200, "{:?}", res.body());
+    assert!(s.api.store.config().unwrap().plugins.is_empty());
+    let res = send("DELETE", "/api/v1/plugins/ghost", String::new()).reply(&f).await;
+    assert_eq!(res.status(), 404);
+}

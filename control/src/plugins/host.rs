@@ -160,22 +160,38 @@ impl PluginHost {
         routes: Option<RouteLookup>,
     ) -> Result<Plugin, PluginError> {
         // Unwind safety: the store is new, and dropped with whatever a panic left in it.
-        guarded("instantiate", || self.instantiate_unguarded(compiled, routes))
+        guarded("instantiate", || self.instantiate_unguarded(compiled, routes, true))
+    }
+
+    /// Tries a compiled plugin with `config` without running it: a fresh instance whose
+    /// key-value store is in memory (what its `init` writes there is thrown away, and the
+    /// running instance's is not touched) calls `init`; what it returns is checked against its
+    /// manifest and dropped.
+    pub fn trial(
+        &self,
+        compiled: &Compiled,
+        config: &str,
+        routes: Option<RouteLookup>,
+    ) -> Result<(), PluginError> {
+        let mut plugin =
+            guarded("instantiate", || self.instantiate_unguarded(compiled, routes, false))?;
+        plugin.init(config).map(drop)
     }
 
     fn instantiate_unguarded(
         &self,
         compiled: &Compiled,
         routes: Option<RouteLookup>,
+        keep_kv: bool,
     ) -> Result<Plugin, PluginError> {
         let manifest = compiled.manifest.clone();
         let log: Log = Arc::new(Mutex::new(VecDeque::new()));
         let kv = match &self.kv {
-            Some(db) => Kv::Sled(
+            Some(db) if keep_kv => Kv::Sled(
                 db.open_tree(kv_tree(&manifest.name))
                     .map_err(|e| PluginError::Load(format!("its key-value store: {e}")))?,
             ),
-            None => Kv::Memory(BTreeMap::new()),
+            _ => Kv::Memory(BTreeMap::new()),
         };
         let state = HostState {
             // Nothing granted: no preopened directories, environment, arguments, network,

@@ -14,7 +14,7 @@ use sluice_dataplane::hooks::{HookError, HookMaps, HookOp, HookTables};
 
 use super::{
     Compiled, Event, FailurePolicy, Manifest, Plugin, PluginError, PluginHost, RouteLookup,
-    instance::push_log,
+    instance::push_log, sha256_hex,
 };
 
 /// Restarts back off from this, doubling, up to [`MAX_BACKOFF`].
@@ -97,6 +97,8 @@ pub struct Manager<S: TableSink> {
     sink: S,
     plugins: BTreeMap<String, Supervised>,
     routes: Option<RouteLookup>,
+    /// The plugin [`Manager::check`] compiled last, for the [`Manager::add`] that follows.
+    checked: Option<Compiled>,
 }
 
 impl<S: TableSink> std::fmt::Debug for Manager<S> {
@@ -108,7 +110,7 @@ impl<S: TableSink> std::fmt::Debug for Manager<S> {
 impl<S: TableSink> Manager<S> {
     /// A manager with no plugins.
     pub fn new(host: PluginHost, sink: S, routes: Option<RouteLookup>) -> Self {
-        Self { host, sink, plugins: BTreeMap::new(), routes }
+        Self { host, sink, plugins: BTreeMap::new(), routes, checked: None }
     }
 
     /// The tables, for reading.
@@ -126,6 +128,22 @@ impl<S: TableSink> Manager<S> {
         &self.plugins
     }
 
+    /// Checks a plugin as [`Manager::add`] would take it, changing nothing: its manifest, the
+    /// publisher's signature, the component's hash, and a trial instance's `init` with
+    /// `config` ([`PluginHost::trial`]). The compiled component is kept for the `add` that
+    /// usually follows (once the configuration naming it is committed).
+    pub fn check(
+        &mut self,
+        manifest: Manifest,
+        wasm: &[u8],
+        config: &str,
+    ) -> Result<(), PluginError> {
+        let compiled = self.host.compile(manifest, wasm)?;
+        self.host.trial(&compiled, config, self.routes.clone())?;
+        self.checked = Some(compiled);
+        Ok(())
+    }
+
     /// Adds a plugin, or replaces the one of the same name without a gap in its rules. A
     /// plugin that cannot be loaded or whose `init` fails is refused and nothing changes.
     pub fn add(
@@ -135,7 +153,16 @@ impl<S: TableSink> Manager<S> {
         config: &str,
     ) -> Result<(), PluginError> {
         let name = manifest.name.clone();
-        let compiled = self.host.compile(manifest, wasm)?;
+        // The hash, checked when it was compiled, ties the manifest to these bytes.
+        let compiled = match self.checked.take() {
+            Some(c)
+                if c.manifest == manifest
+                    && sha256_hex(wasm).eq_ignore_ascii_case(&c.manifest.sha256) =>
+            {
+                c
+            }
+            _ => self.host.compile(manifest, wasm)?,
+        };
         let mut plugin = self.host.instantiate(&compiled, self.routes.clone())?;
         let ops = plugin.init(config)?;
         self.sink.replace_owner(&name, &ops)?;

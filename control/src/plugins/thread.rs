@@ -19,8 +19,8 @@ use serde::Serialize;
 use sluice_dataplane::hooks::{self, HookTables};
 
 use super::{
-    CounterEvent, Event, FlowSample, LogLine, Manager, Manifest, PluginHost, RouteChange, Status,
-    Table, Trust, Usage, now_ms, pinned_queries, util::panic_message,
+    CounterEvent, Event, FlowSample, LogLine, Manager, Manifest, PluginError, PluginHost,
+    RouteChange, Status, Table, Trust, Usage, now_ms, pinned_queries, util::panic_message,
 };
 
 /// The nice value of the plugin thread: that of a process started plainly, whatever priority the
@@ -210,7 +210,11 @@ pub struct PluginInfo {
 /// What the daemon and the API ask of the plugin thread.
 #[derive(Debug)]
 pub enum Command {
-    /// Starts a plugin of the store, or replaces it without a gap; answers why it could not.
+    /// Checks a plugin as `Put` would take it, starting nothing ([`Manager::check`]): what the
+    /// API asks before it commits a configuration naming the plugin.
+    Check(Wanted, std::sync::mpsc::Sender<Result<(), PluginError>>),
+    /// Starts a plugin of the store, or replaces it without a gap (unless it already runs
+    /// with this component and configuration); answers why it could not.
     Put(Wanted, std::sync::mpsc::Sender<Result<(), String>>),
     /// Makes the store's plugins exactly `wanted` (started or replaced where the component or
     /// the configuration differs). Of the others, those named in `disabled` are stopped and
@@ -237,8 +241,11 @@ struct Worker {
 impl Worker {
     fn command(&mut self, cmd: Command) {
         match cmd {
+            Command::Check(w, reply) => {
+                let _ = reply.send(self.check(w));
+            }
             Command::Put(w, reply) => {
-                let _ = reply.send(self.put(w));
+                let _ = reply.send(if self.runs(&w) { Ok(()) } else { self.put(w) });
             }
             Command::Sync { wanted, disabled } => self.sync(wanted, &disabled),
             Command::List(reply) => {
@@ -251,10 +258,33 @@ impl Worker {
         }
     }
 
+    /// Whether the store's plugin `w` already runs with its component and configuration.
+    fn runs(&self, w: &Wanted) -> bool {
+        self.from_store.contains(&w.manifest.name)
+            && self
+                .manager
+                .plugins()
+                .get(&w.manifest.name)
+                .is_some_and(|s| s.compiled.manifest == w.manifest && s.config == w.config)
+    }
+
+    /// Why a plugin of the store may not take the name `name`.
+    fn name_taken(&self, name: &str) -> Option<String> {
+        (self.manager.plugins().contains_key(name) && !self.from_store.contains(name))
+            .then(|| format!("a plugin of the plugin directory is called {name:?}"))
+    }
+
+    fn check(&mut self, w: Wanted) -> Result<(), PluginError> {
+        if let Some(why) = self.name_taken(&w.manifest.name) {
+            return Err(PluginError::Manifest(why));
+        }
+        self.manager.check(w.manifest, &w.wasm, &w.config)
+    }
+
     fn put(&mut self, w: Wanted) -> Result<(), String> {
         let name = w.manifest.name.clone();
-        if self.manager.plugins().contains_key(&name) && !self.from_store.contains(&name) {
-            return Err(format!("a plugin of the plugin directory is called {name:?}"));
+        if let Some(why) = self.name_taken(&name) {
+            return Err(why);
         }
         self.manager.add(w.manifest, &w.wasm, &w.config).map_err(|e| e.to_string())?;
         self.from_store.insert(name.clone());
@@ -266,10 +296,7 @@ impl Worker {
         let names: std::collections::BTreeSet<String> =
             wanted.iter().map(|w| w.manifest.name.clone()).collect();
         for w in wanted {
-            let same = self.manager.plugins().get(&w.manifest.name).is_some_and(|s| {
-                s.compiled.manifest.sha256 == w.manifest.sha256 && s.config == w.config
-            });
-            if same && self.from_store.contains(&w.manifest.name) {
+            if self.runs(&w) {
                 continue;
             }
             let name = w.manifest.name.clone();

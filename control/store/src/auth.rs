@@ -274,40 +274,6 @@ impl Store {
     }
 }
 
-impl Store {
-    /// Keeps a plugin's component under its SHA-256 (hex, given by the caller, who checked it).
-    pub fn put_wasm(&self, sha256: &str, wasm: &[u8]) -> Result<(), StoreError> {
-        self.db.open_tree("wasm")?.insert(sha256.as_bytes(), wasm)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// A component by its SHA-256.
-    pub fn wasm(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.open_tree("wasm")?.get(sha256.as_bytes())?.map(|v| v.to_vec()))
-    }
-
-    /// Deletes the components no revision refers to any more.
-    pub fn collect_wasm(&self) -> Result<usize, StoreError> {
-        let mut used = std::collections::BTreeSet::new();
-        for (id, _, _) in self.history()? {
-            used.extend(self.revision(id)?.config.plugins.into_values().map(|p| p.wasm_sha256));
-        }
-        used.extend(self.candidate()?.plugins.into_values().map(|p| p.wasm_sha256));
-        let tree = self.db.open_tree("wasm")?;
-        let mut removed = 0;
-        for key in tree.iter().keys() {
-            let key = key?;
-            if !used.contains(std::str::from_utf8(&key).unwrap_or_default()) {
-                tree.remove(key)?;
-                removed += 1;
-            }
-        }
-        self.db.flush()?;
-        Ok(removed)
-    }
-}
-
 fn audit_key(prefix: &str, seq: u64) -> Vec<u8> {
     let mut k = prefix.as_bytes().to_vec();
     k.extend_from_slice(&seq.to_be_bytes());

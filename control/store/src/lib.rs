@@ -8,6 +8,8 @@
 //! - Rollback to any revision is a new revision with that revision's configuration; history is
 //!   never rewritten.
 //! - Export and import of the whole configuration as pretty JSON.
+//! - Plugins' components stored with the revision that first names them, and collected once
+//!   no kept revision names them (`components`).
 //! - Nothing is acknowledged before it is on disk: every change is one sled transaction,
 //!   flushed before the call returns.
 //! - The store's schema is versioned; [`Store::open`] migrates older stores.
@@ -21,13 +23,18 @@ use std::{
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{
+    Transactional as _,
+    transaction::{ConflictableTransactionError, TransactionError},
+};
 
 mod auth;
+mod components;
 pub use auth::{
     AUDIT_KEEP, AUDIT_MAX_AGE_MS, AuditEntry, AuditLog, FAILURES_KEEP, FAILURES_MAX_AGE_MS, Role,
     Token, User,
 };
+pub use components::{COMPONENT_REVISIONS, Collected};
 
 /// The schema this version writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -427,6 +434,11 @@ pub enum StoreError {
     PendingConfirm(u64),
 }
 
+/// A configuration file ([`Store::export`]'s) read back.
+pub fn parse_config(text: &str) -> Result<Config, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Parse(e.to_string()))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -485,6 +497,9 @@ impl Store {
             self.tree.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
             self.db.flush()?;
         }
+        // Versions before components were collected stored refused uploads, and kept every
+        // replaced component.
+        self.collect_components()?;
         Ok(())
     }
 
@@ -521,9 +536,13 @@ impl Store {
         }
     }
 
-    /// Stages a candidate (validated; an invalid one is refused and nothing changes).
+    /// Stages a candidate (validated, its new plugin entries included: [`Store::plugin_problems`];
+    /// an invalid one is refused and nothing changes).
     pub fn stage(&self, candidate: &Config) -> Result<(), StoreError> {
-        let errors = candidate.validate();
+        let mut errors = candidate.validate();
+        if errors.is_empty() {
+            errors = self.plugin_problems(candidate)?;
+        }
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
         }
@@ -546,7 +565,7 @@ impl Store {
 
     /// Commits the candidate as a new running revision.
     pub fn commit(&self, author: &Author) -> Result<Revision, StoreError> {
-        self.commit_config(&self.candidate()?, author, None)
+        self.commit_config(&self.candidate()?, author, None, None)
     }
 
     /// Commits the candidate; unless [`Store::confirm`] is called within `timeout`,
@@ -556,7 +575,7 @@ impl Store {
         author: &Author,
         timeout: Duration,
     ) -> Result<Revision, StoreError> {
-        self.commit_config(&self.candidate()?, author, Some(timeout))
+        self.commit_config(&self.candidate()?, author, Some(timeout), None)
     }
 
     /// Commits `config` directly (the candidate is left as it is), optionally to be confirmed
@@ -567,15 +586,30 @@ impl Store {
         author: &Author,
         confirm_within: Option<Duration>,
     ) -> Result<Revision, StoreError> {
-        self.commit_config(config, author, confirm_within)
+        self.commit_config(config, author, confirm_within, None)
     }
 
-    /// Makes `config` the running configuration as a new revision, in one flushed transaction.
+    /// Commits `config`, which names the plugin component `wasm` (of SHA-256 `sha256`, hex,
+    /// checked by the caller), and stores the component in the same transaction: a commit
+    /// refused stores nothing, and no component is stored that no revision names.
+    pub fn commit_with_component(
+        &self,
+        config: &Config,
+        author: &Author,
+        sha256: &str,
+        wasm: &[u8],
+    ) -> Result<Revision, StoreError> {
+        self.commit_config(config, author, None, Some((sha256, wasm)))
+    }
+
+    /// Makes `config` the running configuration as a new revision, with `component` when one
+    /// comes with it, in one flushed transaction; then collects the components no longer kept.
     fn commit_config(
         &self,
         config: &Config,
         author: &Author,
         confirm_within: Option<Duration>,
+        component: Option<(&str, &[u8])>,
     ) -> Result<Revision, StoreError> {
         let errors = config.validate();
         if !errors.is_empty() {
@@ -585,7 +619,9 @@ impl Store {
             return Err(StoreError::PendingConfirm(p.revision));
         }
         let at_ms = now_ms();
-        let result = self.tree.transaction(|t| {
+        let component = component.map(|(sha, wasm)| (sha.to_ascii_lowercase(), wasm));
+        let wasm_tree = self.db.open_tree(components::WASM_TREE)?;
+        let result = (&self.tree, &wasm_tree).transaction(|(t, w)| {
             let id = match t.get(NEXT)? {
                 Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
                     ConflictableTransactionError::Abort(StoreError::Corrupt("counter".into()))
@@ -611,6 +647,9 @@ impl Store {
                 };
                 t.insert(PENDING, encode(&pending))?;
             }
+            if let Some((sha, wasm)) = &component {
+                w.insert(sha.as_bytes(), *wasm)?;
+            }
             Ok(rev)
         });
         let rev = result.map_err(|e| match e {
@@ -618,6 +657,9 @@ impl Store {
             TransactionError::Storage(e) => StoreError::Db(e),
         })?;
         self.db.flush()?;
+        // The commit stands whatever the collection meets: what it leaves is collected at the
+        // next commit or open.
+        let _ = self.collect_components_after(Some(config));
         Ok(rev)
     }
 
@@ -651,22 +693,48 @@ impl Store {
             from: "commit-confirm".into(),
             message: format!("revision {} was not confirmed in time", p.revision),
         };
-        self.commit_config(&config, &author, None).map(Some)
+        self.commit_config(&config, &author, None, None).map(Some)
     }
 
-    /// Makes revision `id`'s configuration running again, as a new revision.
+    /// Makes revision `id`'s configuration running again, as a new revision. Refused, naming
+    /// them, when components of its plugins were collected since
+    /// ([`COMPONENT_REVISIONS`]).
     pub fn rollback_to(&self, id: u64, author: &Author) -> Result<Revision, StoreError> {
         let config = self.revision(id)?.config;
-        self.commit_config(&config, author, None)
+        let mut gone = Vec::new();
+        for (name, p) in &config.plugins {
+            if !self.has_component(&p.wasm_sha256)? {
+                gone.push(FieldError {
+                    field: format!("plugins.{name}.wasm_sha256"),
+                    message: format!(
+                        "revision {id}'s component {} is no longer stored (the newest \
+                         {COMPONENT_REVISIONS} revisions keep theirs): add the plugin again",
+                        p.wasm_sha256
+                    ),
+                });
+            }
+        }
+        if !gone.is_empty() {
+            return Err(StoreError::Invalid(gone));
+        }
+        self.commit_config(&config, author, None, None)
     }
 
     /// Every revision, oldest first, without their configurations.
     pub fn history(&self) -> Result<Vec<(u64, u64, Author)>, StoreError> {
+        /// A revision without its configuration, which decoding skips (most of the record when
+        /// the configuration has many routes).
+        #[derive(Deserialize)]
+        struct Head {
+            id: u64,
+            at_ms: u64,
+            author: Author,
+        }
         self.tree
             .scan_prefix(REV.as_bytes())
             .map(|kv| {
                 let (_, v) = kv?;
-                let r: Revision = decode(&v)?;
+                let r: Head = decode(&v)?;
                 Ok((r.id, r.at_ms, r.author))
             })
             .collect()
@@ -677,10 +745,18 @@ impl Store {
         Ok(serde_json::to_string_pretty(&self.config()?).expect("a configuration serialises"))
     }
 
-    /// Restores a configuration exported before: validated whole, committed as a new revision.
+    /// Restores a configuration exported before: validated whole (its new plugin entries
+    /// included: [`Store::plugin_problems`]), committed as a new revision.
     pub fn import(&self, text: &str, author: &Author) -> Result<Revision, StoreError> {
-        let config: Config =
-            serde_json::from_str(text).map_err(|e| StoreError::Parse(e.to_string()))?;
-        self.commit_config(&config, author, None)
+        self.import_config(&parse_config(text)?, author)
+    }
+
+    /// [`Store::import`] of a configuration file already read ([`parse_config`]).
+    pub fn import_config(&self, config: &Config, author: &Author) -> Result<Revision, StoreError> {
+        let errors = self.plugin_problems(config)?;
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        self.commit_config(config, author, None, None)
     }
 }

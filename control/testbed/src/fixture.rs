@@ -329,8 +329,6 @@ impl Case {
         }
     }
 
-    /// Expects this neighbour request too.
-    #[must_use]
     /// The transmitted counter counts `bytes`.
     #[must_use]
     pub const fn transmitting(mut self, bytes: u64) -> Self {
@@ -338,6 +336,8 @@ impl Case {
         self
     }
 
+    /// Expects this neighbour request too.
+    #[must_use]
     pub fn with_neigh(mut self, ifindex: u32, family: u8, addr: &[u8]) -> Self {
         let mut request = NeighRequest { ifindex, family, ..NeighRequest::default() };
         request.addr[..addr.len()].copy_from_slice(addr);
