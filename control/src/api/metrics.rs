@@ -57,6 +57,22 @@ impl Api {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "sluice_api_connections_closed_total{{reason=\"{reason}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_api_refused_total Anonymous requests refused, by route and status."
+        );
+        let _ = writeln!(out, "# TYPE sluice_api_refused_total counter");
+        for ((method, path, status), n) in self.refused.lock().expect("lock").iter() {
+            let labels = format!("route=\"{method} /api/v1{path}\",status=\"{status}\"");
+            let _ = writeln!(out, "sluice_api_refused_total{{{labels}}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_api_login_throttle_entries Sources and (user, source) pairs with failed logins held."
+        );
+        let _ = writeln!(out, "# TYPE sluice_api_login_throttle_entries gauge");
+        let held = self.sessions.throttle.len();
+        let _ = writeln!(out, "sluice_api_login_throttle_entries {held}");
         out
     }
 }

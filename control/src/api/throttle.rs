@@ -121,7 +121,6 @@ impl Throttle {
     }
 
     /// Entries held.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.lock().expect("lock").len()
     }
