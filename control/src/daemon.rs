@@ -217,7 +217,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         state.ports = c.ports();
         state.reconcile_ports();
     }
-    let mut mirror = connect_and_dump(&mut state, &opts).await;
+    let mut mirror = connect_and_dump(&mut state, &opts, false).await;
     state.sync();
     let all = state.all_neighbours();
     state.ensure_managed(&mut mirror, all).await;
@@ -315,12 +315,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     Some(Applied::Ignored) => false,
                     Some(Applied::Overrun) => {
                         warn!("netlink receive buffer overran: resynchronising");
-                        mirror = connect_and_dump(&mut state, &opts).await;
+                        mirror = connect_and_dump(&mut state, &opts, true).await;
                         true
                     }
                     None => {
                         warn!("netlink socket closed: reconnecting");
-                        mirror = connect_and_dump(&mut state, &opts).await;
+                        mirror = connect_and_dump(&mut state, &opts, true).await;
                         true
                     }
                 };
@@ -332,7 +332,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             () = settle => {
                 if mirror.drain_at_most(&mut state.rib, DRAIN_MAX) == Applied::Overrun {
                     warn!("netlink receive buffer overran: resynchronising");
-                    mirror = connect_and_dump(&mut state, &opts).await;
+                    mirror = connect_and_dump(&mut state, &opts, true).await;
                 }
                 compile_at = None;
                 let written = state.sync();
@@ -601,15 +601,23 @@ impl State {
     }
 }
 
+/// Longest wait between two attempts to mirror the kernel.
+const RESYNC_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Connects the mirror and replaces the RIB with a fresh dump; retries until it works, since a
-/// netlink error must never stop the daemon.
-async fn connect_and_dump(state: &mut State, opts: &Options) -> Mirror {
+/// netlink error must never stop the daemon. A dump that was consistent but whose following
+/// events overran (changes keep coming faster than they are read) is still newer than what the
+/// dataplane holds: when `apply_between` (a resync, not the start), it is compiled into the
+/// dataplane before the next attempt, so forwarding follows the kernel while the resync retries.
+async fn connect_and_dump(state: &mut State, opts: &Options, apply_between: bool) -> Mirror {
+    use sluice_dataplane::mirror::MirrorError;
     let mut delay = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         let attempt = async {
-            let mut mirror = Mirror::connect(opts.table, opts.netlink_recv_buffer)?;
-            let mut rib = mirror.dump().await?;
+            let mut mirror = Mirror::connect(opts.table, opts.netlink_recv_buffer)
+                .map_err(|e| (None, MirrorError::from(e)))?;
+            let mut rib = mirror.dump().await.map_err(|e| (None, e))?;
             info!(
                 routes = rib.routes.len(),
                 neighbours = rib.neighbours.len(),
@@ -618,23 +626,33 @@ async fn connect_and_dump(state: &mut State, opts: &Options) -> Mirror {
                 "kernel state dumped"
             );
             if mirror.drain(&mut rib) == Applied::Overrun {
-                return Err(sluice_dataplane::mirror::MirrorError::Interrupted);
+                let e = MirrorError::Overrun("the events that came during the dump".into());
+                return Err((Some(rib), e));
             }
-            Ok::<_, sluice_dataplane::mirror::MirrorError>((mirror, rib))
+            Ok::<_, (Option<Rib>, MirrorError)>((mirror, rib))
         };
         match attempt.await {
             Ok((mirror, rib)) => {
                 state.rib = rib;
                 return mirror;
             }
-            Err(e) => {
-                if matches!(e, sluice_dataplane::mirror::MirrorError::Overrun(_)) {
-                    warn!(error = %error_chain(&e), "changes outran the dump; dumping again");
-                } else {
-                    error!(error = %error_chain(&e), "mirroring the kernel failed; retrying");
+            Err((dumped, e)) => {
+                match (&e, dumped) {
+                    (MirrorError::Overrun(_), Some(rib)) if apply_between => {
+                        state.rib = rib;
+                        let _ = state.sync();
+                        warn!(
+                            error = %error_chain(&e),
+                            "changes outran reading them: the dump is in the dataplane; dumping again"
+                        );
+                    }
+                    (MirrorError::Overrun(_), _) => {
+                        warn!(error = %error_chain(&e), "changes outran reading them; dumping again");
+                    }
+                    _ => error!(error = %error_chain(&e), "mirroring the kernel failed; retrying"),
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(RESYNC_MAX_BACKOFF);
             }
         }
     }
