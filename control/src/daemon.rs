@@ -190,9 +190,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Told when the API commits a change: applied as at a start.
     let mut applied = std::sync::Arc::new(tokio::sync::Notify::new());
     let (plugin_tx, plugin_rx) = std::sync::mpsc::channel();
+    // What the plugin host reports, for `/health`.
+    let plugin_report = crate::plugins::SharedReport::default();
     if let (false, Some(c), Some(dir)) = (opts.listen.is_empty(), &config, &opts.state_dir) {
         let api = crate::api::Api::new(c.store.clone(), opts.pin.clone(), dir)?
-            .with_plugins(plugin_tx.clone())
+            .with_plugins(plugin_tx.clone(), std::sync::Arc::clone(&plugin_report))
             .with_fixed_ports(opts.attach.clone())
             .with_origins(origin_tx.clone());
         applied = std::sync::Arc::clone(&api.changed);
@@ -278,8 +280,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     kv,
                 };
                 let dir = opts.plugins.as_deref();
-                plugin_thread =
-                    Some(crate::plugins::run(dir, opts.trust.clone(), maps, feed, plugin_rx));
+                plugin_thread = Some(crate::plugins::run(
+                    dir,
+                    opts.trust.clone(),
+                    maps,
+                    feed,
+                    plugin_rx,
+                    std::sync::Arc::clone(&plugin_report),
+                ));
                 if let Some(c) = &config {
                     sync_plugins(&c.store, &plugin_tx);
                 }
@@ -615,8 +623,8 @@ async fn connect_and_dump(state: &mut State, opts: &Options, apply_between: bool
     loop {
         let started = Instant::now();
         let attempt = async {
-            let mut mirror = Mirror::connect(opts.table, opts.netlink_recv_buffer)
-                .map_err(|e| (None, MirrorError::from(e)))?;
+            let mut mirror =
+                Mirror::connect(opts.table, opts.netlink_recv_buffer).map_err(|e| (None, e))?;
             let mut rib = mirror.dump().await.map_err(|e| (None, e))?;
             info!(
                 routes = rib.routes.len(),

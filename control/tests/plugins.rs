@@ -14,8 +14,8 @@ use std::{
 };
 
 use sluice::plugins::{
-    Event, FailurePolicy, InterfaceInfo, Manager, Manifest, PluginError, PluginHost, Queries,
-    RouteChange, RouteInfo, RouteLookup, Status, Table, Trust,
+    Event, FailurePolicy, HostReport, InterfaceInfo, Manager, Manifest, PluginError, PluginHost,
+    Queries, RouteChange, RouteInfo, RouteLookup, Status, Table, Trust,
 };
 use sluice_dataplane::hooks::{Action, Direction, HookOp, HookTables, MemoryHookMaps};
 
@@ -486,6 +486,15 @@ fn a_guest_panic_quarantines_it_with_the_panic_message() {
     assert!(reason.contains("it last logged \"panicked at"), "{reason}");
     assert!(reason.contains(GUEST_PANIC), "{reason}");
     assert_eq!(rules_of(&b.m, "bad"), [drop_src("203.0.113.0/24")], "fail-closed keeps");
+    // What `/api/v1/health` reports: degraded, naming the plugin and why.
+    let mut report = HostReport { state: "running".into(), ..HostReport::default() };
+    report.update_plugins(&b.m);
+    assert!(!report.healthy());
+    assert_eq!((report.running, report.quarantined.len()), (1, 1));
+    assert_eq!(
+        (report.quarantined[0].name.as_str(), &report.quarantined[0].reason),
+        ("bad", &reason)
+    );
     println!(
         "guest panic beside ddos-guard: quarantined after a call of {:.2} ms (the round's \
          dispatch, both plugins: {:.2} ms) with reason {reason:?}; the good plugin took {} \

@@ -164,6 +164,9 @@ pub struct Health {
     pub set_up: bool,
     /// The daemon's version.
     pub version: String,
+    /// The plugin host: its state, restarts, and the plugins running and quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugins: Option<crate::plugins::HostReport>,
 }
 
 /// A user as made or changed: `POST /setup`, `POST /users`, `PATCH /users/{name}`.

@@ -34,6 +34,8 @@ pub struct Api {
     /// Requests answered, for `/metrics`.
     pub(super) requests: AtomicU64,
     pub(super) plugins: Option<std::sync::mpsc::Sender<crate::plugins::Command>>,
+    /// What the plugin host reports (`/health`).
+    pub(super) plugin_report: Option<crate::plugins::SharedReport>,
     /// The daemon's `--attach` ports: attached whatever the configuration says.
     pub(super) fixed_ports: Vec<String>,
     /// Asks the daemon which protocol installed routes (its RIB knows).
@@ -66,6 +68,7 @@ impl Api {
             changed: Arc::new(Notify::new()),
             requests: AtomicU64::new(0),
             plugins: None,
+            plugin_report: None,
             fixed_ports: Vec::new(),
             origins: None,
             talkers: Mutex::new(crate::show::TalkerWindow::default()),
@@ -101,10 +104,16 @@ impl Api {
         Ok(api)
     }
 
-    /// Where plugin commands go (the daemon's plugin thread).
+    /// Where plugin commands go (the daemon's plugin thread), and what the plugin host
+    /// reports.
     #[must_use]
-    pub fn with_plugins(mut self, tx: std::sync::mpsc::Sender<crate::plugins::Command>) -> Self {
+    pub fn with_plugins(
+        mut self,
+        tx: std::sync::mpsc::Sender<crate::plugins::Command>,
+        report: crate::plugins::SharedReport,
+    ) -> Self {
         self.plugins = Some(tx);
+        self.plugin_report = Some(report);
         self
     }
 

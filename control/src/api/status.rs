@@ -9,12 +9,19 @@ use super::{
     models, openapi,
 };
 
-/// `GET /health`.
+/// `GET /health`: `ok`, or `degraded` while the plugin host restarts or a plugin is quarantined
+/// (the router forwards all the same), with the plugin host's report.
 pub(super) fn health(api: &Api, _: &Call<'_>) -> Reply {
+    let plugins = api
+        .plugin_report
+        .as_ref()
+        .map(|r| r.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
+    let healthy = plugins.as_ref().is_none_or(crate::plugins::HostReport::healthy);
     ok(models::Health {
-        status: "ok".into(),
+        status: if healthy { "ok" } else { "degraded" }.into(),
         set_up: api.store.is_set_up()?,
         version: env!("CARGO_PKG_VERSION").into(),
+        plugins,
     })
 }
 

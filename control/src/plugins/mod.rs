@@ -45,7 +45,7 @@ pub use manifest::{FailurePolicy, Manifest, Table, Trust, public_key};
 pub use queries::{InterfaceInfo, Queries, RouteInfo, RouteLookup, pinned_queries};
 pub use supervisor::{Manager, Status, Supervised, TableSink};
 pub use thread::{
-    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, MAX_ROUTE_EVENTS, PluginInfo, PluginThread,
-    Wanted, run, wanted_from_store,
+    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, HostReport, MAX_ROUTE_EVENTS, PluginInfo,
+    PluginThread, QuarantinedPlugin, SharedReport, Wanted, run, wanted_from_store,
 };
 pub use util::{hex, now_ms, sha256_hex, unhex};

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use sluice_dataplane::hooks::{self, HookTables};
 
@@ -207,6 +207,73 @@ pub struct PluginInfo {
     pub usage: Usage,
 }
 
+/// What `/api/v1/health` says of the plugin host: the thread's life (written by its owner's
+/// [`PluginThread::watch`]) and its plugins (written by the thread after each round of events).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostReport {
+    /// `running`; `restarting` after the thread died, until it runs again; `off` when the daemon
+    /// runs no plugin host.
+    pub state: String,
+    /// Times the thread was started again.
+    pub restarts: u32,
+    /// Why it last died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_death: Option<String>,
+    /// Plugins running.
+    pub running: usize,
+    /// Plugins quarantined, and why.
+    pub quarantined: Vec<QuarantinedPlugin>,
+}
+
+impl Default for HostReport {
+    fn default() -> Self {
+        Self {
+            state: "off".into(),
+            restarts: 0,
+            last_death: None,
+            running: 0,
+            quarantined: Vec::new(),
+        }
+    }
+}
+
+impl HostReport {
+    /// Whether all is well: the host runs (or there is none) and no plugin is quarantined.
+    #[must_use]
+    pub fn healthy(&self) -> bool {
+        self.state != "restarting" && self.quarantined.is_empty()
+    }
+
+    /// Takes the plugins' states from their manager.
+    pub fn update_plugins<S: super::TableSink>(&mut self, manager: &Manager<S>) {
+        self.running = 0;
+        self.quarantined.clear();
+        for (name, s) in manager.plugins() {
+            match s.status() {
+                Status::Running => self.running += 1,
+                Status::Quarantined { reason, retry_in_ms, .. } => {
+                    let name = name.clone();
+                    self.quarantined.push(QuarantinedPlugin { name, reason, retry_in_ms });
+                }
+            }
+        }
+    }
+}
+
+/// A quarantined plugin in a [`HostReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedPlugin {
+    /// Its name.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+    /// Until its next start.
+    pub retry_in_ms: u64,
+}
+
+/// The report as the plugin thread, its owner and the API share it.
+pub type SharedReport = Arc<Mutex<HostReport>>;
+
 /// What the daemon and the API ask of the plugin thread.
 #[derive(Debug)]
 pub enum Command {
@@ -354,6 +421,7 @@ struct Resources {
     feed: Feed,
     /// None once every sender is gone.
     commands: Option<Receiver<Command>>,
+    report: SharedReport,
 }
 
 /// Starts the plugin thread: the plugins of `dir` (for each `NAME.json` manifest, `NAME.wasm`
@@ -368,15 +436,18 @@ pub fn run(
     maps: hooks::AyaHookMaps,
     feed: Feed,
     commands: Receiver<Command>,
+    report: SharedReport,
 ) -> PluginThread {
+    report.lock().unwrap_or_else(PoisonError::into_inner).state = "running".into();
     let resources = Arc::new(Mutex::new(Resources {
         dir: dir.map(Path::to_owned),
         trust,
         maps: Some(maps),
         feed,
         commands: Some(commands),
+        report: Arc::clone(&report),
     }));
-    PluginThread(Restarting::start(
+    let thread = Restarting::start(
         "sluice-plugins",
         Arc::new(move || {
             // A predecessor that panicked poisoned the lock; what it guards is whole: the
@@ -385,20 +456,30 @@ pub fn run(
             serve(&mut r);
         }),
         THREAD_BACKOFF,
-    ))
+    );
+    PluginThread { thread, report }
 }
 
 /// The plugin thread as its owner (the daemon) holds it.
 #[derive(Debug)]
-pub struct PluginThread(Restarting);
+pub struct PluginThread {
+    thread: Restarting,
+    report: SharedReport,
+}
 
 impl PluginThread {
     /// If the thread died (a panic outside any one plugin's work, which a plugin's own failure
     /// never is), logs why and, once its back-off has passed, starts it again: its plugins
     /// start afresh, those of the plugin directory included. Returns whether it started it
-    /// again: the owner then sends the store's plugins again ([`Command::Sync`]).
+    /// again: the owner then sends the store's plugins again ([`Command::Sync`]). The report
+    /// says which.
     pub fn watch(&mut self) -> bool {
-        self.0.watch()
+        let restarted = self.thread.watch();
+        let mut report = self.report.lock().unwrap_or_else(PoisonError::into_inner);
+        report.state = if self.thread.thread.is_some() { "running" } else { "restarting" }.into();
+        report.restarts = self.thread.restarts;
+        report.last_death.clone_from(&self.thread.last_death);
+        restarted
     }
 }
 
@@ -418,6 +499,8 @@ struct Restarting {
     /// Deaths in a row (the back-off doubles with them).
     deaths: u32,
     restarts: u32,
+    /// Why it last died.
+    last_death: Option<String>,
     /// When to start it again, while it is dead.
     retry_at: Option<Instant>,
     backoff: (Duration, Duration),
@@ -446,6 +529,7 @@ impl Restarting {
             started: Instant::now(),
             deaths: 0,
             restarts: 0,
+            last_death: None,
             retry_at: Some(Instant::now()),
             backoff,
         };
@@ -475,6 +559,7 @@ impl Restarting {
             self.deaths = 0;
         }
         self.deaths = self.deaths.saturating_add(1);
+        self.last_death = Some(why.to_owned());
         let (first, max) = self.backoff;
         let backoff = first.saturating_mul(1 << (self.deaths - 1).min(16)).min(max);
         tracing::error!(
@@ -584,6 +669,7 @@ fn serve(r: &mut Resources) {
         for name in t.manager.restart_due() {
             tracing::info!(plugin = name, "plugin restarted");
         }
+        r.report.lock().unwrap_or_else(PoisonError::into_inner).update_plugins(&t.manager);
     }
 }
 
