@@ -208,7 +208,8 @@ enum PluginCmd {
     Run {
         /// The component (.wasm).
         wasm: PathBuf,
-        /// Its manifest (JSON); without one, every table is allowed with the default quotas.
+        /// Its manifest (JSON); without one, the plugin is named after the file, may write the
+        /// filter, rate-limit and sample tables (not steer) and has the default limits.
         #[arg(long)]
         manifest: Option<PathBuf>,
         /// Its configuration: a file, or `-` for none (`{}`).

@@ -67,7 +67,7 @@ pub enum PluginError {
         message: String,
     },
     /// The plugin returned more operations than its manifest allows.
-    #[error("returned {count} operations, its manifest allows {max}")]
+    #[error("returned {count} operations, its manifest allows {max} (max_ops_per_call)")]
     TooManyOps {
         /// Returned.
         count: usize,
@@ -75,7 +75,10 @@ pub enum PluginError {
         max: usize,
     },
     /// An operation writes a table the manifest does not declare.
-    #[error("operation {index} writes table {table:?}, which its manifest does not declare")]
+    #[error(
+        "operation {index} writes table {}, which its manifest does not declare",
+        .table.name()
+    )]
     Undeclared {
         /// Position in the result.
         index: usize,

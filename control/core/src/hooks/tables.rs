@@ -1,6 +1,6 @@
 //! The hook tables and who owns what in them: batches validated whole, applied all or nothing.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -519,9 +519,30 @@ impl<M: HookMaps> HookTables<M> {
     }
 }
 
+/// What a rule is keyed by, in the words of the plugin interface (`source 10.0.0.0/8`).
+trait RuleKey {
+    fn describe(&self) -> String;
+}
+
+impl RuleKey for IpNet {
+    fn describe(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl RuleKey for (Direction, IpNet) {
+    fn describe(&self) -> String {
+        let side = match self.0 {
+            Direction::Src => "source",
+            Direction::Dst => "destination",
+        };
+        format!("{side} {}", self.1)
+    }
+}
+
 /// Checks that `owner` may set (or remove) the rule on `key`, given who holds it in the tables
 /// (`held`) and what the batch did to it so far (`batch`), and records the outcome in `batch`.
-fn claim<K: Ord + fmt::Debug>(
+fn claim<K: Ord + RuleKey>(
     batch: &mut BTreeMap<K, Option<String>>,
     key: K,
     held: Option<&String>,
@@ -535,9 +556,10 @@ fn claim<K: Ord + fmt::Debug>(
     };
     match current {
         Some(other) if other != owner => {
-            Some(("prefix", format!("the {what} on {key:?} is held by plugin {other:?}")))
+            let key = key.describe();
+            Some(("prefix", format!("the {what} on {key} is held by plugin {other:?}")))
         }
-        None if !set => Some(("prefix", format!("no {what} on {key:?}"))),
+        None if !set => Some(("prefix", format!("no {what} on {}", key.describe()))),
         _ => {
             batch.insert(key, set.then(|| owner.to_owned()));
             None
