@@ -86,6 +86,85 @@ fn ipv4_and_ipv6_cross_the_router_through_xdp() {
     }
 }
 
+/// Bytes a TCP connection carries each way in the socket test.
+const TCP_BYTES: usize = 256 << 10;
+/// UDP datagrams (1,000 bytes each) the socket test sends.
+const DATAGRAMS: usize = 200;
+
+#[test]
+fn tcp_and_udp_from_sockets_cross_the_router_both_families() {
+    use std::io::{Read as _, Write as _};
+
+    use sluice_testbed::api_lab::in_namespace;
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    t.start_daemon();
+    let (client_ns, server_ns) = (t.ns("c1").name().to_owned(), t.ns("srv").name().to_owned());
+    for (port, (_, dst)) in (5201u16..).zip(families(Subnet(3))) {
+        t.wait_ping("c1", &dst);
+        let addr = SocketAddr::new(dst.parse().expect("an address"), port);
+        let before = t.stats();
+        // The server: echoes one TCP connection, then counts datagrams until told to stop.
+        let (server_ns, client_ns) = (&server_ns, &client_ns);
+        let (echoed, datagrams) = thread::scope(|s| {
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let server = s.spawn(move || {
+                in_namespace(server_ns, || {
+                    let tcp = std::net::TcpListener::bind(addr)?;
+                    let udp = std::net::UdpSocket::bind(addr)?;
+                    udp.set_read_timeout(Some(Duration::from_millis(500)))?;
+                    ready_tx.send(()).ok();
+                    let (mut conn, _) = tcp.accept()?;
+                    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut data = vec![0u8; TCP_BYTES];
+                    conn.read_exact(&mut data)?;
+                    conn.write_all(&data)?;
+                    let mut n = 0;
+                    let mut buf = [0u8; 2048];
+                    while let Ok(len) = udp.recv(&mut buf) {
+                        if len == 1000 && buf[..len].iter().all(|b| *b == 0xa5) {
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })
+            });
+            ready_rx.recv_timeout(Duration::from_secs(5)).expect("the server listens");
+            let echoed = in_namespace(client_ns, || {
+                let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let sent: Vec<u8> = (0..TCP_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+                conn.write_all(&sent)?;
+                let mut back = vec![0u8; TCP_BYTES];
+                conn.read_exact(&mut back)?;
+                let udp = std::net::UdpSocket::bind(SocketAddr::new(
+                    if addr.is_ipv4() { "0.0.0.0" } else { "::" }.parse()?,
+                    0,
+                ))?;
+                for _ in 0..DATAGRAMS {
+                    udp.send_to(&[0xa5; 1000], addr)?;
+                    thread::sleep(Duration::from_micros(500));
+                }
+                Ok(back == sent)
+            })
+            .expect("the client's TCP connection and datagrams");
+            (echoed, server.join().expect("the server").expect("the server's sockets"))
+        });
+        let after = t.stats();
+        let forwarded = after.delta(&before, "r-c1", "forwarded");
+        println!(
+            "{dst}: a TCP connection carried {TCP_BYTES} bytes each way (echoed whole: {echoed}); \
+             {datagrams} of {DATAGRAMS} UDP datagrams arrived whole; XDP forwarded {forwarded} \
+             packets from c1"
+        );
+        assert!(echoed, "{dst}: the TCP echo came back whole");
+        assert_eq!(datagrams, DATAGRAMS, "{dst}: every datagram arrived with a good checksum");
+        assert!(forwarded >= DATAGRAMS as u64, "{dst}: forwarded by XDP; stats:{after}");
+    }
+}
+
 #[test]
 fn route_add_replace_and_del_are_reflected_in_forwarding() {
     if !privileged() {

@@ -134,7 +134,9 @@ pub fn host_namespace(name: &str) -> anyhow::Result<NetNs> {
 /// host, addresses both ends from `subnet` and gives the host default routes via the router.
 ///
 /// GRO is switched on at the host's end: frames the router's XDP program redirects into a veth
-/// are only received by its peer when the peer runs an XDP program or has GRO on.
+/// are only received by its peer when the peer runs an XDP program or has GRO on. The host's TX
+/// checksum offload is switched off: a veth leaves a socket's checksum partial, to be finished
+/// by a NIC; an XDP redirect hands the frame on as it is, and the receiver drops it as damaged.
 pub fn connect(
     router: &NetNs,
     router_if: &str,
@@ -168,8 +170,8 @@ pub fn connect(
     host.ip(&["addr", "add", &format!("{}/64", subnet.host_v6()), "dev", HOST_IF, "nodad"])?;
     host.ip(&["route", "replace", "default", "via", &subnet.router_v4()])?;
     host.ip(&["-6", "route", "replace", "default", "via", &subnet.router_v6()])?;
-    host.run("ethtool", &["-K", HOST_IF, "gro", "on"])
-        .context("switch GRO on (is ethtool installed?)")?;
+    host.run("ethtool", &["-K", HOST_IF, "gro", "on", "tx", "off"])
+        .context("switch GRO on and TX checksum offload off (is ethtool installed?)")?;
     Ok(())
 }
 
