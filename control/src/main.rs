@@ -482,9 +482,16 @@ fn plugin_run(
         batches.into_iter().map(|b| b.into_iter().map(Into::into).collect()).collect();
     let run = plugins::harness(manifest, &bytes, &config, &batches)?;
     println!("{}", serde_json::to_string_pretty(&run)?);
-    if run.calls.iter().any(|c| c.error.is_some()) {
+    if let Some(failed) = run.calls.iter().find(|c| c.error.is_some()) {
+        if failed.call == "init" {
+            anyhow::bail!(
+                "the plugin's init failed (see \"error\" above): a router would refuse to add it \
+                 (422) and store nothing"
+            );
+        }
         anyhow::bail!(
-            "the plugin failed (see \"error\" above): on a router it would be quarantined"
+            "the plugin failed in {} (see \"error\" above): on a router it would be quarantined",
+            failed.call
         );
     }
     Ok(())

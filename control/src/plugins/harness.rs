@@ -109,14 +109,16 @@ pub struct HarnessCall {
 
 /// Runs a plugin without a router: `init` with `config`, then `handle` with each batch, its
 /// operations applied to tables in memory; stops at the first failure (which would quarantine
-/// it on a router).
+/// it on a router). A signed manifest's signature is checked against the publisher key it names;
+/// whether a router trusts that key is the router's question.
 pub fn harness(
     manifest: Manifest,
     wasm: &[u8],
     config: &str,
     batches: &[Vec<Event>],
 ) -> Result<HarnessRun, PluginError> {
-    let host = PluginHost::new(Trust::unsigned_allowed())?;
+    let publisher: Vec<String> = manifest.publisher.iter().cloned().collect();
+    let host = PluginHost::new(Trust::new(&publisher, true)?)?;
     let mut plugin = host.load(manifest, wasm, None)?;
     let name = plugin.manifest().name.clone();
     let mut tables = HookTables::new(hooks::MemoryHookMaps::default());
