@@ -110,6 +110,12 @@ fn refused_before_running_a_wrong_hash_an_undeclared_table_and_a_slow_init() {
     // Its first rule is a filter rule: a manifest without `filter` refuses it.
     let err = m.add(manifest("hostile", &wasm, &[Table::Sample]), &wasm, "behave").unwrap_err();
     assert!(matches!(err, PluginError::Undeclared { table: Table::Filter, .. }), "{err}");
+    assert!(err.to_string().contains("writes table filter,"), "the manifest's word: {err}");
+    // A key-value quota past what one plugin may keep on the router's disk.
+    let mut greedy = manifest("hostile", &wasm, &[Table::Filter]);
+    greedy.kv_bytes = (64 << 20) + 1;
+    let err = m.add(greedy, &wasm, "behave").unwrap_err();
+    assert!(err.to_string().contains("kv_bytes 67108865: 0 to 67108864"), "{err}");
     let err = m.add(manifest("hostile", &wasm, &[Table::Filter]), &wasm, "slow-init").unwrap_err();
     assert!(matches!(err, PluginError::Timeout { call: "init", .. }), "{err}");
     assert!(m.plugins().is_empty() && rules_of(&m, "hostile").is_empty(), "nothing written");

@@ -11,6 +11,8 @@ use super::{
 
 /// Largest memory any plugin may ask for.
 pub(super) const MAX_MEMORY: usize = 256 << 20;
+/// Largest key-value quota a manifest may ask for: what one plugin may keep on the router's disk.
+pub const MAX_KV_BYTES: usize = 64 << 20;
 
 /// A hook table a plugin may write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -156,6 +158,9 @@ pub(super) fn check_manifest(m: &Manifest) -> Result<(), PluginError> {
     }
     if m.max_ops_per_call == 0 || m.max_ops_per_call > 100_000 {
         return bad(format!("max_ops_per_call {}: 1 to 100000", m.max_ops_per_call));
+    }
+    if m.kv_bytes > MAX_KV_BYTES {
+        return bad(format!("kv_bytes {}: 0 to {MAX_KV_BYTES}", m.kv_bytes));
     }
     if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return bad("sha256: 64 hexadecimal digits".into());
