@@ -3,33 +3,16 @@
 //! candidate or an import names a stored component and a manifest that matches it. And a
 //! configuration of 10,000 static routes exported and imported back.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_store::{
-    Author, COMPONENT_REVISIONS, Config, Plugin, StaticRoute, Store, StoreError, parse_config,
+    COMPONENT_REVISIONS, Config, Plugin, StaticRoute, Store, StoreError, parse_config,
 };
 
-/// A directory removed on drop.
-struct Dir(PathBuf);
+mod common;
 
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn dir(name: &str) -> Dir {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
-    Dir(std::env::temp_dir().join(format!("sluice-store-{name}-{}-{nanos}", std::process::id())))
-}
-
-fn author(message: &str) -> Author {
-    Author { who: "admin".into(), from: "192.0.2.1".into(), message: message.into() }
-}
+use common::{author, dir};
 
 /// A stand-in component of `len` bytes and its (made-up but well-formed) hash.
 fn component(n: u8, len: usize) -> (String, Vec<u8>) {

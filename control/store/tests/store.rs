@@ -5,30 +5,15 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
-use sluice_store::{Author, Config, Interface, StaticRoute, Store, StoreError, XdpMode};
+use sluice_store::{Config, Interface, StaticRoute, Store, StoreError, XdpMode};
 
-/// A directory removed on drop.
-struct Dir(PathBuf);
+mod common;
 
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn dir(name: &str) -> Dir {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
-    Dir(std::env::temp_dir().join(format!("sluice-store-{name}-{}-{nanos}", std::process::id())))
-}
-
-fn author(message: &str) -> Author {
-    Author { who: "admin".into(), from: "192.0.2.1".into(), message: message.into() }
-}
+use common::{author, dir};
 
 fn route(prefix: &str, via: &str) -> StaticRoute {
     StaticRoute {
