@@ -18,14 +18,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 use sluice::plugins::{Manifest, Table, public_key, sha256_hex};
 use sluice_testbed::{
-    api_lab::{ADMIN, ApiLab, LISTEN, RawAnswer, RawClient, Session, in_namespace},
+    api_lab::{ADMIN, ApiLab, RawAnswer, RawClient, Session, in_namespace},
     lab::Subnet,
     netns, privileged,
 };
@@ -151,64 +150,6 @@ fn names(a: &RawAnswer, field: &str) -> bool {
     a.json()["errors"].as_array().is_some_and(|e| e.iter().any(|e| e["field"] == field))
 }
 
-/// A daemon started again on the lab's state directory, killed on drop, with a pin directory of
-/// its own.
-struct Restarted {
-    daemon: Child,
-    pin: PathBuf,
-}
-
-impl Drop for Restarted {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        let _ = std::fs::remove_dir_all(&self.pin);
-    }
-}
-
-/// Stops the lab's daemon (SIGTERM), lets `offline` work on its store, and starts a daemon
-/// again on the same state directory.
-fn restart(lab: &mut ApiLab, keys: &Path, offline: impl FnOnce(&sluice_store::Store)) -> Restarted {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(lab.pid()).expect("a pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("stopping the daemon");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab.alive() {
-        assert!(Instant::now() < deadline, "the daemon did not stop: {}", lab.log_tail(20));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    {
-        let store = sluice_store::Store::open(&lab.state.join("db")).expect("the stopped store");
-        offline(&store);
-    }
-    let pin = PathBuf::from("/sys/fs/bpf").join(netns::unique_name("sluice-cfg-pin-"));
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(lab.state.join("daemon.log"))
-        .expect("the daemon's log");
-    let exe = sluice_testbed::sluice_exe().expect("the sluice binary");
-    let daemon = lab
-        .router
-        .command(exe.to_str().expect("a UTF-8 path"))
-        .arg("--pin-dir")
-        .arg(&pin)
-        .args(["daemon", "--listen", LISTEN, "--trusted-keys"])
-        .arg(keys)
-        .arg("--state-dir")
-        .arg(&lab.state)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("the log"))
-        .stderr(log)
-        .spawn()
-        .expect("starting the daemon again");
-    let restarted = Restarted { daemon, pin };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(LISTEN).is_err() {
-        assert!(Instant::now() < deadline, "the restarted daemon does not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    restarted
-}
-
 #[test]
 fn refused_uploads_and_plugin_entries_store_nothing_and_replaced_components_are_collected() {
     if !privileged() {
@@ -219,14 +160,14 @@ fn refused_uploads_and_plugin_entries_store_nothing_and_replaced_components_are_
     let mut lab = ApiLab::start("hcfg", &["--trusted-keys", &keys_arg]).expect("the API lab");
     let ns = lab.ns().to_owned();
     let result = in_namespace(&ns, || {
-        plugin_integrity(&mut lab, &keys.0);
+        plugin_integrity(&mut lab);
         Ok(())
     });
     result.expect("the namespace");
 }
 
 #[expect(clippy::too_many_lines, reason = "one story, told in order, with its figures")]
-fn plugin_integrity(lab: &mut ApiLab, keys: &Path) {
+fn plugin_integrity(lab: &mut ApiLab) {
     let admin =
         Admin { raw: lab.raw().expect("a client"), session: lab.setup_admin().expect("admin") };
     let wasm = static_acl();
@@ -387,7 +328,7 @@ fn plugin_integrity(lab: &mut ApiLab, keys: &Path) {
     // stopped, and a component nothing names. The daemon collects the component as it starts,
     // and the entry is removed through the API.
     let junk = variant(&wasm, 99);
-    let restarted = restart(lab, keys, |store| {
+    lab.restart(|store| {
         let mut c = store.config().expect("the configuration");
         c.plugins.insert(
             "ghost".into(),
@@ -405,7 +346,8 @@ fn plugin_integrity(lab: &mut ApiLab, keys: &Path) {
         };
         store.commit_change(&c, &author, None).expect("an older version's entry");
         store.put_wasm(&sha256_hex(&junk), &junk).expect("an older version's leftover");
-    });
+    })
+    .expect("the daemon restarted");
     let raw = admin.raw;
     let session = raw.login(None, ADMIN.0, ADMIN.1).expect("a login after the restart");
     let admin = Admin { raw, session };
@@ -423,7 +365,6 @@ fn plugin_integrity(lab: &mut ApiLab, keys: &Path) {
     assert_eq!(a.status, 200, "a broken entry is removed: {}", a.text());
     let list = admin.plugins();
     assert!(list.as_array().is_some_and(|l| l.iter().all(|p| p["name"] != "ghost")), "{list}");
-    drop(restarted);
 }
 
 /// The static routes of the large configuration.

@@ -5,7 +5,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -35,6 +35,8 @@ pub struct ApiLab {
     pub router: NetNs,
     _host: NetNs,
     pin: PathBuf,
+    /// The daemon's options beside the lab's own.
+    extra: Vec<String>,
 }
 
 impl Drop for ApiLab {
@@ -57,21 +59,9 @@ impl ApiLab {
         let state = std::env::temp_dir().join(format!("sluice-api-lab-{name}"));
         std::fs::create_dir_all(&state)?;
         let pin = PathBuf::from("/sys/fs/bpf").join(format!("sluice-api-lab-{name}"));
-        let exe = crate::sluice_exe()?;
-        let log = std::fs::File::create(state.join("daemon.log"))?;
-        let daemon = router
-            .command(exe.to_str().context("a UTF-8 path")?)
-            .arg("--pin-dir")
-            .arg(&pin)
-            .args(["daemon", "--attach", "r-h", "--listen", LISTEN, "--state-dir"])
-            .arg(&state)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the daemon")?;
-        let mut lab = Self { daemon, state, router, _host: host, pin };
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let daemon = spawn(&router, &pin, &state, &extra)?;
+        let mut lab = Self { daemon, state, router, _host: host, pin, extra };
         let deadline = Instant::now() + Duration::from_secs(15);
         while !lab.state.join("tls/ca.pem").exists() || !lab.state.join("setup-token").exists() {
             if let Some(status) = lab.daemon.try_wait()? {
@@ -83,17 +73,38 @@ impl ApiLab {
             std::thread::sleep(Duration::from_millis(50));
         }
         // The certificate is written before the listener binds.
-        let ns = lab.router.name().to_owned();
-        in_namespace(&ns, || {
+        lab.wait_listening(deadline)?;
+        Ok(lab)
+    }
+
+    /// Waits until the API accepts connections.
+    fn wait_listening(&self, deadline: Instant) -> anyhow::Result<()> {
+        in_namespace(self.router.name(), || {
             while TcpStream::connect(LISTEN).is_err() {
                 if Instant::now() > deadline {
-                    bail!("the API does not listen on {LISTEN}");
+                    bail!("the API does not listen on {LISTEN}: {}", self.log_tail(20));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             Ok(())
-        })?;
-        Ok(lab)
+        })
+    }
+
+    /// Stops the daemon (SIGTERM), lets `offline` work on its store while it is down, and starts
+    /// it again with the same options; returns once its API listens.
+    pub fn restart(&mut self, offline: impl FnOnce(&sluice_store::Store)) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.alive() {
+            if Instant::now() > deadline {
+                bail!("the daemon did not stop: {}", self.log_tail(20));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        offline(&sluice_store::Store::open(&self.state.join("db"))?);
+        self.daemon = spawn(&self.router, &self.pin, &self.state, &self.extra)?;
+        self.wait_listening(Instant::now() + Duration::from_secs(15))
     }
 
     /// The daemon's process id.
@@ -190,6 +201,26 @@ impl ApiLab {
         }
         raw.login(None, ADMIN.0, ADMIN.1)
     }
+}
+
+/// Starts `sluice daemon` in `router` with the lab's options and `extra`, its output appended to
+/// `STATE/daemon.log`.
+fn spawn(router: &NetNs, pin: &Path, state: &Path, extra: &[String]) -> anyhow::Result<Child> {
+    let exe = crate::sluice_exe()?;
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(state.join("daemon.log"))?;
+    router
+        .command(exe.to_str().context("a UTF-8 path")?)
+        .arg("--pin-dir")
+        .arg(pin)
+        .args(["daemon", "--attach", "r-h", "--listen", LISTEN, "--state-dir"])
+        .arg(state)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the daemon")
 }
 
 /// A logged-in session: its cookie (`name=value`) and CSRF token.
