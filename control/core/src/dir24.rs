@@ -30,6 +30,8 @@ use sluice_common::{
     },
 };
 
+use crate::check::{Answer, Check};
+
 /// How long a released group waits before it may be reused.
 pub const GROUP_GRACE: Duration = Duration::from_millis(50);
 
@@ -226,6 +228,20 @@ pub struct Dir24<C: Cells> {
     groups_in_use: u32,
     /// Routes that did not fit when the tables were adopted.
     rejected: usize,
+    /// What adoption found and rewrote.
+    adoption: Adoption,
+}
+
+/// What adopting live tables found in them ([`Dir24::adoption`], [`crate::trie6::Trie6::adoption`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Adoption {
+    /// Entries rewritten because they differed from the table the routes make (0 after a clean
+    /// restart with the same routes).
+    pub rewritten: u64,
+    /// Pointers to second-level groups (IPv6: nodes) not trusted: a group or node that more than
+    /// one entry points to, or one outside the table. Their entries were given fresh groups or
+    /// nodes instead of being kept.
+    pub untrusted: u64,
 }
 
 /// Bytes of the shared tables with `groups` groups in use: the first level with its results,
@@ -259,7 +275,13 @@ impl<C: Cells> Dir24<C> {
             retired: Vec::new(),
             groups_in_use: 0,
             rejected: 0,
+            adoption: Adoption::default(),
         }
+    }
+
+    /// What adoption found in the live tables (zeros for tables made afresh).
+    pub fn adoption(&self) -> Adoption {
+        self.adoption
     }
 
     /// Takes over cells that already hold a table (a restarted daemon adopting the pinned maps):
@@ -271,13 +293,31 @@ impl<C: Cells> Dir24<C> {
         routes: impl IntoIterator<Item = (Ipv4Net, Route)>,
     ) -> Result<Self, Dir24Error> {
         let tbl24 = Tbl24::new(tbl24);
-        let mut live_groups = HashMap::new();
+        // A live group is kept for its /24 only when that /24 alone points to it and it lies in
+        // the table: two /24s sharing one group (a table written by two processes at once) or a
+        // pointer past the groups would otherwise be trusted, and one /24's routes written over
+        // the other's. Such /24s get fresh groups below, filled before they are published.
+        let mut pointers = Vec::new();
+        let mut references: HashMap<u32, u32> = HashMap::new();
         for slot in 0..TBL24_ENTRIES as usize {
             let e = tbl24.get_short(slot);
             if short_is_group(e) {
-                live_groups.insert(slot as u32, short_group(e));
+                pointers.push((slot as u32, short_group(e)));
+                *references.entry(short_group(e)).or_default() += 1;
             }
         }
+        let mut live_groups = HashMap::new();
+        let mut untrusted = 0u64;
+        for (slot, g) in pointers {
+            if g < MAX_GROUPS && references[&g] == 1 {
+                live_groups.insert(slot, g);
+            } else {
+                untrusted += 1;
+            }
+        }
+        // Every group a live slot points to stays out of the free ones until the slots that point
+        // to it are rewritten, and then waits out the grace period.
+        let referenced: Vec<u32> = references.into_keys().filter(|&g| g < MAX_GROUPS).collect();
         // Build the image in plain memory, then copy it over what differs.
         let mut image =
             Dir24::new(VecCells::new(TBL24_MAP_WORDS as usize), VecCells::new(tbl8.len()));
@@ -299,7 +339,8 @@ impl<C: Cells> Dir24<C> {
         placed.rejected = image.rejected;
         placed.group_base = std::mem::take(&mut image.group_base);
         placed.base_depth = std::mem::take(&mut image.base_depth);
-        placed.reserve_groups(live_groups.values().copied());
+        placed.reserve_groups(referenced.iter().copied());
+        placed.adoption.untrusted = untrusted;
         // Each group of the image goes to the id the live table already uses for that /24, so
         // the first level does not change for it; new ones get ids no live slot points to.
         let mut slot_group = HashMap::new();
@@ -319,6 +360,7 @@ impl<C: Cells> Dir24<C> {
                 let v = image.tbl8.get(from + i);
                 if placed.tbl8.get(to_start + i) != v {
                     placed.tbl8.set(to_start + i, v);
+                    placed.adoption.rewritten += 1;
                 }
             }
             slot_group.insert(slot, to);
@@ -333,12 +375,13 @@ impl<C: Cells> Dir24<C> {
             };
             if placed.tbl24.get_short(slot) != want {
                 placed.tbl24.set_short(slot, want);
+                placed.adoption.rewritten += 1;
             }
         }
         // Live groups no slot points to any more wait out the grace period.
         let in_use: std::collections::HashSet<u32> = slot_group.values().copied().collect();
         let now = Instant::now();
-        for g in live_groups.into_values().filter(|g| !in_use.contains(g)) {
+        for g in referenced.into_iter().filter(|g| !in_use.contains(g)) {
             placed.retired.push((g, now));
         }
         Ok(placed)
@@ -414,6 +457,74 @@ impl<C: Cells> Dir24<C> {
             results_max: RESULTS - 1,
             bytes: shared_bytes(groups),
         }
+    }
+
+    /// Compares what the tables answer with what `routes` make, entry by entry (the whole
+    /// first level, and every group either side has for a /24), and reports what is wrong with
+    /// the tables' structure. Reads the tables only: for a process other than their writer.
+    pub fn check(&self, routes: impl IntoIterator<Item = (Ipv4Net, Route)>) -> Check {
+        let mut check = Check::default();
+        let mut image = Dir24::new(
+            VecCells::new(TBL24_MAP_WORDS as usize),
+            VecCells::new((MAX_GROUPS * GROUP_ENTRIES) as usize),
+        );
+        for (net, route) in routes {
+            if let Err(e) = image.set(net, route) {
+                check.problem(|| format!("route {net} does not fit the tables: {e}"));
+            }
+        }
+        let mut references = vec![0u32; MAX_GROUPS as usize];
+        for slot in 0..TBL24_ENTRIES as usize {
+            let live = self.tbl24.get_short(slot);
+            let want = image.tbl24.get_short(slot);
+            let net24 = || format!("{}/24", Ipv4Addr::from((slot as u32) << 8));
+            if short_is_group(live) {
+                match references.get_mut(short_group(live) as usize) {
+                    Some(n) => *n += 1,
+                    None => check.problem(|| {
+                        format!(
+                            "{} points to group {}, past the {MAX_GROUPS} groups",
+                            net24(),
+                            short_group(live)
+                        )
+                    }),
+                }
+            }
+            if !short_is_group(live) && !short_is_group(want) {
+                check.compare(net24, self.first_level(live), image.first_level(want));
+                continue;
+            }
+            for i in 0..GROUP_ENTRIES {
+                let at = || format!("{}/32", Ipv4Addr::from(((slot as u32) << 8) | i));
+                check.compare(at, self.entry(live, i), image.entry(want, i));
+            }
+        }
+        for (g, n) in references.iter().enumerate().filter(|(_, n)| **n > 1) {
+            check.problem(|| format!("group {g} is pointed to by {n} /24s (each needs its own)"));
+        }
+        check
+    }
+
+    /// What a first-level entry that is not a group pointer answers.
+    fn first_level(&self, short: u32) -> Answer {
+        if short == 0 {
+            return Ok(None);
+        }
+        let word = self.tbl24.cells.get((TBL24_WORDS + short) as usize);
+        if is_group(word) { Err(()) } else { Ok(decode(word)) }
+    }
+
+    /// What address `i` under a first-level entry answers.
+    fn entry(&self, short: u32, i: u32) -> Answer {
+        if !short_is_group(short) {
+            return self.first_level(short);
+        }
+        let g = short_group(short);
+        if g >= MAX_GROUPS {
+            return Err(());
+        }
+        let value = self.tbl8.get((g * GROUP_ENTRIES + i) as usize);
+        if is_group(value) { Err(()) } else { Ok(decode(value)) }
     }
 
     /// Memory in use.
@@ -715,6 +826,75 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn adoption_gives_two_slash_24s_sharing_a_group_one_each() {
+        let routes: Vec<(Ipv4Net, Route)> = vec![
+            ("0.0.0.0/0".parse().unwrap(), route(9)),
+            ("10.1.1.128/25".parse().unwrap(), route(1)),
+            ("10.1.2.128/25".parse().unwrap(), route(2)),
+        ];
+        let first = filled(&routes);
+        assert!(first.check(routes.clone()).is_clean(), "{:?}", first.check(routes.clone()));
+        // A second writer pointed 10.1.2.0/24 to the group of 10.1.1.0/24.
+        let shared = first.tbl24.get_short(0x0a_0101);
+        first.tbl24.set_short(0x0a_0102, shared);
+        let found = first.check(routes.clone());
+        assert_eq!(found.problems, 1, "{found:?}");
+        assert!(found.problem_examples[0].contains("pointed to by 2"), "{found:?}");
+        assert_eq!(found.differences, 128, "10.1.2.128/25 answers with the other /25: {found:?}");
+        assert_eq!(found.examples[0].at, "10.1.2.128/32");
+        let Dir24 { tbl24, tbl8, .. } = first;
+        let adopted = Dir24::adopt(tbl24.cells, tbl8, routes.clone()).unwrap();
+        assert_eq!(adopted.adoption().untrusted, 2, "neither /24 keeps the shared group");
+        let table: BTreeMap<_, _> = routes.iter().copied().collect();
+        for a in ["10.1.1.1", "10.1.1.200", "10.1.2.1", "10.1.2.200", "10.1.3.1"] {
+            let a: Ipv4Addr = a.parse().unwrap();
+            assert_eq!(adopted.lookup(a), reference(&table, a), "{a}");
+        }
+        assert!(adopted.check(routes.clone()).is_clean(), "{:?}", adopted.check(routes));
+        assert_ne!(adopted.tbl24.get_short(0x0a_0101), adopted.tbl24.get_short(0x0a_0102));
+    }
+
+    #[test]
+    fn a_group_pointer_past_the_table_is_reported_and_replaced() {
+        let routes: Vec<(Ipv4Net, Route)> = vec![("192.0.2.0/25".parse().unwrap(), route(3))];
+        let first = filled(&routes);
+        first.tbl24.set_short(0xc0_0002, short_group_pointer(MAX_GROUPS + 5));
+        let found = first.check(routes.clone());
+        assert_eq!(found.problems, 1, "{found:?}");
+        assert_eq!(found.differences, 256, "every address of the /24: {found:?}");
+        assert!(found.examples[0].tables.starts_with("invalid"), "{found:?}");
+        let Dir24 { tbl24, tbl8, .. } = first;
+        let adopted = Dir24::adopt(tbl24.cells, tbl8, routes.clone()).unwrap();
+        assert_eq!(adopted.adoption().untrusted, 1);
+        assert_eq!(adopted.lookup("192.0.2.1".parse().unwrap()), Some(route(3)));
+        assert_eq!(adopted.lookup("192.0.2.200".parse().unwrap()), None);
+        assert!(adopted.check(routes).is_clean());
+    }
+
+    #[test]
+    fn a_changed_result_is_a_difference() {
+        let routes: Vec<(Ipv4Net, Route)> = vec![
+            ("10.0.0.0/8".parse().unwrap(), route(1)),
+            ("10.9.0.0/16".parse().unwrap(), route(2)),
+        ];
+        let d = filled(&routes);
+        // One /24 of the /16 now names the /8's result.
+        let other = d.tbl24.get_short(0x0a_0000);
+        d.tbl24.set_short(0x0a_0907, other);
+        let found = d.check(routes);
+        assert_eq!((found.differences, found.problems), (1, 0), "{found:?}");
+        assert_eq!(
+            found.examples[0],
+            crate::check::Mismatch {
+                at: "10.9.7.0/24".into(),
+                tables: "forward 1".into(),
+                routes: "forward 2".into()
+            }
+        );
+        assert_eq!(found.compared, u64::from(TBL24_ENTRIES));
+    }
+
+    #[test]
     fn adopting_the_same_table_writes_no_word() {
         let routes: Vec<(Ipv4Net, Route)> = vec![
             ("0.0.0.0/0".parse().unwrap(), route(9)),
@@ -733,6 +913,11 @@ pub(crate) mod tests {
         let after = words(&adopted);
         let changed = (0..before.len()).filter(|&i| before[i] != after[i]).count();
         assert_eq!(changed, 0, "no first-level word or result rewritten");
+        assert_eq!(
+            adopted.adoption(),
+            Adoption::default(),
+            "nothing rewritten, nothing distrusted"
+        );
         assert_eq!(adopted.usage().results, results, "the live table's results are taken over");
     }
 

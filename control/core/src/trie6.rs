@@ -27,7 +27,10 @@ use sluice_common::{
     },
 };
 
-use crate::dir24::{Cells, Dir24Error, GROUP_GRACE, VecCells};
+use crate::{
+    check::{Answer, Check},
+    dir24::{Adoption, Cells, Dir24Error, GROUP_GRACE, VecCells},
+};
 
 /// Bits the first level consumes.
 const ROOT_BITS: u8 = 16;
@@ -90,6 +93,8 @@ pub struct Trie6<C: Cells> {
     compact: u32,
     /// Routes that did not fit when the trie was adopted.
     rejected: usize,
+    /// What adoption found and rewrote.
+    adoption: Adoption,
 }
 
 /// Bytes of the shared table with `nodes` nodes in use: the first level and the nodes.
@@ -140,7 +145,13 @@ impl<C: Cells> Trie6<C> {
             nodes_in_use: 0,
             compact: 0,
             rejected: 0,
+            adoption: Adoption::default(),
         }
+    }
+
+    /// What adoption found in the live trie (zeros for a trie made afresh).
+    pub fn adoption(&self) -> Adoption {
+        self.adoption
     }
 
     /// Takes over cells that already hold a trie: builds the trie `routes` make, reusing the
@@ -157,15 +168,17 @@ impl<C: Cells> Trie6<C> {
                 image.rejected += 1;
             }
         }
-        let mut live_nodes = Vec::new();
-        collect_nodes(&cells, 0, ROOT_ENTRIES as usize, &mut live_nodes);
+        let live = LiveNodes::walk(&cells);
         let mut placed = Self::new(cells);
         placed.prefixes = std::mem::take(&mut image.prefixes);
         placed.below32 = std::mem::take(&mut image.below32);
         placed.rejected = image.rejected;
-        placed.make_room_around(&live_nodes);
+        placed.adoption.untrusted = live.untrusted;
+        placed.make_room_around(&live.nodes);
         let mut reused = std::collections::HashSet::new();
-        placed.place(&image, 0, 0, ROOT_ENTRIES as usize, ROOT_BITS, &mut reused)?;
+        let mut at = Place { trusted: &live.trusted, reused: &mut reused, live: true };
+        placed.place(&image, 0, 0, ROOT_ENTRIES as usize, ROOT_BITS, &mut at)?;
+        let live_nodes = live.nodes;
         let now = Instant::now();
         for n in live_nodes.into_iter().filter(|n| !reused.contains(n)) {
             placed.retired.push_back((n, now));
@@ -181,41 +194,41 @@ impl<C: Cells> Trie6<C> {
         to: usize,
         count: usize,
         child_start: u8,
-        reused: &mut std::collections::HashSet<u32>,
+        at: &mut Place<'_>,
     ) -> Result<(), Dir24Error> {
         for i in 0..count {
             let (src, dst) = (from + i, to + i);
             let want = image.cells.get(src);
             self.depth[dst] = image.depth[src];
             if is_compact(want) {
-                self.place_compact(image, src, dst, reused)?;
+                self.place_compact(image, src, dst, at)?;
             } else if is_group(want) {
                 let live = self.cells.get(dst);
-                // A live compact node is never rewritten as an expanded one in place.
-                let reusable = is_group(live) && !is_compact(live);
-                let node = if reusable && !reused.contains(&group_entry(live)) {
+                // A live compact node is never rewritten as an expanded one in place; a node is
+                // kept only where the live trie reaches it, from this entry alone.
+                let reusable = is_group(live) && !is_compact(live) && at.keeps(group_entry(live));
+                let node = if reusable {
                     group_entry(live)
                 } else {
                     self.alloc_node(child_start >= DEEP_FROM)?
                 };
-                reused.insert(node);
+                at.reused.insert(node);
                 self.nodes_in_use += 1;
                 self.inherited.insert(dst, image.inherited.get(&src).copied().unwrap_or(0));
                 let child_from = node_base(group_entry(want));
                 let count = NODE_ENTRIES as usize;
-                self.place(
-                    image,
-                    child_from,
-                    node_base(node),
-                    count,
-                    child_start + STRIDE,
-                    reused,
-                )?;
+                // Below a fresh node, whatever its entries hold is not the live trie's.
+                let was_live = at.live;
+                at.live = was_live && reusable;
+                self.place(image, child_from, node_base(node), count, child_start + STRIDE, at)?;
+                at.live = was_live;
                 if live != group_pointer(node) {
                     self.cells.set(dst, group_pointer(node));
+                    self.adoption.rewritten += 1;
                 }
             } else if self.cells.get(dst) != want {
                 self.cells.set(dst, want);
+                self.adoption.rewritten += 1;
             }
         }
         Ok(())
@@ -228,12 +241,12 @@ impl<C: Cells> Trie6<C> {
         image: &Trie6<VecCells>,
         src: usize,
         dst: usize,
-        reused: &mut std::collections::HashSet<u32>,
+        at: &mut Place<'_>,
     ) -> Result<(), Dir24Error> {
         let want = node_base(group_entry(image.cells.get(src)));
         let live = self.cells.get(dst);
         let same = is_compact(live)
-            && !reused.contains(&group_entry(live))
+            && at.keeps(group_entry(live))
             && (0..NODE_ENTRIES as usize).all(|i| {
                 self.cells.get(node_base(group_entry(live)) + i) == image.cells.get(want + i)
             });
@@ -242,13 +255,15 @@ impl<C: Cells> Trie6<C> {
             for i in 0..NODE_ENTRIES as usize {
                 self.cells.set(node_base(node) + i, image.cells.get(want + i));
             }
+            self.adoption.rewritten += u64::from(NODE_ENTRIES);
         }
-        reused.insert(node);
+        at.reused.insert(node);
         self.nodes_in_use += 1;
         self.compact += 1;
         self.inherited.insert(dst, image.inherited.get(&src).copied().unwrap_or(0));
         if live != compact_pointer(node) {
             self.cells.set(dst, compact_pointer(node));
+            self.adoption.rewritten += 1;
         }
         Ok(())
     }
@@ -344,6 +359,120 @@ impl<C: Cells> Trie6<C> {
             }
         }
         Scanned { nodes, compact, nodes_max: MAX_NODES, bytes: shared_bytes(nodes) }
+    }
+
+    /// Compares what the trie answers with what `routes` make, and reports what is wrong with
+    /// its structure (nodes two entries point to, pointers outside the table). Both answer with
+    /// a constant between the places where an entry's range, a compact node's prefix or one of
+    /// `routes` begins or ends: the two are compared at every such address, so every range that
+    /// differs is found. Reads the trie only: for a process other than its writer.
+    pub fn check(&self, routes: impl IntoIterator<Item = (Ipv6Net, Route)>) -> Check {
+        let mut check = Check::default();
+        let mut image = Trie6::new(VecCells::new(self.cells.len()));
+        let mut probes: Vec<u128> = Vec::new();
+        for (net, route) in routes {
+            if let Err(e) = image.set(net, route) {
+                check.problem(|| format!("route {net} does not fit the trie: {e}"));
+            }
+            let first = u128::from(net.network());
+            probes.push(first);
+            if let Some(after) = u128::from(net.broadcast()).checked_add(1) {
+                probes.push(after);
+            }
+        }
+        self.probes(&mut probes, &mut check);
+        probes.sort_unstable();
+        probes.dedup();
+        for a in probes {
+            let at = || Ipv6Addr::from(a).to_string();
+            check.compare(at, self.lookup_checked(a), image.lookup_checked(a));
+        }
+        check
+    }
+
+    /// Where the live trie's answers may change: the first address of every entry's range and
+    /// of every compact node's prefix (and the one after it). Walks each node once, bounded.
+    fn probes(&self, out: &mut Vec<u128>, check: &mut Check) {
+        let mut references: HashMap<u32, u32> = HashMap::new();
+        // (first entry, entries, address of the first entry, the level's last bit)
+        let mut stack = vec![(0usize, ROOT_ENTRIES as usize, 0u128, ROOT_BITS)];
+        while let Some((base, count, prefix, end)) = stack.pop() {
+            let step = 128 - u32::from(end);
+            for i in 0..count {
+                let a = prefix | ((i as u128) << step);
+                out.push(a);
+                let e = self.cells.get(base + i);
+                if !is_group(e) {
+                    continue;
+                }
+                let node = group_entry(e);
+                if node >= MAX_NODES || end >= 128 {
+                    check.problem(|| {
+                        format!(
+                            "the entry of {} points past the trie (node {node})",
+                            Ipv6Addr::from(a)
+                        )
+                    });
+                    continue;
+                }
+                let seen = references.entry(node).or_default();
+                *seen += 1;
+                if *seen > 1 {
+                    continue;
+                }
+                if !is_compact(e) {
+                    stack.push((node_base(node), NODE_ENTRIES as usize, a, end + STRIDE));
+                    continue;
+                }
+                if end != COMPACT_AT {
+                    check.problem(|| {
+                        format!("a compact node at {} is not under a /32", Ipv6Addr::from(a))
+                    });
+                }
+                let words: [u32; 16] = std::array::from_fn(|w| self.cells.get(node_base(node) + w));
+                let k = words[0].min(COMPACT_PAIRS) as usize;
+                for j in 0..k {
+                    let key = words[2 + 2 * j];
+                    let len = u32::from(COMPACT_AT) + (key & 0xff).min(24);
+                    let start = mask(
+                        mask(a, COMPACT_AT)
+                            | (u128::from(key >> 8) << (128 - u32::from(COMPACT_MAX_LEN))),
+                        len as u8,
+                    );
+                    out.push(start);
+                    if let Some(after) = start.checked_add(1u128 << (128 - len)) {
+                        out.push(after);
+                    }
+                }
+            }
+        }
+        for (node, n) in references.into_iter().filter(|(_, n)| *n > 1) {
+            check.problem(|| {
+                format!("node {node} is pointed to by {n} entries (each needs its own)")
+            });
+        }
+    }
+
+    /// Looks `a` up as the XDP program does, but bounded: a pointer outside the table, or one
+    /// left after the last bit, answers `Err`.
+    fn lookup_checked(&self, a: u128) -> Answer {
+        let mut e = self.cells.get(index(a, 0, ROOT_BITS));
+        let mut start = ROOT_BITS;
+        while is_group(e) && start < 128 {
+            let node = group_entry(e);
+            if node >= MAX_NODES {
+                return Err(());
+            }
+            let base = node_base(node);
+            if is_compact(e) {
+                let words: [u32; 16] = std::array::from_fn(|i| self.cells.get(base + i));
+                e = compact_lookup(&words, index(a, COMPACT_AT, COMPACT_MAX_LEN) as u32);
+                break;
+            }
+            e = self.cells.get(base + index(a, start, start + STRIDE));
+            start += STRIDE;
+        }
+        if is_group(e) { Err(()) } else { Ok(decode(e)) }
     }
 
     /// Memory in use.
@@ -703,7 +832,65 @@ impl<C: Cells> Trie6<C> {
     }
 }
 
-/// The nodes reachable from a level.
+/// Where [`Trie6::place`] is in the live trie while adopting it.
+struct Place<'a> {
+    /// Nodes of the live trie one entry alone points to, inside the table.
+    trusted: &'a std::collections::HashSet<u32>,
+    /// Nodes taken into the adopted trie so far.
+    reused: &'a mut std::collections::HashSet<u32>,
+    /// Whether the entries being placed are the live trie's (below the first level, only under
+    /// kept nodes).
+    live: bool,
+}
+
+impl Place<'_> {
+    /// Whether the live node `node`, found at the entry being placed, may be kept there.
+    fn keeps(&self, node: u32) -> bool {
+        self.live && self.trusted.contains(&node) && !self.reused.contains(&node)
+    }
+}
+
+/// The nodes a live trie reaches, walked with bounds: each node once (a node two entries point
+/// to is not followed twice, so a cycle ends), none outside the table, no deeper than 128 bits.
+struct LiveNodes {
+    /// Every node reached, once.
+    nodes: Vec<u32>,
+    /// Those exactly one entry points to.
+    trusted: std::collections::HashSet<u32>,
+    /// Pointers to a node outside the table, or to a node another entry points to too.
+    untrusted: u64,
+}
+
+impl LiveNodes {
+    fn walk<C: Cells>(cells: &C) -> Self {
+        let mut references: HashMap<u32, u32> = HashMap::new();
+        let mut outside = 0u64;
+        let mut stack = vec![(0usize, ROOT_ENTRIES as usize, ROOT_BITS)];
+        while let Some((base, count, end)) = stack.pop() {
+            for i in base..base + count {
+                let e = cells.get(i);
+                if !is_group(e) || end >= 128 {
+                    continue;
+                }
+                let node = group_entry(e);
+                if node >= MAX_NODES {
+                    outside += 1;
+                    continue;
+                }
+                let seen = references.entry(node).or_default();
+                *seen += 1;
+                if *seen == 1 && !is_compact(e) {
+                    stack.push((node_base(node), NODE_ENTRIES as usize, end + STRIDE));
+                }
+            }
+        }
+        let shared: u64 = references.values().filter(|&&n| n > 1).map(|&n| u64::from(n)).sum();
+        let trusted = references.iter().filter(|(_, n)| **n == 1).map(|(n, _)| *n).collect();
+        Self { nodes: references.into_keys().collect(), trusted, untrusted: outside + shared }
+    }
+}
+
+/// The nodes reachable from a level (of a trie this process wrote: unbounded).
 fn collect_nodes<C: Cells>(cells: &C, base: usize, count: usize, out: &mut Vec<u32>) {
     for i in base..base + count {
         let e = cells.get(i);
@@ -964,5 +1151,83 @@ mod tests {
             let a: Ipv6Addr = a.parse().unwrap();
             assert_eq!(adopted.lookup(a), reference(&table, a), "{a}");
         }
+        assert_eq!(adopted.adoption().untrusted, 0);
+        assert_eq!(adopted.adoption().rewritten, 20 * 15);
+    }
+
+    fn filled(routes: &[(Ipv6Net, Route)]) -> Trie6<VecCells> {
+        let mut t = trie();
+        for (n, r) in routes {
+            t.set(*n, *r).unwrap();
+        }
+        t
+    }
+
+    fn at(a: &str) -> usize {
+        index(u128::from(a.parse::<Ipv6Addr>().unwrap()), 0, ROOT_BITS)
+    }
+
+    #[test]
+    fn a_check_finds_what_the_routes_make_and_a_changed_entry() {
+        let routes: Vec<(Ipv6Net, Route)> = vec![
+            ("::/0".parse().unwrap(), route(9)),
+            ("2001:db8::/32".parse().unwrap(), route(1)),
+            ("2001:db8:5::/48".parse().unwrap(), route(2)),
+            ("2001:db8:6:7::/64".parse().unwrap(), route(5)),
+            ("2001:db8:5::1/128".parse().unwrap(), route(3)),
+            ("2001:db9:1::/48".parse().unwrap(), route(4)),
+        ];
+        let t = filled(&routes);
+        let clean = t.check(routes.clone());
+        assert!(clean.is_clean(), "{clean:?}");
+        assert!(clean.compared >= u64::from(ROOT_ENTRIES), "{clean:?}");
+        // The first-level entry of 2600::/16 now answers with the /32's next hop.
+        t.cells.set(at("2600::"), encode(route(1)).unwrap());
+        let found = t.check(routes);
+        assert_eq!((found.differences, found.problems), (1, 0), "{found:?}");
+        assert_eq!(found.examples[0].at, "2600::");
+        assert_eq!(
+            (found.examples[0].tables.as_str(), found.examples[0].routes.as_str()),
+            ("forward 1", "forward 9")
+        );
+    }
+
+    #[test]
+    fn adoption_distrusts_shared_and_outside_nodes_and_ends_on_a_cycle() {
+        let routes: Vec<(Ipv6Net, Route)> = vec![
+            ("2001:db8:5::/48".parse().unwrap(), route(2)),
+            ("2001:db8:5:1::/64".parse().unwrap(), route(3)),
+            ("2001:db9:5::/48".parse().unwrap(), route(4)),
+            ("2001:db9:5:1::/64".parse().unwrap(), route(6)),
+            ("3000::/20".parse().unwrap(), route(7)),
+        ];
+        let t = filled(&routes);
+        let (a, b) = (at("2001:db8::"), at("2001:db9::"));
+        // Both /16s under one first-level... no: 2001:db8 and 2001:db9 share the /16 2001::.
+        assert_eq!(a, b);
+        let top = t.cells.get(a);
+        assert!(is_group(top));
+        // 3000::/16's entry points to the node of 2001::/16 too (shared); 3001:: past the table;
+        // 3002:: to a node whose first entry points back to itself (a cycle).
+        let n = group_entry(top);
+        t.cells.set(at("3000::"), group_pointer(n));
+        t.cells.set(at("3001::"), group_pointer(MAX_NODES + 3));
+        let spare = MAX_NODES / 3;
+        t.cells.set(node_base(spare), group_pointer(spare));
+        t.cells.set(at("3002::"), group_pointer(spare));
+        let found = t.check(routes.clone());
+        assert!(found.problems >= 2, "{found:?}");
+        assert!(found.differences > 0, "{found:?}");
+        let adopted = Trie6::adopt(t.cells, routes.clone()).unwrap();
+        assert!(adopted.adoption().untrusted >= 3, "{:?}", adopted.adoption());
+        let table: BTreeMap<_, _> = routes.iter().copied().collect();
+        for addr in
+            ["2001:db8:5::1", "2001:db8:5:1::1", "2001:db9:5:1::9", "3000::1", "3001::", "3002::5"]
+        {
+            let addr: Ipv6Addr = addr.parse().unwrap();
+            assert_eq!(adopted.lookup(addr), reference(&table, addr), "{addr}");
+        }
+        let after = adopted.check(routes);
+        assert!(after.is_clean(), "{after:?}");
     }
 }
