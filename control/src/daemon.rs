@@ -92,7 +92,7 @@ impl Config {
 
     fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
         crate::state_dir::ensure(dir)?;
-        let store = sluice_store::Store::open(&dir.join("db"))
+        let store = sluice_store::Store::open_recorded(&dir.join("db"))
             .with_context(|| format!("opening the configuration store in {}", dir.display()))?;
         let (conn, handle, _) = rtnetlink::new_connection().context("rtnetlink")?;
         tokio::spawn(conn);
@@ -133,9 +133,22 @@ impl Config {
             }
             Err(e) => error!(error = %error_chain(&e), "applying the interface settings failed"),
         }
-        match sluice_dataplane::apply::apply_routes(&self.handle, &c.routes).await {
+        let held = || {
+            self.store.routes_held().unwrap_or_else(|e| {
+                error!(error = %error_chain(&e), "reading the revisions' routes failed: removing none");
+                BTreeSet::new()
+            })
+        };
+        match sluice_dataplane::apply::apply_routes_held(&self.handle, &c.routes, held, false).await
+        {
             Ok(a) => {
                 info!(set = a.set.len(), removed = a.removed.len(), "static routes applied");
+                if !a.kept.is_empty() {
+                    warn!(
+                        kept = ?a.kept,
+                        "Sluice routes in the kernel that no revision of the store has: left alone"
+                    );
+                }
             }
             Err(e) => error!(error = %error_chain(&e), "applying the static routes failed"),
         }
@@ -146,7 +159,13 @@ impl Config {
 /// Runs the daemon until SIGINT or SIGTERM.
 #[expect(clippy::too_many_lines, reason = "start-up and the event loop read best in one piece")]
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let mut dp = Dataplane::load(&opts.pin).context("loading the dataplane")?;
+    let checked = preflight(&opts)?;
+    // Until the daemon is up, a failure removes what this start pinned and attached. Declared
+    // before the dataplane, so dropped after it: the dataplane's descriptors are closed first.
+    let mut undo = UndoStart { pin: opts.pin.clone(), before: Some(checked.before) };
+    let config = checked.config;
+    let mut dp =
+        Dataplane::load_locked(&opts.pin, checked.lock).context("loading the dataplane")?;
     let mut fib = dp.read_state().context("reading the pinned maps")?;
     if !fib.routes_v4.is_empty() || !fib.ifaces.is_empty() {
         info!(
@@ -170,14 +189,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let mode = dp.attach(name, opts.mode, previous)?;
         attached.insert(index, mode);
     }
-    let config = opts.state_dir.as_deref().map(Config::open).transpose()?;
     // The configuration's routed ports are attached below, with the others; their pinned links
-    // stay meanwhile.
+    // stay meanwhile. Others are detached once the start cannot fail any more.
     let mut keep = opts.attach.clone();
     if let Some(c) = &config {
         keep.extend(c.ports().into_keys());
     }
-    dp.detach_others(&keep);
 
     let ring =
         dp.take_neigh_requests().map(register).transpose().context("neighbour ring buffer")?;
@@ -297,6 +314,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    undo.before = None;
+    state.dp.detach_others(&keep);
     let mut ring = ring;
     // When the FIB is next recompiled, if something changed.
     let mut compile_at: Option<Instant> = None;
@@ -401,6 +420,97 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     info!("stopping; the pinned dataplane keeps forwarding");
     Ok(())
+}
+
+/// What a start holds once every check that could refuse it has passed.
+struct Checked {
+    /// The pin directory, taken.
+    lock: sluice_dataplane::PinLock,
+    /// What it held before this start.
+    before: sluice_dataplane::PinSnapshot,
+    /// The configuration store, opened and found whole.
+    config: Option<Config>,
+}
+
+/// Every refusal a start can make, made before anything is loaded, pinned or attached: the
+/// interfaces of `--attach` exist, the state directory is a writable directory, the pin
+/// directory is free (its lock) and usable, the store opens and is the one its record names. A
+/// start refused here leaves the system as it found it.
+fn preflight(opts: &Options) -> anyhow::Result<Checked> {
+    for name in &opts.attach {
+        check_interface(name)?;
+    }
+    if let Some(dir) = &opts.state_dir {
+        check_state_dir(dir)?;
+    }
+    let before = opts.pin.snapshot();
+    let lock = opts.pin.lock().context("taking the pin directory")?;
+    let rest = (|| {
+        opts.pin.check_usable().context("checking the pin directory")?;
+        opts.state_dir.as_deref().map(Config::open).transpose()
+    })();
+    match rest {
+        Ok(config) => Ok(Checked { lock, before, config }),
+        Err(e) => {
+            // The lock made the directory if it was missing.
+            opts.pin.undo_since(&before);
+            Err(e)
+        }
+    }
+}
+
+/// An interface named in `--attach` must exist. Whether it takes XDP only the kernel says, when
+/// attaching; a refusal there is undone with the rest of the start ([`UndoStart`]).
+fn check_interface(name: &str) -> anyhow::Result<()> {
+    if nix::net::if_::if_nametoindex(name).is_err() {
+        anyhow::bail!("--attach {name}: no interface named {name:?}: nothing was attached");
+    }
+    Ok(())
+}
+
+/// The state directory: a directory (made 0700 if missing) this process can write in.
+fn check_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => {
+            anyhow::bail!("--state-dir {}: not a directory: nothing was attached", dir.display());
+        }
+        Ok(_) => {}
+        Err(_) => crate::state_dir::ensure(dir).with_context(|| {
+            format!("--state-dir {}: unusable: nothing was attached", dir.display())
+        })?,
+    }
+    let probe = dir.join(format!(".write-check.{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut f| f.write_all(b"sluice\n").and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&probe);
+    written.with_context(|| {
+        format!("--state-dir {}: not writable: nothing was attached", dir.display())
+    })?;
+    crate::state_dir::ensure(dir)
+        .with_context(|| format!("--state-dir {}: unusable: nothing was attached", dir.display()))
+}
+
+/// Removes what a failed start pinned and attached, when dropped before the start completed.
+struct UndoStart {
+    pin: PinDir,
+    /// Cleared once the daemon is up.
+    before: Option<sluice_dataplane::PinSnapshot>,
+}
+
+impl Drop for UndoStart {
+    fn drop(&mut self) {
+        if let Some(before) = self.before.take() {
+            let removed = self.pin.undo_since(&before);
+            warn!(
+                removed = removed.len(),
+                "the start failed: what it pinned and attached is removed again"
+            );
+        }
+    }
 }
 
 /// Tells the plugin thread which of the store's plugins should run.
@@ -513,6 +623,11 @@ impl State {
             );
         }
         if ops.is_empty() {
+            // Nothing to write (a restart with nothing changed): the lookup tables are still
+            // checked and taken over now, not at the first route change.
+            if self.dp.adopt_lookup_tables(&self.fib) > 0 {
+                self.rib.dirty.all = true;
+            }
             return Vec::new();
         }
         let compiled = started.elapsed();

@@ -101,6 +101,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the lookup tables the XDP program reads against the routes the daemon compiled
+    /// (`sluice routes`), entry by entry; exit 1 and name each difference when they disagree.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the rules in the dataplane's hook tables (what plugins wrote), with their counters.
     Hooks {
         /// Print JSON.
@@ -188,6 +195,24 @@ enum ConfigCmd {
         /// Commit message.
         #[arg(long, short, default_value = "rollback")]
         message: String,
+    },
+    /// Check the store against its record (needs --state-dir): exit 1 when the daemon would
+    /// refuse it (emptied, truncated or replaced on disk).
+    Verify,
+    /// Make a refused store usable again (needs --state-dir, no daemon running): restore a
+    /// backup as a new revision, or accept the store as it is.
+    Repair {
+        /// Restore this configuration file (a `config export`) as a new revision.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "accept",
+            required_unless_present = "accept"
+        )]
+        from: Option<PathBuf>,
+        /// Accept the store as it is (its record is rewritten to match it).
+        #[arg(long)]
+        accept: bool,
     },
 }
 
@@ -359,6 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Hooks { json } => hooks(&pin, json),
+        Command::Verify { json } => verify(&pin, json),
         Command::Provision { state_dir, seed, network_dir, check } => {
             if check {
                 let dir = seed.expect("clap requires --seed with --check");
@@ -382,6 +408,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ConfigCmd::History => A::History,
                 ConfigCmd::Confirm => A::Confirm,
                 ConfigCmd::Rollback { revision, message } => A::Rollback(*revision, message),
+                ConfigCmd::Verify | ConfigCmd::Repair { .. } => {
+                    anyhow::bail!(
+                        "`config verify` and `config repair` work on the store: give --state-dir"
+                    )
+                }
             };
             sluice::client::config(&api, action)
         }
@@ -550,11 +581,40 @@ fn hooks(pin: &PinDir, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn verify(pin: &PinDir, json: bool) -> anyhow::Result<()> {
+    let mut v = dataplane::lookup::verify(pin)?;
+    if !v.is_clean() {
+        // The route record trails the lookup tables by up to one batch while routes change:
+        // what a second look a moment later still finds is a real difference.
+        std::thread::sleep(Duration::from_millis(500));
+        v = dataplane::lookup::verify(pin)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", show::verification_text(&v));
+    }
+    if !v.is_clean() {
+        anyhow::bail!(
+            "{} difference(s) or problem(s) between the lookup tables and the routes",
+            v.findings()
+        );
+    }
+    Ok(())
+}
+
 fn config(state_dir: &std::path::Path, cmd: ConfigCmd) -> anyhow::Result<()> {
     sluice::state_dir::ensure(state_dir)?;
-    let store = sluice_store::Store::open(&state_dir.join("db"))
+    let db = state_dir.join("db");
+    match &cmd {
+        ConfigCmd::Verify => return config_verify(&db),
+        ConfigCmd::Repair { from, accept } => return config_repair(&db, from.as_deref(), *accept),
+        _ => {}
+    }
+    let store = sluice_store::Store::open_recorded(&db)
         .with_context(|| format!("opening the store in {}", state_dir.display()))?;
     match cmd {
+        ConfigCmd::Verify | ConfigCmd::Repair { .. } => unreachable!("handled above"),
         ConfigCmd::Export => println!("{}", store.export()?),
         ConfigCmd::Import { file, message } => {
             let text = std::fs::read_to_string(&file)
@@ -580,6 +640,87 @@ fn config(state_dir: &std::path::Path, cmd: ConfigCmd) -> anyhow::Result<()> {
             let author = sluice_store::Author { who, from: "cli".into(), message };
             println!("revision {} committed", store.rollback_to(revision, &author)?.id);
         }
+    }
+    Ok(())
+}
+
+fn config_verify(db: &std::path::Path) -> anyhow::Result<()> {
+    let store = sluice_store::Store::open_for_repair(db)
+        .with_context(|| format!("opening the store in {}", db.display()))?;
+    let c = store.check_record()?;
+    println!("store {} ({})", db.display(), c.store);
+    println!(
+        "  revisions: up to {}; running: {}",
+        c.latest,
+        c.running.map_or_else(|| "none".to_owned(), |r| r.to_string())
+    );
+    match &c.record {
+        Some(r) => println!(
+            "  record {}: store {}, revision {}, written at {} ms",
+            c.path.display(),
+            r.store,
+            r.revision,
+            r.written_ms
+        ),
+        None => println!(
+            "  record {}: none yet (written at the next start or commit)",
+            c.path.display()
+        ),
+    }
+    if let Some(problem) = c.problem {
+        anyhow::bail!(
+            "{problem}: a daemon refuses this store. Restore a backup with `sluice config repair \
+             --state-dir DIR --from FILE`, or accept the store with `sluice config repair \
+             --state-dir DIR --accept`"
+        );
+    }
+    println!("ok: the store is the one its record names and holds every revision committed");
+    Ok(())
+}
+
+fn config_repair(
+    db: &std::path::Path,
+    from: Option<&std::path::Path>,
+    accept: bool,
+) -> anyhow::Result<()> {
+    let store = match sluice_store::Store::open_for_repair(db) {
+        Ok(store) => store,
+        Err(e @ (sluice_store::StoreError::Db(_) | sluice_store::StoreError::Corrupt(_))) => {
+            // A database that does not open is kept, aside, and a new one made.
+            let aside = db.with_file_name(format!(
+                "{}.damaged.{}",
+                db.file_name().and_then(|n| n.to_str()).unwrap_or("db"),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            ));
+            std::fs::rename(db, &aside)
+                .with_context(|| format!("moving the damaged database {} aside", db.display()))?;
+            println!("the database did not open ({e}): moved aside to {}", aside.display());
+            sluice_store::Store::open_for_repair(db)
+                .with_context(|| format!("making a new store in {}", db.display()))?
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening the store in {}", db.display()));
+        }
+    };
+    let before = store.check_record()?;
+    if let Some(file) = from {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+        let message = format!("restored from {} by config repair", file.display());
+        let r = store.import(&text, &sluice_store::Author { who, from: "cli".into(), message })?;
+        // The import wrote the record for this store and revision.
+        println!("revision {} committed from {}", r.id, file.display());
+    } else if accept {
+        store.write_record()?;
+    }
+    let after = store.check_record()?;
+    anyhow::ensure!(after.problem.is_none(), "still refused: {:?}", after.problem);
+    match before.problem {
+        Some(p) => println!("repaired ({p}); the record now names revision {}", after.latest),
+        None => println!("nothing was wrong; the record names revision {}", after.latest),
     }
     Ok(())
 }

@@ -55,6 +55,9 @@ pub struct Applied {
     pub set: Vec<String>,
     /// Sluice routes removed.
     pub removed: Vec<String>,
+    /// Sluice routes the configuration does not have, kept because no revision the store holds
+    /// has them ([`apply_routes_held`]).
+    pub kept: Vec<String>,
 }
 
 /// The metric the kernel gives a route: IPv6 routes without one get 1024.
@@ -159,6 +162,21 @@ fn is_already(m: &RouteMessage, route: &StaticRoute, oif: Option<u32>) -> bool {
 /// as it should be, removes the Sluice routes that are not among them. Others' routes are left
 /// alone. A configuration of many routes applied again costs one dump, not a request per route.
 pub async fn apply_routes(handle: &Handle, routes: &[StaticRoute]) -> Result<Applied, ApplyError> {
+    apply_routes_held(handle, routes, BTreeSet::new, true).await
+}
+
+/// [`apply_routes`], removing a Sluice route the configuration does not have only when its
+/// prefix is among `held()` (the prefixes of the revisions the store holds, asked for only when
+/// there is something to remove), or `any` is set. A store that lost its history then removes
+/// nothing it cannot account for.
+pub async fn apply_routes_held(
+    handle: &Handle,
+    routes: &[StaticRoute],
+    held: impl FnOnce() -> BTreeSet<IpNet>,
+    any: bool,
+) -> Result<Applied, ApplyError> {
+    let mut held = Some(held);
+    let mut known: Option<BTreeSet<IpNet>> = None;
     let mut applied = Applied::default();
     let existing = ours(handle).await?;
     // By key: a configuration of many routes is not searched once per route of the kernel.
@@ -183,6 +201,13 @@ pub async fn apply_routes(handle: &Handle, routes: &[StaticRoute]) -> Result<App
     for ((prefix, metric), m) in existing {
         if wanted.contains(&(prefix, metric)) {
             continue;
+        }
+        if !any {
+            let known = known.get_or_insert_with(|| held.take().map(|f| f()).unwrap_or_default());
+            if !known.contains(&prefix) {
+                applied.kept.push(format!("{prefix} metric {metric}"));
+                continue;
+            }
         }
         handle.route().del(m).execute().await.map_err(|source| ApplyError::Netlink {
             what: format!("removing the route to {prefix}"),

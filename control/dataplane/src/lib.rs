@@ -29,7 +29,7 @@ pub use error::{DataplaneError, error_chain};
 pub use loader::{Dataplane, ModeRequest, detach_all};
 pub use lookup::{LookupUsage, LookupView};
 pub use maps::Maps;
-pub use pin::{DEFAULT_PIN_DIR, PinDir, PinLock, open_per_cpu_hash, sum_counters};
+pub use pin::{DEFAULT_PIN_DIR, PinDir, PinLock, PinSnapshot, open_per_cpu_hash, sum_counters};
 pub use record::set_thread_nice;
 
 /// The XDP forwarding program, built by `build.rs` from `dataplane-ebpf/`.

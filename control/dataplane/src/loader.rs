@@ -62,6 +62,12 @@ impl Dataplane {
     /// Loads the program, reusing the maps pinned under `pin` or creating and pinning them.
     pub fn load(pin: &PinDir) -> Result<Self> {
         let lock = pin.lock()?;
+        Self::load_locked(pin, lock)
+    }
+
+    /// [`Dataplane::load`] with the pin directory already taken ([`PinDir::lock`]): a start
+    /// takes it, and checks everything else that could refuse it, before it pins anything.
+    pub fn load_locked(pin: &PinDir, lock: PinLock) -> Result<Self> {
         pin.create()?;
         check_pinned_layout(pin)?;
         let paths: Vec<(&str, PathBuf)> =
@@ -273,7 +279,35 @@ impl Dataplane {
         if let Err(e) = self.maps.adopt_lookup(&state.routes_v4, &state.routes_v6) {
             *failures += 1;
             warn!(error = %error_chain(&e), "adopting the lookup tables failed");
+            return;
         }
+        let v4 = self.maps.dir24.as_ref().map(lookup::Dir24::adoption).unwrap_or_default();
+        let v6 = self.maps.trie6.as_ref().map(Trie6::adoption).unwrap_or_default();
+        if v4.untrusted + v6.untrusted > 0 {
+            warn!(
+                ipv4_groups = v4.untrusted,
+                ipv6_nodes = v6.untrusted,
+                "the pinned lookup tables had groups or nodes shared between entries or outside \
+                 the tables (two writers?): rebuilt them rather than trusting them"
+            );
+        }
+        info!(
+            ipv4_entries_rewritten = v4.rewritten,
+            ipv6_entries_rewritten = v6.rewritten,
+            "lookup tables adopted"
+        );
+    }
+
+    /// Adopts the lookup tables for `state` now if they are not yet (a restart with nothing to
+    /// change writes no route, and would otherwise adopt them only at the first change).
+    /// Returns how many writes failed.
+    pub fn adopt_lookup_tables(&mut self, state: &FibState) -> usize {
+        if self.maps.lookup_adopted() {
+            return 0;
+        }
+        let mut failures = 0;
+        self.adopt(state, &mut failures);
+        failures
     }
 
     /// Memory used by the IPv6 lookup trie.

@@ -128,6 +128,76 @@ impl PinDir {
     }
 }
 
+/// What a pin directory held before a start: the files and directories under it, so that a start
+/// that fails can remove what it pinned ([`PinDir::undo_since`]) and leave the system as it found
+/// it.
+#[derive(Debug, Clone, Default)]
+pub struct PinSnapshot {
+    existed: bool,
+    paths: std::collections::BTreeSet<PathBuf>,
+}
+
+impl PinDir {
+    /// Checks, before anything is loaded or pinned, that the (locked) pin directory can take
+    /// the dataplane: on bpffs, and holding only maps of this build's layouts.
+    pub fn check_usable(&self) -> Result<()> {
+        let stat = nix::sys::statfs::statfs(&self.root).map_err(|e| DataplaneError::Io {
+            what: "statfs",
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
+        if stat.filesystem_type() != nix::sys::statfs::BPF_FS_MAGIC {
+            return Err(DataplaneError::NoBpffs(self.root.clone()));
+        }
+        check_pinned_layout(self)
+    }
+
+    /// What is under the pin directory now (nothing when it does not exist).
+    pub fn snapshot(&self) -> PinSnapshot {
+        let mut paths = std::collections::BTreeSet::new();
+        let mut pending = vec![self.root.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    pending.push(entry.path());
+                }
+                paths.insert(entry.path());
+            }
+        }
+        PinSnapshot { existed: self.root.exists(), paths }
+    }
+
+    /// Removes what was pinned under the directory since `before`: links are detached first
+    /// (`BPF_LINK_DETACH`, so no program stays attached), then maps and directories go, and the
+    /// directory itself when it did not exist. Call after the dataplane that pinned them is
+    /// dropped. Returns what was removed.
+    pub fn undo_since(&self, before: &PinSnapshot) -> Vec<PathBuf> {
+        let now = self.snapshot();
+        let mut new: Vec<PathBuf> = now.paths.difference(&before.paths).cloned().collect();
+        // Deepest first: files before the directories that hold them.
+        new.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        let links = self.links_dir();
+        let mut removed = Vec::new();
+        for path in new {
+            let gone = if path.is_dir() {
+                fs::remove_dir(&path)
+            } else if path.starts_with(&links) {
+                crate::link::detach_pinned(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if gone.is_ok() {
+                removed.push(path);
+            }
+        }
+        if !before.existed && fs::remove_dir(&self.root).is_ok() {
+            removed.push(self.root.clone());
+        }
+        removed
+    }
+}
+
 /// The process holding a `flock` on the file `meta` describes, from `/proc/locks` (whose lines
 /// name the device as `MAJOR:MINOR` in hex and the inode in decimal).
 fn lock_holder(meta: &fs::Metadata) -> Option<u32> {

@@ -30,6 +30,7 @@ use sled::{
 
 mod auth;
 mod components;
+pub mod record;
 pub use auth::{
     AUDIT_KEEP, AUDIT_MAX_AGE_MS, AuditEntry, AuditLog, FAILURES_KEEP, FAILURES_MAX_AGE_MS, Role,
     Token, User,
@@ -44,6 +45,7 @@ const RUNNING: &[u8] = b"meta/running";
 const NEXT: &[u8] = b"meta/next";
 const PENDING: &[u8] = b"meta/pending";
 const CANDIDATE: &[u8] = b"candidate";
+const IDENTITY: &[u8] = b"meta/identity";
 const REV: &str = "rev/";
 
 /// XDP attach mode of an interface.
@@ -432,6 +434,25 @@ pub enum StoreError {
     /// A commit is waiting for its confirmation.
     #[error("revision {0} waits for its confirmation; confirm it or let it roll back first")]
     PendingConfirm(u64),
+    /// The store's record could not be read or written.
+    #[error("the store's record: {0}")]
+    Record(String),
+    /// The store is not what its record says was committed to it (emptied, truncated,
+    /// replaced): refused, so that nothing is applied from it.
+    #[error(
+        "the configuration store {} is refused: {problem}. Nothing was applied from it. \
+         `sluice config verify --state-dir {state}` shows the details; restore a backup with \
+         `sluice config repair --state-dir {state} --from FILE` (a `sluice config export`), or \
+         accept the store as it is with `sluice config repair --state-dir {state} --accept`",
+        db.display(),
+        state = db.parent().unwrap_or(db).display()
+    )]
+    Unvouched {
+        /// The database.
+        db: std::path::PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// A configuration file ([`Store::export`]'s) read back.
@@ -466,18 +487,139 @@ fn u64_of(bytes: &[u8]) -> Result<u64, StoreError> {
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    /// The database's directory.
+    dir: std::path::PathBuf,
+    /// Where the store's record is kept, when it has one ([`Store::open_recorded`]).
+    record: Option<std::path::PathBuf>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, migrating an older schema.
+    /// Opens (or creates) the store in `dir`, migrating an older schema. Without a record: for
+    /// tools and tests; the router's store is opened with [`Store::open_recorded`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled's default cache is 1 GiB, more than a small appliance has (and more than the
         // configuration needs): 64 MiB.
         let db = open_db(&sled::Config::new().path(dir).cache_capacity(64 << 20))?;
         let tree = db.open_tree("config")?;
-        let store = Self { db, tree };
+        let store = Self { db, tree, dir: dir.to_owned(), record: None };
         store.migrate()?;
+        if store.tree.get(IDENTITY)?.is_none() {
+            store.tree.insert(IDENTITY, record::new_identity()?.as_bytes())?;
+            store.db.flush()?;
+        }
         Ok(store)
+    }
+
+    /// Opens the store in `dir` with its record ([`record`], `DIR.record`): refused with
+    /// [`StoreError::Unvouched`] when the record says revisions were committed that the database
+    /// does not hold, or names another store. A store without a record (a new one, or one from
+    /// a version before records) gets one. Every commit then updates it.
+    pub fn open_recorded(dir: &Path) -> Result<Self, StoreError> {
+        let store = Self::open_for_repair(dir)?;
+        let check = store.check_record()?;
+        if let Some(problem) = check.problem {
+            return Err(StoreError::Unvouched { db: dir.to_owned(), problem });
+        }
+        if check.record.is_none() {
+            store.write_record()?;
+        }
+        Ok(store)
+    }
+
+    /// Opens the store in `dir` with its record, whatever the record says: for `sluice config
+    /// verify` and `repair`, which decide about a store [`Store::open_recorded`] refuses.
+    pub fn open_for_repair(dir: &Path) -> Result<Self, StoreError> {
+        let mut store = Self::open(dir)?;
+        store.record = Some(record::path_of(dir));
+        Ok(store)
+    }
+
+    /// The store's identity.
+    fn identity(&self) -> Result<String, StoreError> {
+        let id =
+            self.tree.get(IDENTITY)?.ok_or_else(|| StoreError::Corrupt("no identity".into()))?;
+        String::from_utf8(id.to_vec()).map_err(|_| StoreError::Corrupt("identity".into()))
+    }
+
+    /// The latest revision committed (0: none).
+    fn latest(&self) -> Result<u64, StoreError> {
+        Ok(match self.tree.get(NEXT)? {
+            Some(v) => u64_of(&v)?.saturating_sub(1),
+            None => 0,
+        })
+    }
+
+    /// How the store and its record agree: the record names this store, and the store holds
+    /// the revision the record names, its own latest and its running revision, each decoding.
+    pub fn check_record(&self) -> Result<record::RecordCheck, StoreError> {
+        let path = self.record.clone().unwrap_or_else(|| record::path_of(&self.dir));
+        let found = record::read(&path)?;
+        let store = self.identity()?;
+        let latest = self.latest()?;
+        let running = match self.tree.get(RUNNING)? {
+            Some(v) => Some(u64_of(&v)?),
+            None => None,
+        };
+        let mut problem = found.as_ref().and_then(|r| record::disagreement(&store, latest, r));
+        let mut needed: Vec<u64> = running.into_iter().collect();
+        needed.extend(found.as_ref().map(|r| r.revision).filter(|&r| r > 0));
+        if latest > 0 {
+            needed.push(latest);
+        }
+        for id in needed {
+            if problem.is_some() {
+                break;
+            }
+            match self.revision(id) {
+                Ok(_) => {}
+                Err(StoreError::NoRevision(_)) => {
+                    problem = Some(format!("revision {id} is missing from the database"));
+                }
+                Err(StoreError::Corrupt(e)) => {
+                    problem = Some(format!("revision {id} does not decode: {e}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(record::RecordCheck { path, store, latest, running, record: found, problem })
+    }
+
+    /// Writes the record for the store as it is: after a commit, and to accept a store the
+    /// record refused (`sluice config repair --accept`).
+    pub fn write_record(&self) -> Result<(), StoreError> {
+        let path = self.record.clone().unwrap_or_else(|| record::path_of(&self.dir));
+        let r = record::Record {
+            store: self.identity()?,
+            revision: self.latest()?,
+            written_ms: now_ms(),
+        };
+        record::write(&path, &r)
+    }
+
+    /// Every prefix of a static route some revision the store holds has (for removing, from
+    /// the kernel, only routes the store knows it added).
+    pub fn routes_held(&self) -> Result<std::collections::BTreeSet<IpNet>, StoreError> {
+        /// A revision with only its routes' prefixes decoded.
+        #[derive(Deserialize)]
+        struct Routes {
+            config: RoutesOnly,
+        }
+        #[derive(Deserialize)]
+        struct RoutesOnly {
+            #[serde(default)]
+            routes: Vec<PrefixOnly>,
+        }
+        #[derive(Deserialize)]
+        struct PrefixOnly {
+            prefix: IpNet,
+        }
+        let mut out = std::collections::BTreeSet::new();
+        for kv in self.tree.scan_prefix(REV.as_bytes()) {
+            let (_, v) = kv?;
+            let r: Routes = decode(&v)?;
+            out.extend(r.config.routes.into_iter().map(|p| p.prefix));
+        }
+        Ok(out)
     }
 
     /// Brings the schema to [`SCHEMA_VERSION`]: version 0 is a store made before versions were
@@ -657,6 +799,13 @@ impl Store {
             TransactionError::Storage(e) => StoreError::Db(e),
         })?;
         self.db.flush()?;
+        // The record follows the flushed commit, never precedes it; one that fails to follow
+        // stays at an older revision, which the store still holds.
+        if self.record.is_some()
+            && let Err(e) = self.write_record()
+        {
+            tracing::warn!(error = %e, revision = rev.id, "the store's record was not updated");
+        }
         // The commit stands whatever the collection meets: what it leaves is collected at the
         // next commit or open.
         let _ = self.collect_components_after(Some(config));
