@@ -327,9 +327,10 @@ fn a_store_emptied_on_disk_is_refused_and_no_kernel_route_is_removed() {
     assert_eq!(code, Some(0), "{out}");
     t.start_daemon_with(&["--state-dir", &state_s]);
     // No revision of the accepted store has the routes: they are left, and the log says so.
-    thread::sleep(Duration::from_secs(1));
+    wait_until("the daemon to reconcile the static routes", Duration::from_secs(20), || {
+        t.log_tail(400).contains("no revision of the store has").then_some(())
+    });
     assert_eq!(sluice_routes(&t.router), applied, "routes no revision holds are not removed");
-    assert!(t.log_tail(200).contains("no revision of the store has"), "{}", t.log_tail(40));
 }
 
 /// The IPv4 lookup tables of a pinned dataplane, mapped for writing (to damage them).
