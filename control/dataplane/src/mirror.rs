@@ -120,7 +120,20 @@ impl Mirror {
     }
 
     /// Dumps links, addresses, routes and neighbours into a fresh RIB.
+    ///
+    /// The dump is read from a socket of its own, subscribed to nothing: the kernel paces a
+    /// dump to its reader, so it is whole even while the event socket overruns (a flood of
+    /// changes). The events that came meanwhile are still on the event socket; when they overran
+    /// it, the caller has a consistent dump to put into the dataplane before it tries again.
     pub async fn dump(&mut self) -> Result<Rib, MirrorError> {
+        let (conn, mut handle, _) = rtnetlink::new_connection()?;
+        let connection = tokio::spawn(conn);
+        let dumped = self.dump_with(&mut handle).await;
+        connection.abort();
+        dumped
+    }
+
+    async fn dump_with(&self, handle: &mut Handle) -> Result<Rib, MirrorError> {
         for attempt in 1..=DUMP_ATTEMPTS {
             let mut rib = Rib::default();
             // Routes are gathered and the map built once, sorted: a map grown one insertion at
@@ -148,7 +161,7 @@ impl Mirror {
                 );
                 msg.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
                 msg.finalize();
-                let mut responses = self.handle.request(msg)?;
+                let mut responses = handle.request(msg)?;
                 while let Some(response) = responses.next().await {
                     if response.header.flags & NLM_F_DUMP_INTR != 0 {
                         interrupted = true;
