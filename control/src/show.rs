@@ -510,6 +510,38 @@ pub fn routes_text(r: &Routes) -> String {
     out
 }
 
+/// Renders `sluice verify`'s result: per family what was compared and what differs.
+pub fn verification_text(v: &sluice_dataplane::lookup::Verification) -> String {
+    let mut out = String::new();
+    for (family, routes, what, check) in
+        [("IPv4", v.routes_v4, "entries", &v.ipv4), ("IPv6", v.routes_v6, "ranges", &v.ipv6)]
+    {
+        let _ = writeln!(
+            out,
+            "{family}: {routes} routes; {} {what} of the lookup tables compared: {} differences, {} problems",
+            check.compared, check.differences, check.problems
+        );
+        for m in &check.examples {
+            let _ =
+                writeln!(out, "  {}: the tables say {}, the routes {}", m.at, m.tables, m.routes);
+        }
+        for p in &check.problem_examples {
+            let _ = writeln!(out, "  problem: {p}");
+        }
+        if check.differences > check.examples.len() as u64 {
+            let _ =
+                writeln!(out, "  ... and {} more", check.differences - check.examples.len() as u64);
+        }
+    }
+    for d in &v.dangling {
+        let _ = writeln!(out, "route {d}");
+    }
+    if v.is_clean() {
+        out.push_str("ok: the lookup tables answer as the routes say\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -567,36 +599,4 @@ mod tests {
         let top = w.update(s(12), &read(&[("10.0.0.1", 1)]));
         assert_eq!(top.talkers[0].packets_per_s.to_bits(), (every as f64 / 6.0).to_bits());
     }
-}
-
-/// Renders `sluice verify`'s result: per family what was compared and what differs.
-pub fn verification_text(v: &sluice_dataplane::lookup::Verification) -> String {
-    let mut out = String::new();
-    for (family, routes, what, check) in
-        [("IPv4", v.routes_v4, "entries", &v.ipv4), ("IPv6", v.routes_v6, "ranges", &v.ipv6)]
-    {
-        let _ = writeln!(
-            out,
-            "{family}: {routes} routes; {} {what} of the lookup tables compared: {} differences, {} problems",
-            check.compared, check.differences, check.problems
-        );
-        for m in &check.examples {
-            let _ =
-                writeln!(out, "  {}: the tables say {}, the routes {}", m.at, m.tables, m.routes);
-        }
-        for p in &check.problem_examples {
-            let _ = writeln!(out, "  problem: {p}");
-        }
-        if check.differences > check.examples.len() as u64 {
-            let _ =
-                writeln!(out, "  ... and {} more", check.differences - check.examples.len() as u64);
-        }
-    }
-    for d in &v.dangling {
-        let _ = writeln!(out, "route {d}");
-    }
-    if v.is_clean() {
-        out.push_str("ok: the lookup tables answer as the routes say\n");
-    }
-    out
 }

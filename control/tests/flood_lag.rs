@@ -10,6 +10,7 @@
 mod common;
 
 use std::{
+    fmt::Write as _,
     net::IpAddr,
     sync::{
         Arc,
@@ -54,11 +55,15 @@ fn the_dataplane_follows_the_kernel_while_resyncs_keep_failing() {
             let mut round = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let gw = &gateways[round % 2];
-                let batch: String = (0..FLOOD_PREFIXES)
-                    .map(|i| {
-                        format!("route replace 100.64.{}.{}/30 via {gw}\n", i >> 6, (i & 63) * 4)
-                    })
-                    .collect();
+                let mut batch = String::new();
+                for i in 0..FLOOD_PREFIXES {
+                    let _ = writeln!(
+                        batch,
+                        "route replace 100.64.{}.{}/30 via {gw}",
+                        i >> 6,
+                        (i & 63) * 4
+                    );
+                }
                 // A round the kernel refused part of (under this load `ip` may see ENOBUFS
                 // itself) is counted and reported, not fatal: the flood goes on.
                 if let Err(e) = ns.batch(&batch) {

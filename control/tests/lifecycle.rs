@@ -377,12 +377,13 @@ fn verify_finds_a_damaged_lookup_table_and_a_restart_repairs_it() {
     let slot =
         |a: [u8; 3]| (usize::from(a[0]) << 16) | (usize::from(a[1]) << 8) | usize::from(a[2]);
     let word = |slot: usize| slot / 2;
-    let half = |value: u32, slot: usize| if slot % 2 == 0 { value & 0xffff } else { value >> 16 };
+    let half =
+        |value: u32, slot: usize| if slot.is_multiple_of(2) { value & 0xffff } else { value >> 16 };
     let (s0, s5, s9) = (slot([10, 66, 0]), slot([10, 66, 5]), slot([10, 67, 9]));
     cells.set(word(s0), 0);
     let group_of_5 = half(cells.get(word(s5)), s5);
     let w9 = cells.get(word(s9));
-    let w9 = if s9 % 2 == 0 {
+    let w9 = if s9.is_multiple_of(2) {
         (w9 & 0xffff_0000) | group_of_5
     } else {
         (w9 & 0xffff) | (group_of_5 << 16)

@@ -317,7 +317,7 @@ impl<C: Cells> Dir24<C> {
         }
         // Every group a live slot points to stays out of the free ones until the slots that point
         // to it are rewritten, and then waits out the grace period.
-        let referenced: Vec<u32> = references.into_keys().filter(|&g| g < MAX_GROUPS).collect();
+        let pointed_to: Vec<u32> = references.into_keys().filter(|&g| g < MAX_GROUPS).collect();
         // Build the image in plain memory, then copy it over what differs.
         let mut image =
             Dir24::new(VecCells::new(TBL24_MAP_WORDS as usize), VecCells::new(tbl8.len()));
@@ -339,7 +339,7 @@ impl<C: Cells> Dir24<C> {
         placed.rejected = image.rejected;
         placed.group_base = std::mem::take(&mut image.group_base);
         placed.base_depth = std::mem::take(&mut image.base_depth);
-        placed.reserve_groups(referenced.iter().copied());
+        placed.reserve_groups(pointed_to.iter().copied());
         placed.adoption.untrusted = untrusted;
         // Each group of the image goes to the id the live table already uses for that /24, so
         // the first level does not change for it; new ones get ids no live slot points to.
@@ -381,7 +381,7 @@ impl<C: Cells> Dir24<C> {
         // Live groups no slot points to any more wait out the grace period.
         let in_use: std::collections::HashSet<u32> = slot_group.values().copied().collect();
         let now = Instant::now();
-        for g in referenced.into_iter().filter(|g| !in_use.contains(g)) {
+        for g in pointed_to.into_iter().filter(|g| !in_use.contains(g)) {
             placed.retired.push((g, now));
         }
         Ok(placed)

@@ -105,7 +105,7 @@ pub fn verify(pin: &PinDir) -> Result<Verification> {
         if missing && dangling.len() < sluice_core::check::EXAMPLES {
             dangling.push(format!(
                 "{net}: {} {} is not in the dataplane",
-                action_name(r),
+                action_name(*r),
                 r.target
             ));
         }
@@ -119,7 +119,7 @@ pub fn verify(pin: &PinDir) -> Result<Verification> {
     })
 }
 
-fn action_name(r: &Route) -> &'static str {
+fn action_name(r: Route) -> &'static str {
     match RouteAction::from_u32(r.action) {
         Some(RouteAction::Ecmp) => "ECMP group",
         _ => "next hop",

@@ -92,7 +92,11 @@ pub fn new_identity() -> Result<String, StoreError> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .map_err(|e| StoreError::Record(format!("making the store's identity: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(bytes.iter().fold(String::with_capacity(32), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
 }
 
 /// What is wrong when a store (`store`, holding revisions up to `latest`) meets its record;

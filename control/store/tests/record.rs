@@ -7,8 +7,10 @@ use common::{author, dir};
 use sluice_store::{Config, Store, StoreError, record};
 
 fn with_route(prefix: &str) -> Config {
-    sluice_store::parse_config(&format!(r#"{{"routes": [{{"prefix": "{prefix}", "via": "192.0.2.1"}}]}}"#))
-        .unwrap()
+    sluice_store::parse_config(&format!(
+        r#"{{"routes": [{{"prefix": "{prefix}", "via": "192.0.2.1"}}]}}"#
+    ))
+    .unwrap()
 }
 
 /// The state directory `d` with the database in `d/db`, as the daemon keeps them.
