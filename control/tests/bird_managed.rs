@@ -33,7 +33,7 @@ use sluice_testbed::{
     netns::{self, NetNs},
 };
 
-/// Prefixes each peer announces (`10.100+n.i.0/24`), besides the service prefix.
+/// Prefixes each peer announces (`/26`s of `172.16+n.0.0/16`), besides the service prefix.
 const PREFIXES: usize = 1000;
 /// How long a session may take to come up, or a change to travel BIRD -> kernel -> dataplane.
 const BGP_SETTLE: Duration = Duration::from_secs(30);
@@ -106,7 +106,7 @@ impl PeerBird {
         let (conf, log) = (file("conf"), file("log"));
         let mut routes = String::new();
         for i in 0..PREFIXES {
-            let _ = write!(routes, "route 10.{}.{}.{}/24 unreachable; ", 100 + n, i / 256, i % 256);
+            let _ = write!(routes, "route 172.{}.{}.{}/26 unreachable; ", 16 + n, i / 4, i % 4 * 64);
         }
         if service {
             let _ = write!(routes, "route {} unreachable; ", SERVICE.0);
@@ -114,7 +114,7 @@ impl PeerBird {
         let text = format!(
             "log \"{log}\" all;\nrouter id {h};\nprotocol device {{ scan time 1; }}\n\
              protocol static announce4 {{ ipv4; {routes} }}\n\
-             protocol bgp router {{ local {h} as {peer_as}; neighbor {r} as {ROUTER_AS}; {TIMERS} \
+             protocol bgp to_router {{ local {h} as {peer_as}; neighbor {r} as {ROUTER_AS}; {TIMERS} \
              ipv4 {{ import none; export where proto = \"announce4\"; }}; }}\n",
             log = log.display(),
             h = s.host_v4(),
@@ -122,7 +122,8 @@ impl PeerBird {
             peer_as = ROUTER_AS + u32::from(n),
         );
         fs::write(&conf, text).expect("write the peer's bird.conf");
-        let child = ns
+        let stderr = file("stderr");
+        let mut child = ns
             .command("bird")
             .arg("-f")
             .arg("-c")
@@ -133,9 +134,13 @@ impl PeerBird {
             .arg(file("pid"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(&stderr).expect("the peer's stderr file"))
             .spawn()
             .expect("spawn the peer's bird");
+        thread::sleep(Duration::from_millis(300));
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the peer's BIRD exited ({status}): {}", fs::read_to_string(&stderr).unwrap_or_default());
+        }
         Self { child, log }
     }
 }
@@ -243,13 +248,10 @@ impl Api {
 
 /// How many of peer `n`'s announced prefixes the dataplane holds.
 fn in_dataplane(t: &Topology, n: u8) -> usize {
-    let first = 100 + n;
+    let within: ipnet::IpNet = format!("172.{}.0.0/16", 16 + n).parse().unwrap();
     t.routes()
         .iter()
-        .filter(|r| {
-            let text = r.prefix.to_string();
-            text.starts_with(&format!("10.{first}.")) && text.ends_with("/24")
-        })
+        .filter(|r| r.prefix.prefix_len() == 26 && within.contains(&r.prefix))
         .count()
 }
 
@@ -465,4 +467,187 @@ fn bgp_configured_through_the_api_reaches_the_dataplane_and_survives_faults() {
     t.assert_daemon_alive();
     drop(t);
     eprintln!("test took {:?}", started.elapsed());
+}
+
+/// Hostile `protocols`: fields that would break out of BIRD's configuration file, oversized
+/// policies, too many neighbours, a name BIRD refuses, numbers out of range. Each is refused
+/// whole (422 naming the field, or BIRD's refusal on `protocols`), nothing is committed and
+/// BIRD's file is unchanged; then the largest configuration allowed is committed and read
+/// back. The daemon stays up, its memory and each answer's time bounded (figures printed).
+#[test]
+fn hostile_protocols_are_refused_whole_and_birds_file_stays_as_it_was() {
+    if !bird_ready() {
+        return;
+    }
+    let mut lab =
+        sluice_testbed::api_lab::ApiLab::start("birdh", &["--bird", "bird"]).expect("the lab");
+    let session = in_namespace(lab.ns(), || lab.setup_admin()).expect("the administrator");
+    let raw = lab.raw().expect("a client");
+    let ns = lab.ns().to_owned();
+    let call = |method: &str, path: &str, body: Option<&Value>| -> (RawAnswer, Duration) {
+        let at = Instant::now();
+        let a = in_namespace(&ns, || {
+            raw.json(None, method, &format!("/api/v1{path}"), &session.headers(), body)
+        })
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+        (a, at.elapsed())
+    };
+    let conf = lab.state.join("bird/bird.conf");
+    wait_until("BIRD's configuration to be written", SETTLE, || conf.exists().then_some(()));
+    wait_until("BIRD to answer", SETTLE, || {
+        (call("GET", "/protocols", None).0.status == 200).then_some(())
+    });
+    let before = fs::read_to_string(&conf).unwrap();
+    let anon_before = lab.settled_anon_kib();
+    let revision = call("GET", "/config", None).0.json()["revision"].clone();
+
+    let neighbour = |extra: Value| {
+        let mut n = json!({"neighbor": "10.1.0.2", "remote_as": 65001, "local_as": 65000});
+        for (k, v) in extra.as_object().unwrap() {
+            n[k] = v.clone();
+        }
+        n
+    };
+    let many_prefixes: Vec<Value> = (0..10_001)
+        .map(|i| json!({"prefix": format!("10.{}.{}.0/24", i / 256 % 256, i % 256)}))
+        .collect();
+    let many_neighbours: serde_json::Map<String, Value> = (0..257)
+        .map(|i| {
+            (
+                format!("n{i}"),
+                neighbour(json!({"neighbor": format!("10.2.{}.{}", i / 200, i % 200 + 2)})),
+            )
+        })
+        .collect();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "a password breaking out of its quotes",
+            json!({"bgp": {"n": neighbour(json!({"password":
+                "x\"; } protocol static evil { ipv4; route 0.0.0.0/0 blackhole; } #"}))}}),
+            "protocols.bgp.n.password",
+        ),
+        (
+            "a newline in a password",
+            json!({"bgp": {"n": neighbour(json!({"password": "a\nb"}))}}),
+            "protocols.bgp.n.password",
+        ),
+        (
+            "a password of 81 bytes",
+            json!({"bgp": {"n": neighbour(json!({"password": "p".repeat(81)}))}}),
+            "protocols.bgp.n.password",
+        ),
+        ("a brace in a name", json!({"bgp": {"a}b": neighbour(json!({}))}}), "protocols.bgp.a}b"),
+        (
+            "a name 33 long",
+            json!({"bgp": {"a".repeat(33): neighbour(json!({}))}}),
+            "protocols.bgp.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ),
+        (
+            "an interface name breaking out",
+            json!({"ospf": {"areas": {"0": {"interfaces": {"e\"};x": {}}}}}}),
+            "protocols.ospf.areas.0.interfaces.e\"};x",
+        ),
+        (
+            "10,001 prefixes in one policy",
+            json!({"bgp": {"n": neighbour(json!({"import": {"prefixes": many_prefixes}}))}}),
+            "protocols.bgp.n.import.prefixes",
+        ),
+        ("257 neighbours", json!({"bgp": many_neighbours}), "protocols.bgp"),
+        (
+            "le past 32",
+            json!({"bgp": {"n": neighbour(json!({"import": {"prefixes": [{"prefix": "10.0.0.0/8", "le": 200}]}}))}}),
+            "protocols.bgp.n.import.prefixes[0].le",
+        ),
+        (
+            "max_prefixes 0",
+            json!({"bgp": {"n": neighbour(json!({"import": {"max_prefixes": 0}}))}}),
+            "protocols.bgp.n.import.max_prefixes",
+        ),
+        (
+            "an AS past 32 bits",
+            json!({"bgp": {"n": neighbour(json!({"remote_as": 4_294_967_296_u64}))}}),
+            "protocols.bgp.n.remote_as",
+        ),
+        (
+            "an unknown field",
+            json!({"bgp": {"n": neighbour(json!({"route_reflector": true}))}}),
+            "protocols.bgp.n",
+        ),
+        (
+            "a keyword as a name (BIRD refuses it)",
+            json!({"bgp": {"filter": neighbour(json!({}))}}),
+            "protocols",
+        ),
+    ];
+    let mut slowest = Duration::ZERO;
+    for (what, protocols, field) in &cases {
+        let (staged, took) =
+            call("PUT", "/config/candidate", Some(&json!({"protocols": protocols})));
+        slowest = slowest.max(took);
+        let answer = if staged.status == 200 {
+            let (a, took) = call("POST", "/config/commit", Some(&json!({"message": what})));
+            slowest = slowest.max(took);
+            let _ = call("DELETE", "/config/candidate", None);
+            a
+        } else {
+            staged
+        };
+        assert_eq!(answer.status, 422, "{what}: {}", answer.text());
+        let fields: Vec<String> = answer.json()["errors"]
+            .as_array()
+            .map(|e| e.iter().filter_map(|e| e["field"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let text = answer.text();
+        assert!(
+            fields.iter().any(|f| f.starts_with(field)) || text.contains(field),
+            "{what}: the answer should name {field}: {text}"
+        );
+        assert!(lab.alive(), "the daemon died on {what}: {}", lab.log_tail(20));
+    }
+    assert_eq!(call("GET", "/config", None).0.json()["revision"], revision, "nothing committed");
+    assert_eq!(fs::read_to_string(&conf).unwrap(), before, "BIRD's file is unchanged");
+    assert!(!fs::read_to_string(&conf).unwrap().contains("evil"));
+
+    // The largest configuration allowed: 256 neighbours (none answers), 100 prefixes each.
+    let big: serde_json::Map<String, Value> = (0..256)
+        .map(|i| {
+            let prefixes: Vec<Value> =
+                (0..100).map(|k| json!({"prefix": format!("10.{i}.{k}.0/24"), "le": 32})).collect();
+            let n = neighbour(json!({"neighbor": format!("10.2.{}.{}", i / 200, i % 200 + 2),
+                                     "remote_as": 65001 + i, "password": format!("key-{i}"),
+                                     "import": {"prefixes": prefixes, "max_prefixes": 1000}}));
+            (format!("n{i}"), n)
+        })
+        .collect();
+    let body = json!({"protocols": {"router_id": "10.1.0.1", "bgp": big}});
+    let (a, staged) = call("PUT", "/config/candidate", Some(&body));
+    assert_eq!(a.status, 200, "{}", a.text());
+    let (a, committed) =
+        call("POST", "/config/commit", Some(&json!({"message": "256 neighbours"})));
+    assert_eq!(a.status, 200, "{}", a.text());
+    let start = Instant::now();
+    let listed = wait_until("256 sessions listed", Duration::from_secs(60), || {
+        let (a, _) = call("GET", "/protocols", None);
+        (a.status == 200 && a.json()["protocols"].as_array().is_some_and(|p| p.len() == 256))
+            .then_some(())
+    });
+    let _ = listed;
+    let (_, read) = call("GET", "/protocols", None);
+    let anon_after = lab.settled_anon_kib();
+    eprintln!(
+        "{} hostile configurations refused, slowest answer {slowest:?}; 256 neighbours x 100 \
+         prefixes ({} KiB): staged in {staged:?}, committed (BIRD's check included) in \
+         {committed:?}, listed by BIRD {:?} later, GET /protocols in {read:?}; the daemon's own \
+         memory {anon_before} -> {anon_after} KiB",
+        cases.len(),
+        body.to_string().len() >> 10,
+        start.elapsed()
+    );
+    assert!(slowest < Duration::from_secs(10), "a refusal took {slowest:?}");
+    assert!(committed < Duration::from_secs(30), "the large commit took {committed:?}");
+    assert!(
+        anon_after < anon_before + (64 << 10),
+        "the daemon grew {anon_before} -> {anon_after} KiB"
+    );
+    assert!(lab.alive(), "{}", lab.log_tail(20));
 }
