@@ -106,7 +106,8 @@ impl PeerBird {
         let (conf, log) = (file("conf"), file("log"));
         let mut routes = String::new();
         for i in 0..PREFIXES {
-            let _ = write!(routes, "route 172.{}.{}.{}/26 unreachable; ", 16 + n, i / 4, i % 4 * 64);
+            let _ =
+                write!(routes, "route 172.{}.{}.{}/26 unreachable; ", 16 + n, i / 4, i % 4 * 64);
         }
         if service {
             let _ = write!(routes, "route {} unreachable; ", SERVICE.0);
@@ -139,7 +140,10 @@ impl PeerBird {
             .expect("spawn the peer's bird");
         thread::sleep(Duration::from_millis(300));
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("the peer's BIRD exited ({status}): {}", fs::read_to_string(&stderr).unwrap_or_default());
+            panic!(
+                "the peer's BIRD exited ({status}): {}",
+                fs::read_to_string(&stderr).unwrap_or_default()
+            );
         }
         Self { child, log }
     }
@@ -249,10 +253,7 @@ impl Api {
 /// How many of peer `n`'s announced prefixes the dataplane holds.
 fn in_dataplane(t: &Topology, n: u8) -> usize {
     let within: ipnet::IpNet = format!("172.{}.0.0/16", 16 + n).parse().unwrap();
-    t.routes()
-        .iter()
-        .filter(|r| r.prefix.prefix_len() == 26 && within.contains(&r.prefix))
-        .count()
+    t.routes().iter().filter(|r| r.prefix.prefix_len() == 26 && within.contains(&r.prefix)).count()
 }
 
 /// Waits until the dataplane holds `want` of peer `n`'s prefixes; how long it took.
@@ -412,6 +413,11 @@ fn bgp_configured_through_the_api_reaches_the_dataplane_and_survives_faults() {
     let a = api.commit_protocols(&refused, "refused by BIRD");
     assert_eq!(a.status, 422, "BIRD should refuse it: {}", a.text());
     assert!(a.text().contains("BIRD") && a.text().contains("protocols"), "{}", a.text());
+    assert!(
+        a.text().contains("bird.conf:") && !a.text().contains(state.to_str().unwrap()),
+        "BIRD's message names the line, not the state directory: {}",
+        a.text()
+    );
     eprintln!("refused: {}", a.json()["detail"]);
     assert_eq!(api.get("/config")["revision"], revision, "nothing committed");
     let _ = api.call("DELETE", "/config/candidate", None);
@@ -650,4 +656,360 @@ fn hostile_protocols_are_refused_whole_and_birds_file_stays_as_it_was() {
         "the daemon grew {anon_before} -> {anon_after} KiB"
     );
     assert!(lab.alive(), "{}", lab.log_tail(20));
+}
+
+/// A Sluice router of the failover test: its namespace, pin directory, daemon (with the API and
+/// BIRD) and the administrator's session; stopped and unpinned on drop.
+struct Router {
+    daemon: Child,
+    ns: NetNs,
+    pin: PathBuf,
+    log: PathBuf,
+    api: Option<Api>,
+}
+
+impl Router {
+    fn start(ns: NetNs, dir: &Path, name: &str) -> Self {
+        let state = dir.join(format!("{name}-state"));
+        let pin = PathBuf::from(format!("/sys/fs/bpf/sluice-test-{}", ns.name()));
+        let log = dir.join(format!("{name}-daemon.log"));
+        let out = fs::File::create(&log).expect("the daemon's log");
+        let daemon = ns
+            .command(common::SLUICE)
+            .arg("--pin-dir")
+            .arg(&pin)
+            .args([
+                "daemon",
+                "--attach",
+                "r-u,r-s",
+                "--listen",
+                LISTEN,
+                "--bird",
+                "bird",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn the daemon");
+        let mut r = Self { daemon, ns, pin, log, api: None };
+        r.api = Some(Api::setup(&r.ns, &state));
+        r
+    }
+
+    fn api(&self) -> &Api {
+        self.api.as_ref().expect("the API")
+    }
+
+    /// Frames XDP transmitted out of `iface` so far.
+    fn transmitted(&self, iface: &str) -> u64 {
+        let text = netns::run(
+            Command::new(common::SLUICE).arg("--pin-dir").arg(&self.pin).args(["stats", "--json"]),
+        )
+        .expect("sluice stats");
+        let v: Value = serde_json::from_str(&text).expect("stats JSON");
+        v["interfaces"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == iface))
+            .and_then(|i| i["counters"]["transmitted"]["packets"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.daemon.id()).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.daemon.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        if thread::panicking() {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- {} ---\n{}",
+                self.log.display(),
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+        let _ =
+            netns::run(Command::new(common::SLUICE).arg("--pin-dir").arg(&self.pin).arg("detach"));
+        let _ = fs::remove_dir_all(&self.pin);
+    }
+}
+
+/// Runs `ip -n NS ARGS`, panicking with the error.
+fn ipn(ns: &NetNs, args: &[&str]) {
+    ns.ip(args).unwrap_or_else(|e| panic!("ip -n {} {}: {e:#}", ns.name(), args.join(" ")));
+}
+
+/// UDP datagrams to the service address from 64 source ports, `rate` a second for `secs`
+/// seconds, each carrying its sequence number; the sequence numbers received at the server,
+/// with the send time of each datagram (from the start).
+fn flow(
+    upstream: &NetNs,
+    server: &NetNs,
+    rate: u32,
+    secs: f64,
+    during: impl FnOnce(Instant),
+) -> (Vec<Duration>, Vec<bool>) {
+    use std::net::UdpSocket;
+    let total = (f64::from(rate) * secs) as usize;
+    let (srv_ns, up_ns) = (NetNs::existing(server.name()), NetNs::existing(upstream.name()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = thread::spawn(move || {
+        srv_ns.enter().expect("enter the server");
+        let s = UdpSocket::bind(format!("{}:9", SERVICE.1)).expect("bind the receiver");
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut got = vec![false; total];
+        let mut buf = [0u8; 64];
+        let mut quiet_since = Instant::now();
+        loop {
+            match s.recv(&mut buf) {
+                Ok(n) if n >= 8 => {
+                    let seq = u64::from_be_bytes(buf[..8].try_into().unwrap()) as usize;
+                    if seq < total {
+                        got[seq] = true;
+                    }
+                    quiet_since = Instant::now();
+                }
+                _ => {
+                    if quiet_since.elapsed() > Duration::from_secs(2) {
+                        return got;
+                    }
+                }
+            }
+        }
+    });
+    ready_rx.recv().expect("the receiver");
+    let start = Instant::now();
+    let sender = thread::spawn(move || {
+        up_ns.enter().expect("enter the upstream");
+        let sockets: Vec<UdpSocket> =
+            (0..64).map(|_| UdpSocket::bind("0.0.0.0:0").unwrap()).collect();
+        let dst = format!("{}:9", SERVICE.1);
+        let mut sent_at = Vec::with_capacity(total);
+        let gap = Duration::from_secs(1) / rate;
+        for seq in 0..total {
+            let due = start + gap * u32::try_from(seq).unwrap();
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            sent_at.push(start.elapsed());
+            let _ = sockets[seq % 64].send_to(&(seq as u64).to_be_bytes(), &dst);
+        }
+        sent_at
+    });
+    during(start);
+    let sent_at = sender.join().expect("the sender");
+    (sent_at, receiver.join().expect("the receiver"))
+}
+
+/// Two Sluice routers (r1, r2), both configured through their APIs alone, learn the service
+/// prefix from the server's BIRD and announce it to an upstream BIRD, which spreads it over
+/// both by ECMP (one bridge to both routers). r2 dies silently (its link to the bridge goes
+/// down: the upstream's own link stays up, so only BFD or the hold time tells). Delivered share
+/// before, during and after, and the time to converge.
+fn ecmp_failover(bfd: bool) {
+    if !bird_ready() {
+        return;
+    }
+    let started = Instant::now();
+    let dir = TempDir::new();
+    let name = netns::unique_name("bfo");
+    let up = sluice_testbed::lab::host_namespace(&format!("{name}u")).expect("the upstream");
+    let srv = sluice_testbed::lab::host_namespace(&format!("{name}s")).expect("the server");
+    let r_ns: Vec<NetNs> = (1..=2)
+        .map(|i| sluice_testbed::lab::router_namespace(&format!("{name}r{i}")).expect("a router"))
+        .collect();
+    // The upstream: a bridge to both routers (10.20.0.0/24), flows hashed by ports.
+    ipn(&up, &["link", "add", "br0", "type", "bridge"]);
+    ipn(&up, &["addr", "add", "10.20.0.1/24", "dev", "br0"]);
+    ipn(&up, &["link", "set", "br0", "up"]);
+    up.sysctl("net.ipv4.fib_multipath_hash_policy", "1").unwrap();
+    ip(&srv, &["addr", "add", &format!("{}/32", SERVICE.1), "dev", "lo"]);
+    ipn(&srv, &["link", "set", "lo", "up"]);
+    for (i, r) in (1..=2u8).zip(&r_ns) {
+        let port = format!("u-r{i}");
+        ipn(r, &["link", "add", "r-u", "type", "veth", "peer", "name", &port, "netns", up.name()]);
+        ipn(&up, &["link", "set", &port, "master", "br0", "up"]);
+        ipn(r, &["addr", "add", &format!("10.20.0.1{i}/24"), "dev", "r-u"]);
+        ipn(r, &["link", "set", "r-u", "up"]);
+        let s_if = format!("s-r{i}");
+        ipn(r, &["link", "add", "r-s", "type", "veth", "peer", "name", &s_if, "netns", srv.name()]);
+        ipn(r, &["addr", "add", &format!("10.3{i}.0.1/24"), "dev", "r-s"]);
+        ipn(r, &["link", "set", "r-s", "up"]);
+        ipn(&srv, &["addr", "add", &format!("10.3{i}.0.2/24"), "dev", &s_if]);
+        ipn(&srv, &["link", "set", &s_if, "up"]);
+        srv.run("ethtool", &["-K", &s_if, "gro", "on", "tx", "off"]).expect("ethtool");
+        up.run("ethtool", &["-K", &port, "tx", "off"]).expect("ethtool");
+    }
+    up.run("ethtool", &["-K", "br0", "tx", "off"]).expect("ethtool");
+    // The server's BIRD announces the service prefix to both routers.
+    let srv_conf = dir.0.join("srv.conf");
+    fs::write(
+        &srv_conf,
+        format!(
+            "log \"{}\" all;\nrouter id 10.31.0.2;\nprotocol device {{ scan time 1; }}\n\
+             protocol static announce {{ ipv4; route {} unreachable; }}\n\
+             protocol bgp r1 {{ local 10.31.0.2 as 65050; neighbor 10.31.0.1 as 65001; {TIMERS} \
+             ipv4 {{ import none; export where proto = \"announce\"; }}; }}\n\
+             protocol bgp r2 {{ local 10.32.0.2 as 65050; neighbor 10.32.0.1 as 65002; {TIMERS} \
+             ipv4 {{ import none; export where proto = \"announce\"; }}; }}\n",
+            dir.0.join("srv.log").display(),
+            SERVICE.0
+        ),
+    )
+    .unwrap();
+    // The upstream's BIRD: both routers' paths merged into one multipath route, BFD if asked.
+    let bfd_line = if bfd { "bfd on;" } else { "" };
+    let up_conf = dir.0.join("up.conf");
+    fs::write(
+        &up_conf,
+        format!(
+            "log \"{}\" all;\nrouter id 10.20.0.1;\nprotocol device {{ scan time 1; }}\n\
+             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+             protocol bfd {{ interface \"*\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }}; }}\n\
+             protocol bgp r1 {{ local 10.20.0.1 as 65000; neighbor 10.20.0.11 as 65001; {TIMERS} {bfd_line} \
+             ipv4 {{ import all; export none; }}; }}\n\
+             protocol bgp r2 {{ local 10.20.0.1 as 65000; neighbor 10.20.0.12 as 65002; {TIMERS} {bfd_line} \
+             ipv4 {{ import all; export none; }}; }}\n",
+            dir.0.join("up.log").display()
+        ),
+    )
+    .unwrap();
+    let birds: Vec<PeerProcess> = [(&srv, &srv_conf, "srv"), (&up, &up_conf, "up")]
+        .into_iter()
+        .map(|(ns, conf, n)| PeerProcess::bird(ns, conf, &dir.0.join(format!("{n}.ctl"))))
+        .collect();
+    let routers: Vec<Router> = r_ns
+        .into_iter()
+        .zip(1..=2u32)
+        .map(|(ns, i)| Router::start(ns, &dir.0, &format!("r{i}")))
+        .collect();
+    // Each router configured through its API alone.
+    for (r, i) in routers.iter().zip(1..=2u32) {
+        let protocols = json!({"router_id": format!("10.20.0.1{i}"), "bgp": {
+            "server": {"neighbor": format!("10.3{i}.0.2"), "remote_as": 65050, "local_as": 65000 + i,
+                       "hold_time": 3, "import": "all"},
+            "upstream": {"neighbor": "10.20.0.1", "remote_as": 65000, "local_as": 65000 + i,
+                         "hold_time": 3, "bfd": bfd,
+                         "export": {"prefixes": [{"prefix": SERVICE.0}]}}}});
+        let a = r.api().commit_protocols(&protocols, "server and upstream");
+        assert_eq!(a.status, 200, "r{i}: {}", a.text());
+    }
+    for r in &routers {
+        for n in ["server", "upstream"] {
+            r.api().wait_protocol(n, "established", |p| p["state"] == "up");
+        }
+    }
+    let took = wait_until("the upstream's multipath route over both routers", BGP_SETTLE, || {
+        let text = up.ip(&["-j", "route", "show", "exact", SERVICE.0]).ok()?;
+        (text.contains("10.20.0.11") && text.contains("10.20.0.12")).then_some(started.elapsed())
+    });
+    eprintln!(
+        "bfd={bfd}: both routers up and the upstream's ECMP route in place {took:?} after start"
+    );
+    // Warm up: neighbours resolved on both paths.
+    let _ = flow(&up, &srv, 500, 1.0, |_| {});
+
+    let before_tx: Vec<u64> = routers.iter().map(|r| r.transmitted("r-s")).collect();
+    let fail_at = Duration::from_secs(2);
+    let rate = 1000;
+    let (sent_at, got) = flow(&up, &srv, rate, 8.0, |start| {
+        let wait = (start + fail_at).saturating_duration_since(Instant::now());
+        thread::sleep(wait);
+        // r2 dies silently: its end of the link to the bridge goes down.
+        ipn(&routers[1].ns, &["link", "set", "r-u", "down"]);
+    });
+    let carried: Vec<u64> =
+        routers.iter().zip(&before_tx).map(|(r, b)| r.transmitted("r-s") - b).collect();
+    let share = |from: Duration, to: Duration| -> (usize, usize) {
+        let idx: Vec<usize> =
+            (0..sent_at.len()).filter(|&k| sent_at[k] >= from && sent_at[k] < to).collect();
+        (idx.iter().filter(|&&k| got[k]).count(), idx.len())
+    };
+    let last_lost =
+        (0..sent_at.len()).filter(|&k| !got[k] && sent_at[k] >= fail_at).map(|k| sent_at[k]).max();
+    let converged = last_lost.map_or(Duration::ZERO, |t| t.saturating_sub(fail_at));
+    let (b_ok, b_all) = share(Duration::ZERO, fail_at);
+    let (d_ok, d_all) = share(fail_at, fail_at + converged + Duration::from_millis(1));
+    let (a_ok, a_all) =
+        share(fail_at + converged + Duration::from_millis(1), Duration::from_secs(8));
+    let pct = |ok: usize, all: usize| if all == 0 { 100.0 } else { 100.0 * ok as f64 / all as f64 };
+    eprintln!(
+        "bfd={bfd}: {rate} datagrams/s in 64 flows; r1 carried {}, r2 {}; delivered before the \
+         failure {b_ok}/{b_all} ({:.1}%), during {d_ok}/{d_all} ({:.1}%), after {a_ok}/{a_all} \
+         ({:.1}%); converged {converged:?} after r2 died",
+        carried[0],
+        carried[1],
+        pct(b_ok, b_all),
+        pct(d_ok, d_all),
+        pct(a_ok, a_all)
+    );
+    assert!(pct(b_ok, b_all) > 99.0, "before the failure nearly everything arrives");
+    assert!(carried[0] > 100 && carried[1] > 100, "both routers carried flows before: {carried:?}");
+    assert!(a_all > 0 && pct(a_ok, a_all) > 99.9, "after convergence everything arrives via r1");
+    // BFD: 3 x 100 ms; the hold time: 3 s after the last keepalive (sent every second); both
+    // with room for a loaded machine.
+    let bound = if bfd { Duration::from_millis(1500) } else { Duration::from_secs(8) };
+    assert!(converged < bound, "converged in {converged:?}, more than {bound:?}");
+    drop(routers);
+    drop(birds);
+    eprintln!("test took {:?}", started.elapsed());
+}
+
+#[test]
+fn ecmp_over_two_routers_fails_over_within_a_second_with_bfd() {
+    ecmp_failover(true);
+}
+
+#[test]
+fn ecmp_over_two_routers_fails_over_within_the_hold_time() {
+    ecmp_failover(false);
+}
+
+/// A hand-configured BIRD (`bird -f`); killed on drop.
+struct PeerProcess(Child);
+
+impl PeerProcess {
+    fn bird(ns: &NetNs, conf: &Path, socket: &Path) -> Self {
+        let stderr = conf.with_extension("stderr");
+        let mut child = ns
+            .command("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(conf)
+            .arg("-s")
+            .arg(socket)
+            .arg("-P")
+            .arg(conf.with_extension("pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn bird");
+        thread::sleep(Duration::from_millis(300));
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "BIRD ({}) exited ({status}): {}",
+                conf.display(),
+                fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        Self(child)
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -159,7 +159,13 @@ impl Bird {
             Err(_) => self.parse_only(&file),
         };
         let _ = std::fs::remove_file(&file);
-        outcome
+        // BIRD names the file by its path: the state directory stays out of answers.
+        outcome.map_err(|e| match e {
+            BirdError::Refused(m) => {
+                BirdError::Refused(m.replace(&file.display().to_string(), "bird.conf"))
+            }
+            e => e,
+        })
     }
 
     /// `bird -p -c FILE`: parses the file and exits.
