@@ -618,7 +618,7 @@ async function routingView() {
   const bgp = (config.protocols && config.protocols.bgp) || {};
   let sessions = [];
   const status = el('p', { class: 'muted', id: 'routing-status', 'aria-live': 'polite' });
-  try { sessions = (await api('GET', '/protocols')).protocols; status.textContent = `${sessions.length} sessions reported by the routing daemon.`; } catch (err) { status.textContent = err.message; }
+  try { sessions = (await api('GET', '/protocols')).protocols; status.textContent = `${sessions.length} session${sessions.length === 1 ? '' : 's'} reported by the routing daemon.`; } catch (err) { status.textContent = err.message; }
   const byName = Object.fromEntries(sessions.map((s) => [s.name, s]));
   const names = [...new Set([...Object.keys(bgp), ...sessions.map((s) => s.name)])].sort();
   const rows = names.map((name) => {
