@@ -74,14 +74,14 @@ impl Api {
         let held = self.sessions.throttle.len();
         let _ = writeln!(out, "sluice_api_login_throttle_entries {held}");
         if let Some(bird) = &self.bird {
-            self.routing_metrics(&mut out, bird);
+            Self::routing_metrics(&mut out, bird);
         }
         out
     }
 
     /// The routing daemon's series: whether it answers, its restarts, and each BGP session's
     /// or OSPF instance's state and route counts.
-    fn routing_metrics(&self, out: &mut String, bird: &crate::bird::Bird) {
+    fn routing_metrics(out: &mut String, bird: &crate::bird::Bird) {
         let protocols = bird.protocols();
         let _ = writeln!(
             out,

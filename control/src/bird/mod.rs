@@ -38,7 +38,7 @@ const RESTART_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait.
 const RESTART_MAX: Duration = Duration::from_secs(30);
 /// A BIRD that ran this long before dying is started again after [`RESTART_FIRST`].
-const RAN_WELL: Duration = Duration::from_secs(60);
+const RAN_WELL: Duration = Duration::from_mins(1);
 /// BIRD's last lines of standard error kept for the reason of its death.
 const STDERR_KEPT: usize = 8;
 

@@ -16,9 +16,9 @@ pub const BFD: &str = "sluice_bfd";
 pub const KERNEL4: &str = "sluice_kernel4";
 /// See [`KERNEL4`].
 pub const KERNEL6: &str = "sluice_kernel6";
-/// OSPFv2 (IPv4).
+/// `OSPFv2` (IPv4).
 pub const OSPF4: &str = "sluice_ospf4";
-/// OSPFv3 (IPv6).
+/// `OSPFv3` (IPv6).
 pub const OSPF6: &str = "sluice_ospf6";
 
 /// BGP timers every session gets: a new session is tried soon after a failure, so a peer that
@@ -78,7 +78,6 @@ pub fn render(p: &Protocols, s: &Settings<'_>) -> String {
              min tx interval 100 ms; multiplier 3; }}; }}"
         ));
     }
-    let mut out = out;
     if let Some(o) = &p.ospf {
         ospf(&mut out, o, p.ecmp);
     }

@@ -200,14 +200,14 @@ pub enum LimitAction {
     Disable,
 }
 
-/// OSPF: areas with their interfaces, for IPv4 (OSPFv2) and IPv6 (OSPFv3).
+/// OSPF: areas with their interfaces, for IPv4 (`OSPFv2`) and IPv6 (`OSPFv3`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ospf {
-    /// Run OSPFv2 for IPv4.
+    /// Run `OSPFv2` for IPv4.
     #[serde(default = "crate::yes")]
     pub ipv4: bool,
-    /// Run OSPFv3 for IPv6.
+    /// Run `OSPFv3` for IPv6.
     #[serde(default)]
     pub ipv6: bool,
     /// Areas by ID (`0`, or dotted like `0.0.0.1`).
@@ -313,6 +313,7 @@ fn policy_problems(
 
 impl Protocols {
     /// Every problem, with field paths under `protocols`.
+    #[expect(clippy::too_many_lines, reason = "one check after another, each with its field")]
     pub fn validate(&self, errors: &mut Vec<FieldError>) {
         let mut err = |field: String, message: String| {
             errors.push(FieldError { field: format!("protocols.{field}"), message });
@@ -427,6 +428,7 @@ impl Protocols {
     }
 
     /// The same protocols with every secret replaced by [`REDACTED`].
+    #[must_use]
     pub fn redacted(&self) -> Self {
         let mut p = self.clone();
         for b in p.bgp.values_mut() {
