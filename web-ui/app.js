@@ -587,11 +587,108 @@ async function auditView() {
       el('td', {}, a.from), el('td', {}, a.action), el('td', {}, a.outcome))))))];
 }
 
+/** A BGP neighbour of the form: the configuration's entry, its policies as words or kept. */
+function neighbourOf(v, old = {}) {
+  const n = { ...old, neighbor: v.neighbor, remote_as: Number(v.remote_as), local_as: Number(v.local_as), enabled: v.enabled === 'on' };
+  if (v.import !== 'keep') n.import = v.import;
+  if (v.export !== 'keep') n.export = v.export;
+  if (v.password) n.password = v.password;
+  if (v.max_prefixes) n.import = { ...(typeof n.import === 'object' ? n.import : {}), max_prefixes: Number(v.max_prefixes) };
+  return n;
+}
+
+/** Stages the running configuration with `change` made to its BGP neighbours and commits it;
+ *  a refused commit leaves no candidate behind. Passwords come back redacted and are kept. */
+async function commitNeighbours(change, message) {
+  const candidate = (await api('GET', '/config')).config;
+  candidate.protocols = candidate.protocols || {};
+  candidate.protocols.bgp = candidate.protocols.bgp || {};
+  change(candidate.protocols.bgp);
+  await api('PUT', '/config/candidate', candidate);
+  try {
+    await api('POST', '/config/commit', { message });
+  } catch (err) {
+    try { await api('DELETE', '/config/candidate'); } catch { /* the error below matters */ }
+    throw err;
+  }
+}
+
+async function routingView() {
+  const config = (await api('GET', '/config')).config;
+  const bgp = (config.protocols && config.protocols.bgp) || {};
+  let sessions = [];
+  const status = el('p', { class: 'muted', id: 'routing-status', 'aria-live': 'polite' });
+  try { sessions = (await api('GET', '/protocols')).protocols; status.textContent = `${sessions.length} session${sessions.length === 1 ? '' : 's'} reported by the routing daemon.`; } catch (err) { status.textContent = err.message; }
+  const byName = Object.fromEntries(sessions.map((s) => [s.name, s]));
+  const names = [...new Set([...Object.keys(bgp), ...sessions.map((s) => s.name)])].sort();
+  const rows = names.map((name) => {
+    const s = byName[name] || {};
+    const n = bgp[name];
+    const r = s.routes || {};
+    return el('tr', { 'data-name': name },
+      el('td', {}, name), el('td', {}, s.kind || 'bgp'), el('td', { class: 'state' }, s.state || (n && n.enabled === false ? 'disabled' : 'not running')),
+      el('td', {}, s.since || ''), el('td', {}, s.neighbor || (n ? n.neighbor : '')),
+      el('td', {}, r.imported ?? ''), el('td', {}, r.exported ?? ''), el('td', {}, r.filtered ?? ''),
+      el('td', {}, [s.info, s.last_error && !String(s.info).includes(s.last_error) ? `last error: ${s.last_error}` : ''].filter(Boolean).join('; ')),
+      el('td', {}, n ? [
+        el('button', { type: 'button', class: 'secondary', onclick: () => { fill(name, n); } }, `Edit ${name}`),
+        el('button', { type: 'button', class: 'secondary', onclick: async () => {
+          try { await commitNeighbours((b) => { b[name].enabled = n.enabled === false; }, `${n.enabled === false ? 'enable' : 'disable'} ${name}`); say(`${name} ${n.enabled === false ? 'enabled' : 'disabled'}.`); show(); } catch (err) { say(err.message, true); }
+        } }, `${n.enabled === false ? 'Enable' : 'Disable'} ${name}`),
+        el('button', { type: 'button', class: 'secondary', onclick: async () => {
+          try { await commitNeighbours((b) => { delete b[name]; }, `remove ${name}`); say(`${name} removed.`); show(); } catch (err) { say(err.message, true); }
+        } }, `Remove ${name}`)] : ''));
+  });
+  const policy = (name) => el('label', {}, name === 'import' ? 'Import' : 'Export',
+    el('select', { name }, el('option', { value: 'none' }, 'none'), el('option', { value: 'all' }, 'all'), el('option', { value: 'keep' }, 'as configured (prefix list)')),
+    el('span', { class: 'field-error', 'data-field': name }));
+  const form = el('form', { 'aria-label': 'BGP neighbour' },
+    el('div', { class: 'row' },
+      field('Name', 'name', { placeholder: 'upstream1', required: true }),
+      field('Neighbour address', 'neighbor', { placeholder: '10.0.3.2', required: true }),
+      field('Remote AS', 'remote_as', { type: 'number', min: 1, required: true }),
+      field('Local AS', 'local_as', { type: 'number', min: 1, required: true })),
+    el('div', { class: 'row' }, policy('import'), policy('export'),
+      field('Max prefixes (import)', 'max_prefixes', { type: 'number', min: 1 }),
+      field('Password (TCP MD5; empty: unchanged)', 'password', { type: 'password', autocomplete: 'off' })),
+    el('label', {}, el('input', { type: 'checkbox', name: 'enabled', checked: true }), ' Enabled'),
+    el('button', { type: 'submit' }, 'Save neighbour'));
+  function fill(name, n) {
+    // By name through `elements`: a form's own `name` property would hide the field's.
+    const f = (k) => form.elements.namedItem(k);
+    f('name').value = name;
+    f('neighbor').value = n.neighbor;
+    f('remote_as').value = n.remote_as;
+    f('local_as').value = n.local_as;
+    f('import').value = typeof n.import === 'string' ? n.import : 'keep';
+    f('export').value = typeof n.export === 'string' ? n.export : 'keep';
+    f('max_prefixes').value = (typeof n.import === 'object' && n.import.max_prefixes) || '';
+    f('enabled').checked = n.enabled !== false;
+    f('name').focus();
+  }
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const v = values(form);
+    try {
+      await commitNeighbours((b) => { b[v.name] = neighbourOf(v, b[v.name]); }, `BGP neighbour ${v.name}`);
+      say(`Neighbour ${v.name} saved.`);
+      show();
+    } catch (err) { showProblem(form, err); }
+  });
+  if (sessions.length || Object.keys(bgp).length) poll = setInterval(() => { if (location.hash === '#/routing') show(); }, 5000);
+  return [el('h1', {}, 'Routing'), status,
+    el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Routing sessions' },
+      el('thead', {}, el('tr', {}, ...['Name', 'Kind', 'State', 'Since', 'Neighbour', 'Imported', 'Exported', 'Filtered', 'Info', ''].map((h) => el('th', {}, h)))),
+      el('tbody', {}, rows))),
+    el('h2', {}, 'Add or edit a BGP neighbour'), form,
+    el('p', { class: 'muted' }, 'Saving commits the change at once; the routing daemon checks it first. Routes learnt show as origin bird on the Routes page.')];
+}
+
 const views = {
   '#/setup': setupView, '#/login': loginView, '#/dashboard': dashboardView,
   '#/interfaces': interfacesView, '#/routes': routesView, '#/plugins': pluginsView,
   '#/config': configView, '#/users': usersView, '#/audit': auditView,
-  '#/diagnostics': diagnosticsView,
+  '#/diagnostics': diagnosticsView, '#/routing': routingView,
 };
 
 async function show() {

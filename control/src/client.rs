@@ -257,8 +257,8 @@ pub enum UserCmd {
 /// `sluice config ...` through the API (without `--state-dir`).
 #[derive(Debug, Clone, Copy)]
 pub enum ConfigAction<'a> {
-    /// The running configuration, as a file.
-    Export,
+    /// The running configuration, as a file; with its secrets when `true` (administrators).
+    Export(bool),
     /// Commit a configuration file.
     Import(&'a Path, &'a str),
     /// The revisions.
@@ -404,7 +404,10 @@ pub fn user(args: &ApiArgs, cmd: UserCmd) -> anyhow::Result<()> {
 pub fn config(args: &ApiArgs, action: ConfigAction<'_>) -> anyhow::Result<()> {
     let c = Client::new(args)?;
     match action {
-        ConfigAction::Export => print(&c.call("GET", "/config/export")?),
+        ConfigAction::Export(secrets) => {
+            let path = if secrets { "/config/export?secrets=true" } else { "/config/export" };
+            print(&c.call("GET", path)?)
+        }
         ConfigAction::Import(file, message) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -428,6 +431,50 @@ pub fn config(args: &ApiArgs, action: ConfigAction<'_>) -> anyhow::Result<()> {
             print(&c.send("POST", "/config/rollback", &body)?)
         }
     }
+}
+
+/// `sluice protocols`: the routing daemon's BGP sessions and OSPF instances.
+pub fn protocols(args: &ApiArgs, json: bool) -> anyhow::Result<()> {
+    let c = Client::new(args)?;
+    let answer: models::Protocols = c.call("GET", "/protocols")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", protocols_text(&answer));
+    }
+    Ok(())
+}
+
+/// The protocols as a table: name, kind, state, since, neighbour, routes, info.
+pub fn protocols_text(p: &models::Protocols) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<16} {:<5} {:<6} {:<20} {:<26} {:>9} {:>9} {:>9}  {}\n",
+        "NAME", "KIND", "STATE", "SINCE", "NEIGHBOR", "IMPORTED", "EXPORTED", "FILTERED", "INFO"
+    );
+    for s in &p.protocols {
+        let info = match (&s.last_error, s.info.is_empty()) {
+            (Some(e), _) if !s.info.contains(e.as_str()) => format!("{} (last error: {e})", s.info),
+            _ => s.info.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<5} {:<6} {:<20} {:<26} {:>9} {:>9} {:>9}  {}",
+            s.name,
+            s.kind,
+            s.state,
+            s.since,
+            s.neighbor.as_deref().unwrap_or("-"),
+            s.routes.imported,
+            s.routes.exported,
+            s.routes.filtered,
+            info.trim()
+        );
+    }
+    if p.protocols.is_empty() {
+        out.push_str("no BGP or OSPF protocols configured (protocols in the configuration)\n");
+    }
+    out
 }
 
 /// Percent-encodes a query value.

@@ -57,12 +57,17 @@ pub struct Options {
     pub listen: Vec<crate::listener::Listen>,
     /// What a connection to the API may cost, and for how long.
     pub api_limits: crate::listener::Limits,
+    /// Run this BIRD 2 program as the routing daemon, configured from the store's `protocols`
+    /// (needs `state_dir`); none: no routing daemon.
+    pub bird: Option<std::path::PathBuf>,
 }
 
 /// The configuration store and the netlink handle its static routes are applied with.
 struct Config {
     store: sluice_store::Store,
     handle: rtnetlink::Handle,
+    /// The routing daemon, when one runs.
+    bird: Option<std::sync::Arc<crate::bird::Bird>>,
 }
 
 impl Config {
@@ -90,13 +95,19 @@ impl Config {
             .collect()
     }
 
-    fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
+    fn open(dir: &std::path::Path, opts: &Options) -> anyhow::Result<Self> {
         crate::state_dir::ensure(dir)?;
         let store = sluice_store::Store::open_recorded(&dir.join("db"))
             .with_context(|| format!("opening the configuration store in {}", dir.display()))?;
         let (conn, handle, _) = rtnetlink::new_connection().context("rtnetlink")?;
         tokio::spawn(conn);
-        Ok(Self { store, handle })
+        let bird = opts
+            .bird
+            .as_deref()
+            .map(|b| crate::bird::Bird::new(b, dir, opts.table).map(std::sync::Arc::new))
+            .transpose()
+            .context("BIRD's directory")?;
+        Ok(Self { store, handle, bird })
     }
 
     /// Rolls back an unconfirmed commit whose deadline passed, and applies the running
@@ -152,6 +163,18 @@ impl Config {
             }
             Err(e) => error!(error = %error_chain(&e), "applying the static routes failed"),
         }
+        if let Some(bird) = &self.bird {
+            let bird = std::sync::Arc::clone(bird);
+            let protocols = c.protocols;
+            match tokio::task::spawn_blocking(move || bird.apply(&protocols)).await {
+                Ok(Ok(())) => info!("routing protocols applied (BIRD reconfigured)"),
+                Ok(Err(e)) => warn!(
+                    error = %error_chain(&e),
+                    "BIRD did not take the routing protocols now; it starts with them"
+                ),
+                Err(e) => error!(error = %e, "applying the routing protocols failed"),
+            }
+        }
         true
     }
 }
@@ -189,6 +212,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let mode = dp.attach(name, opts.mode, previous)?;
         attached.insert(index, mode);
     }
+    // The routing daemon, run until the daemon stops.
+    let bird_stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let bird_task = config.as_ref().and_then(|c| {
+        let bird = std::sync::Arc::clone(c.bird.as_ref()?);
+        let store = c.store.clone();
+        let current = move || match store.config() {
+            Ok(c) => c.protocols,
+            Err(e) => {
+                error!(error = %error_chain(&e), "reading the routing protocols failed");
+                sluice_store::protocols::Protocols::default()
+            }
+        };
+        Some(tokio::spawn(bird.supervise(current, std::sync::Arc::clone(&bird_stop))))
+    });
     // The configuration's routed ports are attached below, with the others; their pinned links
     // stay meanwhile. Others are detached once the start cannot fail any more.
     let mut keep = opts.attach.clone();
@@ -213,7 +250,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let api = crate::api::Api::new(c.store.clone(), opts.pin.clone(), dir)?
             .with_plugins(plugin_tx.clone(), std::sync::Arc::clone(&plugin_report))
             .with_fixed_ports(opts.attach.clone())
-            .with_origins(origin_tx.clone());
+            .with_origins(origin_tx.clone())
+            .with_bird(c.bird.clone());
         applied = std::sync::Arc::clone(&api.changed);
         crate::api::serve(&std::sync::Arc::new(api), &opts.listen, opts.api_limits, dir)?;
     }
@@ -418,6 +456,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(task) = bird_task {
+        bird_stop.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
     info!("stopping; the pinned dataplane keeps forwarding");
     Ok(())
 }
@@ -447,7 +489,7 @@ fn preflight(opts: &Options) -> anyhow::Result<Checked> {
     let lock = opts.pin.lock().context("taking the pin directory")?;
     let rest = (|| {
         opts.pin.check_usable().context("checking the pin directory")?;
-        opts.state_dir.as_deref().map(Config::open).transpose()
+        opts.state_dir.as_deref().map(|d| Config::open(d, opts)).transpose()
     })();
     match rest {
         Ok(config) => Ok(Checked { lock, before, config }),

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bird;
 pub mod client;
 pub mod console;
 pub mod daemon;

@@ -57,6 +57,10 @@ enum Command {
         /// through that interface (e.g. `[::]:443%eth0`: every address of eth0).
         #[arg(long, value_name = "ADDR:PORT[%IF]", requires = "state_dir")]
         listen: Vec<sluice::listener::Listen>,
+        /// Run BIRD 2 (this program, e.g. /usr/sbin/bird) as the routing daemon, configured from
+        /// the configuration's `protocols` (needs --state-dir; its files go to STATE/bird).
+        #[arg(long, value_name = "PROGRAM", requires = "state_dir")]
+        bird: Option<PathBuf>,
         /// Connections to the API open at once, all sources together; beyond, closed at once.
         #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
         api_max_connections: usize,
@@ -147,6 +151,15 @@ enum Command {
         #[command(subcommand)]
         cmd: RouteTop,
     },
+    /// The routing daemon's BGP sessions and OSPF instances (state, since, neighbour, routes),
+    /// through a router's API.
+    Protocols {
+        #[command(flatten)]
+        api: sluice::client::ApiArgs,
+        /// Print JSON (as `GET /api/v1/protocols`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Users of a router's API and console, through its API.
     User {
         #[command(flatten)]
@@ -174,8 +187,14 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCmd {
-    /// Print the running configuration (JSON), for a backup.
-    Export,
+    /// Print the running configuration (JSON), for a backup; secrets (BGP passwords) read
+    /// `(redacted)` unless `--secrets` (an administrator's), and a redacted file imported
+    /// again keeps the router's.
+    Export {
+        /// Include the secrets.
+        #[arg(long)]
+        secrets: bool,
+    },
     /// Validate a configuration file (JSON, as exported) and commit it as a new revision.
     Import {
         /// The file.
@@ -309,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_unsigned_plugins,
             state_dir,
             listen,
+            bird,
             api_max_connections,
             api_max_connections_per_source,
             api_handshake_timeout,
@@ -371,6 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state_dir,
                 listen,
                 api_limits,
+                bird,
             }))
         }
         Command::Stats { json, watch } => stats(&pin, json, watch),
@@ -403,7 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { state_dir: None, api, cmd } => {
             use sluice::client::ConfigAction as A;
             let action = match &cmd {
-                ConfigCmd::Export => A::Export,
+                ConfigCmd::Export { secrets } => A::Export(*secrets),
                 ConfigCmd::Import { file, message } => A::Import(file, message),
                 ConfigCmd::History => A::History,
                 ConfigCmd::Confirm => A::Confirm,
@@ -418,6 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Route { api, cmd: RouteTop::Static { cmd } } => sluice::client::route(&api, cmd),
         Command::User { api, cmd } => sluice::client::user(&api, cmd),
+        Command::Protocols { api, json } => sluice::client::protocols(&api, json),
         Command::Plugin { api, cmd: PluginCmd::Api(cmd) } => sluice::client::plugin(&api, cmd),
         Command::Detach { force } => {
             let links = dataplane::detach_all(&pin, force)?;
@@ -615,7 +637,7 @@ fn config(state_dir: &std::path::Path, cmd: ConfigCmd) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {}", state_dir.display()))?;
     match cmd {
         ConfigCmd::Verify | ConfigCmd::Repair { .. } => unreachable!("handled above"),
-        ConfigCmd::Export => println!("{}", store.export()?),
+        ConfigCmd::Export { secrets } => println!("{}", store.export(secrets)?),
         ConfigCmd::Import { file, message } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;

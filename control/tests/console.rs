@@ -3,7 +3,8 @@
 //! up, logs in, sees live counters and c1 (pinging the server) among the top talkers, gets a
 //! bad prefix's error beside the field, adds a static
 //! route, leaves a commit-confirm unconfirmed, uploads the `ddos-guard` plugin, stages a
-//! candidate and sees its diff, gets a bad candidate's error and restores a backup; this side
+//! candidate and sees its diff, gets a bad candidate's error, restores a backup and walks the
+//! Routing page (the daemon runs BIRD: a neighbour it refuses, one added, disabled, removed); this side
 //! checks that the route made traffic flow between the lab's hosts, that the unconfirmed one
 //! left the kernel, that the restored backup's route reached it, and that the plugin blocks a
 //! client that floods. Screenshots of each
@@ -63,6 +64,8 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         "--listen",
         "127.0.0.1:8443",
         "--allow-unsigned-plugins",
+        "--bird",
+        "bird",
     ]);
     let token_file = state.0.join("setup-token");
     let token = wait_until("the setup token", Duration::from_secs(10), || {
@@ -123,6 +126,7 @@ fn the_console_sets_up_logs_in_adds_a_route_that_carries_traffic_and_a_commit_ro
         "config-bad-candidate",
         "config-restored",
         "interfaces-attached",
+        "routing",
     ] {
         assert!(artifacts.join(format!("{page}.png")).exists(), "a screenshot of {page}");
     }

@@ -3,7 +3,8 @@
 // route added (the Rust side then checks traffic flows), a commit-confirm left unconfirmed that
 // rolls back, a candidate staged with its diff and discarded, a bad one refused beside the
 // editor and a good one committed, a backup downloaded and restored after a rollback (a bad file
-// refused first).
+// refused first), and the Routing page (a BGP neighbour BIRD refuses, then one added, disabled and
+// removed).
 // Screenshots of each page go to $ARTIFACTS. Run by control/tests/console.rs inside the
 // router's network namespace.
 import { readFileSync } from 'node:fs';
@@ -180,6 +181,28 @@ try {
   await page.locator('#banner').filter({ hasText: 'Restored sluice-config.json as revision' }).waitFor();
   await page.locator('table[aria-label="History"]').getByText('restore of sluice-config.json').waitFor();
   await shot('config-restored');
+
+  step('the routing page: a name BIRD refuses, a neighbour added, disabled and removed');
+  await page.click('nav a[href="#/routing"]');
+  const bgp = 'form[aria-label="BGP neighbour"]';
+  await page.waitForSelector(bgp);
+  await page.fill(`${bgp} input[name=name]`, 'filter');
+  await page.fill(`${bgp} input[name=neighbor]`, GATEWAY);
+  await page.fill(`${bgp} input[name=remote_as]`, '65001');
+  await page.fill(`${bgp} input[name=local_as]`, '65000');
+  await page.click(`${bgp} button[type=submit]`);
+  await page.locator('#banner.error').filter({ hasText: 'BIRD' }).waitFor();
+  await page.fill(`${bgp} input[name=name]`, 'upstream1');
+  await page.click(`${bgp} button[type=submit]`);
+  await page.locator('#banner').filter({ hasText: 'Neighbour upstream1 saved' }).waitFor();
+  const neighbour = () => page.locator('tr[data-name="upstream1"]');
+  await neighbour().locator('td.state').filter({ hasText: /^(start|up)$/ }).waitFor({ timeout: 15000 });
+  await shot('routing');
+  await neighbour().getByRole('button', { name: 'Disable upstream1' }).click();
+  await neighbour().getByRole('button', { name: 'Enable upstream1' }).waitFor();
+  await neighbour().locator('td.state').filter({ hasText: 'down' }).waitFor({ timeout: 15000 });
+  await neighbour().getByRole('button', { name: 'Remove upstream1' }).click();
+  await neighbour().waitFor({ state: 'detached' });
 
   if (offsite.length) throw new Error(`requests left the router: ${offsite.join(', ')}`);
   step('done');

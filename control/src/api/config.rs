@@ -4,7 +4,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sluice_store::{FieldError, StoreError};
+use sluice_store::{FieldError, Role, StoreError};
+use warp::http::StatusCode;
 
 use super::{
     Api, Problem,
@@ -32,24 +33,56 @@ pub(super) fn commit_change(
         },
         None => None,
     };
+    api.check_protocols(config)?;
     let author = call.caller().author(message);
     api.store.commit_change(config, &author, confirm).map_err(Problem::of_item)?;
     api.changed.notify_one();
     Ok(())
 }
 
-/// `GET /config`.
-pub(super) fn running(api: &Api, _: &Call<'_>) -> Reply {
+/// Whether the request asks for the secrets (`?secrets=true`): an administrator's only, and
+/// written to the audit log. Without it, configurations are shown redacted.
+fn with_secrets(api: &Api, call: &Call<'_>) -> Result<bool, Problem> {
+    match call.query("secrets") {
+        None | Some("false") => Ok(false),
+        Some("true") => {
+            let c = call.caller();
+            let action = format!("read secrets: GET /api/v1{}", call.request.path);
+            if c.role != Role::Admin {
+                let p = Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "?secrets=true needs an administrator",
+                );
+                api.audit(&c.who, &c.from, action, Err(&p));
+                return Err(p);
+            }
+            api.audit(&c.who, &c.from, action, Ok(()));
+            Ok(true)
+        }
+        Some(_) => Err(Problem::field("secrets", "true or false")),
+    }
+}
+
+/// `config`, redacted unless `secrets`.
+fn shown(config: models::Config, secrets: bool) -> models::Config {
+    if secrets { config } else { config.redacted() }
+}
+
+/// `GET /config` (`?secrets=true`: with the secrets, administrators only).
+pub(super) fn running(api: &Api, call: &Call<'_>) -> Reply {
+    let secrets = with_secrets(api, call)?;
     ok(models::Running {
         revision: api.store.running()?.map(|r| r.id),
-        config: api.store.config()?,
+        config: shown(api.store.config()?, secrets),
         pending_confirm: api.store.pending_confirm()?,
     })
 }
 
-/// `GET /config/candidate`.
-pub(super) fn candidate(api: &Api, _: &Call<'_>) -> Reply {
-    ok(api.store.candidate()?)
+/// `GET /config/candidate` (`?secrets=true` as `GET /config`).
+pub(super) fn candidate(api: &Api, call: &Call<'_>) -> Reply {
+    let secrets = with_secrets(api, call)?;
+    ok(shown(api.store.candidate()?, secrets))
 }
 
 /// Checks a whole configuration before it is staged or imported: its fields, then each plugin
@@ -93,7 +126,8 @@ fn check_whole(api: &Api, config: &models::Config) -> Result<(), Problem> {
 
 /// `PUT /config/candidate`: a valid configuration, staged; the diff it makes.
 pub(super) fn stage(api: &Api, call: &Call<'_>) -> Reply {
-    let config: models::Config = call.body()?;
+    let mut config: models::Config = call.body()?;
+    api.store.restore_secrets(&mut config, true)?;
     check_whole(api, &config)?;
     api.store.stage(&config)?;
     ok(models::Staged { diff: api.store.diff()? })
@@ -114,6 +148,12 @@ pub(super) fn diff(api: &Api, _: &Call<'_>) -> Reply {
 pub(super) fn commit(api: &Api, call: &Call<'_>) -> Reply {
     let b: models::Commit = call.body()?;
     let author = call.caller().author(b.message);
+    if let Some(s) = b.confirm_seconds
+        && !CONFIRM_SECONDS.contains(&s)
+    {
+        return Err(Problem::field("confirm_seconds", "10 to 3600"));
+    }
+    api.check_protocols(&api.store.candidate()?)?;
     let rev = match b.confirm_seconds {
         Some(s) if !CONFIRM_SECONDS.contains(&s) => {
             return Err(Problem::field("confirm_seconds", "10 to 3600"));
@@ -136,6 +176,7 @@ pub(super) fn confirm(api: &Api, _: &Call<'_>) -> Reply {
 /// `POST /config/rollback`: an earlier revision committed again.
 pub(super) fn rollback(api: &Api, call: &Call<'_>) -> Reply {
     let b: models::Rollback = call.body()?;
+    api.check_protocols(&api.store.revision(b.revision)?.config)?;
     let rev = api.store.rollback_to(b.revision, &call.caller().author(b.message))?;
     api.changed.notify_one();
     ok(models::RevisionRef { revision: rev.id })
@@ -154,12 +195,17 @@ pub(super) fn revision(api: &Api, call: &Call<'_>) -> Reply {
     let id = call.param();
     let id: u64 =
         id.parse().map_err(|_| Problem::field("id", format!("{id:?} is not a number")))?;
-    ok(api.store.revision(id)?)
+    let secrets = with_secrets(api, call)?;
+    let mut rev = api.store.revision(id)?;
+    rev.config = shown(rev.config, secrets);
+    ok(rev)
 }
 
-/// `GET /config/export`: the running configuration as a file.
-pub(super) fn export(api: &Api, _: &Call<'_>) -> Reply {
-    Ok(Answer::Text("application/json", api.store.export()?))
+/// `GET /config/export`: the running configuration as a file (`?secrets=true` as
+/// `GET /config`; a redacted file imported again keeps the router's secrets).
+pub(super) fn export(api: &Api, call: &Call<'_>) -> Reply {
+    let secrets = with_secrets(api, call)?;
+    Ok(Answer::Text("application/json", api.store.export(secrets)?))
 }
 
 /// `POST /config/import?message=M`: a configuration file, committed.
@@ -167,8 +213,10 @@ pub(super) fn import(api: &Api, call: &Call<'_>) -> Reply {
     let text =
         std::str::from_utf8(&call.request.body).map_err(|_| Problem::field("body", "not UTF-8"))?;
     let message = call.query("message").unwrap_or("import");
-    let config = sluice_store::parse_config(text)?;
+    let mut config = sluice_store::parse_config(text)?;
+    api.store.restore_secrets(&mut config, false)?;
     check_whole(api, &config)?;
+    api.check_protocols(&config)?;
     let rev = api.store.import_config(&config, &call.caller().author(message))?;
     api.changed.notify_one();
     ok(models::RevisionRef { revision: rev.id })

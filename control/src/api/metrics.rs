@@ -73,7 +73,65 @@ impl Api {
         let _ = writeln!(out, "# TYPE sluice_api_login_throttle_entries gauge");
         let held = self.sessions.throttle.len();
         let _ = writeln!(out, "sluice_api_login_throttle_entries {held}");
+        if let Some(bird) = &self.bird {
+            Self::routing_metrics(&mut out, bird);
+        }
         out
+    }
+
+    /// The routing daemon's series: whether it answers, its restarts, and each BGP session's
+    /// or OSPF instance's state and route counts.
+    fn routing_metrics(out: &mut String, bird: &crate::bird::Bird) {
+        let protocols = bird.protocols();
+        let _ = writeln!(
+            out,
+            "# HELP sluice_routing_daemon_up Whether the routing daemon (BIRD) answers."
+        );
+        let _ = writeln!(out, "# TYPE sluice_routing_daemon_up gauge");
+        let _ = writeln!(out, "sluice_routing_daemon_up {}", u8::from(protocols.is_ok()));
+        let _ = writeln!(
+            out,
+            "# HELP sluice_routing_daemon_restarts_total Times the routing daemon was started \
+             again after it died."
+        );
+        let _ = writeln!(out, "# TYPE sluice_routing_daemon_restarts_total counter");
+        let restarts = bird.restarts.load(Ordering::Relaxed);
+        let _ = writeln!(out, "sluice_routing_daemon_restarts_total {restarts}");
+        let protocols = protocols.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP sluice_routing_protocol_up Whether a BGP session is established or an OSPF \
+             instance runs (BIRD's state up)."
+        );
+        let _ = writeln!(out, "# TYPE sluice_routing_protocol_up gauge");
+        let label = |s: &str| s.replace(['\\', '"', '\n'], "_");
+        for p in &protocols {
+            let up = u8::from(p.state == "up");
+            let labels = format!(
+                "name=\"{}\",kind=\"{}\",neighbor=\"{}\"",
+                label(&p.name),
+                p.kind,
+                label(p.neighbor.as_deref().unwrap_or(""))
+            );
+            let _ = writeln!(out, "sluice_routing_protocol_up{{{labels}}} {up}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_routing_protocol_routes Routes of a BGP session or OSPF instance: \
+             imported, exported, and import updates filtered."
+        );
+        let _ = writeln!(out, "# TYPE sluice_routing_protocol_routes gauge");
+        for p in &protocols {
+            for (what, n) in [
+                ("imported", p.routes.imported),
+                ("exported", p.routes.exported),
+                ("filtered", p.routes.filtered),
+            ] {
+                let labels =
+                    format!("name=\"{}\",kind=\"{}\",routes=\"{what}\"", label(&p.name), p.kind);
+                let _ = writeln!(out, "sluice_routing_protocol_routes{{{labels}}} {n}");
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@
 //! (errors as HTTP), `router` (route, access, audit, `OpenAPI`), `session` (logins, cookies,
 //! CSRF, tokens' expiry), `throttle` (failed logins), `http` (the warp filter), `tls` (certificate, HTTPS), and the handlers by
 //! area: `users`, `tokens`, `interfaces`, `routes`, `config`, `plugins`, `status`, `metrics`,
-//! `diagnostics`. A handler translates a request, calls the store or the library below (users
+//! `diagnostics`, `protocols`. A handler translates a request, calls the store or the library below (users
 //! and tokens are made by [`crate::auth`]), and translates the answer.
 
 mod config;
@@ -32,6 +32,7 @@ mod metrics;
 pub mod models;
 mod plugins;
 mod problem;
+mod protocols;
 mod router;
 mod routes;
 mod session;
@@ -271,4 +272,11 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     route("POST", "/config/import", Admin, config::import, "Commits a configuration file")
         .limit(CONFIG_BODY_LIMIT),
+    route(
+        "GET",
+        "/protocols",
+        Viewer,
+        protocols::list,
+        "BGP sessions and OSPF instances as the routing daemon reports them",
+    ),
 ];

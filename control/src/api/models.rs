@@ -11,6 +11,8 @@ use sluice_store::{Author, Pending, Role, XdpMode};
 
 pub use sluice_store::{Config, StaticRoute};
 
+pub use crate::bird::status::{ProtocolStatus, Protocols, RouteCounts};
+
 // Requests.
 
 /// `POST /setup`: the first administrator, with the one-time setup token.

@@ -47,6 +47,8 @@ pub struct Api {
     pub(super) refused: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
     /// Large request bodies being read now ([`super::http::LARGE_BODIES`] at most).
     pub(super) large_bodies: AtomicUsize,
+    /// The routing daemon, when the daemon runs one.
+    pub(super) bird: Option<Arc<crate::bird::Bird>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -74,6 +76,7 @@ impl Api {
             talkers: Mutex::new(crate::show::TalkerWindow::default()),
             refused: Mutex::new(BTreeMap::new()),
             large_bodies: AtomicUsize::new(0),
+            bird: None,
         };
         let path = api.state_dir.join("setup-token");
         if api.store.is_set_up()? {
@@ -114,6 +117,14 @@ impl Api {
     ) -> Self {
         self.plugins = Some(tx);
         self.plugin_report = Some(report);
+        self
+    }
+
+    /// The routing daemon: commits changing `protocols` are checked by it, and
+    /// `GET /protocols` reads it.
+    #[must_use]
+    pub fn with_bird(mut self, bird: Option<Arc<crate::bird::Bird>>) -> Self {
+        self.bird = bird;
         self
     }
 

@@ -336,3 +336,48 @@ async fn a_broken_plugin_entry_of_an_older_store_is_removed_and_an_import_of_one
     let res = send("DELETE", "/api/v1/plugins/ghost", String::new()).reply(&f).await;
     assert_eq!(res.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bgp_passwords_are_shown_redacted_and_only_to_an_administrator_who_asks() {
+    let s = Scratch::new();
+    let (cookie, csrf) = s.admin().await;
+    let f = filter(&s.api);
+    let mut config = sluice_store::Config::default();
+    config.protocols = serde_json::from_value(json!({"bgp": {"up1": {
+        "neighbor": "10.0.0.2", "remote_as": 65001, "local_as": 65000, "password": "s3cret"}}}))
+    .unwrap();
+    s.api.store.commit_change(&config, &sluice_store::Author::default(), None).unwrap();
+    let res = warp::test::request()
+        .method("POST")
+        .path("/api/v1/tokens")
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"name": "viewer", "scope": "read"}))
+        .reply(&f)
+        .await;
+    assert_eq!(res.status(), 201);
+    let token = serde_json::from_slice::<Value>(res.body()).unwrap()["token"].clone();
+    let viewer = format!("Bearer {}", token.as_str().unwrap());
+    let get = |path: &str, auth: Option<&str>| {
+        let r = warp::test::request().path(path);
+        match auth {
+            Some(a) => r.header("authorization", a),
+            None => r.header("cookie", &cookie),
+        }
+    };
+    for path in ["/api/v1/config", "/api/v1/config/export", "/api/v1/config/candidate"] {
+        for auth in [None, Some(viewer.as_str())] {
+            let res = get(path, auth).reply(&f).await;
+            let text = String::from_utf8_lossy(res.body()).into_owned();
+            assert_eq!(res.status(), 200, "{path}: {text}");
+            assert!(!text.contains("s3cret") && text.contains("(redacted)"), "{path}: {text}");
+        }
+        let res = get(&format!("{path}?secrets=true"), Some(&viewer)).reply(&f).await;
+        assert_eq!(res.status(), 403, "{path}?secrets=true for a viewer");
+        let res = get(&format!("{path}?secrets=true"), None).reply(&f).await;
+        assert!(String::from_utf8_lossy(res.body()).contains("s3cret"), "{path} for an admin");
+    }
+    let audit = s.api.store.audit_log(50).unwrap();
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(text.contains("read secrets") && !text.contains("s3cret"), "{text}");
+}

@@ -30,6 +30,7 @@ use sled::{
 
 mod auth;
 mod components;
+pub mod protocols;
 pub mod record;
 pub use auth::{
     AUDIT_KEEP, AUDIT_MAX_AGE_MS, AuditEntry, AuditLog, FAILURES_KEEP, FAILURES_MAX_AGE_MS, Role,
@@ -83,7 +84,7 @@ pub struct Interface {
     pub up: bool,
 }
 
-const fn yes() -> bool {
+pub(crate) const fn yes() -> bool {
     true
 }
 
@@ -134,6 +135,9 @@ pub struct Config {
     /// Plugins by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, Plugin>,
+    /// Routing protocols (BGP, OSPF, ECMP), run by BIRD.
+    #[serde(default, skip_serializing_if = "protocols::Protocols::is_unset")]
+    pub protocols: protocols::Protocols,
 }
 
 /// A field of a configuration that is wrong, and why.
@@ -225,7 +229,15 @@ impl Config {
                 err(format!("plugins.{name}.wasm_sha256"), "64 hexadecimal digits".into());
             }
         }
+        self.protocols.validate(&mut errors);
         errors
+    }
+
+    /// The same configuration with its secrets (BGP passwords) replaced by
+    /// [`protocols::REDACTED`]: what exports and answers show unless an administrator asks.
+    #[must_use]
+    pub fn redacted(&self) -> Self {
+        Self { protocols: self.protocols.redacted(), ..self.clone() }
     }
 }
 
@@ -289,6 +301,36 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     };
     diff_maps(&mut out, "routes", &routes(old), &routes(new));
     diff_maps(&mut out, "plugins", &old.plugins, &new.plugins);
+    let (old_p, new_p) = (old.protocols.redacted(), new.protocols.redacted());
+    let single = |p: &protocols::Protocols| -> BTreeMap<String, serde_json::Value> {
+        let mut m = BTreeMap::new();
+        if let Some(id) = p.router_id {
+            m.insert("router_id".to_owned(), serde_json::json!(id));
+        }
+        if let Some(o) = &p.ospf {
+            m.insert("ospf".to_owned(), serde_json::json!(o));
+        }
+        if let Some(e) = p.ecmp {
+            m.insert("ecmp".to_owned(), serde_json::json!(e));
+        }
+        m
+    };
+    diff_maps(&mut out, "protocols", &single(&old_p), &single(&new_p));
+    // Passwords are redacted, so a changed password would not show: say it changed.
+    for (name, b) in &new.protocols.bgp {
+        if let Some(o) = old.protocols.bgp.get(name)
+            && o.password != b.password
+            && old_p.bgp.get(name) == new_p.bgp.get(name)
+        {
+            out.push(Change {
+                kind: "changed",
+                item: format!("protocols.bgp.{name}.password"),
+                before: None,
+                after: None,
+            });
+        }
+    }
+    diff_maps(&mut out, "protocols.bgp", &old_p.bgp, &new_p.bgp);
     out
 }
 
@@ -681,6 +723,9 @@ impl Store {
     /// Stages a candidate (validated, its new plugin entries included: [`Store::plugin_problems`];
     /// an invalid one is refused and nothing changes).
     pub fn stage(&self, candidate: &Config) -> Result<(), StoreError> {
+        let mut candidate = candidate.clone();
+        self.restore_secrets(&mut candidate, true)?;
+        let candidate = &candidate;
         let mut errors = candidate.validate();
         if errors.is_empty() {
             errors = self.plugin_problems(candidate)?;
@@ -889,9 +934,25 @@ impl Store {
             .collect()
     }
 
-    /// The running configuration as readable JSON (a backup).
-    pub fn export(&self) -> Result<String, StoreError> {
-        Ok(serde_json::to_string_pretty(&self.config()?).expect("a configuration serialises"))
+    /// The running configuration as readable JSON (a backup); its secrets redacted
+    /// ([`Config::redacted`]) unless `secrets`.
+    pub fn export(&self, secrets: bool) -> Result<String, StoreError> {
+        let config = self.config()?;
+        let config = if secrets { config } else { config.redacted() };
+        Ok(serde_json::to_string_pretty(&config).expect("a configuration serialises"))
+    }
+
+    /// Puts back into `config` the secrets a redacted copy stands for
+    /// ([`protocols::Protocols::restore_secrets`]), from the candidate (`from_candidate`) or the
+    /// running configuration; refused, naming the fields, when one has nothing to come from.
+    pub fn restore_secrets(
+        &self,
+        config: &mut Config,
+        from_candidate: bool,
+    ) -> Result<(), StoreError> {
+        let from = if from_candidate { self.candidate()? } else { self.config()? };
+        let errors = config.protocols.restore_secrets(&from.protocols);
+        if errors.is_empty() { Ok(()) } else { Err(StoreError::Invalid(errors)) }
     }
 
     /// Restores a configuration exported before: validated whole (its new plugin entries
@@ -902,6 +963,9 @@ impl Store {
 
     /// [`Store::import`] of a configuration file already read ([`parse_config`]).
     pub fn import_config(&self, config: &Config, author: &Author) -> Result<Revision, StoreError> {
+        let mut config = config.clone();
+        self.restore_secrets(&mut config, false)?;
+        let config = &config;
         let errors = self.plugin_problems(config)?;
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));

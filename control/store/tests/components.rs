@@ -184,7 +184,7 @@ fn ten_thousand_static_routes_are_exported_and_imported_back() {
     store.commit_change(&c, &author("10,000 routes"), None).unwrap();
     let committed = t.elapsed();
     let t = Instant::now();
-    let text = store.export().unwrap();
+    let text = store.export(true).unwrap();
     let exported = t.elapsed();
     let t = Instant::now();
     store.stage(&parse_config(&text).unwrap()).unwrap();

@@ -152,7 +152,7 @@ fn export_and_import_restore_the_same_configuration() {
     c.routes[0].via = Some("2001:db8::1".parse().unwrap());
     one.stage(&c).unwrap();
     one.commit(&author("x")).unwrap();
-    let text = one.export().unwrap();
+    let text = one.export(true).unwrap();
     assert!(text.contains("\"2001:db8:1::/48\""), "readable: {text}");
     let two = Store::open(&b.0).unwrap();
     two.import(&text, &author("restore")).unwrap();
