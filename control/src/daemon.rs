@@ -236,6 +236,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         nexthops = state.fib.nexthops.len(),
         "ready: forwarding"
     );
+    if !sluice_dataplane::egress::kernel_forwarding() {
+        warn!(
+            "the kernel's forwarding is off: what XDP hands to it (TTL expiry, too big, options, \
+             no route, ports held for egress) is dropped without ICMP; switch it on with \
+             `sysctl -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1`"
+        );
+    }
     if let Some(u) = state.dp.lookup_usage() {
         info!(
             prefixes = u.prefixes,
