@@ -19,6 +19,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
@@ -95,8 +96,23 @@ fn peer_label(hold: &EgressHold) -> Option<String> {
     Some(if end == 0 {
         format!("ifindex {}", hold.peer_ifindex)
     } else {
-        String::from_utf8_lossy(&hold.peer_name[..end]).into_owned()
+        printable(&hold.peer_name[..end])
     })
+}
+
+/// A name as it may be shown on a terminal or in a log: the peer's end of a veth is named by
+/// whoever owns its namespace (a container), and a name may hold any byte but `/`, `:`, NUL and
+/// white space; anything but printable ASCII is shown as `\xNN`.
+pub fn printable(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &b in name {
+        if b.is_ascii_graphic() && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 /// The cause and remedy of a hold on port `port`.
@@ -630,6 +646,50 @@ mod tests {
             &EgressHold { cause: hold_cause::REDIRECT_ERRORS, ..EgressHold::default() },
         );
         assert_eq!(d.cause, "redirect_errors");
+    }
+
+    #[test]
+    fn a_hostile_peer_name_is_shown_escaped() {
+        let mut h = EgressHold {
+            cause: hold_cause::NO_XDP_XMIT,
+            peer_ifindex: 7,
+            kernel_forwarding: 1,
+            ..EgressHold::default()
+        };
+        let name = b"\x1b[2Jx\\\xff\x07`rm`";
+        h.peer_name[..name.len()].copy_from_slice(name);
+        let d = describe("v1", &h);
+        let peer = d.peer.expect("a peer");
+        assert_eq!(peer, "\\x1b[2Jx\\x5c\\xff\\x07`rm`");
+        assert!(d.message.bytes().all(|b| b.is_ascii() && !b.is_ascii_control()), "{}", d.message);
+    }
+
+    #[test]
+    fn hostile_netlink_bytes_are_parsed_in_bounded_time() {
+        // The attribute parser on every length field and truncation, and on pseudo-random
+        // buffers: it must neither panic nor loop.
+        let started = Instant::now();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut parsed = 0usize;
+        for round in 0..200_000u32 {
+            let len = (round % 97) as usize;
+            let mut buf = vec![0u8; len];
+            for b in &mut buf {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            if len >= 2 && round % 3 == 0 {
+                // Lengths that point past the end, or are 0 to 3.
+                buf[0] = (round % 5) as u8;
+                buf[1] = 0;
+            }
+            parsed += attrs(&buf).len();
+        }
+        let elapsed = started.elapsed();
+        println!("200000 hostile attribute buffers parsed in {elapsed:?} ({parsed} attributes)");
+        assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
     }
 
     #[test]
