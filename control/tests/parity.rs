@@ -125,6 +125,7 @@ fn udp_raw(tag: u16) -> Vec<u8> {
 }
 
 /// Every case: a name and the frame's bytes.
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
 fn cases(e: &Ends) -> Vec<(&'static str, Vec<u8>)> {
     let big = |tag: u16| L4::Udp { sport: 40000 + tag, dport: 9, payload: vec![0x5a; RCV_MTU] };
     let other_mac = [0x02, 0, 0, 0, 0, 0x99];

@@ -454,7 +454,7 @@ fn request(protocol: i32, kind: u16, header: &[u8], body: &[u8]) -> io::Result<V
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut data = &buf[..n as usize];
+        let mut data = &buf[..n.cast_unsigned()];
         while data.len() >= 16 {
             let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
             let kind = u16::from_ne_bytes([data[4], data[5]]);
@@ -490,13 +490,12 @@ pub fn genl_family_id(name: &str) -> io::Result<u16> {
         request(libc::NETLINK_GENERIC, GENL_ID_CTRL, &[CTRL_CMD_GETFAMILY, 1, 0, 0], &body)?;
     replies
         .iter()
-        .filter_map(|r| {
+        .find_map(|r| {
             attrs(r.get(4..)?)
                 .get(&CTRL_ATTR_FAMILY_ID)
                 .and_then(|v| v.get(..2))
                 .map(|v| u16::from_ne_bytes([v[0], v[1]]))
         })
-        .next()
         .ok_or_else(|| io::Error::other("no family id in the reply"))
 }
 
@@ -507,11 +506,10 @@ pub fn xdp_features(family: u16, ifindex: u32) -> io::Result<u64> {
     let replies = request(libc::NETLINK_GENERIC, family, &[NETDEV_CMD_DEV_GET, 1, 0, 0], &body)?;
     replies
         .iter()
-        .filter_map(|r| {
+        .find_map(|r| {
             let v = *attrs(r.get(4..)?).get(&NETDEV_A_DEV_XDP_FEATURES)?;
             Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?))
         })
-        .next()
         .ok_or_else(|| io::Error::other("no xdp-features in the reply"))
 }
 
@@ -573,47 +571,54 @@ mod tests {
 
     #[test]
     fn a_port_without_ndo_xmit_is_held_until_it_has_it() {
-        let mut r = Readiness::default();
-        let t = Instant::now();
+        let mut readiness = Readiness::default();
+        let now = Instant::now();
         let ports =
             BTreeMap::from([(3, port("v1", Some(false), 0)), (4, port("v2", Some(true), 0))]);
-        let c = r.update(t, &ports, true);
-        assert_eq!(c.len(), 1);
+        let changes = readiness.update(now, &ports, true);
+        assert_eq!(changes.len(), 1);
         assert!(
-            matches!(&c[0], (3, Change::Held(n, h)) if n == "v1" && h.cause == hold_cause::NO_XDP_XMIT)
+            matches!(&changes[0], (3, Change::Held(n, h)) if n == "v1" && h.cause == hold_cause::NO_XDP_XMIT)
         );
-        assert!(r.update(t, &ports, true).is_empty(), "no change, nothing reported");
+        assert!(readiness.update(now, &ports, true).is_empty(), "no change, nothing reported");
         let ports =
             BTreeMap::from([(3, port("v1", Some(true), 0)), (4, port("v2", Some(true), 0))]);
-        assert_eq!(r.update(t, &ports, true), vec![(3, Change::Ready("v1".into()))]);
-        assert_eq!(r.held().count(), 0);
+        assert_eq!(readiness.update(now, &ports, true), vec![(3, Change::Ready("v1".into()))]);
+        assert_eq!(readiness.held().count(), 0);
     }
 
     #[test]
     fn repeated_errors_hold_a_port_until_the_retry() {
-        let mut r = Readiness::default();
-        let t = Instant::now();
+        let mut readiness = Readiness::default();
+        let now = Instant::now();
         let at = |e| BTreeMap::from([(3, port("v1", None, e))]);
         assert!(
-            r.update(t, &at(1000), true).is_empty(),
+            readiness.update(now, &at(1000), true).is_empty(),
             "errors from before the first look do not count"
         );
-        assert!(r.update(t, &at(1000 + ERROR_THRESHOLD - 1), true).is_empty());
-        let c = r.update(t, &at(1000 + 3 * ERROR_THRESHOLD), true);
-        assert!(matches!(&c[0], (3, Change::Held(_, h)) if h.cause == hold_cause::REDIRECT_ERRORS));
+        assert!(readiness.update(now, &at(1000 + ERROR_THRESHOLD - 1), true).is_empty());
+        let changes = readiness.update(now, &at(1000 + 3 * ERROR_THRESHOLD), true);
         assert!(
-            r.update(t + Duration::from_secs(1), &at(1000 + 3 * ERROR_THRESHOLD), true).is_empty()
+            matches!(&changes[0], (3, Change::Held(_, h)) if h.cause == hold_cause::REDIRECT_ERRORS)
         );
-        let c = r.update(t + RETRY_AFTER, &at(1000 + 3 * ERROR_THRESHOLD), true);
-        assert_eq!(c, vec![(3, Change::Ready("v1".into()))]);
+        assert!(
+            readiness
+                .update(now + Duration::from_secs(1), &at(1000 + 3 * ERROR_THRESHOLD), true)
+                .is_empty()
+        );
+        let changes = readiness.update(now + RETRY_AFTER, &at(1000 + 3 * ERROR_THRESHOLD), true);
+        assert_eq!(changes, vec![(3, Change::Ready("v1".into()))]);
     }
 
     #[test]
     fn a_port_no_longer_routed_is_released() {
-        let mut r = Readiness::default();
-        let t = Instant::now();
-        r.update(t, &BTreeMap::from([(3, port("v1", Some(false), 0))]), true);
-        assert_eq!(r.update(t, &BTreeMap::new(), true), vec![(3, Change::Ready(String::new()))]);
+        let mut readiness = Readiness::default();
+        let now = Instant::now();
+        readiness.update(now, &BTreeMap::from([(3, port("v1", Some(false), 0))]), true);
+        assert_eq!(
+            readiness.update(now, &BTreeMap::new(), true),
+            vec![(3, Change::Ready(String::new()))]
+        );
     }
 
     #[test]

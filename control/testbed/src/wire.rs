@@ -130,7 +130,7 @@ impl Wire {
             if from.sll_pkttype == PACKET_OUTGOING {
                 continue;
             }
-            return Ok(Some(buf[..n as usize].to_vec()));
+            return Ok(Some(buf[..n.cast_unsigned()].to_vec()));
         }
     }
 
