@@ -521,7 +521,7 @@ async function interfacesView() {
   };
   const held = list.filter((i) => i.egress_not_ready);
   return [el('h1', {}, 'Interfaces'),
-  ...(held.length ? [el('p', { class: 'error', role: 'status' }, `${held.length} routed port(s) cannot take redirected frames; their traffic goes through the kernel (slower, still delivered). See the State column.`)] : []),
+  ...(held.length ? [el('p', { class: 'error', role: 'status' }, `${held.length} routed port(s) cannot take redirected frames; their traffic goes through the kernel (see the State column).`)] : []),
   el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Interfaces' },
     el('thead', {}, el('tr', {}, ...['Name', 'State', 'XDP mode', 'Routed', 'MTU', 'MAC', ''].map((h) => el('th', {}, h)))),
     el('tbody', {}, list.map((i) => el('tr', { 'data-name': i.name }, el('td', {}, i.name),
