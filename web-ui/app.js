@@ -519,9 +519,13 @@ async function interfacesView() {
       } catch (err) { say(err.message, true); }
     } }, 'Attach'));
   };
-  return [el('h1', {}, 'Interfaces'), el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Interfaces' },
+  const held = list.filter((i) => i.egress_not_ready);
+  return [el('h1', {}, 'Interfaces'),
+  ...(held.length ? [el('p', { class: 'error', role: 'status' }, `${held.length} routed port(s) cannot take redirected frames; their traffic goes through the kernel (see the State column).`)] : []),
+  el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Interfaces' },
     el('thead', {}, el('tr', {}, ...['Name', 'State', 'XDP mode', 'Routed', 'MTU', 'MAC', ''].map((h) => el('th', {}, h)))),
-    el('tbody', {}, list.map((i) => el('tr', { 'data-name': i.name }, el('td', {}, i.name), el('td', {}, i.state),
+    el('tbody', {}, list.map((i) => el('tr', { 'data-name': i.name }, el('td', {}, i.name),
+      el('td', {}, i.state, i.egress_not_ready ? el('div', { class: 'error egress-not-ready', role: 'note' }, `Egress not ready: ${i.egress_not_ready.message}`) : ''),
       el('td', { class: 'xdp-mode' }, i.xdp_mode || 'not served'), el('td', {}, i.routed || ''), el('td', {}, i.mtu ?? ''),
       el('td', {}, i.mac || ''), el('td', {}, action(i))))))),
   el('p', { class: 'muted' }, 'Attaching makes an interface a routed port: XDP forwards on it, and it is kept in the configuration (a revision, audited). Ports named by the daemon\'s --attach option stay attached.')];

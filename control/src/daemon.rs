@@ -33,6 +33,8 @@ const DRAIN_MAX: usize = 8192;
 const LARGE_BATCH: usize = 10_000;
 /// How often a neighbour the daemon asked the kernel to manage may be asked for again.
 const NEIGH_RETRY: Duration = Duration::from_secs(5);
+/// How often the routed ports' egress readiness is checked (a netlink request or two a port).
+const EGRESS_CHECK: Duration = Duration::from_secs(1);
 
 /// What the daemon serves.
 #[derive(Debug, Clone)]
@@ -268,6 +270,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         ports: BTreeMap::new(),
         missing: BTreeSet::new(),
         last_sync: None,
+        // Whether each routed port can take redirected frames (sluice_dataplane::egress).
+        egress: sluice_dataplane::egress::EgressWatch::open(&opts.pin)
+            .inspect_err(|e| warn!(error = %error_chain(e), "egress readiness is not checked"))
+            .ok(),
     };
     std::mem::swap(&mut state.fib, &mut fib);
     if let Some(c) = &config {
@@ -285,6 +291,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         nexthops = state.fib.nexthops.len(),
         "ready: forwarding"
     );
+    if !sluice_dataplane::egress::kernel_forwarding() {
+        warn!(
+            "the kernel's forwarding is off: what XDP hands to it (TTL expiry, too big, options, \
+             no route, ports held for egress) is dropped without ICMP; switch it on with \
+             `sysctl -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1`"
+        );
+    }
     if let Some(u) = state.dp.lookup_usage() {
         info!(
             prefixes = u.prefixes,
@@ -363,6 +376,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     confirm_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut plugin_watch = tokio::time::interval(Duration::from_secs(1));
     plugin_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut egress_check = tokio::time::interval(EGRESS_CHECK);
+    egress_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Checked against the clock here too: while events keep coming (a table loading), this
         // task never waits, so the runtime's timers do not advance and a sleep would not end.
@@ -441,6 +456,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     sync_plugins(&c.store, &plugin_tx);
                 }
             }
+            _ = egress_check.tick(), if state.egress.is_some() => state.check_egress(),
             _ = confirm_check.tick(), if config.is_some() => {
                 if let Some(c) = &config {
                     if c.reconcile(false).await {
@@ -588,9 +604,47 @@ struct State {
     missing: BTreeSet<String>,
     /// When the FIB was last recompiled.
     last_sync: Option<Instant>,
+    /// The routed ports' egress readiness, when it can be checked.
+    egress: Option<sluice_dataplane::egress::EgressWatch>,
 }
 
 impl State {
+    /// Holds the routed ports that cannot take redirected frames (their frames go to the
+    /// kernel) and releases those that can again; says so in the log, with the remedy.
+    fn check_egress(&mut self) {
+        use sluice_dataplane::egress::{Change, describe};
+        let Some(watch) = self.egress.as_mut() else { return };
+        let ports: BTreeMap<u32, String> = self
+            .attached
+            .keys()
+            .map(|i| {
+                let name = self
+                    .rib
+                    .links
+                    .get(i)
+                    .map(|l| l.name.clone())
+                    .or_else(|| nix::net::if_::if_indextoname(*i).ok()?.into_string().ok());
+                (*i, name.unwrap_or_else(|| format!("ifindex {i}")))
+            })
+            .collect();
+        match watch.check(&ports) {
+            Ok(changes) => {
+                for change in changes {
+                    match change {
+                        Change::Held(port, hold) => {
+                            let d = describe(&port, &hold);
+                            warn!(iface = %port, cause = %d.cause, "egress not ready: {}", d.message);
+                        }
+                        Change::Ready(port) => {
+                            info!(iface = %port, "egress ready: XDP redirects to it again");
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(error = %error_chain(&e), "checking egress readiness failed"),
+        }
+    }
+
     /// Attaches XDP to the configuration's routed ports and detaches it from ports that left
     /// it (never from `--attach` ones). Whether the set of attached ports changed.
     fn reconcile_ports(&mut self) -> bool {
@@ -649,6 +703,9 @@ impl State {
     /// the next hops it wrote. When it ended is kept: the next changes wait [`SETTLE`] after it
     /// ([`compile_deadline`]).
     fn sync(&mut self) -> Vec<(u32, IpAddr)> {
+        if self.egress.as_ref().is_some_and(|w| w.ports_changed(self.attached.keys().copied())) {
+            self.check_egress();
+        }
         let neighbours = self.recompile();
         self.last_sync = Some(Instant::now());
         neighbours

@@ -33,6 +33,10 @@ pub struct InterfaceStats {
     /// transmits through the parent device, where its frames are counted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressJson>,
+    /// Set while the port cannot take redirected frames: its frames go through the kernel
+    /// (counted as `pass_egress_not_ready` where they came in); the cause and the remedy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_not_ready: Option<sluice_dataplane::egress::NotReady>,
 }
 
 /// Transmit on one egress device: the devmap's bulk-queue flushes to it (`xdp:xdp_devmap_xmit`)
@@ -118,6 +122,7 @@ pub fn iface_name(i: &Iface) -> String {
 pub fn stats(pin: &PinDir) -> Result<Stats, DataplaneError> {
     let p = Maps::open(pin)?;
     let egress = xmit::read(pin)?;
+    let holds = sluice_dataplane::egress::read(pin)?;
     let mut interfaces = Vec::new();
     for (key, iface) in &p.ifaces()? {
         let tx = egress.devices.get(&key.ifindex).copied().unwrap_or_default();
@@ -130,6 +135,9 @@ pub fn stats(pin: &PinDir) -> Result<Stats, DataplaneError> {
             mtu: iface.mtu,
             counters: counters_json(&p.counters(iface.slot)?),
             egress: (key.vlan_id == 0).then(|| EgressJson::new(egress.counting, &tx)),
+            egress_not_ready: holds
+                .get(&key.ifindex)
+                .map(|h| sluice_dataplane::egress::describe(&iface_name(iface), h)),
         });
     }
     interfaces.sort_by(|a, b| a.name.cmp(&b.name));
@@ -272,6 +280,9 @@ pub fn stats_text(s: &Stats) -> String {
         write_counters(&mut out, &i.counters);
         if let Some(e) = &i.egress {
             write_egress(&mut out, e);
+        }
+        if let Some(n) = &i.egress_not_ready {
+            let _ = writeln!(out, "  egress not ready     {}", n.message);
         }
     }
     if s.unknown.values().any(|c| c.packets > 0) {

@@ -526,6 +526,53 @@ fn egress_not_in_devmap_goes_to_the_kernel() {
     )]);
 }
 
+#[test]
+fn a_held_egress_goes_to_the_kernel_untouched() {
+    use aya::maps::{Array, HashMap};
+    use sluice_common::xmit::{EgressHold, hold_cause, names};
+    let Some(mut lab) = Lab::new("a_held_egress_goes_to_the_kernel_untouched") else { return };
+    let frame = udp4("10.1.3.3");
+    let hold = EgressHold { cause: hold_cause::NO_XDP_XMIT, ..EgressHold::default() };
+    let set = |lab: &mut Lab, held: Option<u32>, count: u32| {
+        let mut map: HashMap<_, u32, EgressHold> =
+            HashMap::try_from(lab.ebpf_mut().map_mut(names::EGRESS_HOLD).expect("EGRESS_HOLD"))
+                .expect("a hash");
+        match held {
+            Some(ifindex) => map.insert(ifindex, hold, 0).expect("hold"),
+            None => map.remove(&11).expect("release"),
+        }
+        let mut n: Array<_, u32> =
+            Array::try_from(lab.ebpf_mut().map_mut(names::EGRESS_HOLDS).expect("EGRESS_HOLDS"))
+                .expect("an array");
+        n.set(0, count, 0).expect("count");
+    };
+    // out1 (ifindex 11) held: the frame goes to the kernel as it came.
+    set(&mut lab, Some(11), 1);
+    lab.check_all(&[Case::pass(
+        "IPv4 UDP to a held egress",
+        IN0,
+        frame.clone(),
+        Reason::PassEgressNotReady,
+    )]);
+    // Another device held: out1's frames are forwarded.
+    set(&mut lab, None, 0);
+    set(&mut lab, Some(12), 1);
+    lab.check_all(&[Case::forward(
+        "IPv4 UDP, another egress held",
+        IN0,
+        &frame,
+        &routed(&frame, nh::OUT1),
+    )]);
+    // The count says nothing is held: the hash is not read.
+    set(&mut lab, Some(11), 0);
+    lab.check_all(&[Case::forward(
+        "IPv4 UDP, hold count 0",
+        IN0,
+        &frame,
+        &routed(&frame, nh::OUT1),
+    )]);
+}
+
 /// Runs `frame` through the program while a thread keeps writing `changes(i)` for i = 0, 1, ...
 /// (after `setup`), and checks every run forwarded to next hop `OUT1` or `OUT2`.
 fn assert_races_forward_to_old_or_new(

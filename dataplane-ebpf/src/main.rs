@@ -522,9 +522,13 @@ fn read_ports(ctx: &XdpContext, offset: usize, proto: u8) -> u32 {
 
 /// Selects the egress device before anything in the frame changes: `bpf_redirect_map` only
 /// records the target (the frame is sent after the program returns), so a device missing from
-/// the map leaves the packet untouched for the kernel.
+/// the map leaves the packet untouched for the kernel, and so does a device the control plane
+/// holds because it cannot take redirected frames (the kernel delivers them instead).
 #[inline(always)]
 fn claim_egress(nh: &NextHop) -> Result<u32, Outcome> {
+    if xmit::egress_held(nh.ifindex) {
+        return Err(Outcome::pass(Reason::PassEgressNotReady));
+    }
     DEVMAP.redirect(nh.ifindex, 0).map_err(|_| Outcome::pass(Reason::PassNoEgress))
 }
 

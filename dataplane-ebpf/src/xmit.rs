@@ -6,21 +6,40 @@
 //! so nothing here touches the forwarding fast path. Each event about a device of the daemon's is
 //! added, per CPU, to that device's [`XmitStats`]. See `sluice_common::xmit` for why the namespace
 //! and the device map are checked and where the offsets come from.
+//!
+//! It also holds the egress devices the control plane found unable to take redirected frames
+//! (`EGRESS_HOLD`): the forwarding program asks [`egress_held`] before it redirects.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_probe_read_kernel,
     macros::{map, raw_tracepoint},
-    maps::{Array, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuHashMap},
     programs::RawTracePointContext,
 };
-use sluice_common::xmit::{MAX_XMIT_DEVICES, XmitConfig, XmitStats};
+use sluice_common::xmit::{EgressHold, MAX_EGRESS_HOLDS, MAX_XMIT_DEVICES, XmitConfig, XmitStats};
 
 #[map]
 static XMIT_STATS: PerCpuHashMap<u32, XmitStats> =
     PerCpuHashMap::with_max_entries(MAX_XMIT_DEVICES, 0);
 #[map]
 static XMIT_CONFIG: Array<XmitConfig> = Array::with_max_entries(1, 0);
+#[map]
+static EGRESS_HOLD: HashMap<u32, EgressHold> = HashMap::with_max_entries(MAX_EGRESS_HOLDS, 0);
+#[map]
+static EGRESS_HOLDS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether redirected frames cannot be delivered to `ifindex` (its frames go to the kernel).
+/// While nothing is held, one array read: the hash is looked up only when some device is.
+#[inline(always)]
+pub fn egress_held(ifindex: u32) -> bool {
+    match EGRESS_HOLDS.get(0) {
+        Some(n) if *n != 0 => {}
+        _ => return false,
+    }
+    // SAFETY: only the presence of the entry is read.
+    unsafe { EGRESS_HOLD.get(&ifindex) }.is_some()
+}
 
 /// `xdp_devmap_xmit`: `TP_PROTO(const struct net_device *from_dev, const struct net_device
 /// *to_dev, int sent, int drops, int err)`; the positions of the arguments used.

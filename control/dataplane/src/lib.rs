@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod batch;
+pub mod egress;
 pub mod error;
 pub mod heap;
 pub mod hooks;

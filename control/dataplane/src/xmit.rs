@@ -68,6 +68,13 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
             (MapType::PerCpuHash, 4, size(size_of::<XmitStats>()), MAX_XMIT_DEVICES)
         }
         names::XMIT_CONFIG => (MapType::Array, 4, size(size_of::<XmitConfig>()), 1),
+        names::EGRESS_HOLD => (
+            MapType::Hash,
+            4,
+            size(size_of::<sluice_common::xmit::EgressHold>()),
+            sluice_common::xmit::MAX_EGRESS_HOLDS,
+        ),
+        names::EGRESS_HOLDS => (MapType::Array, 4, 4, 1),
         _ => return None,
     })
 }

@@ -118,6 +118,7 @@ fn interfaces(pin: &PinDir) -> Vec<models::InterfaceInfo> {
                 mtu: dp.map(|i| i.mtu),
                 xdp_mode: dp.map(|i| i.xdp_mode.to_owned()),
                 routed: None,
+                egress_not_ready: dp.and_then(|i| i.egress_not_ready.clone()),
             }
         })
         .collect()

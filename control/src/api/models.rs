@@ -303,6 +303,10 @@ pub struct InterfaceInfo {
     pub xdp_mode: Option<String>,
     /// A routed port: `fixed` (the daemon's `--attach`), `configured`, or none.
     pub routed: Option<String>,
+    /// Set while the port cannot take the frames XDP redirects to it (they go through the
+    /// kernel instead): the cause, the veth peer if any, and the remedy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_not_ready: Option<sluice_dataplane::egress::NotReady>,
 }
 
 /// `POST /interfaces/{name}/attach`.

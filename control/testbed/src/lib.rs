@@ -27,6 +27,7 @@ pub mod frame;
 pub mod lab;
 pub mod netns;
 pub mod table;
+pub mod wire;
 
 /// Whether this process runs under CI (`CI` set, and not to `false` or `0`), where a privileged
 /// test that cannot run fails instead of skipping.

@@ -453,11 +453,14 @@ pub enum Reason {
     PassFiltered = 20,
     /// Dropped by the `rate-limit` hook table: its source sent more than its rule allows.
     DropRateLimited = 21,
+    /// The egress device cannot take redirected frames (see `xmit::EgressHold`): to the kernel,
+    /// which forwards it.
+    PassEgressNotReady = 22,
 }
 
 impl Reason {
     /// Number of reasons in use.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// All reasons, by value.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -483,6 +486,7 @@ impl Reason {
         Self::DropFiltered,
         Self::PassFiltered,
         Self::DropRateLimited,
+        Self::PassEgressNotReady,
     ];
 
     /// A stable snake-case name, used by the CLI, in JSON and as a metric label.
@@ -510,6 +514,7 @@ impl Reason {
             Self::DropFiltered => "drop_filtered",
             Self::PassFiltered => "pass_filtered",
             Self::DropRateLimited => "drop_rate_limited",
+            Self::PassEgressNotReady => "pass_egress_not_ready",
         }
     }
 

@@ -40,3 +40,5 @@ unsafe impl aya::Pod for crate::TalkerKey {}
 unsafe impl aya::Pod for crate::xmit::XmitStats {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::xmit::XmitConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::xmit::EgressHold {}

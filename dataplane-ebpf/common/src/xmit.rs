@@ -42,8 +42,14 @@ pub mod names {
     /// Array of one [`XmitConfig`](super::XmitConfig).
     pub const XMIT_CONFIG: &str = "XMIT_CONFIG";
 
+    /// Hash: egress ifindex (`u32`, host order) -> [`EgressHold`](super::EgressHold): the
+    /// devices redirected frames cannot be delivered to, whose frames go to the kernel.
+    pub const EGRESS_HOLD: &str = "EGRESS_HOLD";
+    /// Array of one `u32`: how many entries `EGRESS_HOLD` has (0: the program skips it).
+    pub const EGRESS_HOLDS: &str = "EGRESS_HOLDS";
+
     /// The maps of egress accounting, pinned beside the forwarding maps.
-    pub const ALL_MAPS: [&str; 2] = [XMIT_STATS, XMIT_CONFIG];
+    pub const ALL_MAPS: [&str; 4] = [XMIT_STATS, XMIT_CONFIG, EGRESS_HOLD, EGRESS_HOLDS];
 }
 
 /// Egress devices counted; a device beyond that is not counted (the map is full).
@@ -122,6 +128,40 @@ pub struct XmitConfig {
     pub dtab_dev_offset: u32,
 }
 const _: () = assert!(size_of::<XmitConfig>() == 24);
+
+/// Why an egress device is held: [`EgressHold::cause`].
+pub mod hold_cause {
+    /// The device does not advertise `NETDEV_XDP_ACT_NDO_XMIT`: its driver has no
+    /// `ndo_xdp_xmit`, or it is a veth whose peer has neither an XDP program nor GRO on.
+    pub const NO_XDP_XMIT: u32 = 1;
+    /// Redirects to the device kept failing (`xdp:xdp_redirect_err`, or flushes the driver
+    /// refused); retried after a while.
+    pub const REDIRECT_ERRORS: u32 = 2;
+}
+
+/// Value of `EGRESS_HOLD`: an egress device the XDP program does not redirect to (its frames go
+/// to the kernel, counted as `pass_egress_not_ready`), and why, for `sluice stats` and the API.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EgressHold {
+    /// One of [`hold_cause`].
+    pub cause: u32,
+    /// For a veth: its peer's ifindex (in the peer's namespace), else 0.
+    pub peer_ifindex: u32,
+    /// For a veth: 1 when the peer lives in another network namespace.
+    pub peer_elsewhere: u32,
+    /// For a veth: 1 when the peer has an XDP program attached.
+    pub peer_xdp: u32,
+    /// 1 when the kernel forwards what the program passes to it (IPv4 and IPv6 forwarding on in
+    /// the daemon's namespace); otherwise the kernel drops the device's frames.
+    pub kernel_forwarding: u32,
+    /// For a veth whose peer could be looked up: its name, NUL-padded.
+    pub peer_name: [u8; 16],
+}
+const _: () = assert!(size_of::<EgressHold>() == 36);
+
+/// Most egress devices held at once.
+pub const MAX_EGRESS_HOLDS: u32 = 1024;
 
 #[cfg(test)]
 mod tests {
