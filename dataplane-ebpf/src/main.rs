@@ -401,16 +401,20 @@ fn steered(family: u8, dst: &[u8; 16], len: usize, hash: u32) -> Option<&'static
     Some(nh)
 }
 
-/// Longest-prefix match in DIR-24-8: the /16's summary entry, and unless it names the one result
-/// of the whole /16, the /24's 16-bit entry; then its result (a few hot cache lines) or, for a /24
-/// holding longer prefixes, its second-level entry.
+/// Longest-prefix match in DIR-24-8: the /8's and the /16's summary entries, and unless one
+/// names the one result of its whole range, the /24's 16-bit entry; then its result (a few hot
+/// cache lines) or, for a /24 holding longer prefixes, its second-level entry.
 #[inline(always)]
 fn lookup_v4(dst: [u8; 4]) -> Option<Route> {
     let addr = u32::from_be_bytes(dst);
     let slot = addr >> 8;
-    let sixteen = addr >> 16;
+    let (eight, sixteen) = (addr >> 24, addr >> 16);
     let mut short =
-        dir24::short_entry(entry_at(&TBL24_V4, dir24::SUMMARY_OFFSET + sixteen / 2)?, sixteen);
+        dir24::short_entry(entry_at(&TBL24_V4, dir24::SUMMARY8_OFFSET + eight / 2)?, eight);
+    if short == dir24::SUMMARY_DESCEND {
+        short =
+            dir24::short_entry(entry_at(&TBL24_V4, dir24::SUMMARY_OFFSET + sixteen / 2)?, sixteen);
+    }
     if short == dir24::SUMMARY_DESCEND {
         short = dir24::short_entry(entry_at(&TBL24_V4, slot / 2)?, slot);
     }

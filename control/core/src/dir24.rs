@@ -24,9 +24,9 @@ use ipnet::Ipv4Net;
 use sluice_common::{
     Route,
     dir24::{
-        GROUP_ENTRIES, MAX_GROUPS, RESULTS, SUMMARY_DESCEND, SUMMARY_OFFSET, TBL24_ENTRIES,
-        TBL24_MAP_WORDS, TBL24_WORDS, decode, encode, group_entry, group_pointer, is_group,
-        short_entry, short_group, short_group_pointer, short_is_group, with_short_entry,
+        GROUP_ENTRIES, MAX_GROUPS, RESULTS, SUMMARY_DESCEND, SUMMARY_OFFSET, SUMMARY8_OFFSET,
+        TBL24_ENTRIES, TBL24_MAP_WORDS, TBL24_WORDS, decode, encode, group_entry, group_pointer,
+        is_group, short_entry, short_group, short_group_pointer, short_is_group, with_short_entry,
     },
 };
 
@@ -176,24 +176,42 @@ impl<C: Cells> Tbl24<C> {
         short_entry(self.cells.get(SUMMARY_OFFSET as usize + sixteen / 2), sixteen as u32)
     }
 
-    /// Brings the summary entries of the /16s holding slots `first..=last` in line with the
-    /// first level, which is already written: a /16 whose /24s all have one result gets it,
-    /// any other [`SUMMARY_DESCEND`]. Until then a reader follows the summary's old entry, which
-    /// gives an old answer (a result) or sends it down to the first level (old or new there).
+    /// The /8 summary's entry of the /8 `eight`.
+    fn get_summary8(&self, eight: usize) -> u32 {
+        short_entry(self.cells.get(SUMMARY8_OFFSET as usize + eight / 2), eight as u32)
+    }
+
+    /// Brings the summary entries of the /16s holding slots `first..=last`, then those of their
+    /// /8s, in line with the level below, which is already written: a /16 whose /24s (a /8 whose
+    /// /16s) all have one result gets it, any other [`SUMMARY_DESCEND`]. Until then a reader
+    /// follows a summary's old entry, which gives an old answer (a result) or sends it down a
+    /// level (old or new there).
     fn summarize(&self, first: usize, last: usize) {
         for sixteen in first >> 8..=last >> 8 {
-            let words = sixteen * 128..sixteen * 128 + 128;
-            let w0 = self.cells.get(words.start);
-            let e0 = w0 & 0xffff;
-            let uniform = !short_is_group(e0)
-                && w0 == e0 * 0x1_0001
-                && words.clone().all(|w| self.cells.get(w) == w0);
-            let want = if uniform { e0 } else { SUMMARY_DESCEND };
+            let want = self.uniform(sixteen * 128);
             if self.get_summary(sixteen) != want {
                 let at = SUMMARY_OFFSET as usize + sixteen / 2;
                 self.cells.set(at, with_short_entry(self.cells.get(at), sixteen as u32, want));
             }
         }
+        for eight in first >> 16..=last >> 16 {
+            let want = self.uniform(SUMMARY_OFFSET as usize + eight * 128);
+            if self.get_summary8(eight) != want {
+                let at = SUMMARY8_OFFSET as usize + eight / 2;
+                self.cells.set(at, with_short_entry(self.cells.get(at), eight as u32, want));
+            }
+        }
+    }
+
+    /// The one result the 256 16-bit entries in the 128 words from `start` share, or
+    /// [`SUMMARY_DESCEND`] when they differ or one is a group pointer (or itself descends).
+    fn uniform(&self, start: usize) -> u32 {
+        let w0 = self.cells.get(start);
+        let e0 = w0 & 0xffff;
+        let uniform = !short_is_group(e0)
+            && w0 == e0 * 0x1_0001
+            && (start..start + 128).all(|w| self.cells.get(w) == w0);
+        if uniform { e0 } else { SUMMARY_DESCEND }
     }
 
     /// Results named.
@@ -411,7 +429,10 @@ impl<C: Cells> Dir24<C> {
     /// Looks an address up the way the XDP program does.
     pub fn lookup(&self, addr: Ipv4Addr) -> Option<Route> {
         let a = u32::from(addr);
-        let summary = self.tbl24.get_summary((a >> 16) as usize);
+        let mut summary = self.tbl24.get_summary8((a >> 24) as usize);
+        if summary == SUMMARY_DESCEND {
+            summary = self.tbl24.get_summary((a >> 16) as usize);
+        }
         let mut e = if summary == SUMMARY_DESCEND {
             self.tbl24.get((a >> 8) as usize)
         } else {
@@ -652,6 +673,13 @@ pub(crate) mod tests {
             let want = if uniform { first } else { SUMMARY_DESCEND };
             assert_eq!(d.tbl24.get_summary(sixteen), want, "/16 number {sixteen}");
         }
+        for eight in 0..256usize {
+            let first = d.tbl24.get_summary(eight << 8);
+            let uniform = first != SUMMARY_DESCEND
+                && (eight << 8..(eight + 1) << 8).all(|s| d.tbl24.get_summary(s) == first);
+            let want = if uniform { first } else { SUMMARY_DESCEND };
+            assert_eq!(d.tbl24.get_summary8(eight), want, "/8 number {eight}");
+        }
     }
 
     #[test]
@@ -672,6 +700,9 @@ pub(crate) mod tests {
         let descending: Vec<usize> =
             (0..1usize << 16).filter(|&s| d.tbl24.get_summary(s) == SUMMARY_DESCEND).collect();
         assert_eq!(descending, [0x0a01, 0x0a09]);
+        let descending: Vec<usize> =
+            (0..256).filter(|&s| d.tbl24.get_summary8(s) == SUMMARY_DESCEND).collect();
+        assert_eq!(descending, [10]);
         assert_eq!(d.lookup("10.9.0.200".parse().unwrap()), Some(route(9)));
         assert_eq!(d.lookup("10.9.0.1".parse().unwrap()), Some(route(7)));
         assert_eq!(d.lookup("10.1.2.3".parse().unwrap()), Some(route(8)));
