@@ -85,8 +85,8 @@ fn thread_cpu(pid: u32) -> std::collections::BTreeMap<u32, (String, f64)> {
 pub(super) const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// See [`DAEMON_READY_TIMEOUT`].
 pub(super) const READY_PER_ROUTE: Duration = Duration::from_micros(200);
-/// How long the route trie may stay short of the table once the daemon has logged that it is
-/// ready (one count of a million routes takes a few seconds).
+/// How long the route trie may stay short of the table, without growing, once the daemon has
+/// logged that it is ready (one count of a million routes takes a few seconds).
 const READY_GRACE: Duration = Duration::from_secs(10);
 
 /// `sluice daemon` running in the router namespace with its own pin directory. Stopped, detached
@@ -262,6 +262,8 @@ impl<'a> Daemon<'a> {
         let mut last_count = None;
         let (mut loaded, mut entries, mut logged) = (None, None, None);
         let mut ready_routes: Option<usize> = None;
+        // When the count of the route trie last grew.
+        let mut grew = Duration::ZERO;
         loop {
             check_interrupted()?;
             self.check_alive()?;
@@ -282,6 +284,10 @@ impl<'a> Daemon<'a> {
                 let poll = Instant::now();
                 let n = trie.len()?;
                 last_count = Some(poll.elapsed());
+                if entries.is_none_or(|e| n > e) {
+                    // The route record's writer is still making progress.
+                    grew = self.started.elapsed();
+                }
                 entries = Some(n);
                 if n >= routes {
                     loaded = Some(self.started.elapsed());
@@ -291,7 +297,10 @@ impl<'a> Daemon<'a> {
                 break;
             }
             // Ready, yet short of routes for a while: it will not get there.
-            let stuck = logged.is_some_and(|at| self.started.elapsed() > at + READY_GRACE);
+            // (The record's writer runs at a low priority: on a busy machine it trails the
+            // lookup tables by tens of seconds, but its count keeps growing.)
+            let stuck =
+                logged.is_some_and(|at| self.started.elapsed() > at.max(grew) + READY_GRACE);
             if Instant::now() > deadline || stuck {
                 bail!(
                     "the daemon did not take the table ({} of {routes} routes in its trie {}):\n{}",
@@ -380,16 +389,21 @@ impl<'a> Daemon<'a> {
     }
 }
 
-/// SIGTERM, then SIGKILL if the process has not exited after 10 s.
+/// How long a stopping daemon may take: it finishes writing the route record first, which after
+/// a full table loaded while the machine is busy takes tens of seconds at the writer's low
+/// priority.
+const STOP_GRACE: Duration = Duration::from_secs(90);
+
+/// SIGTERM, then SIGKILL if the process has not exited after [`STOP_GRACE`].
 fn terminate(child: &mut Child) -> anyhow::Result<()> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
     let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + STOP_GRACE;
     while child.try_wait()?.is_none() {
         if Instant::now() > deadline {
             child.kill()?;
             child.wait()?;
-            bail!("sluice daemon ignored SIGTERM for 10 s; killed");
+            bail!("sluice daemon ignored SIGTERM for {STOP_GRACE:?}; killed");
         }
         thread::sleep(Duration::from_millis(20));
     }
