@@ -636,6 +636,41 @@ fn lookups_racing_updates_see_the_old_or_the_new_route() {
     );
 }
 
+/// IPv4 lookups through the summaries before the first level: a /8 with one route everywhere is
+/// answered by its /8 entry, a /8 with a /16 route under it by its /16 entries, a /16 with a /24
+/// and a /25 under it by the first level and a group; and each is answered from higher up again
+/// once the more-specifics under it are gone.
+#[test]
+fn ipv4_lookups_through_the_summaries() {
+    let Some(mut lab) = Lab::new("ipv4_lookups_through_the_summaries") else { return };
+    let write = |lab: &mut Lab, op: Op| lab.maps.write(&op).expect("route change");
+    let net = |s: &str| -> ipnet::Ipv4Net { s.parse().expect("prefix") };
+    for (prefix, id) in [
+        ("44.0.0.0/8", nh::OUT1),
+        ("45.0.0.0/8", nh::OUT1),
+        ("45.7.0.0/16", nh::OUT2),
+        ("45.7.9.0/24", nh::OUT3),
+        ("45.7.9.128/25", nh::OUT4),
+    ] {
+        write(&mut lab, Op::SetRouteV4(net(prefix), forward(id)));
+    }
+    let case = |dst: &str, id: u32| {
+        Case::forward(format!("{dst} via next hop {id}"), IN0, &udp4(dst), &routed(&udp4(dst), id))
+    };
+    lab.check_all(&[
+        case("44.200.1.1", nh::OUT1),
+        case("45.1.1.1", nh::OUT1),
+        case("45.7.1.1", nh::OUT2),
+        case("45.7.9.1", nh::OUT3),
+        case("45.7.9.200", nh::OUT4),
+    ]);
+    write(&mut lab, Op::DelRouteV4(net("45.7.9.128/25")));
+    write(&mut lab, Op::DelRouteV4(net("45.7.9.0/24")));
+    lab.check_all(&[case("45.7.9.200", nh::OUT2), case("45.7.9.1", nh::OUT2)]);
+    write(&mut lab, Op::DelRouteV4(net("45.7.0.0/16")));
+    lab.check_all(&[case("45.7.9.200", nh::OUT1), case("45.1.1.1", nh::OUT1)]);
+}
+
 /// The same race for IPv6: the /32 above goes from a compact node (the /48 alone) to expanded
 /// nodes (with the /65, too long for a compact node) and back again and again while lookups run.
 #[test]

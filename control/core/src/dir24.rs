@@ -24,9 +24,9 @@ use ipnet::Ipv4Net;
 use sluice_common::{
     Route,
     dir24::{
-        GROUP_ENTRIES, MAX_GROUPS, RESULTS, TBL24_ENTRIES, TBL24_MAP_WORDS, TBL24_WORDS, decode,
-        encode, group_entry, group_pointer, is_group, short_entry, short_group,
-        short_group_pointer, short_is_group, with_short_entry,
+        GROUP_ENTRIES, MAX_GROUPS, RESULTS, SUMMARY_DESCEND, SUMMARY_OFFSET, SUMMARY8_OFFSET,
+        TBL24_ENTRIES, TBL24_MAP_WORDS, TBL24_WORDS, decode, encode, group_entry, group_pointer,
+        is_group, short_entry, short_group, short_group_pointer, short_is_group, with_short_entry,
     },
 };
 
@@ -119,7 +119,11 @@ impl<C: Cells> Tbl24<C> {
     }
 
     fn get(&self, slot: usize) -> u32 {
-        let short = self.get_short(slot);
+        self.value(self.get_short(slot))
+    }
+
+    /// The entry a 16-bit entry stands for.
+    fn value(&self, short: u32) -> u32 {
         if short_is_group(short) {
             group_pointer(short_group(short))
         } else if short == 0 {
@@ -167,6 +171,49 @@ impl<C: Cells> Tbl24<C> {
     fn set_short(&self, slot: usize, short: u32) {
         let word = self.cells.get(slot / 2);
         self.cells.set(slot / 2, with_short_entry(word, slot as u32, short));
+    }
+
+    /// The summary entry of the /16 `sixteen`.
+    fn get_summary(&self, sixteen: usize) -> u32 {
+        short_entry(self.cells.get(SUMMARY_OFFSET as usize + sixteen / 2), sixteen as u32)
+    }
+
+    /// The /8 summary's entry of the /8 `eight`.
+    fn get_summary8(&self, eight: usize) -> u32 {
+        short_entry(self.cells.get(SUMMARY8_OFFSET as usize + eight / 2), eight as u32)
+    }
+
+    /// Brings the summary entries of the /16s holding slots `first..=last`, then those of their
+    /// /8s, in line with the level below, which is already written: a /16 whose /24s (a /8 whose
+    /// /16s) all have one result gets it, any other [`SUMMARY_DESCEND`]. Until then a reader
+    /// follows a summary's old entry, which gives an old answer (a result) or sends it down a
+    /// level (old or new there).
+    fn summarize(&self, first: usize, last: usize) {
+        for sixteen in first >> 8..=last >> 8 {
+            let want = self.uniform(sixteen * 128);
+            if self.get_summary(sixteen) != want {
+                let at = SUMMARY_OFFSET as usize + sixteen / 2;
+                self.cells.set(at, with_short_entry(self.cells.get(at), sixteen as u32, want));
+            }
+        }
+        for eight in first >> 16..=last >> 16 {
+            let want = self.uniform(SUMMARY_OFFSET as usize + eight * 128);
+            if self.get_summary8(eight) != want {
+                let at = SUMMARY8_OFFSET as usize + eight / 2;
+                self.cells.set(at, with_short_entry(self.cells.get(at), eight as u32, want));
+            }
+        }
+    }
+
+    /// The one result the 256 16-bit entries in the 128 words from `start` share, or
+    /// [`SUMMARY_DESCEND`] when they differ or one is a group pointer (or itself descends).
+    fn uniform(&self, start: usize) -> u32 {
+        let w0 = self.cells.get(start);
+        let e0 = w0 & 0xffff;
+        let uniform = !short_is_group(e0)
+            && w0 == e0 * 0x1_0001
+            && (start..start + 128).all(|w| self.cells.get(w) == w0);
+        if uniform { e0 } else { SUMMARY_DESCEND }
     }
 
     /// Results named.
@@ -378,6 +425,7 @@ impl<C: Cells> Dir24<C> {
                 placed.adoption.rewritten += 1;
             }
         }
+        placed.tbl24.summarize(0, TBL24_ENTRIES as usize - 1);
         // Live groups no slot points to any more wait out the grace period.
         let in_use: std::collections::HashSet<u32> = slot_group.values().copied().collect();
         let now = Instant::now();
@@ -424,7 +472,15 @@ impl<C: Cells> Dir24<C> {
     /// Looks an address up the way the XDP program does.
     pub fn lookup(&self, addr: Ipv4Addr) -> Option<Route> {
         let a = u32::from(addr);
-        let mut e = self.tbl24.get((a >> 8) as usize);
+        let mut summary = self.tbl24.get_summary8((a >> 24) as usize);
+        if summary == SUMMARY_DESCEND {
+            summary = self.tbl24.get_summary((a >> 16) as usize);
+        }
+        let mut e = if summary == SUMMARY_DESCEND {
+            self.tbl24.get((a >> 8) as usize)
+        } else {
+            self.tbl24.value(summary)
+        };
         if is_group(e) {
             e = self.tbl8.get((group_entry(e) * GROUP_ENTRIES + (a & 0xff)) as usize);
         }
@@ -614,6 +670,7 @@ impl<C: Cells> Dir24<C> {
                     self.tbl24.set_short(slot, short);
                 }
             }
+            self.tbl24.summarize(first, first + count - 1);
         } else {
             let e = self.tbl24.get((addr >> 8) as usize);
             debug_assert!(is_group(e));
@@ -625,6 +682,8 @@ impl<C: Cells> Dir24<C> {
                     self.tbl8.set(i, value);
                 }
             }
+            let slot = (addr >> 8) as usize;
+            self.tbl24.summarize(slot, slot);
         }
     }
 
@@ -658,6 +717,7 @@ impl<C: Cells> Dir24<C> {
             return;
         }
         self.tbl24.set(slot, self.group_base.remove(&slot).unwrap_or(0));
+        self.tbl24.summarize(slot, slot);
         self.retired.push((g, Instant::now()));
         self.groups_in_use -= 1;
     }
@@ -714,6 +774,62 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every /16's summary entry is the one result of all its /24s, or [`SUMMARY_DESCEND`] when
+    /// they differ or one holds a group.
+    fn assert_summary_consistent(d: &Dir24<VecCells>) {
+        for sixteen in 0..(1usize << 16) {
+            let first = d.tbl24.get_short(sixteen << 8);
+            let uniform = !short_is_group(first)
+                && (sixteen << 8..(sixteen + 1) << 8).all(|s| d.tbl24.get_short(s) == first);
+            let want = if uniform { first } else { SUMMARY_DESCEND };
+            assert_eq!(d.tbl24.get_summary(sixteen), want, "/16 number {sixteen}");
+        }
+        for eight in 0..256usize {
+            let first = d.tbl24.get_summary(eight << 8);
+            let uniform = first != SUMMARY_DESCEND
+                && (eight << 8..(eight + 1) << 8).all(|s| d.tbl24.get_summary(s) == first);
+            let want = if uniform { first } else { SUMMARY_DESCEND };
+            assert_eq!(d.tbl24.get_summary8(eight), want, "/8 number {eight}");
+        }
+    }
+
+    #[test]
+    fn the_summary_answers_uniform_sixteens_alone() {
+        let mut d = small();
+        assert_summary_consistent(&d);
+        let default: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        d.set(default, route(7)).unwrap();
+        assert_summary_consistent(&d);
+        let seven = d.tbl24.get_summary(0);
+        assert!(seven != 0 && seven != SUMMARY_DESCEND, "{seven:#x}");
+        assert!((0..1usize << 16).all(|s| d.tbl24.get_summary(s) == seven));
+        // A /24 and a /25 under two /16s send those two, and only those, down to the first level.
+        for (net, target) in [("10.1.2.0/24", 8), ("10.9.0.128/25", 9)] {
+            d.set(net.parse().unwrap(), route(target)).unwrap();
+        }
+        assert_summary_consistent(&d);
+        let descending: Vec<usize> =
+            (0..1usize << 16).filter(|&s| d.tbl24.get_summary(s) == SUMMARY_DESCEND).collect();
+        assert_eq!(descending, [0x0a01, 0x0a09]);
+        let descending: Vec<usize> =
+            (0..256).filter(|&s| d.tbl24.get_summary8(s) == SUMMARY_DESCEND).collect();
+        assert_eq!(descending, [10]);
+        assert_eq!(d.lookup("10.9.0.200".parse().unwrap()), Some(route(9)));
+        assert_eq!(d.lookup("10.9.0.1".parse().unwrap()), Some(route(7)));
+        assert_eq!(d.lookup("10.1.2.3".parse().unwrap()), Some(route(8)));
+        // A /16 route over one of them, then the more-specifics gone: uniform again.
+        d.set("10.1.0.0/16".parse().unwrap(), route(10)).unwrap();
+        d.remove("10.1.2.0/24".parse().unwrap());
+        d.remove("10.9.0.128/25".parse().unwrap());
+        assert_summary_consistent(&d);
+        assert!((0..1usize << 16).all(|s| d.tbl24.get_summary(s) != SUMMARY_DESCEND));
+        assert_eq!(d.lookup("10.1.2.3".parse().unwrap()), Some(route(10)));
+        d.remove(default);
+        assert_summary_consistent(&d);
+        assert_eq!(d.lookup("11.0.0.1".parse().unwrap()), None);
+        assert_eq!(d.tbl24.get_summary(0x0b00), 0);
+    }
+
     #[test]
     fn matches_a_reference_lpm_through_random_adds_replaces_and_deletes() {
         let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -746,9 +862,13 @@ pub(crate) mod tests {
                     let base = bases[rng.below(bases.len() as u64) as usize];
                     let a = Ipv4Addr::from(base | (rng.next() as u32 & 0xffff));
                     assert_eq!(d.lookup(a), reference(&table, a), "step {step}, {a}");
+                    // And anywhere: mostly /16s the summary answers alone.
+                    let a = Ipv4Addr::from(rng.next() as u32);
+                    assert_eq!(d.lookup(a), reference(&table, a), "step {step}, {a}");
                 }
             }
             if step % 1000 == 999 {
+                assert_summary_consistent(&d);
                 // What another process reads from the tables is what the writer counts.
                 let (scanned, usage) = (d.scan(), d.usage());
                 assert_eq!(scanned.groups, usage.groups, "step {step}");

@@ -9,6 +9,15 @@
 //!   map. Tables name few distinct results (one per next hop or ECMP group in use), so the
 //!   results stay in a few cache lines.
 //!
+//! Before the first level, a summary of it keeps one 16-bit entry per /16 (128 KiB, after the
+//! results in the same map): the /16's one result when all its /24s have the same one (as a
+//! first-level entry: 0 or a result's index), else [`SUMMARY_DESCEND`]. A lookup reads the
+//! summary first and the first level only below it, so a table with few long prefixes (one
+//! route, or the parts of the space a full table leaves to a short prefix) is answered from the
+//! summary's few pages instead of a line of the 32 MiB level each. A second summary, one entry per
+//! /8 (512 bytes, after the first), does the same for the /16 summary: a /8 whose /16s all have
+//! the same one result is answered from it alone.
+//!
 //! A full entry (a result, or a second-level entry) is one `u32`, so it is read and written
 //! atomically:
 //! - 0: no route;
@@ -28,10 +37,24 @@ pub const MAX_GROUPS: u32 = 1 << 14;
 pub const TBL24_WORDS: u32 = TBL24_ENTRIES / 2;
 /// Results the first level can name; index 0 stands for "no route".
 pub const RESULTS: u32 = 1 << 15;
-/// Words of the `TBL24_V4` map: the first level, then the results.
-pub const TBL24_MAP_WORDS: u32 = TBL24_WORDS + RESULTS;
+/// Summary entries: one per /16.
+pub const SUMMARY_ENTRIES: u32 = 1 << 16;
+/// Where the summary's words start in the `TBL24_V4` map.
+pub const SUMMARY_OFFSET: u32 = TBL24_WORDS + RESULTS;
+/// Words of the summary's 16-bit entries.
+pub const SUMMARY_WORDS: u32 = SUMMARY_ENTRIES / 2;
+/// Entries of the /8 summary.
+pub const SUMMARY8_ENTRIES: u32 = 1 << 8;
+/// Where the /8 summary's words start in the `TBL24_V4` map.
+pub const SUMMARY8_OFFSET: u32 = SUMMARY_OFFSET + SUMMARY_WORDS;
+/// Words of the /8 summary's 16-bit entries.
+pub const SUMMARY8_WORDS: u32 = SUMMARY8_ENTRIES / 2;
+/// Words of the `TBL24_V4` map: the first level, the results, then the /16 and the /8 summary.
+pub const TBL24_MAP_WORDS: u32 = TBL24_WORDS + RESULTS + SUMMARY_WORDS + SUMMARY8_WORDS;
 
 const SHORT_GROUP_BIT: u32 = 1 << 15;
+/// A summary entry for a /16 whose /24s differ: look the address up in the first level.
+pub const SUMMARY_DESCEND: u32 = SHORT_GROUP_BIT;
 const _: () = assert!(MAX_GROUPS <= SHORT_GROUP_BIT);
 /// Entries per map value. A BPF array stores each value in a slot rounded up to 8 bytes, so the
 /// tables keep 16 entries (one cache line) per value; mapped into userspace they are one flat

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod dir24;
 pub mod hooks;
+pub mod steps;
 pub mod trie6;
 #[cfg(feature = "user")]
 mod user;

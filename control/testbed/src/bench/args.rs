@@ -73,6 +73,16 @@ pub struct BenchArgs {
     /// statistics (a short extra phase for each XDP forwarder after its last round).
     #[arg(long)]
     pub no_program_time: bool,
+    /// Interleaved rounds of the per-step program times (`BPF_PROG_TEST_RUN` of the forwarding
+    /// program cut short after each step, the ceilings and `--ab`, on the daemon's maps), after
+    /// Sluice's last round in each cell; 0 skips them.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub step_rounds: u32,
+    /// Another build's forwarding object (`sluice-xdp`, e.g. from `OUT_DIR` of
+    /// `sluice-dataplane`), timed in the same interleaved rounds as this build's on the same
+    /// maps (`sluice_b` in the report): the two must share the maps' layout.
+    #[arg(long, value_name = "OBJECT")]
+    pub ab: Option<PathBuf>,
 }
 
 /// `--family`.

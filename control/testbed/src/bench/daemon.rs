@@ -24,13 +24,69 @@ use crate::{
     table::Family,
 };
 
+/// How long the daemon may take to settle (see [`Daemon::wait_idle`]) before it is measured anyway.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The window over which the daemon's CPU use is taken to decide it is idle.
+const IDLE_WINDOW: Duration = Duration::from_millis(500);
+/// The daemon is idle when all its threads together used less than this share of one CPU over
+/// [`IDLE_WINDOW`].
+const IDLE_SHARE: f64 = 0.02;
+
+/// How long the daemon took to settle, and which of its threads used the CPU meanwhile.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Settled {
+    /// From the call until a window with less than [`IDLE_SHARE`] of a CPU.
+    pub(super) waited_s: f64,
+    /// Whether it got there within [`IDLE_TIMEOUT`].
+    pub(super) idle: bool,
+    /// CPU seconds per thread name while waiting (busiest first).
+    pub(super) busy: Vec<(String, f64)>,
+}
+
+impl Settled {
+    pub(super) fn describe(&self) -> String {
+        let busy: Vec<String> = self
+            .busy
+            .iter()
+            .filter(|(_, s)| *s > 0.0)
+            .map(|(n, s)| format!("{n} {:.0} ms", s * 1e3))
+            .collect();
+        format!(
+            "{} after {:.1} s{}",
+            if self.idle { "idle" } else { "still busy" },
+            self.waited_s,
+            if busy.is_empty() {
+                String::new()
+            } else {
+                format!(" (CPU meanwhile: {})", busy.join(", "))
+            }
+        )
+    }
+}
+
+/// CPU time of each thread of `pid` (the scheduler's own account, `schedstat`), by thread id:
+/// (name, seconds).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<u32, (String, f64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.filter_map(Result::ok) {
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else { continue };
+        let Ok(schedstat) = std::fs::read_to_string(t.path().join("schedstat")) else { continue };
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        // Time on a CPU (ns), time waiting for one, time slices.
+        let ns: u64 = schedstat.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        out.insert(tid, (name.trim().to_owned(), ns as f64 / 1e9));
+    }
+    out
+}
+
 /// How long the daemon may take to attach and report its interfaces, plus [`READY_PER_ROUTE`]
 /// for each route it has to take from the kernel first.
 pub(super) const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// See [`DAEMON_READY_TIMEOUT`].
 pub(super) const READY_PER_ROUTE: Duration = Duration::from_micros(200);
-/// How long the route trie may stay short of the table once the daemon has logged that it is
-/// ready (one count of a million routes takes a few seconds).
+/// How long the route trie may stay short of the table, without growing, once the daemon has
+/// logged that it is ready (one count of a million routes takes a few seconds).
 const READY_GRACE: Duration = Duration::from_secs(10);
 
 /// `sluice daemon` running in the router namespace with its own pin directory. Stopped, detached
@@ -114,6 +170,40 @@ impl<'a> Daemon<'a> {
         Ok(())
     }
 
+    /// Waits until the daemon's threads together use less than [`IDLE_SHARE`] of a CPU over
+    /// [`IDLE_WINDOW`]: nothing of its own (the route record's writer, a resync) runs beside
+    /// forwarding. Gives up (and says so) after `timeout`.
+    pub(super) fn wait_idle(&self, timeout: Duration) -> anyhow::Result<Settled> {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        let start = Instant::now();
+        let first = thread_cpu(pid);
+        let mut last = first.clone();
+        let idle = loop {
+            check_interrupted()?;
+            self.check_alive_shared()?;
+            thread::sleep(IDLE_WINDOW);
+            let now = thread_cpu(pid);
+            let used: f64 =
+                now.iter().map(|(tid, (_, s))| s - last.get(tid).map_or(0.0, |(_, b)| *b)).sum();
+            last = now;
+            if used < IDLE_SHARE * IDLE_WINDOW.as_secs_f64() {
+                break true;
+            }
+            if start.elapsed() > timeout {
+                break false;
+            }
+        };
+        let mut by_name: std::collections::BTreeMap<String, f64> =
+            std::collections::BTreeMap::new();
+        for (tid, (name, s)) in &last {
+            *by_name.entry(name.clone()).or_default() +=
+                s - first.get(tid).map_or(0.0, |(_, b)| *b);
+        }
+        let mut busy: Vec<(String, f64)> = by_name.into_iter().collect();
+        busy.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(Settled { waited_s: start.elapsed().as_secs_f64(), idle, busy })
+    }
+
     fn wait_ready(&mut self, ifaces: &[&str], timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -172,6 +262,8 @@ impl<'a> Daemon<'a> {
         let mut last_count = None;
         let (mut loaded, mut entries, mut logged) = (None, None, None);
         let mut ready_routes: Option<usize> = None;
+        // When the count of the route trie last grew.
+        let mut grew = Duration::ZERO;
         loop {
             check_interrupted()?;
             self.check_alive()?;
@@ -192,6 +284,10 @@ impl<'a> Daemon<'a> {
                 let poll = Instant::now();
                 let n = trie.len()?;
                 last_count = Some(poll.elapsed());
+                if entries.is_none_or(|e| n > e) {
+                    // The route record's writer is still making progress.
+                    grew = self.started.elapsed();
+                }
                 entries = Some(n);
                 if n >= routes {
                     loaded = Some(self.started.elapsed());
@@ -201,7 +297,10 @@ impl<'a> Daemon<'a> {
                 break;
             }
             // Ready, yet short of routes for a while: it will not get there.
-            let stuck = logged.is_some_and(|at| self.started.elapsed() > at + READY_GRACE);
+            // (The record's writer runs at a low priority: on a busy machine it trails the
+            // lookup tables by tens of seconds, but its count keeps growing.)
+            let stuck =
+                logged.is_some_and(|at| self.started.elapsed() > at.max(grew) + READY_GRACE);
             if Instant::now() > deadline || stuck {
                 bail!(
                     "the daemon did not take the table ({} of {routes} routes in its trie {}):\n{}",
@@ -290,16 +389,21 @@ impl<'a> Daemon<'a> {
     }
 }
 
-/// SIGTERM, then SIGKILL if the process has not exited after 10 s.
+/// How long a stopping daemon may take: it finishes writing the route record first, which after
+/// a full table loaded while the machine is busy takes tens of seconds at the writer's low
+/// priority.
+const STOP_GRACE: Duration = Duration::from_secs(90);
+
+/// SIGTERM, then SIGKILL if the process has not exited after [`STOP_GRACE`].
 fn terminate(child: &mut Child) -> anyhow::Result<()> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
     let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + STOP_GRACE;
     while child.try_wait()?.is_none() {
         if Instant::now() > deadline {
             child.kill()?;
             child.wait()?;
-            bail!("sluice daemon ignored SIGTERM for 10 s; killed");
+            bail!("sluice daemon ignored SIGTERM for {STOP_GRACE:?}; killed");
         }
         thread::sleep(Duration::from_millis(20));
     }

@@ -16,13 +16,16 @@ use sluice_dataplane::PinDir;
 
 use super::{
     args::{BenchArgs, FamilyChoice, Forwarder, FrameSize, TableChoice},
-    daemon::{DAEMON_READY_TIMEOUT, Daemon, DaemonLoad, READY_PER_ROUTE, iface_field},
+    daemon::{
+        DAEMON_READY_TIMEOUT, Daemon, DaemonLoad, IDLE_TIMEOUT, READY_PER_ROUTE, iface_field,
+    },
     interrupt::{SignalGuard, check_interrupted, interrupted},
     latency::{RouteLatency, route_add_latency},
     measurement::Measurement,
     program_time::{bpf_stats_enabled, program_time_method},
     programs::{BenchPrograms, Budget},
     report::{Cell, LoadAverages, Ratios, Report, TableReport, format_load, load_average},
+    steps::{self, ProgramSteps, StepOptions},
     topology::{CpuPlan, Topology},
 };
 use crate::table::{Family, RouteOp, Table};
@@ -77,6 +80,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "  BPF run-time statistics are already on (kernel.bpf_stats_enabled = 1): the XDP forwarders' rates include their cost"
         );
     }
+    let step_options = (args.step_rounds > 0)
+        .then(|| StepOptions { rounds: args.step_rounds, ab: args.ab.clone() });
     let ctx = CellContext {
         exe: &exe,
         budget,
@@ -84,6 +89,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         trials: args.route_trials,
         rounds: args.rounds,
         program_time: !args.no_program_time,
+        steps: step_options.as_ref(),
     };
     let cells = run_phases(&ctx, &mut bench, &topo, &phases, &mut tables)?;
     let report = Report {
@@ -294,6 +300,8 @@ pub(super) struct CellContext<'a> {
     /// Whether the XDP forwarders' time per packet is measured (after the rate of the last
     /// round; inside a round, whether this is the last one and it is measured).
     pub(super) program_time: bool,
+    /// The per-step program times after Sluice's last round, unless skipped.
+    pub(super) steps: Option<&'a StepOptions>,
 }
 
 /// Measures every forwarder with the table now in the router's kernel.
@@ -314,6 +322,7 @@ fn run_cell(
         ratios: Ratios::default(),
         daemon: None,
         route_add: None,
+        program_steps: None,
         failures: BTreeMap::new(),
     };
     // Rounds over all forwarders, so that each is measured at several moments, interleaved
@@ -326,6 +335,7 @@ fn run_cell(
         let ctx = CellContext {
             trials: if round == 0 { ctx.trials } else { 0 },
             program_time: ctx.program_time && round + 1 == ctx.rounds.max(1),
+            steps: ctx.steps.filter(|_| round + 1 == ctx.rounds.max(1)),
             ..*ctx
         };
         for &forwarder in ctx.forwarders {
@@ -420,7 +430,11 @@ fn measure_forwarder(
         }
         Forwarder::SluiceHooks => measure_sluice(ctx, bench, topo, phase, routes, true)?.0,
         Forwarder::Sluice => {
-            let (m, daemon, route_add) = measure_sluice(ctx, bench, topo, phase, routes, false)?;
+            let (m, daemon, route_add, steps) =
+                measure_sluice(ctx, bench, topo, phase, routes, false)?;
+            if steps.is_some() {
+                cell.program_steps = steps;
+            }
             // The first round's start and route changes are the ones reported.
             cell.daemon.get_or_insert(daemon);
             if route_add.is_some() {
@@ -440,12 +454,16 @@ fn measure_sluice(
     phase: Phase,
     routes: usize,
     with_hooks: bool,
-) -> anyhow::Result<(Measurement, DaemonLoad, Option<RouteLatency>)> {
+) -> anyhow::Result<(Measurement, DaemonLoad, Option<RouteLatency>, Option<ProgramSteps>)> {
     let ready_timeout = DAEMON_READY_TIMEOUT + READY_PER_ROUTE * routes as u32;
     let mut daemon =
         Daemon::start(ctx.exe, &topo.router, &[&topo.rtr_in, &topo.rtr_out], ready_timeout)?;
     let load = daemon.await_table(phase.family, routes, ready_timeout)?;
     eprintln!("    {:<10} {}", "daemon", load.describe());
+    // Steady state only: nothing of the daemon's (the route record's writer, above all) runs
+    // beside forwarding while it is measured.
+    let idle = daemon.wait_idle(IDLE_TIMEOUT)?;
+    eprintln!("    {:<10} {}", "daemon", idle.describe());
     if with_hooks {
         install_idle_hook_rules(&daemon, phase.family)?;
     }
@@ -462,8 +480,25 @@ fn measure_sluice(
     let route_add = (ctx.trials > 0 && !with_hooks)
         .then(|| route_add_latency(&daemon, topo, phase, ctx.trials))
         .transpose()?;
+    let steps = match (ctx.steps, with_hooks) {
+        (Some(opts), false) => {
+            daemon.wait_idle(IDLE_TIMEOUT)?;
+            let s = steps::measure(
+                bench,
+                &topo.router,
+                &daemon.pin_dir,
+                topo.rtr_in_ifindex,
+                &bench.step_frames,
+                opts,
+            )
+            .context("per-step program times")?;
+            eprint!("{}", s.text(&format!("    {} {}", phase.family.name(), phase.table.name())));
+            Some(s)
+        }
+        _ => None,
+    };
     daemon.stop()?;
-    Ok((m, load, route_add))
+    Ok((m, load, route_add, steps))
 }
 
 /// Puts rules in the daemon's hook tables that match none of the traffic: each packet then goes

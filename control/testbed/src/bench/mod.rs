@@ -80,6 +80,7 @@ mod plot;
 mod program_time;
 mod programs;
 mod report;
+mod steps;
 mod topology;
 
 pub use args::{BenchArgs, FamilyChoice, Forwarder, FrameSize, TableChoice, TableSizes};

@@ -72,6 +72,9 @@ pub(super) struct BenchPrograms {
     /// The longest frame, to destination 0, given to the test run as its initial packet: the
     /// generator trims it to each step's size.
     first_frame: Vec<u8>,
+    /// One frame of the first size per destination, as the generator sends them: what the
+    /// per-step program times run on.
+    pub(super) step_frames: Vec<Vec<u8>>,
     /// Whether devmap flushes are counted, or why not.
     pub(super) flush_counter: Result<(), String>,
 }
@@ -113,7 +116,13 @@ impl BenchPrograms {
             ebpf.map_mut(names::CEILING_CONFIG).ok_or_else(|| anyhow!("no ceiling config"))?;
         Array::<_, CeilingConfig>::try_from(map)?.set(0, ceiling, 0)?;
         let flush_counter = attach_flush_counter(&mut ebpf, topo).map_err(|e| format!("{e:#}"));
-        Ok(Self { ebpf, frame_size, first_frame: Vec::new(), flush_counter })
+        Ok(Self {
+            ebpf,
+            frame_size,
+            first_frame: Vec::new(),
+            step_frames: Vec::new(),
+            flush_counter,
+        })
     }
 
     /// Fills the templates and the destination map for `family`, and checks the frame generated
@@ -136,6 +145,7 @@ impl BenchPrograms {
         };
         // Per size, the frame to destination 0.
         let mut expected = Vec::new();
+        let mut step_frames = Vec::new();
         let mut table: Array<_, GenDest> = Array::try_from(self.map_mut(names::GEN_DESTS)?)?;
         for (slot, &len) in lens.iter().enumerate() {
             let to = |dst| frames::frame(gen_addr, dst, topo.gen_mac, topo.rtr_in_mac, len.into());
@@ -146,8 +156,12 @@ impl BenchPrograms {
                 let dest = frames::gen_dest(&to(d), family);
                 table.set((i * lens.len() + slot) as u32, dest, 0)?;
             }
+            if slot == 0 {
+                step_frames = destinations.iter().map(|&d| to(d)).collect();
+            }
             expected.push(first);
         }
+        self.step_frames = step_frames;
         self.first_frame =
             expected.iter().max_by_key(|f| f.len()).cloned().expect("at least one size");
 

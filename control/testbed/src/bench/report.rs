@@ -15,6 +15,7 @@ use super::{
     latency::{LoadLag, RouteLatency},
     measurement::Measurement,
     program_time::{PROGRAM_TIME_FRAMES, ProgramTime, STATS_OVERHEAD},
+    steps::ProgramSteps,
 };
 use crate::table::Table;
 
@@ -63,6 +64,9 @@ pub(super) struct Cell {
     pub(super) daemon: Option<DaemonLoad>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) route_add: Option<RouteLatency>,
+    /// Per-step program times and A/B comparisons, interleaved rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) program_steps: Option<ProgramSteps>,
     /// Forwarders that could not be measured, with the error.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) failures: BTreeMap<&'static str, String>,
@@ -327,6 +331,11 @@ impl Report {
             self.gbps_table(&mut out);
         }
         self.program_time_table(&mut out);
+        for c in &self.results {
+            if let Some(s) = &c.program_steps {
+                out.push_str(&s.text(&format!("{} {}", c.family, c.table)));
+            }
+        }
         for c in &self.results {
             if let (Some(h), Some(r)) =
                 (c.forwarders.get(Forwarder::SluiceHooks.name()), c.ratios.hooks_over_empty)
