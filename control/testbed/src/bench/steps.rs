@@ -122,15 +122,6 @@ pub(super) fn measure(
             verdict: XDP_REDIRECT,
         });
     }
-    fn program<'v>(bench: &'v BenchPrograms, v: &'v Variant) -> anyhow::Result<&'v Xdp> {
-        match &v.ebpf {
-            Some(e) => Ok(e
-                .program(names::PROGRAM)
-                .ok_or_else(|| anyhow!("no {}", names::PROGRAM))?
-                .try_into()?),
-            None => bench.program(&v.name),
-        }
-    }
     let progs: Vec<&Xdp> =
         variants.iter().map(|v| program(bench, v)).collect::<anyhow::Result<_>>()?;
     let n = variants.len();
@@ -155,6 +146,17 @@ pub(super) fn measure(
     })?;
     let names: Vec<String> = variants.iter().map(|v| v.name.clone()).collect();
     Ok(ProgramSteps::of(&names, &per_round, frames.len()))
+}
+
+/// The loaded program of a variant: its own object's, or one of the benchmark's ceilings.
+fn program<'v>(bench: &'v BenchPrograms, v: &'v Variant) -> anyhow::Result<&'v Xdp> {
+    match &v.ebpf {
+        Some(e) => Ok(e
+            .program(names::PROGRAM)
+            .ok_or_else(|| anyhow!("no {}", names::PROGRAM))?
+            .try_into()?),
+        None => bench.program(&v.name),
+    }
 }
 
 /// One run of `prog` per frame; the mean time per run in ns. Every run must return `verdict`:
@@ -195,6 +197,11 @@ pub(super) struct Spread {
 
 impl Spread {
     /// Of `values` (at least one).
+    #[expect(
+        clippy::cast_sign_loss,
+        clippy::cast_possible_truncation,
+        reason = "ranks between 0 and the count of values"
+    )]
     pub(super) fn of(values: &[f64]) -> Self {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
