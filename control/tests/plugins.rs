@@ -343,10 +343,9 @@ fn a_plugins_key_value_store_outlives_its_instances_and_the_host_within_its_quot
         action: Action::Count,
     };
     let host_with_kv = || {
-        // As the daemon opens it: a restarted host finds the lock its predecessor just gave up.
-        let db = sluice_store::open_db(&sled::Config::new().path(&dir))
-            .expect("the key-value database opens");
-        PluginHost::new(Trust::unsigned_allowed()).expect("the engine starts").with_kv(db)
+        // As the daemon opens it.
+        let kv = sluice_store::kv::KvDir::open(&dir).expect("the key-value directory opens");
+        PluginHost::new(Trust::unsigned_allowed()).expect("the engine starts").with_kv(kv)
     };
     {
         let mut m = Manager::new(host_with_kv(), HookTables::new(MemoryHookMaps::default()), None);
@@ -367,6 +366,7 @@ fn a_plugins_key_value_store_outlives_its_instances_and_the_host_within_its_quot
     assert_eq!(count_rule(&m), [counted(4)]);
     // Forgotten for good, it starts again from nothing.
     assert!(m.forget("kv").expect("forgotten"));
+    assert!(!dir.join("kv.kv").exists(), "its file is deleted");
     m.add(manifest("kv", &wasm, &[Table::Filter]), &wasm, "kv-count").expect("starts");
     assert!(m.dispatch(&events()).is_empty());
     assert_eq!(count_rule(&m), [counted(1)]);
