@@ -138,7 +138,7 @@ fn hostile_plugins_hurt_neither_the_daemon_nor_the_other_plugins_nor_forwarding(
     let server = Subnet(3).host_v4();
     t.wait_ping("c2", &server);
     let pid = t.daemon_pid().expect("the daemon runs");
-    wait_until("the blocker's rule", Duration::from_secs(60), || {
+    wait_until("the blocker's rule", Duration::from_mins(1), || {
         entries(&t).iter().any(|(p, _)| *p == blocked).then_some(())
     });
     let rss_start = rss_kib(pid);

@@ -125,8 +125,7 @@ impl KvDir {
     /// Bytes of all the stores' files.
     pub fn disk_bytes(&self) -> u64 {
         fs::read_dir(&self.path)
-            .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-            .unwrap_or(0)
+            .map_or(0, |d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
     }
 }
 
