@@ -333,8 +333,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let kv = match &opts.state_dir {
                     Some(dir) => {
                         let path = dir.join("plugin-kv");
-                        let config = sled::Config::new().path(&path);
-                        Some(sluice_store::open_db(&config).with_context(|| {
+                        Some(sluice_store::kv::KvDir::open(&path).with_context(|| {
                             format!("opening the plugins' key-value stores in {}", path.display())
                         })?)
                     }

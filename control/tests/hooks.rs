@@ -107,6 +107,50 @@ fn filters_drop_pass_and_count_by_source_and_destination() {
 }
 
 #[test]
+fn a_pass_does_not_undo_a_drop_or_a_rate_limit_of_a_later_table() {
+    let Some((mut lab, mut hooks)) = lab("strictest") else { return };
+    hooks
+        .apply(
+            "guard",
+            &[
+                filter(Direction::Dst, "198.51.100.0/24", Action::Drop),
+                HookOp::SetRateLimit {
+                    prefix: "203.0.113.0/24".parse().expect("prefix"),
+                    rate_pps: 1,
+                    burst: 1,
+                },
+            ],
+        )
+        .expect("valid rules");
+    hooks
+        .apply(
+            "opener",
+            &[
+                filter(Direction::Src, "192.0.2.0/24", Action::Pass),
+                filter(Direction::Src, "203.0.113.0/24", Action::Pass),
+            ],
+        )
+        .expect("valid rules");
+    let limited = from4("203.0.113.5", "192.0.2.1");
+    lab.check_all(&[
+        Case::drop(
+            "a source pass, then a destination drop",
+            IN0,
+            from4("192.0.2.10", "198.51.100.5").bytes(),
+            Reason::DropFiltered,
+        ),
+        Case::pass(
+            "a source pass alone",
+            IN0,
+            from4("192.0.2.10", "203.0.113.9").bytes(),
+            Reason::PassFiltered,
+        ),
+        Case::pass("a source pass within its rate", IN0, limited.bytes(), Reason::PassFiltered),
+        Case::drop("a source pass over its rate", IN0, limited.bytes(), Reason::DropRateLimited),
+    ]);
+}
+
+#[test]
 fn the_rate_limiter_lets_a_burst_through_then_drops_until_tokens_return() {
     let Some((mut lab, mut hooks)) = lab("rate limiter") else { return };
     hooks

@@ -337,6 +337,7 @@ fn plugin_integrity(lab: &mut ApiLab) {
                 manifest: Value::Null,
                 config: json!({}),
                 enabled: true,
+                allow_match_all: false,
             },
         );
         let author = sluice_store::Author {

@@ -130,9 +130,8 @@ fn contained(mode: &str, policy: FailurePolicy) -> (PluginError, Vec<HookOp>) {
     let mut bad = manifest("bad", &wasm, &tables);
     bad.failure_policy = policy;
     m.add(bad, &wasm, mode).expect("init works in every mode but slow-init");
-    // The same component under another name wants the same prefix: refused, it is `bad`'s.
-    let err = m.add(manifest("copy", &wasm, &tables), &wasm, "behave").unwrap_err();
-    assert!(err.to_string().contains("held by plugin \"bad\""), "{err}");
+    // The same component under another name sets the same prefix: both hold it.
+    m.add(manifest("copy", &wasm, &tables), &wasm, "behave").expect("a prefix is shared");
     let static_acl = component("static_acl");
     m.add(
         manifest("acl", &static_acl, &tables),
@@ -151,6 +150,10 @@ fn contained(mode: &str, policy: FailurePolicy) -> (PluginError, Vec<HookOp>) {
     }
     assert_eq!(m.plugins()["acl"].status(), Status::Running);
     assert_eq!(rules_of(&m, "acl").len(), 1, "the other plugin's rules stay");
+    assert!(
+        rules_of(&m, "copy").contains(&drop_src("203.0.113.0/24")),
+        "so does the rule the other plugin shares with it"
+    );
     assert!(m.dispatch(&events()).is_empty(), "the others keep working");
     (err, rules_of(&m, "bad"))
 }
@@ -343,10 +346,9 @@ fn a_plugins_key_value_store_outlives_its_instances_and_the_host_within_its_quot
         action: Action::Count,
     };
     let host_with_kv = || {
-        // As the daemon opens it: a restarted host finds the lock its predecessor just gave up.
-        let db = sluice_store::open_db(&sled::Config::new().path(&dir))
-            .expect("the key-value database opens");
-        PluginHost::new(Trust::unsigned_allowed()).expect("the engine starts").with_kv(db)
+        // As the daemon opens it.
+        let kv = sluice_store::kv::KvDir::open(&dir).expect("the key-value directory opens");
+        PluginHost::new(Trust::unsigned_allowed()).expect("the engine starts").with_kv(kv)
     };
     {
         let mut m = Manager::new(host_with_kv(), HookTables::new(MemoryHookMaps::default()), None);
@@ -367,6 +369,7 @@ fn a_plugins_key_value_store_outlives_its_instances_and_the_host_within_its_quot
     assert_eq!(count_rule(&m), [counted(4)]);
     // Forgotten for good, it starts again from nothing.
     assert!(m.forget("kv").expect("forgotten"));
+    assert!(!dir.join("kv.kv").exists(), "its file is deleted");
     m.add(manifest("kv", &wasm, &[Table::Filter]), &wasm, "kv-count").expect("starts");
     assert!(m.dispatch(&events()).is_empty());
     assert_eq!(count_rule(&m), [counted(1)]);

@@ -92,18 +92,26 @@ pub fn ingress(p: &Packet<'_>, ports: impl FnOnce() -> u32) -> Verdict {
         (summary::FILTER_SRC_V6, summary::FILTER_DST_V6, summary::RATE_V6)
     };
     let (src_index, dst_index) = (summary_index(p.src), summary_index(p.dst));
+    // The strictest verdict of the three tables holds: a drop (filter or rate) over a pass over
+    // a count. A pass is kept until the later tables have had their say, so that one plugin's
+    // source pass does not undo another's destination drop or rate limit.
+    let mut passed = false;
     if src_rules != 0 && covered(src_table, src_index) {
         let rule =
             if v4 { lookup_v4(&FILTER_SRC_V4, p.src) } else { lookup_v6(&FILTER_SRC_V6, p.src) };
-        if let Some(v) = rule.and_then(|r| filter(r, p.len)) {
-            return v;
+        match rule.and_then(|r| filter(r, p.len)) {
+            Some(Verdict::Pass(_)) => passed = true,
+            Some(v) => return v,
+            None => {}
         }
     }
     if dst_rules != 0 && covered(dst_table, dst_index) {
         let rule =
             if v4 { lookup_v4(&FILTER_DST_V4, p.dst) } else { lookup_v6(&FILTER_DST_V6, p.dst) };
-        if let Some(v) = rule.and_then(|r| filter(r, p.len)) {
-            return v;
+        match rule.and_then(|r| filter(r, p.len)) {
+            Some(Verdict::Pass(_)) => passed = true,
+            Some(v) => return v,
+            None => {}
         }
     }
     if rate_rules != 0 && covered(rate_table, src_index) {
@@ -114,6 +122,9 @@ pub fn ingress(p: &Packet<'_>, ports: impl FnOnce() -> u32) -> Verdict {
             count_rule(rule.rule, p.len);
             return Verdict::Drop(Reason::DropRateLimited);
         }
+    }
+    if passed {
+        return Verdict::Pass(Reason::PassFiltered);
     }
     Verdict::Continue { steer: steer_rules != 0 }
 }

@@ -118,7 +118,12 @@ fn check_whole(api: &Api, config: &models::Config) -> Result<(), Problem> {
             let message = "the component is no longer stored".to_owned();
             return Err(StoreError::Invalid(vec![FieldError { field, message }]).into());
         };
-        let w = Wanted { manifest, wasm: Arc::new(wasm), config: p.config.to_string() };
+        let w = Wanted {
+            manifest,
+            wasm: Arc::new(wasm),
+            config: p.config.to_string(),
+            allow_match_all: p.allow_match_all,
+        };
         api.check_plugin(w, &Fields::Entry(name.clone()))?;
     }
     Ok(())

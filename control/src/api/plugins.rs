@@ -76,7 +76,8 @@ impl Api {
             .wasm(&p.wasm_sha256)?
             .ok_or_else(|| Problem::conflict("no-component", "the component is not stored"))?;
         let config = config.unwrap_or(&p.config).to_string();
-        Ok((p, Wanted { manifest, wasm: Arc::new(wasm), config }))
+        let allow_match_all = p.allow_match_all;
+        Ok((p, Wanted { manifest, wasm: Arc::new(wasm), config, allow_match_all }))
     }
 
     /// Commits the running configuration with plugin `name` set (or removed).
@@ -192,10 +193,18 @@ pub(super) fn add(api: &Api, call: &Call<'_>) -> Reply {
         ));
     }
     let config = b.config.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
-    let w = Wanted { manifest, wasm: Arc::new(wasm), config: config.to_string() };
-    api.check_plugin(w.clone(), &Fields::Upload)?;
-    let p = Plugin { wasm_sha256: sha.clone(), manifest: b.manifest, config, enabled: b.enabled };
     let mut running = api.store.config()?;
+    // A new upload keeps what the operator allowed the plugin of that name.
+    let allow_match_all = running.plugins.get(&name).is_some_and(|p| p.allow_match_all);
+    let w = Wanted { manifest, wasm: Arc::new(wasm), config: config.to_string(), allow_match_all };
+    api.check_plugin(w.clone(), &Fields::Upload)?;
+    let p = Plugin {
+        wasm_sha256: sha.clone(),
+        manifest: b.manifest,
+        config,
+        enabled: b.enabled,
+        allow_match_all,
+    };
     running.plugins.insert(name.clone(), p);
     let author = call.caller().author(format!("add plugin {name}"));
     api.store.commit_with_component(&running, &author, &sha, &w.wasm)?;

@@ -295,6 +295,7 @@ async fn a_broken_plugin_entry_of_an_older_store_is_removed_and_an_import_of_one
             manifest: Value::Null,
             config: json!({}),
             enabled: true,
+            allow_match_all: false,
         },
     );
     let author = sluice_store::Author::default();

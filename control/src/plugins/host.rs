@@ -3,7 +3,7 @@
 //! (generated from `plugins/wit`) and WASI, and the compiling and instantiating of components.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::VecDeque,
     panic::{self, AssertUnwindSafe},
     sync::{
         Arc, Mutex,
@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use sluice_store::kv::{KvDir, KvStore};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
     Strategy,
@@ -23,7 +24,7 @@ use wasmtime_wasi::WasiCtx;
 use super::{
     LastLog, Log, Manifest, Plugin, PluginError, RouteLookup, Trust, Usage,
     error::MAX_REASON,
-    instance::{HostState, Kv, Limits, classify, deadline_ticks, push_log},
+    instance::{HostState, Limits, classify, deadline_ticks, push_log},
     manifest::{MAX_MEMORY, check_manifest},
     sha256_hex,
     util::{clip_marked, panic_message},
@@ -55,7 +56,7 @@ pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     stop: Arc<AtomicBool>,
-    kv: Option<sled::Db>,
+    kv: Option<KvDir>,
 }
 
 impl PluginHost {
@@ -100,18 +101,18 @@ impl PluginHost {
         Ok(Self { trust, engine, linker: Arc::new(linker), stop, kv: None })
     }
 
-    /// Keeps the plugins' key-value stores in `db`, one tree per plugin name, instead of in
+    /// Keeps the plugins' key-value stores in `dir`, a file per plugin name, instead of in
     /// memory.
     #[must_use]
-    pub fn with_kv(mut self, db: sled::Db) -> Self {
-        self.kv = Some(db);
+    pub fn with_kv(mut self, dir: KvDir) -> Self {
+        self.kv = Some(dir);
         self
     }
 
     /// Deletes a plugin's key-value store (the plugin is removed for good).
     pub fn forget_kv(&self, name: &str) -> Result<(), PluginError> {
-        if let Some(db) = &self.kv {
-            db.drop_tree(kv_tree(name)).map_err(|e| PluginError::Load(format!("store: {e}")))?;
+        if let Some(dir) = &self.kv {
+            dir.remove(name).map_err(|e| PluginError::Load(format!("store: {e}")))?;
         }
         Ok(())
     }
@@ -187,11 +188,10 @@ impl PluginHost {
         let manifest = compiled.manifest.clone();
         let log: Log = Arc::new(Mutex::new(VecDeque::new()));
         let kv = match &self.kv {
-            Some(db) if keep_kv => Kv::Sled(
-                db.open_tree(kv_tree(&manifest.name))
-                    .map_err(|e| PluginError::Load(format!("its key-value store: {e}")))?,
-            ),
-            _ => Kv::Memory(BTreeMap::new()),
+            Some(dir) if keep_kv => dir
+                .store(&manifest.name)
+                .map_err(|e| PluginError::Load(format!("its key-value store: {e}")))?,
+            _ => Arc::new(Mutex::new(KvStore::memory())),
         };
         let state = HostState {
             // Nothing granted: no preopened directories, environment, arguments, network,
@@ -252,11 +252,6 @@ impl Drop for PluginHost {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// The sled tree of a plugin's key-value store.
-fn kv_tree(name: &str) -> String {
-    format!("kv/{name}")
 }
 
 /// A plugin compiled and linked, ready to be instantiated again and again.

@@ -4,7 +4,7 @@
 //! applied.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::VecDeque,
     net::IpAddr,
     panic::{self, AssertUnwindSafe},
     sync::{Arc, Mutex, PoisonError},
@@ -17,6 +17,7 @@ use wasmtime::{Store, StoreLimits, component::ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use sluice_dataplane::hooks::{self, HookOp};
+use sluice_store::kv::{KvError, KvStore};
 
 use super::{
     Event, LastLog, Manifest, PluginError, RouteLookup, TICK, Table,
@@ -351,67 +352,23 @@ impl wit_host::Host for HostState {
     }
 
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        match self.kv.get(&key) {
-            Ok(v) => v,
-            Err(e) => {
-                let key = clip_marked(&key, MAX_QUOTED);
-                push_log(&self.log, "host", format!("kv-get {key:?}: {e}"));
-                None
-            }
-        }
+        self.kv.lock().unwrap_or_else(PoisonError::into_inner).get(&key).map(<[u8]>::to_vec)
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        let used = self.kv.used_except(&key)?;
-        if used.saturating_add(key.len()).saturating_add(value.len()) > self.kv_quota {
-            return Err(format!("over the quota of {} bytes", self.kv_quota));
-        }
-        self.kv.set(key, value)
-    }
-}
-
-/// A plugin's key-value store: a sled tree of its own when the router has a state directory
-/// (it outlives restarts and new versions; sled writes it out within half a second), else a map
-/// in memory for the instance's life.
-pub(super) enum Kv {
-    Memory(BTreeMap<String, Vec<u8>>),
-    Sled(sled::Tree),
-}
-
-impl Kv {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        match self {
-            Self::Memory(m) => Ok(m.get(key).cloned()),
-            Self::Sled(t) => {
-                t.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| format!("store: {e}"))
+        let mut kv = self.kv.lock().unwrap_or_else(PoisonError::into_inner);
+        kv.set(key, value, self.kv_quota).map_err(|e| {
+            if !matches!(e, KvError::Quota { .. }) {
+                push_log(&self.log, "host", format!("kv-set: {e}"));
             }
-        }
-    }
-
-    /// Bytes of keys and values held, but for `except`'s.
-    fn used_except(&self, except: &str) -> Result<usize, String> {
-        match self {
-            Self::Memory(m) => Ok(m
-                .iter()
-                .filter(|(k, _)| *k != except)
-                .fold(0, |n: usize, (k, v)| n.saturating_add(k.len() + v.len()))),
-            Self::Sled(t) => t.iter().try_fold(0, |n: usize, item| {
-                let (k, v) = item.map_err(|e| format!("store: {e}"))?;
-                Ok(if &*k == except.as_bytes() { n } else { n.saturating_add(k.len() + v.len()) })
-            }),
-        }
-    }
-
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        match self {
-            Self::Memory(m) => {
-                m.insert(key, value);
-                Ok(())
-            }
-            Self::Sled(t) => t.insert(key, value).map(drop).map_err(|e| format!("store: {e}")),
-        }
+            e.to_string()
+        })
     }
 }
+
+/// A plugin's key-value store: its file when the router has a state directory (it outlives
+/// restarts and new versions; [`sluice_store::kv`]), else in memory for the instance's life.
+pub(super) type Kv = Arc<Mutex<KvStore>>;
 
 /// The store's limits, recording the memory the plugin holds (its high-water mark).
 pub(super) struct Limits {
@@ -503,7 +460,7 @@ mod tests {
             limits: Limits { inner: StoreLimitsBuilder::new().build(), memory_bytes: 0 },
             log: Arc::new(Mutex::new(VecDeque::new())),
             said: VecDeque::new(),
-            kv: Kv::Memory(BTreeMap::new()),
+            kv: Arc::new(Mutex::new(KvStore::memory())),
             kv_quota: 1 << 20,
             routes,
         }

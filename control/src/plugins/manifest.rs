@@ -40,6 +40,49 @@ impl Table {
     }
 }
 
+/// Most rules a plugin may hold in each table (the manifest's `max_rules`); a batch that would
+/// hold more fails for that plugin alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MaxRules {
+    /// Filter rules (source and destination, IPv4 and IPv6 together).
+    #[serde(default = "default_max_filter")]
+    pub filter: usize,
+    /// Rate rules.
+    #[serde(default = "default_max_rate")]
+    pub rate_limit: usize,
+    /// Steer rules.
+    #[serde(default = "default_max_steer")]
+    pub steer: usize,
+}
+
+impl Default for MaxRules {
+    fn default() -> Self {
+        Self {
+            filter: default_max_filter(),
+            rate_limit: default_max_rate(),
+            steer: default_max_steer(),
+        }
+    }
+}
+
+/// The largest `max_rules` per table: what the dataplane's table holds.
+pub const MAX_RULES: MaxRules = MaxRules {
+    filter: sluice_common::hooks::MAX_FILTER_RULES as usize,
+    rate_limit: sluice_common::hooks::MAX_RATE_RULES as usize,
+    steer: sluice_common::hooks::MAX_STEER_RULES as usize,
+};
+
+const fn default_max_filter() -> usize {
+    4096
+}
+const fn default_max_rate() -> usize {
+    1024
+}
+const fn default_max_steer() -> usize {
+    256
+}
+
 /// What happens to a plugin's rules when it is quarantined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -73,6 +116,9 @@ pub struct Manifest {
     /// Quota of its key-value store, bytes.
     #[serde(default = "default_kv_bytes")]
     pub kv_bytes: usize,
+    /// Most rules it may hold per table.
+    #[serde(default)]
+    pub max_rules: MaxRules,
     /// What happens to its rules when it fails.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
@@ -97,6 +143,7 @@ impl Manifest {
             memory_mib: default_memory_mib(),
             deadline_ms: default_deadline_ms(),
             kv_bytes: default_kv_bytes(),
+            max_rules: MaxRules::default(),
             failure_policy: FailurePolicy::FailOpen,
             sha256: sha256_hex(wasm),
             publisher: None,
@@ -161,6 +208,15 @@ pub(super) fn check_manifest(m: &Manifest) -> Result<(), PluginError> {
     }
     if m.kv_bytes > MAX_KV_BYTES {
         return bad(format!("kv_bytes {}: 0 to {MAX_KV_BYTES}", m.kv_bytes));
+    }
+    for (table, got, max) in [
+        ("filter", m.max_rules.filter, MAX_RULES.filter),
+        ("rate-limit", m.max_rules.rate_limit, MAX_RULES.rate_limit),
+        ("steer", m.max_rules.steer, MAX_RULES.steer),
+    ] {
+        if got > max {
+            return bad(format!("max_rules {table:?} {got}: 0 to {max}"));
+        }
     }
     if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return bad("sha256: 64 hexadecimal digits".into());

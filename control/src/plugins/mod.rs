@@ -41,7 +41,7 @@ pub use error::{LastLog, PluginError};
 pub use harness::{HarnessCall, HarnessRun, ScriptedCounter, ScriptedEvent, harness};
 pub use host::{Compiled, CounterEvent, Event, FlowSample, PluginHost, RouteChange, TICK};
 pub use instance::{Log, LogLine, Plugin, Usage};
-pub use manifest::{FailurePolicy, Manifest, Table, Trust, public_key};
+pub use manifest::{FailurePolicy, MAX_RULES, Manifest, MaxRules, Table, Trust, public_key};
 pub use queries::{InterfaceInfo, Queries, RouteInfo, RouteLookup, pinned_queries};
 pub use supervisor::{Manager, Status, Supervised, TableSink};
 pub use thread::{

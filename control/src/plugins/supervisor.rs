@@ -3,14 +3,14 @@
 //! kept or removed as its failure policy says, and restarted after a back-off that doubles.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
 
-use sluice_dataplane::hooks::{HookError, HookMaps, HookOp, HookTables};
+use sluice_dataplane::hooks::{HookError, HookMaps, HookOp, HookTables, OwnerLimits};
 
 use super::{
     Compiled, Event, FailurePolicy, Manifest, Plugin, PluginError, PluginHost, RouteLookup,
@@ -29,6 +29,9 @@ pub trait TableSink {
     fn replace_owner(&mut self, owner: &str, ops: &[HookOp]) -> Result<(), HookError>;
     /// Removes everything a plugin wrote.
     fn remove_owner(&mut self, owner: &str) -> Result<(), HookError>;
+    /// Sets what a plugin may hold (its manifest's `max_rules`, the operator's
+    /// `allow_match_all`).
+    fn set_limits(&mut self, owner: &str, limits: OwnerLimits);
 }
 
 impl<M: HookMaps> TableSink for HookTables<M> {
@@ -40,6 +43,9 @@ impl<M: HookMaps> TableSink for HookTables<M> {
     }
     fn remove_owner(&mut self, owner: &str) -> Result<(), HookError> {
         Self::remove_owner(self, owner)
+    }
+    fn set_limits(&mut self, owner: &str, limits: OwnerLimits) {
+        Self::set_limits(self, owner, limits);
     }
 }
 
@@ -99,6 +105,8 @@ pub struct Manager<S: TableSink> {
     routes: Option<RouteLookup>,
     /// The plugin [`Manager::check`] compiled last, for the [`Manager::add`] that follows.
     checked: Option<Compiled>,
+    /// The plugins the operator allows match-all drops and rate limits.
+    match_all: BTreeSet<String>,
 }
 
 impl<S: TableSink> std::fmt::Debug for Manager<S> {
@@ -110,7 +118,14 @@ impl<S: TableSink> std::fmt::Debug for Manager<S> {
 impl<S: TableSink> Manager<S> {
     /// A manager with no plugins.
     pub fn new(host: PluginHost, sink: S, routes: Option<RouteLookup>) -> Self {
-        Self { host, sink, plugins: BTreeMap::new(), routes, checked: None }
+        Self {
+            host,
+            sink,
+            plugins: BTreeMap::new(),
+            routes,
+            checked: None,
+            match_all: BTreeSet::new(),
+        }
     }
 
     /// The tables, for reading.
@@ -121,6 +136,21 @@ impl<S: TableSink> Manager<S> {
     /// The tables, for maintenance outside plugin calls.
     pub fn sink_mut(&mut self) -> &mut S {
         &mut self.sink
+    }
+
+    /// Allows (or not) plugin `name` drop and rate-limit rules on `0.0.0.0/0` and `::/0`
+    /// (the operator's `allow_match_all`), from its next [`Manager::add`] on.
+    pub fn allow_match_all(&mut self, name: &str, allow: bool) {
+        if allow {
+            self.match_all.insert(name.to_owned());
+        } else {
+            self.match_all.remove(name);
+        }
+    }
+
+    /// Whether plugin `name` may drop or rate-limit everything.
+    pub fn allows_match_all(&self, name: &str) -> bool {
+        self.match_all.contains(name)
     }
 
     /// Plugins by name.
@@ -165,6 +195,16 @@ impl<S: TableSink> Manager<S> {
         };
         let mut plugin = self.host.instantiate(&compiled, self.routes.clone())?;
         let ops = plugin.init(config)?;
+        let max = compiled.manifest.max_rules;
+        self.sink.set_limits(
+            &name,
+            OwnerLimits {
+                filter: max.filter,
+                rate_limit: max.rate_limit,
+                steer: max.steer,
+                allow_match_all: self.match_all.contains(&name),
+            },
+        );
         self.sink.replace_owner(&name, &ops)?;
         push_log(&plugin.log, "host", format!("started with {} operations", ops.len()));
         self.plugins.insert(

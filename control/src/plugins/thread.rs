@@ -45,7 +45,7 @@ pub struct Feed {
     /// The dataplane's next hops by gateway, which steer rules are resolved through.
     pub gateways: hooks::Gateways,
     /// Where the plugins' key-value stores are kept (none: in memory).
-    pub kv: Option<sled::Db>,
+    pub kv: Option<sluice_store::kv::KvDir>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -154,6 +154,8 @@ pub struct Wanted {
     pub wasm: Arc<Vec<u8>>,
     /// Its configuration (JSON).
     pub config: String,
+    /// The operator allows it drop and rate-limit rules on `0.0.0.0/0` and `::/0`.
+    pub allow_match_all: bool,
 }
 
 /// The plugins of the store's running configuration: those enabled, ready to run, and the
@@ -179,7 +181,13 @@ pub fn wanted_from_store(
             tracing::error!(plugin = name, sha256 = p.wasm_sha256, "the component is not stored");
             continue;
         };
-        wanted.push(Wanted { manifest, wasm: Arc::new(wasm), config: p.config.to_string() });
+        let allow_match_all = p.allow_match_all;
+        wanted.push(Wanted {
+            manifest,
+            wasm: Arc::new(wasm),
+            config: p.config.to_string(),
+            allow_match_all,
+        });
     }
     Ok((wanted, disabled))
 }
@@ -333,6 +341,7 @@ impl Worker {
                 .plugins()
                 .get(&w.manifest.name)
                 .is_some_and(|s| s.compiled.manifest == w.manifest && s.config == w.config)
+            && self.manager.allows_match_all(&w.manifest.name) == w.allow_match_all
     }
 
     /// Why a plugin of the store may not take the name `name`.
@@ -353,6 +362,7 @@ impl Worker {
         if let Some(why) = self.name_taken(&name) {
             return Err(why);
         }
+        self.manager.allow_match_all(&name, w.allow_match_all);
         self.manager.add(w.manifest, &w.wasm, &w.config).map_err(|e| e.to_string())?;
         self.from_store.insert(name.clone());
         tracing::info!(plugin = name, "plugin started");

@@ -13,6 +13,7 @@
 //! - Nothing is acknowledged before it is on disk: every change is one sled transaction,
 //!   flushed before the call returns.
 //! - The store's schema is versioned; [`Store::open`] migrates older stores.
+//! - The plugins' key-value stores, a file per plugin ([`kv`]).
 
 use std::{
     collections::BTreeMap,
@@ -30,6 +31,7 @@ use sled::{
 
 mod auth;
 mod components;
+pub mod kv;
 pub mod protocols;
 pub mod record;
 pub use auth::{
@@ -120,6 +122,10 @@ pub struct Plugin {
     /// Running or not.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// The operator allows it `drop` and rate-limit rules on `0.0.0.0/0` and `::/0` (which
+    /// match every address); refused otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_match_all: bool,
 }
 
 /// The whole configuration.

@@ -25,6 +25,7 @@ fn plugin(name: &str, sha: &str) -> Plugin {
         manifest: json!({"name": name, "version": "1", "tables": [], "sha256": sha}),
         config: json!({}),
         enabled: true,
+        allow_match_all: false,
     }
 }
 

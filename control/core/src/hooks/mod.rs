@@ -4,8 +4,15 @@
 //!
 //! - A batch ([`HookTables::apply`]) is validated whole before anything is written; a map write
 //!   that fails mid-way is undone, so the tables hold all of a batch or none of it.
-//! - A prefix belongs to the plugin that wrote it: another plugin's rule on the same prefix is
-//!   refused, and [`HookTables::remove_owner`] removes exactly what one plugin wrote.
+//! - Each plugin holds its own filter and rate rules, also on prefixes another plugin holds; the
+//!   entry the dataplane gets for a prefix carries, per plugin, its longest match, and across
+//!   plugins the strictest of those (`drop` over `pass` over `count`; for rate rules the smaller
+//!   rate and burst). A steer rule's prefix belongs to the plugin that wrote it: another
+//!   plugin's steer rule on it is refused. [`HookTables::remove_owner`] removes exactly what
+//!   one plugin wrote.
+//! - Each plugin holds at most its [`OwnerLimits`] of rules per table, and no `drop` or
+//!   rate-limit rule on a match-all prefix (`0.0.0.0/0`, `::/0`) unless the operator allowed it:
+//!   a batch over them fails for that plugin alone.
 //! - [`HookTables::replace_owner`] moves a plugin to a new set of rules without a gap: the new
 //!   rules are written first, then the old ones that are gone are deleted.
 //!
@@ -29,11 +36,12 @@ use serde::{Deserialize, Serialize};
 use sluice_common::{
     Counter, NextHop, addr_of,
     hooks::{
-        FilterAction, FilterRule, HookConfig, MAX_RULE_IDS, MAX_STEER_MEMBERS, RateRule,
-        STEER_SLOTS, SteerRule, Summary,
+        FilterAction, FilterRule, HookConfig, MAX_FILTER_RULES, MAX_RATE_RULES, MAX_RULE_IDS,
+        MAX_STEER_MEMBERS, MAX_STEER_RULES, RateRule, STEER_SLOTS, SteerRule, Summary,
     },
 };
 
+mod claims;
 mod memory;
 mod tables;
 
@@ -48,6 +56,32 @@ pub const MAX_BURST: u32 = 10_000_000;
 pub const MAX_SAMPLE_EVERY: u32 = 1 << 24;
 /// Heaviest weight of a steer gateway.
 pub const MAX_STEER_WEIGHT: u16 = 1000;
+
+/// What one plugin may hold in the hook tables: rules per table (its manifest's `max_rules`),
+/// and whether it may drop or rate-limit a match-all prefix (the operator's `allow_match_all`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerLimits {
+    /// Filter rules, both directions and families.
+    pub filter: usize,
+    /// Rate rules.
+    pub rate_limit: usize,
+    /// Steer rules.
+    pub steer: usize,
+    /// `drop` and rate-limit rules on `0.0.0.0/0` or `::/0` allowed.
+    pub allow_match_all: bool,
+}
+
+impl Default for OwnerLimits {
+    /// As much as the tables hold; no match-all drops.
+    fn default() -> Self {
+        Self {
+            filter: 4 * MAX_FILTER_RULES as usize,
+            rate_limit: 2 * MAX_RATE_RULES as usize,
+            steer: 2 * MAX_STEER_RULES as usize,
+            allow_match_all: false,
+        }
+    }
+}
 
 /// Which address of a packet a filter rule matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

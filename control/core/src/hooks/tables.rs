@@ -2,6 +2,8 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
+use super::claims::Claims;
+
 use ipnet::IpNet;
 use serde::Serialize;
 use sluice_common::hooks::{
@@ -11,7 +13,7 @@ use sluice_common::hooks::{
 
 use super::{
     Action, Direction, HookError, HookMaps, HookOp, MAX_BURST, MAX_RATE_PPS, MAX_SAMPLE_EVERY,
-    MAX_STEER_WEIGHT, OpError, SteerHop,
+    MAX_STEER_WEIGHT, OpError, OwnerLimits, SteerHop,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,9 +40,11 @@ pub struct RuleStatus {
 #[derive(Debug)]
 pub struct HookTables<M: HookMaps> {
     maps: M,
-    filters: BTreeMap<(Direction, IpNet), Owned<Action>>,
-    rates: BTreeMap<IpNet, Owned<(u32, u32)>>,
+    filters: Claims<(Direction, IpNet), Action>,
+    rates: Claims<IpNet, (u32, u32)>,
     steers: BTreeMap<IpNet, Owned<Vec<SteerHop>>>,
+    /// What each plugin may hold; one not listed, [`OwnerLimits::default`].
+    limits: BTreeMap<String, OwnerLimits>,
     sampling: BTreeMap<String, u32>,
     next_rule: u32,
     free_rules: Vec<u32>,
@@ -50,8 +54,14 @@ pub struct HookTables<M: HookMaps> {
 
 /// One write, and what undoes it.
 enum Undo {
-    Filter(Direction, IpNet, Option<Owned<Action>>),
-    Rate(IpNet, Option<Owned<(u32, u32)>>),
+    /// A plugin's filter rule, as it was.
+    Filter((Direction, IpNet), String, Option<Action>),
+    /// A filter entry written, as it was.
+    FilterEntry((Direction, IpNet), Option<(Action, u32)>),
+    /// A plugin's rate rule, as it was.
+    Rate(IpNet, String, Option<(u32, u32)>),
+    /// A rate entry written, as it was.
+    RateEntry(IpNet, Option<((u32, u32), u32)>),
     Steer(IpNet, Option<Owned<Vec<SteerHop>>>),
     Sampling(String, Option<u32>),
 }
@@ -61,14 +71,21 @@ impl<M: HookMaps> HookTables<M> {
     pub fn new(maps: M) -> Self {
         Self {
             maps,
-            filters: BTreeMap::new(),
-            rates: BTreeMap::new(),
+            filters: Claims::new(),
+            rates: Claims::new(),
             steers: BTreeMap::new(),
+            limits: BTreeMap::new(),
             sampling: BTreeMap::new(),
             next_rule: 1,
             free_rules: Vec::new(),
             summaries: None,
         }
+    }
+
+    /// Sets what `owner` may hold (its manifest's `max_rules`, the operator's
+    /// `allow_match_all`); checked from its next batch on.
+    pub fn set_limits(&mut self, owner: &str, limits: OwnerLimits) {
+        self.limits.insert(owner.to_owned(), limits);
     }
 
     /// Validates `ops` as one batch of `owner`'s, then applies all of them or none.
@@ -104,12 +121,12 @@ impl<M: HookMaps> HookTables<M> {
         let keeps_steer = |p: IpNet| {
             ops.iter().any(|o| matches!(o, HookOp::SetSteer { prefix, .. } if *prefix == p))
         };
-        for ((direction, prefix), _) in self.filters.iter().filter(|(_, o)| o.owner == owner) {
+        for ((direction, prefix), _) in self.filters.owned_by(owner) {
             if !keeps_filter(*direction, *prefix) {
                 batch.push(HookOp::RemoveFilter { direction: *direction, prefix: *prefix });
             }
         }
-        for (prefix, _) in self.rates.iter().filter(|(_, o)| o.owner == owner) {
+        for (prefix, _) in self.rates.owned_by(owner) {
             if !keeps_rate(*prefix) {
                 batch.push(HookOp::RemoveRateLimit { prefix: *prefix });
             }
@@ -127,7 +144,7 @@ impl<M: HookMaps> HookTables<M> {
         self.apply(owner, &batch)
     }
 
-    /// Removes everything `owner` wrote.
+    /// Removes everything `owner` wrote (its limits stay, for when it starts again).
     pub fn remove_owner(&mut self, owner: &str) -> Result<(), HookError> {
         self.replace_owner(owner, &[])
     }
@@ -136,26 +153,34 @@ impl<M: HookMaps> HookTables<M> {
     pub fn rules(&self, owner: Option<&str>) -> Result<Vec<RuleStatus>, HookError> {
         let mine = |o: &str| owner.is_none_or(|want| want == o);
         let mut out = Vec::new();
-        for ((direction, prefix), o) in self.filters.iter().filter(|(_, o)| mine(&o.owner)) {
-            let c = self.maps.counter(o.rule)?;
+        // A rule's counts are those of the entry written for its prefix (shared by the plugins
+        // that hold the prefix).
+        let counts = |rule: Option<u32>| -> Result<(u64, u64), HookError> {
+            Ok(match rule {
+                Some(r) => {
+                    let c = self.maps.counter(r)?;
+                    (c.packets, c.bytes)
+                }
+                None => (0, 0),
+            })
+        };
+        for ((direction, prefix), o, action) in self.filters.all().filter(|(_, o, _)| mine(o)) {
+            let (packets, bytes) =
+                counts(self.filters.written.get(&(*direction, *prefix)).map(|w| w.1))?;
             out.push(RuleStatus {
-                owner: o.owner.clone(),
-                rule: HookOp::SetFilter { direction: *direction, prefix: *prefix, action: o.value },
-                packets: c.packets,
-                bytes: c.bytes,
+                owner: o.to_owned(),
+                rule: HookOp::SetFilter { direction: *direction, prefix: *prefix, action: *action },
+                packets,
+                bytes,
             });
         }
-        for (prefix, o) in self.rates.iter().filter(|(_, o)| mine(&o.owner)) {
-            let c = self.maps.counter(o.rule)?;
+        for (prefix, o, value) in self.rates.all().filter(|(_, o, _)| mine(o)) {
+            let (packets, bytes) = counts(self.rates.written.get(prefix).map(|w| w.1))?;
             out.push(RuleStatus {
-                owner: o.owner.clone(),
-                rule: HookOp::SetRateLimit {
-                    prefix: *prefix,
-                    rate_pps: o.value.0,
-                    burst: o.value.1,
-                },
-                packets: c.packets,
-                bytes: c.bytes,
+                owner: o.to_owned(),
+                rule: HookOp::SetRateLimit { prefix: *prefix, rate_pps: value.0, burst: value.1 },
+                packets,
+                bytes,
             });
         }
         for (prefix, o) in self.steers.iter().filter(|(_, o)| mine(&o.owner)) {
@@ -208,26 +233,40 @@ impl<M: HookMaps> HookTables<M> {
 
     /// Checks a batch against the tables as they would be after each of its operations.
     fn validate(&self, owner: &str, ops: &[HookOp]) -> Vec<OpError> {
+        let limits = self.limits.get(owner).copied().unwrap_or_default();
         let mut errors = Vec::new();
-        // Ownership as the batch goes: key -> owner after the ops so far (None: removed).
+        // What the owner holds as the batch goes (true: held after the ops so far).
         let mut filters = BTreeMap::new();
         let mut rates = BTreeMap::new();
+        // Ownership of steer rules as the batch goes: key -> owner after the ops so far.
         let mut steers = BTreeMap::new();
+        let held_steers = self.steers.values().filter(|o| o.owner == owner).count();
+        let mut counts =
+            Quota::new(&limits, [self.filters.count(owner), self.rates.count(owner), held_steers]);
         for (index, op) in ops.iter().enumerate() {
             let problem = match op {
-                HookOp::SetFilter { direction, prefix, .. } => {
-                    prefix_problem(*prefix).map(|m| ("prefix", m)).or_else(|| {
-                        let held = self.filters.get(&(*direction, *prefix)).map(|o| &o.owner);
-                        let key = (*direction, *prefix);
-                        claim(&mut filters, key, held, owner, true, "filter rule")
+                HookOp::SetFilter { direction, prefix, action } => prefix_problem(*prefix)
+                    .map(|m| ("prefix", m))
+                    .or_else(|| {
+                        match_all_problem(*prefix, *action == Action::Drop, &limits, owner, "drop")
                     })
-                }
+                    .or_else(|| {
+                        let key = (*direction, *prefix);
+                        let held = self.filters.get(&key, owner).is_some();
+                        let was = filters.get(&key).copied().unwrap_or(held);
+                        hold(&mut filters, key, held, true, "filter rule", owner)
+                            .or_else(|| counts.step(0, was))
+                    }),
                 HookOp::RemoveFilter { direction, prefix } => {
-                    let held = self.filters.get(&(*direction, *prefix)).map(|o| &o.owner);
-                    claim(&mut filters, (*direction, *prefix), held, owner, false, "filter rule")
+                    let key = (*direction, *prefix);
+                    let held = self.filters.get(&key, owner).is_some();
+                    let was = filters.get(&key).copied().unwrap_or(held);
+                    hold(&mut filters, key, held, false, "filter rule", owner)
+                        .or_else(|| counts.release(0, was))
                 }
                 HookOp::SetRateLimit { prefix, rate_pps, burst } => prefix_problem(*prefix)
                     .map(|m| ("prefix", m))
+                    .or_else(|| match_all_problem(*prefix, true, &limits, owner, "rate-limit"))
                     .or_else(|| {
                         (!(1..=MAX_RATE_PPS).contains(rate_pps)).then(|| {
                             ("rate_pps", format!("{rate_pps} is outside 1 to {MAX_RATE_PPS}"))
@@ -238,23 +277,34 @@ impl<M: HookMaps> HookTables<M> {
                             .then(|| ("burst", format!("{burst} is outside 1 to {MAX_BURST}")))
                     })
                     .or_else(|| {
-                        let held = self.rates.get(prefix).map(|o| &o.owner);
-                        claim(&mut rates, *prefix, held, owner, true, "rate rule")
+                        let held = self.rates.get(prefix, owner).is_some();
+                        let was = rates.get(prefix).copied().unwrap_or(held);
+                        hold(&mut rates, *prefix, held, true, "rate rule", owner)
+                            .or_else(|| counts.step(1, was))
                     }),
                 HookOp::RemoveRateLimit { prefix } => {
-                    let held = self.rates.get(prefix).map(|o| &o.owner);
-                    claim(&mut rates, *prefix, held, owner, false, "rate rule")
+                    let held = self.rates.get(prefix, owner).is_some();
+                    let was = rates.get(prefix).copied().unwrap_or(held);
+                    hold(&mut rates, *prefix, held, false, "rate rule", owner)
+                        .or_else(|| counts.release(1, was))
                 }
                 HookOp::SetSteer { prefix, next_hops } => prefix_problem(*prefix)
                     .map(|m| ("prefix", m))
                     .or_else(|| steer_problem(*prefix, next_hops))
                     .or_else(|| {
                         let held = self.steers.get(prefix).map(|o| &o.owner);
+                        let mine = steers
+                            .get(prefix)
+                            .map_or(held.is_some_and(|h| h == owner), |b: &Option<String>| {
+                                b.as_deref() == Some(owner)
+                            });
                         claim(&mut steers, *prefix, held, owner, true, "steer rule")
+                            .or_else(|| counts.step(2, mine))
                     }),
                 HookOp::RemoveSteer { prefix } => {
                     let held = self.steers.get(prefix).map(|o| &o.owner);
                     claim(&mut steers, *prefix, held, owner, false, "steer rule")
+                        .or_else(|| counts.release(2, true))
                 }
                 HookOp::SetSampling { every } => (*every > MAX_SAMPLE_EVERY)
                     .then(|| ("every", format!("{every} is over {MAX_SAMPLE_EVERY}"))),
@@ -292,57 +342,24 @@ impl<M: HookMaps> HookTables<M> {
     fn write(&mut self, owner: &str, op: &HookOp, undo: &mut Vec<Undo>) -> Result<(), HookError> {
         match *op {
             HookOp::SetFilter { direction, prefix, action } => {
-                let old = self.filters.get(&(direction, prefix)).cloned();
-                // A replaced rule keeps its id (and its counts) when its action stays.
-                let rule =
-                    self.rule_id(old.as_ref().filter(|o| o.value == action).map(|o| o.rule))?;
-                self.maps.set_filter(
-                    direction,
-                    prefix,
-                    FilterRule { action: action.code() as u32, rule },
-                )?;
-                self.filters.insert(
-                    (direction, prefix),
-                    Owned { owner: owner.to_owned(), value: action, rule },
-                );
-                if let Some(o) = &old
-                    && o.rule != rule
-                {
-                    self.free_rules.push(o.rule);
-                }
-                undo.push(Undo::Filter(direction, prefix, old));
+                let old = self.filters.set((direction, prefix), owner, Some(action));
+                undo.push(Undo::Filter((direction, prefix), owner.to_owned(), old));
+                self.sync_filters((direction, prefix), undo)?;
             }
             HookOp::RemoveFilter { direction, prefix } => {
-                self.maps.del_filter(direction, prefix)?;
-                let old = self.filters.remove(&(direction, prefix));
-                if let Some(o) = &old {
-                    self.free_rules.push(o.rule);
-                }
-                undo.push(Undo::Filter(direction, prefix, old));
+                let old = self.filters.set((direction, prefix), owner, None);
+                undo.push(Undo::Filter((direction, prefix), owner.to_owned(), old));
+                self.sync_filters((direction, prefix), undo)?;
             }
             HookOp::SetRateLimit { prefix, rate_pps, burst } => {
-                let old = self.rates.get(&prefix).cloned();
-                let kept = old.as_ref().filter(|o| o.value == (rate_pps, burst)).map(|o| o.rule);
-                let rule = self.rule_id(kept)?;
-                self.maps.set_rate(prefix, RateRule { rate_pps, burst, rule, _pad: 0 })?;
-                self.rates.insert(
-                    prefix,
-                    Owned { owner: owner.to_owned(), value: (rate_pps, burst), rule },
-                );
-                if let Some(o) = &old
-                    && o.rule != rule
-                {
-                    self.free_rules.push(o.rule);
-                }
-                undo.push(Undo::Rate(prefix, old));
+                let old = self.rates.set(prefix, owner, Some((rate_pps, burst)));
+                undo.push(Undo::Rate(prefix, owner.to_owned(), old));
+                self.sync_rates(prefix, undo)?;
             }
             HookOp::RemoveRateLimit { prefix } => {
-                self.maps.del_rate(prefix)?;
-                let old = self.rates.remove(&prefix);
-                if let Some(o) = &old {
-                    self.free_rules.push(o.rule);
-                }
-                undo.push(Undo::Rate(prefix, old));
+                let old = self.rates.set(prefix, owner, None);
+                undo.push(Undo::Rate(prefix, owner.to_owned(), old));
+                self.sync_rates(prefix, undo)?;
             }
             HookOp::SetSteer { prefix, ref next_hops } => {
                 let old = self.steers.get(&prefix).cloned();
@@ -384,36 +401,41 @@ impl<M: HookMaps> HookTables<M> {
     fn rollback(&mut self, undo: Vec<Undo>) {
         for u in undo.into_iter().rev() {
             match u {
-                Undo::Filter(direction, prefix, old) => {
-                    if let Some(cur) = self.filters.remove(&(direction, prefix)) {
-                        self.free_rules.push(cur.rule);
+                Undo::Filter(key, owner, old) => {
+                    self.filters.set(key, &owner, old);
+                }
+                Undo::FilterEntry(k, was) => {
+                    if let Some((_, cur)) = self.filters.written.remove(&k) {
+                        self.free_rules.push(cur);
                     }
-                    match old {
-                        Some(o) => {
-                            self.free_rules.retain(|r| *r != o.rule);
-                            let rule = FilterRule { action: o.value.code() as u32, rule: o.rule };
-                            let _ = self.maps.set_filter(direction, prefix, rule);
-                            self.filters.insert((direction, prefix), o);
+                    match was {
+                        Some((v, rule)) => {
+                            self.free_rules.retain(|r| *r != rule);
+                            let value = FilterRule { action: v.code() as u32, rule };
+                            let _ = self.maps.set_filter(k.0, k.1, value);
+                            self.filters.written.insert(k, (v, rule));
                         }
                         None => {
-                            let _ = self.maps.del_filter(direction, prefix);
+                            let _ = self.maps.del_filter(k.0, k.1);
                         }
                     }
                 }
-                Undo::Rate(prefix, old) => {
-                    if let Some(cur) = self.rates.remove(&prefix) {
-                        self.free_rules.push(cur.rule);
+                Undo::Rate(prefix, owner, old) => {
+                    self.rates.set(prefix, &owner, old);
+                }
+                Undo::RateEntry(k, was) => {
+                    if let Some((_, cur)) = self.rates.written.remove(&k) {
+                        self.free_rules.push(cur);
                     }
-                    match old {
-                        Some(o) => {
-                            self.free_rules.retain(|r| *r != o.rule);
-                            let (rate_pps, burst) = o.value;
-                            let rule = RateRule { rate_pps, burst, rule: o.rule, _pad: 0 };
-                            let _ = self.maps.set_rate(prefix, rule);
-                            self.rates.insert(prefix, o);
+                    match was {
+                        Some(((rate_pps, burst), rule)) => {
+                            self.free_rules.retain(|r| *r != rule);
+                            let _ =
+                                self.maps.set_rate(k, RateRule { rate_pps, burst, rule, _pad: 0 });
+                            self.rates.written.insert(k, ((rate_pps, burst), rule));
                         }
                         None => {
-                            let _ = self.maps.del_rate(prefix);
+                            let _ = self.maps.del_rate(k);
                         }
                     }
                 }
@@ -446,6 +468,80 @@ impl<M: HookMaps> HookTables<M> {
         let _ = self.write_config();
     }
 
+    /// Writes the filter entries a change on `key` may change: each gets the strictest of
+    /// the plugins' verdicts for it ([`Claims::merged`]).
+    fn sync_filters(
+        &mut self,
+        key: (Direction, IpNet),
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), HookError> {
+        for k in self.filters.inside(&key) {
+            let want = self.filters.merged(&k);
+            let have = self.filters.written.get(&k).copied();
+            if want != have.map(|h| h.0) {
+                undo.push(Undo::FilterEntry(k, have));
+            }
+            match (want, have) {
+                (None, None) => {}
+                (None, Some((_, rule))) => {
+                    self.maps.del_filter(k.0, k.1)?;
+                    self.filters.written.remove(&k);
+                    self.free_rules.push(rule);
+                }
+                (Some(v), Some((h, _))) if v == h => {}
+                (Some(v), have) => {
+                    // A new verdict counts from zero under a new id.
+                    let rule = self.rule_id(None)?;
+                    if let Err(e) =
+                        self.maps.set_filter(k.0, k.1, FilterRule { action: v.code() as u32, rule })
+                    {
+                        self.free_rules.push(rule);
+                        return Err(e);
+                    }
+                    self.filters.written.insert(k, (v, rule));
+                    if let Some((_, old)) = have {
+                        self.free_rules.push(old);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the rate entries a change on `prefix` may change, as [`Self::sync_filters`].
+    fn sync_rates(&mut self, prefix: IpNet, undo: &mut Vec<Undo>) -> Result<(), HookError> {
+        for k in self.rates.inside(&prefix) {
+            let want = self.rates.merged(&k);
+            let have = self.rates.written.get(&k).copied();
+            if want != have.map(|h| h.0) {
+                undo.push(Undo::RateEntry(k, have));
+            }
+            match (want, have) {
+                (None, None) => {}
+                (None, Some((_, rule))) => {
+                    self.maps.del_rate(k)?;
+                    self.rates.written.remove(&k);
+                    self.free_rules.push(rule);
+                }
+                (Some(v), Some((h, _))) if v == h => {}
+                (Some((rate_pps, burst)), have) => {
+                    let rule = self.rule_id(None)?;
+                    if let Err(e) =
+                        self.maps.set_rate(k, RateRule { rate_pps, burst, rule, _pad: 0 })
+                    {
+                        self.free_rules.push(rule);
+                        return Err(e);
+                    }
+                    self.rates.written.insert(k, ((rate_pps, burst), rule));
+                    if let Some((_, old)) = have {
+                        self.free_rules.push(old);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Which first 16 bits of an address each table's rules cover (see [`Summary`]).
     fn summaries(&self) -> Vec<Summary> {
         let mut out = vec![[0u64; SUMMARY_WORDS]; summary::TABLES as usize];
@@ -456,7 +552,7 @@ impl<M: HookMaps> HookTables<M> {
             };
             summary_mark(&mut out[table as usize], first, prefix.prefix_len());
         };
-        for (dir, prefix) in self.filters.keys() {
+        for (dir, prefix) in self.filters.written.keys() {
             let table = match (dir, prefix) {
                 (Direction::Src, IpNet::V4(_)) => summary::FILTER_SRC_V4,
                 (Direction::Dst, IpNet::V4(_)) => summary::FILTER_DST_V4,
@@ -465,7 +561,7 @@ impl<M: HookMaps> HookTables<M> {
             };
             mark(table, prefix);
         }
-        for prefix in self.rates.keys() {
+        for prefix in self.rates.written.keys() {
             let v4 = matches!(prefix, IpNet::V4(_));
             mark(if v4 { summary::RATE_V4 } else { summary::RATE_V6 }, prefix);
         }
@@ -491,12 +587,14 @@ impl<M: HookMaps> HookTables<M> {
         self.summaries = Some(summaries);
         let count = |d: Direction, v4: bool| {
             self.filters
+                .written
                 .keys()
                 .filter(|(dir, p)| *dir == d && matches!(p, IpNet::V4(_)) == v4)
                 .count() as u32
         };
-        let rates =
-            |v4: bool| self.rates.keys().filter(|p| matches!(p, IpNet::V4(_)) == v4).count() as u32;
+        let rates = |v4: bool| {
+            self.rates.written.keys().filter(|p| matches!(p, IpNet::V4(_)) == v4).count() as u32
+        };
         let mut config = HookConfig {
             active: 0,
             filter_src_v4: count(Direction::Src, true),
@@ -510,8 +608,8 @@ impl<M: HookMaps> HookTables<M> {
             steer_v6: self.steers.keys().filter(|p| matches!(p, IpNet::V6(_))).count() as u32,
         };
         config.active = u32::from(
-            !self.filters.is_empty()
-                || !self.rates.is_empty()
+            !self.filters.written.is_empty()
+                || !self.rates.written.is_empty()
                 || !self.steers.is_empty()
                 || config.sample_every != 0,
         );
@@ -565,6 +663,86 @@ fn claim<K: Ord + RuleKey>(
             None
         }
     }
+}
+
+/// Checks that `owner` may set (or remove) its own rule on `key`, given whether it holds one in
+/// the tables (`held`) and what the batch did to it so far (`batch`), and records the outcome.
+/// Other plugins' rules on the same key do not matter: each holds its own.
+fn hold<K: Ord + Copy + RuleKey>(
+    batch: &mut BTreeMap<K, bool>,
+    key: K,
+    held: bool,
+    set: bool,
+    what: &str,
+    owner: &str,
+) -> Option<(&'static str, String)> {
+    let holds = batch.get(&key).copied().unwrap_or(held);
+    if !set && !holds {
+        return Some(("prefix", format!("plugin {owner:?} holds no {what} on {}", key.describe())));
+    }
+    batch.insert(key, set);
+    None
+}
+
+/// A plugin's rules per table as a batch goes, against its `max_rules`.
+struct Quota {
+    max: [usize; 3],
+    held: [usize; 3],
+    said: [bool; 3],
+}
+
+impl Quota {
+    const TABLES: [&'static str; 3] = ["filter", "rate-limit", "steer"];
+
+    fn new(limits: &OwnerLimits, held: [usize; 3]) -> Self {
+        Self { max: [limits.filter, limits.rate_limit, limits.steer], held, said: [false; 3] }
+    }
+
+    /// A rule set in table `t`: one more unless the owner held it already.
+    fn step(&mut self, t: usize, held_before: bool) -> Option<(&'static str, String)> {
+        if held_before {
+            return None;
+        }
+        self.held[t] += 1;
+        if self.held[t] > self.max[t] && !self.said[t] {
+            self.said[t] = true;
+            let (table, max) = (Self::TABLES[t], self.max[t]);
+            return Some((
+                "max_rules",
+                format!(
+                    "this would hold more than {max} {table} rules, its manifest's max_rules (\"{table}\": {max})"
+                ),
+            ));
+        }
+        None
+    }
+
+    /// A rule removed from table `t`.
+    fn release(&mut self, t: usize, held_before: bool) -> Option<(&'static str, String)> {
+        if held_before {
+            self.held[t] = self.held[t].saturating_sub(1);
+        }
+        None
+    }
+}
+
+/// A drop or rate-limit rule on a match-all prefix, refused unless the operator allowed it.
+fn match_all_problem(
+    prefix: IpNet,
+    restricts: bool,
+    limits: &OwnerLimits,
+    owner: &str,
+    what: &str,
+) -> Option<(&'static str, String)> {
+    (restricts && prefix.prefix_len() == 0 && !limits.allow_match_all).then(|| {
+        (
+            "prefix",
+            format!(
+                "{prefix} matches every address: a {what} rule on it is refused unless the \
+                 operator allows it for plugin {owner:?} (allow_match_all in its configuration)"
+            ),
+        )
+    })
 }
 
 /// What is wrong with a steer rule's gateways, if anything: the field and why.
@@ -766,15 +944,18 @@ mod tests {
             ],
         )
         .unwrap();
-        let err = t.apply("b", &[drop_src("192.0.2.0/24")]).unwrap_err();
-        assert!(err.to_string().contains("held by plugin \"a\""), "{err}");
+        // The same prefix from two plugins: both hold it (one entry in the map).
+        t.apply("b", &[drop_src("192.0.2.0/24")]).unwrap();
         let err = t
             .apply(
                 "b",
-                &[HookOp::RemoveFilter { direction: Direction::Src, prefix: net("192.0.2.0/24") }],
+                &[HookOp::RemoveFilter {
+                    direction: Direction::Src,
+                    prefix: net("203.0.113.0/24"),
+                }],
             )
             .unwrap_err();
-        assert!(matches!(err, HookError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("plugin \"b\" holds no filter rule"), "{err}");
         assert_eq!(t.maps.config.filter_src_v4, 2);
         assert_eq!(t.maps.config.rate_v6, 1);
         assert_eq!(t.maps.config.sample_every, 10, "the densest sampling wins");
@@ -799,8 +980,8 @@ mod tests {
         assert_eq!(now, BTreeSet::from([net("192.0.2.0/24"), net("203.0.113.0/24")]));
         // A rule that stays keeps its id, so its counter goes on.
         assert_eq!(t.maps.filters[&(Direction::Src, net("192.0.2.0/24"))], kept);
-        // Writes, in order: the two sets, then the deletion.
-        assert_eq!(t.maps.writes, 3);
+        // Writes, in order: the new rule, then the deletion (the kept one is not written again).
+        assert_eq!(t.maps.writes, 2);
     }
 
     #[test]
@@ -825,7 +1006,8 @@ mod tests {
         assert_eq!(after, BTreeSet::from([net("192.0.2.0/24")]), "maps as before the batch");
         assert_eq!(t.maps.filters, before.0);
         assert_eq!(t.maps.config, before.1);
-        assert_eq!(t.filters.len(), 1, "and the writer's own view too");
+        assert_eq!(t.filters.written.len(), 1, "and the writer's own view too");
+        assert_eq!(t.filters.count("acl"), 1);
     }
 
     fn steer(prefix: &str, hops: &[(&str, u16)]) -> HookOp {
@@ -916,6 +1098,141 @@ mod tests {
         hops.remove(&4);
         g.update(&hops);
         assert_eq!((g.version(), g.get("10.0.0.2".parse().unwrap())), (2, None));
+    }
+
+    fn filter(d: Direction, p: &str, action: Action) -> HookOp {
+        HookOp::SetFilter { direction: d, prefix: net(p), action }
+    }
+
+    fn written(t: &HookTables<Memory>, d: Direction, p: &str) -> Option<Action> {
+        t.maps.filters.get(&(d, net(p))).map(|r| Action::from_code(r.action))
+    }
+
+    #[test]
+    fn across_plugins_the_strictest_verdict_holds_within_one_the_longest_match() {
+        let mut t = HookTables::new(Memory::default());
+        t.apply("a", &[drop_src("10.91.1.0/24")]).unwrap();
+        // b's more specific count and pass do not undo a's drop.
+        t.apply(
+            "b",
+            &[
+                filter(Direction::Src, "10.91.1.2/32", Action::Count),
+                filter(Direction::Src, "10.91.1.128/25", Action::Pass),
+            ],
+        )
+        .unwrap();
+        assert_eq!(written(&t, Direction::Src, "10.91.1.2/32"), Some(Action::Drop));
+        assert_eq!(written(&t, Direction::Src, "10.91.1.128/25"), Some(Action::Drop));
+        // a's own more specific count does (within one plugin the longest match decides), but
+        // b's pass on that /25 is then the strictest left.
+        t.apply("a", &[filter(Direction::Src, "10.91.1.128/25", Action::Count)]).unwrap();
+        assert_eq!(written(&t, Direction::Src, "10.91.1.128/25"), Some(Action::Pass));
+        // A drop written after the rules inside it reaches them too.
+        t.apply("c", &[drop_src("10.0.0.0/8")]).unwrap();
+        assert_eq!(written(&t, Direction::Src, "10.91.1.128/25"), Some(Action::Drop));
+        // Removing the drop gives the plugins' own verdicts back.
+        t.remove_owner("c").unwrap();
+        t.remove_owner("a").unwrap();
+        assert_eq!(written(&t, Direction::Src, "10.91.1.2/32"), Some(Action::Count));
+        assert_eq!(written(&t, Direction::Src, "10.91.1.128/25"), Some(Action::Pass));
+        assert_eq!(written(&t, Direction::Src, "10.91.1.0/24"), None);
+        assert_eq!(t.maps.config.filter_src_v4, 2);
+        // Directions are separate tables.
+        t.apply("a", &[filter(Direction::Dst, "10.91.1.0/24", Action::Drop)]).unwrap();
+        assert_eq!(written(&t, Direction::Src, "10.91.1.2/32"), Some(Action::Count));
+    }
+
+    #[test]
+    fn a_squatted_prefix_is_held_by_both_and_removing_one_leaves_the_other() {
+        let mut t = HookTables::new(Memory::default());
+        t.apply("squatter", &[filter(Direction::Src, "192.0.2.0/24", Action::Count)]).unwrap();
+        t.apply("guard", &[drop_src("192.0.2.0/24")]).unwrap();
+        assert_eq!(written(&t, Direction::Src, "192.0.2.0/24"), Some(Action::Drop));
+        t.apply("squatter", &[filter(Direction::Src, "192.0.2.0/24", Action::Pass)]).unwrap();
+        assert_eq!(written(&t, Direction::Src, "192.0.2.0/24"), Some(Action::Drop));
+        t.remove_owner("squatter").unwrap();
+        assert_eq!(written(&t, Direction::Src, "192.0.2.0/24"), Some(Action::Drop));
+        assert_eq!(t.rules(None).unwrap().len(), 1);
+        t.apply("squatter", &[filter(Direction::Src, "192.0.2.0/24", Action::Count)]).unwrap();
+        t.apply(
+            "guard",
+            &[HookOp::RemoveFilter { direction: Direction::Src, prefix: net("192.0.2.0/24") }],
+        )
+        .unwrap();
+        assert_eq!(written(&t, Direction::Src, "192.0.2.0/24"), Some(Action::Count));
+        // Rate rules too: the smaller rate and burst.
+        let rate =
+            |p: &str, rate_pps, burst| HookOp::SetRateLimit { prefix: net(p), rate_pps, burst };
+        t.apply("guard", &[rate("198.51.100.0/24", 100, 50)]).unwrap();
+        t.apply("squatter", &[rate("198.51.100.0/24", 1_000_000, 10)]).unwrap();
+        let r = t.maps.rates[&net("198.51.100.0/24")];
+        assert_eq!((r.rate_pps, r.burst), (100, 10));
+        t.remove_owner("guard").unwrap();
+        let r = t.maps.rates[&net("198.51.100.0/24")];
+        assert_eq!((r.rate_pps, r.burst), (1_000_000, 10));
+    }
+
+    #[test]
+    fn a_plugin_over_its_quota_fails_alone_and_nothing_of_its_batch_is_written() {
+        let mut t = HookTables::new(Memory::default());
+        let small = OwnerLimits { filter: 3, rate_limit: 1, steer: 1, allow_match_all: false };
+        t.set_limits("greedy", small);
+        t.apply("other", &[drop_src("203.0.113.0/24")]).unwrap();
+        let hosts = |from: u8, n: u8| -> Vec<HookOp> {
+            (from..from + n).map(|i| drop_src(&format!("198.51.100.{i}/32"))).collect()
+        };
+        t.apply("greedy", &hosts(1, 3)).unwrap();
+        // Setting a rule it holds again costs nothing; a fourth does.
+        t.apply("greedy", &hosts(1, 3)).unwrap();
+        let err = t.apply("greedy", &hosts(10, 2)).unwrap_err();
+        let HookError::Invalid(errors) = &err else { panic!("{err}") };
+        assert_eq!((errors.len(), errors[0].index, errors[0].field), (1, 0, "max_rules"));
+        assert!(errors[0].message.contains("\"filter\": 3"), "{}", errors[0].message);
+        assert_eq!(t.filters.count("greedy"), 3, "nothing of the batch");
+        // Removing first makes room within the same batch.
+        let mut swap = vec![HookOp::RemoveFilter {
+            direction: Direction::Src,
+            prefix: net("198.51.100.1/32"),
+        }];
+        swap.extend(hosts(10, 1));
+        t.apply("greedy", &swap).unwrap();
+        // The other plugin is untouched and may still write.
+        t.apply("other", &hosts(100, 20)).unwrap();
+        assert_eq!(t.filters.count("other"), 21);
+        let err = t
+            .apply(
+                "greedy",
+                &[
+                    HookOp::SetRateLimit { prefix: net("192.0.2.0/24"), rate_pps: 1, burst: 1 },
+                    HookOp::SetRateLimit { prefix: net("192.0.2.0/25"), rate_pps: 1, burst: 1 },
+                ],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("\"rate-limit\": 1"), "{err}");
+        // Its limits outlive a removal (a quarantine, a restart).
+        t.remove_owner("greedy").unwrap();
+        assert!(t.apply("greedy", &hosts(1, 5)).is_err());
+    }
+
+    #[test]
+    fn match_all_drops_and_rate_limits_need_the_operators_leave() {
+        let mut t = HookTables::new(Memory::default());
+        let ops = [
+            drop_src("0.0.0.0/0"),
+            filter(Direction::Dst, "::/0", Action::Drop),
+            HookOp::SetRateLimit { prefix: net("::/0"), rate_pps: 10, burst: 10 },
+            filter(Direction::Src, "0.0.0.0/0", Action::Count),
+        ];
+        let err = t.apply("wide", &ops).unwrap_err();
+        let HookError::Invalid(errors) = &err else { panic!("{err}") };
+        let got: Vec<usize> = errors.iter().map(|e| e.index).collect();
+        assert_eq!(got, [0, 1, 2], "a match-all count is harmless: {err}");
+        assert!(errors[0].message.contains("allow_match_all"), "{}", errors[0].message);
+        assert!(t.maps.filters.is_empty());
+        t.apply("wide", &ops[3..]).unwrap();
+        t.set_limits("wide", OwnerLimits { allow_match_all: true, ..OwnerLimits::default() });
+        t.apply("wide", &ops[..3]).unwrap();
+        assert_eq!(written(&t, Direction::Src, "0.0.0.0/0"), Some(Action::Drop));
     }
 
     #[test]

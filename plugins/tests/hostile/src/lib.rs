@@ -9,14 +9,22 @@
 //! writes a count rule on each gateway's /32, and one on 198.18.N.0/24 for the N interfaces the
 //! dataplane serves; `log-multibyte` logs, in `init` and in `handle`, a 5000-byte line with a
 //! 3-byte character across byte 4096 (where the host cuts a log line) and otherwise behaves;
-//! `panic` panics in `handle` (its SDK logs the message before the trap); anything else behaves.
+//! `panic` panics in `handle` (its SDK logs the message before the trap); `fill-table` returns
+//! 5000 filter rules (over the default `max_rules`); `match-all-drop` drops `0.0.0.0/0`;
+//! `kv-rewrite` rewrites one 1000 KiB value 20 times a call; `log-invalid-utf8` hands the host a
+//! log message that is not UTF-8; `log-flood` logs 200 lines of 1 MiB a call; `op-flood` returns
+//! 10,000 operations a call; `rules:ACTION PREFIX;...` holds those source filter rules (set
+//! again at every call); anything else behaves.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicU32, Ordering},
+};
 
 use sluice_plugin_sdk::{Action, Direction, Event, Guest, Op, filter, host, rate_limit};
 
 static MODE: AtomicU32 = AtomicU32::new(0);
-const MODES: [&str; 13] = [
+const MODES: [&str; 19] = [
     "spin",
     "slow-init",
     "trap",
@@ -30,7 +38,30 @@ const MODES: [&str; 13] = [
     "queries",
     "log-multibyte",
     "panic",
+    "fill-table",
+    "match-all-drop",
+    "kv-rewrite",
+    "log-invalid-utf8",
+    "log-flood",
+    "op-flood",
 ];
+
+/// The rules of `rules:ACTION PREFIX;...`.
+static RULES: OnceLock<Vec<Op>> = OnceLock::new();
+
+fn parse_rules(spec: &str) -> Vec<Op> {
+    spec.split(';')
+        .filter_map(|r| {
+            let (action, prefix) = r.trim().split_once(' ')?;
+            let action = match action {
+                "drop" => Action::Drop,
+                "pass" => Action::Pass,
+                _ => Action::Count,
+            };
+            Some(filter(Direction::Src, prefix.trim(), action))
+        })
+        .collect()
+}
 
 /// The message `panic` panics with.
 const PANIC: &str = "hostile: panicking as configured";
@@ -56,6 +87,10 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn init(config: String) -> Result<Vec<Op>, String> {
+        if let Some(spec) = config.strip_prefix("rules:") {
+            let rules = RULES.get_or_init(|| parse_rules(spec));
+            return Ok(rules.clone());
+        }
         let m = MODES.iter().position(|m| *m == config).map_or(0, |i| i + 1);
         MODE.store(m as u32, Ordering::Relaxed);
         if mode() == "log-multibyte" {
@@ -71,7 +106,47 @@ impl Guest for Hostile {
     }
 
     fn handle(events: Vec<Event>) -> Result<Vec<Op>, String> {
+        if let Some(rules) = RULES.get() {
+            return Ok(rules.clone());
+        }
         match mode() {
+            "fill-table" => Ok((0..5000u32)
+                .map(|i| {
+                    let prefix = format!("198.19.{}.{}/32", i >> 8, i & 255);
+                    filter(Direction::Src, &prefix, Action::Count)
+                })
+                .collect()),
+            "match-all-drop" => Ok(vec![filter(Direction::Src, "0.0.0.0/0", Action::Drop)]),
+            "kv-rewrite" => {
+                let round = host::kv_get("round").map_or(0, |v| v.first().copied().unwrap_or(0));
+                for i in 0..20u8 {
+                    host::kv_set("v", &vec![round.wrapping_add(i); 1000 << 10])?;
+                }
+                host::kv_set("round", &[round.wrapping_add(1)])?;
+                Ok(Vec::new())
+            }
+            "log-invalid-utf8" => {
+                // SAFETY: deliberately not UTF-8: the host must refuse it at the boundary, not
+                // take it for a string.
+                let bad = unsafe { String::from_utf8_unchecked(vec![b'a', 0xff, 0xfe, 0xc3]) };
+                host::log(host::Level::Warn, &bad);
+                Ok(Vec::new())
+            }
+            "log-flood" => {
+                let line = "x".repeat(1 << 20);
+                for _ in 0..200 {
+                    host::log(host::Level::Info, &line);
+                }
+                Ok(Vec::new())
+            }
+            "op-flood" => Ok((0..5000)
+                .flat_map(|_| {
+                    [
+                        filter(Direction::Dst, "198.18.9.9/32", Action::Count),
+                        Op::RemoveFilter((Direction::Dst, "198.18.9.9/32".into())),
+                    ]
+                })
+                .collect()),
             "echo-events" => Ok(events
                 .into_iter()
                 .filter_map(|e| match e {
