@@ -329,3 +329,62 @@ fn routes_and_other_plugins_go_on_while_three_slow_plugins_start() {
     assert!(since_start < Duration::from_secs(9), "all of it before the slow inits ended");
     t.assert_daemon_alive();
 }
+
+#[test]
+fn the_plugin_list_answers_at_once_while_a_plugin_loops_to_its_deadline() {
+    use sluice_testbed::api_lab::{ApiLab, in_namespace};
+    if !common::privileged() {
+        return;
+    }
+    let (hostile, sampler) = (component("hostile"), component("sampler"));
+    let dir = PluginDir::new();
+    dir.add(&wanted("spinner", &hostile, &[Table::Filter], 10_000, "spin"));
+    dir.add(&wanted("echo", &sampler, &[Table::Filter], 1000, "0"));
+    let path = dir.0.to_str().expect("UTF-8 path");
+    let lab = ApiLab::start("plst", &["--plugins", path, "--allow-unsigned-plugins"])
+        .expect("a daemon serving its API");
+    let answers = in_namespace(lab.ns(), || {
+        let session = lab.setup_admin()?;
+        let raw = lab.raw()?;
+        // The spinner's first call begins with the first round, a second after the start.
+        thread::sleep(Duration::from_secs(3));
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            let asked = Instant::now();
+            let a = raw.json(None, "GET", "/api/v1/plugins", &session.headers(), None)?;
+            answers.push((asked.elapsed(), a.status, a.json()));
+            thread::sleep(Duration::from_millis(200));
+        }
+        Ok(answers)
+    })
+    .expect("the API answers");
+    let mut times: Vec<Duration> = answers.iter().map(|(t, _, _)| *t).collect();
+    times.sort();
+    let (median, max) = (times[times.len() / 2], times[times.len() - 1]);
+    println!(
+        "GET /api/v1/plugins while a plugin loops to its 10 s deadline: {} answers in {median:?} \
+         (median), {max:?} at most, a new TLS connection each",
+        answers.len()
+    );
+    for (_, status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        let names: Vec<&str> =
+            body.as_array().expect("a list").iter().filter_map(|p| p["name"].as_str()).collect();
+        assert!(names.contains(&"spinner") && names.contains(&"echo"), "{body}");
+    }
+    let last = &answers[answers.len() - 1].2;
+    let echo = last.as_array().and_then(|l| l.iter().find(|p| p["name"] == "echo")).expect("echo");
+    assert_eq!(echo["status"]["state"], "running", "{echo}");
+    assert_eq!(echo["dropped_events"], 0, "{echo}");
+    let spinner =
+        last.as_array().and_then(|l| l.iter().find(|p| p["name"] == "spinner")).expect("spinner");
+    // Its `init` ended, its first `handle` has not: every answer came while it looped.
+    assert_eq!(
+        (&spinner["status"]["state"], &spinner["usage"]["calls"]),
+        (&"running".into(), &1.into()),
+        "{spinner}"
+    );
+    // Goal: 200 ms; the bound leaves room for a loaded machine (each answer includes a TLS
+    // handshake).
+    assert!(max < Duration::from_millis(1000), "{times:?}");
+}
