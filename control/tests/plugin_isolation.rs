@@ -388,3 +388,36 @@ fn the_plugin_list_answers_at_once_while_a_plugin_loops_to_its_deadline() {
     // handshake).
     assert!(max < Duration::from_millis(1000), "{times:?}");
 }
+
+#[test]
+fn a_new_instance_takes_over_its_names_rules_in_one_step_and_a_removal_ends_them() {
+    let (hostile, sampler) = (component("hostile"), component("sampler"));
+    let mut pool = pool();
+    start(&mut pool, wanted("acl", &hostile, &[Table::Filter], 1000, "behave"));
+    assert!(holds(&pool, "acl", "203.0.113.0/24"), "the first instance's rule");
+    // The same name, another component: its rules replace the first one's.
+    start(&mut pool, wanted("acl", &sampler, &[Table::Filter, Table::Sample], 1000, "1"));
+    assert!(!holds(&pool, "acl", "203.0.113.0/24"), "the first instance's rule is gone");
+    assert_eq!(pool.with_tables(|t| t.sampling("acl")), Some(1), "the new instance's");
+    let list = pool.list();
+    assert_eq!(list.len(), 1, "one plugin of that name");
+    assert_eq!(list[0].sha256, sluice::plugins::sha256_hex(&sampler));
+    // The old worker got the batch no more: only the new instance's rules follow routes.
+    pool.dispatch(&[route("10.9.0.0/24"), Event::Timer(1)]);
+    assert!(wait_for(Duration::from_secs(5), || holds(&pool, "acl", "10.9.0.0/24")).is_some());
+    assert!(pool.remove("acl").expect("removed"));
+    assert!(pool.list().is_empty());
+    assert_eq!(pool.with_tables(|t| t.sampling("acl")), None);
+    assert!(pool.with_tables(|t| t.rules(Some("acl")).expect("rules")).is_empty());
+    // A start that fails changes nothing.
+    let err = pool
+        .start_and_wait(
+            wanted("slow", &hostile, &[Table::Filter], 50, "slow-init"),
+            "directory",
+            Duration::from_secs(30),
+        )
+        .expect_err("a slow init fails");
+    println!("a slow init is refused: {err}");
+    assert!(err.contains("deadline"), "{err}");
+    assert!(pool.list().is_empty());
+}

@@ -1,8 +1,10 @@
 //! The daemon's plugin thread: the plugins of a directory and of the configuration store,
 //! the commands of the daemon and the API, and once an interval the events gathered from the
-//! dataplane (route changes, counters, samples, the timer) handed to the supervisor. A plugin's
-//! failure, a panic of the host while serving it included, is the supervisor's to contain; should
-//! the thread die anyway, its owner starts it again after a back-off ([`PluginThread::watch`]).
+//! dataplane (route changes, counters, samples, the timer) handed to each plugin's worker
+//! ([`Pool`]). It never waits for a plugin: starts and checks run on threads of their own and
+//! answer when they end. A plugin's failure, a panic of the host while serving it included, is
+//! its worker's to contain; should this thread die anyway, its owner starts it again after a
+//! back-off ([`PluginThread::watch`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -419,8 +421,9 @@ struct Resources {
 /// Starts the plugin thread: the plugins of `dir` (for each `NAME.json` manifest, `NAME.wasm`
 /// and the optional `NAME.config.json`), then whatever [`Command`]s bring (the store's plugins).
 /// The hook tables are emptied first (a plugin rewrites its rules as it starts). A plugin that
-/// cannot start is logged and left out; the others run. Every [`EVENT_INTERVAL`] each plugin
-/// gets the sampled headers and a timer. The owner keeps the returned [`PluginThread`] and
+/// cannot start is logged and left out; the others run, each on a thread of its own, none
+/// waiting for another's `init`. Every [`EVENT_INTERVAL`] each plugin gets the round's events
+/// (samples at its own rate) and a timer. The owner keeps the returned [`PluginThread`] and
 /// calls [`PluginThread::watch`] now and then, which starts the thread again if it died.
 pub fn run(
     dir: Option<&Path>,

@@ -49,6 +49,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Shared<M: HookMaps> {
     tables: HookTables<M>,
     current: BTreeMap<String, u64>,
+    /// The pool is gone: no worker writes again (a new pool may own the tables' maps).
+    closed: bool,
 }
 
 type Tables<M> = Arc<Mutex<Shared<M>>>;
@@ -64,7 +66,7 @@ struct WorkerSink<M: HookMaps> {
 impl<M: HookMaps> TableSink for WorkerSink<M> {
     fn apply(&mut self, owner: &str, ops: &[HookOp]) -> Result<(), HookError> {
         let mut s = lock(&self.tables);
-        if s.current.get(owner) != Some(&self.generation) {
+        if s.closed || s.current.get(owner) != Some(&self.generation) {
             return Ok(());
         }
         s.tables.apply(owner, ops)
@@ -72,7 +74,7 @@ impl<M: HookMaps> TableSink for WorkerSink<M> {
 
     fn replace_owner(&mut self, owner: &str, ops: &[HookOp]) -> Result<(), HookError> {
         let mut s = lock(&self.tables);
-        if s.current.get(owner).is_some_and(|g| *g > self.generation) {
+        if s.closed || s.current.get(owner).is_some_and(|g| *g > self.generation) {
             return Ok(());
         }
         s.tables.replace_owner(owner, ops)?;
@@ -82,7 +84,7 @@ impl<M: HookMaps> TableSink for WorkerSink<M> {
 
     fn remove_owner(&mut self, owner: &str) -> Result<(), HookError> {
         let mut s = lock(&self.tables);
-        if s.current.get(owner) != Some(&self.generation) {
+        if s.closed || s.current.get(owner) != Some(&self.generation) {
             return Ok(());
         }
         s.tables.remove_owner(owner)
@@ -159,6 +161,8 @@ struct Slot {
     wanted: Wanted,
     /// `store` or `directory`.
     source: &'static str,
+    /// Later starts have higher ones.
+    generation: u64,
     queue: Arc<Queue>,
     published: Arc<Mutex<Published>>,
     thread: Option<JoinHandle<()>>,
@@ -214,7 +218,11 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
     pub fn new(host: PluginHost, tables: HookTables<M>, routes: Option<RouteLookup>) -> Self {
         Self {
             host,
-            tables: Arc::new(Mutex::new(Shared { tables, current: BTreeMap::new() })),
+            tables: Arc::new(Mutex::new(Shared {
+                tables,
+                current: BTreeMap::new(),
+                closed: false,
+            })),
             routes,
             generation: 0,
             running: BTreeMap::new(),
@@ -280,6 +288,7 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
         let slot = Slot {
             wanted,
             source,
+            generation,
             queue,
             published,
             thread,
@@ -310,6 +319,13 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
             };
             let Starting { mut slot, reply } = self.starting.remove(i);
             let name = slot.wanted.manifest.name.clone();
+            // A later start that ended first won: this one's rules were never written.
+            let outcome = outcome.and_then(|()| match self.running.get(&name) {
+                Some(r) if r.generation > slot.generation => {
+                    Err("a newer instance started meanwhile".to_owned())
+                }
+                _ => Ok(()),
+            });
             if outcome.is_ok() {
                 if let Some(mut old) = self.running.insert(name.clone(), slot) {
                     old.retire();
@@ -495,6 +511,7 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
 
 impl<M: HookMaps + Send + 'static> Drop for Pool<M> {
     fn drop(&mut self) {
+        lock(&self.tables).closed = true;
         for slot in self.running.values_mut() {
             slot.retire();
         }
