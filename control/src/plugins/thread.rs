@@ -339,12 +339,13 @@ impl Coordinator {
         }
     }
 
-    /// Whether the store's plugin `w` already runs, or starts, with its component and
-    /// configuration.
+    /// Whether the store's plugin `w` already runs with its component and configuration. One
+    /// only starting does not count: whoever asks waits for a start of its own (the later start
+    /// wins, the earlier is refused when it ends).
     fn runs(&self, w: &Wanted) -> bool {
         self.pool.running(&w.manifest.name).is_some_and(|(source, r)| {
             source == "store" && r.manifest == w.manifest && r.config == w.config
-        }) || self.pool.starting(w)
+        })
     }
 
     /// Why a plugin of the store may not take the name `name`.
