@@ -154,6 +154,8 @@ impl Client {
 pub enum PluginApiCmd {
     /// Add a plugin to the router (or a new version of one), running it at once.
     Add {
+        #[command(flatten)]
+        api: ApiArgs,
         /// The component (.wasm).
         wasm: PathBuf,
         /// Its manifest (JSON), signed by its publisher unless the router allows unsigned ones.
@@ -168,18 +170,24 @@ pub enum PluginApiCmd {
     },
     /// List the router's plugins: version, tables, state, rules.
     List {
+        #[command(flatten)]
+        api: ApiArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove a plugin: its rules go, and its key-value store.
     Remove {
+        #[command(flatten)]
+        api: ApiArgs,
         /// The plugin.
         name: String,
     },
     /// Give a plugin a new configuration (JSON file, `-` for standard input); a configuration
     /// the plugin refuses changes nothing.
     Config {
+        #[command(flatten)]
+        api: ApiArgs,
         /// The plugin.
         name: String,
         /// The configuration.
@@ -187,16 +195,22 @@ pub enum PluginApiCmd {
     },
     /// Run a stored plugin again.
     Enable {
+        #[command(flatten)]
+        api: ApiArgs,
         /// The plugin.
         name: String,
     },
     /// Stop a plugin, keeping it and its store.
     Disable {
+        #[command(flatten)]
+        api: ApiArgs,
         /// The plugin.
         name: String,
     },
     /// Print a plugin's log.
     Logs {
+        #[command(flatten)]
+        api: ApiArgs,
         /// The plugin.
         name: String,
     },
@@ -291,11 +305,26 @@ fn print(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl PluginApiCmd {
+    /// The API it goes to.
+    pub fn api(&self) -> &ApiArgs {
+        match self {
+            Self::Add { api, .. }
+            | Self::List { api, .. }
+            | Self::Remove { api, .. }
+            | Self::Config { api, .. }
+            | Self::Enable { api, .. }
+            | Self::Disable { api, .. }
+            | Self::Logs { api, .. } => api,
+        }
+    }
+}
+
 /// Runs a `sluice plugin` command through the API.
-pub fn plugin(args: &ApiArgs, cmd: PluginApiCmd) -> anyhow::Result<()> {
-    let c = Client::new(args)?;
+pub fn plugin(cmd: PluginApiCmd) -> anyhow::Result<()> {
+    let c = Client::new(cmd.api())?;
     match cmd {
-        PluginApiCmd::Add { wasm, manifest, config, disabled } => {
+        PluginApiCmd::Add { wasm, manifest, config, disabled, .. } => {
             let bytes =
                 std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
             let manifest: Value = serde_json::from_slice(
@@ -314,7 +343,7 @@ pub fn plugin(args: &ApiArgs, cmd: PluginApiCmd) -> anyhow::Result<()> {
             };
             print(&c.send("POST", "/plugins", &body)?)
         }
-        PluginApiCmd::List { json } => {
+        PluginApiCmd::List { json, .. } => {
             if json {
                 return print(&c.call("GET", "/plugins")?);
             }
@@ -336,20 +365,20 @@ pub fn plugin(args: &ApiArgs, cmd: PluginApiCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        PluginApiCmd::Remove { name } => print(&c.call("DELETE", &format!("/plugins/{name}"))?),
-        PluginApiCmd::Config { name, file } => {
+        PluginApiCmd::Remove { name, .. } => print(&c.call("DELETE", &format!("/plugins/{name}"))?),
+        PluginApiCmd::Config { name, file, .. } => {
             let config = read_json(&file)?;
             print(&c.send("PUT", &format!("/plugins/{name}/config"), &config)?)
         }
-        PluginApiCmd::Enable { name } => {
+        PluginApiCmd::Enable { name, .. } => {
             let body = models::PluginPatch { enabled: true };
             print(&c.send("PATCH", &format!("/plugins/{name}"), &body)?)
         }
-        PluginApiCmd::Disable { name } => {
+        PluginApiCmd::Disable { name, .. } => {
             let body = models::PluginPatch { enabled: false };
             print(&c.send("PATCH", &format!("/plugins/{name}"), &body)?)
         }
-        PluginApiCmd::Logs { name } => {
+        PluginApiCmd::Logs { name, .. } => {
             let log: Vec<models::PluginLogLine> =
                 c.call("GET", &format!("/plugins/{name}/logs"))?;
             for l in log {

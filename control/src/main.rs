@@ -137,10 +137,9 @@ enum Command {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// Plugins: run one locally, sign one, or manage a router's through its API.
+    /// Plugins: run one locally, sign one, or manage a router's through its API (the API's
+    /// options go after the subcommand: `sluice plugin list --api URL`).
     Plugin {
-        #[command(flatten)]
-        api: sluice::client::ApiArgs,
         #[command(subcommand)]
         cmd: PluginCmd,
     },
@@ -440,7 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route { api, cmd: RouteTop::Static { cmd } } => sluice::client::route(&api, cmd),
         Command::User { api, cmd } => sluice::client::user(&api, cmd),
         Command::Protocols { api, json } => sluice::client::protocols(&api, json),
-        Command::Plugin { api, cmd: PluginCmd::Api(cmd) } => sluice::client::plugin(&api, cmd),
+        Command::Plugin { cmd: PluginCmd::Api(cmd) } => sluice::client::plugin(cmd),
         Command::Detach { force } => {
             let links = dataplane::detach_all(&pin, force)?;
             if links.is_empty() {
@@ -453,13 +452,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Plugin { cmd: PluginCmd::Run { wasm, manifest, config, events }, .. } => {
+        Command::Plugin { cmd: PluginCmd::Run { wasm, manifest, config, events } } => {
             plugin_run(&wasm, manifest.as_deref(), &config, events.as_deref())
         }
-        Command::Plugin { cmd: PluginCmd::Keygen { file }, .. } => plugin_keygen(&file),
-        Command::Plugin { cmd: PluginCmd::Sign { key, manifest }, .. } => {
-            plugin_sign(&key, &manifest)
-        }
+        Command::Plugin { cmd: PluginCmd::Keygen { file } } => plugin_keygen(&file),
+        Command::Plugin { cmd: PluginCmd::Sign { key, manifest } } => plugin_sign(&key, &manifest),
     }
 }
 
@@ -745,4 +742,48 @@ fn config_repair(
         None => println!("nothing was wrong; the record names revision {}", after.latest),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// The long help of a subcommand, global options included.
+    fn help(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut sub = &mut cmd;
+        for name in path {
+            sub = sub.find_subcommand_mut(name).expect("a subcommand");
+        }
+        sub.render_long_help().to_string()
+    }
+
+    #[test]
+    fn the_api_options_show_only_where_they_apply() {
+        for local in [["plugin", "run"], ["plugin", "keygen"], ["plugin", "sign"]] {
+            let h = help(&local);
+            for option in ["--api", "--token", "--ca", "--insecure"] {
+                assert!(!h.contains(option), "`sluice {}` lists {option}:\n{h}", local.join(" "));
+            }
+        }
+        for remote in [["plugin", "list"], ["plugin", "add"], ["plugin", "logs"]] {
+            assert!(help(&remote).contains("--token"), "`sluice {}`", remote.join(" "));
+        }
+        Cli::try_parse_from([
+            "sluice",
+            "plugin",
+            "list",
+            "--api",
+            "https://r:8443",
+            "--token",
+            "t",
+        ])
+        .expect("the API's options after an API subcommand");
+        let err = Cli::try_parse_from(["sluice", "plugin", "keygen", "k", "--token", "t"])
+            .expect_err("a local subcommand takes no API options");
+        assert!(err.to_string().contains("--token"), "{err}");
+    }
 }

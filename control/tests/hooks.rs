@@ -208,14 +208,39 @@ fn one_packet_in_n_is_sampled_with_its_headers() {
     assert_eq!((got[0].proto, got[0].sport, got[0].dport), (17, 40000, 53));
     assert_eq!((got[0].ifindex, got[0].len as usize), (IN0.ifindex, packet.bytes().len()));
     assert_eq!(got[1].src, "2001:db8:a::10".parse::<IpAddr>().expect("addr"));
+    assert!(got.iter().all(|s| s.every == 1 && s.tcp_flags == 0), "UDP at 1 in 1: {got:?}");
+
+    // TCP: the flags byte of its header, over both families.
+    let syn = Frame::v4(
+        ROUTER_MAC,
+        HOST_MAC,
+        Ipv4::new(ip4("192.0.2.10"), ip4("203.0.113.9"), L4::tcp(40001, 443)),
+    );
+    let ack = L4::Tcp { sport: 443, dport: 40001, seq: 1, flags: 0x10, payload: Vec::new() };
+    let ack = Frame::v6(
+        ROUTER_MAC,
+        HOST_MAC,
+        Ipv6::new(ip6("2001:db8:a::10"), ip6("2001:db8:50::1"), ack),
+    );
+    lab.check_all(&[forward("a SYN sampled", &syn), forward("an ACK sampled", &ack)]);
+    let got = samples(&mut ring);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].proto, got[0].sport, got[0].dport, got[0].tcp_flags), (6, 40001, 443, 0x02));
+    assert_eq!((got[1].proto, got[1].sport, got[1].dport, got[1].tcp_flags), (6, 443, 40001, 0x10));
+    println!(
+        "samples: a SYN says tcp_flags {:#04x}, an ACK {:#04x}",
+        got[0].tcp_flags, got[1].tcp_flags
+    );
 
     hooks.apply("flows", &[HookOp::SetSampling { every: 8 }]).expect("valid");
     for _ in 0..800 {
         lab.run(IN0.ifindex, &packet.bytes());
     }
-    let n = samples(&mut ring).len();
+    let got = samples(&mut ring);
+    let n = got.len();
     // 1 in 8 of 800 is 100 on average (standard deviation 9.4).
     assert!((50..=150).contains(&n), "{n} samples of 800 packets at 1 in 8");
+    assert!(got.iter().all(|s| s.every == 8), "each sample says its rate");
     hooks.remove_owner("flows").expect("removal");
     for _ in 0..100 {
         lab.run(IN0.ifindex, &packet.bytes());

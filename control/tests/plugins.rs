@@ -267,6 +267,8 @@ fn ddos_guard_blocks_a_flooding_source_and_lifts_the_block_after_its_cool_down()
             dst: "198.51.100.1".into(),
             sport: 1234,
             dport: 53,
+            tcp_flags: 0,
+            every: 10,
         })
     };
     // One second between timers at 1 in 10: the flooder's 200 samples are about 2000 packets/s,
@@ -395,6 +397,8 @@ fn flood_round(n: u8) -> Vec<Event> {
         dst: "198.51.100.1".into(),
         sport: 1234,
         dport: 53,
+        tcp_flags: 0,
+        every: 10,
     });
     let mut batch = vec![Event::Timer(at)];
     batch.extend(std::iter::repeat_n(sample, 200));

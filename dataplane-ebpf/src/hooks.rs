@@ -8,6 +8,7 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::XdpContext,
 };
 use sluice_common::{
     Counter, FAMILY_V4, Reason,
@@ -18,6 +19,8 @@ use sluice_common::{
         take_token,
     },
 };
+
+use crate::common::ptr_at;
 
 #[map]
 static HOOK_CONFIG: Array<HookConfig> = Array::with_max_entries(1, 0);
@@ -69,16 +72,50 @@ pub struct Packet<'a> {
     pub dst: &'a [u8; 16],
 }
 
-/// Runs the hook tables that hold anything. `ports` reads the source and destination port
-/// (network order, as in the packet; 0 when there are none), for a sample only.
+/// What a sample reads past the IP header: the source and destination port (as in the packet)
+/// and, for TCP, the flags byte; zeros when there are none.
+#[derive(Clone, Copy, Default)]
+pub struct L4 {
+    pub ports: [u8; 4],
+    pub tcp_flags: u8,
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+
+/// Reads the [`L4`] facts of a transport header at `offset`: the flags are byte 13 of a TCP
+/// header (RFC 9293, section 3.1).
 #[inline(always)]
-pub fn ingress(p: &Packet<'_>, ports: impl FnOnce() -> u32) -> Verdict {
+pub fn read_l4(ctx: &XdpContext, offset: usize, proto: u8) -> L4 {
+    match proto {
+        IPPROTO_TCP => match ptr_at::<[u8; 14]>(ctx, offset) {
+            Ok(p) => {
+                // SAFETY: bounds checked by `ptr_at`.
+                let h = unsafe { *p };
+                L4 { ports: [h[0], h[1], h[2], h[3]], tcp_flags: h[13] }
+            }
+            Err(()) => L4::default(),
+        },
+        IPPROTO_UDP | IPPROTO_SCTP => match ptr_at::<[u8; 4]>(ctx, offset) {
+            // SAFETY: bounds checked by `ptr_at`.
+            Ok(p) => L4 { ports: unsafe { *p }, tcp_flags: 0 },
+            Err(()) => L4::default(),
+        },
+        _ => L4::default(),
+    }
+}
+
+/// Runs the hook tables that hold anything. `l4` reads the ports and TCP flags
+/// ([`read_l4`]), for a sample only.
+#[inline(always)]
+pub fn ingress(p: &Packet<'_>, l4: impl FnOnce() -> L4) -> Verdict {
     let Some(cfg) = HOOK_CONFIG.get(0) else { return Verdict::Continue { steer: false } };
     if cfg.active == 0 {
         return Verdict::Continue { steer: false };
     }
     if cfg.sample_every != 0 {
-        sample(p, cfg.sample_every, ports);
+        sample(p, cfg.sample_every, l4);
     }
     let v4 = p.family == FAMILY_V4;
     let (src_rules, dst_rules, rate_rules, steer_rules) = if v4 {
@@ -218,12 +255,12 @@ pub fn count_rule(rule: u32, len: usize) {
 
 /// Writes one packet in `every` to the sample ring, chosen at random.
 #[inline(always)]
-fn sample(p: &Packet<'_>, every: u32, ports: impl FnOnce() -> u32) {
+fn sample(p: &Packet<'_>, every: u32, l4: impl FnOnce() -> L4) {
     // SAFETY: bpf_get_prandom_u32 has no preconditions.
     if unsafe { bpf_get_prandom_u32() } % every != 0 {
         return;
     }
-    let ports = ports().to_ne_bytes();
+    let L4 { ports, tcp_flags } = l4();
     let s = Sample {
         ifindex: p.ifindex,
         len: p.len as u32,
@@ -231,9 +268,11 @@ fn sample(p: &Packet<'_>, every: u32, ports: impl FnOnce() -> u32) {
         proto: p.proto,
         sport: [ports[0], ports[1]],
         dport: [ports[2], ports[3]],
-        _pad: [0; 2],
+        tcp_flags,
+        _pad: 0,
         src: *p.src,
         dst: *p.dst,
+        every,
     };
     let _ = SAMPLES.output::<Sample>(&s, 0);
 }

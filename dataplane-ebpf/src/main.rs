@@ -232,8 +232,14 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
         src: &src16,
         dst: &dst16,
     };
-    let ports = || if first_fragment { read_ports(ctx, frame.l3 + ihl, proto) } else { 0 };
-    let steer = match hook_outcome(hooks::ingress(&packet, ports)) {
+    let l4 = || {
+        if first_fragment {
+            hooks::read_l4(ctx, frame.l3 + ihl, proto)
+        } else {
+            hooks::L4::default()
+        }
+    };
+    let steer = match hook_outcome(hooks::ingress(&packet, l4)) {
         Ok(steer) => steer,
         Err(outcome) => return outcome,
     };
@@ -314,8 +320,8 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
         src: &src,
         dst: &dst,
     };
-    let ports = || read_ports(ctx, frame.l3 + Ipv6Hdr::LEN, packet.proto);
-    let steer = match hook_outcome(hooks::ingress(&packet, ports)) {
+    let l4 = || hooks::read_l4(ctx, frame.l3 + Ipv6Hdr::LEN, packet.proto);
+    let steer = match hook_outcome(hooks::ingress(&packet, l4)) {
         Ok(steer) => steer,
         Err(outcome) => return outcome,
     };

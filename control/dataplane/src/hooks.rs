@@ -328,6 +328,10 @@ pub struct SampledPacket {
     pub sport: u16,
     /// Destination port, else 0.
     pub dport: u16,
+    /// TCP's flags byte (SYN 0x02, ACK 0x10...), else 0.
+    pub tcp_flags: u8,
+    /// The sampling it was taken at: one packet in this many.
+    pub every: u32,
 }
 
 impl SampledPacket {
@@ -344,8 +348,10 @@ impl SampledPacket {
             proto: b[9],
             sport: u16::from_be_bytes([b[10], b[11]]),
             dport: u16::from_be_bytes([b[12], b[13]]),
+            tcp_flags: b[14],
             src: addr(16),
             dst: addr(32),
+            every: u32_at(48),
         })
     }
 }

@@ -445,6 +445,9 @@ pub struct PluginEntry {
     /// What its current instance has used (running plugins only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Value>,
+    /// Events it lost because it fell more than a few batches behind (running plugins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_events: Option<u64>,
     /// Its configuration, when stored.
     pub config: Option<Value>,
 }

@@ -154,6 +154,7 @@ pub(super) fn list(api: &Api, _: &Call<'_>) -> Reply {
             rules: p.rules,
             enabled: true,
             usage: Some(value_of(p.usage)),
+            dropped_events: Some(p.dropped_events),
             config: stored.get(&p.name).map(|s| s.config.clone()),
         });
     }
@@ -170,6 +171,7 @@ pub(super) fn list(api: &Api, _: &Call<'_>) -> Reply {
             rules: 0,
             enabled: p.enabled,
             usage: None,
+            dropped_events: None,
             config: Some(p.config.clone()),
         });
     }

@@ -13,7 +13,8 @@ use super::{
 /// An event as the local harness reads it from a JSON file (`sluice plugin run --events`):
 /// `{"route": {"prefix": "192.0.2.0/24", "added": true}}`, `{"timer": 1700000000000}`,
 /// `{"sample": {"ifindex": 2, "len": 64, "proto": 17, "src": "192.0.2.1", "dst": "198.51.100.1",
-/// "sport": 1234, "dport": 53}}`, `{"counters": [{"interface": "eth1", "reason": "forwarded",
+/// "sport": 1234, "dport": 53, "tcp_flags": 0, "every": 1}}` (the last two may be left out),
+/// `{"counters": [{"interface": "eth1", "reason": "forwarded",
 /// "packets": 10, "bytes": 640}]}`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -43,9 +44,19 @@ pub enum ScriptedEvent {
         sport: u16,
         /// Destination port.
         dport: u16,
+        /// TCP's flags byte (SYN 2, ACK 16...); 0 when left out.
+        #[serde(default)]
+        tcp_flags: u8,
+        /// One sample stands for this many packets; 1 when left out.
+        #[serde(default = "one")]
+        every: u32,
     },
     /// A counter snapshot.
     Counters(Vec<ScriptedCounter>),
+}
+
+const fn one() -> u32 {
+    1
 }
 
 /// A counter in a [`ScriptedEvent::Counters`].
@@ -67,9 +78,27 @@ impl From<ScriptedEvent> for Event {
         match e {
             ScriptedEvent::Route { prefix, added } => Self::Route(RouteChange { prefix, added }),
             ScriptedEvent::Timer(at) => Self::Timer(at),
-            ScriptedEvent::Sample { ifindex, len, proto, src, dst, sport, dport } => {
-                Self::Sample(FlowSample { ifindex, len, proto, src, dst, sport, dport })
-            }
+            ScriptedEvent::Sample {
+                ifindex,
+                len,
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+                tcp_flags,
+                every,
+            } => Self::Sample(FlowSample {
+                ifindex,
+                len,
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+                tcp_flags,
+                every,
+            }),
             ScriptedEvent::Counters(c) => Self::Counters(
                 c.into_iter()
                     .map(|c| CounterEvent {

@@ -5,10 +5,7 @@
 use std::{
     collections::VecDeque,
     panic::{self, AssertUnwindSafe},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     thread,
     time::Duration,
 };
@@ -50,12 +47,13 @@ pub const TICK: Duration = Duration::from_millis(2);
 /// Plugins at most at once (pooling allocator slots).
 const MAX_PLUGINS: u32 = 64;
 
-/// The engine every plugin runs in, and its epoch ticker.
+/// The engine every plugin runs in, and its epoch ticker. Clones share the engine: each
+/// plugin's worker thread holds one; the ticker stops with the last of them and their stores.
+#[derive(Clone)]
 pub struct PluginHost {
     trust: Trust,
     engine: Engine,
     linker: Arc<Linker<HostState>>,
-    stop: Arc<AtomicBool>,
     kv: Option<KvDir>,
 }
 
@@ -84,12 +82,11 @@ impl PluginHost {
             .map_err(|e| PluginError::Load(format!("{e:#}")))?;
         Bindings::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Load(format!("{e:#}")))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ticker_engine, ticker_stop) = (engine.weak(), Arc::clone(&stop));
+        let ticker_engine = engine.weak();
         thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
-                while !ticker_stop.load(Ordering::Relaxed) {
+                loop {
                     thread::sleep(TICK);
                     match ticker_engine.upgrade() {
                         Some(e) => e.increment_epoch(),
@@ -98,7 +95,7 @@ impl PluginHost {
                 }
             })
             .map_err(|e| PluginError::Load(format!("epoch ticker: {e}")))?;
-        Ok(Self { trust, engine, linker: Arc::new(linker), stop, kv: None })
+        Ok(Self { trust, engine, linker: Arc::new(linker), kv: None })
     }
 
     /// Keeps the plugins' key-value stores in `dir`, a file per plugin name, instead of in
@@ -248,11 +245,6 @@ impl std::fmt::Debug for PluginHost {
     }
 }
 
-impl Drop for PluginHost {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 /// A plugin compiled and linked, ready to be instantiated again and again.
 #[derive(Clone)]

@@ -23,9 +23,12 @@
 //! Its parts: [`Manifest`] and [`Trust`] (`manifest`) say what a plugin may do and who vouches
 //! for it; the [`PluginHost`] (`host`) owns the engine and compiles components; a [`Plugin`]
 //! (`instance`) is one instance in a store of its own, and its calls; the [`Manager`]
-//! (`supervisor`) hands out events, quarantines and restarts; [`harness()`] runs a plugin without a
-//! router (`sluice plugin run`); [`run()`] (`thread`) starts the daemon's plugin thread, which
-//! the daemon keeps running through its [`PluginThread`].
+//! (`supervisor`) hands out events, quarantines and restarts; the [`Pool`] (`worker`) runs
+//! each plugin on a thread of its own under a manager of its own, so that one plugin's long
+//! call delays no other's events and no answer to the operator; [`harness()`] runs a plugin
+//! without a router (`sluice plugin run`); [`run()`] (`thread`) starts the daemon's plugin
+//! thread, which hands out events and commands to the pool and never waits for a plugin, and
+//! which the daemon keeps running through its [`PluginThread`].
 
 mod error;
 mod harness;
@@ -36,6 +39,7 @@ mod queries;
 mod supervisor;
 mod thread;
 mod util;
+mod worker;
 
 pub use error::{LastLog, PluginError};
 pub use harness::{HarnessCall, HarnessRun, ScriptedCounter, ScriptedEvent, harness};
@@ -49,3 +53,4 @@ pub use thread::{
     PluginThread, QuarantinedPlugin, SharedReport, Wanted, run, wanted_from_store,
 };
 pub use util::{hex, now_ms, sha256_hex, unhex};
+pub use worker::{Pool, QUEUE_BATCHES};

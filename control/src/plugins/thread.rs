@@ -1,8 +1,10 @@
 //! The daemon's plugin thread: the plugins of a directory and of the configuration store,
 //! the commands of the daemon and the API, and once an interval the events gathered from the
-//! dataplane (route changes, counters, samples, the timer) handed to the supervisor. A plugin's
-//! failure, a panic of the host while serving it included, is the supervisor's to contain; should
-//! the thread die anyway, its owner starts it again after a back-off ([`PluginThread::watch`]).
+//! dataplane (route changes, counters, samples, the timer) handed to each plugin's worker
+//! ([`Pool`]). It never waits for a plugin: starts and checks run on threads of their own and
+//! answer when they end. A plugin's failure, a panic of the host while serving it included, is
+//! its worker's to contain; should this thread die anyway, its owner starts it again after a
+//! back-off ([`PluginThread::watch`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -19,13 +21,12 @@ use serde::{Deserialize, Serialize};
 use sluice_dataplane::hooks::{self, HookTables};
 
 use super::{
-    CounterEvent, Event, FlowSample, LogLine, Manager, Manifest, PluginError, PluginHost,
+    CounterEvent, Event, FlowSample, LogLine, Manager, Manifest, PluginError, PluginHost, Pool,
     RouteChange, Status, Table, Trust, Usage, now_ms, pinned_queries, util::panic_message,
 };
 
-/// The nice value of the plugin thread: that of a process started plainly, whatever priority the
-/// daemon's own threads run at (`sluice daemon --nice`).
-const PLUGIN_NICE: libc::c_int = 0;
+/// How often the plugin thread looks whether a plugin's start ended, while one is under way.
+const START_POLL: Duration = Duration::from_millis(10);
 
 /// How often running plugins get a timer event and the samples gathered since the last one.
 pub const EVENT_INTERVAL: Duration = Duration::from_secs(1);
@@ -79,6 +80,8 @@ fn gather_events(feed: &mut Feed, ticks: u32) -> Vec<Event> {
                 dst: s.dst.to_string(),
                 sport: s.sport,
                 dport: s.dport,
+                tcp_flags: s.tcp_flags,
+                every: s.every,
             }));
         }
     }
@@ -104,8 +107,8 @@ fn counter_snapshot(pin: &sluice_dataplane::PinDir) -> Option<Event> {
     Some(Event::Counters(counters))
 }
 
-/// Starts the plugins of a directory.
-fn start_dir(manager: &mut Manager<HookTables<hooks::AyaHookMaps>>, dir: &Path) {
+/// Starts the plugins of a directory, each on its worker: none waits for another's `init`.
+fn start_dir(pool: &mut Pool<hooks::AyaHookMaps>, dir: &Path) {
     let mut manifests: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -124,7 +127,7 @@ fn start_dir(manager: &mut Manager<HookTables<hooks::AyaHookMaps>>, dir: &Path) 
     }
     manifests.sort();
     for path in manifests {
-        let started = (|| -> Result<String, String> {
+        let wanted = (|| -> Result<Wanted, String> {
             let manifest: Manifest = serde_json::from_slice(
                 &std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
             )
@@ -134,12 +137,10 @@ fn start_dir(manager: &mut Manager<HookTables<hooks::AyaHookMaps>>, dir: &Path) 
                 std::fs::read(&wasm_path).map_err(|e| format!("{}: {e}", wasm_path.display()))?;
             let config_path = path.with_extension("config.json");
             let config = std::fs::read_to_string(&config_path).unwrap_or_else(|_| "{}".into());
-            let name = manifest.name.clone();
-            manager.add(manifest, &wasm, &config).map_err(|e| format!("{name}: {e}"))?;
-            Ok(name)
+            Ok(Wanted { manifest, wasm: Arc::new(wasm), config })
         })();
-        match started {
-            Ok(name) => tracing::info!(plugin = name, "plugin started"),
+        match wanted {
+            Ok(w) => pool.start(w, "directory", None),
             Err(e) => tracing::error!(error = e, "plugin not started"),
         }
     }
@@ -213,6 +214,8 @@ pub struct PluginInfo {
     pub rules: usize,
     /// What its current instance has used.
     pub usage: Usage,
+    /// Events it lost because it fell more than a few batches behind (its own slow calls).
+    pub dropped_events: u64,
 }
 
 /// What `/api/v1/health` says of the plugin host: the thread's life (written by its owner's
@@ -254,13 +257,17 @@ impl HostReport {
 
     /// Takes the plugins' states from their manager.
     pub fn update_plugins<S: super::TableSink>(&mut self, manager: &Manager<S>) {
+        self.set_plugins(manager.plugins().iter().map(|(n, s)| (n.clone(), s.status())));
+    }
+
+    /// Takes the plugins' states.
+    pub fn set_plugins(&mut self, plugins: impl IntoIterator<Item = (String, Status)>) {
         self.running = 0;
         self.quarantined.clear();
-        for (name, s) in manager.plugins() {
-            match s.status() {
+        for (name, status) in plugins {
+            match status {
                 Status::Running => self.running += 1,
                 Status::Quarantined { reason, retry_in_ms, .. } => {
-                    let name = name.clone();
                     self.quarantined.push(QuarantinedPlugin { name, reason, retry_in_ms });
                 }
             }
@@ -306,89 +313,90 @@ pub enum Command {
     Logs(String, std::sync::mpsc::Sender<Option<Vec<LogLine>>>),
 }
 
-/// The plugin thread's state beside its manager.
-struct Worker {
-    manager: Manager<HookTables<hooks::AyaHookMaps>>,
-    /// The plugins started from the store (the others come from the directory).
-    from_store: std::collections::BTreeSet<String>,
+/// The plugin thread's state: the plugins' workers.
+struct Coordinator {
+    pool: Pool<hooks::AyaHookMaps>,
 }
 
-impl Worker {
+impl Coordinator {
+    /// Serves a command without waiting for any plugin: a start or a check runs on a thread of
+    /// its own and answers when it ends.
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Check(w, reply) => {
-                let _ = reply.send(self.check(w));
+                if let Some(why) = self.name_taken(&w.manifest.name) {
+                    let _ = reply.send(Err(PluginError::Manifest(why)));
+                } else {
+                    self.pool.check(w, reply);
+                }
             }
             Command::Put(w, reply) => {
-                let _ = reply.send(if self.runs(&w) { Ok(()) } else { self.put(w) });
+                if self.runs(&w) {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    self.put(w, Some(reply));
+                }
             }
             Command::Sync { wanted, disabled } => self.sync(wanted, &disabled),
             Command::List(reply) => {
-                let _ = reply.send(self.list());
+                let _ = reply.send(self.pool.list());
             }
             Command::Logs(name, reply) => {
-                let log = self.manager.plugins().get(&name).map(|s| s.plugin().log_lines());
-                let _ = reply.send(log);
+                let _ = reply.send(self.pool.logs(&name));
             }
         }
     }
 
-    /// Whether the store's plugin `w` already runs with its component and configuration.
+    /// Whether the store's plugin `w` already runs with its component and configuration. One
+    /// only starting does not count: whoever asks waits for a start of its own (the later start
+    /// wins, the earlier is refused when it ends).
     fn runs(&self, w: &Wanted) -> bool {
-        self.from_store.contains(&w.manifest.name)
-            && self
-                .manager
-                .plugins()
-                .get(&w.manifest.name)
-                .is_some_and(|s| s.compiled.manifest == w.manifest && s.config == w.config)
-            && self.manager.allows_match_all(&w.manifest.name) == w.allow_match_all
+        self.pool.running(&w.manifest.name).is_some_and(|(source, r)| {
+            source == "store"
+                && r.manifest == w.manifest
+                && r.config == w.config
+                && r.allow_match_all == w.allow_match_all
+        })
     }
 
     /// Why a plugin of the store may not take the name `name`.
     fn name_taken(&self, name: &str) -> Option<String> {
-        (self.manager.plugins().contains_key(name) && !self.from_store.contains(name))
+        self.pool
+            .running(name)
+            .is_some_and(|(source, _)| source != "store")
             .then(|| format!("a plugin of the plugin directory is called {name:?}"))
     }
 
-    fn check(&mut self, w: Wanted) -> Result<(), PluginError> {
+    fn put(&mut self, w: Wanted, reply: Option<std::sync::mpsc::Sender<Result<(), String>>>) {
         if let Some(why) = self.name_taken(&w.manifest.name) {
-            return Err(PluginError::Manifest(why));
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(why));
+            }
+            return;
         }
-        self.manager.check(w.manifest, &w.wasm, &w.config)
-    }
-
-    fn put(&mut self, w: Wanted) -> Result<(), String> {
-        let name = w.manifest.name.clone();
-        if let Some(why) = self.name_taken(&name) {
-            return Err(why);
-        }
-        self.manager.allow_match_all(&name, w.allow_match_all);
-        self.manager.add(w.manifest, &w.wasm, &w.config).map_err(|e| e.to_string())?;
-        self.from_store.insert(name.clone());
-        tracing::info!(plugin = name, "plugin started");
-        Ok(())
+        self.pool.start(w, "store", reply);
     }
 
     fn sync(&mut self, wanted: Vec<Wanted>, disabled: &[String]) {
         let names: std::collections::BTreeSet<String> =
             wanted.iter().map(|w| w.manifest.name.clone()).collect();
         for w in wanted {
-            if self.runs(&w) {
-                continue;
-            }
-            let name = w.manifest.name.clone();
-            if let Err(e) = self.put(w) {
-                tracing::error!(plugin = name, error = e, "plugin not started");
+            if !self.runs(&w) {
+                self.put(w, None);
             }
         }
-        let gone: Vec<String> =
-            self.from_store.iter().filter(|n| !names.contains(*n)).cloned().collect();
+        let gone: Vec<String> = self
+            .pool
+            .list()
+            .into_iter()
+            .filter(|p| p.source == "store" && !names.contains(&p.name))
+            .map(|p| p.name)
+            .collect();
         for name in gone {
-            self.from_store.remove(&name);
             let result = if disabled.contains(&name) {
-                self.manager.remove(&name)
+                self.pool.remove(&name)
             } else {
-                self.manager.forget(&name)
+                self.pool.forget(&name)
             };
             match result {
                 Ok(_) => tracing::info!(plugin = name, "plugin stopped"),
@@ -397,26 +405,14 @@ impl Worker {
         }
     }
 
-    fn list(&self) -> Vec<PluginInfo> {
-        let rules = self.manager.sink().rules(None).unwrap_or_default();
-        self.manager
-            .plugins()
-            .iter()
-            .map(|(name, s)| {
-                let m = &s.compiled.manifest;
-                PluginInfo {
-                    name: name.clone(),
-                    version: m.version.clone(),
-                    tables: m.tables.clone(),
-                    sha256: m.sha256.clone(),
-                    publisher: m.publisher.clone(),
-                    source: if self.from_store.contains(name) { "store" } else { "directory" },
-                    status: s.status(),
-                    rules: rules.iter().filter(|r| r.owner == *name).count(),
-                    usage: s.plugin().usage(),
-                }
-            })
-            .collect()
+    /// Finishes the starts that ended, and logs them.
+    fn poll(&mut self) {
+        for (name, outcome) in self.pool.poll() {
+            match outcome {
+                Ok(()) => tracing::info!(plugin = name, "plugin started"),
+                Err(e) => tracing::error!(plugin = name, error = e, "plugin not started"),
+            }
+        }
     }
 }
 
@@ -437,8 +433,9 @@ struct Resources {
 /// Starts the plugin thread: the plugins of `dir` (for each `NAME.json` manifest, `NAME.wasm`
 /// and the optional `NAME.config.json`), then whatever [`Command`]s bring (the store's plugins).
 /// The hook tables are emptied first (a plugin rewrites its rules as it starts). A plugin that
-/// cannot start is logged and left out; the others run. Every [`EVENT_INTERVAL`] each plugin
-/// gets the sampled headers and a timer. The owner keeps the returned [`PluginThread`] and
+/// cannot start is logged and left out; the others run, each on a thread of its own, none
+/// waiting for another's `init`. Every [`EVENT_INTERVAL`] each plugin gets the round's events
+/// (samples at its own rate) and a timer. The owner keeps the returned [`PluginThread`] and
 /// calls [`PluginThread::watch`] now and then, which starts the thread again if it died.
 pub fn run(
     dir: Option<&Path>,
@@ -638,29 +635,31 @@ fn serve(r: &mut Resources) {
             None
         }
     };
-    let mut manager = Manager::new(host, HookTables::new(maps), queries);
+    let mut pool = Pool::new(host, HookTables::new(maps), queries);
     if let Some(dir) = &r.dir {
-        start_dir(&mut manager, dir);
+        start_dir(&mut pool, dir);
     }
-    let mut t = Worker { manager, from_store: std::collections::BTreeSet::new() };
-    // Third-party code: not at the priority the daemon may have given its own threads.
-    if let Err(e) = sluice_dataplane::set_thread_nice(PLUGIN_NICE) {
-        tracing::debug!(error = %e, "could not set the plugin thread's priority");
-    }
+    let mut t = Coordinator { pool };
     let mut ticks = 0u32;
     let mut gateways_seen = r.feed.gateways.version();
     loop {
-        // Commands are taken as they come; events once an interval.
+        // Commands are taken as they come; events once an interval; starts finished as they
+        // end. Nothing here waits for a plugin.
         let due = Instant::now() + EVENT_INTERVAL;
         loop {
+            t.poll();
             let left = due.saturating_duration_since(Instant::now());
-            let Some(rx) = &r.commands else {
-                thread::sleep(left);
+            if left.is_zero() {
                 break;
+            }
+            let wait = if t.pool.busy() { left.min(START_POLL) } else { left };
+            let Some(rx) = &r.commands else {
+                thread::sleep(wait);
+                continue;
             };
-            match rx.recv_timeout(left) {
+            match rx.recv_timeout(wait) {
                 Ok(cmd) => t.command(cmd),
-                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => r.commands = None,
             }
         }
@@ -668,18 +667,13 @@ fn serve(r: &mut Resources) {
         let version = r.feed.gateways.version();
         if version != gateways_seen {
             gateways_seen = version;
-            if let Err(e) = t.manager.sink_mut().refresh_steering() {
+            if let Err(e) = t.pool.with_tables(HookTables::refresh_steering) {
                 tracing::error!(error = %e, "rewriting the steer rules failed");
             }
         }
         let events = gather_events(&mut r.feed, ticks);
-        for (name, e) in t.manager.dispatch(&events) {
-            tracing::warn!(plugin = name, error = %e, "plugin quarantined");
-        }
-        for name in t.manager.restart_due() {
-            tracing::info!(plugin = name, "plugin restarted");
-        }
-        r.report.lock().unwrap_or_else(PoisonError::into_inner).update_plugins(&t.manager);
+        t.pool.dispatch(&events);
+        r.report.lock().unwrap_or_else(PoisonError::into_inner).set_plugins(t.pool.statuses());
     }
 }
 

@@ -272,14 +272,19 @@ pub struct Sample {
     pub sport: [u8; 2],
     /// Destination port (network order), 0 otherwise.
     pub dport: [u8; 2],
+    /// TCP: the flags byte of its header (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10,
+    /// URG 0x20, ECE 0x40, CWR 0x80); 0 otherwise.
+    pub tcp_flags: u8,
     /// Explicit padding.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// Source address, IPv4 in the first 4 bytes (network order).
     pub src: [u8; 16],
     /// Destination address (network order).
     pub dst: [u8; 16],
+    /// The sampling it was taken at: one packet in this many (host order).
+    pub every: u32,
 }
-const _: () = assert!(size_of::<Sample>() == 48);
+const _: () = assert!(size_of::<Sample>() == 52);
 
 #[cfg(test)]
 mod tests {

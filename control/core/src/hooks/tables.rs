@@ -149,6 +149,11 @@ impl<M: HookMaps> HookTables<M> {
         self.replace_owner(owner, &[])
     }
 
+    /// The sampling `owner` asked for (one packet in this many), if it samples.
+    pub fn sampling(&self, owner: &str) -> Option<u32> {
+        self.sampling.get(owner).copied()
+    }
+
     /// Every rule with its owner and counter, optionally of one owner only.
     pub fn rules(&self, owner: Option<&str>) -> Result<Vec<RuleStatus>, HookError> {
         let mine = |o: &str| owner.is_none_or(|want| want == o);

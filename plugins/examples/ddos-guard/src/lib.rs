@@ -1,8 +1,10 @@
 //! `ddos-guard`: blocks the sources that send more than a packet rate, and lifts each block
 //! after a cool-down.
 //!
-//! It asks for 1 in `sample_every` packets' headers, counts the samples of each source between
-//! two timer events, and estimates each source's rate as `samples * sample_every / interval`.
+//! It asks for 1 in `sample_every` packets' headers, and adds up for each source between two
+//! timer events the packets its samples stand for (each sample's `every`: the rate it was taken
+//! at, which is `sample_every` once the request is in force); its rate is that sum over the
+//! interval.
 //! A source over `max_pps` gets a drop rule on its address (/32 or /128) until `block_ms` after
 //! the timer that saw it; a source already blocked that is still over the rate when its block
 //! ends is blocked again at the next timer.
@@ -31,7 +33,7 @@ impl Default for Config {
 #[derive(Default)]
 struct State {
     config: Option<Config>,
-    /// Samples per source since the last timer.
+    /// Packets per source since the last timer, as its samples stand for them.
     seen: BTreeMap<String, u64>,
     /// When the last timer fired, ms.
     last_timer: Option<u64>,
@@ -71,7 +73,9 @@ impl Guest for DdosGuard {
             let mut ops = Vec::new();
             for event in events {
                 match event {
-                    Event::Sample(sample) => *s.seen.entry(sample.src).or_default() += 1,
+                    Event::Sample(sample) => {
+                        *s.seen.entry(sample.src).or_default() += u64::from(sample.every.max(1));
+                    }
                     Event::Timer(now) => ops.extend(tick(s, now)),
                     Event::Route(_) | Event::Counters(_) => {}
                 }
@@ -94,8 +98,8 @@ fn tick(s: &mut State, now: u64) -> Vec<Op> {
     }
     if let Some(last) = s.last_timer {
         let interval = now.saturating_sub(last).max(1);
-        for (src, samples) in std::mem::take(&mut s.seen) {
-            let pps = samples * u64::from(config.sample_every) * 1000 / interval;
+        for (src, packets) in std::mem::take(&mut s.seen) {
+            let pps = packets.saturating_mul(1000) / interval;
             let prefix = host_prefix(&src);
             if pps > config.max_pps && !s.blocked.contains_key(&prefix) {
                 log(Level::Warn, &format!("blocking {src}: about {pps} packets/s"));
