@@ -42,7 +42,7 @@ fn wanted(
     config: &str,
 ) -> Wanted {
     let manifest = Manifest { deadline_ms, ..Manifest::new(name, "0.1.0", tables, wasm) };
-    Wanted { manifest, wasm: Arc::clone(wasm), config: config.into() }
+    Wanted { manifest, wasm: Arc::clone(wasm), config: config.into(), allow_match_all: false }
 }
 
 fn pool() -> Pool<MemoryHookMaps> {

@@ -137,7 +137,8 @@ fn start_dir(pool: &mut Pool<hooks::AyaHookMaps>, dir: &Path) {
                 std::fs::read(&wasm_path).map_err(|e| format!("{}: {e}", wasm_path.display()))?;
             let config_path = path.with_extension("config.json");
             let config = std::fs::read_to_string(&config_path).unwrap_or_else(|_| "{}".into());
-            Ok(Wanted { manifest, wasm: Arc::new(wasm), config })
+            // The operator allows match-all rules only in the store's configuration.
+            Ok(Wanted { manifest, wasm: Arc::new(wasm), config, allow_match_all: false })
         })();
         match wanted {
             Ok(w) => pool.start(w, "directory", None),
