@@ -245,7 +245,6 @@ impl std::fmt::Debug for PluginHost {
     }
 }
 
-
 /// A plugin compiled and linked, ready to be instantiated again and again.
 #[derive(Clone)]
 pub struct Compiled {
