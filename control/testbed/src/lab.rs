@@ -600,8 +600,8 @@ fn bgp(out: &Out, router: &NetNs, daemon: &mut Child) -> anyhow::Result<()> {
     let start = Instant::now();
     let block: ipnet::IpNet = "172.16.0.0/12".parse().expect("a prefix");
     loop {
-        let routes = sluice_json(&["routes", "--json"])?;
-        let have = routes["routes"]
+        let table = sluice_json(&["routes", "--json"])?;
+        let have = table["routes"]
             .as_array()
             .into_iter()
             .flatten()
@@ -611,7 +611,7 @@ fn bgp(out: &Out, router: &NetNs, daemon: &mut Child) -> anyhow::Result<()> {
         if have == lab_bgp::PREFIXES {
             break;
         }
-        if start.elapsed() > Duration::from_secs(60) {
+        if start.elapsed() > Duration::from_mins(1) {
             bail!(
                 "the dataplane holds {have} of the {} announced prefixes after 60 s",
                 lab_bgp::PREFIXES

@@ -42,7 +42,7 @@ pub const PREFIXES: usize = 4096;
 /// from a client crosses the router by a route learnt over BGP.
 pub const TARGET: &str = "172.16.0.1";
 /// How long the session may take to come up, and the prefixes to reach the dataplane.
-const SETTLE: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_mins(1);
 /// The administrator the lab makes.
 const ADMIN: &str = "admin";
 
@@ -165,7 +165,10 @@ pub struct Admin {
 fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut buf = vec![0u8; bytes];
     fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(buf.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
 }
 
 fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
