@@ -884,7 +884,7 @@ fn print_guide(opts: &LabOptions, router: &NetNs) {
         (format!("{exe} routes"), "the dataplane's routes and next hops".to_owned()),
         (
             format!("{exe} protocols"),
-            "the BGP session with the upstream (after the export below)".to_owned(),
+            "the BGP session with the upstream (with the export above)".to_owned(),
         ),
         (format!("{c1} ping {}", lab_bgp::TARGET), "traffic by a route learnt over BGP".to_owned()),
         (
