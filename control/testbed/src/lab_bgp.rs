@@ -148,6 +148,7 @@ pub fn router_protocols() -> Value {
             "remote_as": PEER_AS,
             "local_as": ROUTER_AS,
             "hold_time": 9,
+            "enabled": true,
             "import": {"prefixes": [{"prefix": "172.16.0.0/12", "le": 24}], "max_prefixes": 10000},
             "export": "none"
         }}

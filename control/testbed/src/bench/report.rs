@@ -516,6 +516,7 @@ mod tests {
             ratios: Ratios::default(),
             daemon: None,
             route_add: None,
+            program_steps: None,
             failures: BTreeMap::new(),
         }
     }
