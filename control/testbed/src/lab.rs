@@ -593,9 +593,10 @@ fn bgp(out: &Out, router: &NetNs, daemon: &mut Child) -> anyhow::Result<()> {
     let took = admin.wait_established()?;
     check_alive(daemon)?;
     out.ok(&format!(
-        "session established, {} prefixes imported, {:.1} s after the commit",
+        "session established, {} prefixes imported, {:.1} s after the {}",
         lab_bgp::PREFIXES,
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        if changed { "commit" } else { "check" }
     ));
     let start = Instant::now();
     let block: ipnet::IpNet = "172.16.0.0/12".parse().expect("a prefix");
