@@ -17,7 +17,7 @@ OUT=${OUT:-$here/out}
 BOOT_MIB=${BOOT_MIB:-96}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}
 export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
-PACKAGES=systemd-sysv,udev,dbus,linux-image-cloud-amd64,iproute2,iputils-ping,traceroute,e2fsprogs,kmod,ca-certificates,systemd-timesyncd,less
+PACKAGES=systemd-sysv,udev,dbus,linux-image-cloud-amd64,iproute2,iputils-ping,traceroute,e2fsprogs,kmod,ca-certificates,systemd-timesyncd,less,bird2
 
 step() { printf 'image: [%s] %s\n' "$(date +%T)" "$*"; }
 [ "$(id -u)" = 0 ] || { echo "image: needs root (mmdebstrap installs packages into a tree owned by root)" >&2; exit 1; }
@@ -56,6 +56,10 @@ printf 'LABEL=sluice-root\t/\text4\tdefaults,noatime,errors=remount-ro\t0\t1\n' 
 printf 'Sluice router %s (%s)\n\n' "$version" "$commit" > "$root/etc/issue"
 systemctl --root="$root" enable systemd-networkd.service sluice-prepare.service sluice.service \
     sluice-banner.service >/dev/null 2>&1
+# BIRD is run by the sluice daemon (--bird), with the configuration it renders from its store:
+# Debian's own bird.service (with /etc/bird/bird.conf) must not start a second one.
+systemctl --root="$root" disable bird.service >/dev/null 2>&1 || true
+systemctl --root="$root" mask bird.service >/dev/null 2>&1
 # Nobody logs in with a password: the console is the web console (root stays locked).
 chroot "$root" passwd -l root >/dev/null
 

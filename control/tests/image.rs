@@ -4,14 +4,18 @@
 //! test, a blank state disk and a `NoCloud` seed. Checks: the console answers over HTTPS, the
 //! setup token shown on the serial console works once, XDP is attached natively to both routed
 //! NICs, traffic between the namespaces crosses the appliance and the guest's counters show that
-//! XDP carried nearly all of it; then the system disk is replaced by a fresh copy of the image
-//! (an upgrade) and the configuration is still there. Writes the serial logs and the boot times
+//! XDP carried nearly all of it; a BIRD on the host side of the second routed NIC, configured by
+//! hand as an upstream's, peers over BGP with the appliance's BIRD, whose neighbour is set
+//! through the API alone: the prefixes it announces are forwarded by XDP, and removing the
+//! neighbour by a commit withdraws them; then the system disk is replaced by a fresh copy of
+//! the image (an upgrade) and the configuration is still there. Writes the serial logs and the boot times
 //! to `artifacts/image/`. Run by `make image-test` (part of `make test`).
 
 #[allow(dead_code, reason = "shared by the namespace test crates, which use different parts")]
 mod common;
 
 use std::{
+    fmt::Write as _,
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
@@ -26,6 +30,73 @@ use sluice_testbed::netns::{self, NetNs};
 const PASSWORD: &str = "correct horse battery";
 /// How long a boot to a ready console may take under TCG on a busy machine.
 const BOOT_TIMEOUT: Duration = Duration::from_mins(7);
+/// Prefixes the upstream announces: the first /24s of 172.16.0.0/12.
+const UPSTREAM_PREFIXES: usize = 1000;
+/// An address inside the first announced prefix, on the upstream's loopback.
+const UPSTREAM_TARGET: &str = "172.16.0.1";
+/// How long the BGP session may take to come up, or the prefixes to arrive or leave, in a guest
+/// under TCG.
+const BGP_SETTLE: Duration = Duration::from_mins(3);
+
+/// A BIRD in the namespace of the appliance's second routed NIC (10.71.2.2, AS 65010), configured
+/// by hand as an upstream's: announces [`UPSTREAM_PREFIXES`] /24s to the appliance (10.71.2.1,
+/// AS 65000). Killed on drop; its log's tail printed when the test fails.
+struct Upstream {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Upstream {
+    fn start(ns: &NetNs, dir: &Path) -> Self {
+        let (conf, log, ctl) =
+            (dir.join("upstream.conf"), dir.join("upstream.log"), dir.join("upstream.ctl"));
+        let mut routes = String::new();
+        for i in 0..UPSTREAM_PREFIXES {
+            let _ = write!(routes, "route 172.{}.{}.0/24 unreachable; ", 16 + i / 256, i % 256);
+        }
+        let text = format!(
+            "log \"{}\" all;\nrouter id 10.71.2.2;\nprotocol device {{ }}\n\
+             protocol static announced {{ ipv4; {routes} }}\n\
+             protocol bgp appliance {{ local 10.71.2.2 as 65010; neighbor 10.71.2.1 as 65000; \
+             hold time 9; keepalive time 3; connect retry time 2; error wait time 1, 10; \
+             ipv4 {{ import none; export where proto = \"announced\"; }}; }}\n",
+            log.display()
+        );
+        std::fs::write(&conf, text).expect("the upstream's bird.conf");
+        ns.batch(&format!("link set lo up\naddr add {UPSTREAM_TARGET}/32 dev lo\n"))
+            .expect("the upstream's address");
+        let child = ns
+            .command("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(&ctl)
+            .arg("-P")
+            .arg(dir.join("upstream.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bird (scripts/setup.sh installs bird2)");
+        Self { child, log }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- the upstream's BIRD log ---\n{}",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+    }
+}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the repository").to_owned()
@@ -244,6 +315,39 @@ impl Client {
         (code.trim().parse().unwrap_or(0), value)
     }
 
+    /// Replaces the configuration's `protocols` by a commit through the API.
+    fn commit_protocols(&self, protocols: &Value, message: &str) {
+        let (status, v) = self.call("GET", "/api/v1/config?secrets=true", None);
+        assert_eq!(status, 200, "{v}");
+        let mut config = v["config"].clone();
+        config["protocols"] = protocols.clone();
+        let (status, v) = self.call("PUT", "/api/v1/config/candidate", Some(&config));
+        assert_eq!(status, 200, "stage: {v}");
+        let (status, v) =
+            self.call("POST", "/api/v1/config/commit", Some(&json!({"message": message})));
+        assert_eq!(status, 200, "commit: {v}");
+    }
+
+    /// How many routes of the announced block the dataplane holds, and how many of them have
+    /// origin `bird`.
+    fn upstream_routes(&self) -> (usize, usize) {
+        let (status, v) = self.call("GET", "/api/v1/routes?q=172.&limit=10000", None);
+        assert_eq!(status, 200, "{v}");
+        let block: ipnet::IpNet = "172.16.0.0/12".parse().expect("a prefix");
+        let within: Vec<&Value> = v["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r["prefix"]
+                    .as_str()
+                    .and_then(|p| p.parse::<ipnet::IpNet>().ok())
+                    .is_some_and(|p| p.prefix_len() == 24 && block.contains(&p))
+            })
+            .collect();
+        (within.len(), within.iter().filter(|r| r["origin"] == "bird").count())
+    }
+
     fn login(&mut self) {
         let body = json!({"username": "admin", "password": PASSWORD});
         let (status, v) = self.call("POST", "/api/v1/login", Some(&body));
@@ -318,6 +422,66 @@ fn assert_xdp_on_the_routed_ports(client: &Client) {
         assert_eq!(mode(name), Some(json!("native")), "{name}: {ifaces}");
     }
     assert_eq!(mode("eth0"), Some(Value::Null), "management is not routed: {ifaces}");
+}
+
+/// The appliance peers over BGP with an upstream on its second routed NIC, its neighbour set
+/// through the API alone; the prefixes learnt are forwarded by XDP; a commit without the
+/// neighbour withdraws them. Returns the figures.
+fn assert_bgp_learnt_prefixes_are_forwarded(
+    client: &Client,
+    from: &NetNs,
+    upstream: &NetNs,
+    dir: &Path,
+) -> Value {
+    let _bird = Upstream::start(upstream, dir);
+    let protocols = json!({"router_id": "10.71.2.1", "bgp": {"upstream": {
+        "neighbor": "10.71.2.2", "remote_as": 65010, "local_as": 65000, "hold_time": 9,
+        "import": {"prefixes": [{"prefix": "172.16.0.0/12", "le": 24}], "max_prefixes": 5000}}}});
+    let at = Instant::now();
+    client.commit_protocols(&protocols, "peer with the upstream");
+    let session = wait_until("the BGP session with the upstream", BGP_SETTLE, || {
+        let (status, v) = client.call("GET", "/api/v1/protocols", None);
+        let p = v["protocols"].as_array()?.iter().find(|p| p["name"] == "upstream")?.clone();
+        (status == 200
+            && p["state"] == "up"
+            && p["routes"]["imported"].as_u64() == Some(UPSTREAM_PREFIXES as u64))
+        .then_some(p)
+    });
+    let established = at.elapsed();
+    assert_eq!(
+        (session["kind"].as_str(), session["info"].as_str()),
+        (Some("bgp"), Some("Established")),
+        "{session}"
+    );
+    let (routes, from_bird) =
+        wait_until("the upstream's prefixes in the dataplane", BGP_SETTLE, || {
+            let (n, bird) = client.upstream_routes();
+            (n == UPSTREAM_PREFIXES).then_some((n, bird))
+        });
+    let in_dataplane = at.elapsed();
+    assert_eq!(from_bird, routes, "every learnt prefix has origin bird");
+    wait_until("172.16.0.1 through the appliance", Duration::from_mins(1), || {
+        (ping(from, UPSTREAM_TARGET, 1, "0.2").received == 1).then_some(())
+    });
+    let (f0, p0) = client.carried();
+    let pings = ping(from, UPSTREAM_TARGET, 200, "0.01");
+    let (f1, p1) = client.carried();
+    let crossed = 2 * pings.received;
+    assert!(pings.received * 10 >= pings.transmitted * 9, "{pings:?}");
+    assert!(f1 - f0 >= crossed, "forwarded {} for {crossed} packets crossing", f1 - f0);
+
+    // The neighbour removed by a commit: its prefixes leave the dataplane.
+    let at = Instant::now();
+    client.commit_protocols(&json!({}), "no upstream");
+    wait_until("the upstream's prefixes withdrawn", BGP_SETTLE, || {
+        (client.upstream_routes().0 == 0).then_some(())
+    });
+    let withdrawn = at.elapsed();
+    json!({"prefixes": routes, "commit_to_established_s": established.as_secs_f64(),
+           "commit_to_prefixes_in_dataplane_s": in_dataplane.as_secs_f64(),
+           "withdrawn_after_commit_s": withdrawn.as_secs_f64(),
+           "pings_sent": pings.transmitted, "pings_received": pings.received,
+           "forwarded_by_xdp": f1 - f0, "passed_to_kernel": p1 - p0})
 }
 
 /// Traffic between the namespaces crosses the appliance, carried by XDP (the guest kernel's
@@ -400,6 +564,8 @@ fn the_image_boots_to_a_console_routes_with_xdp_and_keeps_its_configuration_acro
 
     assert_xdp_on_the_routed_ports(&client);
     let traffic = assert_xdp_carries_traffic(&client, &ns_a);
+    let bgp = assert_bgp_learnt_prefixes_are_forwarded(&client, &ns_a, &ns_b, dir);
+    let _ = writeln!(std::io::stderr(), "image: BGP {bgp}");
 
     // A static route, then the upgrade.
     let route = json!({"prefix": "10.99.0.0/16", "via": "10.71.2.2"});
@@ -432,6 +598,7 @@ fn the_image_boots_to_a_console_routes_with_xdp_and_keeps_its_configuration_acro
         "image_bytes": std::fs::metadata(&image).map_or(0, |m| m.len()),
         "boot_to_console_s": [ready1.as_secs_f64(), ready2.as_secs_f64()],
         "traffic": traffic,
+        "bgp": bgp,
     });
     std::fs::write(
         artifacts.join("image.json"),

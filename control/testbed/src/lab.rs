@@ -1,6 +1,8 @@
 //! `sluice-lab up|down`: a router lab in network namespaces on this machine. Two clients and a
 //! server, each on its own subnet, sit behind a router namespace whose kernel forwarding is off
 //! and whose interfaces `sluice daemon` serves, so every packet that crosses was forwarded by XDP.
+//! A fourth namespace is an upstream whose BIRD announces a few thousand prefixes over BGP to the
+//! router, whose side of the session is in Sluice's configuration ([`crate::lab_bgp`]).
 //!
 //! The building blocks (namespaces prepared for the lab, the addressing plan, a veth link between
 //! the router and a host) are public: the namespace tests build their topologies with them.
@@ -22,7 +24,10 @@ use nix::{
 };
 use serde_json::Value;
 
-use crate::netns::{self, NetNs};
+use crate::{
+    lab_bgp,
+    netns::{self, NetNs},
+};
 
 /// Where the lab keeps its daemon's pid file and log.
 pub const RUN_DIR: &str = "/run/sluice-lab";
@@ -45,7 +50,8 @@ pub const HOST_IF: &str = "eth0";
 /// Options of `sluice-lab up` and `sluice-lab down`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabOptions {
-    /// Prefix of the namespaces' names: PREFIX-c1, PREFIX-c2, PREFIX-srv and PREFIX-router.
+    /// Prefix of the namespaces' names: PREFIX-c1, PREFIX-c2, PREFIX-srv, PREFIX-isp (the BGP
+    /// upstream) and PREFIX-router.
     #[arg(long, default_value = "sl", value_parser = parse_prefix)]
     pub prefix: String,
     /// Set the lab up and start the daemon, without the demonstration traffic.
@@ -175,8 +181,10 @@ pub fn connect(
     Ok(())
 }
 
-/// The lab's hosts: role (namespace suffix, and the router's interface is `r-ROLE`) and subnet.
-const HOSTS: [(&str, Subnet); 3] = [("c1", Subnet(1)), ("c2", Subnet(2)), ("srv", Subnet(3))];
+/// The lab's hosts: role (namespace suffix, and the router's interface is `r-ROLE`) and subnet;
+/// the last is the BGP upstream.
+const HOSTS: [(&str, Subnet); 4] =
+    [("c1", Subnet(1)), ("c2", Subnet(2)), ("srv", Subnet(3)), (lab_bgp::ROLE, lab_bgp::SUBNET)];
 const SERVER: Subnet = Subnet(3);
 
 fn ns_name(opts: &LabOptions, role: &str) -> String {
@@ -273,6 +281,19 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<()> {
         ));
         hosts.push(host);
     }
+    if let Err(e) = lab_bgp::start_peer(&hosts[3]) {
+        lab_bgp::stop_peer();
+        return Err(e.context("the BGP upstream"));
+    }
+    out.ok(&format!(
+        "{}: BIRD (configured by hand, {}) announces {} prefixes of 172.16.0.0/12 from AS {}; \
+         {} is on its loopback",
+        hosts[3].name(),
+        Path::new(RUN_DIR).join("peer-bird.conf").display(),
+        lab_bgp::PREFIXES,
+        lab_bgp::PEER_AS,
+        lab_bgp::TARGET
+    ));
     out.ok(&format!(
         "{router_name}: net.ipv4.ip_forward=0, net.ipv6.conf.all.forwarding=0 (only XDP forwards)"
     ));
@@ -283,12 +304,21 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<()> {
     ));
 
     out.step(&format!("Starting `sluice daemon` in {router_name}"));
-    let mut daemon = start_daemon(&router)?;
+    let mut daemon = match start_daemon(&router) {
+        Ok(d) => d,
+        Err(e) => {
+            lab_bgp::stop_peer();
+            return Err(e);
+        }
+    };
     let router = router.keep();
     let hosts: Vec<NetNs> = hosts.into_iter().map(NetNs::keep).collect();
     out.ok(&format!("pid {}, log {}", daemon.id(), log_path().display()));
     wait_for_routes(&mut daemon)?;
     out.ok("the kernel's routes are in the dataplane");
+
+    bgp(&out, &router, &mut daemon)?;
+    out.step("The dataplane's routes (sluice routes)");
     print_routes()?;
 
     if !opts.no_traffic {
@@ -318,6 +348,7 @@ pub fn down(opts: &LabOptions) -> anyhow::Result<()> {
 
 fn lab_present(opts: &LabOptions) -> bool {
     pid_path().exists()
+        || Path::new(RUN_DIR).join("peer-bird.pid").exists()
         || std::iter::once("router")
             .chain(HOSTS.map(|(role, _)| role))
             .any(|role| Path::new("/run/netns").join(ns_name(opts, role)).exists())
@@ -330,6 +361,9 @@ fn down_quiet(opts: &LabOptions, out: &Out) -> anyhow::Result<()> {
         stop_daemon(pid, out)?;
     }
     let _ = fs::remove_file(pid_path());
+    if lab_bgp::stop_peer() {
+        out.ok("the upstream's BIRD stopped");
+    }
     // Unpins the links (which detaches the program) and the maps of the default pin directory.
     let detach =
         Command::new(crate::sluice_exe()?).arg("detach").output().context("run `sluice detach`")?;
@@ -412,7 +446,7 @@ fn preflight(out: &Out) -> anyhow::Result<()> {
         out.step("Mounting bpffs on /sys/fs/bpf");
         netns::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
-    for tool in ["ip", "nsenter", "setsid", "ethtool", "ping"] {
+    for tool in ["ip", "nsenter", "setsid", "ethtool", "ping", "bird"] {
         let found = std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
         if !found {
@@ -465,7 +499,7 @@ fn start_daemon(router: &NetNs) -> anyhow::Result<Child> {
         cmd.arg("--attach").arg(router_if(role));
     }
     fs::create_dir_all(STATE_DIR).with_context(|| format!("create {STATE_DIR}"))?;
-    cmd.args(["--state-dir", STATE_DIR, "--listen", API_LISTEN]);
+    cmd.args(["--state-dir", STATE_DIR, "--listen", API_LISTEN, "--bird", "bird"]);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -537,15 +571,93 @@ fn wait_for_routes(daemon: &mut Child) -> anyhow::Result<()> {
     }
 }
 
-/// Prints the dataplane's routes other than the router's own addresses.
+/// Commits the router's BGP neighbour through the API, waits for the session and its prefixes,
+/// and shows them: `sluice protocols`, and the routes' origin.
+fn bgp(out: &Out, router: &NetNs, daemon: &mut Child) -> anyhow::Result<()> {
+    out.step(&format!(
+        "Configuring BGP with {} (AS {}) through the API: protocols.bgp.{}",
+        lab_bgp::SUBNET.host_v4(),
+        lab_bgp::PEER_AS,
+        lab_bgp::NEIGHBOUR
+    ));
+    check_alive(daemon)?;
+    let admin = lab_bgp::Admin::login(router)?;
+    out.ok(&format!("logged in as the lab's administrator ({})", lab_bgp::admin_file().display()));
+    let protocols = lab_bgp::router_protocols();
+    let changed = admin.commit_protocols(&protocols)?;
+    out.ok(&if changed {
+        format!("committed protocols = {protocols}")
+    } else {
+        "the running configuration has the neighbour already".to_owned()
+    });
+    let took = admin.wait_established()?;
+    check_alive(daemon)?;
+    out.ok(&format!(
+        "session established, {} prefixes imported, {:.1} s after the {}",
+        lab_bgp::PREFIXES,
+        took.as_secs_f64(),
+        if changed { "commit" } else { "check" }
+    ));
+    let start = Instant::now();
+    let block: ipnet::IpNet = "172.16.0.0/12".parse().expect("a prefix");
+    loop {
+        let table = sluice_json(&["routes", "--json"])?;
+        let have = table["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["prefix"].as_str()?.parse::<ipnet::IpNet>().ok())
+            .filter(|p| p.prefix_len() == 24 && block.contains(p))
+            .count();
+        if have == lab_bgp::PREFIXES {
+            break;
+        }
+        if start.elapsed() > Duration::from_mins(1) {
+            bail!(
+                "the dataplane holds {have} of the {} announced prefixes after 60 s",
+                lab_bgp::PREFIXES
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let (bird, all) = admin.bird_routes()?;
+    out.ok(&format!(
+        "{all} announced prefixes in `sluice routes` ({:.1} s after the session), {bird} with origin bird",
+        start.elapsed().as_secs_f64()
+    ));
+    if bird != lab_bgp::PREFIXES {
+        out.warn(&format!("GET /api/v1/routes names origin bird for {bird} of them only"));
+    }
+    let token = admin.cli_token()?;
+    out.step("sluice protocols");
+    for line in lab_bgp::run_protocols_cli(&token)?.lines() {
+        println!("      {line}");
+    }
+    Ok(())
+}
+
+/// Prints the dataplane's routes other than the router's own addresses and, in one line, those
+/// learnt from the BGP upstream.
 fn print_routes() -> anyhow::Result<()> {
     let routes = sluice_json(&["routes", "--json"])?;
     let mut local = 0;
+    let block: ipnet::IpNet = "172.16.0.0/12".parse().expect("a prefix");
+    let mut announced = 0;
     for route in routes["routes"].as_array().into_iter().flatten() {
         let action = route["action"].as_str().unwrap_or("?");
         if action == "local" {
             local += 1;
             continue;
+        }
+        let learnt = route["prefix"]
+            .as_str()
+            .and_then(|p| p.parse::<ipnet::IpNet>().ok())
+            .is_some_and(|p| p.prefix_len() == 24 && block.contains(&p));
+        if learnt {
+            announced += 1;
+            if announced > 2 {
+                continue;
+            }
         }
         // A connected route names its device; the others list next hops.
         let mut hops: Vec<String> =
@@ -563,6 +675,9 @@ fn print_routes() -> anyhow::Result<()> {
             action,
             hops.join(", ")
         );
+    }
+    if announced > 2 {
+        println!("      ... and {} more /24s of 172.16.0.0/12 (BGP)", announced - 2);
     }
     println!("      (and {local} local routes: the router's own addresses)");
     Ok(())
@@ -604,33 +719,38 @@ fn show_traffic(
     daemon: &mut Child,
 ) -> anyhow::Result<()> {
     out.step(&format!(
-        "Pinging the server {} / {} from each client",
+        "Pinging the server {} / {} from each client, and {} (learnt over BGP) from {}",
         SERVER.host_v4(),
-        SERVER.host_v6()
+        SERVER.host_v6(),
+        lab_bgp::TARGET,
+        hosts[0].name()
     ));
     let before = Counters::read()?;
+    let mut pings: Vec<(&NetNs, String)> = Vec::new();
     for client in &hosts[..2] {
-        for dst in [SERVER.host_v4(), SERVER.host_v6()] {
-            // The first packets to an unresolved neighbour go to the kernel, which (forwarding
-            // off) drops them while the daemon has the neighbour resolved: wait for that.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while ping(client, &dst, 1, "1")?.received == 0 && Instant::now() < deadline {
-                check_alive(daemon)?;
-            }
-            let p = ping(client, &dst, 3, "0.2")?;
-            let line = format!(
-                "{:<10} -> {:<10} {}/{} replies{}",
-                client.name(),
-                dst,
-                p.received,
-                p.transmitted,
-                p.rtt_avg_ms.map(|ms| format!(", rtt avg {ms:.3} ms")).unwrap_or_default()
-            );
-            if p.received > 0 && p.received == p.transmitted {
-                out.ok(&line);
-            } else {
-                out.warn(&format!("{line} (see {})", log_path().display()));
-            }
+        pings.extend([(client, SERVER.host_v4()), (client, SERVER.host_v6())]);
+    }
+    pings.push((&hosts[0], lab_bgp::TARGET.to_owned()));
+    for (client, dst) in pings {
+        // The first packets to an unresolved neighbour go to the kernel, which (forwarding
+        // off) drops them while the daemon has the neighbour resolved: wait for that.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ping(client, &dst, 1, "1")?.received == 0 && Instant::now() < deadline {
+            check_alive(daemon)?;
+        }
+        let p = ping(client, &dst, 3, "0.2")?;
+        let line = format!(
+            "{:<10} -> {:<10} {}/{} replies{}",
+            client.name(),
+            dst,
+            p.received,
+            p.transmitted,
+            p.rtt_avg_ms.map(|ms| format!(", rtt avg {ms:.3} ms")).unwrap_or_default()
+        );
+        if p.received > 0 && p.received == p.transmitted {
+            out.ok(&line);
+        } else {
+            out.warn(&format!("{line} (see {})", log_path().display()));
         }
     }
     let after = Counters::read()?;
@@ -763,6 +883,15 @@ fn print_guide(opts: &LabOptions, router: &NetNs) {
     let look = [
         (format!("{exe} stats --watch 1"), "live counters per interface and reason".to_owned()),
         (format!("{exe} routes"), "the dataplane's routes and next hops".to_owned()),
+        (
+            format!("{exe} protocols"),
+            "the BGP session with the upstream (with the export above)".to_owned(),
+        ),
+        (format!("{c1} ping {}", lab_bgp::TARGET), "traffic by a route learnt over BGP".to_owned()),
+        (
+            format!("birdc -s {RUN_DIR}/peer-bird.ctl show protocols"),
+            "the upstream's side (its hand-written bird.conf beside)".to_owned(),
+        ),
         (format!("{c1} ping {}", SERVER.host_v4()), "traffic from a client".to_owned()),
         (format!("{c1} ping {}", SERVER.host_v6()), "... over IPv6".to_owned()),
         (
@@ -785,14 +914,14 @@ fn print_guide(opts: &LabOptions, router: &NetNs) {
             "the REST API".to_owned(),
         ),
         (
-            format!("cat {STATE_DIR}/setup-token"),
-            "the one-time token that creates the first administrator (POST /api/v1/setup)"
-                .to_owned(),
+            format!("cat {}", lab_bgp::admin_file().display()),
+            "the console's administrator and password, made by the lab".to_owned(),
         ),
     ];
     let width = look.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
     println!();
     println!("The lab is up; forwarding continues until it is taken down. Look around:");
+    println!("  {}", lab_bgp::cli_environment());
     for (command, what) in &look {
         println!("  {command:<width$}   # {what}");
     }

@@ -25,6 +25,7 @@ pub mod bench_plugins;
 pub mod fixture;
 pub mod frame;
 pub mod lab;
+pub mod lab_bgp;
 pub mod netns;
 pub mod table;
 pub mod wire;
