@@ -7,7 +7,7 @@
 //! - Once the file is over twice its live records (plus [`COMPACT_SLACK`]), it is rewritten
 //!   with the live records only: a new file written whole, synced, then renamed over the old
 //!   one. A plugin's file so stays under `2 × (quota + RECORD_OVERHEAD × keys) + COMPACT_SLACK`
-//!   plus one record, whatever it writes (ADR 0060).
+//!   plus one record, whatever it writes (ADR 0046).
 //! - A record is checked when the file is read: a torn or corrupt tail (a crash mid-write) is
 //!   cut off, and what was before it is kept.
 //! - Two instances of one plugin (a new version starting while the old one still runs) share
@@ -455,7 +455,7 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// What the store replaced does under the same pattern (ADR 0060): a sled tree with one
+    /// What the store replaced does under the same pattern (ADR 0046): a sled tree with one
     /// ~1000 KiB value rewritten. Run by hand: it takes a while and much disk.
     #[test]
     #[ignore = "a measurement of sled, for the record"]
