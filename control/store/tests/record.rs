@@ -45,7 +45,7 @@ fn a_store_removed_or_replaced_on_disk_is_refused_and_repaired_from_a_backup() {
     let store = Store::open_recorded(&db).unwrap();
     store.commit_change(&with_route("10.1.0.0/16"), &author("c"), None).unwrap();
     store.commit_change(&with_route("10.2.0.0/16"), &author("c"), None).unwrap();
-    let backup = store.export().unwrap();
+    let backup = store.export(true).unwrap();
     drop(store);
     std::thread::sleep(std::time::Duration::from_millis(100));
     std::fs::remove_dir_all(&db).unwrap();
