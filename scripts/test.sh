@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-cargo build --release --locked -p sluice -p sluice-core -p sluice-dataplane -p sluice-testbed --all-targets
+# The same packages as the test run below: another set unifies features differently and builds
+# everything twice.
+packages=(-p sluice -p sluice-core -p sluice-dataplane -p sluice-testbed -p sluice-common -p sluice-store)
+cargo build --release --locked "${packages[@]}" --all-targets
 # The pure logic on its own: the stable toolchain, and neither the nightly nor bpf-linker on PATH.
 nobpf=$(mktemp -d)
 trap 'rm -rf "$nobpf"' EXIT
@@ -17,8 +20,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "test: not root: the packet and namespace tiers will report themselves as not run" >&2
 fi
 status=0
-cargo nextest run --release --locked -p sluice -p sluice-core -p sluice-dataplane -p sluice-testbed \
-  -p sluice-common -p sluice-store --no-fail-fast \
+cargo nextest run --release --locked "${packages[@]}" --no-fail-fast \
   --test-threads "${SLUICE_TEST_THREADS:-2}" -E 'not binary_id(sluice::image)' "$@" || status=$?
 # The appliance image, booted under qemu on its own: its emulated CPUs would take the cores the
 # timing-sensitive namespace tests need. (Only for a whole run: arguments select tests.)

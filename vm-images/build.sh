@@ -17,7 +17,7 @@ OUT=${OUT:-$here/out}
 BOOT_MIB=${BOOT_MIB:-96}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}
 export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
-PACKAGES=systemd-sysv,udev,dbus,linux-image-cloud-amd64,iproute2,iputils-ping,traceroute,e2fsprogs,kmod,ca-certificates,systemd-timesyncd,less,bird2
+PACKAGES=systemd-sysv,udev,dbus,linux-image-cloud-amd64,iproute2,iputils-ping,traceroute,e2fsprogs,kmod,ca-certificates,systemd-timesyncd,less,bird2,nftables
 
 step() { printf 'image: [%s] %s\n' "$(date +%T)" "$*"; }
 [ "$(id -u)" = 0 ] || { echo "image: needs root (mmdebstrap installs packages into a tree owned by root)" >&2; exit 1; }

@@ -143,7 +143,14 @@ impl Management {
              [Match]\nName={}\n\n[Network]\n",
             self.interface
         );
-        s.push_str(if self.dhcp() { "DHCP=yes\n" } else { "DHCP=no\n" });
+        if self.dhcp() {
+            // The kernel forwards (the image's sysctl), which networkd takes as a reason to
+            // ignore router advertisements: a management interface that configures itself
+            // takes them all the same.
+            s.push_str("DHCP=yes\nIPv6AcceptRA=yes\n");
+        } else {
+            s.push_str("DHCP=no\n");
+        }
         for a in &self.addresses {
             let _ = writeln!(s, "Address={a}");
         }
@@ -530,5 +537,6 @@ sluice:
     fn no_settings_means_dhcp_on_the_first_nic() {
         let unit = Management::default().network_unit();
         assert!(unit.contains("Name=eth0") && unit.contains("DHCP=yes"), "{unit}");
+        assert!(unit.contains("IPv6AcceptRA=yes"), "router advertisements with forwarding on: {unit}");
     }
 }

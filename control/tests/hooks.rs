@@ -150,6 +150,79 @@ fn a_pass_does_not_undo_a_drop_or_a_rate_limit_of_a_later_table() {
     ]);
 }
 
+/// Packets the program hands to the kernel whatever the routes say (IPv4 options, an IPv6
+/// hop-by-hop header, martian addresses) go through the hook tables first: with the kernel's forwarding on, a
+/// filter must not be bypassed by adding an option.
+#[test]
+fn options_hop_by_hop_and_martians_do_not_bypass_the_filters() {
+    let Some((mut lab, mut hooks)) = lab("options") else { return };
+    let options =
+        |src: &str| from4(src, "203.0.113.9").map4(|ip| ip.options = vec![0x94, 0x04, 0, 0]);
+    let hop_by_hop = |src: &str| {
+        let dst = ip6("2001:db8:50::1");
+        let udp = Ipv6::new(ip6(src), dst, L4::udp(40000, 53)).bytes()[40..].to_vec();
+        // Next header UDP (17), length 0 (8 bytes), PadN of 4 bytes.
+        let mut ext = vec![17, 0, 0x01, 0x04, 0, 0, 0, 0];
+        ext.extend_from_slice(&udp);
+        Frame::v6(ROUTER_MAC, HOST_MAC, Ipv6::new(ip6(src), dst, L4::Raw { proto: 0, bytes: ext }))
+    };
+    hooks
+        .apply(
+            "acl",
+            &[
+                filter(Direction::Src, "192.0.2.0/24", Action::Drop),
+                filter(Direction::Src, "2001:db8:a::/48", Action::Drop),
+                filter(Direction::Src, "169.254.0.0/16", Action::Drop),
+                filter(Direction::Src, "fe80::/10", Action::Drop),
+            ],
+        )
+        .expect("valid rules");
+    lab.check_all(&[
+        Case::drop(
+            "IPv4 martian source in a drop rule",
+            IN0,
+            from4("169.254.7.7", "203.0.113.9").bytes(),
+            Reason::DropFiltered,
+        ),
+        Case::pass(
+            "IPv4 martian source in no rule",
+            IN0,
+            from4("0.1.2.3", "203.0.113.9").bytes(),
+            Reason::PassMartian,
+        ),
+        Case::drop(
+            "IPv6 link-local source in a drop rule",
+            IN0,
+            from6("fe80::7", "2001:db8:50::1").bytes(),
+            Reason::DropFiltered,
+        ),
+        Case::drop(
+            "IPv4 options from a dropped source",
+            IN0,
+            options("192.0.2.10").bytes(),
+            Reason::DropFiltered,
+        ),
+        Case::pass(
+            "IPv4 options from another source",
+            IN0,
+            options("198.51.100.1").bytes(),
+            Reason::PassOptions,
+        ),
+        Case::drop(
+            "IPv6 hop-by-hop from a dropped source",
+            IN0,
+            hop_by_hop("2001:db8:a::10").bytes(),
+            Reason::DropFiltered,
+        ),
+        Case::pass(
+            "IPv6 hop-by-hop from another source",
+            IN0,
+            hop_by_hop("2001:db8:b::10").bytes(),
+            Reason::PassOptions,
+        ),
+    ]);
+}
+
 #[test]
 fn the_rate_limiter_lets_a_burst_through_then_drops_until_tokens_return() {
     let Some((mut lab, mut hooks)) = lab("rate limiter") else { return };

@@ -501,6 +501,31 @@ fn assert_xdp_carries_traffic(client: &Client, from: &NetNs) -> Value {
            "forwarded_by_xdp": f1 - f0, "passed_to_kernel": p1 - p0})
 }
 
+/// The guest's kernel forwards what XDP hands it (the image turns its forwarding on): a TTL
+/// about to expire comes back as time exceeded from the router's port, as from any router. The
+/// management network stays apart: the management's gateway (user networking answers pings to
+/// it) is not reached from a routed port's host, although the guest has a route to it.
+fn assert_the_kernel_answers_for_transit(from: &NetNs) -> Value {
+    let out = from
+        .command("ping")
+        .args(["-n", "-c", "3", "-i", "0.3", "-W", "2", "-t", "1", "10.71.2.2"])
+        .output()
+        .expect("run ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exceeded = text
+        .lines()
+        .filter(|l| l.contains("From 10.71.1.1") && l.contains("Time to live exceeded"))
+        .count();
+    assert!(exceeded >= 2, "time exceeded from the router's port for TTL 1: {text}");
+    let management = ping(from, "10.0.2.2", 5, "0.2");
+    assert_eq!(
+        management.received, 0,
+        "the management network is reached from a routed port: {management:?}"
+    );
+    json!({"ttl_1_probes": 3, "time_exceeded": exceeded,
+           "pings_to_management_gateway": management.transmitted, "answered": management.received})
+}
+
 #[test]
 fn the_image_boots_to_a_console_routes_with_xdp_and_keeps_its_configuration_across_an_upgrade() {
     if !privileged() {
@@ -564,6 +589,7 @@ fn the_image_boots_to_a_console_routes_with_xdp_and_keeps_its_configuration_acro
 
     assert_xdp_on_the_routed_ports(&client);
     let traffic = assert_xdp_carries_traffic(&client, &ns_a);
+    let kernel = assert_the_kernel_answers_for_transit(&ns_a);
     let bgp = assert_bgp_learnt_prefixes_are_forwarded(&client, &ns_a, &ns_b, dir);
     let _ = writeln!(std::io::stderr(), "image: BGP {bgp}");
 
@@ -598,6 +624,7 @@ fn the_image_boots_to_a_console_routes_with_xdp_and_keeps_its_configuration_acro
         "image_bytes": std::fs::metadata(&image).map_or(0, |m| m.len()),
         "boot_to_console_s": [ready1.as_secs_f64(), ready2.as_secs_f64()],
         "traffic": traffic,
+        "kernel_forwarding": kernel,
         "bgp": bgp,
     });
     std::fs::write(

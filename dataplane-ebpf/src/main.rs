@@ -195,10 +195,10 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if hdr.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || total < ihl || frame.l3 + total > frame.len {
         return Outcome::drop(Reason::DropMalformed);
     }
-    if ihl != Ipv4Hdr::LEN {
-        return Outcome::pass(Reason::PassOptions);
-    }
-    if !ipv4_checksum_ok(hdr) {
+    // A header with options goes to the kernel (which checks its checksum), but only after the
+    // hook tables: with the kernel's forwarding on, a filter must not be bypassed by options.
+    let options = ihl != Ipv4Hdr::LEN;
+    if !options && !ipv4_checksum_ok(hdr) {
         return Outcome::drop(Reason::DropMalformed);
     }
     let (src, dst) = (hdr.src_addr, hdr.dst_addr);
@@ -211,13 +211,15 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
             Reason::PassMartian
         });
     }
-    // RFC 1812 5.3.7 and RFC 3927 7: never forward these sources or destinations.
-    if src[0] == 0 || src[0] == 127 || src[0] >= 224 || (src[0] == 169 && src[1] == 254) {
-        return Outcome::pass(Reason::PassMartian);
-    }
-    if dst[0] == 0 || dst[0] == 127 || (dst[0] == 169 && dst[1] == 254) {
-        return Outcome::pass(Reason::PassMartian);
-    }
+    // RFC 1812 5.3.7 and RFC 3927 7: never forward these sources or destinations; the kernel
+    // decides (after the hook tables, which its forwarding must not bypass).
+    let martian = src[0] == 0
+        || src[0] == 127
+        || src[0] >= 224
+        || (src[0] == 169 && src[1] == 254)
+        || dst[0] == 0
+        || dst[0] == 127
+        || (dst[0] == 169 && dst[1] == 254);
     if stop_after(steps::PARSE) {
         return Outcome::pass(Reason::PassOther);
     }
@@ -243,6 +245,12 @@ fn forward_v4(ctx: &XdpContext, frame: &Frame) -> Outcome {
         Ok(steer) => steer,
         Err(outcome) => return outcome,
     };
+    if options {
+        return Outcome::pass(Reason::PassOptions);
+    }
+    if martian {
+        return Outcome::pass(Reason::PassMartian);
+    }
     if stop_after(steps::HOOKS) {
         return Outcome::pass(Reason::PassOther);
     }
@@ -302,13 +310,12 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
     if dst_words[0] as u8 == 0xff {
         return Outcome::pass(Reason::PassMulticast);
     }
-    if src_words[0] as u8 == 0xff || is_v6_special(src_words) || is_v6_special(dst_words) {
-        return Outcome::pass(Reason::PassMartian);
-    }
+    // The kernel decides for these, after the hook tables.
+    let martian =
+        src_words[0] as u8 == 0xff || is_v6_special(src_words) || is_v6_special(dst_words);
     let (src, dst) = (addr_bytes(src_words), addr_bytes(dst_words));
-    if hdr.next_hdr == IPV6_HOP_BY_HOP {
-        return Outcome::pass(Reason::PassOptions);
-    }
+    // A hop-by-hop header goes to the kernel, after the hook tables (as IPv4 options do).
+    let hop_by_hop = hdr.next_hdr == IPV6_HOP_BY_HOP;
     if stop_after(steps::PARSE) {
         return Outcome::pass(Reason::PassOther);
     }
@@ -325,6 +332,12 @@ fn forward_v6(ctx: &XdpContext, frame: &Frame) -> Outcome {
         Ok(steer) => steer,
         Err(outcome) => return outcome,
     };
+    if hop_by_hop {
+        return Outcome::pass(Reason::PassOptions);
+    }
+    if martian {
+        return Outcome::pass(Reason::PassMartian);
+    }
     if stop_after(steps::HOOKS) {
         return Outcome::pass(Reason::PassOther);
     }
