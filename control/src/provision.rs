@@ -537,6 +537,9 @@ sluice:
     fn no_settings_means_dhcp_on_the_first_nic() {
         let unit = Management::default().network_unit();
         assert!(unit.contains("Name=eth0") && unit.contains("DHCP=yes"), "{unit}");
-        assert!(unit.contains("IPv6AcceptRA=yes"), "router advertisements with forwarding on: {unit}");
+        assert!(
+            unit.contains("IPv6AcceptRA=yes"),
+            "router advertisements with forwarding on: {unit}"
+        );
     }
 }
