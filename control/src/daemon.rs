@@ -269,6 +269,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         fixed: opts.attach.clone(),
         ports: BTreeMap::new(),
         missing: BTreeSet::new(),
+        appeared: false,
         last_sync: None,
         // Whether each routed port can take redirected frames (sluice_dataplane::egress).
         egress: sluice_dataplane::egress::EgressWatch::open(&opts.pin)
@@ -467,6 +468,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         let written = state.sync();
                         state.ensure_managed(&mut mirror, written).await;
                     }
+                    // Its addresses, MTU and the static routes through it, which could not be
+                    // applied while it was not there.
+                    if std::mem::take(&mut state.appeared) {
+                        c.reconcile(true).await;
+                    }
                 }
             }
         }
@@ -601,6 +607,9 @@ struct State {
     ports: BTreeMap<String, ModeRequest>,
     /// Routed ports of the configuration that are not there (reported once).
     missing: BTreeSet<String>,
+    /// A port of `missing` has appeared since the configuration was last applied: its settings
+    /// (addresses, MTU, up) and the static routes through it are applied again.
+    appeared: bool,
     /// When the FIB was last recompiled.
     last_sync: Option<Instant>,
     /// The routed ports' egress readiness, when it can be checked.
@@ -656,7 +665,10 @@ impl State {
                 }
                 continue;
             };
-            self.missing.remove(name);
+            if self.missing.remove(name) {
+                info!(iface = %name, "a routed port of the configuration appeared");
+                self.appeared = true;
+            }
             if self.attached.contains_key(&index) {
                 continue;
             }

@@ -189,3 +189,59 @@ fn the_daemon_applies_the_stored_static_routes_and_the_dataplane_carries_them() 
     });
     t.wait_route("10.88.0.0/16", "the stored route in the dataplane", |r| r.is_some());
 }
+
+/// A routed port of the configuration that appears after the start (a NIC hot-plugged, a veth
+/// made later) is attached with XDP, given the configuration's address and forwards.
+#[test]
+fn a_configured_port_that_appears_later_is_attached_and_given_its_settings() {
+    if !common::privileged() {
+        return;
+    }
+    let state = std::env::temp_dir().join(netns::unique_name("sluice-state-"));
+    let _cleanup = Remove(state.clone());
+    {
+        let store = sluice_store::Store::open(&state.join("db")).expect("store");
+        let mut config = sluice_store::Config::default();
+        let port = serde_json::json!({"addresses": ["10.77.99.1/24"]});
+        config.interfaces.insert("r-hot".into(), serde_json::from_value(port).expect("interface"));
+        store.stage(&config).expect("valid");
+        let author = sluice_store::Author {
+            who: "test".into(),
+            from: "cli".into(),
+            message: "a port that is not there yet".into(),
+        };
+        store.commit(&author).expect("committed");
+    }
+    let mut t = common::Topology::new(&[("c1", 1)]);
+    t.start_daemon_with(&["--state-dir", state.to_str().expect("UTF-8 path")]);
+    common::wait_until("the daemon reports the missing port", common::SETTLE, || {
+        t.log_tail(200).contains("not there (yet)").then_some(())
+    });
+
+    // The port appears, with a host behind it.
+    let host =
+        sluice_testbed::lab::host_namespace(&netns::unique_name("slhot")).expect("host namespace");
+    let hot = sluice_testbed::lab::Subnet(5);
+    let appeared = std::time::Instant::now();
+    sluice_testbed::lab::connect(&t.router, "r-hot", &host, hot).expect("link the host");
+    common::wait_until("r-hot attached and given its address", common::SETTLE, || {
+        let link = t.router.ip(&["link", "show", "r-hot"]).unwrap_or_default();
+        let addrs = t.router.ip(&["-4", "addr", "show", "r-hot"]).unwrap_or_default();
+        (link.contains("xdp") && addrs.contains("10.77.99.1/24")).then_some(())
+    });
+    let settled = appeared.elapsed();
+    let c1 = t.host("c1").subnet.host_v4();
+    common::wait_until("c1 through the new port", common::SETTLE, || {
+        (common::ping(&host, &c1, 1, "0.2").received == 1).then_some(())
+    });
+    let before = t.stats();
+    let pings = common::ping(&host, &c1, 100, "0.01");
+    let forwarded = t.stats().delta(&before, "r-hot", "forwarded");
+    println!(
+        "hot-plugged port: attached with its address {settled:?} after it appeared; {}/{} pings, \
+         {forwarded} forwarded by XDP from it",
+        pings.received, pings.transmitted
+    );
+    assert!(pings.received >= 95, "{pings:?}");
+    assert!(forwarded >= pings.received, "forwarded by XDP from r-hot: {forwarded}");
+}
