@@ -11,7 +11,8 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
 use common::{SLUICE, Topology, ping_briefly, privileged, wait_until};
@@ -322,15 +323,37 @@ fn setup_works_once_logins_are_throttled_and_changes_are_audited() {
 
     let bad = json!({"username": "olga", "password": "wrong password!"}).to_string();
     let jar2 = lab.state.0.join("jar-throttle");
-    let statuses: Vec<u16> = (0..7)
-        .map(|_| lab.call("POST", "/api/v1/login", Auth::Session(&jar2, ""), Some(&bad)).status)
-        .collect();
-    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
-    assert_eq!(statuses[6], 429, "throttled after five failures: {statuses:?}");
+    let login =
+        |body: &str| lab.call("POST", "/api/v1/login", Auth::Session(&jar2, ""), Some(body));
+    let statuses: Vec<u16> = (0..5).map(|_| login(&bad).status).collect();
+    assert_eq!(&statuses[..], &[401; 5], "five failures are free: {statuses:?}");
+    // Each failure past the free ones doubles the lockout (1, 2, 4, then 8 s). Requests inside a
+    // lockout are refused unchecked; one after it is checked (and fails again). Waiting out
+    // each lockout makes the last one 8 s long, so that the checks below fall inside it even on
+    // a loaded machine, where a request can take longer than the first lockout.
+    let mut refused = 0;
+    let started = Instant::now();
+    for _ in 0..3 {
+        loop {
+            let a = login(&bad);
+            if a.status == 401 {
+                break;
+            }
+            assert_eq!(a.status, 429, "inside a lockout: {}", a.body);
+            refused += 1;
+            let wait = retry_after(&a.headers).expect("a 429 says when to retry");
+            assert!((1..=8).contains(&wait), "Retry-After {wait}");
+            thread::sleep(Duration::from_secs(wait));
+            assert!(started.elapsed() < Duration::from_mins(1), "the lockouts do not end");
+        }
+    }
+    assert!(refused >= 3, "each lockout refused at least one request: {refused}");
+    let a = login(&bad);
+    assert_eq!(a.status, 429, "throttled after eight failures: {}", a.body);
     let good = json!({"username": "olga", "password": "another long one"}).to_string();
-    let a = lab.call("POST", "/api/v1/login", Auth::Session(&jar2, ""), Some(&good));
+    let a = login(&good);
     assert_eq!(a.status, 429, "even the right password waits: {}", a.body);
-    assert!(a.headers.to_ascii_lowercase().contains("retry-after"), "{}", a.headers);
+    assert!(retry_after(&a.headers).is_some(), "{}", a.headers);
 
     let audit = lab.call("GET", "/api/v1/audit", admin, None).body;
     let actions: Vec<&str> =
@@ -823,4 +846,12 @@ fn every_acknowledged_change_survives_the_daemon_killed_50_times_mid_stream() {
             (gone && !lab.kernel_routes().contains("10.250.0.0/16")).then_some(())
         },
     );
+}
+
+/// The seconds of a response's `Retry-After` header.
+fn retry_after(headers: &str) -> Option<u64> {
+    headers.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("retry-after").then(|| value.trim().parse().ok())?
+    })
 }
