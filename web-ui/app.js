@@ -156,14 +156,22 @@ function rate(n) {
   return n.toFixed(0);
 }
 
+/** What the console says while no interface is a routed port. */
+const NO_ROUTED_PORT = 'No routed port: XDP forwards nothing yet. Attach an interface on the Interfaces page '
+  + '(on the appliance, add a NIC to the VM first: the first NIC is management). An attached port is kept in '
+  + 'the configuration and attached again at each start, also when it appears later.';
+
 async function dashboardView() {
   const cards = el('div', { class: 'cards' });
+  const noPort = el('p', { class: 'error', role: 'status', id: 'no-routed-port' }, NO_ROUTED_PORT);
+  noPort.hidden = true;
   const reasons = el('tbody');
   const perIface = new Map();
   let last = null;
   stream = new EventSource('/api/v1/counters/stream');
   stream.addEventListener('counters', (ev) => {
     const snap = JSON.parse(ev.data);
+    noPort.hidden = (snap.interfaces || []).length > 0;
     const now = performance.now();
     const totals = new Map();
     for (const i of snap.interfaces || []) {
@@ -197,7 +205,7 @@ async function dashboardView() {
       .filter(([, c]) => c.packets > 0)
       .map(([r, c]) => el('tr', {}, el('td', {}, i.name), el('td', {}, r), el('td', {}, c.packets), el('td', {}, c.bytes)))));
   });
-  return [el('h1', {}, 'Dashboard'), cards, ...topTalkers(),
+  return [el('h1', {}, 'Dashboard'), noPort, cards, ...topTalkers(),
     el('h2', {}, 'Forwarded, passed and dropped, by reason'),
     el('div', { class: 'scroll' }, el('table', {},
       el('thead', {}, el('tr', {}, el('th', {}, 'Interface'), el('th', {}, 'Reason'), el('th', {}, 'Packets'), el('th', {}, 'Bytes'))),
@@ -520,7 +528,9 @@ async function interfacesView() {
     } }, 'Attach'));
   };
   const held = list.filter((i) => i.egress_not_ready);
+  const routed = list.filter((i) => i.xdp_mode);
   return [el('h1', {}, 'Interfaces'),
+  ...(routed.length ? [] : [el('p', { class: 'error', role: 'status', id: 'no-routed-port' }, NO_ROUTED_PORT)]),
   ...(held.length ? [el('p', { class: 'error', role: 'status' }, `${held.length} routed port(s) cannot take redirected frames; their traffic goes through the kernel (see the State column).`)] : []),
   el('div', { class: 'scroll' }, el('table', { 'aria-label': 'Interfaces' },
     el('thead', {}, el('tr', {}, ...['Name', 'State', 'XDP mode', 'Routed', 'MTU', 'MAC', ''].map((h) => el('th', {}, h)))),

@@ -633,6 +633,10 @@ fn the_image_boots_to_a_console_routes_with_xdp_and_keeps_its_configuration_acro
     let list = ifaces.as_array().expect("a list");
     assert!(list.iter().any(|i| i["name"] == "eth0"), "the management NIC: {ifaces}");
     assert!(list.iter().all(|i| i["xdp_mode"].is_null()), "nothing to attach: {ifaces}");
+    // What the console's "no routed port" note is shown from.
+    let (status, counters) = client.call("GET", "/api/v1/counters", None);
+    assert_eq!(status, 200, "{counters}");
+    assert_eq!(counters["interfaces"].as_array().map(Vec::len), Some(0), "{counters}");
     vm.power_off();
 
     let report = json!({
