@@ -3,7 +3,9 @@
 //! host validates and applies. A plugin never touches a map, a file or the network.
 //!
 //! - One engine for every plugin: Cranelift, the pooling allocator, epoch interruption (a
-//!   ticker thread advances the epoch every [`TICK`]).
+//!   ticker thread keeps the epoch at the [`TICK`]s elapsed by the clock, and a call's end is
+//!   checked against the clock when its epoch deadline comes, so a deadline fires on time on a
+//!   loaded machine).
 //! - A `Store` per plugin, its memory capped by `StoreLimits`, every call bounded by the
 //!   manifest's deadline. WASI is linked only for what a component's standard library imports,
 //!   with nothing granted: no directories, environment, arguments or network.
