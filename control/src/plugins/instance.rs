@@ -287,6 +287,11 @@ fn ticks_for(d: Duration) -> u64 {
 /// if its deadline has passed by the clock, else it goes on until the ticks left. The epoch
 /// follows the clock ([`super::host`]'s ticker), but a call that began while the ticker was
 /// late would otherwise end early by that much.
+#[expect(
+    clippy::needless_pass_by_value,
+    clippy::unnecessary_wraps,
+    reason = "the signature of wasmtime's `Store::epoch_deadline_callback`"
+)]
 pub(super) fn on_epoch_deadline(
     store: wasmtime::StoreContextMut<'_, HostState>,
 ) -> wasmtime::Result<wasmtime::UpdateDeadline> {
@@ -491,6 +496,7 @@ mod tests {
             kv: Arc::new(Mutex::new(KvStore::memory())),
             kv_quota: 1 << 20,
             routes,
+            deadline: None,
         }
     }
 
