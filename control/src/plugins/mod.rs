@@ -51,8 +51,9 @@ pub use manifest::{FailurePolicy, MAX_RULES, Manifest, MaxRules, Table, Trust, p
 pub use queries::{InterfaceInfo, Queries, RouteInfo, RouteLookup, pinned_queries};
 pub use supervisor::{Manager, Status, Supervised, TableSink};
 pub use thread::{
-    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, HostReport, MAX_ROUTE_EVENTS, PluginInfo,
-    PluginThread, QuarantinedPlugin, SharedReport, Wanted, run, wanted_from_store,
+    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, HostReport, MAX_ROUTE_EVENTS, PluginDir,
+    PluginInfo, PluginThread, QuarantinedPlugin, SharedReport, Wanted, run, wanted_from_dir,
+    wanted_from_store,
 };
 pub use util::{hex, now_ms, sha256_hex, unhex};
 pub use worker::{Pool, QUEUE_BATCHES};

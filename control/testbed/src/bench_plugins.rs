@@ -261,7 +261,7 @@ fn bench_pool(
             ..Manifest::new(&name, "0.1.0", &[Table::Filter], &wasm)
         };
         let w = Wanted { manifest, wasm: Arc::clone(&wasm), config, allow_match_all: false };
-        pool.start_and_wait(w, "directory", Duration::from_secs(60))
+        pool.start_and_wait(w, "directory", Duration::from_mins(1))
             .map_err(|e| PluginError::Load(format!("{name}: {e}")))?;
     }
     let route = |i: usize, added: bool| {

@@ -744,7 +744,9 @@ fn match_all_problem(
             "prefix",
             format!(
                 "{prefix} matches every address: a {what} rule on it is refused unless the \
-                 operator allows it for plugin {owner:?} (allow_match_all in its configuration)"
+                 operator allows it for plugin {owner:?} (allow_match_all in its configuration, \
+                 or `sluice daemon --plugin-allow-match-all {owner}` for a plugin of the plugin \
+                 directory)"
             ),
         )
     })
@@ -1258,7 +1260,6 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("unknown field `extra`"), "{err}");
     }
-}
 
     #[test]
     fn operations_in_json_use_the_contracts_names_and_still_read_the_old_ones() {
@@ -1292,3 +1293,4 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("duplicate field"), "both names at once: {err}");
     }
+}
