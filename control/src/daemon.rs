@@ -49,8 +49,8 @@ pub struct Options {
     pub table: u32,
     /// Receive buffer of the netlink event socket, in bytes.
     pub netlink_recv_buffer: usize,
-    /// A directory of plugins to run.
-    pub plugins: Option<std::path::PathBuf>,
+    /// A directory of plugins to run, and those of it allowed match-all drops.
+    pub plugins: Option<crate::plugins::PluginDir>,
     /// The plugin publishers trusted, and whether unsigned plugins may run.
     pub trust: crate::plugins::Trust,
     /// Where the configuration store lives (`DIR/db`); none: no stored configuration.
@@ -347,9 +347,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     gateways: state.gateways.clone(),
                     kv,
                 };
-                let dir = opts.plugins.as_deref();
                 plugin_thread = Some(crate::plugins::run(
-                    dir,
+                    opts.plugins.clone(),
                     opts.trust.clone(),
                     maps,
                     feed,

@@ -42,6 +42,11 @@ enum Command {
         /// NAME.config.json for each.
         #[arg(long, value_name = "DIR")]
         plugins: Option<PathBuf>,
+        /// Allow the plugin NAME of the plugin directory drop and rate-limit rules on `0.0.0.0/0`
+        /// and `::/0` (they stop all transit; refused without it); repeat for more plugins. The
+        /// configuration store's plugins take `plugins.NAME.allow_match_all` instead.
+        #[arg(long, value_name = "NAME", requires = "plugins")]
+        plugin_allow_match_all: Vec<String>,
         /// The plugin publishers trusted: a file of ed25519 public keys, hex, one a line.
         #[arg(long, value_name = "FILE")]
         trusted_keys: Option<PathBuf>,
@@ -323,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             table,
             netlink_recv_buffer,
             plugins,
+            plugin_allow_match_all,
             trusted_keys,
             allow_unsigned_plugins,
             state_dir,
@@ -385,7 +391,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mode: xdp_mode,
                 table,
                 netlink_recv_buffer,
-                plugins,
+                plugins: plugins.map(|path| sluice::plugins::PluginDir {
+                    path,
+                    allow_match_all: plugin_allow_match_all.into_iter().collect(),
+                }),
                 trust,
                 state_dir,
                 listen,

@@ -13,7 +13,8 @@ use super::{
 /// An event as the local harness reads it from a JSON file (`sluice plugin run --events`):
 /// `{"route": {"prefix": "192.0.2.0/24", "added": true}}`, `{"timer": 1700000000000}`,
 /// `{"sample": {"ifindex": 2, "len": 64, "proto": 17, "src": "192.0.2.1", "dst": "198.51.100.1",
-/// "sport": 1234, "dport": 53, "tcp_flags": 0, "every": 1}}` (the last two may be left out),
+/// "sport": 1234, "dport": 53, "tcp-flags": 0, "every": 1}}` (the last two may be left out;
+/// `tcp_flags`, the name before 2026-12-07, is read too),
 /// `{"counters": [{"interface": "eth1", "reason": "forwarded",
 /// "packets": 10, "bytes": 640}]}`.
 #[derive(Clone, Debug, Deserialize)]
@@ -44,8 +45,9 @@ pub enum ScriptedEvent {
         sport: u16,
         /// Destination port.
         dport: u16,
-        /// TCP's flags byte (SYN 2, ACK 16...); 0 when left out.
-        #[serde(default)]
+        /// TCP's flags byte (SYN 2, ACK 16...); 0 when left out. `tcp-flags`, as the contract
+        /// names it.
+        #[serde(default, rename = "tcp-flags", alias = "tcp_flags")]
         tcp_flags: u8,
         /// One sample stands for this many packets; 1 when left out.
         #[serde(default = "one")]
@@ -174,4 +176,27 @@ pub fn harness(
     let rules = tables.rules(None)?;
     let log = plugin.log_lines();
     Ok(HarnessRun { calls, rules, log })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_files_use_the_contracts_names_and_still_read_the_old_ones() {
+        let sample = |flags: &str| {
+            format!(
+                r#"{{"sample": {{"ifindex": 2, "len": 60, "proto": 6, "src": "192.0.2.7",
+                "dst": "198.51.100.1", "sport": 40000, "dport": 443, {flags}"every": 64}}}}"#
+            )
+        };
+        for flags in [r#""tcp-flags": 2, "#, r#""tcp_flags": 2, "#] {
+            let e: ScriptedEvent = serde_json::from_str(&sample(flags)).expect(flags);
+            let Event::Sample(s) = Event::from(e) else { panic!("a sample") };
+            assert_eq!((s.tcp_flags, s.every), (2, 64), "{flags}");
+        }
+        let e: ScriptedEvent = serde_json::from_str(&sample("")).expect("without flags");
+        let Event::Sample(s) = Event::from(e) else { panic!("a sample") };
+        assert_eq!(s.tcp_flags, 0, "left out: 0");
+    }
 }

@@ -7,7 +7,7 @@ use std::{
     panic::{self, AssertUnwindSafe},
     sync::{Arc, Mutex},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sluice_store::kv::{KvDir, KvStore};
@@ -21,7 +21,7 @@ use wasmtime_wasi::WasiCtx;
 use super::{
     LastLog, Log, Manifest, Plugin, PluginError, RouteLookup, Trust, Usage,
     error::MAX_REASON,
-    instance::{HostState, Limits, classify, deadline_ticks, push_log},
+    instance::{HostState, Limits, classify, on_epoch_deadline, push_log, start_deadline},
     manifest::{MAX_MEMORY, check_manifest},
     sha256_hex,
     util::{clip_marked, panic_message},
@@ -41,7 +41,7 @@ pub use bindings::sluice::plugin::types::{
     Counter as CounterEvent, Event, FlowSample, RouteChange,
 };
 
-/// How often the engine's epoch advances: the resolution of call deadlines.
+/// How often the engine's epoch advances, by the clock: the resolution of call deadlines.
 pub const TICK: Duration = Duration::from_millis(2);
 
 /// Plugins at most at once (pooling allocator slots).
@@ -85,15 +85,7 @@ impl PluginHost {
         let ticker_engine = engine.weak();
         thread::Builder::new()
             .name("sluice-epoch".into())
-            .spawn(move || {
-                loop {
-                    thread::sleep(TICK);
-                    match ticker_engine.upgrade() {
-                        Some(e) => e.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+            .spawn(move || tick(&ticker_engine))
             .map_err(|e| PluginError::Load(format!("epoch ticker: {e}")))?;
         Ok(Self { trust, engine, linker: Arc::new(linker), kv: None })
     }
@@ -214,17 +206,41 @@ impl PluginHost {
             kv,
             kv_quota: manifest.kv_bytes,
             routes,
+            deadline: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(manifest.deadline_ms));
+        store.epoch_deadline_callback(on_epoch_deadline);
+        start_deadline(&mut store, manifest.deadline_ms);
         let instance = compiled
             .pre
             .instantiate(&mut store)
             .map_err(|e| classify(&e, "instantiate", manifest.deadline_ms))?;
         push_log(&log, "host", format!("loaded {} {}", manifest.name, manifest.version));
         Ok(Plugin { manifest, store, instance, log, usage: Usage::default(), broken: None })
+    }
+}
+
+/// The epoch ticker: keeps the engine's epoch at the number of [`TICK`]s elapsed since it
+/// started, by the clock, until the engine is gone. A sleep that overshoots (a loaded machine
+/// wakes a sleeper late, by up to milliseconds each time) is caught up at the next wake-up
+/// rather than added to every deadline: counting wake-ups instead let a 10 s deadline fire after
+/// 10.5 to 15 s. A deadline so fires at most one late wake-up after its time.
+fn tick(engine: &wasmtime::EngineWeak) {
+    let started = Instant::now();
+    let due = || started.elapsed().as_micros() / TICK.as_micros();
+    let mut ticks: u128 = 0;
+    loop {
+        // Until the next tick's time, wherever this wake-up fell.
+        let next_us = (due() + 1) * TICK.as_micros();
+        let next = started + Duration::from_micros(u64::try_from(next_us).unwrap_or(u64::MAX));
+        thread::sleep(next.saturating_duration_since(Instant::now()));
+        let Some(e) = engine.upgrade() else { break };
+        let now = due();
+        while ticks < now {
+            e.increment_epoch();
+            ticks += 1;
+        }
     }
 }
 

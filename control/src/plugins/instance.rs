@@ -8,7 +8,7 @@ use std::{
     net::IpAddr,
     panic::{self, AssertUnwindSafe},
     sync::{Arc, Mutex, PoisonError},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
@@ -151,7 +151,7 @@ impl Plugin {
         if let Some(reason) = &self.broken {
             return Err(PluginError::Quarantined(reason.clone()));
         }
-        self.store.set_epoch_deadline(deadline_ticks(self.manifest.deadline_ms));
+        start_deadline(&mut self.store, self.manifest.deadline_ms);
         self.store.data_mut().said.clear();
         let started = Instant::now();
         // Unwind safety: after a panic the store may be left mid-call, so the instance is
@@ -271,8 +271,39 @@ fn convert(manifest: &Manifest, index: usize, op: wit::Op) -> Result<HookOp, Plu
     Ok(op)
 }
 
-pub(super) fn deadline_ticks(ms: u64) -> u64 {
-    (ms.saturating_mul(1000) / TICK.as_micros() as u64).max(1) + 1
+/// Starts a call's deadline, `ms` from now: the time is kept in the store, and the epoch
+/// deadline set to reach it ([`on_epoch_deadline`] checks it against the clock).
+pub(super) fn start_deadline(store: &mut Store<HostState>, ms: u64) {
+    store.data_mut().deadline = Some(Instant::now() + Duration::from_millis(ms));
+    store.set_epoch_deadline(ticks_for(Duration::from_millis(ms)));
+}
+
+/// Ticks of [`TICK`] that cover `d`, at least one.
+fn ticks_for(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(TICK.as_micros())).unwrap_or(u64::MAX).max(1)
+}
+
+/// When a call's epoch deadline comes: the call ends (a trap, [`wasmtime::Trap::Interrupt`])
+/// if its deadline has passed by the clock, else it goes on until the ticks left. The epoch
+/// follows the clock ([`super::host`]'s ticker), but a call that began while the ticker was
+/// late would otherwise end early by that much.
+#[expect(
+    clippy::needless_pass_by_value,
+    clippy::unnecessary_wraps,
+    reason = "the signature of wasmtime's `Store::epoch_deadline_callback`"
+)]
+pub(super) fn on_epoch_deadline(
+    store: wasmtime::StoreContextMut<'_, HostState>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let left = store
+        .data()
+        .deadline
+        .map_or(Duration::ZERO, |at| at.saturating_duration_since(Instant::now()));
+    Ok(if left.is_zero() {
+        wasmtime::UpdateDeadline::Interrupt
+    } else {
+        wasmtime::UpdateDeadline::Continue(ticks_for(left))
+    })
 }
 
 /// A trap as the error it is: a deadline (epoch interruption) or anything else.
@@ -299,6 +330,8 @@ pub(super) struct HostState {
     pub(super) kv: Kv,
     pub(super) kv_quota: usize,
     pub(super) routes: Option<RouteLookup>,
+    /// When the current call must have ended, by the clock.
+    pub(super) deadline: Option<Instant>,
 }
 
 impl WasiView for HostState {
@@ -463,6 +496,7 @@ mod tests {
             kv: Arc::new(Mutex::new(KvStore::memory())),
             kv_quota: 1 << 20,
             routes,
+            deadline: None,
         }
     }
 

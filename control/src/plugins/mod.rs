@@ -3,7 +3,9 @@
 //! host validates and applies. A plugin never touches a map, a file or the network.
 //!
 //! - One engine for every plugin: Cranelift, the pooling allocator, epoch interruption (a
-//!   ticker thread advances the epoch every [`TICK`]).
+//!   ticker thread keeps the epoch at the [`TICK`]s elapsed by the clock, and a call's end is
+//!   checked against the clock when its epoch deadline comes, so a deadline fires on time on a
+//!   loaded machine).
 //! - A `Store` per plugin, its memory capped by `StoreLimits`, every call bounded by the
 //!   manifest's deadline. WASI is linked only for what a component's standard library imports,
 //!   with nothing granted: no directories, environment, arguments or network.
@@ -49,8 +51,9 @@ pub use manifest::{FailurePolicy, MAX_RULES, Manifest, MaxRules, Table, Trust, p
 pub use queries::{InterfaceInfo, Queries, RouteInfo, RouteLookup, pinned_queries};
 pub use supervisor::{Manager, Status, Supervised, TableSink};
 pub use thread::{
-    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, HostReport, MAX_ROUTE_EVENTS, PluginInfo,
-    PluginThread, QuarantinedPlugin, SharedReport, Wanted, run, wanted_from_store,
+    COUNTERS_EVERY, Command, EVENT_INTERVAL, Feed, HostReport, MAX_ROUTE_EVENTS, PluginDir,
+    PluginInfo, PluginThread, QuarantinedPlugin, SharedReport, Wanted, run, wanted_from_dir,
+    wanted_from_store,
 };
 pub use util::{hex, now_ms, sha256_hex, unhex};
 pub use worker::{Pool, QUEUE_BATCHES};

@@ -7,7 +7,8 @@
 //! back-off ([`PluginThread::watch`]).
 
 use std::{
-    path::{Path, PathBuf},
+    collections::BTreeSet,
+    path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
         mpsc::{Receiver, RecvTimeoutError},
@@ -107,9 +108,23 @@ fn counter_snapshot(pin: &sluice_dataplane::PinDir) -> Option<Event> {
     Some(Event::Counters(counters))
 }
 
-/// Starts the plugins of a directory, each on its worker: none waits for another's `init`.
-fn start_dir(pool: &mut Pool<hooks::AyaHookMaps>, dir: &Path) {
-    let mut manifests: Vec<PathBuf> = match std::fs::read_dir(dir) {
+/// The plugin directory of `sluice daemon --plugins DIR`, and what its operator allows.
+#[derive(Clone, Debug, Default)]
+pub struct PluginDir {
+    /// The directory: for each `NAME.json` manifest, `NAME.wasm` and the optional
+    /// `NAME.config.json`.
+    pub path: PathBuf,
+    /// The plugins of it allowed drop and rate-limit rules on `0.0.0.0/0` and `::/0`
+    /// (`--plugin-allow-match-all NAME`): the directory's counterpart of the store's
+    /// `plugins.NAME.allow_match_all`.
+    pub allow_match_all: BTreeSet<String>,
+}
+
+/// The plugins of a directory, by manifest name in order, each ready to run or why it cannot:
+/// the manifest, component or configuration unreadable. A name of `dir.allow_match_all` that
+/// no plugin has is logged.
+pub fn wanted_from_dir(dir: &PluginDir) -> Vec<Result<Wanted, String>> {
+    let mut manifests: Vec<PathBuf> = match std::fs::read_dir(&dir.path) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -118,18 +133,20 @@ fn start_dir(pool: &mut Pool<hooks::AyaHookMaps>, dir: &Path) {
             })
             .collect(),
         Err(e) => {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugin directory");
+            let dir = dir.path.display();
+            tracing::error!(dir = %dir, error = %e, "cannot read the plugin directory");
             Vec::new()
         }
     };
     if manifests.is_empty() {
-        tracing::warn!(dir = %dir.display(), "no plugin manifests (NAME.json) found");
+        tracing::warn!(dir = %dir.path.display(), "no plugin manifests (NAME.json) found");
     }
     manifests.sort();
-    for path in manifests {
-        let wanted = (|| -> Result<Wanted, String> {
+    let wanted: Vec<Result<Wanted, String>> = manifests
+        .iter()
+        .map(|path| {
             let manifest: Manifest = serde_json::from_slice(
-                &std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+                &std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
             )
             .map_err(|e| format!("{}: {e}", path.display()))?;
             let wasm_path = path.with_extension("wasm");
@@ -137,9 +154,26 @@ fn start_dir(pool: &mut Pool<hooks::AyaHookMaps>, dir: &Path) {
                 std::fs::read(&wasm_path).map_err(|e| format!("{}: {e}", wasm_path.display()))?;
             let config_path = path.with_extension("config.json");
             let config = std::fs::read_to_string(&config_path).unwrap_or_else(|_| "{}".into());
-            // The operator allows match-all rules only in the store's configuration.
-            Ok(Wanted { manifest, wasm: Arc::new(wasm), config, allow_match_all: false })
-        })();
+            let allow_match_all = dir.allow_match_all.contains(&manifest.name);
+            Ok(Wanted { manifest, wasm: Arc::new(wasm), config, allow_match_all })
+        })
+        .collect();
+    for name in &dir.allow_match_all {
+        let found = wanted.iter().flatten().any(|w| w.manifest.name == *name);
+        if !found {
+            tracing::warn!(
+                plugin = name,
+                dir = %dir.path.display(),
+                "--plugin-allow-match-all names no plugin of the plugin directory"
+            );
+        }
+    }
+    wanted
+}
+
+/// Starts the plugins of a directory, each on its worker: none waits for another's `init`.
+fn start_dir(pool: &mut Pool<hooks::AyaHookMaps>, dir: &PluginDir) {
+    for wanted in wanted_from_dir(dir) {
         match wanted {
             Ok(w) => pool.start(w, "directory", None),
             Err(e) => tracing::error!(error = e, "plugin not started"),
@@ -379,8 +413,7 @@ impl Coordinator {
     }
 
     fn sync(&mut self, wanted: Vec<Wanted>, disabled: &[String]) {
-        let names: std::collections::BTreeSet<String> =
-            wanted.iter().map(|w| w.manifest.name.clone()).collect();
+        let names: BTreeSet<String> = wanted.iter().map(|w| w.manifest.name.clone()).collect();
         for w in wanted {
             if !self.runs(&w) {
                 self.put(w, None);
@@ -420,7 +453,7 @@ impl Coordinator {
 /// What the plugin thread works with, kept by its owner's [`PluginThread`] across the thread's
 /// restarts (a thread that panics loses what it owns).
 struct Resources {
-    dir: Option<PathBuf>,
+    dir: Option<PluginDir>,
     trust: Trust,
     /// The hook maps the daemon took out of its dataplane, for the first start; a restart
     /// opens the pinned ones.
@@ -432,14 +465,14 @@ struct Resources {
 }
 
 /// Starts the plugin thread: the plugins of `dir` (for each `NAME.json` manifest, `NAME.wasm`
-/// and the optional `NAME.config.json`), then whatever [`Command`]s bring (the store's plugins).
+/// and the optional `NAME.config.json`; [`wanted_from_dir`]), then whatever [`Command`]s bring (the store's plugins).
 /// The hook tables are emptied first (a plugin rewrites its rules as it starts). A plugin that
 /// cannot start is logged and left out; the others run, each on a thread of its own, none
 /// waiting for another's `init`. Every [`EVENT_INTERVAL`] each plugin gets the round's events
 /// (samples at its own rate) and a timer. The owner keeps the returned [`PluginThread`] and
 /// calls [`PluginThread::watch`] now and then, which starts the thread again if it died.
 pub fn run(
-    dir: Option<&Path>,
+    dir: Option<PluginDir>,
     trust: Trust,
     maps: hooks::AyaHookMaps,
     feed: Feed,
@@ -448,7 +481,7 @@ pub fn run(
 ) -> PluginThread {
     report.lock().unwrap_or_else(PoisonError::into_inner).state = "running".into();
     let resources = Arc::new(Mutex::new(Resources {
-        dir: dir.map(Path::to_owned),
+        dir,
         trust,
         maps: Some(maps),
         feed,

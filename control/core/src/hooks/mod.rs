@@ -140,7 +140,9 @@ const fn one() -> u16 {
     1
 }
 
-/// One operation on the hook tables.
+/// One operation on the hook tables. Its JSON (the local harness's output, `sluice hooks
+/// --json`, the API) names the operations and fields as the plugin contract (`plugins/wit`)
+/// does: `set-rate-limit` with `rate-pps`, `set-steer` with `next-hops`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum HookOp {
@@ -165,7 +167,9 @@ pub enum HookOp {
     SetRateLimit {
         /// Source prefix (host bits zero).
         prefix: IpNet,
-        /// Packets per second per source, 1 to [`MAX_RATE_PPS`].
+        /// Packets per second per source, 1 to [`MAX_RATE_PPS`]. In JSON `rate-pps`, as the
+        /// contract names it (`rate_pps` is read too).
+        #[serde(rename = "rate-pps", alias = "rate_pps")]
         rate_pps: u32,
         /// Bucket size in packets, 1 to [`MAX_BURST`].
         burst: u32,
@@ -180,7 +184,9 @@ pub enum HookOp {
     SetSteer {
         /// Destination prefix (host bits zero).
         prefix: IpNet,
-        /// 1 to [`MAX_STEER_MEMBERS`] gateways of the prefix's family, each once.
+        /// 1 to [`MAX_STEER_MEMBERS`] gateways of the prefix's family, each once. In JSON
+        /// `next-hops`, as the contract names it (`next_hops` is read too).
+        #[serde(rename = "next-hops", alias = "next_hops")]
         next_hops: Vec<SteerHop>,
     },
     /// Removes a steer rule.

@@ -274,7 +274,7 @@ impl<M: HookMaps> HookTables<M> {
                     .or_else(|| match_all_problem(*prefix, true, &limits, owner, "rate-limit"))
                     .or_else(|| {
                         (!(1..=MAX_RATE_PPS).contains(rate_pps)).then(|| {
-                            ("rate_pps", format!("{rate_pps} is outside 1 to {MAX_RATE_PPS}"))
+                            ("rate-pps", format!("{rate_pps} is outside 1 to {MAX_RATE_PPS}"))
                         })
                     })
                     .or_else(|| {
@@ -744,7 +744,9 @@ fn match_all_problem(
             "prefix",
             format!(
                 "{prefix} matches every address: a {what} rule on it is refused unless the \
-                 operator allows it for plugin {owner:?} (allow_match_all in its configuration)"
+                 operator allows it for plugin {owner:?} (allow_match_all in its configuration, \
+                 or `sluice daemon --plugin-allow-match-all {owner}` for a plugin of the plugin \
+                 directory)"
             ),
         )
     })
@@ -754,7 +756,7 @@ fn match_all_problem(
 fn steer_problem(prefix: IpNet, hops: &[SteerHop]) -> Option<(&'static str, String)> {
     if hops.is_empty() || hops.len() > MAX_STEER_MEMBERS {
         return Some((
-            "next_hops",
+            "next-hops",
             format!("{} gateways: a steer rule has 1 to {MAX_STEER_MEMBERS}", hops.len()),
         ));
     }
@@ -929,7 +931,7 @@ mod tests {
         let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.index, e.field)).collect();
         assert_eq!(
             got,
-            [(1, "prefix"), (2, "rate_pps"), (3, "burst"), (4, "prefix"), (5, "every")]
+            [(1, "prefix"), (2, "rate-pps"), (3, "burst"), (4, "prefix"), (5, "every")]
         );
         assert!(errors[0].message.contains("host bits"), "{}", errors[0].message);
         assert!(t.maps.filters.is_empty(), "the valid first op was not written either");
@@ -1045,7 +1047,7 @@ mod tests {
         let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.index, e.field)).collect();
         assert_eq!(
             got,
-            [(0, "next_hops"), (1, "via"), (2, "weight"), (3, "via"), (4, "via"), (5, "prefix")]
+            [(0, "next-hops"), (1, "via"), (2, "weight"), (3, "via"), (4, "via"), (5, "prefix")]
         );
         assert!(t.maps.steers.is_empty());
 
@@ -1244,7 +1246,7 @@ mod tests {
     fn operations_read_from_json_with_clear_errors() {
         let ops: Vec<HookOp> = serde_json::from_str(
             r#"[{"op":"set-filter","direction":"src","prefix":"192.0.2.0/24","action":"drop"},
-                {"op":"set-rate-limit","prefix":"2001:db8::/32","rate_pps":100,"burst":10},
+                {"op":"set-rate-limit","prefix":"2001:db8::/32","rate-pps":100,"burst":10},
                 {"op":"set-sampling","every":64}]"#,
         )
         .unwrap();
@@ -1257,5 +1259,38 @@ mod tests {
         let err = serde_json::from_str::<HookOp>(r#"{"op":"set-sampling","every":1,"extra":2}"#)
             .unwrap_err();
         assert!(err.to_string().contains("unknown field `extra`"), "{err}");
+    }
+
+    #[test]
+    fn operations_in_json_use_the_contracts_names_and_still_read_the_old_ones() {
+        let rate = HookOp::SetRateLimit { prefix: net("192.0.2.0/24"), rate_pps: 100, burst: 10 };
+        let steer = HookOp::SetSteer {
+            prefix: net("203.0.113.0/24"),
+            next_hops: vec![SteerHop { via: "10.0.1.2".parse().unwrap(), weight: 3 }],
+        };
+        let printed = serde_json::to_value([&rate, &steer]).unwrap();
+        assert_eq!(
+            printed,
+            serde_json::json!([
+                {"op": "set-rate-limit", "prefix": "192.0.2.0/24", "rate-pps": 100, "burst": 10},
+                {"op": "set-steer", "prefix": "203.0.113.0/24",
+                 "next-hops": [{"via": "10.0.1.2", "weight": 3}]}
+            ]),
+            "the WIT's names"
+        );
+        let read: Vec<HookOp> = serde_json::from_value(printed).unwrap();
+        assert_eq!(read, [rate.clone(), steer.clone()], "read back");
+        let old: Vec<HookOp> = serde_json::from_str(
+            r#"[{"op":"set-rate-limit","prefix":"192.0.2.0/24","rate_pps":100,"burst":10},
+                {"op":"set-steer","prefix":"203.0.113.0/24",
+                 "next_hops":[{"via":"10.0.1.2","weight":3}]}]"#,
+        )
+        .unwrap();
+        assert_eq!(old, [rate, steer], "the names of earlier versions are still read");
+        let err = serde_json::from_str::<HookOp>(
+            r#"{"op":"set-rate-limit","prefix":"192.0.2.0/24","rate-pps":1,"rate_pps":2,"burst":1}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("duplicate field"), "both names at once: {err}");
     }
 }

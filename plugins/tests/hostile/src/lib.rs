@@ -14,7 +14,10 @@
 //! `kv-rewrite` rewrites one 1000 KiB value 20 times a call; `log-invalid-utf8` hands the host a
 //! log message that is not UTF-8; `log-flood` logs 200 lines of 1 MiB a call; `op-flood` returns
 //! 10,000 operations a call; `rules:ACTION PREFIX;...` holds those source filter rules (set
-//! again at every call); anything else behaves.
+//! again at every call); `echo-host:K` writes, for each IPv4 /24 route added, a count rule on
+//! its address K (`A.B.C.K/32`, so that plugins with different `K` write entries of their own)
+//! and removes it with the route; `slow:MS` spends MS ms of CPU in each `handle` and returns
+//! nothing; anything else behaves.
 
 use std::sync::{
     OnceLock,
@@ -48,6 +51,16 @@ const MODES: [&str; 19] = [
 
 /// The rules of `rules:ACTION PREFIX;...`.
 static RULES: OnceLock<Vec<Op>> = OnceLock::new();
+/// The host address of `echo-host:K`.
+static ECHO_HOST: OnceLock<u8> = OnceLock::new();
+/// The milliseconds of `slow:MS`.
+static SLOW_MS: OnceLock<u64> = OnceLock::new();
+
+/// Address `host` of an IPv4 /24 (`198.18.3.0/24`, 7 -> `198.18.3.7/32`).
+fn host_of(prefix: &str, host: u8) -> Option<String> {
+    let net = prefix.strip_suffix(".0/24")?;
+    Some(format!("{net}.{host}/32"))
+}
 
 fn parse_rules(spec: &str) -> Vec<Op> {
     spec.split(';')
@@ -91,6 +104,16 @@ impl Guest for Hostile {
             let rules = RULES.get_or_init(|| parse_rules(spec));
             return Ok(rules.clone());
         }
+        if let Some(k) = config.strip_prefix("echo-host:") {
+            let k = k.trim().parse().map_err(|_| format!("echo-host: {k:?} is not 0 to 255"))?;
+            ECHO_HOST.get_or_init(|| k);
+            return Ok(Vec::new());
+        }
+        if let Some(ms) = config.strip_prefix("slow:") {
+            let ms = ms.trim().parse().map_err(|_| format!("slow: {ms:?} is not a number"))?;
+            SLOW_MS.get_or_init(|| ms);
+            return Ok(Vec::new());
+        }
         let m = MODES.iter().position(|m| *m == config).map_or(0, |i| i + 1);
         MODE.store(m as u32, Ordering::Relaxed);
         if mode() == "log-multibyte" {
@@ -108,6 +131,29 @@ impl Guest for Hostile {
     fn handle(events: Vec<Event>) -> Result<Vec<Op>, String> {
         if let Some(rules) = RULES.get() {
             return Ok(rules.clone());
+        }
+        if let Some(k) = ECHO_HOST.get() {
+            return Ok(events
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Route(r) => {
+                        let host = host_of(&r.prefix, *k)?;
+                        Some(if r.added {
+                            filter(Direction::Dst, &host, Action::Count)
+                        } else {
+                            Op::RemoveFilter((Direction::Dst, host))
+                        })
+                    }
+                    _ => None,
+                })
+                .collect());
+        }
+        if let Some(ms) = SLOW_MS.get() {
+            let until = host::now_ms() + ms;
+            while host::now_ms() < until {
+                std::hint::black_box(());
+            }
+            return Ok(Vec::new());
         }
         match mode() {
             "fill-table" => Ok((0..5000u32)
