@@ -69,6 +69,17 @@ pub struct Scanned {
     pub bytes: u64,
 }
 
+/// What a lookup read ([`Trie6::lookup_reads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reads {
+    /// The answer.
+    pub route: Option<Route>,
+    /// Cache lines read one after the other, each at an address the one before gave.
+    pub dependent: u32,
+    /// Cache lines read in all.
+    pub lines: u32,
+}
+
 /// The trie over a cell array of [`ENTRIES`] entries.
 #[derive(Debug)]
 pub struct Trie6<C: Cells> {
@@ -336,6 +347,28 @@ impl<C: Cells> Trie6<C> {
             start += STRIDE;
         }
         decode(e)
+    }
+
+    /// Looks an address up as [`Trie6::lookup`] does, and counts the cache lines it reads: the
+    /// first-level entry, then each node (16 entries of 4 bytes, one aligned cache line). Each
+    /// read but the first depends on the one before (its address is in it): `dependent` is the
+    /// lookup's chain of memory latencies.
+    pub fn lookup_reads(&self, addr: Ipv6Addr) -> Reads {
+        let a = u128::from(addr);
+        let mut e = self.cells.get(index(a, 0, ROOT_BITS));
+        let (mut start, mut dependent) = (ROOT_BITS, 1);
+        while is_group(e) && start < 128 {
+            let base = node_base(group_entry(e));
+            dependent += 1;
+            if is_compact(e) {
+                let node: [u32; 16] = std::array::from_fn(|i| self.cells.get(base + i));
+                e = compact_lookup(&node, index(a, COMPACT_AT, COMPACT_MAX_LEN) as u32);
+                break;
+            }
+            e = self.cells.get(base + index(a, start, start + STRIDE));
+            start += STRIDE;
+        }
+        Reads { route: decode(e), dependent, lines: dependent }
     }
 
     /// What the trie uses, read from the cells alone (in a process other than its writer, which
@@ -993,6 +1026,12 @@ mod tests {
         assert_eq!((u.nodes, u.compact), (6, 2), "another /32 shares the nodes above bit 32");
         assert_eq!(t.lookup("2001:db8:2::9".parse().unwrap()), Some(route(2)));
         assert_eq!(t.lookup("2001:db8:3::9".parse().unwrap()), None);
+        let reads = t.lookup_reads("2001:db8:2::9".parse().unwrap());
+        assert_eq!(
+            (reads.route, reads.dependent),
+            (Some(route(2)), 6),
+            "the root, 4 nodes, compact"
+        );
     }
 
     /// A /32 goes from compact to expanded and back as its longer prefixes come and go, and
