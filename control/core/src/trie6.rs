@@ -39,9 +39,10 @@ const ROOT_BITS: u8 = 16;
 /// some 30 nodes (2 KiB) in a full table, is laid out in one run, so that a lookup below the
 /// /24 stays within a page or two; the nodes above, which all lookups share, stay packed.
 const DEEP_FROM: u8 = 24;
-/// Wide nodes the trie gives /16s at most: half the table's nodes (32 MiB). A full table's
-/// prefixes lie in some 80 to 150 /16s (the registries' blocks); adoption gives wide nodes to the
-/// /16s with the most prefixes, and later /16s get one while the budget lasts, 4-bit nodes after.
+/// Wide nodes the trie gives /16s at most: half the table's nodes (32 MiB). The synthetic full
+/// table's prefixes lie in 81 /16s (inside the registries' blocks); adoption gives wide nodes to
+/// the /16s with the most prefixes, and later /16s get one while the budget lasts, 4-bit nodes
+/// after.
 pub const MAX_WIDE: u32 = 128;
 const _: () = assert!(MAX_WIDE * WIDE_NODES <= MAX_NODES / 2);
 
@@ -757,7 +758,10 @@ impl<C: Cells> Trie6<C> {
         let new = if list.is_empty() {
             Ok(inherited)
         } else if compactable(&list) {
-            self.build_compact(&list, inherited)
+            // Two lines in a row may be missing where single nodes are not: expanded then.
+            self.build_compact(&list, inherited).or_else(|_| {
+                self.build_expanded(&list, inherited, self.depth[entry]).map(group_pointer)
+            })
         } else {
             self.build_expanded(&list, inherited, self.depth[entry]).map(group_pointer)
         };
