@@ -315,6 +315,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             prefixes = u.prefixes,
             nodes = u.nodes,
             compact = u.compact,
+            wide = u.wide,
             nodes_max = u.nodes_max,
             rejected = u.rejected,
             mib = u.shared_bytes >> 20,

@@ -298,7 +298,7 @@ pub fn stats_text(s: &Stats) -> String {
         let _ = writeln!(
             out,
             "lookup tables: IPv4 {:.1} MiB ({} of {} groups, {} of {} results), \
-             IPv6 {:.1} MiB ({} of {} nodes, {} compact)",
+             IPv6 {:.1} MiB ({} of {} nodes, {} compact, {} wide)",
             mib(v4.bytes),
             v4.groups,
             v4.groups_max,
@@ -307,7 +307,8 @@ pub fn stats_text(s: &Stats) -> String {
             mib(v6.bytes),
             v6.nodes,
             v6.nodes_max,
-            v6.compact
+            v6.compact,
+            v6.wide
         );
     }
     out

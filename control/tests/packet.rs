@@ -575,11 +575,11 @@ fn a_held_egress_goes_to_the_kernel_untouched() {
 
 /// Runs `frame` through the program while a thread keeps writing `changes(i)` for i = 0, 1, ...
 /// (after `setup`), and checks every run forwarded to next hop `OUT1` or `OUT2`.
-fn assert_races_forward_to_old_or_new(
+fn assert_races_forward_to_old_or_new<I: IntoIterator<Item = Op>>(
     test: &str,
     setup: &Op,
     frame: &Frame,
-    changes: impl Fn(u32) -> [Op; 3] + Sync,
+    changes: impl Fn(u32) -> I + Sync,
 ) {
     let Some(mut lab) = Lab::new(test) else { return };
     lab.maps.write(setup).expect("covering route");
@@ -689,6 +689,79 @@ fn ipv6_lookups_racing_updates_see_the_old_or_the_new_route() {
             ]
         },
     );
+}
+
+/// The same race through a /32 whose compact node grows to two lines (nine /48s), then gives way
+/// to expanded nodes (seventeen), and shrinks back to one line, below the /16's wide node, while
+/// the /48 looked up changes its next hop.
+#[test]
+fn ipv6_lookups_racing_compact_nodes_of_two_lines_see_the_old_or_the_new_route() {
+    let covering: ipnet::Ipv6Net = "2001:db8:20::/48".parse().expect("prefix");
+    let others: Vec<ipnet::Ipv6Net> =
+        (0..16).map(|j| format!("2001:db8:{:x}::/48", 0x30 + j).parse().expect("prefix")).collect();
+    assert_races_forward_to_old_or_new(
+        "ipv6_lookups_racing_compact_nodes_of_two_lines",
+        &Op::SetRouteV6(covering, forward(nh::OUT1)),
+        &udp6("2001:db8:20:5::9"),
+        |i| {
+            let mut ops: Vec<Op> =
+                others[..8].iter().map(|n| Op::SetRouteV6(*n, forward(nh::OUT3))).collect();
+            ops.push(Op::SetRouteV6(covering, forward(old_or_new(i))));
+            ops.extend(others[8..].iter().map(|n| Op::SetRouteV6(*n, forward(nh::OUT3))));
+            ops.extend(others.iter().map(|n| Op::DelRouteV6(*n)));
+            ops
+        },
+    );
+}
+
+/// IPv6 lookups through each kind of node: a /16's wide node answering for a /32, a compact
+/// node of one line and of two below it, expanded 4-bit nodes below it, and the 4-bit nodes from
+/// bit 16 of the /16s that come after the wide nodes are all given out.
+#[test]
+fn ipv6_lookups_through_wide_compact_and_4_bit_nodes() {
+    let Some(mut lab) = Lab::new("ipv6_lookups_through_wide_compact") else { return };
+    let write = |lab: &mut Lab, op: Op| lab.maps.write(&op).expect("route change");
+    let net = |s: &str| -> ipnet::Ipv6Net { s.parse().expect("prefix") };
+    write(&mut lab, Op::SetRouteV6(net("2a00::/12"), forward(nh::OUT1)));
+    write(&mut lab, Op::SetRouteV6(net("2a01:db8::/32"), forward(nh::OUT2)));
+    for j in 0..10u32 {
+        let id = if j % 2 == 0 { nh::OUT3 } else { nh::OUT4 };
+        write(&mut lab, Op::SetRouteV6(net(&format!("2a01:db9:{j:x}::/48")), forward(id)));
+    }
+    write(&mut lab, Op::SetRouteV6(net("2a01:dba:1:2::/64"), forward(nh::OUT3)));
+    // 2a01::/16 has the first wide node; 3000::/16 to 307e::/16 take the others, and the /16s
+    // after them get 4-bit nodes.
+    let wide = sluice_core::trie6::MAX_WIDE;
+    for k in 0..wide + 2 {
+        let prefix = net(&format!("{:x}:db8:1::/48", 0x3000 + k));
+        write(&mut lab, Op::SetRouteV6(prefix, forward(nh::OUT4)));
+    }
+    let case = |dst: &str, id: u32| {
+        Case::forward(format!("{dst} via next hop {id}"), IN0, &udp6(dst), &routed(&udp6(dst), id))
+    };
+    let last_wide = format!("{:x}:db8:1::5", 0x3000 + wide - 2);
+    let narrow = format!("{:x}:db8:1::5", 0x3000 + wide + 1);
+    lab.check_all(&[
+        case("2a00:5::1", nh::OUT1),
+        case("2a01:db8:5::1", nh::OUT2),
+        case("2a01:db9:3::1", nh::OUT4),
+        case("2a01:db9:8::1", nh::OUT3),
+        case("2a01:db9:9:ffff::1", nh::OUT4),
+        case("2a01:db9:ff::1", nh::OUT1),
+        case("2a01:dba:1:2::5", nh::OUT3),
+        case("2a01:dba:1:3::5", nh::OUT1),
+        case(&last_wide, nh::OUT4),
+        case(&narrow, nh::OUT4),
+    ]);
+    // Down to three /48s: a compact node of one line again.
+    for j in 3..10u32 {
+        write(&mut lab, Op::DelRouteV6(net(&format!("2a01:db9:{j:x}::/48"))));
+    }
+    lab.check_all(&[
+        case("2a01:db9:2::1", nh::OUT3),
+        case("2a01:db9:1::1", nh::OUT4),
+        case("2a01:db9:9::1", nh::OUT1),
+    ]);
 }
 
 /// Forwarded packets are sampled 1 in `TALKER_SAMPLE_EVERY` by source into `TALKERS`, with the

@@ -445,9 +445,10 @@ fn lookup_v4(dst: [u8; 4]) -> Option<Route> {
     dir24::decode(entry)
 }
 
-/// Longest-prefix match in the multibit trie: one read per 4 bits of the address after the first
-/// two bytes, until an entry is not a pointer to a node, or points to a /32's compact node, whose
-/// prefixes are matched against the address's bits 32..56.
+/// Longest-prefix match in the multibit trie: the first-level entry of the first two bytes; the
+/// /32's entry in the /16's wide node when it has one; then one read per 4 bits of the address,
+/// until an entry is not a pointer to a node, or points to a /32's compact node (one line, or
+/// two read together), whose prefixes are matched against the address's bits 32..56.
 #[inline(always)]
 fn lookup_v6(dst: &[u8; 16]) -> Option<Route> {
     let [w0, w1] = addr_words(dst);
@@ -456,14 +457,23 @@ fn lookup_v6(dst: &[u8; 16]) -> Option<Route> {
     let mut entry = entry_at(&TRIE_V6, (hi >> 48) as u32)?;
     // One nibble per level after the first two bytes; a node is one map value.
     let mut i = 4u32;
+    if trie6::is_wide(entry) {
+        // Bits 16..32 in one read: the wide node's entry for the /32.
+        let slot = ((hi >> 32) & 0xffff) as u32;
+        let nodes = trie6::ROOT_ENTRIES / dir24::CHUNK + dir24::group_entry(entry);
+        entry = TRIE_V6.get(nodes + slot / dir24::CHUNK)?[(slot % dir24::CHUNK) as usize];
+        i = 8;
+    }
     while i < 32 {
         if !dir24::is_group(entry) {
             break;
         }
-        let node = TRIE_V6.get(trie6::ROOT_ENTRIES / dir24::CHUNK + dir24::group_entry(entry))?;
+        let at = trie6::ROOT_ENTRIES / dir24::CHUNK + dir24::group_entry(entry);
+        let node = TRIE_V6.get(at)?;
         if trie6::is_compact(entry) {
-            // A /32's longer prefixes in one cache line: address bits 32..56.
-            entry = trie6::compact_lookup(node, ((hi >> 8) & 0x00ff_ffff) as u32);
+            // A /32's longer prefixes in one cache line, or two: address bits 32..56.
+            let second = if trie6::is_pair(entry) { Some(TRIE_V6.get(at + 1)?) } else { None };
+            entry = trie6::compact_lookup(node, second, ((hi >> 8) & 0x00ff_ffff) as u32);
             break;
         }
         let word = if i < 16 { hi } else { lo };

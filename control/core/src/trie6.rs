@@ -22,8 +22,9 @@ use sluice_common::{
     Route,
     dir24::{decode, encode, group_entry, group_pointer, is_group},
     trie6::{
-        COMPACT_AT, COMPACT_BIT, COMPACT_MAX_LEN, COMPACT_PAIRS, ENTRIES, MAX_NODES, NODE_ENTRIES,
-        ROOT_ENTRIES, STRIDE, compact_lookup, is_compact,
+        COMPACT_AT, COMPACT_BIT, COMPACT_MAX_LEN, COMPACT_PAIRS, ENTRIES, LINE_PAIRS, MAX_NODES,
+        NODE_ENTRIES, PAIR_BIT, ROOT_ENTRIES, STRIDE, WIDE_BIT, WIDE_BITS, WIDE_NODES,
+        compact_lookup, is_compact, is_pair, is_wide,
     },
 };
 
@@ -38,16 +39,25 @@ const ROOT_BITS: u8 = 16;
 /// some 30 nodes (2 KiB) in a full table, is laid out in one run, so that a lookup below the
 /// /24 stays within a page or two; the nodes above, which all lookups share, stay packed.
 const DEEP_FROM: u8 = 24;
+/// Wide nodes the trie gives /16s at most: half the table's nodes (32 MiB). The synthetic full
+/// table's prefixes lie in 81 /16s (inside the registries' blocks); adoption gives wide nodes to
+/// the /16s with the most prefixes, and later /16s get one while the budget lasts, 4-bit nodes
+/// after.
+pub const MAX_WIDE: u32 = 128;
+const _: () = assert!(MAX_WIDE * WIDE_NODES <= MAX_NODES / 2);
 
 /// Memory the trie uses, for reporting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
     /// Prefixes held.
     pub prefixes: usize,
-    /// Nodes in use.
+    /// Nodes in use, counted in cache lines of 16 entries: a wide node is [`WIDE_NODES`], a
+    /// compact node of two lines 2.
     pub nodes: u32,
-    /// Of them, compact nodes (a /32's few longer prefixes in one node).
+    /// Compact nodes (a /32's few longer prefixes in one or two lines).
     pub compact: u32,
+    /// Wide nodes (a /16's bits 16..32 in one level).
+    pub wide: u32,
     /// Nodes available.
     pub nodes_max: u32,
     /// Routes left out at adoption because the nodes were full.
@@ -59,14 +69,35 @@ pub struct Usage {
 /// What the IPv6 trie holds, as read from it ([`Trie6::scan`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Scanned {
-    /// Nodes reachable from the first level.
+    /// Nodes reachable from the first level, in cache lines (as [`Usage::nodes`]).
     pub nodes: u32,
-    /// Of them, compact nodes.
+    /// Compact nodes among them.
     pub compact: u32,
+    /// Wide nodes among them.
+    pub wide: u32,
     /// Nodes available.
     pub nodes_max: u32,
     /// Bytes in use: the first level and the nodes.
     pub bytes: u64,
+}
+
+/// Where [`Trie6::walk`] ended, and what it read.
+struct Walk {
+    /// The last entry read: a route, or a pointer the walk could not follow.
+    entry: u32,
+    dependent: u32,
+    lines: u32,
+}
+
+/// What a lookup read ([`Trie6::lookup_reads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reads {
+    /// The answer.
+    pub route: Option<Route>,
+    /// Cache lines read one after the other, each at an address the one before gave.
+    pub dependent: u32,
+    /// Cache lines read in all (a node of two lines is read at once: one dependent read).
+    pub lines: u32,
 }
 
 /// The trie over a cell array of [`ENTRIES`] entries.
@@ -87,14 +118,34 @@ pub struct Trie6<C: Cells> {
     next_deep: u32,
     free_upper: Vec<u32>,
     free_deep: Vec<u32>,
-    /// Released nodes in the order they were released, waiting out the grace period.
-    retired: VecDeque<(u32, Instant)>,
+    /// Free runs of nodes by length: wide nodes and compact nodes of two lines.
+    free_runs: HashMap<u32, Vec<u32>>,
+    /// Released nodes (the first of a run, and its length) in the order they were released,
+    /// waiting out the grace period.
+    retired: VecDeque<(u32, u32, Instant)>,
     nodes_in_use: u32,
     compact: u32,
+    wide: u32,
     /// Routes that did not fit when the trie was adopted.
     rejected: usize,
     /// What adoption found and rewrote.
     adoption: Adoption,
+    /// While building an image to adopt: the /16s (first two bytes) that may get a wide node.
+    wide_for: Option<std::collections::HashSet<u16>>,
+    /// Wide nodes this trie may make: [`MAX_WIDE`] (fewer in tests).
+    max_wide: u32,
+}
+
+/// The [`MAX_WIDE`] /16s holding the most of `routes` longer than /16: those that get wide
+/// nodes when a table is adopted.
+fn densest_16s(routes: &[(Ipv6Net, Route)], max_wide: u32) -> std::collections::HashSet<u16> {
+    let mut count: HashMap<u16, usize> = HashMap::new();
+    for (net, _) in routes.iter().filter(|(n, _)| n.prefix_len() > ROOT_BITS) {
+        *count.entry(net.network().segments()[0]).or_default() += 1;
+    }
+    let mut by_count: Vec<(u16, usize)> = count.into_iter().collect();
+    by_count.sort_unstable_by_key(|&(s, n)| (std::cmp::Reverse(n), s));
+    by_count.into_iter().take(max_wide as usize).map(|(s, _)| s).collect()
 }
 
 /// Bytes of the shared table with `nodes` nodes in use: the first level and the nodes.
@@ -111,9 +162,35 @@ fn index(a: u128, start: u8, end: u8) -> usize {
     ((a >> (128 - u32::from(end))) & ((1u128 << (end - start)) - 1)) as usize
 }
 
-/// A pointer to the compact node `node`.
-fn compact_pointer(node: u32) -> u32 {
-    group_pointer(node) | COMPACT_BIT
+/// A pointer to the compact node `node`, of two lines when `pair`.
+fn compact_pointer(node: u32, pair: bool) -> u32 {
+    group_pointer(node) | COMPACT_BIT | if pair { PAIR_BIT } else { 0 }
+}
+
+/// A pointer to the wide node `node`.
+fn wide_pointer(node: u32) -> u32 {
+    group_pointer(node) | WIDE_BIT
+}
+
+/// The nodes a pointer's node takes, one after the other.
+fn run_len(e: u32) -> u32 {
+    if is_wide(e) {
+        WIDE_NODES
+    } else if is_pair(e) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Bits the node a pointer points to consumes (not for compact nodes).
+fn child_bits(e: u32) -> u8 {
+    if is_wide(e) { WIDE_BITS } else { STRIDE }
+}
+
+/// Entries of the node a pointer points to (not for compact nodes).
+fn child_entries(e: u32) -> usize {
+    1 << child_bits(e)
 }
 
 /// Whether a /32's longer prefixes fit a compact node.
@@ -141,11 +218,15 @@ impl<C: Cells> Trie6<C> {
             next_deep: MAX_NODES,
             free_upper: Vec::new(),
             free_deep: Vec::new(),
+            free_runs: HashMap::new(),
             retired: VecDeque::new(),
             nodes_in_use: 0,
             compact: 0,
+            wide: 0,
             rejected: 0,
             adoption: Adoption::default(),
+            wide_for: None,
+            max_wide: MAX_WIDE,
         }
     }
 
@@ -160,7 +241,19 @@ impl<C: Cells> Trie6<C> {
         cells: C,
         routes: impl IntoIterator<Item = (Ipv6Net, Route)>,
     ) -> Result<Self, Dir24Error> {
+        Self::adopt_with(cells, routes, MAX_WIDE)
+    }
+
+    /// [`Trie6::adopt`] with at most `max_wide` wide nodes.
+    fn adopt_with(
+        cells: C,
+        routes: impl IntoIterator<Item = (Ipv6Net, Route)>,
+        max_wide: u32,
+    ) -> Result<Self, Dir24Error> {
+        let routes: Vec<(Ipv6Net, Route)> = routes.into_iter().collect();
         let mut image = Trie6::new(VecCells::new(cells.len()));
+        image.max_wide = max_wide;
+        image.wide_for = Some(densest_16s(&routes, max_wide));
         for (net, route) in routes {
             // What does not fit is left out (and logged by the caller through `usage`), so
             // that everything else still forwards.
@@ -170,6 +263,7 @@ impl<C: Cells> Trie6<C> {
         }
         let live = LiveNodes::walk(&cells);
         let mut placed = Self::new(cells);
+        placed.max_wide = max_wide;
         placed.prefixes = std::mem::take(&mut image.prefixes);
         placed.below32 = std::mem::take(&mut image.below32);
         placed.rejected = image.rejected;
@@ -178,10 +272,9 @@ impl<C: Cells> Trie6<C> {
         let mut reused = std::collections::HashSet::new();
         let mut at = Place { trusted: &live.trusted, reused: &mut reused, live: true };
         placed.place(&image, 0, 0, ROOT_ENTRIES as usize, ROOT_BITS, &mut at)?;
-        let live_nodes = live.nodes;
         let now = Instant::now();
-        for n in live_nodes.into_iter().filter(|n| !reused.contains(n)) {
-            placed.retired.push_back((n, now));
+        for (n, len) in live.nodes.into_iter().filter(|(n, _)| !reused.contains(n)) {
+            placed.retired.push_back((n, len, now));
         }
         Ok(placed)
     }
@@ -204,26 +297,36 @@ impl<C: Cells> Trie6<C> {
                 self.place_compact(image, src, dst, at)?;
             } else if is_group(want) {
                 let live = self.cells.get(dst);
-                // A live compact node is never rewritten as an expanded one in place; a node is
-                // kept only where the live trie reaches it, from this entry alone.
-                let reusable = is_group(live) && !is_compact(live) && at.keeps(group_entry(live));
+                // A live compact node is never rewritten as an expanded one in place, nor a
+                // wide node as a narrow one; a node is kept only where the live trie reaches
+                // it, from this entry alone.
+                let reusable = is_group(live)
+                    && !is_compact(live)
+                    && is_wide(live) == is_wide(want)
+                    && at.keeps(group_entry(live));
                 let node = if reusable {
                     group_entry(live)
+                } else if is_wide(want) {
+                    self.alloc_run(WIDE_NODES, false)?
                 } else {
                     self.alloc_node(child_start >= DEEP_FROM)?
                 };
                 at.reused.insert(node);
-                self.nodes_in_use += 1;
+                self.nodes_in_use += run_len(want);
+                if is_wide(want) {
+                    self.wide += 1;
+                }
                 self.inherited.insert(dst, image.inherited.get(&src).copied().unwrap_or(0));
                 let child_from = node_base(group_entry(want));
-                let count = NODE_ENTRIES as usize;
                 // Below a fresh node, whatever its entries hold is not the live trie's.
                 let was_live = at.live;
                 at.live = was_live && reusable;
-                self.place(image, child_from, node_base(node), count, child_start + STRIDE, at)?;
+                let (count, bits) = (child_entries(want), child_bits(want));
+                self.place(image, child_from, node_base(node), count, child_start + bits, at)?;
                 at.live = was_live;
-                if live != group_pointer(node) {
-                    self.cells.set(dst, group_pointer(node));
+                let pointer = if is_wide(want) { wide_pointer(node) } else { group_pointer(node) };
+                if live != pointer {
+                    self.cells.set(dst, pointer);
                     self.adoption.rewritten += 1;
                 }
             } else if self.cells.get(dst) != want {
@@ -243,29 +346,51 @@ impl<C: Cells> Trie6<C> {
         dst: usize,
         at: &mut Place<'_>,
     ) -> Result<(), Dir24Error> {
-        let want = node_base(group_entry(image.cells.get(src)));
+        let pointer = image.cells.get(src);
+        let want = node_base(group_entry(pointer));
+        let words = (NODE_ENTRIES * run_len(pointer)) as usize;
         let live = self.cells.get(dst);
         let same = is_compact(live)
+            && is_pair(live) == is_pair(pointer)
             && at.keeps(group_entry(live))
-            && (0..NODE_ENTRIES as usize).all(|i| {
+            && (0..words).all(|i| {
                 self.cells.get(node_base(group_entry(live)) + i) == image.cells.get(want + i)
             });
-        let node = if same { group_entry(live) } else { self.alloc_node(true)? };
+        let node = if same { group_entry(live) } else { self.alloc_run(run_len(pointer), true)? };
         if !same {
-            for i in 0..NODE_ENTRIES as usize {
+            for i in 0..words {
                 self.cells.set(node_base(node) + i, image.cells.get(want + i));
             }
-            self.adoption.rewritten += u64::from(NODE_ENTRIES);
+            self.adoption.rewritten += words as u64;
         }
         at.reused.insert(node);
-        self.nodes_in_use += 1;
+        self.nodes_in_use += run_len(pointer);
         self.compact += 1;
         self.inherited.insert(dst, image.inherited.get(&src).copied().unwrap_or(0));
-        if live != compact_pointer(node) {
-            self.cells.set(dst, compact_pointer(node));
+        let new = compact_pointer(node, is_pair(pointer));
+        if live != new {
+            self.cells.set(dst, new);
             self.adoption.rewritten += 1;
         }
         Ok(())
+    }
+
+    /// Moves the released nodes whose grace period is over to the free lists.
+    fn reclaim(&mut self) {
+        let now = Instant::now();
+        while let Some(&(n, len, at)) = self.retired.front() {
+            if now.duration_since(at) < GROUP_GRACE {
+                break;
+            }
+            self.retired.pop_front();
+            if len > 1 {
+                self.free_runs.entry(len).or_default().push(n);
+            } else if n < self.next_upper {
+                self.free_upper.push(n);
+            } else {
+                self.free_deep.push(n);
+            }
+        }
     }
 
     /// A free node. Nodes of the levels above bit [`DEEP_FROM`] come from the bottom of the
@@ -275,14 +400,7 @@ impl<C: Cells> Trie6<C> {
     /// destinations over a full table the cost of a lookup is memory latency, mostly TLB misses
     /// (4 KiB pages), not instructions: each page fewer per lookup counts.
     fn alloc_node(&mut self, deep: bool) -> Result<u32, Dir24Error> {
-        let now = Instant::now();
-        while let Some(&(n, at)) = self.retired.front() {
-            if now.duration_since(at) < GROUP_GRACE {
-                break;
-            }
-            self.retired.pop_front();
-            if n < self.next_upper { self.free_upper.push(n) } else { self.free_deep.push(n) }
-        }
+        self.reclaim();
         let own = if deep { self.free_deep.pop() } else { self.free_upper.pop() };
         if let Some(n) = own {
             return Ok(n);
@@ -299,12 +417,43 @@ impl<C: Cells> Trie6<C> {
         other.ok_or(Dir24Error::GroupsFull)
     }
 
+    /// `len` free nodes one after the other (a wide node, or a compact node of two lines), the
+    /// first returned: a released run of that length, else from the top of the table (`deep`) or
+    /// its bottom. A run of two starts at an even node: 128 bytes aligned, the pair of lines
+    /// the processor's adjacent-line prefetch fetches together.
+    fn alloc_run(&mut self, len: u32, deep: bool) -> Result<u32, Dir24Error> {
+        if len == 1 {
+            return self.alloc_node(deep);
+        }
+        self.reclaim();
+        if let Some(n) = self.free_runs.get_mut(&len).and_then(Vec::pop) {
+            return Ok(n);
+        }
+        if deep {
+            let first = self.next_deep.checked_sub(len).map(|n| n & !1);
+            let Some(first) = first.filter(|&n| n >= self.next_upper) else {
+                return Err(Dir24Error::GroupsFull);
+            };
+            self.free_deep.extend(first + len..self.next_deep);
+            self.next_deep = first;
+            Ok(first)
+        } else {
+            if self.next_deep - self.next_upper < len {
+                return Err(Dir24Error::GroupsFull);
+            }
+            self.next_upper += len;
+            Ok(self.next_upper - len)
+        }
+    }
+
     /// After adoption: the widest run of node ids no live node uses becomes the room between
     /// the two ends; the other unused ids are free.
-    fn make_room_around(&mut self, live: &[u32]) {
+    fn make_room_around(&mut self, live: &[(u32, u32)]) {
         let mut used = vec![false; MAX_NODES as usize];
-        for &n in live {
-            used[n as usize] = true;
+        for &(n, len) in live {
+            for id in n..(n + len).min(MAX_NODES) {
+                used[id as usize] = true;
+            }
         }
         let (mut best, mut run_start) = ((0u32, 0u32), 0u32);
         for id in 0..=MAX_NODES {
@@ -322,43 +471,82 @@ impl<C: Cells> Trie6<C> {
 
     /// Looks an address up the way the XDP program does.
     pub fn lookup(&self, addr: Ipv6Addr) -> Option<Route> {
-        let a = u128::from(addr);
+        decode(self.walk(u128::from(addr)).entry)
+    }
+
+    /// Looks an address up as [`Trie6::lookup`] does, and counts the cache lines it reads: the
+    /// first-level entry, then each node's line (16 entries of 4 bytes, one aligned cache line;
+    /// a wide node's entry; both lines of a compact node of two). Each read but the first
+    /// depends on the one before (its address is in it): `dependent` is the lookup's chain of
+    /// memory latencies.
+    pub fn lookup_reads(&self, addr: Ipv6Addr) -> Reads {
+        let walk = self.walk(u128::from(addr));
+        Reads { route: decode(walk.entry), dependent: walk.dependent, lines: walk.lines }
+    }
+
+    /// Walks `a` down the trie as the XDP program does: a wide node only below the first level,
+    /// then one 4-bit node per level until an entry is not a pointer or points to a compact
+    /// node. Stops at a pointer outside the table (`entry` is that pointer).
+    fn walk(&self, a: u128) -> Walk {
         let mut e = self.cells.get(index(a, 0, ROOT_BITS));
-        let mut start = ROOT_BITS;
+        let (mut start, mut dependent, mut lines) = (ROOT_BITS, 1, 1);
         while is_group(e) && start < 128 {
-            let base = node_base(group_entry(e));
-            if is_compact(e) {
-                let node: [u32; 16] = std::array::from_fn(|i| self.cells.get(base + i));
-                e = compact_lookup(&node, index(a, COMPACT_AT, COMPACT_MAX_LEN) as u32);
+            let node = group_entry(e);
+            let wide = start == ROOT_BITS && is_wide(e);
+            let len = if wide || is_compact(e) { run_len(e) } else { 1 };
+            if node + len > MAX_NODES {
                 break;
             }
-            e = self.cells.get(base + index(a, start, start + STRIDE));
-            start += STRIDE;
+            let base = node_base(node);
+            dependent += 1;
+            lines += 1;
+            if is_compact(e) {
+                let first: [u32; 16] = std::array::from_fn(|i| self.cells.get(base + i));
+                let second: Option<[u32; 16]> = is_pair(e).then(|| {
+                    lines += 1;
+                    std::array::from_fn(|i| self.cells.get(base + NODE_ENTRIES as usize + i))
+                });
+                let bits = index(a, COMPACT_AT, COMPACT_MAX_LEN) as u32;
+                e = compact_lookup(&first, second.as_ref(), bits);
+                break;
+            }
+            let bits = if wide { WIDE_BITS } else { STRIDE };
+            e = self.cells.get(base + index(a, start, start + bits));
+            start += bits;
         }
-        decode(e)
+        Walk { entry: e, dependent, lines }
     }
 
     /// What the trie uses, read from the cells alone (in a process other than its writer, which
     /// knows it without a walk: [`Trie6::usage`]): the nodes reachable from the first level.
     /// The walk stops at [`MAX_NODES`] nodes, however the table changes under it.
     pub fn scan(&self) -> Scanned {
-        let (mut nodes, mut compact) = (0u32, 0u32);
-        let mut stack = vec![(0usize, ROOT_ENTRIES as usize)];
-        while let Some((base, count)) = stack.pop() {
+        let (mut nodes, mut compact, mut wide) = (0u32, 0u32, 0u32);
+        // (first entry, entries, whether the first level)
+        let mut stack = vec![(0usize, ROOT_ENTRIES as usize, true)];
+        while let Some((base, count, root)) = stack.pop() {
             for i in base..base + count {
                 let e = self.cells.get(i);
-                if !is_group(e) || nodes == MAX_NODES {
+                if !is_group(e) || nodes >= MAX_NODES {
                     continue;
                 }
-                nodes += 1;
+                let is_wide_here = root && is_wide(e);
+                let len = if is_compact(e) || is_wide_here { run_len(e) } else { 1 };
+                if group_entry(e) + len > MAX_NODES {
+                    continue;
+                }
+                nodes += len;
                 if is_compact(e) {
                     compact += 1;
+                } else if is_wide_here {
+                    wide += 1;
+                    stack.push((node_base(group_entry(e)), 1 << WIDE_BITS, false));
                 } else {
-                    stack.push((node_base(group_entry(e)), NODE_ENTRIES as usize));
+                    stack.push((node_base(group_entry(e)), NODE_ENTRIES as usize, false));
                 }
             }
         }
-        Scanned { nodes, compact, nodes_max: MAX_NODES, bytes: shared_bytes(nodes) }
+        Scanned { nodes, compact, wide, nodes_max: MAX_NODES, bytes: shared_bytes(nodes) }
     }
 
     /// Compares what the trie answers with what `routes` make, and reports what is wrong with
@@ -391,22 +579,30 @@ impl<C: Cells> Trie6<C> {
     }
 
     /// Where the live trie's answers may change: the first address of every entry's range and
-    /// of every compact node's prefix (and the one after it). Walks each node once, bounded.
+    /// of every compact node's prefix (and the one after it); in a wide node, of every run of
+    /// equal answers. Walks each node once, bounded.
     fn probes(&self, out: &mut Vec<u128>, check: &mut Check) {
         let mut references: HashMap<u32, u32> = HashMap::new();
         // (first entry, entries, address of the first entry, the level's last bit)
         let mut stack = vec![(0usize, ROOT_ENTRIES as usize, 0u128, ROOT_BITS)];
         while let Some((base, count, prefix, end)) = stack.pop() {
             let step = 128 - u32::from(end);
+            let mut previous = None;
             for i in 0..count {
                 let a = prefix | ((i as u128) << step);
-                out.push(a);
                 let e = self.cells.get(base + i);
+                let dense = end == ROOT_BITS || count == NODE_ENTRIES as usize;
+                if dense || previous != Some(e) || is_group(e) {
+                    out.push(a);
+                }
+                previous = Some(e);
                 if !is_group(e) {
                     continue;
                 }
                 let node = group_entry(e);
-                if node >= MAX_NODES || end >= 128 {
+                let wide = end == ROOT_BITS && is_wide(e);
+                let len = if wide || is_compact(e) { run_len(e) } else { 1 };
+                if node + len > MAX_NODES || end >= 128 {
                     check.problem(|| {
                         format!(
                             "the entry of {} points past the trie (node {node})",
@@ -421,7 +617,12 @@ impl<C: Cells> Trie6<C> {
                     continue;
                 }
                 if !is_compact(e) {
-                    stack.push((node_base(node), NODE_ENTRIES as usize, a, end + STRIDE));
+                    let (count, bits) = if wide {
+                        (1 << WIDE_BITS, WIDE_BITS)
+                    } else {
+                        (NODE_ENTRIES as usize, STRIDE)
+                    };
+                    stack.push((node_base(node), count, a, end + bits));
                     continue;
                 }
                 if end != COMPACT_AT {
@@ -429,10 +630,17 @@ impl<C: Cells> Trie6<C> {
                         format!("a compact node at {} is not under a /32", Ipv6Addr::from(a))
                     });
                 }
-                let words: [u32; 16] = std::array::from_fn(|w| self.cells.get(node_base(node) + w));
-                let k = words[0].min(COMPACT_PAIRS) as usize;
-                for j in 0..k {
-                    let key = words[2 + 2 * j];
+                let words: Vec<u32> = (0..(len * NODE_ENTRIES) as usize)
+                    .map(|w| self.cells.get(node_base(node) + w))
+                    .collect();
+                let k = words[0].min(if is_pair(e) { COMPACT_PAIRS } else { LINE_PAIRS });
+                for j in 0..k as usize {
+                    // The first line's pairs from word 2, the second's from word 16.
+                    let key = if j < LINE_PAIRS as usize {
+                        words[2 + 2 * j]
+                    } else {
+                        words[16 + 2 * (j - LINE_PAIRS as usize)]
+                    };
                     let len = u32::from(COMPACT_AT) + (key & 0xff).min(24);
                     let start = mask(
                         mask(a, COMPACT_AT)
@@ -456,22 +664,7 @@ impl<C: Cells> Trie6<C> {
     /// Looks `a` up as the XDP program does, but bounded: a pointer outside the table, or one
     /// left after the last bit, answers `Err`.
     fn lookup_checked(&self, a: u128) -> Answer {
-        let mut e = self.cells.get(index(a, 0, ROOT_BITS));
-        let mut start = ROOT_BITS;
-        while is_group(e) && start < 128 {
-            let node = group_entry(e);
-            if node >= MAX_NODES {
-                return Err(());
-            }
-            let base = node_base(node);
-            if is_compact(e) {
-                let words: [u32; 16] = std::array::from_fn(|i| self.cells.get(base + i));
-                e = compact_lookup(&words, index(a, COMPACT_AT, COMPACT_MAX_LEN) as u32);
-                break;
-            }
-            e = self.cells.get(base + index(a, start, start + STRIDE));
-            start += STRIDE;
-        }
+        let e = self.walk(a).entry;
         if is_group(e) { Err(()) } else { Ok(decode(e)) }
     }
 
@@ -481,6 +674,7 @@ impl<C: Cells> Trie6<C> {
             prefixes: self.prefixes.iter().map(HashMap::len).sum(),
             nodes: self.nodes_in_use,
             compact: self.compact,
+            wide: self.wide,
             nodes_max: MAX_NODES,
             rejected: self.rejected,
             shared_bytes: shared_bytes(self.nodes_in_use),
@@ -564,7 +758,10 @@ impl<C: Cells> Trie6<C> {
         let new = if list.is_empty() {
             Ok(inherited)
         } else if compactable(&list) {
-            self.build_compact(&list, inherited).map(compact_pointer)
+            // Two lines in a row may be missing where single nodes are not: expanded then.
+            self.build_compact(&list, inherited).or_else(|_| {
+                self.build_expanded(&list, inherited, self.depth[entry]).map(group_pointer)
+            })
         } else {
             self.build_expanded(&list, inherited, self.depth[entry]).map(group_pointer)
         };
@@ -582,35 +779,45 @@ impl<C: Cells> Trie6<C> {
         Ok(())
     }
 
-    /// Writes a compact node holding `list` (at most [`COMPACT_PAIRS`] prefixes under one /32).
+    /// Writes a compact node holding `list` (at most [`COMPACT_PAIRS`] prefixes under one /32)
+    /// and returns its pointer (unlinked): one line for up to [`LINE_PAIRS`] prefixes, else two.
     fn build_compact(
         &mut self,
         list: &BTreeMap<(u128, u8), u32>,
         inherited: u32,
     ) -> Result<u32, Dir24Error> {
-        let mut words = [0u32; NODE_ENTRIES as usize];
+        let mut words = [0u32; 2 * NODE_ENTRIES as usize];
         words[0] = list.len() as u32;
         words[1] = inherited;
         let mut pairs: Vec<(u8, u128, u32)> = list.iter().map(|(&(a, l), &v)| (l, a, v)).collect();
         pairs.sort_by_key(|p| std::cmp::Reverse(p.0));
         for (j, (len, a, value)) in pairs.into_iter().enumerate() {
             let bits = index(a, COMPACT_AT, COMPACT_MAX_LEN) as u32;
-            words[2 + 2 * j] = bits << 8 | u32::from(len - COMPACT_AT);
-            words[3 + 2 * j] = value;
+            // The first line's pairs from word 2, the second's from word 16.
+            let at = if j < LINE_PAIRS as usize { 2 + 2 * j } else { 16 + 2 * (j - 7) };
+            words[at] = bits << 8 | u32::from(len - COMPACT_AT);
+            words[at + 1] = value;
         }
-        self.new_compact(&words)
+        let pair = list.len() > LINE_PAIRS as usize;
+        self.new_compact(&words, pair)
     }
 
-    /// Writes `words` into a free node, counted as a compact node, and returns it (unlinked).
-    fn new_compact(&mut self, words: &[u32; NODE_ENTRIES as usize]) -> Result<u32, Dir24Error> {
-        let node = self.alloc_node(true)?;
+    /// Writes a compact node's `words` (its first line, and its second when `pair`) into free
+    /// nodes, counted as a compact node, and returns its pointer (unlinked).
+    fn new_compact(
+        &mut self,
+        words: &[u32; 2 * NODE_ENTRIES as usize],
+        pair: bool,
+    ) -> Result<u32, Dir24Error> {
+        let lines = if pair { 2 } else { 1 };
+        let node = self.alloc_run(lines, true)?;
         let base = node_base(node);
-        for (i, &w) in words.iter().enumerate() {
+        for (i, &w) in words.iter().take((lines * NODE_ENTRIES) as usize).enumerate() {
             self.cells.set(base + i, w);
         }
-        self.nodes_in_use += 1;
+        self.nodes_in_use += lines;
         self.compact += 1;
-        Ok(node)
+        Ok(compact_pointer(node, pair))
     }
 
     /// Writes the expanded nodes of a /32's longer prefixes below a new node, not yet linked.
@@ -636,18 +843,20 @@ impl<C: Cells> Trie6<C> {
             return;
         }
         let node = group_entry(old);
-        let mut nodes = vec![node];
+        let now = Instant::now();
         if is_compact(old) {
             self.compact -= 1;
-        } else {
-            collect_nodes(&self.cells, node_base(node), NODE_ENTRIES as usize, &mut nodes);
+            self.retired.push_back((node, run_len(old), now));
+            self.nodes_in_use -= run_len(old);
+            return;
         }
-        let now = Instant::now();
+        let mut nodes = vec![node];
+        collect_nodes(&self.cells, node_base(node), NODE_ENTRIES as usize, &mut nodes);
         for n in nodes {
             for i in node_base(n)..node_base(n) + NODE_ENTRIES as usize {
                 self.inherited.remove(&i);
             }
-            self.retired.push_back((n, now));
+            self.retired.push_back((n, 1, now));
             self.nodes_in_use -= 1;
         }
     }
@@ -701,39 +910,65 @@ impl<C: Cells> Trie6<C> {
         let (mut base, mut start, mut end) = from;
         while len > end {
             let entry = base + index(a, start, end);
-            let node = if is_group(self.cells.get(entry)) {
-                group_entry(self.cells.get(entry))
-            } else if create {
-                self.add_node(entry, end >= DEEP_FROM)?
-            } else {
-                return Err(Dir24Error::GroupsFull);
-            };
-            base = node_base(node);
+            let mut e = self.cells.get(entry);
+            if !is_group(e) {
+                if !create {
+                    return Err(Dir24Error::GroupsFull);
+                }
+                e = self.add_node(entry, end, a)?;
+            }
+            base = node_base(group_entry(e));
             start = end;
-            end += STRIDE;
+            end += if end == ROOT_BITS { child_bits(e) } else { STRIDE };
         }
         Ok((base, start, end))
     }
 
-    /// Gives an entry a node, filled with the entry's answer before it is published.
-    fn add_node(&mut self, entry: usize, deep: bool) -> Result<u32, Dir24Error> {
+    /// Gives the entry of a level ending at bit `end` (on the way to `a`) a node, filled with
+    /// the entry's answer before it is published, and returns the pointer. A first-level entry
+    /// gets a wide node while [`MAX_WIDE`] allows (and, when adopting, if its /16 is one of the
+    /// densest), else a 4-bit node.
+    fn add_node(&mut self, entry: usize, end: u8, a: u128) -> Result<u32, Dir24Error> {
         let value = self.cells.get(entry);
-        let node = self.filled_node(deep, value, self.depth[entry])?;
+        let depth = self.depth[entry];
+        let wanted = end == ROOT_BITS
+            && self.wide < self.max_wide
+            && self.wide_for.as_ref().is_none_or(|w| w.contains(&(index(a, 0, ROOT_BITS) as u16)));
+        let wide =
+            if wanted { self.filled_run(WIDE_NODES, false, value, depth).ok() } else { None };
+        let pointer = match wide {
+            Some(node) => {
+                self.wide += 1;
+                wide_pointer(node)
+            }
+            None => group_pointer(self.filled_node(end >= DEEP_FROM, value, depth)?),
+        };
         self.inherited.insert(entry, value);
-        self.cells.set(entry, group_pointer(node));
+        self.cells.set(entry, pointer);
+        Ok(pointer)
+    }
+
+    /// [`Trie6::filled_node`] for a run of `len` nodes.
+    fn filled_run(
+        &mut self,
+        len: u32,
+        deep: bool,
+        value: u32,
+        depth: u8,
+    ) -> Result<u32, Dir24Error> {
+        let node = self.alloc_run(len, deep)?;
+        let base = node_base(node);
+        for i in base..base + (len * NODE_ENTRIES) as usize {
+            self.depth[i] = depth;
+            self.cells.set(i, value);
+        }
+        self.nodes_in_use += len;
         Ok(node)
     }
 
     /// A free node whose entries all answer `value` (of `depth`), not linked yet.
     fn filled_node(&mut self, deep: bool, value: u32, depth: u8) -> Result<u32, Dir24Error> {
-        let node = self.alloc_node(deep)?;
-        let base = node_base(node);
-        for i in base..base + NODE_ENTRIES as usize {
-            self.depth[i] = depth;
-            self.cells.set(i, value);
-        }
-        self.nodes_in_use += 1;
-        Ok(node)
+        self.filled_run(1, deep, value, depth)
     }
 
     /// Writes `value` of `depth` to the entries a prefix covers in its level's node, and below
@@ -773,15 +1008,17 @@ impl<C: Cells> Trie6<C> {
             // A compact node is rewritten elsewhere with the new inherited answer.
             self.inherited.insert(entry, value);
             let old = node_base(group_entry(e));
-            let mut words: [u32; NODE_ENTRIES as usize] =
-                std::array::from_fn(|i| self.cells.get(old + i));
+            let lines = run_len(e) as usize;
+            let mut words: [u32; 2 * NODE_ENTRIES as usize] = std::array::from_fn(|i| {
+                if i < lines * NODE_ENTRIES as usize { self.cells.get(old + i) } else { 0 }
+            });
             if words[1] == value {
                 return;
             }
             words[1] = value;
-            match self.new_compact(&words) {
-                Ok(node) => {
-                    self.cells.set(entry, compact_pointer(node));
+            match self.new_compact(&words, is_pair(e)) {
+                Ok(pointer) => {
+                    self.cells.set(entry, pointer);
                     self.retire_below(e);
                 }
                 Err(error) => tracing::warn!(%error, "an IPv6 compact node could not be rewritten"),
@@ -790,9 +1027,10 @@ impl<C: Cells> Trie6<C> {
             // The node below inherits: its entries that came from above follow.
             self.inherited.insert(entry, value);
             let base = node_base(group_entry(e));
-            for child in base..base + NODE_ENTRIES as usize {
+            let bits = if end == ROOT_BITS { child_bits(e) } else { STRIDE };
+            for child in base..base + (1usize << bits) {
                 if self.depth[child] <= end + 1 {
-                    self.write_entry(child, end + STRIDE, value, depth, replace);
+                    self.write_entry(child, end + bits, value, depth, replace);
                 }
             }
         } else if e != value {
@@ -815,19 +1053,26 @@ impl<C: Cells> Trie6<C> {
             path.push((entry, end));
             base = node_base(group_entry(e));
             start = end;
-            end += STRIDE;
+            end += if end == ROOT_BITS { child_bits(e) } else { STRIDE };
         }
         for (entry, node_start) in path.into_iter().rev() {
-            let node = group_entry(self.cells.get(entry));
+            let e = self.cells.get(entry);
+            let node = group_entry(e);
+            let wide = node_start == ROOT_BITS && is_wide(e);
             let base = node_base(node);
-            let own = (base..base + NODE_ENTRIES as usize)
+            let count = if wide { 1 << WIDE_BITS } else { NODE_ENTRIES as usize };
+            let own = (base..base + count)
                 .any(|i| self.depth[i] > node_start + 1 || is_group(self.cells.get(i)));
             if own {
                 break;
             }
             self.cells.set(entry, self.inherited.remove(&entry).unwrap_or(0));
-            self.retired.push_back((node, Instant::now()));
-            self.nodes_in_use -= 1;
+            let len = if wide { WIDE_NODES } else { 1 };
+            self.retired.push_back((node, len, Instant::now()));
+            self.nodes_in_use -= len;
+            if wide {
+                self.wide -= 1;
+            }
         }
     }
 }
@@ -853,17 +1098,21 @@ impl Place<'_> {
 /// The nodes a live trie reaches, walked with bounds: each node once (a node two entries point
 /// to is not followed twice, so a cycle ends), none outside the table, no deeper than 128 bits.
 struct LiveNodes {
-    /// Every node reached, once.
-    nodes: Vec<u32>,
-    /// Those exactly one entry points to.
+    /// Every node reached, once: its first id and the ids it takes (a wide node, a compact node
+    /// of two lines: more than one).
+    nodes: Vec<(u32, u32)>,
+    /// Those exactly one entry points to, sharing none of their ids with another node.
     trusted: std::collections::HashSet<u32>,
-    /// Pointers to a node outside the table, or to a node another entry points to too.
+    /// Pointers to a node outside the table, or to a node another entry points to too, or
+    /// that overlaps another.
     untrusted: u64,
 }
 
 impl LiveNodes {
     fn walk<C: Cells>(cells: &C) -> Self {
-        let mut references: HashMap<u32, u32> = HashMap::new();
+        // Per node: its length and the entries pointing to it; per id, the nodes covering it.
+        let mut runs: HashMap<u32, (u32, u32)> = HashMap::new();
+        let mut covering: HashMap<u32, u32> = HashMap::new();
         let mut outside = 0u64;
         let mut stack = vec![(0usize, ROOT_ENTRIES as usize, ROOT_BITS)];
         while let Some((base, count, end)) = stack.pop() {
@@ -873,20 +1122,51 @@ impl LiveNodes {
                     continue;
                 }
                 let node = group_entry(e);
-                if node >= MAX_NODES {
+                let wide = end == ROOT_BITS && is_wide(e);
+                let len = if wide || is_compact(e) { run_len(e) } else { 1 };
+                if node + len > MAX_NODES {
                     outside += 1;
                     continue;
                 }
-                let seen = references.entry(node).or_default();
-                *seen += 1;
-                if *seen == 1 && !is_compact(e) {
+                let run = runs.entry(node).or_insert((len, 0));
+                run.1 += 1;
+                if run.1 > 1 {
+                    continue;
+                }
+                run.0 = len;
+                for id in node..node + len {
+                    *covering.entry(id).or_default() += 1;
+                }
+                if wide {
+                    stack.push((node_base(node), 1 << WIDE_BITS, end + WIDE_BITS));
+                } else if !is_compact(e) {
                     stack.push((node_base(node), NODE_ENTRIES as usize, end + STRIDE));
                 }
             }
         }
-        let shared: u64 = references.values().filter(|&&n| n > 1).map(|&n| u64::from(n)).sum();
-        let trusted = references.iter().filter(|(_, n)| **n == 1).map(|(n, _)| *n).collect();
-        Self { nodes: references.into_keys().collect(), trusted, untrusted: outside + shared }
+        let alone = |node: u32, (len, refs): (u32, u32)| {
+            refs == 1 && (node..node + len).all(|id| covering[&id] == 1)
+        };
+        let trusted: std::collections::HashSet<u32> =
+            runs.iter().filter(|&(&n, &r)| alone(n, r)).map(|(&n, _)| n).collect();
+        let shared: u64 = runs
+            .iter()
+            .filter(|(n, _)| !trusted.contains(n))
+            .map(|(_, &(_, refs))| u64::from(refs))
+            .sum();
+        // A node overlapping another is handed back id by id, so that no id is handed out
+        // twice; the others as they are.
+        let mut nodes: Vec<(u32, u32)> = Vec::new();
+        let mut loose = std::collections::BTreeSet::new();
+        for (&n, &(len, _)) in &runs {
+            if trusted.contains(&n) || len == 1 && covering[&n] == 1 {
+                nodes.push((n, len));
+            } else {
+                loose.extend(n..n + len);
+            }
+        }
+        nodes.extend(loose.into_iter().map(|id| (id, 1)));
+        Self { nodes, trusted, untrusted: outside + shared }
     }
 }
 
@@ -897,7 +1177,9 @@ fn collect_nodes<C: Cells>(cells: &C, base: usize, count: usize, out: &mut Vec<u
         if is_group(e) {
             let node = group_entry(e);
             out.push(node);
-            if !is_compact(e) {
+            if is_wide(e) && base == 0 {
+                collect_nodes(cells, node_base(node), 1 << WIDE_BITS, out);
+            } else if !is_compact(e) {
                 collect_nodes(cells, node_base(node), NODE_ENTRIES as usize, out);
             }
         }
@@ -921,12 +1203,154 @@ mod tests {
         Trie6::new(VecCells::new(ENTRIES as usize))
     }
 
+    /// A trie that makes no wide nodes: 4-bit nodes from bit 16 on, as for the /16s beyond
+    /// [`MAX_WIDE`].
+    fn narrow() -> Trie6<VecCells> {
+        Trie6 { max_wide: 0, ..trie() }
+    }
+
     fn reference(table: &BTreeMap<Ipv6Net, Route>, a: Ipv6Addr) -> Option<Route> {
         table
             .iter()
             .filter(|(n, _)| n.contains(&a))
             .max_by_key(|(n, _)| n.prefix_len())
             .map(|(_, r)| *r)
+    }
+
+    /// /32s with a few (0 to 20) longer prefixes each, under /16s some of which have wide
+    /// nodes (a budget of two), changed at random: compact nodes of one and two lines, expanded
+    /// /32s, wide and 4-bit nodes above them, and the trie adopted again half-way (a restart)
+    /// answer like a reference throughout, and give every node back at the end.
+    #[test]
+    fn compact_pairs_and_wide_nodes_match_a_reference_through_random_changes() {
+        let mut rng = Rng(0x1357_9bdf_2468_ace0);
+        let mut t = Trie6 { max_wide: 2, ..trie() };
+        let mut table: BTreeMap<Ipv6Net, Route> = BTreeMap::new();
+        let slash32s: Vec<u128> = (0..12u128)
+            .map(|i| (0x2001_0000 + (i % 4) * 0x0100_0000 + (i / 4) * 7) << 96)
+            .collect();
+        let lens = [20u8, 29, 32, 36, 40, 44, 46, 48, 48, 48, 52, 56, 64];
+        let mut seen = std::collections::BTreeSet::new();
+        for step in 0..4000u32 {
+            let base = slash32s[rng.below(slash32s.len() as u64) as usize];
+            let len = lens[rng.below(lens.len() as u64) as usize];
+            let a = base | u128::from(rng.next()) << 64 & (u128::MAX >> 32);
+            let net = Ipv6Net::new(Ipv6Addr::from(a), len).unwrap().trunc();
+            let near: Vec<Ipv6Net> = table
+                .keys()
+                .filter(|n| u128::from(n.network()) >> 96 == base >> 96)
+                .copied()
+                .collect();
+            if near.len() > 20 || (rng.below(5) < 2 && !near.is_empty()) {
+                let victim = near[rng.below(near.len() as u64) as usize];
+                t.remove(victim);
+                table.remove(&victim);
+            } else {
+                t.set(net, route(1 + step % 50)).unwrap();
+                table.insert(net, route(1 + step % 50));
+            }
+            if step == 2000 {
+                t = Trie6::adopt_with(t.cells, table.iter().map(|(n, r)| (*n, *r)), 2).unwrap();
+            }
+            if step % 100 == 0 {
+                let (scanned, usage) = (t.scan(), t.usage());
+                assert_eq!(
+                    (scanned.nodes, scanned.compact, scanned.wide),
+                    (usage.nodes, usage.compact, usage.wide),
+                    "step {step}"
+                );
+                for net in table.keys() {
+                    for a in [net.network(), net.broadcast()] {
+                        assert_eq!(t.lookup(a), reference(&table, a), "step {step}: {net} at {a}");
+                    }
+                }
+                for _ in 0..200 {
+                    let b = slash32s[rng.below(slash32s.len() as u64) as usize];
+                    let a = Ipv6Addr::from(b | u128::from(rng.next()) << 64);
+                    assert_eq!(t.lookup(a), reference(&table, a), "step {step}: {a}");
+                }
+                let check = t.check(table.iter().map(|(n, r)| (*n, *r)));
+                assert!(check.is_clean(), "step {step}: {check:?}");
+                for net in table.keys() {
+                    let r = t.lookup_reads(net.network());
+                    seen.insert((r.dependent, r.lines - r.dependent));
+                }
+            }
+        }
+        // Lookups through a wide node and a compact node of one line, of two, through 4-bit
+        // nodes and a compact node, and through expanded nodes below a wide one.
+        for kind in [(3, 0), (3, 1), (6, 0), (4, 0)] {
+            assert!(seen.contains(&kind), "no lookup read {kind:?}: {seen:?}");
+        }
+        for net in table.keys().copied().collect::<Vec<_>>() {
+            t.remove(net);
+        }
+        assert_eq!((t.usage().nodes, t.usage().wide, t.usage().compact), (0, 0, 0));
+    }
+
+    /// Cells two tries share: the writer's and a reader's, as the daemon and the XDP program
+    /// share the mapped table.
+    struct Shared(std::sync::Arc<VecCells>);
+
+    impl Cells for Shared {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn get(&self, i: usize) -> u32 {
+            self.0.get(i)
+        }
+        fn set(&self, i: usize, value: u32) {
+            self.0.set(i, value);
+        }
+    }
+
+    /// A reader racing the writer sees an old or a new answer, never none: a /16's wide node
+    /// made and returned, a /32 going from nothing to a compact node of one line, of two, to
+    /// expanded nodes and back, the covering /12 changing meanwhile.
+    #[test]
+    fn a_reader_racing_the_writer_sees_an_old_or_a_new_answer() {
+        let cells = std::sync::Arc::new(VecCells::new(ENTRIES as usize));
+        let mut t = Trie6::new(Shared(cells.clone()));
+        let covering: Ipv6Net = "2a00::/12".parse().unwrap();
+        t.set(covering, route(1)).unwrap();
+        let (inside, beside): (Ipv6Addr, Ipv6Addr) =
+            ("2a01:db8:5::9".parse().unwrap(), "2a01:db8:ff::9".parse().unwrap());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let view = Trie6::new(Shared(cells.clone()));
+                let mut lookups = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (a, b) = (view.lookup(inside), view.lookup(beside));
+                    assert!(matches!(a.map(|r| r.target), Some(1..=3)), "{inside}: {a:?}");
+                    assert!(matches!(b.map(|r| r.target), Some(1 | 2)), "{beside}: {b:?}");
+                    lookups += 1;
+                }
+                lookups
+            });
+            for round in 0..300u32 {
+                let nets: Vec<Ipv6Net> = (0..20u32)
+                    .map(|i| format!("2a01:db8:{:x}::/48", 0x10 + i).parse().unwrap())
+                    .collect();
+                let mine: Ipv6Net = "2a01:db8:5::/48".parse().unwrap();
+                t.set(mine, route(3)).unwrap();
+                for (i, net) in nets.iter().enumerate() {
+                    t.set(*net, route(4)).unwrap();
+                    if i == 10 {
+                        t.set(covering, route(1 + round % 2)).unwrap();
+                    }
+                }
+                for net in &nets {
+                    t.remove(*net);
+                }
+                t.remove(mine);
+                t.set(covering, route(2 - round % 2)).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let lookups = reader.join().unwrap();
+            assert!(lookups > 0);
+        });
+        assert_eq!(t.usage().nodes, 0, "the wide node came and went");
     }
 
     #[test]
@@ -981,7 +1405,7 @@ mod tests {
 
     #[test]
     fn a_slash_32s_few_longer_prefixes_share_one_compact_node() {
-        let mut t = trie();
+        let mut t = narrow();
         t.set("2001:db8:1::/48".parse().unwrap(), route(1)).unwrap();
         let u = t.usage();
         assert_eq!((u.nodes, u.compact), (5, 1), "four nodes from bit 16 to 32, then one compact");
@@ -993,6 +1417,64 @@ mod tests {
         assert_eq!((u.nodes, u.compact), (6, 2), "another /32 shares the nodes above bit 32");
         assert_eq!(t.lookup("2001:db8:2::9".parse().unwrap()), Some(route(2)));
         assert_eq!(t.lookup("2001:db8:3::9".parse().unwrap()), None);
+        assert_eq!(t.lookup_reads("2001:db8:2::9".parse().unwrap()).dependent, 6);
+    }
+
+    #[test]
+    fn a_wide_node_takes_a_slash_16s_bits_16_to_32_in_one_read() {
+        let mut t = trie();
+        t.set("2001:db8:1::/48".parse().unwrap(), route(1)).unwrap();
+        t.set("2001:db9:1::/48".parse().unwrap(), route(3)).unwrap();
+        t.set("2001:dba::/32".parse().unwrap(), route(4)).unwrap();
+        let u = t.usage();
+        assert_eq!((u.nodes, u.compact, u.wide), (WIDE_NODES + 2, 2, 1), "{u:?}");
+        let reads = |a: &str| {
+            let r = t.lookup_reads(a.parse().unwrap());
+            (r.route.map(|r| r.target), r.dependent)
+        };
+        assert_eq!(reads("2001:db8:1::9"), (Some(1), 3), "the /16, the /32, its compact node");
+        assert_eq!(reads("2001:dba:1::9"), (Some(4), 2), "the /32 answers");
+        assert_eq!(reads("2001:dbb:1::9"), (None, 2));
+        assert_eq!(reads("2002::1"), (None, 1));
+        let scanned = t.scan();
+        assert_eq!((scanned.nodes, scanned.compact, scanned.wide), (u.nodes, u.compact, u.wide));
+        for net in ["2001:db8:1::/48", "2001:db9:1::/48", "2001:dba::/32"] {
+            t.remove(net.parse().unwrap());
+        }
+        assert_eq!((t.usage().nodes, t.usage().wide), (0, 0), "the wide node returns");
+    }
+
+    #[test]
+    fn slash_16s_beyond_the_wide_budget_get_4_bit_nodes() {
+        let mut t = Trie6 { max_wide: 2, ..trie() };
+        for (i, top) in ["2001", "2400", "2600"].iter().enumerate() {
+            t.set(format!("{top}:db8:1::/48").parse().unwrap(), route(i as u32 + 1)).unwrap();
+        }
+        let u = t.usage();
+        assert_eq!((u.wide, u.nodes), (2, 2 * WIDE_NODES + 2 + 5), "{u:?}");
+        for (i, (top, reads)) in [("2001", 3), ("2400", 3), ("2600", 6)].iter().enumerate() {
+            let r = t.lookup_reads(format!("{top}:db8:1::1").parse().unwrap());
+            assert_eq!((r.route, r.dependent), (Some(route(i as u32 + 1)), *reads), "{top}");
+        }
+        // Once a wide node returns (after its grace), the next /16 may have it.
+        t.remove("2001:db8:1::/48".parse().unwrap());
+        std::thread::sleep(GROUP_GRACE);
+        t.set("2800:db8:1::/48".parse().unwrap(), route(9)).unwrap();
+        assert_eq!(t.lookup_reads("2800:db8:1::1".parse().unwrap()).dependent, 3);
+        assert_eq!(t.usage().wide, 2);
+        // Adoption gives the wide nodes to the /16s with the most prefixes.
+        let routes: Vec<(Ipv6Net, Route)> =
+            ["2001:db8:1::/48", "2400:db8:1::/48", "2400:db8:2::/48"]
+                .iter()
+                .chain(["2600:db8:1::/48", "2600:db8:2::/48", "2600:db8:3::/48"].iter())
+                .map(|n| (n.parse().unwrap(), route(1)))
+                .collect();
+        let adopted = Trie6::adopt_with(VecCells::new(ENTRIES as usize), routes, 2).unwrap();
+        let depth = |a: &str| adopted.lookup_reads(a.parse().unwrap()).dependent;
+        assert_eq!(
+            (depth("2001:db8:1::1"), depth("2400:db8:1::1"), depth("2600:db8:1::1")),
+            (6, 3, 3)
+        );
     }
 
     /// A /32 goes from compact to expanded and back as its longer prefixes come and go, and
@@ -1046,12 +1528,24 @@ mod tests {
         assert_eq!(t.usage().compact, 1);
         set(&mut t, &mut table, "2001:db8::/29", 11);
         check(&t, &table, "compact, new /29");
-        // Eight prefixes are one too many.
+        // Eight prefixes take a compact node of two lines, read together.
         for i in 0..5 {
             set(&mut t, &mut table, &format!("2001:db8:{:x}::/48", 0x10 + i), 20 + i);
         }
         check(&t, &table, "eight prefixes");
+        assert_eq!((t.usage().compact, t.usage().nodes), (1, WIDE_NODES + 2));
+        let reads = t.lookup_reads("2001:db8:14::1".parse().unwrap());
+        assert_eq!((reads.route, reads.dependent, reads.lines), (Some(route(24)), 3, 4));
+        // Sixteen are one too many.
+        for i in 5..13 {
+            set(&mut t, &mut table, &format!("2001:db8:{:x}::/48", 0x10 + i), 20 + i);
+        }
+        check(&t, &table, "sixteen prefixes");
         assert_eq!(t.usage().compact, 0);
+        t.remove("2001:db8:1c::/48".parse().unwrap());
+        table.remove(&"2001:db8:1c::/48".parse().unwrap());
+        check(&t, &table, "fifteen prefixes");
+        assert_eq!(t.usage().compact, 1);
         for net in table.keys().copied().collect::<Vec<_>>() {
             t.remove(net);
             table.remove(&net);
@@ -1062,7 +1556,7 @@ mod tests {
 
     #[test]
     fn upper_nodes_are_packed_low_and_a_prefixes_deep_nodes_lie_together() {
-        let mut t = trie();
+        let mut t = narrow();
         for i in 0..50u128 {
             // Each under a /32 of its own, sharing the nodes above bit 24 and some above bit 32.
             // /64s: longer than a compact node holds, so expanded below the /32.
@@ -1090,7 +1584,7 @@ mod tests {
         assert!(deep_path.windows(2).all(|w| w[0].abs_diff(w[1]) == 1), "{deep_path:?}");
         // Adopted again, the live nodes keep their places and new ones go between the ends.
         let routes: Vec<(Ipv6Net, Route)> = vec![("2001:de9:11::/64".parse().unwrap(), route(2))];
-        let mut adopted = Trie6::adopt(t.cells, routes).unwrap();
+        let mut adopted = Trie6::adopt_with(t.cells, routes, 0).unwrap();
         assert!(adopted.next_upper <= adopted.next_deep);
         let n = adopted.alloc_node(true).unwrap();
         assert!(!deep_path.contains(&n) && !path.contains(&n), "a live node handed out again");
@@ -1106,7 +1600,7 @@ mod tests {
             routes.push((Ipv6Net::new(a, 48).unwrap(), route(1)));
             routes.push((Ipv6Net::new(a, 32).unwrap().trunc(), route(2)));
         }
-        let t = Trie6::adopt(VecCells::new(ENTRIES as usize), routes).unwrap();
+        let t = Trie6::adopt_with(VecCells::new(ENTRIES as usize), routes, 0).unwrap();
         for top in ["2001:d00::", "2a00:1400::"] {
             let a = u128::from(top.parse::<Ipv6Addr>().unwrap());
             let (mut e, mut start) = (t.cells.get(index(a, 0, ROOT_BITS)), ROOT_BITS);
