@@ -540,7 +540,7 @@ fn top_talkers_rank_the_sources_forwarding_the_most() {
     for _ in 0..6 {
         lab.t.send_udp_flows("c1", target, 500);
     }
-    std::thread::sleep(Duration::from_millis(600));
+    thread::sleep(Duration::from_millis(600));
     let a = top("?limit=1");
     assert_eq!(a.status, 200, "{}", a.body);
     let talkers = a.body["talkers"].as_array().expect("talkers");
@@ -778,7 +778,7 @@ fn every_acknowledged_change_survives_the_daemon_killed_50_times_mid_stream() {
         let kill_after = Duration::from_millis(50 + (seed >> 33) % 350);
         let pid = lab.t.daemon_pid().expect("the daemon runs");
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let acked = std::thread::scope(|s| {
+        let acked = thread::scope(|s| {
             let writer = s.spawn(|| {
                 let mut acked = Vec::new();
                 for i in 0..=255u32 {
@@ -799,7 +799,7 @@ fn every_acknowledged_change_survives_the_daemon_killed_50_times_mid_stream() {
                 }
                 acked
             });
-            std::thread::sleep(kill_after);
+            thread::sleep(kill_after);
             let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
             nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -835,7 +835,7 @@ fn every_acknowledged_change_survives_the_daemon_killed_50_times_mid_stream() {
     );
     assert_eq!(a.status, 201, "{}", a.body);
     lab.t.kill_daemon();
-    std::thread::sleep(Duration::from_secs(11));
+    thread::sleep(Duration::from_secs(11));
     lab.start();
     wait_until(
         "the unconfirmed route rolled back after the restart",
