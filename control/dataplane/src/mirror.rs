@@ -6,7 +6,7 @@
 //! in order). A dump the kernel marks interrupted (`NLM_F_DUMP_INTR`) is repeated; an overrun of
 //! the socket's receive buffer is reported to the caller, which resyncs.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use futures::StreamExt as _;
 use futures::channel::mpsc::UnboundedReceiver;
@@ -34,6 +34,9 @@ use tracing::{debug, warn};
 use sluice_core::rib::{
     self, Address, Dirty, Link, Neighbour, Rib, RouteKind, RouteNextHop, TABLE_LOCAL,
 };
+
+/// How long a request (a managed neighbour) waits for the kernel's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Receive buffer asked for the event socket by default: a full table loading must not overrun it.
 pub const DEFAULT_RECV_BUFFER: usize = 32 << 20;
@@ -81,10 +84,15 @@ pub enum Applied {
 /// The netlink side of the mirror.
 #[derive(Debug)]
 pub struct Mirror {
-    handle: Handle,
-    /// The task driving the socket; aborted with the mirror, so that a replaced socket (after a
-    /// resync) is closed at once instead of lingering subscribed.
+    /// Requests (managed neighbours) go through a socket of their own, subscribed to nothing:
+    /// the kernel drops an acknowledgement to a socket whose buffer a flood of events has
+    /// filled, and a request waiting for it on the event socket would wait for ever.
+    requests: Handle,
+    /// The tasks driving the event socket and the request socket; aborted with the mirror, so
+    /// that a replaced socket (after a resync) is closed at once instead of lingering
+    /// subscribed.
     connection: tokio::task::JoinHandle<()>,
+    request_connection: tokio::task::JoinHandle<()>,
     events: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
     table: u32,
 }
@@ -97,7 +105,8 @@ impl Mirror {
             RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE,
             RTMGRP_LINK, RTMGRP_NEIGH,
         };
-        let (mut conn, handle, events) = rtnetlink::new_connection()?;
+        let (mut conn, _, events) = rtnetlink::new_connection()?;
+        let (request_conn, requests, _) = rtnetlink::new_connection()?;
         let groups = RTMGRP_LINK
             | RTMGRP_NEIGH
             | RTMGRP_IPV4_IFADDR
@@ -116,7 +125,8 @@ impl Mirror {
         }
         socket.bind(&SocketAddr::new(0, groups))?;
         let connection = tokio::spawn(conn);
-        Ok(Self { handle, connection, events, table })
+        let request_connection = tokio::spawn(request_conn);
+        Ok(Self { requests, connection, request_connection, events, table })
     }
 
     /// Dumps links, addresses, routes and neighbours into a fresh RIB.
@@ -287,15 +297,20 @@ impl Mirror {
         );
         msg.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         msg.finalize();
-        let mut responses = self.handle.request(msg)?;
-        while let Some(response) = responses.next().await {
+        let mut responses = self.requests.request(msg)?;
+        let what = || format!("managed neighbour {addr} on ifindex {ifindex}");
+        loop {
+            let Ok(next) = tokio::time::timeout(REQUEST_TIMEOUT, responses.next()).await else {
+                return Err(MirrorError::Refused {
+                    what: what(),
+                    message: format!("no answer within {REQUEST_TIMEOUT:?}"),
+                });
+            };
+            let Some(response) = next else { break };
             if let NetlinkPayload::Error(e) = response.payload
                 && e.code.is_some()
             {
-                return Err(MirrorError::Refused {
-                    what: format!("managed neighbour {addr} on ifindex {ifindex}"),
-                    message: e.to_string(),
-                });
+                return Err(MirrorError::Refused { what: what(), message: e.to_string() });
             }
         }
         Ok(())
@@ -305,6 +320,7 @@ impl Mirror {
 impl Drop for Mirror {
     fn drop(&mut self) {
         self.connection.abort();
+        self.request_connection.abort();
     }
 }
 
