@@ -221,9 +221,9 @@ fn a_configured_port_that_appears_later_is_attached_and_given_its_settings() {
     // The port appears, with a host behind it.
     let host =
         sluice_testbed::lab::host_namespace(&netns::unique_name("slhot")).expect("host namespace");
-    let hot = sluice_testbed::lab::Subnet(5);
+    let subnet = sluice_testbed::lab::Subnet(5);
     let appeared = std::time::Instant::now();
-    sluice_testbed::lab::connect(&t.router, "r-hot", &host, hot).expect("link the host");
+    sluice_testbed::lab::connect(&t.router, "r-hot", &host, subnet).expect("link the host");
     common::wait_until("r-hot attached and given its address", common::SETTLE, || {
         let link = t.router.ip(&["link", "show", "r-hot"]).unwrap_or_default();
         let addrs = t.router.ip(&["-4", "addr", "show", "r-hot"]).unwrap_or_default();

@@ -155,8 +155,8 @@ fn a_pass_does_not_undo_a_drop_or_a_rate_limit_of_a_later_table() {
 }
 
 /// Packets the program hands to the kernel whatever the routes say (IPv4 options, an IPv6
-/// hop-by-hop header, martian addresses) go through the hook tables first: with the kernel's forwarding on, a
-/// filter must not be bypassed by adding an option.
+/// hop-by-hop header, martian addresses) go through the hook tables first: with the kernel's
+/// forwarding on, a filter must not be bypassed by adding an option.
 #[test]
 fn options_hop_by_hop_and_martians_do_not_bypass_the_filters() {
     let Some((mut lab, mut hooks)) = lab("options") else { return };
@@ -265,7 +265,7 @@ fn the_rate_limiter_lets_a_burst_through_then_drops_until_tokens_return() {
         match lab.check(&taken) {
             Ok(()) => break emptied.elapsed(),
             Err(e) => {
-                assert!(e.contains("got XDP_REDIRECT"), "forwarded while a token is left: {e}")
+                assert!(e.contains("got XDP_REDIRECT"), "forwarded while a token is left: {e}");
             }
         }
         passed += 1;
@@ -273,8 +273,8 @@ fn the_rate_limiter_lets_a_burst_through_then_drops_until_tokens_return() {
     };
     println!("rate limiter: {passed} token(s) back between {first:?} and {last:?} after the burst");
     // At most the burst (3) is held; less than a token was left when the bucket emptied.
-    let low = (first.as_secs_f64().floor() as u32).clamp(1, 3);
-    let high = last.as_secs_f64() as u32 + 1;
+    let low = u32::try_from(first.as_secs()).unwrap_or(u32::MAX).clamp(1, 3);
+    let high = u32::try_from(last.as_secs()).unwrap_or(u32::MAX - 1) + 1;
     assert!(
         (low..=high).contains(&passed),
         "one token a second: {passed} back between {first:?} and {last:?}"

@@ -528,6 +528,32 @@ fn assert_the_kernel_answers_for_transit(from: &NetNs) -> Value {
            "pings_to_management_gateway": management.transmitted, "answered": management.received})
 }
 
+/// The management NIC alone (the configuration's routed ports are not there): the router
+/// starts all the same, with nothing attached, and the console answers. Returns the time to it.
+fn assert_boots_with_the_management_nic_alone(
+    client: &mut Client,
+    dir: &Path,
+    system: &Path,
+    state: &Path,
+    seed: &Path,
+) -> Duration {
+    let mut vm = Vm::start(dir, "boot3", &[system, state, seed], client.port, &mut []);
+    let ready = client.wait_ready(&mut vm);
+    std::fs::copy(&vm.serial, repo().join("artifacts/image/boot3.serial.log")).ok();
+    client.login();
+    let (status, ifaces) = client.call("GET", "/api/v1/interfaces", None);
+    assert_eq!(status, 200, "{ifaces}");
+    let list = ifaces.as_array().expect("a list");
+    assert!(list.iter().any(|i| i["name"] == "eth0"), "the management NIC: {ifaces}");
+    assert!(list.iter().all(|i| i["xdp_mode"].is_null()), "nothing to attach: {ifaces}");
+    // What the console's "no routed port" note is shown from.
+    let (status, counters) = client.call("GET", "/api/v1/counters", None);
+    assert_eq!(status, 200, "{counters}");
+    assert_eq!(counters["interfaces"].as_array().map(Vec::len), Some(0), "{counters}");
+    vm.power_off();
+    ready
+}
+
 #[test]
 fn the_image_boots_to_a_console_routes_with_xdp_and_keeps_its_configuration_across_an_upgrade() {
     if !privileged() {
@@ -621,23 +647,8 @@ fn the_image_boots_to_a_console_routes_with_xdp_and_keeps_its_configuration_acro
     });
     vm.power_off();
 
-    // The management NIC alone (the configuration's routed ports are not there): the router
-    // starts all the same, with nothing attached, and the console answers.
-    let system3 = system(3);
-    let mut vm = Vm::start(dir, "boot3", &[&system3, &state, &seed], port, &mut []);
-    let ready3 = client.wait_ready(&mut vm);
-    std::fs::copy(&vm.serial, artifacts.join("boot3.serial.log")).ok();
-    client.login();
-    let (status, ifaces) = client.call("GET", "/api/v1/interfaces", None);
-    assert_eq!(status, 200, "{ifaces}");
-    let list = ifaces.as_array().expect("a list");
-    assert!(list.iter().any(|i| i["name"] == "eth0"), "the management NIC: {ifaces}");
-    assert!(list.iter().all(|i| i["xdp_mode"].is_null()), "nothing to attach: {ifaces}");
-    // What the console's "no routed port" note is shown from.
-    let (status, counters) = client.call("GET", "/api/v1/counters", None);
-    assert_eq!(status, 200, "{counters}");
-    assert_eq!(counters["interfaces"].as_array().map(Vec::len), Some(0), "{counters}");
-    vm.power_off();
+    let ready3 =
+        assert_boots_with_the_management_nic_alone(&mut client, dir, &system(3), &state, &seed);
 
     let report = json!({
         "image": image.file_name().map(|n| n.to_string_lossy().into_owned()),

@@ -343,10 +343,10 @@ async fn bgp_passwords_are_shown_redacted_and_only_to_an_administrator_who_asks(
     let s = Scratch::new();
     let (cookie, csrf) = s.admin().await;
     let f = filter(&s.api);
-    let mut config = sluice_store::Config::default();
-    config.protocols = serde_json::from_value(json!({"bgp": {"up1": {
+    let protocols = serde_json::from_value(json!({"bgp": {"up1": {
         "neighbor": "10.0.0.2", "remote_as": 65001, "local_as": 65000, "password": "s3cret"}}}))
     .unwrap();
+    let config = sluice_store::Config { protocols, ..Default::default() };
     s.api.store.commit_change(&config, &sluice_store::Author::default(), None).unwrap();
     let res = warp::test::request()
         .method("POST")

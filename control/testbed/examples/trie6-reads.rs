@@ -82,13 +82,13 @@ fn main() {
         times.push(t.elapsed());
     }
     times.sort_unstable();
-    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    let at = |permille: usize| times[(times.len() - 1) * permille / 1000].as_secs_f64() * 1e6;
     println!(
         "route changes in the writer ({}): median {:.1} us, p99 {:.1} us, max {:.1} us",
         times.len(),
-        at(0.5),
-        at(0.99),
-        at(1.0)
+        at(500),
+        at(990),
+        at(1000)
     );
 }
 
