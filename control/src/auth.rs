@@ -510,16 +510,32 @@ pub fn revoke_token(store: &Store, id: &str, user: &str, role: Role) -> Result<b
 
 /// Writes a file only its owner may read (a secret: the setup token, a key).
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    write_whole(path, contents, 0o600)
+}
+
+/// Writes `contents` to `path` with `mode` through a file beside it and a rename, so that a
+/// reader (a client loading `ca.pem`, a script reading the setup token) sees the old file or
+/// the whole new one, never a part.
+pub fn write_whole(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut f, contents)
-        .with_context(|| format!("writing {}", path.display()))
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".new");
+    let staged = std::path::PathBuf::from(staged);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&staged)?;
+        std::io::Write::write_all(&mut f, contents)?;
+        f.sync_all()?;
+        std::fs::rename(&staged, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use super::{Api, filter};
 use crate::{
-    auth::write_private,
+    auth::{write_private, write_whole},
     listener::{self, Limits, Listen, ServerTls},
 };
 
@@ -161,17 +161,13 @@ fn make_all(f: &Files, now: i64) -> anyhow::Result<()> {
     let (leaf, key) = make_leaf(&ca, &ca_key, now, ca_end).context("making a certificate")?;
     write_private(&f.ca_key, ca_key.serialize_pem().as_bytes())?;
     write_pair(f, &format!("{leaf}{}", ca.pem()), &key)?;
-    std::fs::write(&f.ca, ca.pem()).with_context(|| format!("writing {}", f.ca.display()))
+    write_whole(&f.ca, ca.pem().as_bytes(), 0o644)
 }
 
 /// Replaces the certificate and its key, each by a rename, so that a reader sees a whole file.
 fn write_pair(f: &Files, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
-    let (cert_new, key_new) = (f.dir.join("cert.pem.new"), f.dir.join("key.pem.new"));
-    write_private(&key_new, key_pem.as_bytes())?;
-    std::fs::write(&cert_new, cert_pem)
-        .with_context(|| format!("writing {}", cert_new.display()))?;
-    std::fs::rename(&key_new, &f.key).with_context(|| format!("writing {}", f.key.display()))?;
-    std::fs::rename(&cert_new, &f.cert).with_context(|| format!("writing {}", f.cert.display()))
+    write_private(&f.key, key_pem.as_bytes())?;
+    write_whole(&f.cert, cert_pem.as_bytes(), 0o644)
 }
 
 /// The router's authority, named `name`, valid from a day before `now` to `end`.
