@@ -100,6 +100,8 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn init(config: String) -> Result<Vec<Op>, String> {
+        // The API stores a configuration as JSON: a mode given there arrives as a JSON string.
+        let config = unquoted(&config);
         if let Some(spec) = config.strip_prefix("rules:") {
             let rules = RULES.get_or_init(|| parse_rules(spec));
             return Ok(rules.clone());
@@ -267,3 +269,12 @@ impl Guest for Hostile {
 }
 
 sluice_plugin_sdk::export!(Hostile);
+
+/// `"text"` (a configuration given to the API as a JSON string) as `text`; anything else as it is.
+fn unquoted(config: &str) -> String {
+    let t = config.trim();
+    match t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains(['"', '\\']) => inner.to_owned(),
+        _ => config.to_owned(),
+    }
+}
