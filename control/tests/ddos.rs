@@ -147,7 +147,8 @@ fn ecmp_steer_moves_and_weights_flows_and_the_routes_decide_when_its_gateway_goe
     }
     let (s1, s2) = (Subnet(3).host_v4(), Subnet(4).host_v4());
     let plugins = ecmp_steer_dir(&serde_json::json!({"rules": [
-        {"prefix": "203.0.113.0/24", "next_hops": [{"via": s1, "weight": 3}, {"via": s2}]},
+        {"prefix": "203.0.113.0/24", "next-hops": [{"via": s1, "weight": 3}, {"via": s2}]},
+        // The name before the WIT's, still read.
         {"prefix": "192.0.2.0/24", "next_hops": [{"via": s2}]},
     ]}));
     let mut t = Topology::new(&[("c1", 1), ("s1", 3), ("s2", 4)]);

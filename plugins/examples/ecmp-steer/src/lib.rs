@@ -3,8 +3,8 @@
 //! moving traffic to a new upstream step by step). Each flow stays on one gateway.
 //!
 //! Configuration:
-//! `{"rules": [{"prefix": "203.0.113.0/24", "next_hops": [{"via": "10.0.1.2", "weight": 3},
-//! {"via": "10.0.2.2", "weight": 1}]}]}`
+//! `{"rules": [{"prefix": "203.0.113.0/24", "next-hops": [{"via": "10.0.1.2", "weight": 3},
+//! {"via": "10.0.2.2", "weight": 1}]}]}` (the WIT's name, `next-hops`; `next_hops` is read too)
 //!
 //! A gateway carries traffic while it is the next hop of some route of the router (the router
 //! knows its interface and MAC then); until it is, its share goes to the others. The rules are
@@ -23,6 +23,7 @@ struct Config {
 #[serde(deny_unknown_fields)]
 struct Rule {
     prefix: String,
+    #[serde(rename = "next-hops", alias = "next_hops")]
     next_hops: Vec<Hop>,
 }
 
@@ -47,11 +48,11 @@ impl Guest for EcmpSteer {
         let mut ops = Vec::new();
         for (i, r) in config.rules.iter().enumerate() {
             if r.next_hops.is_empty() {
-                return Err(format!("rules[{i}].next_hops: at least one gateway is needed"));
+                return Err(format!("rules[{i}].next-hops: at least one gateway is needed"));
             }
             if let Some(j) = r.next_hops.iter().position(|h| h.weight == 0) {
                 return Err(format!(
-                    "rules[{i}].next_hops[{j}].weight: 0 (remove the gateway instead)"
+                    "rules[{i}].next-hops[{j}].weight: 0 (remove the gateway instead)"
                 ));
             }
             let hops: Vec<(&str, u16)> =
