@@ -415,7 +415,9 @@ impl Coordinator {
     fn sync(&mut self, wanted: Vec<Wanted>, disabled: &[String]) {
         let names: BTreeSet<String> = wanted.iter().map(|w| w.manifest.name.clone()).collect();
         for w in wanted {
-            if !self.runs(&w) {
+            // A start of exactly this under way (the API's, say) is not repeated: a second
+            // would overtake it and have it reported as not started.
+            if !self.runs(&w) && !self.pool.starting(&w) {
                 self.put(w, None);
             }
         }
@@ -444,6 +446,9 @@ impl Coordinator {
         for (name, outcome) in self.pool.poll() {
             match outcome {
                 Ok(()) => tracing::info!(plugin = name, "plugin started"),
+                Err(e) if e == super::worker::SUPERSEDED => {
+                    tracing::info!(plugin = name, "a start gave way to a later one of the plugin");
+                }
                 Err(e) => tracing::error!(plugin = name, error = e, "plugin not started"),
             }
         }

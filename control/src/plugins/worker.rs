@@ -101,6 +101,10 @@ impl<M: HookMaps> TableSink for WorkerSink<M> {
     }
 }
 
+/// The outcome of a start that a later start of the same name overtook (not a failure of the
+/// plugin: the later instance runs).
+pub(crate) const SUPERSEDED: &str = "a newer instance started meanwhile";
+
 /// A worker's queue of event batches, bounded, the oldest dropped first.
 #[derive(Default)]
 struct Queue {
@@ -258,9 +262,11 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
 
     /// Whether a start is under way for `name` with exactly this component and configuration.
     pub fn starting(&self, w: &Wanted) -> bool {
-        self.starting
-            .iter()
-            .any(|s| s.slot.wanted.manifest == w.manifest && s.slot.wanted.config == w.config)
+        self.starting.iter().any(|s| {
+            s.slot.wanted.manifest == w.manifest
+                && s.slot.wanted.config == w.config
+                && s.slot.wanted.allow_match_all == w.allow_match_all
+        })
     }
 
     /// Whether any start is under way ([`Pool::poll`] finishes them).
@@ -331,9 +337,7 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
             let name = slot.wanted.manifest.name.clone();
             // A later start that ended first won: this one's rules were never written.
             let outcome = outcome.and_then(|()| match self.running.get(&name) {
-                Some(r) if r.generation > slot.generation => {
-                    Err("a newer instance started meanwhile".to_owned())
-                }
+                Some(r) if r.generation > slot.generation => Err(SUPERSEDED.to_owned()),
                 _ => Ok(()),
             });
             if outcome.is_ok() {
