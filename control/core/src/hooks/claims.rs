@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sluice_common::Counter;
 
 use super::{Action, Direction};
 
@@ -66,12 +67,34 @@ impl Strictness for (u32, u32) {
     }
 }
 
+/// An entry written for a prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Entry<V> {
+    /// The merged verdict.
+    pub(super) value: V,
+    /// Its rule id: its counter's slot.
+    pub(super) rule: u32,
+    /// What the ids the entry had before `rule` counted: its counts are this plus `rule`'s
+    /// counter, so they never go down while the entry exists.
+    pub(super) base: Counter,
+}
+
+impl<V> Entry<V> {
+    /// An entry's counts, given its id's counter.
+    pub(super) fn counts(&self, counter: Counter) -> Counter {
+        Counter {
+            packets: self.base.packets.saturating_add(counter.packets),
+            bytes: self.base.bytes.saturating_add(counter.bytes),
+        }
+    }
+}
+
 /// What each plugin asked for in one table, and what the table holds.
 #[derive(Debug)]
 pub(super) struct Claims<K, V> {
     asked: BTreeMap<K, BTreeMap<String, V>>,
-    /// The entries written: the merged verdict and its rule id.
-    pub(super) written: BTreeMap<K, (V, u32)>,
+    /// The entries written.
+    pub(super) written: BTreeMap<K, Entry<V>>,
 }
 
 impl<K: PrefixKey, V: Strictness> Claims<K, V> {

@@ -495,3 +495,130 @@ fn operations_in_json_use_the_contracts_names_and_still_read_the_old_ones() {
     .unwrap_err();
     assert!(err.to_string().contains("duplicate field"), "both names at once: {err}");
 }
+
+/// Counts `packets` of 100 bytes on the filter entry in force for `p`, as the dataplane would.
+fn hit_filter(t: &mut HookTables<Memory>, p: &str, packets: u64) {
+    let rule = t.maps.filters[&(Direction::Src, net(p))].rule;
+    t.maps.maps.count(rule, packets, 100 * packets);
+}
+
+/// Counts `packets` of 100 bytes dropped by the rate entry in force for `p`.
+fn hit_rate(t: &mut HookTables<Memory>, p: &str, packets: u64) {
+    let rule = t.maps.rates[&net(p)].rule;
+    t.maps.maps.count(rule, packets, 100 * packets);
+}
+
+/// `owner`'s counts (packets, bytes) on its rule on `p`.
+fn counts_of(t: &HookTables<Memory>, owner: &str, p: &str) -> (u64, u64) {
+    let rules = t.rules(Some(owner)).unwrap();
+    let r = rules
+        .iter()
+        .find(|r| match &r.rule {
+            HookOp::SetFilter { prefix, .. } | HookOp::SetRateLimit { prefix, .. } => {
+                *prefix == net(p)
+            }
+            _ => false,
+        })
+        .unwrap_or_else(|| panic!("{owner} holds no rule on {p}"));
+    (r.packets, r.bytes)
+}
+
+fn rate(p: &str, rate_pps: u32, burst: u32) -> HookOp {
+    HookOp::SetRateLimit { prefix: net(p), rate_pps, burst }
+}
+
+#[test]
+fn a_rules_counts_go_on_while_another_plugins_drop_comes_and_goes() {
+    let mut t = HookTables::new(Memory::default());
+    t.apply("a", &[filter(Direction::Src, "192.0.2.0/24", Action::Count)]).unwrap();
+    hit_filter(&mut t, "192.0.2.0/24", 10);
+    assert_eq!(counts_of(&t, "a", "192.0.2.0/24"), (10, 1000));
+    // b's drop on the /16 around it, then on the very prefix: a's /24 entry now drops, and
+    // what it drops its prefix saw: a's rule counts it.
+    t.apply("b", &[drop_src("192.0.0.0/16")]).unwrap();
+    assert_eq!(written(&t, Direction::Src, "192.0.2.0/24"), Some(Action::Drop));
+    assert_eq!(counts_of(&t, "a", "192.0.2.0/24"), (10, 1000), "not from zero");
+    hit_filter(&mut t, "192.0.2.0/24", 5);
+    t.apply("b", &[drop_src("192.0.2.0/24")]).unwrap();
+    hit_filter(&mut t, "192.0.2.0/24", 1);
+    assert_eq!(counts_of(&t, "a", "192.0.2.0/24"), (16, 1600));
+    assert_eq!(counts_of(&t, "b", "192.0.2.0/24"), (16, 1600), "the entry's, shared");
+    // b's drops leave: a's count is in force again, its counts still all there.
+    t.remove_owner("b").unwrap();
+    assert_eq!(written(&t, Direction::Src, "192.0.2.0/24"), Some(Action::Count));
+    assert_eq!(counts_of(&t, "a", "192.0.2.0/24"), (16, 1600));
+    hit_filter(&mut t, "192.0.2.0/24", 4);
+    assert_eq!(counts_of(&t, "a", "192.0.2.0/24"), (20, 2000));
+    // A prefix nobody holds any more leaves; written anew, it counts from zero.
+    t.remove_owner("a").unwrap();
+    t.apply("a", &[filter(Direction::Src, "192.0.2.0/24", Action::Pass)]).unwrap();
+    assert_eq!(counts_of(&t, "a", "192.0.2.0/24"), (0, 0));
+}
+
+#[test]
+fn a_rate_rules_counts_go_on_across_a_new_limit_under_a_new_id() {
+    let mut t = HookTables::new(Memory::default());
+    t.apply("a", &[rate("198.51.100.0/24", 1000, 100)]).unwrap();
+    let first = t.maps.rates[&net("198.51.100.0/24")].rule;
+    hit_rate(&mut t, "198.51.100.0/24", 7);
+    // b's stricter limit around it: a new id (the sources' buckets start anew), same counts.
+    t.apply("b", &[rate("198.51.0.0/16", 10, 5)]).unwrap();
+    let r = t.maps.rates[&net("198.51.100.0/24")];
+    assert_eq!((r.rate_pps, r.burst), (10, 5));
+    assert_ne!(r.rule, first, "a new limit, new buckets");
+    assert_eq!(counts_of(&t, "a", "198.51.100.0/24"), (7, 700));
+    hit_rate(&mut t, "198.51.100.0/24", 3);
+    t.remove_owner("b").unwrap();
+    assert_eq!(t.maps.rates[&net("198.51.100.0/24")].rate_pps, 1000);
+    assert_eq!(counts_of(&t, "a", "198.51.100.0/24"), (10, 1000));
+    hit_rate(&mut t, "198.51.100.0/24", 1);
+    assert_eq!(counts_of(&t, "a", "198.51.100.0/24"), (11, 1100));
+}
+
+#[test]
+fn an_undone_batch_leaves_the_counts_where_they_were() {
+    let mut t = HookTables::new(Memory::default());
+    t.apply(
+        "a",
+        &[
+            filter(Direction::Src, "192.0.2.0/24", Action::Count),
+            rate("198.51.100.0/24", 1000, 100),
+        ],
+    )
+    .unwrap();
+    hit_filter(&mut t, "192.0.2.0/24", 10);
+    hit_rate(&mut t, "198.51.100.0/24", 7);
+    // b's limit in force for a while, counting.
+    t.apply("b", &[rate("198.51.0.0/16", 10, 5)]).unwrap();
+    hit_rate(&mut t, "198.51.100.0/24", 3);
+    let ids = (t.maps.filters.clone(), t.maps.rates.clone());
+    // A batch that changes both entries' verdicts, then fails on its last write.
+    let batch = [
+        drop_src("192.0.0.0/16"),
+        HookOp::RemoveRateLimit { prefix: net("198.51.0.0/16") },
+        drop_src("203.0.113.0/24"),
+    ];
+    // Writes: the /16 and the /24 in it, the /16 rate deleted and the /24's rewritten, then
+    // the failing one.
+    t.maps.fail_at = Some(t.maps.writes + 5);
+    assert!(t.apply("b", &batch).is_err());
+    assert_eq!((t.maps.filters.clone(), t.maps.rates.clone()), ids, "the same entries and ids");
+    assert_eq!(counts_of(&t, "a", "192.0.2.0/24"), (10, 1000));
+    assert_eq!(counts_of(&t, "a", "198.51.100.0/24"), (10, 1000));
+    t.maps.fail_at = None;
+    t.apply("b", &batch).unwrap();
+    assert_eq!(counts_of(&t, "a", "198.51.100.0/24"), (10, 1000));
+
+    // A rule removed and the batch undone after its id could have been reused: the id is
+    // reused only once the batch is over, so its counter is there to put back.
+    let swap = [
+        HookOp::RemoveFilter { direction: Direction::Src, prefix: net("192.0.2.0/24") },
+        filter(Direction::Src, "10.1.0.0/16", Action::Count),
+        filter(Direction::Src, "10.2.0.0/16", Action::Count),
+    ];
+    t.remove_owner("b").unwrap();
+    t.maps.fail_at = Some(t.maps.writes + 3);
+    assert!(t.apply("a", &swap).is_err());
+    assert_eq!(counts_of(&t, "a", "192.0.2.0/24"), (10, 1000));
+    assert_eq!(written(&t, Direction::Src, "192.0.2.0/24"), Some(Action::Count));
+}
