@@ -93,13 +93,15 @@ impl<V> Entry<V> {
 #[derive(Debug)]
 pub(super) struct Claims<K, V> {
     asked: BTreeMap<K, BTreeMap<String, V>>,
+    /// How many keys of `asked` have each prefix length: [`Self::merged`] looks up those only.
+    lengths: [usize; 129],
     /// The entries written.
     pub(super) written: BTreeMap<K, Entry<V>>,
 }
 
 impl<K: PrefixKey, V: Strictness> Claims<K, V> {
     pub(super) fn new() -> Self {
-        Self { asked: BTreeMap::new(), written: BTreeMap::new() }
+        Self { asked: BTreeMap::new(), lengths: [0; 129], written: BTreeMap::new() }
     }
 
     /// `owner`'s rule on `key`.
@@ -109,13 +111,21 @@ impl<K: PrefixKey, V: Strictness> Claims<K, V> {
 
     /// Sets (or with `None` removes) `owner`'s rule on `key`; returns the one it had.
     pub(super) fn set(&mut self, key: K, owner: &str, value: Option<V>) -> Option<V> {
-        let owners = self.asked.entry(key).or_default();
+        let len = usize::from(key.net().prefix_len());
+        let owners = match self.asked.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                self.lengths[len] += 1;
+                e.insert(BTreeMap::new())
+            }
+        };
         let old = match value {
             Some(v) => owners.insert(owner.to_owned(), v),
             None => owners.remove(owner),
         };
         if owners.is_empty() {
             self.asked.remove(&key);
+            self.lengths[len] -= 1;
         }
         old
     }
@@ -147,6 +157,9 @@ impl<K: PrefixKey, V: Strictness> Claims<K, V> {
         let mut seen = BTreeSet::new();
         let mut out: Option<V> = None;
         for len in (0..=net.prefix_len()).rev() {
+            if self.lengths[usize::from(len)] == 0 {
+                continue;
+            }
             let Ok(q) = IpNet::new(net.addr(), len) else { continue };
             let Some(owners) = self.asked.get(&key.with_net(q.trunc())) else { continue };
             for (owner, v) in owners {

@@ -123,27 +123,36 @@ impl<M: HookMaps> HookTables<M> {
     /// are written first, then the owner's other rules are removed; all or nothing.
     pub fn replace_owner(&mut self, owner: &str, ops: &[HookOp]) -> Result<(), HookError> {
         let mut batch = ops.to_vec();
-        let keeps_filter = |d: Direction, p: IpNet| {
-            ops.iter().any(|o| matches!(o, HookOp::SetFilter { direction, prefix, .. } if *direction == d && *prefix == p))
-        };
-        let keeps_rate = |p: IpNet| {
-            ops.iter().any(|o| matches!(o, HookOp::SetRateLimit { prefix, .. } if *prefix == p))
-        };
-        let keeps_steer = |p: IpNet| {
-            ops.iter().any(|o| matches!(o, HookOp::SetSteer { prefix, .. } if *prefix == p))
-        };
+        // The keys the new rules set, looked up once per rule held (a plugin may hold tens of
+        // thousands).
+        let (mut filters, mut rates, mut steers) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for op in ops {
+            match *op {
+                HookOp::SetFilter { direction, prefix, .. } => {
+                    filters.insert((direction, prefix));
+                }
+                HookOp::SetRateLimit { prefix, .. } => {
+                    rates.insert(prefix);
+                }
+                HookOp::SetSteer { prefix, .. } => {
+                    steers.insert(prefix);
+                }
+                _ => {}
+            }
+        }
         for ((direction, prefix), _) in self.filters.owned_by(owner) {
-            if !keeps_filter(*direction, *prefix) {
+            if !filters.contains(&(*direction, *prefix)) {
                 batch.push(HookOp::RemoveFilter { direction: *direction, prefix: *prefix });
             }
         }
         for (prefix, _) in self.rates.owned_by(owner) {
-            if !keeps_rate(*prefix) {
+            if !rates.contains(prefix) {
                 batch.push(HookOp::RemoveRateLimit { prefix: *prefix });
             }
         }
         for (prefix, _) in self.steers.iter().filter(|(_, o)| o.owner == owner) {
-            if !keeps_steer(*prefix) {
+            if !steers.contains(prefix) {
                 batch.push(HookOp::RemoveSteer { prefix: *prefix });
             }
         }
