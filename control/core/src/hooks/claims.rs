@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sluice_common::Counter;
 
 use super::{Action, Direction};
 
@@ -66,17 +67,41 @@ impl Strictness for (u32, u32) {
     }
 }
 
+/// An entry written for a prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Entry<V> {
+    /// The merged verdict.
+    pub(super) value: V,
+    /// Its rule id: its counter's slot.
+    pub(super) rule: u32,
+    /// What the ids the entry had before `rule` counted: its counts are this plus `rule`'s
+    /// counter, so they never go down while the entry exists.
+    pub(super) base: Counter,
+}
+
+impl<V> Entry<V> {
+    /// An entry's counts, given its id's counter.
+    pub(super) fn counts(&self, counter: Counter) -> Counter {
+        Counter {
+            packets: self.base.packets.saturating_add(counter.packets),
+            bytes: self.base.bytes.saturating_add(counter.bytes),
+        }
+    }
+}
+
 /// What each plugin asked for in one table, and what the table holds.
 #[derive(Debug)]
 pub(super) struct Claims<K, V> {
     asked: BTreeMap<K, BTreeMap<String, V>>,
-    /// The entries written: the merged verdict and its rule id.
-    pub(super) written: BTreeMap<K, (V, u32)>,
+    /// How many keys of `asked` have each prefix length: [`Self::merged`] looks up those only.
+    lengths: [usize; 129],
+    /// The entries written.
+    pub(super) written: BTreeMap<K, Entry<V>>,
 }
 
 impl<K: PrefixKey, V: Strictness> Claims<K, V> {
     pub(super) fn new() -> Self {
-        Self { asked: BTreeMap::new(), written: BTreeMap::new() }
+        Self { asked: BTreeMap::new(), lengths: [0; 129], written: BTreeMap::new() }
     }
 
     /// `owner`'s rule on `key`.
@@ -86,13 +111,21 @@ impl<K: PrefixKey, V: Strictness> Claims<K, V> {
 
     /// Sets (or with `None` removes) `owner`'s rule on `key`; returns the one it had.
     pub(super) fn set(&mut self, key: K, owner: &str, value: Option<V>) -> Option<V> {
-        let owners = self.asked.entry(key).or_default();
+        let len = usize::from(key.net().prefix_len());
+        let owners = match self.asked.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                self.lengths[len] += 1;
+                e.insert(BTreeMap::new())
+            }
+        };
         let old = match value {
             Some(v) => owners.insert(owner.to_owned(), v),
             None => owners.remove(owner),
         };
         if owners.is_empty() {
             self.asked.remove(&key);
+            self.lengths[len] -= 1;
         }
         old
     }
@@ -124,6 +157,9 @@ impl<K: PrefixKey, V: Strictness> Claims<K, V> {
         let mut seen = BTreeSet::new();
         let mut out: Option<V> = None;
         for len in (0..=net.prefix_len()).rev() {
+            if self.lengths[usize::from(len)] == 0 {
+                continue;
+            }
             let Ok(q) = IpNet::new(net.addr(), len) else { continue };
             let Some(owners) = self.asked.get(&key.with_net(q.trunc())) else { continue };
             for (owner, v) in owners {

@@ -24,6 +24,17 @@ pub struct MemoryHookMaps {
     pub gateways: BTreeMap<IpAddr, u32>,
     /// The summary.
     pub config: HookConfig,
+    /// Rule counters by id (none: zero).
+    pub counters: BTreeMap<u32, Counter>,
+}
+
+impl MemoryHookMaps {
+    /// Counts packets on a rule, as the dataplane does when one matches.
+    pub fn count(&mut self, rule: u32, packets: u64, bytes: u64) {
+        let c = self.counters.entry(rule).or_default();
+        c.packets += packets;
+        c.bytes += bytes;
+    }
 }
 
 impl HookMaps for MemoryHookMaps {
@@ -63,10 +74,11 @@ impl HookMaps for MemoryHookMaps {
         self.config = config;
         Ok(())
     }
-    fn counter(&self, _rule: u32) -> Result<Counter, HookError> {
-        Ok(Counter::default())
+    fn counter(&self, rule: u32) -> Result<Counter, HookError> {
+        Ok(self.counters.get(&rule).copied().unwrap_or_default())
     }
-    fn reset_counter(&mut self, _rule: u32) -> Result<(), HookError> {
+    fn reset_counter(&mut self, rule: u32) -> Result<(), HookError> {
+        self.counters.remove(&rule);
         Ok(())
     }
 }

@@ -1,14 +1,20 @@
 //! The hook tables and who owns what in them: batches validated whole, applied all or nothing.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-use super::claims::Claims;
+use super::claims::{Claims, Entry};
 
 use ipnet::IpNet;
 use serde::Serialize;
-use sluice_common::hooks::{
-    FilterRule, HookConfig, MAX_RULE_IDS, MAX_STEER_MEMBERS, RateRule, STEER_SLOTS, SUMMARY_WORDS,
-    SteerMember, SteerRule, Summary, summary, summary_mark,
+use sluice_common::{
+    Counter,
+    hooks::{
+        FilterRule, HookConfig, MAX_RULE_IDS, MAX_STEER_MEMBERS, RateRule, STEER_SLOTS,
+        SUMMARY_WORDS, SteerMember, SteerRule, Summary, summary, summary_mark,
+    },
 };
 
 use super::{
@@ -30,7 +36,9 @@ pub struct RuleStatus {
     pub owner: String,
     /// The operation that would write it again.
     pub rule: HookOp,
-    /// Packets it matched (for a rate rule: packets it dropped).
+    /// Packets it matched (for a rate rule: packets it dropped), since it was written: the
+    /// count never goes down while the rule is held, whatever other plugins' rules do to the
+    /// entry in force on its prefix.
     pub packets: u64,
     /// Their bytes.
     pub bytes: u64,
@@ -47,7 +55,11 @@ pub struct HookTables<M: HookMaps> {
     limits: BTreeMap<String, OwnerLimits>,
     sampling: BTreeMap<String, u32>,
     next_rule: u32,
-    free_rules: Vec<u32>,
+    /// Rule ids free for reuse.
+    free_rules: BTreeSet<u32>,
+    /// Rule ids the batch under way let go of: free once it is applied or undone, so that an
+    /// undo finds the counters of the ids it restores as they were.
+    retired: BTreeSet<u32>,
     /// The summaries last written, by table (`None`: not written yet).
     summaries: Option<Vec<Summary>>,
 }
@@ -57,11 +69,11 @@ enum Undo {
     /// A plugin's filter rule, as it was.
     Filter((Direction, IpNet), String, Option<Action>),
     /// A filter entry written, as it was.
-    FilterEntry((Direction, IpNet), Option<(Action, u32)>),
+    FilterEntry((Direction, IpNet), Option<Entry<Action>>),
     /// A plugin's rate rule, as it was.
     Rate(IpNet, String, Option<(u32, u32)>),
     /// A rate entry written, as it was.
-    RateEntry(IpNet, Option<((u32, u32), u32)>),
+    RateEntry(IpNet, Option<Entry<(u32, u32)>>),
     Steer(IpNet, Option<Owned<Vec<SteerHop>>>),
     Sampling(String, Option<u32>),
 }
@@ -77,7 +89,8 @@ impl<M: HookMaps> HookTables<M> {
             limits: BTreeMap::new(),
             sampling: BTreeMap::new(),
             next_rule: 1,
-            free_rules: Vec::new(),
+            free_rules: BTreeSet::new(),
+            retired: BTreeSet::new(),
             summaries: None,
         }
     }
@@ -95,44 +108,51 @@ impl<M: HookMaps> HookTables<M> {
             return Err(HookError::Invalid(errors));
         }
         let mut undo = Vec::new();
-        for op in ops {
-            if let Err(e) = self.write(owner, op, &mut undo) {
-                self.rollback(undo);
-                return Err(e);
-            }
+        let mut result = ops.iter().try_for_each(|op| self.write(owner, op, &mut undo));
+        if result.is_ok() {
+            result = self.write_config();
         }
-        if let Err(e) = self.write_config() {
+        if result.is_err() {
             self.rollback(undo);
-            return Err(e);
         }
-        Ok(())
+        self.free_rules.append(&mut self.retired);
+        result
     }
 
     /// Moves `owner` to exactly the rules `ops` set (`Set*` operations), without a gap: they
     /// are written first, then the owner's other rules are removed; all or nothing.
     pub fn replace_owner(&mut self, owner: &str, ops: &[HookOp]) -> Result<(), HookError> {
         let mut batch = ops.to_vec();
-        let keeps_filter = |d: Direction, p: IpNet| {
-            ops.iter().any(|o| matches!(o, HookOp::SetFilter { direction, prefix, .. } if *direction == d && *prefix == p))
-        };
-        let keeps_rate = |p: IpNet| {
-            ops.iter().any(|o| matches!(o, HookOp::SetRateLimit { prefix, .. } if *prefix == p))
-        };
-        let keeps_steer = |p: IpNet| {
-            ops.iter().any(|o| matches!(o, HookOp::SetSteer { prefix, .. } if *prefix == p))
-        };
+        // The keys the new rules set, looked up once per rule held (a plugin may hold tens of
+        // thousands).
+        let (mut filters, mut rates, mut steers) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for op in ops {
+            match *op {
+                HookOp::SetFilter { direction, prefix, .. } => {
+                    filters.insert((direction, prefix));
+                }
+                HookOp::SetRateLimit { prefix, .. } => {
+                    rates.insert(prefix);
+                }
+                HookOp::SetSteer { prefix, .. } => {
+                    steers.insert(prefix);
+                }
+                _ => {}
+            }
+        }
         for ((direction, prefix), _) in self.filters.owned_by(owner) {
-            if !keeps_filter(*direction, *prefix) {
+            if !filters.contains(&(*direction, *prefix)) {
                 batch.push(HookOp::RemoveFilter { direction: *direction, prefix: *prefix });
             }
         }
         for (prefix, _) in self.rates.owned_by(owner) {
-            if !keeps_rate(*prefix) {
+            if !rates.contains(prefix) {
                 batch.push(HookOp::RemoveRateLimit { prefix: *prefix });
             }
         }
         for (prefix, _) in self.steers.iter().filter(|(_, o)| o.owner == owner) {
-            if !keeps_steer(*prefix) {
+            if !steers.contains(prefix) {
                 batch.push(HookOp::RemoveSteer { prefix: *prefix });
             }
         }
@@ -159,19 +179,19 @@ impl<M: HookMaps> HookTables<M> {
         let mine = |o: &str| owner.is_none_or(|want| want == o);
         let mut out = Vec::new();
         // A rule's counts are those of the entry written for its prefix (shared by the plugins
-        // that hold the prefix).
-        let counts = |rule: Option<u32>| -> Result<(u64, u64), HookError> {
+        // that hold the prefix), which exists as long as the rule does.
+        let counts = |rule: Option<(Counter, u32)>| -> Result<(u64, u64), HookError> {
             Ok(match rule {
-                Some(r) => {
+                Some((base, r)) => {
                     let c = self.maps.counter(r)?;
-                    (c.packets, c.bytes)
+                    (base.packets.saturating_add(c.packets), base.bytes.saturating_add(c.bytes))
                 }
                 None => (0, 0),
             })
         };
         for ((direction, prefix), o, action) in self.filters.all().filter(|(_, o, _)| mine(o)) {
             let (packets, bytes) =
-                counts(self.filters.written.get(&(*direction, *prefix)).map(|w| w.1))?;
+                counts(self.filters.written.get(&(*direction, *prefix)).map(|w| (w.base, w.rule)))?;
             out.push(RuleStatus {
                 owner: o.to_owned(),
                 rule: HookOp::SetFilter { direction: *direction, prefix: *prefix, action: *action },
@@ -180,7 +200,8 @@ impl<M: HookMaps> HookTables<M> {
             });
         }
         for (prefix, o, value) in self.rates.all().filter(|(_, o, _)| mine(o)) {
-            let (packets, bytes) = counts(self.rates.written.get(prefix).map(|w| w.1))?;
+            let (packets, bytes) =
+                counts(self.rates.written.get(prefix).map(|w| (w.base, w.rule)))?;
             out.push(RuleStatus {
                 owner: o.to_owned(),
                 rule: HookOp::SetRateLimit { prefix: *prefix, rate_pps: value.0, burst: value.1 },
@@ -328,19 +349,55 @@ impl<M: HookMaps> HookTables<M> {
             return Ok(r);
         }
         let r = self.alloc_rule()?;
-        self.maps.reset_counter(r)?;
+        if let Err(e) = self.maps.reset_counter(r) {
+            self.retire(r);
+            return Err(e);
+        }
         Ok(r)
     }
 
+    /// A free rule id: one freed before, a new one, or (none left) one the batch under way
+    /// let go of (an undo of this batch then finds that id's counter zeroed).
     fn alloc_rule(&mut self) -> Result<u32, HookError> {
-        if let Some(r) = self.free_rules.pop() {
+        if let Some(r) = self.free_rules.pop_first() {
             return Ok(r);
         }
         if self.next_rule < MAX_RULE_IDS {
             self.next_rule += 1;
             return Ok(self.next_rule - 1);
         }
-        Err(HookError::RulesFull)
+        self.retired.pop_first().ok_or(HookError::RulesFull)
+    }
+
+    /// Lets go of a rule id: free once the batch under way is over.
+    fn retire(&mut self, rule: u32) {
+        self.retired.insert(rule);
+    }
+
+    /// Takes back a rule id an undo restores.
+    fn reclaim(&mut self, rule: u32) {
+        self.retired.remove(&rule);
+        self.free_rules.remove(&rule);
+    }
+
+    /// The entry an undo puts back for `was`, given the entry `cur` it replaces: the counts
+    /// stand as they are (those of `cur`'s id carried into the base, less what `was`'s own id
+    /// holds), so that an undone batch does not make them go down. Best effort on a read error.
+    fn restored<V: Copy>(&self, cur: Option<Entry<V>>, was: Entry<V>) -> Entry<V> {
+        let Some(cur) = cur else { return was };
+        if cur.rule == was.rule {
+            // The same id (a filter entry's verdict undone): its base as it stands.
+            return Entry { base: cur.base, ..was };
+        }
+        let (Ok(now), Ok(own)) = (self.maps.counter(cur.rule), self.maps.counter(was.rule)) else {
+            return was;
+        };
+        let total = cur.counts(now);
+        let base = Counter {
+            packets: total.packets.saturating_sub(own.packets),
+            bytes: total.bytes.saturating_sub(own.bytes),
+        };
+        Entry { base, ..was }
     }
 
     /// Writes one validated operation, recording how to undo it.
@@ -372,7 +429,7 @@ impl<M: HookMaps> HookTables<M> {
                 let value = self.steer_value(next_hops, rule);
                 if let Err(e) = self.maps.set_steer(prefix, &value) {
                     if old.is_none() {
-                        self.free_rules.push(rule);
+                        self.retire(rule);
                     }
                     return Err(e);
                 }
@@ -386,7 +443,7 @@ impl<M: HookMaps> HookTables<M> {
                 self.maps.del_steer(prefix)?;
                 let old = self.steers.remove(&prefix);
                 if let Some(o) = &old {
-                    self.free_rules.push(o.rule);
+                    self.retire(o.rule);
                 }
                 undo.push(Undo::Steer(prefix, old));
             }
@@ -410,15 +467,18 @@ impl<M: HookMaps> HookTables<M> {
                     self.filters.set(key, &owner, old);
                 }
                 Undo::FilterEntry(k, was) => {
-                    if let Some((_, cur)) = self.filters.written.remove(&k) {
-                        self.free_rules.push(cur);
+                    let cur = self.filters.written.remove(&k);
+                    if let Some(c) = cur {
+                        self.retire(c.rule);
                     }
                     match was {
-                        Some((v, rule)) => {
-                            self.free_rules.retain(|r| *r != rule);
-                            let value = FilterRule { action: v.code() as u32, rule };
+                        Some(was) => {
+                            let entry = self.restored(cur, was);
+                            self.reclaim(entry.rule);
+                            let value =
+                                FilterRule { action: entry.value.code() as u32, rule: entry.rule };
                             let _ = self.maps.set_filter(k.0, k.1, value);
-                            self.filters.written.insert(k, (v, rule));
+                            self.filters.written.insert(k, entry);
                         }
                         None => {
                             let _ = self.maps.del_filter(k.0, k.1);
@@ -429,15 +489,18 @@ impl<M: HookMaps> HookTables<M> {
                     self.rates.set(prefix, &owner, old);
                 }
                 Undo::RateEntry(k, was) => {
-                    if let Some((_, cur)) = self.rates.written.remove(&k) {
-                        self.free_rules.push(cur);
+                    let cur = self.rates.written.remove(&k);
+                    if let Some(c) = cur {
+                        self.retire(c.rule);
                     }
                     match was {
-                        Some(((rate_pps, burst), rule)) => {
-                            self.free_rules.retain(|r| *r != rule);
+                        Some(was) => {
+                            let entry = self.restored(cur, was);
+                            self.reclaim(entry.rule);
+                            let ((rate_pps, burst), rule) = (entry.value, entry.rule);
                             let _ =
                                 self.maps.set_rate(k, RateRule { rate_pps, burst, rule, _pad: 0 });
-                            self.rates.written.insert(k, ((rate_pps, burst), rule));
+                            self.rates.written.insert(k, entry);
                         }
                         None => {
                             let _ = self.maps.del_rate(k);
@@ -446,11 +509,11 @@ impl<M: HookMaps> HookTables<M> {
                 }
                 Undo::Steer(prefix, old) => {
                     if let Some(cur) = self.steers.remove(&prefix) {
-                        self.free_rules.push(cur.rule);
+                        self.retire(cur.rule);
                     }
                     match old {
                         Some(o) => {
-                            self.free_rules.retain(|r| *r != o.rule);
+                            self.reclaim(o.rule);
                             let value = self.steer_value(&o.value, o.rule);
                             let _ = self.maps.set_steer(prefix, &value);
                             self.steers.insert(prefix, o);
@@ -483,30 +546,34 @@ impl<M: HookMaps> HookTables<M> {
         for k in self.filters.inside(&key) {
             let want = self.filters.merged(&k);
             let have = self.filters.written.get(&k).copied();
-            if want != have.map(|h| h.0) {
+            if want != have.map(|h| h.value) {
                 undo.push(Undo::FilterEntry(k, have));
             }
             match (want, have) {
                 (None, None) => {}
-                (None, Some((_, rule))) => {
+                (None, Some(h)) => {
                     self.maps.del_filter(k.0, k.1)?;
                     self.filters.written.remove(&k);
-                    self.free_rules.push(rule);
+                    self.retire(h.rule);
                 }
-                (Some(v), Some((h, _))) if v == h => {}
-                (Some(v), have) => {
-                    // A new verdict counts from zero under a new id.
-                    let rule = self.rule_id(None)?;
-                    if let Err(e) =
-                        self.maps.set_filter(k.0, k.1, FilterRule { action: v.code() as u32, rule })
-                    {
-                        self.free_rules.push(rule);
+                (Some(v), Some(h)) if v == h.value => {}
+                (Some(value), have) => {
+                    // A new verdict on a prefix keeps the entry's id, and so its counter: the
+                    // counts of the rules held on the prefix go on (ADR 0054).
+                    let entry = match have {
+                        Some(h) => Entry { value, ..h },
+                        None => {
+                            Entry { value, rule: self.rule_id(None)?, base: Counter::default() }
+                        }
+                    };
+                    let rule = FilterRule { action: value.code() as u32, rule: entry.rule };
+                    if let Err(e) = self.maps.set_filter(k.0, k.1, rule) {
+                        if have.is_none() {
+                            self.retire(entry.rule);
+                        }
                         return Err(e);
                     }
-                    self.filters.written.insert(k, (v, rule));
-                    if let Some((_, old)) = have {
-                        self.free_rules.push(old);
-                    }
+                    self.filters.written.insert(k, entry);
                 }
             }
         }
@@ -518,28 +585,43 @@ impl<M: HookMaps> HookTables<M> {
         for k in self.rates.inside(&prefix) {
             let want = self.rates.merged(&k);
             let have = self.rates.written.get(&k).copied();
-            if want != have.map(|h| h.0) {
+            if want != have.map(|h| h.value) {
                 undo.push(Undo::RateEntry(k, have));
             }
             match (want, have) {
                 (None, None) => {}
-                (None, Some((_, rule))) => {
+                (None, Some(h)) => {
                     self.maps.del_rate(k)?;
                     self.rates.written.remove(&k);
-                    self.free_rules.push(rule);
+                    self.retire(h.rule);
                 }
-                (Some(v), Some((h, _))) if v == h => {}
-                (Some((rate_pps, burst)), have) => {
+                (Some(v), Some(h)) if v == h.value => {}
+                (Some(value), have) => {
+                    // A new limit gets a new id, which keys the sources' buckets: they start
+                    // full at the new burst. What the old id counted carries over into the
+                    // entry's base, read once the new id is in force (ADR 0054).
                     let rule = self.rule_id(None)?;
+                    let (rate_pps, burst) = value;
                     if let Err(e) =
                         self.maps.set_rate(k, RateRule { rate_pps, burst, rule, _pad: 0 })
                     {
-                        self.free_rules.push(rule);
+                        self.retire(rule);
                         return Err(e);
                     }
-                    self.rates.written.insert(k, ((rate_pps, burst), rule));
-                    if let Some((_, old)) = have {
-                        self.free_rules.push(old);
+                    let base = match have {
+                        None => Counter::default(),
+                        Some(h) => match self.maps.counter(h.rule) {
+                            Ok(c) => h.counts(c),
+                            Err(e) => {
+                                // The undo puts the old entry back, base and all.
+                                self.retire(rule);
+                                return Err(e);
+                            }
+                        },
+                    };
+                    self.rates.written.insert(k, Entry { value, rule, base });
+                    if let Some(h) = have {
+                        self.retire(h.rule);
                     }
                 }
             }
