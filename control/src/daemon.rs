@@ -741,32 +741,13 @@ impl State {
             return Vec::new();
         }
         let compiled = started.elapsed();
-        let failures = self.dp.apply(&ops, Some(&self.fib));
-        if ops.len() > LARGE_BATCH {
-            let forwarding = self.dp.forwarding_written().map(|t| t.duration_since(started));
-            info!(
-                changes = ops.len(),
-                ?compiled,
-                forwarding_tables = ?forwarding,
-                with_record = ?started.elapsed(),
-                "dataplane written"
-            );
-        }
-        if failures > 0 {
-            // What was written is uncertain: take the maps' word for it and recompile it all
-            // at the next sync.
-            self.fib = self.dp.read_state().unwrap_or_default();
-            self.rib.dirty.all = true;
-        }
-        debug!(ops = ops.len(), failures, elapsed = ?started.elapsed(), "dataplane updated");
-        if self.route_events.is_some()
-            && ops.iter().any(|op| matches!(op, Op::SetNextHop(..) | Op::ClearNextHop(_)))
-        {
-            self.gateways.update(&self.fib.nexthops);
-        }
-        if let Some(tx) = &self.route_events {
-            let changes: Vec<crate::plugins::RouteChange> = ops
-                .iter()
+        // What the plugins and the neighbour requests need of the batch is taken first: the
+        // batch itself goes to the route record's writer.
+        let changes = ops.len();
+        let nexthops_changed =
+            ops.iter().any(|op| matches!(op, Op::SetNextHop(..) | Op::ClearNextHop(_)));
+        let route_changes: Vec<crate::plugins::RouteChange> = if self.route_events.is_some() {
+            ops.iter()
                 .filter_map(|op| {
                     let (prefix, added) = match op {
                         Op::SetRouteV4(n, _) => (n.to_string(), true),
@@ -778,11 +759,10 @@ impl State {
                     Some(crate::plugins::RouteChange { prefix, added })
                 })
                 .take(crate::plugins::MAX_ROUTE_EVENTS)
-                .collect();
-            if !changes.is_empty() {
-                let _ = tx.send(changes);
-            }
-        }
+                .collect()
+        } else {
+            Vec::new()
+        };
         let neighbours = ops
             .iter()
             .filter_map(|op| match op {
@@ -790,8 +770,34 @@ impl State {
                 _ => None,
             })
             .collect();
-        if ops.len() > LARGE_BATCH {
-            drop(ops);
+        let failures = self.dp.apply_owned(ops, Some(&self.fib));
+        if changes > LARGE_BATCH {
+            let forwarding = self.dp.forwarding_written().map(|t| t.duration_since(started));
+            info!(
+                changes,
+                ?compiled,
+                forwarding_tables = ?forwarding,
+                with_record = ?started.elapsed(),
+                peak_rss_mib = sluice_dataplane::heap::peak_rss_mib(),
+                "dataplane written"
+            );
+        }
+        if failures > 0 {
+            // What was written is uncertain: take the maps' word for it and recompile it all
+            // at the next sync.
+            self.fib = self.dp.read_state().unwrap_or_default();
+            self.rib.dirty.all = true;
+        }
+        debug!(ops = changes, failures, elapsed = ?started.elapsed(), "dataplane updated");
+        if self.route_events.is_some() && nexthops_changed {
+            self.gateways.update(&self.fib.nexthops);
+        }
+        if let Some(tx) = &self.route_events
+            && !route_changes.is_empty()
+        {
+            let _ = tx.send(route_changes);
+        }
+        if changes > LARGE_BATCH {
             sluice_dataplane::heap::release_free_memory();
         }
         neighbours
@@ -856,6 +862,7 @@ async fn connect_and_dump(state: &mut State, opts: &Options, apply_between: bool
                 neighbours = rib.neighbours.len(),
                 links = rib.links.len(),
                 elapsed = ?started.elapsed(),
+                peak_rss_mib = sluice_dataplane::heap::peak_rss_mib(),
                 "kernel state dumped"
             );
             if mirror.drain(&mut rib) == Applied::Overrun {

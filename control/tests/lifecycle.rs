@@ -428,3 +428,56 @@ fn verify_finds_a_damaged_lookup_table_and_a_restart_repairs_it() {
     assert!(log.contains("lookup tables adopted"), "{log}");
     assert!(log.contains("rebuilt them rather than trusting them"), "{log}");
 }
+
+/// A pin directory holding a map of another layout (the IPv6 trie as pinned before its format
+/// entries, ADR 0051: one chunk shorter) is refused before anything is loaded or attached, with
+/// a message naming the map and the remedy, `sluice detach`; the map is left as it was, and after
+/// `sluice detach` a start takes the directory.
+#[test]
+fn a_pin_directory_of_an_older_layout_is_refused_with_the_remedy() {
+    use sluice_common::{dir24, names, trie6};
+    if !privileged() {
+        return;
+    }
+    let mut t = Topology::new(&[("c1", 1), ("srv", 3)]);
+    let old = t.pin_dir.join("maps").join(names::TRIE_V6);
+    fs::create_dir_all(old.parent().unwrap()).expect("the pin directory");
+    let old_entries = (trie6::ENTRIES - trie6::FORMAT_ENTRIES) / dir24::CHUNK;
+    let chunk = size_of::<dir24::Chunk>().to_string();
+    // BPF_F_MMAPABLE (1024), as the dataplane makes it.
+    let entries = old_entries.to_string();
+    let args = ["map", "create", old.to_str().unwrap(), "type", "array", "key", "4", "value"];
+    netns::run(Command::new("bpftool").args(args).args([
+        chunk.as_str(),
+        "entries",
+        entries.as_str(),
+        "name",
+        names::TRIE_V6,
+        "flags",
+        "1024",
+    ]))
+    .expect("pin a map of the older layout (bpftool)");
+    let before = pins(&t.pin_dir);
+
+    let r = start_refused(&t, &["--attach", "r-c1,r-srv"]);
+    let after = pins(&t.pin_dir);
+    println!(
+        "start on an older layout: exit {:?} in {:?}; said: {}",
+        r.code,
+        r.took,
+        r.stderr.trim()
+    );
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains(names::TRIE_V6), "the message names the map: {r:?}");
+    assert!(r.stderr.contains(&entries), "and what it found: {r:?}");
+    assert!(r.stderr.contains("sluice detach"), "and the remedy: {r:?}");
+    assert!(!xdp_on(&t.router, "r-c1") && !xdp_on(&t.router, "r-srv"), "nothing attached");
+    assert_eq!(after, before, "the pins are those found: {after:?}");
+
+    // The remedy works: detach unpins it, and the next start forwards.
+    netns::run(Command::new(SLUICE).arg("--pin-dir").arg(&t.pin_dir).arg("detach"))
+        .expect("sluice detach");
+    assert!(!old.exists(), "sluice detach removes the map of the older layout");
+    t.start_daemon();
+    t.wait_ping("c1", &Subnet(3).host_v4());
+}

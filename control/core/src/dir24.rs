@@ -51,9 +51,14 @@ pub trait Cells {
 pub struct VecCells(Vec<AtomicU32>);
 
 impl VecCells {
-    /// `len` zeroed entries.
+    /// `len` zeroed entries, from zeroed pages: entries never written cost no memory (an image
+    /// of the IPv6 trie is 64 MiB, of which a table touches a fraction).
+    #[expect(unsafe_code, reason = "a zeroed allocation is assumed initialised")]
     pub fn new(len: usize) -> Self {
-        Self((0..len).map(|_| AtomicU32::new(0)).collect())
+        let cells = Box::<[AtomicU32]>::new_zeroed_slice(len);
+        // SAFETY: `AtomicU32` has the size and bit validity of `u32`, for which all zero bytes
+        // are a valid value.
+        Self(unsafe { cells.assume_init() }.into_vec())
     }
 }
 
@@ -346,12 +351,17 @@ impl<C: Cells> Dir24<C> {
         // the other's. Such /24s get fresh groups below, filled before they are published.
         let mut pointers = Vec::new();
         let mut references: HashMap<u32, u32> = HashMap::new();
+        let mut empty = true;
         for slot in 0..TBL24_ENTRIES as usize {
             let e = tbl24.get_short(slot);
+            empty &= e == 0;
             if short_is_group(e) {
                 pointers.push((slot as u32, short_group(e)));
                 *references.entry(short_group(e)).or_default() += 1;
             }
+        }
+        if empty {
+            return Ok(Self::fill_empty(tbl24, tbl8, routes));
         }
         let mut live_groups = HashMap::new();
         let mut untrusted = 0u64;
@@ -433,6 +443,42 @@ impl<C: Cells> Dir24<C> {
             placed.retired.push((g, now));
         }
         Ok(placed)
+    }
+
+    /// [`Dir24::adopt`] of a first level that answers nothing (a new pin directory, or one a
+    /// table was removed from): nothing there to keep, so the routes are written straight into
+    /// the live table, one at a time as later changes are (each entry whole, a group filled
+    /// before it is published), without an image of the whole table beside it (48 MiB, a
+    /// sixth of the daemon's peak when a full table loads at its start). Readers see the table
+    /// fill up, as while a table loads into a running daemon.
+    fn fill_empty(
+        tbl24: Tbl24<C>,
+        tbl8: C,
+        routes: impl IntoIterator<Item = (Ipv4Net, Route)>,
+    ) -> Self {
+        let mut placed = Self::over(tbl24, tbl8);
+        for (net, route) in routes {
+            // What does not fit is left out (and logged by the caller through `usage`).
+            if placed.set(net, route).is_err() {
+                placed.rejected += 1;
+            }
+        }
+        // Summaries left by an earlier table, where no route came, are made right.
+        placed.tbl24.summarize(0, TBL24_ENTRIES as usize - 1);
+        // Every entry that answers now was written.
+        let mut written = 0u64;
+        for slot in 0..TBL24_ENTRIES as usize {
+            let e = placed.tbl24.get_short(slot);
+            written += u64::from(e != 0);
+            if short_is_group(e) {
+                let g = short_group(e) as usize * GROUP_ENTRIES as usize;
+                written += (g..g + GROUP_ENTRIES as usize)
+                    .filter(|&i| placed.tbl8.get(i) != 0)
+                    .count() as u64;
+            }
+        }
+        placed.adoption.rewritten = written;
+        placed
     }
 
     /// Marks groups as taken (they hold live data) without writing them.
@@ -943,6 +989,46 @@ pub(crate) mod tests {
             assert_eq!(adopted.lookup(a), reference(&table, a), "{a}");
         }
         assert_eq!(adopted.usage().groups, 2);
+    }
+
+    /// Adopting a first level that answers nothing writes the routes in place: the same words
+    /// as a table written route by route, the summaries right even where an earlier table left
+    /// stale ones, and every entry that answers counted as rewritten.
+    #[test]
+    fn adopting_an_empty_table_writes_the_routes_in_place() {
+        let mut rng = Rng(0x0ad0_9e11_7ab1_e000);
+        let mut table: BTreeMap<Ipv4Net, Route> = BTreeMap::new();
+        for _ in 0..3000 {
+            let len = [8u8, 12, 16, 20, 22, 24, 24, 25, 28, 32][rng.below(10) as usize];
+            let a = Ipv4Addr::from(0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff));
+            table.insert(Ipv4Net::new(a, len).unwrap().trunc(), route(1 + rng.below(20) as u32));
+        }
+        let routes: Vec<(Ipv4Net, Route)> = table.iter().map(|(n, r)| (*n, *r)).collect();
+        let one_by_one = filled(&routes);
+        let cells = small();
+        // A stale summary (an earlier table's) over a /16 no route of this one reaches.
+        cells.tbl24.cells.set((SUMMARY_OFFSET + 0x0b00 / 2) as usize, 0x0005_0005);
+        let Dir24 { tbl24, tbl8, .. } = cells;
+        let adopted = Dir24::adopt(tbl24.cells, tbl8, routes.clone()).unwrap();
+        for i in 0..TBL24_MAP_WORDS as usize {
+            assert_eq!(adopted.tbl24.cells.get(i), one_by_one.tbl24.cells.get(i), "word {i}");
+        }
+        for i in 0..(MAX_GROUPS * GROUP_ENTRIES) as usize {
+            assert_eq!(adopted.tbl8.get(i), one_by_one.tbl8.get(i), "group entry {i}");
+        }
+        assert_summary_consistent(&adopted);
+        for _ in 0..2000 {
+            let a = Ipv4Addr::from(0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff));
+            assert_eq!(adopted.lookup(a), reference(&table, a), "{a}");
+        }
+        assert!(adopted.check(routes.iter().copied()).is_clean());
+        let answering =
+            (0..TBL24_ENTRIES as usize).filter(|&s| adopted.tbl24.get_short(s) != 0).count()
+                + (0..(MAX_GROUPS * GROUP_ENTRIES) as usize)
+                    .filter(|&i| adopted.tbl8.get(i) != 0)
+                    .count();
+        assert_eq!(adopted.adoption().rewritten, answering as u64);
+        assert_eq!(adopted.usage(), one_by_one.usage());
     }
 
     #[test]

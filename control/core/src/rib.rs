@@ -305,31 +305,11 @@ impl Routes {
     /// Replaces every route (a resynchronisation). The maps are built from sorted keys in one
     /// go, their nodes full (inserting one by one leaves them part empty).
     pub fn replace_all(&mut self, routes: impl IntoIterator<Item = Route>) {
-        let mut hops = HopSets::default();
-        let mut v4: BTreeMap<u32, Vec<(V4Key, Stored)>> = BTreeMap::new();
-        let mut v6: BTreeMap<u32, Vec<(V6Key, Stored)>> = BTreeMap::new();
+        let mut builder = RoutesBuilder::default();
         for r in routes {
-            let key = r.key();
-            let stored =
-                Stored { hops: hops.intern(r.nexthops), kind: r.kind, protocol: r.protocol };
-            match pack(&key) {
-                Packed::V4(k) => v4.entry(key.table).or_default().push((k, stored)),
-                Packed::V6(k) => v6.entry(key.table).or_default().push((k, stored)),
-            }
+            builder.push(r);
         }
-        let mut tables: BTreeMap<u32, Table> = BTreeMap::new();
-        let mut len = 0;
-        for (id, list) in v4 {
-            let map = sorted_map(list, &mut hops);
-            len += map.len();
-            tables.entry(id).or_default().v4 = map;
-        }
-        for (id, list) in v6 {
-            let map = sorted_map(list, &mut hops);
-            len += map.len();
-            tables.entry(id).or_default().v6 = map;
-        }
-        *self = Self { tables, hops, len };
+        *self = builder.build();
     }
 
     /// Keeps the routes `keep` says yes to.
@@ -405,22 +385,65 @@ impl Routes {
 
 /// A map from keys in any order, the last of equal keys winning (as inserts one after the other
 /// would); the losers' next-hop references are released.
+/// Routes gathered one at a time (a dump of the kernel's tables) into the [`Routes`] they make,
+/// packed as they come: a full table is held as some 20 bytes a route until it is built, not
+/// as a list of [`Route`]s (some 80).
+#[derive(Debug, Default)]
+pub struct RoutesBuilder {
+    hops: HopSets,
+    v4: BTreeMap<u32, Vec<(V4Key, Stored)>>,
+    v6: BTreeMap<u32, Vec<(V6Key, Stored)>>,
+}
+
+impl RoutesBuilder {
+    /// Adds a route; of two with the same key, the one pushed last wins.
+    pub fn push(&mut self, r: Route) {
+        let key = r.key();
+        let stored =
+            Stored { hops: self.hops.intern(r.nexthops), kind: r.kind, protocol: r.protocol };
+        match pack(&key) {
+            Packed::V4(k) => self.v4.entry(key.table).or_default().push((k, stored)),
+            Packed::V6(k) => self.v6.entry(key.table).or_default().push((k, stored)),
+        }
+    }
+
+    /// The routes pushed, each table's maps built in one go.
+    pub fn build(self) -> Routes {
+        let Self { mut hops, v4, v6 } = self;
+        let mut tables: BTreeMap<u32, Table> = BTreeMap::new();
+        let mut len = 0;
+        for (id, list) in v4 {
+            let map = sorted_map(list, &mut hops);
+            len += map.len();
+            tables.entry(id).or_default().v4 = map;
+        }
+        for (id, list) in v6 {
+            let map = sorted_map(list, &mut hops);
+            len += map.len();
+            tables.entry(id).or_default().v6 = map;
+        }
+        Routes { tables, hops, len }
+    }
+}
+
 fn sorted_map<K: Ord + Copy>(
     mut list: Vec<(K, Stored)>,
     hops: &mut HopSets,
 ) -> BTreeMap<K, Stored> {
+    // Stable: of equal keys, the one pushed last stays last.
     list.sort_by_key(|e| e.0);
-    let mut out: Vec<(K, Stored)> = Vec::with_capacity(list.len());
-    for (k, s) in list {
-        match out.last_mut() {
-            Some(previous) if previous.0 == k => {
-                hops.release(previous.1.hops);
-                previous.1 = s;
-            }
-            _ => out.push((k, s)),
+    // In place, the last of equal keys wins.
+    list.dedup_by(|later, kept| {
+        if later.0 != kept.0 {
+            return false;
         }
-    }
-    out.into_iter().collect()
+        hops.release(kept.1.hops);
+        kept.1 = later.1;
+        true
+    });
+    // Collected in place (the map's own sort finds it sorted) and built in one go: the list
+    // and the map are the only copies.
+    list.into_iter().collect()
 }
 
 impl PartialEq for Routes {

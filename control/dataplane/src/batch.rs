@@ -11,7 +11,7 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries per system call: large enough that the call's own cost vanishes, small enough that
 /// the kernel's copy of the keys stays small.
-const CHUNK: usize = 8192;
+pub(crate) const CHUNK: usize = 8192;
 
 /// `union bpf_attr`'s `batch` member.
 #[repr(C)]

@@ -12,3 +12,13 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// This process's peak resident memory so far (`VmHWM` of `/proc/self/status`), in MiB: logged
+/// with the steps of a large load, so that the step that set the peak can be told.
+pub fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())?;
+    Some(kib >> 10)
+}

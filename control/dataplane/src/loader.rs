@@ -242,9 +242,47 @@ impl Dataplane {
     /// first call, is the complete state the writes lead to: the IPv4 lookup tables are adopted
     /// for its routes once the next hops and groups before them are written.
     pub fn apply(&mut self, ops: &[Op], desired: Option<&FibState>) -> usize {
+        self.apply_failing(ops, desired, &mut Vec::new())
+    }
+
+    /// [`Dataplane::apply`], taking the writes: a large batch (a table loading) goes itself to
+    /// the record's writer, without the routes it writes copied out of it, so that a full table
+    /// is held once, not twice, while the record is written. What the lookup tables refused is
+    /// left out of the record, as [`Dataplane::apply`] leaves it out.
+    pub fn apply_owned(&mut self, ops: Vec<Op>, desired: Option<&FibState>) -> usize {
+        if ops.len() < crate::record::RECORD_IN_BACKGROUND {
+            return self.apply(&ops, desired);
+        }
+        let mut failed = Vec::new();
+        self.maps.record_from_ops = true;
+        let mut failures = self.apply_failing(&ops, desired, &mut failed);
+        self.maps.record_from_ops = false;
+        let ops = if failed.is_empty() {
+            ops
+        } else {
+            ops.into_iter()
+                .enumerate()
+                .filter(|(i, _)| failed.binary_search(i).is_err())
+                .map(|(_, op)| op)
+                .collect()
+        };
+        if let Err(e) = self.maps.send_record_ops(ops) {
+            failures += 1;
+            warn!(error = %error_chain(e.as_ref()), "writing the route record failed");
+        }
+        failures
+    }
+
+    /// [`Dataplane::apply`], noting the index of each write that failed in `failed`.
+    fn apply_failing(
+        &mut self,
+        ops: &[Op],
+        desired: Option<&FibState>,
+        failed: &mut Vec<usize>,
+    ) -> usize {
         let mut failures = 0;
         let mut adopt = desired.filter(|_| !self.maps.lookup_adopted());
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             let routes_from_here = matches!(
                 op,
                 Op::SetRouteV4(..) | Op::DelRouteV4(_) | Op::SetRouteV6(..) | Op::DelRouteV6(_)
@@ -254,6 +292,7 @@ impl Dataplane {
             }
             if let Err(e) = self.maps.apply(op) {
                 failures += 1;
+                failed.push(i);
                 warn!(?op, error = %error_chain(e.as_ref()), "map write failed");
             }
         }

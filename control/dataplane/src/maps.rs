@@ -50,6 +50,9 @@ pub struct Maps {
     pub(crate) pending_record: Vec<(IpNet, Option<Route>)>,
     /// Writes large record batches in the background, once one came.
     pub(crate) record_writer: Option<RecordWriter>,
+    /// Route writes are not put in `pending_record`: the batch itself goes to the record's
+    /// writer after it ([`Maps::send_record_ops`]).
+    pub(crate) record_from_ops: bool,
 }
 
 impl Maps {
@@ -71,6 +74,7 @@ impl Maps {
             lookup_cells: None,
             pending_record: Vec::new(),
             record_writer: None,
+            record_from_ops: false,
         };
         if writable {
             maps.lookup_cells = Some(map_lookup_tables(&mut get)?);
@@ -166,7 +170,29 @@ impl Maps {
         }
         match &self.record_writer {
             Some(writer) => writer.send(pending),
-            None => write_record(v4, v6, &pending)?,
+            None => write_record(v4, v6, pending)?,
+        }
+        Ok(())
+    }
+
+    /// Hands a batch of map writes (already written to the forwarding tables) to the record's
+    /// writer thread, which writes its route writes to the record, after every batch sent
+    /// before it: the batch is not copied (a full table's route list would be another 32 MB).
+    pub(crate) fn send_record_ops(
+        &mut self,
+        ops: Vec<Op>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        self.flush_record()?;
+        if self.record_writer.is_none() {
+            let v4 = aya::maps::IterableMap::map(&self.routes_v4).fd().as_fd();
+            let v6 = aya::maps::IterableMap::map(&self.routes_v6).fd().as_fd();
+            self.record_writer = Some(
+                RecordWriter::start(v4.try_clone_to_owned()?, v6.try_clone_to_owned()?)
+                    .map_err(|e| DataplaneError::Record("record writer", e))?,
+            );
+        }
+        if let Some(writer) = &self.record_writer {
+            writer.send_ops(ops);
         }
         Ok(())
     }
@@ -242,38 +268,46 @@ impl Maps {
             }
             Op::AddDevice(d) => self.devmap.insert(d, d, None, 0)?,
             Op::DelDevice(d) => ignore_missing(self.devmap.remove(d))?,
-            Op::SetIface(k, v) => {
-                self.ifaces.insert(k, v, 0)?;
-                self.cache_iface(k, Some(&v))?;
+            Op::SetIface(k, ref v) => {
+                self.ifaces.insert(k, **v, 0)?;
+                self.cache_iface(k, Some(&**v))?;
             }
             Op::DelIface(k) => {
                 self.cache_iface(k, None)?;
                 ignore_missing(self.ifaces.remove(&k))?;
             }
-            Op::SetNextHop(id, nh) => self.nexthops.set(id, nh, 0)?,
+            Op::SetNextHop(id, ref nh) => self.nexthops.set(id, **nh, 0)?,
             Op::ClearNextHop(id) => self.nexthops.set(id, NextHop::default(), 0)?,
-            Op::SetGroup(id, g) => self.groups.set(id, g, 0)?,
+            Op::SetGroup(id, ref g) => self.groups.set(id, **g, 0)?,
             Op::ClearGroup(id) => self.groups.set(id, EcmpGroup::default(), 0)?,
             // The forwarding tables now; the record (one system call each) after the batch.
             Op::SetRouteV4(net, r) => {
                 self.ensure_adopted()?;
                 self.dir24.as_mut().ok_or(READ_ONLY)?.set(net, r)?;
-                self.pending_record.push((IpNet::V4(net), Some(r)));
+                if !self.record_from_ops {
+                    self.pending_record.push((IpNet::V4(net), Some(r)));
+                }
             }
             Op::DelRouteV4(net) => {
                 self.ensure_adopted()?;
                 self.dir24.as_mut().ok_or(READ_ONLY)?.remove(net);
-                self.pending_record.push((IpNet::V4(net), None));
+                if !self.record_from_ops {
+                    self.pending_record.push((IpNet::V4(net), None));
+                }
             }
             Op::SetRouteV6(net, r) => {
                 self.ensure_adopted()?;
                 self.trie6.as_mut().ok_or(READ_ONLY)?.set(net, r)?;
-                self.pending_record.push((IpNet::V6(net), Some(r)));
+                if !self.record_from_ops {
+                    self.pending_record.push((IpNet::V6(net), Some(r)));
+                }
             }
             Op::DelRouteV6(net) => {
                 self.ensure_adopted()?;
                 self.trie6.as_mut().ok_or(READ_ONLY)?.remove(net);
-                self.pending_record.push((IpNet::V6(net), None));
+                if !self.record_from_ops {
+                    self.pending_record.push((IpNet::V6(net), None));
+                }
             }
         }
         Ok(())

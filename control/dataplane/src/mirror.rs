@@ -32,7 +32,7 @@ use rtnetlink::{
 use tracing::{debug, warn};
 
 use sluice_core::rib::{
-    self, Address, Dirty, Link, Neighbour, Rib, RouteKind, RouteNextHop, TABLE_LOCAL,
+    self, Address, Dirty, Link, Neighbour, Rib, RouteKind, RouteNextHop, RoutesBuilder, TABLE_LOCAL,
 };
 
 /// How long a request (a managed neighbour) waits for the kernel's answer.
@@ -146,9 +146,10 @@ impl Mirror {
     async fn dump_with(&self, handle: &mut Handle) -> Result<Rib, MirrorError> {
         for attempt in 1..=DUMP_ATTEMPTS {
             let mut rib = Rib::default();
-            // Routes are gathered and the map built once, sorted: a map grown one insertion at
-            // a time keeps its nodes part empty, and a full table would cost a third more.
-            let mut routes = Vec::new();
+            // Routes are gathered, packed, and the map built once, sorted: a map grown one
+            // insertion at a time keeps its nodes part empty, and a full table would cost a
+            // third more.
+            let mut routes = RoutesBuilder::default();
             let mut interrupted = false;
             let requests = [
                 RouteNetlinkMessage::GetLink(LinkMessage::default()),
@@ -198,7 +199,7 @@ impl Mirror {
                 }
             }
             if !interrupted {
-                rib.routes.replace_all(routes);
+                rib.routes = routes.build();
                 // Everything is new: the compiler looks at all of it anyway.
                 rib.dirty = Dirty { all: true, ..Dirty::default() };
                 return Ok(rib);

@@ -6,6 +6,7 @@ use std::{io, os::fd::AsFd as _};
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use sluice_common::{Route, names};
+use sluice_core::fib::Op;
 use tracing::{debug, warn};
 
 use crate::{
@@ -18,37 +19,71 @@ use crate::{
 pub(crate) const RECORD_IN_BACKGROUND: usize = 1024;
 
 /// Writes record changes (`ROUTES_V4`, `ROUTES_V6`) in order: runs of one family and kind, each
-/// in batches of thousands per system call.
+/// in batches of up to [`batch::CHUNK`] per system call, made a batch at a time (a full table's
+/// keys and values at once would be another 16 MB).
 pub(crate) fn write_record(
     v4: std::os::fd::BorrowedFd<'_>,
     v6: std::os::fd::BorrowedFd<'_>,
-    pending: &[(IpNet, Option<Route>)],
+    pending: impl IntoIterator<Item = (IpNet, Option<Route>)>,
 ) -> Result<()> {
     let run_kind = |(net, route): &(IpNet, Option<Route>)| (net.addr().is_ipv4(), route.is_some());
-    for run in pending.chunk_by(|a, b| run_kind(a) == run_kind(b)) {
-        let (is_v4, set) = run_kind(&run[0]);
-        let values: Vec<Route> = run.iter().filter_map(|(_, r)| *r).collect();
-        if is_v4 {
-            let keys: Vec<Key<[u8; 4]>> = run
-                .iter()
-                .filter_map(|(n, _)| if let IpNet::V4(n) = n { Some(key_v4(*n)) } else { None })
-                .collect();
-            if set { batch::update(v4, &keys, &values) } else { batch::delete(v4, &keys) }
-                .map_err(|e| DataplaneError::Record(names::ROUTES_V4, e))?;
-        } else {
-            let keys: Vec<Key<[u8; 16]>> = run
-                .iter()
-                .filter_map(|(n, _)| if let IpNet::V6(n) = n { Some(key_v6(*n)) } else { None })
-                .collect();
-            if set { batch::update(v6, &keys, &values) } else { batch::delete(v6, &keys) }
-                .map_err(|e| DataplaneError::Record(names::ROUTES_V6, e))?;
+    let mut run: Vec<(IpNet, Option<Route>)> = Vec::new();
+    for entry in pending {
+        if run.len() == batch::CHUNK || run.first().is_some_and(|f| run_kind(f) != run_kind(&entry))
+        {
+            write_run(v4, v6, &run)?;
+            run.clear();
         }
+        run.push(entry);
+    }
+    if !run.is_empty() {
+        write_run(v4, v6, &run)?;
     }
     Ok(())
 }
 
+/// Writes entries of one family and kind (all set, or all deleted).
+fn write_run(
+    v4: std::os::fd::BorrowedFd<'_>,
+    v6: std::os::fd::BorrowedFd<'_>,
+    run: &[(IpNet, Option<Route>)],
+) -> Result<()> {
+    let (is_v4, set) = (run[0].0.addr().is_ipv4(), run[0].1.is_some());
+    let values: Vec<Route> = run.iter().filter_map(|(_, r)| *r).collect();
+    if is_v4 {
+        let keys: Vec<Key<[u8; 4]>> = run
+            .iter()
+            .filter_map(|(n, _)| if let IpNet::V4(n) = n { Some(key_v4(*n)) } else { None })
+            .collect();
+        if set { batch::update(v4, &keys, &values) } else { batch::delete(v4, &keys) }
+            .map_err(|e| DataplaneError::Record(names::ROUTES_V4, e))?;
+    } else {
+        let keys: Vec<Key<[u8; 16]>> = run
+            .iter()
+            .filter_map(|(n, _)| if let IpNet::V6(n) = n { Some(key_v6(*n)) } else { None })
+            .collect();
+        if set { batch::update(v6, &keys, &values) } else { batch::delete(v6, &keys) }
+            .map_err(|e| DataplaneError::Record(names::ROUTES_V6, e))?;
+    }
+    Ok(())
+}
+
+/// The record change a map write makes, if it writes a route.
+pub(crate) fn record_entry(op: &Op) -> Option<(IpNet, Option<Route>)> {
+    Some(match *op {
+        Op::SetRouteV4(net, r) => (IpNet::V4(net), Some(r)),
+        Op::DelRouteV4(net) => (IpNet::V4(net), None),
+        Op::SetRouteV6(net, r) => (IpNet::V6(net), Some(r)),
+        Op::DelRouteV6(net) => (IpNet::V6(net), None),
+        _ => return None,
+    })
+}
+
 pub(crate) enum RecordMsg {
     Batch(Vec<(IpNet, Option<Route>)>),
+    /// A batch of map writes whose route writes go to the record (the batch itself, not a copy
+    /// of its routes).
+    Ops(Vec<Op>),
     /// Answered once every batch sent before it is written.
     Wait(std::sync::mpsc::Sender<()>),
 }
@@ -65,6 +100,7 @@ impl std::fmt::Debug for RecordMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Batch(b) => write!(f, "Batch({})", b.len()),
+            Self::Ops(b) => write!(f, "Ops({})", b.len()),
             Self::Wait(_) => f.write_str("Wait"),
         }
     }
@@ -78,7 +114,13 @@ impl RecordWriter {
             for msg in rx {
                 match msg {
                     RecordMsg::Batch(batch) => {
-                        if let Err(e) = write_record(v4.as_fd(), v6.as_fd(), &batch) {
+                        if let Err(e) = write_record(v4.as_fd(), v6.as_fd(), batch) {
+                            warn!(error = %error_chain(&e), "writing the route record failed");
+                        }
+                    }
+                    RecordMsg::Ops(ops) => {
+                        let entries = ops.iter().filter_map(record_entry);
+                        if let Err(e) = write_record(v4.as_fd(), v6.as_fd(), entries) {
                             warn!(error = %error_chain(&e), "writing the route record failed");
                         }
                     }
@@ -94,6 +136,13 @@ impl RecordWriter {
     pub(crate) fn send(&self, batch: Vec<(IpNet, Option<Route>)>) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(RecordMsg::Batch(batch));
+        }
+    }
+
+    /// Sends a batch of map writes, whose route writes the thread puts in the record.
+    pub(crate) fn send_ops(&self, ops: Vec<Op>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(RecordMsg::Ops(ops));
         }
     }
 

@@ -504,16 +504,16 @@ impl Lab {
             (key(14, 0), iface(6, 14, dev_mac(14), "out4")),
             (key(11, VLAN_OUT), iface(7, 200, dev_mac(11), "out1.200")),
         ] {
-            write(Op::SetIface(k, v));
+            write(Op::SetIface(k, Box::new(v)));
         }
         for ifindex in 11..=14 {
             write(Op::AddDevice(ifindex));
         }
         for id in NEXTHOP_IDS {
-            write(Op::SetNextHop(id, nexthop(id)));
+            write(Op::SetNextHop(id, Box::new(nexthop(id))));
         }
         for id in [group::THREE, group::EMPTY] {
-            write(Op::SetGroup(id, ecmp_group(id)));
+            write(Op::SetGroup(id, Box::new(ecmp_group(id))));
         }
         for (prefix, len, r) in base_routes_v4() {
             write(Op::SetRouteV4(Ipv4Net::new(prefix.into(), len as u8).expect("prefix"), r));

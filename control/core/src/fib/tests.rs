@@ -236,20 +236,20 @@ fn replay(state: &mut FibState, ops: &[Op]) {
             Op::DelDevice(d) => {
                 state.devmap.remove(&d);
             }
-            Op::SetIface(k, v) => {
-                state.ifaces.insert(k, v);
+            Op::SetIface(k, ref v) => {
+                state.ifaces.insert(k, **v);
             }
             Op::DelIface(k) => {
                 state.ifaces.remove(&k);
             }
-            Op::SetNextHop(id, nh) => {
-                state.nexthops.insert(id, nh);
+            Op::SetNextHop(id, ref nh) => {
+                state.nexthops.insert(id, **nh);
             }
             Op::ClearNextHop(id) => {
                 state.nexthops.remove(&id);
             }
-            Op::SetGroup(id, g) => {
-                state.groups.insert(id, g);
+            Op::SetGroup(id, ref g) => {
+                state.groups.insert(id, **g);
             }
             Op::ClearGroup(id) => {
                 state.groups.remove(&id);

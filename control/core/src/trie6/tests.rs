@@ -519,3 +519,127 @@ fn adoption_distrusts_shared_and_outside_nodes_and_ends_on_a_cycle() {
     let after = adopted.check(routes);
     assert!(after.is_clean(), "{after:?}");
 }
+
+/// The entry of the /32 holding `a` (its first-level or wide node entry, or its entry in a
+/// 4-bit node), read without creating anything.
+fn slash32_entry(t: &mut Trie6<VecCells>, a: u128) -> u32 {
+    let (base, start, end) = t.level_for(a, COMPACT_AT, false).expect("the /32's level exists");
+    t.cells.get(base + index(a, start, end))
+}
+
+/// Twelve prefixes longer than /32 under `2001:dba::/32`, nested and side by side: more than
+/// one line of a compact node holds, few enough for two.
+const TWELVE_BELOW_32: [&str; 12] = [
+    "2001:dba:8000::/33",
+    "2001:dba:1000::/36",
+    "2001:dba:100::/40",
+    "2001:dba:10::/44",
+    "2001:dba:1::/48",
+    "2001:dba:2::/48",
+    "2001:dba:2:100::/56",
+    "2001:dba:3:1000::/52",
+    "2001:dba:3:1100::/56",
+    "2001:dba:4::/47",
+    "2001:dba:ff00::/40",
+    "2001:dba:ffff:ff00::/56",
+];
+
+/// When no two adjacent nodes are free, a /32 whose longer prefixes call for a compact node of
+/// two lines gets expanded (single) nodes instead, and answers like a reference; with room, the
+/// same prefixes make a compact node of two lines.
+#[test]
+fn a_slash_32_falls_back_to_expanded_nodes_without_two_adjacent_free_ones() {
+    let nets: Vec<Ipv6Net> = TWELVE_BELOW_32.iter().map(|n| n.parse().unwrap()).collect();
+    let n32 = u128::from("2001:dba::".parse::<Ipv6Addr>().unwrap());
+    assert!(nets.len() > LINE_PAIRS as usize && nets.len() <= COMPACT_PAIRS as usize);
+
+    // With room: one compact node of two lines.
+    let mut roomy = trie();
+    for (i, net) in nets.iter().enumerate() {
+        roomy.set(*net, route(100 + i as u32)).unwrap();
+    }
+    let e = slash32_entry(&mut roomy, n32);
+    assert!(is_compact(e) && is_pair(e), "with room, a compact node of two lines: {e:#x}");
+
+    // Some routes in first: a wide node, compact nodes, an expanded /32 elsewhere.
+    let mut t = trie();
+    let mut table: BTreeMap<Ipv6Net, Route> = BTreeMap::new();
+    let mut before: Vec<Ipv6Net> = ["2001:db8:1::/48", "2001:db8:2::/48", "2001:db9::/32"]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    before.extend((0..20u16).map(|i| format!("2400:cafe:{i:x}::/48").parse::<Ipv6Net>().unwrap()));
+    for (i, net) in before.iter().enumerate() {
+        t.set(*net, route(1 + i as u32)).unwrap();
+        table.insert(*net, route(1 + i as u32));
+    }
+
+    // The pool nearly full: every free node taken, then every other one given back (retired,
+    // and reclaimed after the grace period), so that all free nodes stand alone.
+    // Nodes the routes above gave back are free after their grace period: taken too.
+    std::thread::sleep(GROUP_GRACE);
+    t.reclaim();
+    let mut taken: Vec<u32> = std::mem::take(&mut t.free_runs)
+        .into_iter()
+        .flat_map(|(len, runs)| runs.into_iter().flat_map(move |n| n..n + len))
+        .collect();
+    while let Ok(n) = t.alloc_node(true) {
+        taken.push(n);
+    }
+    assert!(taken.len() > (MAX_NODES / 2) as usize, "the pool was mostly free: {}", taken.len());
+    taken.sort_unstable();
+    let now = Instant::now();
+    for &n in taken.iter().step_by(2) {
+        t.retired.push_back((n, 1, now));
+    }
+    std::thread::sleep(GROUP_GRACE);
+    t.reclaim();
+    let mut free: Vec<u32> = t.free_upper.iter().chain(&t.free_deep).copied().collect();
+    free.extend(t.next_upper..t.next_deep);
+    free.extend(
+        t.free_runs.iter().flat_map(|(&len, runs)| runs.iter().flat_map(move |&n| n..n + len)),
+    );
+    free.sort_unstable();
+    assert!(free.len() >= taken.len() / 2, "the given-back nodes are free: {}", free.len());
+    assert!(
+        free.windows(2).all(|w| w[1] > w[0] + 1),
+        "no two adjacent free nodes (the premise of the test)"
+    );
+    let compact_before = t.usage().compact;
+
+    // The twelve prefixes, one at a time: a compact node of one line up to seven, then the
+    // fallback.
+    for (i, net) in nets.iter().enumerate() {
+        t.set(*net, route(100 + i as u32)).unwrap_or_else(|e| panic!("{net}: {e}"));
+        table.insert(*net, route(100 + i as u32));
+        let e = slash32_entry(&mut t, n32);
+        if i < LINE_PAIRS as usize {
+            assert!(is_compact(e) && !is_pair(e), "{} prefixes: one line, {e:#x}", i + 1);
+        } else {
+            assert!(
+                is_group(e) && !is_compact(e),
+                "{} prefixes and no two adjacent free nodes: expanded nodes, {e:#x}",
+                i + 1
+            );
+        }
+        for n in table.keys() {
+            for a in [n.network(), n.broadcast()] {
+                assert_eq!(t.lookup(a), reference(&table, a), "after {net}: {n} at {a}");
+            }
+        }
+    }
+    assert_eq!(t.usage().compact, compact_before, "the /32's compact node went, none came");
+    let deep = t.lookup_reads("2001:dba:2:1ff::1".parse().unwrap());
+    assert_eq!(deep.route, Some(route(106)));
+    assert!(deep.dependent > 3, "below the wide node, 4-bit nodes: {deep:?}");
+    for a in
+        ["2001:dba::1", "2001:dba:7fff::1", "2001:dba:2:200::1", "2001:dbb::1", "2001:db8:1::1"]
+    {
+        let a: Ipv6Addr = a.parse().unwrap();
+        assert_eq!(t.lookup(a), reference(&table, a), "{a}");
+    }
+    let check = t.check(table.iter().map(|(n, r)| (*n, *r)));
+    assert!(check.is_clean(), "{check:?}");
+    let (scanned, usage) = (t.scan(), t.usage());
+    assert_eq!((scanned.nodes, scanned.compact), (usage.nodes, usage.compact));
+}

@@ -317,13 +317,7 @@ impl<'a> Daemon<'a> {
             }
             thread::sleep(Duration::from_millis(5));
         }
-        let pid = self.child.as_ref().map_or(0, Child::id);
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse().ok())
-        };
+        let memory = self.memory();
         Ok(DaemonLoad {
             routes,
             attached_s: self.attached.as_secs_f64(),
@@ -339,11 +333,28 @@ impl<'a> Daemon<'a> {
                 Err(e) => format!("not counted: {e:#}"),
             },
             last_count_ms: last_count.map(ms),
-            rss_kib: kib("VmRSS:"),
-            peak_rss_kib: kib("VmHWM:"),
-            anon_rss_kib: kib("RssAnon:"),
-            mapped_rss_kib: kib("RssFile:"),
+            rss_kib: memory.now,
+            peak_rss_kib: memory.peak,
+            anon_rss_kib: memory.anon,
+            mapped_rss_kib: memory.mapped,
         })
+    }
+
+    /// The daemon's resident memory now, and its peak so far, from `/proc/PID/status`.
+    pub(super) fn memory(&self) -> Memory {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        };
+        Memory {
+            now: kib("VmRSS:"),
+            peak: kib("VmHWM:"),
+            anon: kib("RssAnon:"),
+            mapped: kib("RssFile:"),
+        }
     }
 
     /// The daemon's first warnings or errors (often the cause) and its last lines.
@@ -472,6 +483,16 @@ impl RouteTrie {
         }
         Ok(n)
     }
+}
+
+/// A process's resident memory in KiB: `VmRSS`, `VmHWM`, `RssAnon` and `RssFile` (see
+/// [`DaemonLoad`]'s `*_rss_kib` fields).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Memory {
+    pub(super) now: Option<u64>,
+    pub(super) peak: Option<u64>,
+    pub(super) anon: Option<u64>,
+    pub(super) mapped: Option<u64>,
 }
 
 /// How the daemon took the table in the kernel into its dataplane when it started.

@@ -190,6 +190,7 @@ fn run_phases(
                     .with_context(|| format!("install the {} table", family.name()))?;
                 state.info.kernel_install_s = Some(start.elapsed().as_secs_f64());
                 if let Some(daemon) = daemon {
+                    state.info.load_peak_rss_kib = daemon.memory().peak;
                     daemon.stop()?;
                 }
                 eprintln!(
@@ -200,6 +201,9 @@ fn run_phases(
                     lag.as_ref().map_or_else(String::new, |l| format!(
                         "; the dataplane behind it by {}",
                         l.describe()
+                    )) + &state.info.load_peak_rss_kib.map_or_else(String::new, |k| format!(
+                        "; the daemon's peak RSS {:.0} MiB",
+                        k as f64 / 1024.0
                     ))
                 );
                 state.info.load_lag = lag;

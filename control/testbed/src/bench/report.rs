@@ -92,6 +92,10 @@ pub(super) struct TableReport {
     /// How far the daemon's dataplane lagged behind the kernel while it took the table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) load_lag: Option<LoadLag>,
+    /// The peak resident memory (`VmHWM`) of the daemon that ran while the kernel took the
+    /// table, KiB: started before it, read when the kernel had it all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) load_peak_rss_kib: Option<u64>,
 }
 
 impl TableReport {
@@ -108,6 +112,7 @@ impl TableReport {
             kernel_install_s: None,
             kernel_remove_s: None,
             load_lag: None,
+            load_peak_rss_kib: None,
         }
     }
 }
@@ -303,9 +308,13 @@ impl Report {
             if let Some(lag) = &t.load_lag {
                 let _ = writeln!(
                     out,
-                    "{} table: while the kernel took it, the dataplane lagged behind: {}",
+                    "{} table: while the kernel took it, the dataplane lagged behind: {}{}",
                     t.family,
-                    lag.describe()
+                    lag.describe(),
+                    t.load_peak_rss_kib.map_or_else(String::new, |k| format!(
+                        "; the daemon's peak RSS {:.0} MiB",
+                        k as f64 / 1024.0
+                    ))
                 );
             }
         }
