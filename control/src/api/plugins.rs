@@ -43,6 +43,23 @@ impl Api {
             .map_err(|e| Problem::field(&at.of(&e), e.to_string()))
     }
 
+    /// Stops a plugin whose removal (`forget`: its key-value store goes too) or disabling was
+    /// committed, before the request is answered: its rules are gone when the client hears
+    /// back. Should the plugin thread not answer, the next sync stops it (logged).
+    fn stop_committed(&self, name: &str, forget: bool) {
+        if self.plugins.is_none() {
+            return;
+        }
+        let asked =
+            self.ask_plugins(|reply| Command::Stop { name: name.to_owned(), forget, reply });
+        let why = match asked {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e,
+            Err(p) => p.detail,
+        };
+        tracing::warn!(plugin = name, reason = why, "the plugin is stopped at the next sync");
+    }
+
     /// Starts (or restarts) a plugin whose configuration was committed. It was checked before
     /// the commit: a refusal now (the plugin directory took its name meanwhile, the hook tables
     /// refused its rules) is logged, and the plugin is listed as not started.
@@ -231,6 +248,8 @@ pub(super) fn enable(api: &Api, call: &Call<'_>) -> Reply {
     api.commit_plugin(name, Some(p), call.caller(), format!("{verb} plugin {name}"))?;
     if start {
         api.start_committed(w);
+    } else if !b.enabled {
+        api.stop_committed(name, false);
     }
     ok(models::PluginEnabled { name: name.to_owned(), enabled: b.enabled })
 }
@@ -243,6 +262,7 @@ pub(super) fn remove(api: &Api, call: &Call<'_>) -> Reply {
         return Err(Problem::not_found("no-plugin", format!("no plugin {name:?}")));
     }
     api.commit_plugin(name, None, call.caller(), format!("remove plugin {name}"))?;
+    api.stop_committed(name, true);
     ok(models::Removed { removed: name.to_owned() })
 }
 

@@ -342,6 +342,18 @@ pub enum Command {
         /// The disabled ones.
         disabled: Vec<String>,
     },
+    /// Stops the store's plugin `name` (one of the plugin directory is left alone): its rules
+    /// go at once, and its key-value store too when `forget` (a plugin removed, not disabled).
+    /// Answers whether such a plugin ran. What the API asks after committing a removal, so
+    /// that its answer comes once the plugin is gone, not at the next sync.
+    Stop {
+        /// The plugin.
+        name: String,
+        /// Whether its key-value store goes too.
+        forget: bool,
+        /// Whether it ran, or why stopping it failed.
+        reply: std::sync::mpsc::Sender<Result<bool, String>>,
+    },
     /// Every plugin.
     List(std::sync::mpsc::Sender<Vec<PluginInfo>>),
     /// A plugin's log, if there is such a plugin.
@@ -373,6 +385,9 @@ impl Coordinator {
                 }
             }
             Command::Sync { wanted, disabled } => self.sync(wanted, &disabled),
+            Command::Stop { name, forget, reply } => {
+                let _ = reply.send(self.stop(&name, forget));
+            }
             Command::List(reply) => {
                 let _ = reply.send(self.pool.list());
             }
@@ -410,6 +425,25 @@ impl Coordinator {
             return;
         }
         self.pool.start(w, "store", reply);
+    }
+
+    fn stop(&mut self, name: &str, forget: bool) -> Result<bool, String> {
+        if self.name_taken(name).is_some() {
+            return Ok(false);
+        }
+        let result = if forget { self.pool.forget(name) } else { self.pool.remove(name) };
+        match result {
+            Ok(ran) => {
+                if ran {
+                    tracing::info!(plugin = name, "plugin stopped");
+                }
+                Ok(ran)
+            }
+            Err(e) => {
+                tracing::error!(plugin = name, error = %e, "stopping the plugin failed");
+                Err(e.to_string())
+            }
+        }
     }
 
     fn sync(&mut self, wanted: Vec<Wanted>, disabled: &[String]) {
