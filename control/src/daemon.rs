@@ -748,15 +748,10 @@ impl State {
             ops.iter().any(|op| matches!(op, Op::SetNextHop(..) | Op::ClearNextHop(_)));
         let route_changes: Vec<crate::plugins::RouteChange> = if self.route_events.is_some() {
             ops.iter()
-                .filter_map(|op| {
-                    let (prefix, added) = match op {
-                        Op::SetRouteV4(n, _) => (n.to_string(), true),
-                        Op::DelRouteV4(n) => (n.to_string(), false),
-                        Op::SetRouteV6(n, _) => (n.to_string(), true),
-                        Op::DelRouteV6(n) => (n.to_string(), false),
-                        _ => return None,
-                    };
-                    Some(crate::plugins::RouteChange { prefix, added })
+                .filter_map(Op::route_write)
+                .map(|(net, route)| crate::plugins::RouteChange {
+                    prefix: net.to_string(),
+                    added: route.is_some(),
                 })
                 .take(crate::plugins::MAX_ROUTE_EVENTS)
                 .collect()

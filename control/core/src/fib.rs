@@ -122,6 +122,20 @@ pub enum Op {
 
 const _: () = assert!(size_of::<Op>() <= 32);
 
+impl Op {
+    /// The route this write sets (`Some` route) or deletes (`None`), if it writes a route.
+    #[must_use]
+    pub fn route_write(&self) -> Option<(IpNet, Option<Route>)> {
+        Some(match *self {
+            Self::SetRouteV4(net, r) => (IpNet::V4(net), Some(r)),
+            Self::DelRouteV4(net) => (IpNet::V4(net), None),
+            Self::SetRouteV6(net, r) => (IpNet::V6(net), Some(r)),
+            Self::DelRouteV6(net) => (IpNet::V6(net), None),
+            _ => return None,
+        })
+    }
+}
+
 /// The writes that turn `old` into `new`, ordered so that nothing is referenced before it is
 /// written nor cleared while referenced: devices, interfaces, next hops, groups, routes; then the
 /// deletions in the reverse order.

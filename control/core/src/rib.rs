@@ -383,8 +383,6 @@ impl Routes {
     }
 }
 
-/// A map from keys in any order, the last of equal keys winning (as inserts one after the other
-/// would); the losers' next-hop references are released.
 /// Routes gathered one at a time (a dump of the kernel's tables) into the [`Routes`] they make,
 /// packed as they come: a full table is held as some 20 bytes a route until it is built, not
 /// as a list of [`Route`]s (some 80).
@@ -426,6 +424,8 @@ impl RoutesBuilder {
     }
 }
 
+/// A map from keys in any order, the last of equal keys winning (as inserts one after the other
+/// would); the losers' next-hop references are released.
 fn sorted_map<K: Ord + Copy>(
     mut list: Vec<(K, Stored)>,
     hops: &mut HopSets,

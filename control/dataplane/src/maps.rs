@@ -160,19 +160,26 @@ impl Maps {
         if pending.is_empty() {
             return Ok(());
         }
-        let v4 = aya::maps::IterableMap::map(&self.routes_v4).fd().as_fd();
-        let v6 = aya::maps::IterableMap::map(&self.routes_v6).fd().as_fd();
-        if self.record_writer.is_none() && pending.len() >= RECORD_IN_BACKGROUND {
+        if self.record_writer.is_none() && pending.len() < RECORD_IN_BACKGROUND {
+            let v4 = aya::maps::IterableMap::map(&self.routes_v4).fd().as_fd();
+            let v6 = aya::maps::IterableMap::map(&self.routes_v6).fd().as_fd();
+            return Ok(write_record(v4, v6, pending)?);
+        }
+        self.record_writer()?.send(pending);
+        Ok(())
+    }
+
+    /// The record's writer thread, started at its first use.
+    fn record_writer(&mut self) -> Result<&RecordWriter, Box<dyn std::error::Error>> {
+        if self.record_writer.is_none() {
+            let v4 = aya::maps::IterableMap::map(&self.routes_v4).fd().as_fd();
+            let v6 = aya::maps::IterableMap::map(&self.routes_v6).fd().as_fd();
             self.record_writer = Some(
                 RecordWriter::start(v4.try_clone_to_owned()?, v6.try_clone_to_owned()?)
                     .map_err(|e| DataplaneError::Record("record writer", e))?,
             );
         }
-        match &self.record_writer {
-            Some(writer) => writer.send(pending),
-            None => write_record(v4, v6, pending)?,
-        }
-        Ok(())
+        Ok(self.record_writer.as_ref().expect("started above"))
     }
 
     /// Hands a batch of map writes (already written to the forwarding tables) to the record's
@@ -183,17 +190,7 @@ impl Maps {
         ops: Vec<Op>,
     ) -> Result<(), Box<dyn std::error::Error>> {
         self.flush_record()?;
-        if self.record_writer.is_none() {
-            let v4 = aya::maps::IterableMap::map(&self.routes_v4).fd().as_fd();
-            let v6 = aya::maps::IterableMap::map(&self.routes_v6).fd().as_fd();
-            self.record_writer = Some(
-                RecordWriter::start(v4.try_clone_to_owned()?, v6.try_clone_to_owned()?)
-                    .map_err(|e| DataplaneError::Record("record writer", e))?,
-            );
-        }
-        if let Some(writer) = &self.record_writer {
-            writer.send_ops(ops);
-        }
+        self.record_writer()?.send_ops(ops);
         Ok(())
     }
 
@@ -284,31 +281,24 @@ impl Maps {
             Op::SetRouteV4(net, r) => {
                 self.ensure_adopted()?;
                 self.dir24.as_mut().ok_or(READ_ONLY)?.set(net, r)?;
-                if !self.record_from_ops {
-                    self.pending_record.push((IpNet::V4(net), Some(r)));
-                }
             }
             Op::DelRouteV4(net) => {
                 self.ensure_adopted()?;
                 self.dir24.as_mut().ok_or(READ_ONLY)?.remove(net);
-                if !self.record_from_ops {
-                    self.pending_record.push((IpNet::V4(net), None));
-                }
             }
             Op::SetRouteV6(net, r) => {
                 self.ensure_adopted()?;
                 self.trie6.as_mut().ok_or(READ_ONLY)?.set(net, r)?;
-                if !self.record_from_ops {
-                    self.pending_record.push((IpNet::V6(net), Some(r)));
-                }
             }
             Op::DelRouteV6(net) => {
                 self.ensure_adopted()?;
                 self.trie6.as_mut().ok_or(READ_ONLY)?.remove(net);
-                if !self.record_from_ops {
-                    self.pending_record.push((IpNet::V6(net), None));
-                }
             }
+        }
+        if !self.record_from_ops
+            && let Some(entry) = op.route_write()
+        {
+            self.pending_record.push(entry);
         }
         Ok(())
     }

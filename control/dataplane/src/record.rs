@@ -50,33 +50,34 @@ fn write_run(
 ) -> Result<()> {
     let (is_v4, set) = (run[0].0.addr().is_ipv4(), run[0].1.is_some());
     let values: Vec<Route> = run.iter().filter_map(|(_, r)| *r).collect();
+    let values = set.then_some(&values[..]);
     if is_v4 {
         let keys: Vec<Key<[u8; 4]>> = run
             .iter()
             .filter_map(|(n, _)| if let IpNet::V4(n) = n { Some(key_v4(*n)) } else { None })
             .collect();
-        if set { batch::update(v4, &keys, &values) } else { batch::delete(v4, &keys) }
-            .map_err(|e| DataplaneError::Record(names::ROUTES_V4, e))?;
+        write_keys(v4, &keys, values, names::ROUTES_V4)
     } else {
         let keys: Vec<Key<[u8; 16]>> = run
             .iter()
             .filter_map(|(n, _)| if let IpNet::V6(n) = n { Some(key_v6(*n)) } else { None })
             .collect();
-        if set { batch::update(v6, &keys, &values) } else { batch::delete(v6, &keys) }
-            .map_err(|e| DataplaneError::Record(names::ROUTES_V6, e))?;
+        write_keys(v6, &keys, values, names::ROUTES_V6)
     }
-    Ok(())
 }
 
-/// The record change a map write makes, if it writes a route.
-pub(crate) fn record_entry(op: &Op) -> Option<(IpNet, Option<Route>)> {
-    Some(match *op {
-        Op::SetRouteV4(net, r) => (IpNet::V4(net), Some(r)),
-        Op::DelRouteV4(net) => (IpNet::V4(net), None),
-        Op::SetRouteV6(net, r) => (IpNet::V6(net), Some(r)),
-        Op::DelRouteV6(net) => (IpNet::V6(net), None),
-        _ => return None,
-    })
+/// Sets `keys` to `values`, or deletes them (`None`), in record map `name`.
+fn write_keys<K: Copy>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    keys: &[K],
+    values: Option<&[Route]>,
+    name: &'static str,
+) -> Result<()> {
+    match values {
+        Some(values) => batch::update(fd, keys, values),
+        None => batch::delete(fd, keys),
+    }
+    .map_err(|e| DataplaneError::Record(name, e).into())
 }
 
 pub(crate) enum RecordMsg {
@@ -119,7 +120,7 @@ impl RecordWriter {
                         }
                     }
                     RecordMsg::Ops(ops) => {
-                        let entries = ops.iter().filter_map(record_entry);
+                        let entries = ops.iter().filter_map(Op::route_write);
                         if let Err(e) = write_record(v4.as_fd(), v6.as_fd(), entries) {
                             warn!(error = %error_chain(&e), "writing the route record failed");
                         }
