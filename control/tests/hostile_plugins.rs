@@ -61,6 +61,15 @@ fn add_plugin(dir: &Path, wasm: &[u8], name: &str, config: &str, extra: &serde_j
     std::fs::write(dir.join(format!("{name}.config.json")), config).expect("configuration");
 }
 
+/// The hostile test plugin's component, as `make plugins` builds it.
+fn hostile_wasm() -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release/hostile.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}; build the plugins first with `make plugins`", path.display())
+    })
+}
+
 fn du(path: &Path) -> u64 {
     std::fs::read_dir(path).map_or(0, |d| {
         d.flatten()
@@ -108,11 +117,7 @@ fn hostile_plugins_hurt_neither_the_daemon_nor_the_other_plugins_nor_forwarding(
     if !privileged() {
         return;
     }
-    let wasm_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip2/release/hostile.wasm");
-    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
-        panic!("{}: {e}; build the plugins first with `make plugins`", wasm_path.display())
-    });
+    let wasm = hostile_wasm();
     let plugins = temp_dir("sluice-hostile-plugins-");
     let state = temp_dir("sluice-hostile-state-");
     let blocked = Subnet(1).v4_prefix();
@@ -215,11 +220,7 @@ fn a_plugin_rewriting_its_store_added_through_the_api_keeps_within_its_bound_and
     if !privileged() {
         return;
     }
-    let wasm_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip2/release/hostile.wasm");
-    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
-        panic!("{}: {e}; build the plugins first with `make plugins`", wasm_path.display())
-    });
+    let wasm = hostile_wasm();
     let lab = ApiLab::start("kvsk", &["--allow-unsigned-plugins"]).expect("a daemon with its API");
     let kv_dir = lab.state.join("plugin-kv");
     let soak = kv_soak();

@@ -77,7 +77,7 @@ fn write_keys<K: Copy>(
         Some(values) => batch::update(fd, keys, values),
         None => batch::delete(fd, keys),
     }
-    .map_err(|e| DataplaneError::Record(name, e).into())
+    .map_err(|e| DataplaneError::Record(name, e))
 }
 
 pub(crate) enum RecordMsg {

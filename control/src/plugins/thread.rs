@@ -194,6 +194,17 @@ pub struct Wanted {
     pub allow_match_all: bool,
 }
 
+impl Wanted {
+    /// Whether `other` runs the same: component (by the manifest's hash), manifest,
+    /// configuration and the operator's leave.
+    #[must_use]
+    pub fn runs_as(&self, other: &Self) -> bool {
+        self.manifest == other.manifest
+            && self.config == other.config
+            && self.allow_match_all == other.allow_match_all
+    }
+}
+
 /// The plugins of the store's running configuration: those enabled, ready to run, and the
 /// names of those disabled. One whose manifest or component is unusable is logged and left out.
 pub fn wanted_from_store(
@@ -401,12 +412,9 @@ impl Coordinator {
     /// only starting does not count: whoever asks waits for a start of its own (the later start
     /// wins, the earlier is refused when it ends).
     fn runs(&self, w: &Wanted) -> bool {
-        self.pool.running(&w.manifest.name).is_some_and(|(source, r)| {
-            source == "store"
-                && r.manifest == w.manifest
-                && r.config == w.config
-                && r.allow_match_all == w.allow_match_all
-        })
+        self.pool
+            .running(&w.manifest.name)
+            .is_some_and(|(source, r)| source == "store" && r.runs_as(w))
     }
 
     /// Why a plugin of the store may not take the name `name`.
@@ -463,15 +471,7 @@ impl Coordinator {
             .map(|p| p.name)
             .collect();
         for name in gone {
-            let result = if disabled.contains(&name) {
-                self.pool.remove(&name)
-            } else {
-                self.pool.forget(&name)
-            };
-            match result {
-                Ok(_) => tracing::info!(plugin = name, "plugin stopped"),
-                Err(e) => tracing::error!(plugin = name, error = %e, "stopping the plugin failed"),
-            }
+            let _ = self.stop(&name, !disabled.contains(&name));
         }
     }
 
@@ -480,9 +480,6 @@ impl Coordinator {
         for (name, outcome) in self.pool.poll() {
             match outcome {
                 Ok(()) => tracing::info!(plugin = name, "plugin started"),
-                Err(e) if e == super::worker::SUPERSEDED => {
-                    tracing::info!(plugin = name, "a start gave way to a later one of the plugin");
-                }
                 Err(e) => tracing::error!(plugin = name, error = e, "plugin not started"),
             }
         }

@@ -101,10 +101,6 @@ impl<M: HookMaps> TableSink for WorkerSink<M> {
     }
 }
 
-/// The outcome of a start that a later start of the same name overtook (not a failure of the
-/// plugin: the later instance runs).
-pub(crate) const SUPERSEDED: &str = "a newer instance started meanwhile";
-
 /// A worker's queue of event batches, bounded, the oldest dropped first.
 #[derive(Default)]
 struct Queue {
@@ -262,11 +258,7 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
 
     /// Whether a start is under way for `name` with exactly this component and configuration.
     pub fn starting(&self, w: &Wanted) -> bool {
-        self.starting.iter().any(|s| {
-            s.slot.wanted.manifest == w.manifest
-                && s.slot.wanted.config == w.config
-                && s.slot.wanted.allow_match_all == w.allow_match_all
-        })
+        self.starting.iter().any(|s| s.slot.wanted.runs_as(w))
     }
 
     /// Whether any start is under way ([`Pool::poll`] finishes them).
@@ -316,7 +308,7 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
     /// Finishes the starts whose `init` ended: a plugin started takes its name's place (the
     /// worker it replaces stops after its current call), one that failed is dropped; the outcome
     /// goes to whoever waits. Starts again, after [`WORKER_RESTART`], a worker that died.
-    /// Returns the outcomes.
+    /// Returns the outcomes; a start a later one overtook is none (its waiter is told).
     pub fn poll(&mut self) -> Vec<(String, Result<(), String>)> {
         let mut done = Vec::new();
         let mut i = 0;
@@ -335,11 +327,15 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
             };
             let Starting { mut slot, reply } = self.starting.remove(i);
             let name = slot.wanted.manifest.name.clone();
-            // A later start that ended first won: this one's rules were never written.
-            let outcome = outcome.and_then(|()| match self.running.get(&name) {
-                Some(r) if r.generation > slot.generation => Err(SUPERSEDED.to_owned()),
-                _ => Ok(()),
-            });
+            // A later start that ended first won: this one's rules were never written. Its
+            // waiter hears so; it is no outcome of the plugin's (the later instance runs).
+            let overtaken = outcome.is_ok()
+                && self.running.get(&name).is_some_and(|r| r.generation > slot.generation);
+            let outcome = if overtaken {
+                Err("a newer instance started meanwhile".to_owned())
+            } else {
+                outcome
+            };
             if outcome.is_ok() {
                 if let Some(mut old) = self.running.insert(name.clone(), slot) {
                     old.retire();
@@ -350,7 +346,9 @@ impl<M: HookMaps + Send + 'static> Pool<M> {
             if let Some(reply) = reply {
                 let _ = reply.send(outcome.clone());
             }
-            done.push((name, outcome));
+            if !overtaken {
+                done.push((name, outcome));
+            }
         }
         let died: Vec<String> = self
             .running
